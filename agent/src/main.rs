@@ -1,1 +1,8 @@
+//! `drover`: the reconcile agent for Proxmox VE hosts.
+
+mod config;
+mod desired;
+mod model;
+mod planner;
+
 fn main() {}

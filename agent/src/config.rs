@@ -1,0 +1,339 @@
+//! The agent's own configuration file (`/etc/drover/drover.toml`).
+//!
+//! Parsed strictly: an unknown key is far more likely a typo that would silently disable a
+//! safety setting than a forward-compatible extension, so it is an error that names the file,
+//! the line and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the config comes from when neither `--config` nor `DROVER_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
+
+/// A configuration error: always names the file, and the line and key where it knows them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}, line {line}{key}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PVE node name; also the host id that approvals bind to.
+    pub host: String,
+    /// Fleet name that approvals and the trust document bind to.
+    pub fleet: String,
+    pub state_dir: PathBuf,
+    pub interval: Duration,
+    pub proxmox: ProxmoxConfig,
+    pub source: SourceConfig,
+    pub trust: TrustConfig,
+    /// The file this config was read from (for messages).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxmoxConfig {
+    pub url: String,
+    pub token_id: String,
+    pub token_secret_file: PathBuf,
+    /// Pinned SHA-256 fingerprint of the leaf certificate; `None` pins the node's own
+    /// certificate file (`/etc/pve/local/pveproxy-ssl.pem`, else `pve-ssl.pem`).
+    pub fingerprint: Option<String>,
+    /// Alternatively, a CA file to verify the server against.
+    pub ca_file: Option<PathBuf>,
+    /// Overrides where the node's own certificate is read from (tests, unusual layouts).
+    pub node_cert_file: Option<PathBuf>,
+    /// PVE mutations in flight at once, all guests together.
+    pub max_parallel: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// A directory holding `desired.toml` (and `approvals/`).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// A `drover-trust v1` document.
+    pub file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    host: String,
+    fleet: String,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_interval")]
+    interval: String,
+    proxmox: RawProxmox,
+    source: RawSource,
+    trust: RawTrust,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxmox {
+    #[serde(default = "default_url")]
+    url: String,
+    token_id: String,
+    token_secret_file: PathBuf,
+    fingerprint: Option<String>,
+    ca_file: Option<PathBuf>,
+    node_cert_file: Option<PathBuf>,
+    #[serde(default = "default_max_parallel")]
+    max_parallel: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSource {
+    path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    file: PathBuf,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/drover")
+}
+fn default_interval() -> String {
+    "30s".to_string()
+}
+fn default_url() -> String {
+    "https://localhost:8006".to_string()
+}
+fn default_max_parallel() -> usize {
+    3
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in messages and to resolve nothing else.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if !is_node_name(&raw.host) {
+            return Err(invalid(
+                "host",
+                format!(
+                    "{:?} is not a PVE node name (letters, digits and '-', not at either end)",
+                    raw.host
+                ),
+            ));
+        }
+        if !is_fleet_name(&raw.fleet) {
+            return Err(invalid(
+                "fleet",
+                format!("{:?} must be 1-63 of [a-z0-9-]", raw.fleet),
+            ));
+        }
+        let interval = humantime::parse_duration(&raw.interval)
+            .map_err(|e| invalid("interval", format!("{:?}: {e}", raw.interval)))?;
+        if interval < Duration::from_secs(1) {
+            return Err(invalid("interval", "must be at least 1s".to_string()));
+        }
+        if !(1..=64).contains(&raw.proxmox.max_parallel) {
+            return Err(invalid(
+                "proxmox.max_parallel",
+                format!("{} is outside 1..=64", raw.proxmox.max_parallel),
+            ));
+        }
+        if !raw.proxmox.url.starts_with("https://") {
+            return Err(invalid(
+                "proxmox.url",
+                format!("{:?} must be an https:// URL", raw.proxmox.url),
+            ));
+        }
+        if !raw.proxmox.token_id.contains('!') || !raw.proxmox.token_id.contains('@') {
+            return Err(invalid(
+                "proxmox.token_id",
+                format!(
+                    "{:?} must look like USER@REALM!TOKENID",
+                    raw.proxmox.token_id
+                ),
+            ));
+        }
+        if raw.proxmox.fingerprint.is_some() && raw.proxmox.ca_file.is_some() {
+            return Err(invalid(
+                "proxmox.fingerprint",
+                "set either fingerprint or ca_file, not both".to_string(),
+            ));
+        }
+        Ok(Config {
+            host: raw.host,
+            fleet: raw.fleet,
+            state_dir: raw.state_dir,
+            interval,
+            proxmox: ProxmoxConfig {
+                url: raw.proxmox.url.trim_end_matches('/').to_string(),
+                token_id: raw.proxmox.token_id,
+                token_secret_file: raw.proxmox.token_secret_file,
+                fingerprint: raw.proxmox.fingerprint,
+                ca_file: raw.proxmox.ca_file,
+                node_cert_file: raw.proxmox.node_cert_file,
+                max_parallel: raw.proxmox.max_parallel,
+            },
+            source: SourceConfig {
+                path: raw.source.path,
+            },
+            trust: TrustConfig {
+                file: raw.trust.file,
+            },
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Turns a TOML/serde error into file + line + key, the three things an operator needs.
+pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+        .unwrap_or(0);
+    let key = e
+        .span()
+        .and_then(|s| text.get(s.clone()))
+        .map(|k| k.lines().next().unwrap_or("").trim().to_string())
+        .filter(|k| !k.is_empty() && k.len() < 80)
+        .map(|k| format!(", at `{k}`"))
+        .unwrap_or_default();
+    ConfigError::Syntax {
+        path: path.to_path_buf(),
+        line,
+        key,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// PVE's node name rule (pve-common `pve-node` format).
+pub fn is_node_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// The approval payload's fleet grammar (`[a-z0-9-]{1,63}`).
+pub fn is_fleet_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const GOOD: &str = r#"
+host = "pve1"
+fleet = "example"
+state_dir = "/var/lib/drover"
+interval = "30s"
+
+[proxmox]
+url = "https://localhost:8006"
+token_id = "drover@pve!agent"
+token_secret_file = "/etc/drover/pve-token"
+max_parallel = 3
+
+[source]
+path = "/etc/drover/desired"
+
+[trust]
+file = "/etc/drover/trust"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, Path::new("drover.toml")).unwrap();
+        assert_eq!(c.host, "pve1");
+        assert_eq!(c.interval, Duration::from_secs(30));
+        assert_eq!(c.proxmox.max_parallel, 3);
+        assert_eq!(c.proxmox.fingerprint, None);
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = GOOD.replace("max_parallel = 3", "max_paralel = 3");
+        let e = Config::parse(&text, Path::new("/etc/drover/drover.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/drover/drover.toml"), "{msg}");
+        assert!(msg.contains("line 11"), "{msg}");
+        assert!(msg.contains("max_paralel"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_line() {
+        let text = GOOD.replace("max_parallel = 3", "max_parallel = \"three\"");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 11"), "{msg}");
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let text = GOOD.replace("token_id = \"drover@pve!agent\"\n", "");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("token_id"), "{msg}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let text = GOOD.replace("interval = \"30s\"", "interval = \"soon\"");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("`interval`"), "{msg}");
+        let text = GOOD.replace("https://localhost:8006", "http://localhost:8006");
+        let msg = Config::parse(&text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("proxmox.url"), "{msg}");
+    }
+}

@@ -1,0 +1,463 @@
+//! The desired-state document (`desired.toml`): what the hub (or a local directory) asks this
+//! host to run.
+//!
+//! The document is validated as a whole before anything uses it, so a single bad field changes
+//! nothing at all and is reported with file, guest and field. Fields a guest entry leaves out are
+//! not managed: Drover only converges what the document states.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What a guest entry asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ensure {
+    Running,
+    Stopped,
+    Absent,
+}
+
+/// One guest as the document wants it. `None` means "not managed by this document".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestSpec {
+    pub vmid: u32,
+    pub ensure: Ensure,
+    pub hostname: Option<String>,
+    /// `ostemplate` for create; never compared against an existing guest.
+    pub template: Option<String>,
+    pub cores: Option<u32>,
+    /// MiB.
+    pub memory: Option<u64>,
+    /// MiB.
+    pub swap: Option<u64>,
+    /// `STORAGE:SIZE_GB` as PVE's create accepts it.
+    pub rootfs: Option<String>,
+    /// `net0`..`net9`, PVE property strings.
+    pub nets: BTreeMap<u8, String>,
+    pub onboot: Option<bool>,
+    pub tags: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+/// A validated desired-state document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredDoc {
+    pub revision: u64,
+    pub guests: BTreeMap<u32, GuestSpec>,
+}
+
+/// Why a document was refused. Carries where it came from, the guest and the field.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("desired state {source_name}{}{}: {message}",
+    .vmid.map(|v| format!(", guest {v}")).unwrap_or_default(),
+    .field.as_ref().map(|f| format!(", field `{f}`")).unwrap_or_default())]
+pub struct DesiredError {
+    pub source_name: String,
+    pub vmid: Option<u32>,
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl DesiredError {
+    /// Stable machine-readable code for reports.
+    pub fn code(&self) -> &'static str {
+        "desired_invalid"
+    }
+}
+
+/// The largest document accepted: a host has at most a few thousand guests.
+pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
+const MAX_GUESTS: usize = 10_000;
+
+/// Reads `<dir>/desired.toml`.
+pub fn load_dir(dir: &Path) -> Result<(DesiredDoc, Vec<u8>), DesiredError> {
+    let path: PathBuf = dir.join("desired.toml");
+    let name = path.display().to_string();
+    let bytes = std::fs::read(&path).map_err(|e| DesiredError {
+        source_name: name.clone(),
+        vmid: None,
+        field: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let doc = parse(&bytes, &name)?;
+    Ok((doc, bytes))
+}
+
+/// Parses and validates a whole document.
+pub fn parse(bytes: &[u8], source_name: &str) -> Result<DesiredDoc, DesiredError> {
+    let err = |vmid: Option<u32>, field: Option<&str>, message: String| DesiredError {
+        source_name: source_name.to_string(),
+        vmid,
+        field: field.map(str::to_string),
+        message,
+    };
+    if bytes.len() > MAX_DOCUMENT_BYTES {
+        return Err(err(
+            None,
+            None,
+            format!(
+                "document is {} bytes, more than the limit of {MAX_DOCUMENT_BYTES}",
+                bytes.len()
+            ),
+        ));
+    }
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| err(None, None, format!("not UTF-8: {e}")))?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+            .unwrap_or(0);
+        err(None, None, format!("line {line}: {}", e.message().trim()))
+    })?;
+
+    let mut revision = None;
+    let mut guests_raw: Vec<toml::Value> = Vec::new();
+    for (k, v) in &table {
+        match k.as_str() {
+            "revision" => {
+                revision = Some(v.as_integer().filter(|r| *r >= 0).ok_or_else(|| {
+                    err(
+                        None,
+                        Some("revision"),
+                        "must be a non-negative integer".into(),
+                    )
+                })? as u64);
+            }
+            "guest" => {
+                guests_raw = v
+                    .as_array()
+                    .ok_or_else(|| {
+                        err(
+                            None,
+                            Some("guest"),
+                            "must be an array of tables ([[guest]])".into(),
+                        )
+                    })?
+                    .clone();
+            }
+            other => return Err(err(None, Some(other), "unknown top-level key".into())),
+        }
+    }
+    let revision =
+        revision.ok_or_else(|| err(None, Some("revision"), "missing required key".into()))?;
+    if guests_raw.len() > MAX_GUESTS {
+        return Err(err(
+            None,
+            Some("guest"),
+            format!("{} guests, more than {MAX_GUESTS}", guests_raw.len()),
+        ));
+    }
+
+    let mut guests = BTreeMap::new();
+    for (i, g) in guests_raw.iter().enumerate() {
+        let t = g.as_table().ok_or_else(|| {
+            err(
+                None,
+                Some("guest"),
+                format!("entry {} is not a table", i + 1),
+            )
+        })?;
+        let spec = parse_guest(t, i, &err)?;
+        if guests.insert(spec.vmid, spec.clone()).is_some() {
+            return Err(err(
+                Some(spec.vmid),
+                Some("vmid"),
+                "listed more than once".into(),
+            ));
+        }
+    }
+    Ok(DesiredDoc { revision, guests })
+}
+
+type ErrFn<'a> = dyn Fn(Option<u32>, Option<&str>, String) -> DesiredError + 'a;
+
+fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSpec, DesiredError> {
+    let vmid_v = t.get("vmid").ok_or_else(|| {
+        err(
+            None,
+            Some("vmid"),
+            format!("guest entry {} has no vmid", index + 1),
+        )
+    })?;
+    let vmid = vmid_v
+        .as_integer()
+        .filter(|v| (100..=999_999_999).contains(v))
+        .ok_or_else(|| {
+            err(
+                None,
+                Some("vmid"),
+                format!(
+                    "guest entry {}: vmid must be an integer in 100..=999999999",
+                    index + 1
+                ),
+            )
+        })? as u32;
+    let e = |field: &str, message: String| err(Some(vmid), Some(field), message);
+
+    let string = |field: &str| -> Result<Option<String>, DesiredError> {
+        match t.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(|s| Some(s.to_string()))
+                .ok_or_else(|| e(field, "must be a string".into())),
+        }
+    };
+    let int = |field: &str, min: i64, max: i64| -> Result<Option<i64>, DesiredError> {
+        match t.get(field) {
+            None => Ok(None),
+            Some(v) => v
+                .as_integer()
+                .filter(|n| (min..=max).contains(n))
+                .map(Some)
+                .ok_or_else(|| e(field, format!("must be an integer in {min}..={max}"))),
+        }
+    };
+
+    let mut spec = GuestSpec {
+        vmid,
+        ensure: Ensure::Running,
+        hostname: None,
+        template: None,
+        cores: None,
+        memory: None,
+        swap: None,
+        rootfs: None,
+        nets: BTreeMap::new(),
+        onboot: None,
+        tags: None,
+        description: None,
+    };
+    for key in t.keys() {
+        let known = matches!(
+            key.as_str(),
+            "vmid"
+                | "ensure"
+                | "hostname"
+                | "template"
+                | "cores"
+                | "memory"
+                | "swap"
+                | "rootfs"
+                | "onboot"
+                | "tags"
+                | "description"
+        ) || net_index(key).is_some();
+        if !known {
+            return Err(e(key, "unknown field".into()));
+        }
+    }
+    spec.ensure = match string("ensure")?.as_deref() {
+        None | Some("running") => Ensure::Running,
+        Some("stopped") => Ensure::Stopped,
+        Some("absent") => Ensure::Absent,
+        Some(other) => {
+            return Err(e(
+                "ensure",
+                format!("{other:?} is not one of running, stopped, absent"),
+            ));
+        }
+    };
+    if let Some(h) = string("hostname")? {
+        if !is_dns_name(&h) {
+            return Err(e("hostname", format!("{h:?} is not a valid DNS name")));
+        }
+        spec.hostname = Some(h);
+    }
+    if let Some(tpl) = string("template")? {
+        if !tpl.contains(':') || tpl.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err(e(
+                "template",
+                format!("{tpl:?} must be a volume id like local:vztmpl/NAME.tar.zst"),
+            ));
+        }
+        spec.template = Some(tpl);
+    }
+    spec.cores = int("cores", 1, 8192)?.map(|n| n as u32);
+    spec.memory = int("memory", 16, 1 << 30)?.map(|n| n as u64);
+    spec.swap = int("swap", 0, 1 << 30)?.map(|n| n as u64);
+    if let Some(r) = string("rootfs")? {
+        parse_rootfs_spec(&r).map_err(|m| e("rootfs", m))?;
+        spec.rootfs = Some(r);
+    }
+    for (key, v) in t {
+        if let Some(idx) = net_index(key) {
+            let s = v
+                .as_str()
+                .ok_or_else(|| e(key, "must be a string".into()))?;
+            crate::model::NetSpec::parse(s).map_err(|m| e(key, m))?;
+            spec.nets.insert(idx, s.to_string());
+        }
+    }
+    if let Some(v) = t.get("onboot") {
+        spec.onboot = Some(
+            v.as_bool()
+                .ok_or_else(|| e("onboot", "must be true or false".into()))?,
+        );
+    }
+    if let Some(v) = t.get("tags") {
+        let arr = v
+            .as_array()
+            .ok_or_else(|| e("tags", "must be an array of strings".into()))?;
+        let mut tags = Vec::new();
+        for tag in arr {
+            let s = tag
+                .as_str()
+                .ok_or_else(|| e("tags", "must be an array of strings".into()))?;
+            if s.is_empty()
+                || s.len() > 64
+                || !s
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_+.".contains(c))
+                || s.starts_with(['-', '+', '.'])
+            {
+                return Err(e("tags", format!("{s:?} is not a valid PVE tag")));
+            }
+            tags.push(s.to_string());
+        }
+        spec.tags = Some(tags);
+    }
+    if let Some(d) = string("description")? {
+        if d.len() > 8192 {
+            return Err(e("description", "longer than 8 KiB".into()));
+        }
+        spec.description = Some(d);
+    }
+    if spec.ensure != Ensure::Absent && spec.template.is_none() {
+        // Without a template the guest can only be managed if it already exists; that is
+        // allowed, and the planner reports it if it does not.
+    }
+    Ok(spec)
+}
+
+/// `net0`..`net9` → index.
+fn net_index(key: &str) -> Option<u8> {
+    let n = key.strip_prefix("net")?;
+    if n.len() == 1 {
+        n.parse::<u8>().ok()
+    } else {
+        None
+    }
+}
+
+/// `STORAGE:SIZE` (size in GiB, PVE's create syntax) → (storage, GiB).
+pub fn parse_rootfs_spec(s: &str) -> Result<(String, u64), String> {
+    let (storage, size) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?} must be STORAGE:SIZE_GIB, e.g. local-lvm:8"))?;
+    if storage.is_empty()
+        || !storage
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!("{storage:?} is not a storage id"));
+    }
+    let gib: u64 = size
+        .parse()
+        .ok()
+        .filter(|g| (1..=1 << 20).contains(g))
+        .ok_or_else(|| format!("size {size:?} must be a whole number of GiB (1..)"))?;
+    Ok((storage.to_string(), gib))
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const DOC: &str = r#"
+revision = 7
+[[guest]]
+vmid = 201
+ensure = "running"
+hostname = "web-1"
+template = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
+cores = 2
+memory = 1024
+swap = 512
+rootfs = "local-lvm:8"
+net0 = "name=eth0,bridge=vmbr0,ip=dhcp"
+onboot = true
+tags = ["web"]
+description = "managed by drover"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let d = parse(DOC.as_bytes(), "desired.toml").unwrap();
+        assert_eq!(d.revision, 7);
+        let g = &d.guests[&201];
+        assert_eq!(g.ensure, Ensure::Running);
+        assert_eq!(g.memory, Some(1024));
+        assert_eq!(g.nets[&0], "name=eth0,bridge=vmbr0,ip=dhcp");
+        assert_eq!(g.tags.as_deref(), Some(&["web".to_string()][..]));
+    }
+
+    #[test]
+    fn errors_name_file_guest_and_field() {
+        let bad = DOC.replace("cores = 2", "cores = \"two\"");
+        let e = parse(bad.as_bytes(), "hub/desired.toml").unwrap_err();
+        assert_eq!(e.vmid, Some(201));
+        assert_eq!(e.field.as_deref(), Some("cores"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("hub/desired.toml") && msg.contains("201"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_fields_duplicates_and_bad_values() {
+        for (from, to, field) in [
+            ("cores = 2", "cpus = 2", "cpus"),
+            ("ensure = \"running\"", "ensure = \"up\"", "ensure"),
+            (
+                "rootfs = \"local-lvm:8\"",
+                "rootfs = \"local-lvm\"",
+                "rootfs",
+            ),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"bridge\"",
+                "net0",
+            ),
+            ("tags = [\"web\"]", "tags = [\"we b\"]", "tags"),
+            ("hostname = \"web-1\"", "hostname = \"-web\"", "hostname"),
+        ] {
+            let bad = DOC.replace(from, to);
+            let e = parse(bad.as_bytes(), "d").unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{e}");
+        }
+        let dup = format!("{DOC}\n[[guest]]\nvmid = 201\n");
+        assert_eq!(
+            parse(dup.as_bytes(), "d").unwrap_err().field.as_deref(),
+            Some("vmid")
+        );
+        assert!(
+            parse(b"[[guest]]\nvmid=101\n", "d").is_err(),
+            "revision is required"
+        );
+        assert!(parse(b"revision = 1\nfoo = 2\n", "d").is_err());
+        assert!(parse(&[0xff, 0xfe], "d").is_err());
+        assert!(parse(b"revision = ", "d").is_err());
+    }
+
+    #[test]
+    fn empty_document_is_valid() {
+        let d = parse(b"revision = 3\n", "d").unwrap();
+        assert!(d.guests.is_empty());
+    }
+}

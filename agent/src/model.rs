@@ -1,0 +1,227 @@
+//! The planner's normalized view of a guest, desired or actual.
+//!
+//! PVE re-prints what it is given (adds `hwaddr` and `type=veth` to `net[n]`, sorts tags, turns
+//! `local-lvm:8` into a volume id, appends a newline to descriptions). Comparing text would
+//! plan the same change forever, so both sides are brought into these types first and compared
+//! by meaning.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A `net[n]` property string as a map of its fields, minus what PVE adds on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct NetSpec {
+    pub fields: BTreeMap<String, String>,
+}
+
+/// Keys of `net[n]` PVE fills in itself; they never count as drift.
+const NET_GENERATED: &[&str] = &["hwaddr"];
+
+impl NetSpec {
+    /// Parses `name=eth0,bridge=vmbr0,ip=dhcp`. Every field must be `key=value` and `name` is
+    /// required (PVE's schema makes it so).
+    pub fn parse(s: &str) -> Result<NetSpec, String> {
+        let mut fields = BTreeMap::new();
+        for part in s.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let k = k.trim();
+            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                return Err(format!("{k:?} is not a property name"));
+            }
+            if fields.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(format!("{k:?} appears twice"));
+            }
+        }
+        if !fields.contains_key("name") {
+            return Err("the `name` field (e.g. name=eth0) is required".into());
+        }
+        Ok(NetSpec { fields })
+    }
+
+    /// The fields that matter for comparison: without generated keys, with `type=veth`
+    /// (the only type LXC has, added by PVE) dropped.
+    pub fn meaning(&self) -> BTreeMap<&str, &str> {
+        self.fields
+            .iter()
+            .filter(|(k, v)| {
+                !NET_GENERATED.contains(&k.as_str())
+                    && !(k.as_str() == "type" && v.as_str() == "veth")
+            })
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
+    /// Renders the desired value for a PUT, keeping the guest's current MAC address so that a
+    /// config change does not also change the guest's DHCP lease.
+    pub fn render_keeping_hwaddr(&self, actual: Option<&NetSpec>) -> String {
+        let mut fields = self.fields.clone();
+        if let Some(hw) = actual.and_then(|a| a.fields.get("hwaddr")) {
+            fields.entry("hwaddr".into()).or_insert_with(|| hw.clone());
+        }
+        // `name` first, as PVE prints it; the rest in a stable order.
+        let mut out = Vec::with_capacity(fields.len());
+        if let Some(n) = fields.remove("name") {
+            out.push(format!("name={n}"));
+        }
+        out.extend(fields.into_iter().map(|(k, v)| format!("{k}={v}")));
+        out.join(",")
+    }
+}
+
+/// The root filesystem as the planner compares it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RootfsState {
+    pub storage: String,
+    /// Size in MiB, when known.
+    pub size_mib: Option<u64>,
+}
+
+impl RootfsState {
+    /// Parses an actual `rootfs` value (`local-lvm:vm-101-disk-0,size=8G`).
+    pub fn parse_actual(s: &str) -> Option<RootfsState> {
+        let mut parts = s.split(',');
+        let volume = parts.next()?;
+        let storage = volume.split_once(':').map(|(st, _)| st)?.to_string();
+        let mut size_mib = None;
+        for p in parts {
+            if let Some(v) = p.strip_prefix("size=") {
+                size_mib = parse_size_mib(v);
+            }
+        }
+        Some(RootfsState { storage, size_mib })
+    }
+}
+
+/// `8G`, `512M`, `1T`, `1024K` or a plain number of bytes → MiB (rounded up).
+pub fn parse_size_mib(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult_kib): (&str, u64) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1),
+        'M' | 'm' => (&s[..s.len() - 1], 1024),
+        'G' | 'g' => (&s[..s.len() - 1], 1024 * 1024),
+        'T' | 't' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => {
+            let bytes: f64 = s.parse().ok()?;
+            return Some((bytes / (1024.0 * 1024.0)).ceil() as u64);
+        }
+    };
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    Some(((n * mult_kib as f64) / 1024.0).ceil() as u64)
+}
+
+/// Power state as PVE reports it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Power {
+    Running,
+    Stopped,
+    Other(String),
+}
+
+/// The managed keys of an existing guest, normalized.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+pub struct ActualConfig {
+    pub hostname: Option<String>,
+    pub cores: Option<u32>,
+    pub memory: Option<u64>,
+    pub swap: Option<u64>,
+    pub rootfs: Option<RootfsState>,
+    pub nets: BTreeMap<u8, NetSpec>,
+    pub onboot: bool,
+    pub tags: Vec<String>,
+    /// Without PVE's trailing newline.
+    pub description: Option<String>,
+    pub protection: bool,
+}
+
+/// One guest on this node as read from PVE.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActualGuest {
+    pub vmid: u32,
+    pub power: Power,
+    /// The config `lock` (`create`, `backup`, `snapshot`, ...), when set.
+    pub lock: Option<String>,
+    pub config: ActualConfig,
+    /// PVE's config digest (SHA-1), for optimistic concurrency and approval binding.
+    pub digest: String,
+    /// Keys with changes PVE holds until the next start/reboot.
+    pub pending: BTreeSet<String>,
+    pub template: bool,
+}
+
+/// Everything the planner knows about the host.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ActualHost {
+    /// CTs on this node.
+    pub guests: BTreeMap<u32, ActualGuest>,
+    /// vmids that exist elsewhere in the cluster (qemu or lxc), with the node holding them.
+    pub elsewhere: BTreeMap<u32, String>,
+}
+
+/// Normalizes tags the way PVE stores them (deduplicated, lower-cased, sorted).
+pub fn normalize_tags<I: IntoIterator<Item = S>, S: AsRef<str>>(tags: I) -> Vec<String> {
+    let set: BTreeSet<String> = tags
+        .into_iter()
+        .map(|t| t.as_ref().trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    set.into_iter().collect()
+}
+
+/// PVE's `tags` value (`a;b`, also accepting `,` and spaces as older versions did).
+pub fn split_tags(s: &str) -> Vec<String> {
+    normalize_tags(s.split([';', ',', ' ']))
+}
+
+/// Strips the newline PVE appends to each description line.
+pub fn normalize_description(s: &str) -> String {
+    s.trim_end_matches('\n').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn net_meaning_ignores_generated_fields() {
+        let want = NetSpec::parse("name=eth0,bridge=vmbr0,ip=dhcp").unwrap();
+        let got =
+            NetSpec::parse("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth")
+                .unwrap();
+        assert_eq!(want.meaning(), got.meaning());
+        let other = NetSpec::parse("name=eth0,bridge=vmbr1,ip=dhcp,type=veth").unwrap();
+        assert_ne!(want.meaning(), other.meaning());
+    }
+
+    #[test]
+    fn render_keeps_the_mac() {
+        let want = NetSpec::parse("name=eth0,bridge=vmbr1,ip=dhcp").unwrap();
+        let got = NetSpec::parse("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01").unwrap();
+        assert_eq!(
+            want.render_keeping_hwaddr(Some(&got)),
+            "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:01,ip=dhcp"
+        );
+    }
+
+    #[test]
+    fn sizes_and_rootfs() {
+        assert_eq!(parse_size_mib("8G"), Some(8192));
+        assert_eq!(parse_size_mib("512M"), Some(512));
+        assert_eq!(parse_size_mib("1T"), Some(1024 * 1024));
+        assert_eq!(parse_size_mib("x"), None);
+        let r = RootfsState::parse_actual("local-lvm:vm-101-disk-0,size=8G").unwrap();
+        assert_eq!(r.storage, "local-lvm");
+        assert_eq!(r.size_mib, Some(8192));
+    }
+
+    #[test]
+    fn tags_normalize_like_pve() {
+        assert_eq!(split_tags("web;DB;web"), vec!["db", "web"]);
+        assert_eq!(normalize_tags(["b", "a"]), vec!["a", "b"]);
+    }
+}
