@@ -1,8 +1,3 @@
-//! `drover`: the reconcile agent for Proxmox VE hosts.
-
-mod config;
-mod desired;
-mod model;
-mod planner;
+//! `drover`: the reconcile agent for Proxmox VE hosts (command line).
 
 fn main() {}

@@ -1,0 +1,11 @@
+//! Drover, the reconcile agent for Proxmox VE hosts: the library behind the `drover` binary.
+//!
+//! The binary (`main.rs`) is only the command line; everything it does lives here so that
+//! integration tests and benchmarks exercise the same code. See `ARCHITECTURE.md` for the map.
+
+pub mod config;
+pub mod desired;
+pub mod lanes;
+pub mod model;
+pub mod planner;
+pub mod render;
