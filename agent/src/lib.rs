@@ -3,9 +3,12 @@
 //! The binary (`main.rs`) is only the command line; everything it does lives here so that
 //! integration tests and benchmarks exercise the same code. See `ARCHITECTURE.md` for the map.
 
+pub mod approval_files;
 pub mod config;
 pub mod desired;
 pub mod lanes;
+pub mod logging;
 pub mod model;
 pub mod planner;
 pub mod render;
+pub mod systemd;

@@ -45,8 +45,9 @@ impl NetSpec {
         self.fields
             .iter()
             .filter(|(k, v)| {
-                !NET_GENERATED.contains(&k.as_str())
-                    && !(k.as_str() == "type" && v.as_str() == "veth")
+                let generated = NET_GENERATED.contains(&k.as_str());
+                let default_type = k.as_str() == "type" && v.as_str() == "veth";
+                !(generated || default_type)
             })
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect()

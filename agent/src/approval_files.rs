@@ -1,0 +1,238 @@
+//! Approval files on disk: pending requests the agent writes, and signed approvals it picks up.
+//!
+//! Layout (all under the state directory unless noted):
+//! - `approvals/pending/<vmid>-<op>.txt`: the request text an operator signs with
+//!   `ssh-keygen -Y sign`; kept unchanged while it is valid so a signature made from it matches.
+//! - `approvals/inbox/` and `<source>/approvals/`: `NAME.txt` with `NAME.txt.sig` (one signer)
+//!   or `NAME.txt.<signer>.sig` (several signers).
+//!
+//! Files are only ever read with a size cap, and written atomically (temp file + rename in the
+//! same directory), so a half-written file is never picked up.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest approval payload read from disk (the gate refuses more than 4 KiB anyway).
+pub const MAX_PAYLOAD_BYTES: u64 = 16 * 1024;
+/// Largest signature file read from disk.
+pub const MAX_SIGNATURE_BYTES: u64 = 16 * 1024;
+/// At most this many signatures per approval are read.
+pub const MAX_SIGNATURES: usize = 8;
+/// At most this many candidate approvals are read per directory per pass.
+pub const MAX_CANDIDATES: usize = 256;
+
+/// A signed approval found on disk, not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub payload_path: PathBuf,
+    pub payload: Vec<u8>,
+    /// (file name, armored signature bytes).
+    pub signatures: Vec<(String, Vec<u8>)>,
+}
+
+/// A problem with one file; reported, never fatal for the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProblem {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// Reads a file with a size cap; a larger file is refused without reading it whole.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let mut buf = Vec::new();
+    f.take(cap + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if buf.len() as u64 > cap {
+        return Err(format!("larger than {cap} bytes"));
+    }
+    Ok(buf)
+}
+
+/// Finds every `NAME.txt` in `dir` that has at least one signature beside it.
+pub fn scan(dir: &Path) -> (Vec<Candidate>, Vec<FileProblem>) {
+    let mut problems = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), problems),
+        Err(e) => {
+            problems.push(FileProblem {
+                path: dir.to_path_buf(),
+                message: format!("cannot list approvals: {e}"),
+            });
+            return (Vec::new(), problems);
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut sigs_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in &names {
+        if let Some(stem) = n.strip_suffix(".sig") {
+            // NAME.txt.sig or NAME.txt.<signer>.sig
+            let payload = if stem.ends_with(".txt") {
+                stem.to_string()
+            } else if let Some(idx) = stem.rfind(".txt.") {
+                stem[..idx + 4].to_string()
+            } else {
+                continue;
+            };
+            sigs_of.entry(payload).or_default().push(n.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for (payload_name, sig_names) in sigs_of.into_iter().take(MAX_CANDIDATES) {
+        let payload_path = dir.join(&payload_name);
+        let payload = match read_capped(&payload_path, MAX_PAYLOAD_BYTES) {
+            Ok(p) => p,
+            Err(message) => {
+                problems.push(FileProblem {
+                    path: payload_path,
+                    message,
+                });
+                continue;
+            }
+        };
+        let mut signatures = Vec::new();
+        for s in sig_names.into_iter().take(MAX_SIGNATURES) {
+            let p = dir.join(&s);
+            match read_capped(&p, MAX_SIGNATURE_BYTES) {
+                Ok(b) => signatures.push((s, b)),
+                Err(message) => problems.push(FileProblem { path: p, message }),
+            }
+        }
+        if !signatures.is_empty() {
+            out.push(Candidate {
+                payload_path,
+                payload,
+                signatures,
+            });
+        }
+    }
+    (out, problems)
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Copies an approval and its signatures into `inbox` atomically (`drover approve` without a
+/// running daemon). Signatures are written first, so the payload appears only with them.
+pub fn copy_into_inbox(
+    inbox: &Path,
+    payload_file: &Path,
+    signature_files: &[PathBuf],
+) -> Result<PathBuf, String> {
+    let payload = read_capped(payload_file, MAX_PAYLOAD_BYTES)
+        .map_err(|e| format!("reading {}: {e}", payload_file.display()))?;
+    if signature_files.is_empty() {
+        return Err("at least one signature file is needed".into());
+    }
+    if signature_files.len() > MAX_SIGNATURES {
+        return Err(format!("at most {MAX_SIGNATURES} signatures are accepted"));
+    }
+    let stem = payload_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.strip_suffix(".txt").unwrap_or(n).to_string())
+        .filter(|n| !n.is_empty() && !n.starts_with('.'))
+        .ok_or_else(|| format!("{} has no usable file name", payload_file.display()))?;
+    let target = inbox.join(format!("{stem}.txt"));
+    for (i, s) in signature_files.iter().enumerate() {
+        let sig = read_capped(s, MAX_SIGNATURE_BYTES)
+            .map_err(|e| format!("reading {}: {e}", s.display()))?;
+        let name = if signature_files.len() == 1 {
+            format!("{stem}.txt.sig")
+        } else {
+            format!("{stem}.txt.signer{}.sig", i + 1)
+        };
+        write_atomic(&inbox.join(name), &sig).map_err(|e| format!("writing inbox: {e}"))?;
+    }
+    write_atomic(&target, &payload).map_err(|e| format!("writing inbox: {e}"))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn scan_pairs_payloads_with_one_or_several_signatures() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("a.txt"), b"A").unwrap();
+        std::fs::write(p.join("a.txt.sig"), b"SA").unwrap();
+        std::fs::write(p.join("b.txt"), b"B").unwrap();
+        std::fs::write(p.join("b.txt.alice.sig"), b"S1").unwrap();
+        std::fs::write(p.join("b.txt.bob.sig"), b"S2").unwrap();
+        std::fs::write(p.join("unsigned.txt"), b"U").unwrap();
+        std::fs::write(p.join("orphan.txt.sig"), b"O").unwrap();
+        let (c, problems) = scan(p);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].payload, b"A");
+        assert_eq!(c[1].signatures.len(), 2);
+        assert_eq!(
+            problems.len(),
+            1,
+            "the orphan signature's payload is missing"
+        );
+    }
+
+    #[test]
+    fn oversized_files_are_refused_without_reading_them() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("big.txt"), vec![b'x'; 20_000]).unwrap();
+        std::fs::write(p.join("big.txt.sig"), b"S").unwrap();
+        let (c, problems) = scan(p);
+        assert!(c.is_empty());
+        assert!(problems[0].message.contains("larger than"));
+    }
+
+    #[test]
+    fn approve_copies_atomically_into_the_inbox() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("101-destroy_guest.txt"), b"P").unwrap();
+        std::fs::write(src.join("x.sig"), b"S").unwrap();
+        let inbox = d.path().join("inbox");
+        let t = copy_into_inbox(
+            &inbox,
+            &src.join("101-destroy_guest.txt"),
+            &[src.join("x.sig")],
+        )
+        .unwrap();
+        assert_eq!(std::fs::read(&t).unwrap(), b"P");
+        let (c, _) = scan(&inbox);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].signatures[0].1, b"S");
+        assert!(copy_into_inbox(&inbox, &src.join("missing.txt"), &[src.join("x.sig")]).is_err());
+    }
+}
