@@ -15,7 +15,7 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
 /// A configuration error: always names the file, and the line and key where it knows them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading config {path}: {source}")]
+    #[error("reading config {path}")]
     Read {
         path: PathBuf,
         #[source]
