@@ -1,0 +1,366 @@
+//! One method per PVE endpoint the agent uses (paths below `/api2/json`, see
+//! `proxmox-api.md` §3-4). Mutations that PVE runs as tasks return their [`Upid`].
+
+use reqwest::Method;
+use tracing::Instrument;
+
+use crate::client::{Client, seg};
+use crate::error::Error;
+use crate::params::{
+    ConfigUpdate, CreateLxc, DestroyOptions, Params, ResizeSize, ShutdownOptions, TaskListFilter,
+};
+use crate::types::{
+    ClusterResource, LxcConfig, LxcListEntry, LxcStatus, PendingEntry, SnapshotEntry,
+    TaskListEntry, TaskLog, TaskLogLine, TaskStatus, VersionInfo,
+};
+use crate::upid::Upid;
+
+fn lxc(node: &str, vmid: u32) -> String {
+    format!("/nodes/{}/lxc/{vmid}", seg(node))
+}
+
+fn task(upid: &Upid) -> String {
+    format!(
+        "/nodes/{}/tasks/{}",
+        seg(&upid.node),
+        seg(&upid.to_string())
+    )
+}
+
+fn invalid(method: Method, path: String, message: String) -> Error {
+    Error::new(
+        Some(method),
+        path,
+        crate::error::ErrorKind::Config { message },
+    )
+}
+
+impl Client {
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &Params,
+        vmid: Option<u32>,
+    ) -> Result<T, Error> {
+        Ok(self.call(Method::GET, path, params, vmid).await?.0)
+    }
+
+    async fn task_call(
+        &self,
+        method: Method,
+        path: &str,
+        params: &Params,
+        vmid: Option<u32>,
+    ) -> Result<Upid, Error> {
+        let upid: Upid = self.call(method, path, params, vmid).await?.0;
+        tracing::debug!(upid = %upid, vmid, "task started");
+        Ok(upid)
+    }
+
+    /// `GET /version`.
+    pub async fn version(&self) -> Result<VersionInfo, Error> {
+        self.get("/version", &Params::new(), None).await
+    }
+
+    /// `GET /nodes/{node}/lxc`: every CT on the node (filtered to those the token may audit).
+    pub async fn list_lxc(&self, node: &str) -> Result<Vec<LxcListEntry>, Error> {
+        self.get(&format!("/nodes/{}/lxc", seg(node)), &Params::new(), None)
+            .await
+    }
+
+    /// `GET .../config`. By default pending values are merged in; `current = true` returns the
+    /// values in effect now.
+    pub async fn lxc_config(
+        &self,
+        node: &str,
+        vmid: u32,
+        current: bool,
+    ) -> Result<LxcConfig, Error> {
+        let mut p = Params::new();
+        if current {
+            p.set_bool("current", true);
+        }
+        self.get(&format!("{}/config", lxc(node, vmid)), &p, Some(vmid))
+            .await
+    }
+
+    /// `PUT .../config` (synchronous, no task). Send the `digest` the change was planned on.
+    pub async fn update_lxc_config(
+        &self,
+        node: &str,
+        vmid: u32,
+        update: &ConfigUpdate,
+    ) -> Result<(), Error> {
+        let path = format!("{}/config", lxc(node, vmid));
+        if update.is_empty() {
+            return Err(invalid(Method::PUT, path, "nothing to change".into()));
+        }
+        let p = update
+            .to_params()
+            .map_err(|m| invalid(Method::PUT, path.clone(), m))?;
+        let _: Option<serde_json::Value> = self.call(Method::PUT, &path, &p, Some(vmid)).await?.0;
+        Ok(())
+    }
+
+    /// `GET .../pending`.
+    pub async fn lxc_pending(&self, node: &str, vmid: u32) -> Result<Vec<PendingEntry>, Error> {
+        self.get(
+            &format!("{}/pending", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `GET .../status/current`.
+    pub async fn lxc_status(&self, node: &str, vmid: u32) -> Result<LxcStatus, Error> {
+        self.get(
+            &format!("{}/status/current", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../status/start`.
+    pub async fn start_lxc(&self, node: &str, vmid: u32) -> Result<Upid, Error> {
+        self.task_call(
+            Method::POST,
+            &format!("{}/status/start", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../status/stop` (kills the CT).
+    pub async fn stop_lxc(&self, node: &str, vmid: u32) -> Result<Upid, Error> {
+        self.task_call(
+            Method::POST,
+            &format!("{}/status/stop", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../status/shutdown` (clean shutdown, optionally forced after `timeout`).
+    pub async fn shutdown_lxc(
+        &self,
+        node: &str,
+        vmid: u32,
+        opts: &ShutdownOptions,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        if let Some(t) = opts.timeout {
+            p.set("timeout", t);
+        }
+        if opts.force_stop {
+            p.set_bool("forceStop", true);
+        }
+        self.task_call(
+            Method::POST,
+            &format!("{}/status/shutdown", lxc(node, vmid)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../status/reboot` (applies pending changes).
+    pub async fn reboot_lxc(
+        &self,
+        node: &str,
+        vmid: u32,
+        timeout: Option<u32>,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        if let Some(t) = timeout {
+            p.set("timeout", t);
+        }
+        self.task_call(
+            Method::POST,
+            &format!("{}/status/reboot", lxc(node, vmid)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST /nodes/{node}/lxc` with `start=0`.
+    pub async fn create_lxc(&self, node: &str, create: &CreateLxc) -> Result<Upid, Error> {
+        let path = format!("/nodes/{}/lxc", seg(node));
+        let p = create
+            .to_params()
+            .map_err(|m| invalid(Method::POST, path.clone(), m))?;
+        self.task_call(Method::POST, &path, &p, Some(create.vmid))
+            .await
+    }
+
+    /// `DELETE /nodes/{node}/lxc/{vmid}`.
+    pub async fn destroy_lxc(
+        &self,
+        node: &str,
+        vmid: u32,
+        opts: &DestroyOptions,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        if opts.purge {
+            p.set_bool("purge", true);
+        }
+        if opts.destroy_unreferenced_disks {
+            p.set_bool("destroy-unreferenced-disks", true);
+        }
+        if opts.force {
+            p.set_bool("force", true);
+        }
+        self.task_call(Method::DELETE, &lxc(node, vmid), &p, Some(vmid))
+            .await
+    }
+
+    /// `GET .../snapshot` (includes the synthetic `current` entry).
+    pub async fn list_snapshots(&self, node: &str, vmid: u32) -> Result<Vec<SnapshotEntry>, Error> {
+        self.get(
+            &format!("{}/snapshot", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../snapshot`.
+    pub async fn create_snapshot(
+        &self,
+        node: &str,
+        vmid: u32,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        p.set("snapname", name);
+        if let Some(d) = description {
+            p.set("description", d);
+        }
+        self.task_call(
+            Method::POST,
+            &format!("{}/snapshot", lxc(node, vmid)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `DELETE .../snapshot/{name}`.
+    pub async fn delete_snapshot(
+        &self,
+        node: &str,
+        vmid: u32,
+        name: &str,
+        force: bool,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        if force {
+            p.set_bool("force", true);
+        }
+        self.task_call(
+            Method::DELETE,
+            &format!("{}/snapshot/{}", lxc(node, vmid), seg(name)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `POST .../snapshot/{name}/rollback` (kills a running CT first; `start` restarts it).
+    pub async fn rollback_snapshot(
+        &self,
+        node: &str,
+        vmid: u32,
+        name: &str,
+        start: bool,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        if start {
+            p.set_bool("start", true);
+        }
+        self.task_call(
+            Method::POST,
+            &format!("{}/snapshot/{}/rollback", lxc(node, vmid), seg(name)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `PUT .../resize` of `rootfs` or `mpN`.
+    pub async fn resize_lxc(
+        &self,
+        node: &str,
+        vmid: u32,
+        disk: &str,
+        size: ResizeSize,
+        digest: Option<&str>,
+    ) -> Result<Upid, Error> {
+        let mut p = Params::new();
+        p.set("disk", disk);
+        p.set("size", size);
+        if let Some(d) = digest {
+            p.set("digest", d);
+        }
+        self.task_call(
+            Method::PUT,
+            &format!("{}/resize", lxc(node, vmid)),
+            &p,
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `GET /nodes/{upid.node}/tasks/{upid}/status`.
+    pub async fn task_status(&self, upid: &Upid) -> Result<TaskStatus, Error> {
+        let span = tracing::debug_span!("pve_task", upid = %upid);
+        self.get(
+            &format!("{}/status", task(upid)),
+            &Params::new(),
+            upid.vmid(),
+        )
+        .instrument(span)
+        .await
+    }
+
+    /// `GET /nodes/{upid.node}/tasks/{upid}/log?start=&limit=` (line numbers start at 1;
+    /// `start` is a 0-based offset).
+    pub async fn task_log(&self, upid: &Upid, start: u64, limit: u64) -> Result<TaskLog, Error> {
+        let mut p = Params::new();
+        p.set("start", start);
+        p.set("limit", limit);
+        let span = tracing::debug_span!("pve_task", upid = %upid);
+        let (lines, total): (Vec<TaskLogLine>, _) = self
+            .call(Method::GET, &format!("{}/log", task(upid)), &p, upid.vmid())
+            .instrument(span)
+            .await?;
+        Ok(TaskLog { lines, total })
+    }
+
+    /// `GET /nodes/{node}/tasks` with filters (`TaskListFilter::active_for(vmid)` shows
+    /// someone else's running operation on a CT).
+    pub async fn list_tasks(
+        &self,
+        node: &str,
+        filter: &TaskListFilter,
+    ) -> Result<Vec<TaskListEntry>, Error> {
+        self.get(
+            &format!("/nodes/{}/tasks", seg(node)),
+            &filter.to_params(),
+            filter.vmid,
+        )
+        .await
+    }
+
+    /// `GET /cluster/resources?type=vm` (status lags ~10 s; lock and tags are live).
+    pub async fn cluster_vm_resources(&self) -> Result<Vec<ClusterResource>, Error> {
+        let mut p = Params::new();
+        p.set("type", "vm");
+        self.get("/cluster/resources", &p, None).await
+    }
+}

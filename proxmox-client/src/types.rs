@@ -1,0 +1,500 @@
+//! Typed responses. Fields PVE only sometimes sends are `Option`; numbers and booleans are
+//! decoded leniently (see [`crate::lenient`]); unknown fields are ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use crate::lenient;
+use crate::property::{Features, MountConfig, NetConfig, PropertyError};
+use crate::upid::Upid;
+
+/// `GET /version`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct VersionInfo {
+    pub version: String,
+    #[serde(default)]
+    pub release: Option<String>,
+    #[serde(default)]
+    pub repoid: Option<String>,
+}
+
+/// Run state of a guest. PVE reports `running`/`stopped` (and `unknown` in cluster resources
+/// without RRD data); anything else is kept verbatim.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum GuestStatus {
+    Running,
+    Stopped,
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for GuestStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(match s.as_str() {
+            "running" => GuestStatus::Running,
+            "stopped" => GuestStatus::Stopped,
+            _ => GuestStatus::Other(s),
+        })
+    }
+}
+
+impl fmt::Display for GuestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuestStatus::Running => "running",
+            GuestStatus::Stopped => "stopped",
+            GuestStatus::Other(s) => s,
+        })
+    }
+}
+
+/// One entry of `GET /nodes/{node}/lxc` (also the body of `status/current`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct LxcListEntry {
+    #[serde(deserialize_with = "lenient::u32_")]
+    pub vmid: u32,
+    pub status: GuestStatus,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Only present while set (`backup`, `create`, ...).
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub template: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub cpus: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub cpu: Option<f64>,
+    /// Bytes.
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxmem: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub mem: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxswap: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub swap: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxdisk: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub disk: Option<u64>,
+    /// Seconds.
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub uptime: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub pid: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub netin: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub netout: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub diskread: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub diskwrite: Option<u64>,
+}
+
+impl LxcListEntry {
+    pub fn is_running(&self) -> bool {
+        self.status == GuestStatus::Running
+    }
+    pub fn is_template(&self) -> bool {
+        self.template.unwrap_or(false)
+    }
+}
+
+/// HA state in `status/current`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HaStatus {
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub managed: Option<bool>,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+impl HaStatus {
+    /// HA owns the power state: a start/stop task OK does not prove the result.
+    pub fn is_managed(&self) -> bool {
+        self.managed.unwrap_or(false)
+    }
+}
+
+/// `GET /nodes/{node}/lxc/{vmid}/status/current`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct LxcStatus {
+    #[serde(flatten)]
+    pub entry: LxcListEntry,
+    #[serde(default)]
+    pub ha: HaStatus,
+}
+
+/// `GET /nodes/{node}/lxc/{vmid}/config`, with property strings parsed.
+///
+/// Keys without a typed field (e.g. `arch`, `cmode`, `timezone`, `dev0`, `unused0`, `startup`)
+/// are in `extra` as text. Raw `lxc.*` keys are in `lxc`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LxcConfig {
+    /// SHA-1 of the config file; send it back with `PUT config` to detect concurrent changes.
+    pub digest: Option<String>,
+    pub hostname: Option<String>,
+    pub ostype: Option<String>,
+    pub arch: Option<String>,
+    pub cores: Option<u32>,
+    /// Stored as a string by PVE (`"0"`, `"1.5"`).
+    pub cpulimit: Option<f64>,
+    pub cpuunits: Option<u64>,
+    /// MiB.
+    pub memory: Option<u64>,
+    /// MiB.
+    pub swap: Option<u64>,
+    pub onboot: Option<bool>,
+    pub protection: Option<bool>,
+    pub unprivileged: Option<bool>,
+    pub template: Option<bool>,
+    /// Read back with a trailing newline per line.
+    pub description: Option<String>,
+    /// Raw `;`-joined text; see [`crate::property::parse_tags`].
+    pub tags: Option<String>,
+    pub nameserver: Option<String>,
+    pub searchdomain: Option<String>,
+    pub lock: Option<String>,
+    /// Current snapshot.
+    pub parent: Option<String>,
+    pub features: Option<Features>,
+    pub rootfs: Option<MountConfig>,
+    pub net: BTreeMap<u32, NetConfig>,
+    pub mp: BTreeMap<u32, MountConfig>,
+    /// `lxc.*` keys as `[key, value]` pairs (not settable through the API).
+    pub lxc: Vec<(String, String)>,
+    pub extra: BTreeMap<String, String>,
+}
+
+/// Prefixes an error with the config key it belongs to.
+fn at<T>(key: &str, r: Result<T, String>) -> Result<T, String> {
+    r.map_err(|e| format!("key {key:?}: {e}"))
+}
+
+fn indexed(key: &str, prefix: &str) -> Option<u32> {
+    let rest = key.strip_prefix(prefix)?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || rest.len() > 4 {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+impl LxcConfig {
+    /// Builds the typed config from the raw JSON object, naming the key on any error.
+    pub fn from_map(map: serde_json::Map<String, Value>) -> Result<Self, String> {
+        use lenient::Scalar;
+        let mut c = LxcConfig::default();
+        let scalar = |k: &str, v: Value| -> Result<Scalar, String> {
+            serde_json::from_value::<Scalar>(v).map_err(|e| format!("key {k:?}: {e}"))
+        };
+        let text =
+            |k: &str, v: Value| -> Result<Option<String>, String> { Ok(scalar(k, v)?.into_text()) };
+        let prop = |k: &str, e: PropertyError| format!("key {k:?}: {e}");
+        for (k, v) in map {
+            let key = k.as_str();
+            if v.is_null() {
+                continue;
+            }
+            match key {
+                "digest" => c.digest = text(key, v)?,
+                "hostname" => c.hostname = text(key, v)?,
+                "ostype" => c.ostype = text(key, v)?,
+                "arch" => c.arch = text(key, v)?,
+                "description" => c.description = text(key, v)?,
+                "tags" => c.tags = text(key, v)?,
+                "nameserver" => c.nameserver = text(key, v)?,
+                "searchdomain" => c.searchdomain = text(key, v)?,
+                "lock" => c.lock = text(key, v)?,
+                "parent" => c.parent = text(key, v)?,
+                "cores" => {
+                    let n = at(key, scalar(key, v)?.to_u64())?;
+                    c.cores =
+                        Some(u32::try_from(n).map_err(|_| format!("key {key:?}: out of range"))?);
+                }
+                "cpulimit" => c.cpulimit = Some(at(key, scalar(key, v)?.to_f64())?),
+                "cpuunits" => c.cpuunits = Some(at(key, scalar(key, v)?.to_u64())?),
+                "memory" => c.memory = Some(at(key, scalar(key, v)?.to_u64())?),
+                "swap" => c.swap = Some(at(key, scalar(key, v)?.to_u64())?),
+                "onboot" => c.onboot = Some(at(key, scalar(key, v)?.to_bool())?),
+                "protection" => c.protection = Some(at(key, scalar(key, v)?.to_bool())?),
+                "unprivileged" => c.unprivileged = Some(at(key, scalar(key, v)?.to_bool())?),
+                "template" => c.template = Some(at(key, scalar(key, v)?.to_bool())?),
+                "features" => {
+                    if let Some(s) = text(key, v)? {
+                        c.features = Some(s.parse().map_err(|e| prop(key, e))?);
+                    }
+                }
+                "rootfs" => {
+                    if let Some(s) = text(key, v)? {
+                        c.rootfs = Some(s.parse().map_err(|e| prop(key, e))?);
+                    }
+                }
+                "lxc" => {
+                    let pairs: Vec<(String, String)> = serde_json::from_value(v)
+                        .map_err(|e| format!("key \"lxc\": expected [[key, value], ...]: {e}"))?;
+                    c.lxc = pairs;
+                }
+                _ => {
+                    if let Some(i) = indexed(key, "net") {
+                        if let Some(s) = text(key, v)? {
+                            c.net.insert(i, s.parse().map_err(|e| prop(key, e))?);
+                        }
+                    } else if let Some(i) = indexed(key, "mp") {
+                        if let Some(s) = text(key, v)? {
+                            c.mp.insert(i, s.parse().map_err(|e| prop(key, e))?);
+                        }
+                    } else if let Some(s) = match v {
+                        Value::Array(_) | Value::Object(_) => Some(v.to_string()),
+                        other => text(key, other)?,
+                    } {
+                        c.extra.insert(k, s);
+                    }
+                }
+            }
+        }
+        Ok(c)
+    }
+}
+
+impl<'de> Deserialize<'de> for LxcConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, Value>::deserialize(d)?;
+        LxcConfig::from_map(map).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One entry of `GET /nodes/{node}/lxc/{vmid}/pending`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PendingEntry {
+    pub key: String,
+    /// Current value, as text.
+    #[serde(default, deserialize_with = "lenient::opt_text")]
+    pub value: Option<String>,
+    /// Value that applies at the next start/reboot, as text.
+    #[serde(default, deserialize_with = "lenient::opt_text")]
+    pub pending: Option<String>,
+    /// The key is scheduled for deletion (PVE sends `1`, or `2` for a forced delete).
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub delete: Option<bool>,
+}
+
+impl PendingEntry {
+    /// True when this key has a change waiting for the next start/reboot.
+    pub fn has_pending_change(&self) -> bool {
+        self.pending.is_some() || self.delete.unwrap_or(false)
+    }
+}
+
+/// One entry of `GET /nodes/{node}/lxc/{vmid}/snapshot` (includes the synthetic `current`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct SnapshotEntry {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parent: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub snaptime: Option<i64>,
+    /// Set on incomplete snapshots (`prepare`, `delete`).
+    #[serde(default)]
+    pub snapstate: Option<String>,
+    /// Only on `current`.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub running: Option<bool>,
+    /// Only on `current`.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// `running` or `stopped`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Running,
+    Stopped,
+}
+
+/// How a stopped task ended, classified like `PVE::UPID::status_is_error`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskExit {
+    Ok,
+    /// `WARNINGS: n`: a success with warnings.
+    Warnings(u32),
+    /// Any other exit status text is an error.
+    Error(String),
+}
+
+impl TaskExit {
+    pub fn from_exitstatus(s: &str) -> Self {
+        if s == "OK" {
+            return TaskExit::Ok;
+        }
+        if let Some(n) = s.strip_prefix("WARNINGS: ")
+            && !n.is_empty()
+            && n.bytes().all(|b| b.is_ascii_digit())
+        {
+            return TaskExit::Warnings(n.parse().unwrap_or(u32::MAX));
+        }
+        TaskExit::Error(s.to_owned())
+    }
+}
+
+/// `GET /nodes/{node}/tasks/{upid}/status`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub upid: Upid,
+    pub status: TaskState,
+    /// Only when stopped: `OK`, `WARNINGS: n` or the error text.
+    #[serde(default)]
+    pub exitstatus: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default, rename = "type")]
+    pub worker_type: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `user@realm` (the token part is split off into `tokenid`).
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tokenid: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub pid: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub pstart: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub starttime: Option<i64>,
+}
+
+impl TaskStatus {
+    /// `None` while running.
+    pub fn exit(&self) -> Option<TaskExit> {
+        match self.status {
+            TaskState::Running => None,
+            TaskState::Stopped => Some(TaskExit::from_exitstatus(
+                self.exitstatus.as_deref().unwrap_or("unexpected status"),
+            )),
+        }
+    }
+}
+
+/// One line of `GET /nodes/{node}/tasks/{upid}/log`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct TaskLogLine {
+    #[serde(deserialize_with = "lenient::u64_")]
+    pub n: u64,
+    pub t: String,
+}
+
+/// A page of a task log plus the total line count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskLog {
+    pub lines: Vec<TaskLogLine>,
+    pub total: Option<u64>,
+}
+
+/// One entry of `GET /nodes/{node}/tasks`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct TaskListEntry {
+    pub upid: Upid,
+    #[serde(default, rename = "type")]
+    pub worker_type: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub tokenid: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub starttime: Option<i64>,
+    /// Only for finished tasks.
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub endtime: Option<i64>,
+    /// `RUNNING` for active tasks; the exit status text for archived ones.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub pid: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub pstart: Option<u64>,
+}
+
+impl TaskListEntry {
+    pub fn is_running(&self) -> bool {
+        self.endtime.is_none() && self.status.as_deref().is_none_or(|s| s == "RUNNING")
+    }
+}
+
+/// One entry of `GET /cluster/resources?type=vm`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ClusterResource {
+    /// `lxc/101`, `qemu/200`.
+    pub id: String,
+    /// `lxc` or `qemu`.
+    #[serde(rename = "type")]
+    pub resource_type: String,
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    pub vmid: Option<u32>,
+    #[serde(default)]
+    pub node: Option<String>,
+    /// `unknown` while pvestatd has no data.
+    #[serde(default)]
+    pub status: Option<GuestStatus>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub template: Option<bool>,
+    #[serde(default)]
+    pub tags: Option<String>,
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub hastate: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub maxcpu: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub cpu: Option<f64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxmem: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub mem: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub maxdisk: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub disk: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub uptime: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_exit_classification() {
+        assert_eq!(TaskExit::from_exitstatus("OK"), TaskExit::Ok);
+        assert_eq!(
+            TaskExit::from_exitstatus("WARNINGS: 3"),
+            TaskExit::Warnings(3)
+        );
+        assert_eq!(
+            TaskExit::from_exitstatus("WARNINGS: x"),
+            TaskExit::Error("WARNINGS: x".into())
+        );
+        assert_eq!(
+            TaskExit::from_exitstatus("unexpected status"),
+            TaskExit::Error("unexpected status".into())
+        );
+    }
+}
