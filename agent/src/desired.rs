@@ -286,7 +286,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
             let s = v
                 .as_str()
                 .ok_or_else(|| e(key, "must be a string".into()))?;
-            crate::model::NetSpec::parse(s).map_err(|m| e(key, m))?;
+            crate::model::parse_net(s).map_err(|m| e(key, m))?;
             spec.nets.insert(idx, s.to_string());
         }
     }
@@ -431,7 +431,7 @@ description = "managed by drover"
             ),
             (
                 "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
-                "net0 = \"bridge\"",
+                "net0 = \"name=eth0,mtu=big\"",
                 "net0",
             ),
             ("tags = [\"web\"]", "tags = [\"we b\"]", "tags"),

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use drover::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
-#[command(name = "drover", version, about = "Reconcile agent for Proxmox VE hosts")]
+#[command(
+    name = "drover",
+    version,
+    about = "Reconcile agent for Proxmox VE hosts"
+)]
 struct Cli {
     /// The agent's config file.
     #[arg(long, global = true, env = "DROVER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]

@@ -7,67 +7,21 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// A `net[n]` property string as a map of its fields, minus what PVE adds on its own.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
-pub struct NetSpec {
-    pub fields: BTreeMap<String, String>,
+pub use proxmox_client::NetConfig;
+
+/// Renders the desired `net[n]` value for a PUT, keeping the guest's current MAC address so a
+/// config change does not also change the guest's DHCP lease.
+pub fn render_net_keeping_hwaddr(desired: &NetConfig, actual: Option<&NetConfig>) -> String {
+    let mut n = desired.clone();
+    if n.hwaddr.is_none() {
+        n.hwaddr = actual.and_then(|a| a.hwaddr.clone());
+    }
+    n.to_string()
 }
 
-/// Keys of `net[n]` PVE fills in itself; they never count as drift.
-const NET_GENERATED: &[&str] = &["hwaddr"];
-
-impl NetSpec {
-    /// Parses `name=eth0,bridge=vmbr0,ip=dhcp`. Every field must be `key=value` and `name` is
-    /// required (PVE's schema makes it so).
-    pub fn parse(s: &str) -> Result<NetSpec, String> {
-        let mut fields = BTreeMap::new();
-        for part in s.split(',') {
-            let (k, v) = part
-                .split_once('=')
-                .ok_or_else(|| format!("{part:?} is not key=value"))?;
-            let k = k.trim();
-            if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                return Err(format!("{k:?} is not a property name"));
-            }
-            if fields.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(format!("{k:?} appears twice"));
-            }
-        }
-        if !fields.contains_key("name") {
-            return Err("the `name` field (e.g. name=eth0) is required".into());
-        }
-        Ok(NetSpec { fields })
-    }
-
-    /// The fields that matter for comparison: without generated keys, with `type=veth`
-    /// (the only type LXC has, added by PVE) dropped.
-    pub fn meaning(&self) -> BTreeMap<&str, &str> {
-        self.fields
-            .iter()
-            .filter(|(k, v)| {
-                let generated = NET_GENERATED.contains(&k.as_str());
-                let default_type = k.as_str() == "type" && v.as_str() == "veth";
-                !(generated || default_type)
-            })
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect()
-    }
-
-    /// Renders the desired value for a PUT, keeping the guest's current MAC address so that a
-    /// config change does not also change the guest's DHCP lease.
-    pub fn render_keeping_hwaddr(&self, actual: Option<&NetSpec>) -> String {
-        let mut fields = self.fields.clone();
-        if let Some(hw) = actual.and_then(|a| a.fields.get("hwaddr")) {
-            fields.entry("hwaddr".into()).or_insert_with(|| hw.clone());
-        }
-        // `name` first, as PVE prints it; the rest in a stable order.
-        let mut out = Vec::with_capacity(fields.len());
-        if let Some(n) = fields.remove("name") {
-            out.push(format!("name={n}"));
-        }
-        out.extend(fields.into_iter().map(|(k, v)| format!("{k}={v}")));
-        out.join(",")
-    }
+/// Parses a desired `net[n]` value, with a message fit for the document's error report.
+pub fn parse_net(s: &str) -> Result<NetConfig, String> {
+    s.parse::<NetConfig>().map_err(|e| e.to_string())
 }
 
 /// The root filesystem as the planner compares it.
@@ -124,14 +78,14 @@ pub enum Power {
 }
 
 /// The managed keys of an existing guest, normalized.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ActualConfig {
     pub hostname: Option<String>,
     pub cores: Option<u32>,
     pub memory: Option<u64>,
     pub swap: Option<u64>,
     pub rootfs: Option<RootfsState>,
-    pub nets: BTreeMap<u8, NetSpec>,
+    pub nets: BTreeMap<u8, NetConfig>,
     pub onboot: bool,
     pub tags: Vec<String>,
     /// Without PVE's trailing newline.
@@ -140,7 +94,7 @@ pub struct ActualConfig {
 }
 
 /// One guest on this node as read from PVE.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ActualGuest {
     pub vmid: u32,
     pub power: Power,
@@ -155,7 +109,7 @@ pub struct ActualGuest {
 }
 
 /// Everything the planner knows about the host.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct ActualHost {
     /// CTs on this node.
     pub guests: BTreeMap<u32, ActualGuest>,
@@ -189,24 +143,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn net_meaning_ignores_generated_fields() {
-        let want = NetSpec::parse("name=eth0,bridge=vmbr0,ip=dhcp").unwrap();
+    fn net_comparison_ignores_generated_fields_and_render_keeps_the_mac() {
+        let want = parse_net("name=eth0,bridge=vmbr0,ip=dhcp").unwrap();
         let got =
-            NetSpec::parse("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth")
-                .unwrap();
-        assert_eq!(want.meaning(), got.meaning());
-        let other = NetSpec::parse("name=eth0,bridge=vmbr1,ip=dhcp,type=veth").unwrap();
-        assert_ne!(want.meaning(), other.meaning());
-    }
-
-    #[test]
-    fn render_keeps_the_mac() {
-        let want = NetSpec::parse("name=eth0,bridge=vmbr1,ip=dhcp").unwrap();
-        let got = NetSpec::parse("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01").unwrap();
+            parse_net("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth").unwrap();
+        assert!(got.same_as_desired(&want));
+        let other = parse_net("name=eth0,bridge=vmbr1,ip=dhcp,type=veth").unwrap();
+        assert!(!other.same_as_desired(&want));
+        let want = parse_net("name=eth0,bridge=vmbr1,ip=dhcp").unwrap();
         assert_eq!(
-            want.render_keeping_hwaddr(Some(&got)),
+            render_net_keeping_hwaddr(&want, Some(&got)),
             "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:01,ip=dhcp"
         );
+        assert!(parse_net("bridge=vmbr0").is_err());
     }
 
     #[test]

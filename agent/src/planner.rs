@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 
 use crate::desired::{DesiredDoc, Ensure, GuestSpec, parse_rootfs_spec};
 use crate::model::{
-    ActualGuest, ActualHost, NetSpec, Power, normalize_description, normalize_tags,
+    ActualGuest, ActualHost, Power, normalize_description, normalize_tags, parse_net,
+    render_net_keeping_hwaddr,
 };
 
 /// What a step does. The names are the approval payload's `op` for the destructive ones.
@@ -462,17 +463,16 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
         );
     }
     for (i, want) in &spec.nets {
-        let Ok(want) = NetSpec::parse(want) else {
+        let Ok(want) = parse_net(want) else {
             continue; // validated when the document was parsed
         };
         let have = a.nets.get(i);
-        if have.map(NetSpec::meaning) != Some(want.meaning()) {
-            let rendered = want.render_keeping_hwaddr(have);
+        if !have.is_some_and(|h| h.same_as_desired(&want)) {
             diff(
                 format!("net{i}"),
-                have.map(|h| h.render_keeping_hwaddr(None)),
-                want.render_keeping_hwaddr(None),
-                rendered,
+                have.map(|h| render_net_keeping_hwaddr(h, None)),
+                want.to_string(),
+                render_net_keeping_hwaddr(&want, have),
             );
         }
     }
@@ -599,10 +599,8 @@ description = "managed by drover"
                 }),
                 nets: [(
                     0u8,
-                    NetSpec::parse(
-                        "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
-                    )
-                    .unwrap(),
+                    parse_net("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
+                        .unwrap(),
                 )]
                 .into(),
                 onboot: true,
@@ -651,8 +649,7 @@ description = "managed by drover"
         g.config.memory = Some(512);
         g.config.nets.insert(
             0,
-            NetSpec::parse("name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
-                .unwrap(),
+            parse_net("name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth").unwrap(),
         );
         let p = plan(&doc(), &host(g));
         let steps = &p.guests[&201].steps;
