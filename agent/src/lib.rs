@@ -10,5 +10,6 @@ pub mod lanes;
 pub mod logging;
 pub mod model;
 pub mod planner;
+pub mod pve;
 pub mod render;
 pub mod systemd;

@@ -32,42 +32,6 @@ pub struct RootfsState {
     pub size_mib: Option<u64>,
 }
 
-impl RootfsState {
-    /// Parses an actual `rootfs` value (`local-lvm:vm-101-disk-0,size=8G`).
-    pub fn parse_actual(s: &str) -> Option<RootfsState> {
-        let mut parts = s.split(',');
-        let volume = parts.next()?;
-        let storage = volume.split_once(':').map(|(st, _)| st)?.to_string();
-        let mut size_mib = None;
-        for p in parts {
-            if let Some(v) = p.strip_prefix("size=") {
-                size_mib = parse_size_mib(v);
-            }
-        }
-        Some(RootfsState { storage, size_mib })
-    }
-}
-
-/// `8G`, `512M`, `1T`, `1024K` or a plain number of bytes → MiB (rounded up).
-pub fn parse_size_mib(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult_kib): (&str, u64) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 1),
-        'M' | 'm' => (&s[..s.len() - 1], 1024),
-        'G' | 'g' => (&s[..s.len() - 1], 1024 * 1024),
-        'T' | 't' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
-        _ => {
-            let bytes: f64 = s.parse().ok()?;
-            return Some((bytes / (1024.0 * 1024.0)).ceil() as u64);
-        }
-    };
-    let n: f64 = num.parse().ok()?;
-    if !n.is_finite() || n < 0.0 {
-        return None;
-    }
-    Some(((n * mult_kib as f64) / 1024.0).ceil() as u64)
-}
-
 /// Power state as PVE reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,17 +120,6 @@ mod tests {
             "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:00:00:01,ip=dhcp"
         );
         assert!(parse_net("bridge=vmbr0").is_err());
-    }
-
-    #[test]
-    fn sizes_and_rootfs() {
-        assert_eq!(parse_size_mib("8G"), Some(8192));
-        assert_eq!(parse_size_mib("512M"), Some(512));
-        assert_eq!(parse_size_mib("1T"), Some(1024 * 1024));
-        assert_eq!(parse_size_mib("x"), None);
-        let r = RootfsState::parse_actual("local-lvm:vm-101-disk-0,size=8G").unwrap();
-        assert_eq!(r.storage, "local-lvm");
-        assert_eq!(r.size_mib, Some(8192));
     }
 
     #[test]

@@ -1,0 +1,272 @@
+//! The agent's side of the PVE API: reads the actual state into the planner's model and turns a
+//! planned step into exactly one API call.
+//!
+//! Everything PVE-shaped stops here; the planner, gate and lanes see only `model` and `planner`
+//! types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use proxmox_client::{
+    Client, ConfigUpdate, CreateLxc, DestroyOptions, DiskSize, Error, GuestStatus, LxcConfig,
+    LxcListEntry, ResizeSize, ShutdownOptions, TaskOutcome, Upid, WaitOptions,
+};
+
+use crate::model::{
+    ActualConfig, ActualGuest, ActualHost, Power, RootfsState, normalize_description, split_tags,
+};
+use crate::planner::{Step, StepKind};
+
+/// How many config reads run at once during a full pass: enough to hide latency, few enough
+/// not to crowd pveproxy's workers.
+const READ_CONCURRENCY: usize = 8;
+
+/// Timeouts applied to task waits, per step kind (`proxmox-api.md` §4 recommendations).
+#[derive(Debug, Clone)]
+pub struct WaitPolicy {
+    /// Overrides the poll schedule (tests and benchmarks use fast polls against the simulator).
+    pub poll_interval: Option<Duration>,
+}
+
+impl WaitPolicy {
+    pub fn production() -> WaitPolicy {
+        WaitPolicy {
+            poll_interval: None,
+        }
+    }
+
+    pub fn deadline(kind: StepKind) -> Duration {
+        match kind {
+            StepKind::Create => Duration::from_secs(30 * 60),
+            StepKind::Destroy | StepKind::Resize => Duration::from_secs(10 * 60),
+            StepKind::Reboot => Duration::from_secs(5 * 60),
+            StepKind::Shutdown => Duration::from_secs(SHUTDOWN_TIMEOUT_SECS as u64 + 30),
+            StepKind::Start | StepKind::Stop => Duration::from_secs(120),
+            StepKind::SetConfig => Duration::from_secs(60),
+        }
+    }
+
+    pub fn options(&self, kind: StepKind) -> WaitOptions {
+        let deadline = Self::deadline(kind);
+        match self.poll_interval {
+            Some(i) => WaitOptions::fast(i, deadline),
+            None => WaitOptions::with_deadline(deadline),
+        }
+    }
+}
+
+/// Seconds a clean shutdown may take before PVE stops the CT hard.
+pub const SHUTDOWN_TIMEOUT_SECS: u32 = 60;
+
+/// What submitting a step produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submission {
+    /// A PVE task to wait for.
+    Task(Upid),
+    /// The call completed synchronously (`PUT config`).
+    Done,
+}
+
+/// The PVE API of this node.
+#[derive(Clone)]
+pub struct Pve {
+    pub client: Client,
+    pub node: String,
+    pub waits: WaitPolicy,
+}
+
+impl Pve {
+    pub fn new(client: Client, node: impl Into<String>, waits: WaitPolicy) -> Pve {
+        Pve {
+            client,
+            node: node.into(),
+            waits,
+        }
+    }
+
+    /// Reads everything the planner needs for a whole pass: the CT list, the cluster view (to
+    /// know vmids on other nodes) and each CT's config. N + 2 API calls for N CTs.
+    pub async fn read_host(&self) -> Result<ActualHost, Error> {
+        let (list, cluster) = tokio::try_join!(
+            self.client.list_lxc(&self.node),
+            self.client.cluster_vm_resources()
+        )?;
+        let guests: Vec<ActualGuest> = stream::iter(list.into_iter().map(|entry| async move {
+            let config = self
+                .client
+                .lxc_config(&self.node, entry.vmid, false)
+                .await?;
+            Ok::<_, Error>(to_actual(&entry, &config, BTreeSet::new()))
+        }))
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+        let mut host = ActualHost::default();
+        for g in guests {
+            host.guests.insert(g.vmid, g);
+        }
+        for r in cluster {
+            if let (Some(vmid), Some(node)) = (r.vmid, r.node)
+                && node != self.node
+                && !host.guests.contains_key(&vmid)
+            {
+                host.elsewhere.insert(vmid, node);
+            }
+        }
+        Ok(host)
+    }
+
+    /// Reads one guest afresh, including pending changes; `None` when it does not exist here.
+    pub async fn read_guest(&self, vmid: u32) -> Result<Option<ActualGuest>, Error> {
+        let status = match self.client.lxc_status(&self.node, vmid).await {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let config = match self.client.lxc_config(&self.node, vmid, false).await {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let pending: BTreeSet<String> = if status.entry.is_running() {
+            self.client
+                .lxc_pending(&self.node, vmid)
+                .await?
+                .into_iter()
+                .filter(|p| p.has_pending_change())
+                .map(|p| p.key)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        Ok(Some(to_actual(&status.entry, &config, pending)))
+    }
+
+    /// Sends exactly the call a step stands for. `digest` is the config digest the step was
+    /// planned on, so a concurrent change makes PVE refuse instead of overwriting it.
+    pub async fn submit(&self, step: &Step, digest: Option<&str>) -> Result<Submission, Error> {
+        let node = self.node.as_str();
+        let vmid = step.vmid;
+        let p = &step.params;
+        let flag = |k: &str| p.get(k).is_some_and(|v| v == "1");
+        match step.kind {
+            StepKind::Create => {
+                let template = p.get("ostemplate").cloned().unwrap_or_default();
+                let mut create = CreateLxc::new(vmid, template);
+                for (k, v) in p {
+                    if !matches!(k.as_str(), "vmid" | "ostemplate" | "start") {
+                        create = create.param(k.clone(), v);
+                    }
+                }
+                Ok(Submission::Task(
+                    self.client.create_lxc(node, &create).await?,
+                ))
+            }
+            StepKind::SetConfig => {
+                let mut update = ConfigUpdate::new();
+                if let Some(d) = digest {
+                    update = update.with_digest(d);
+                }
+                for (k, v) in p {
+                    update = update.set(k.clone(), v);
+                }
+                self.client.update_lxc_config(node, vmid, &update).await?;
+                Ok(Submission::Done)
+            }
+            StepKind::Resize => {
+                let gib: u64 = p
+                    .get("size")
+                    .and_then(|s| s.trim_end_matches('G').parse().ok())
+                    .unwrap_or(0);
+                let disk = p.get("disk").map(String::as_str).unwrap_or("rootfs");
+                Ok(Submission::Task(
+                    self.client
+                        .resize_lxc(
+                            node,
+                            vmid,
+                            disk,
+                            ResizeSize::Absolute(DiskSize::from_gib(gib)),
+                            digest,
+                        )
+                        .await?,
+                ))
+            }
+            StepKind::Start => Ok(Submission::Task(self.client.start_lxc(node, vmid).await?)),
+            StepKind::Stop => Ok(Submission::Task(self.client.stop_lxc(node, vmid).await?)),
+            StepKind::Shutdown => Ok(Submission::Task(
+                self.client
+                    .shutdown_lxc(
+                        node,
+                        vmid,
+                        &ShutdownOptions {
+                            timeout: Some(SHUTDOWN_TIMEOUT_SECS),
+                            force_stop: true,
+                        },
+                    )
+                    .await?,
+            )),
+            StepKind::Reboot => Ok(Submission::Task(
+                self.client
+                    .reboot_lxc(node, vmid, Some(SHUTDOWN_TIMEOUT_SECS))
+                    .await?,
+            )),
+            StepKind::Destroy => Ok(Submission::Task(
+                self.client
+                    .destroy_lxc(
+                        node,
+                        vmid,
+                        &DestroyOptions {
+                            purge: flag("purge"),
+                            destroy_unreferenced_disks: flag("destroy-unreferenced-disks"),
+                            force: flag("force"),
+                        },
+                    )
+                    .await?,
+            )),
+        }
+    }
+
+    /// Waits for a step's task with the deadline its kind allows.
+    pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
+        self.client.wait_task(upid, &self.waits.options(kind)).await
+    }
+}
+
+/// Brings a CT as PVE reports it into the planner's model.
+pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>) -> ActualGuest {
+    let nets: BTreeMap<u8, proxmox_client::NetConfig> = c
+        .net
+        .iter()
+        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, n.clone())))
+        .collect();
+    ActualGuest {
+        vmid: entry.vmid,
+        power: match &entry.status {
+            GuestStatus::Running => Power::Running,
+            GuestStatus::Stopped => Power::Stopped,
+            GuestStatus::Other(s) => Power::Other(s.clone()),
+        },
+        lock: c.lock.clone().or_else(|| entry.lock.clone()),
+        config: ActualConfig {
+            hostname: c.hostname.clone(),
+            cores: c.cores,
+            memory: c.memory,
+            swap: c.swap,
+            rootfs: c.rootfs.as_ref().and_then(|r| {
+                Some(RootfsState {
+                    storage: r.storage()?.to_string(),
+                    size_mib: r.size.map(|s| s.mib()),
+                })
+            }),
+            nets,
+            onboot: c.onboot.unwrap_or(false),
+            tags: c.tags.as_deref().map(split_tags).unwrap_or_default(),
+            description: c.description.as_deref().map(normalize_description),
+            protection: c.protection.unwrap_or(false),
+        },
+        digest: c.digest.clone().unwrap_or_default(),
+        pending,
+        template: c.template.unwrap_or(false) || entry.is_template(),
+    }
+}
