@@ -12,4 +12,5 @@ pub mod model;
 pub mod planner;
 pub mod pve;
 pub mod render;
+pub mod source;
 pub mod systemd;
