@@ -10,8 +10,8 @@ use crate::params::{
     ConfigUpdate, CreateLxc, DestroyOptions, Params, ResizeSize, ShutdownOptions, TaskListFilter,
 };
 use crate::types::{
-    ClusterResource, LxcConfig, LxcListEntry, LxcStatus, PendingEntry, SnapshotEntry,
-    TaskListEntry, TaskLog, TaskLogLine, TaskStatus, VersionInfo,
+    ClusterResource, InterfaceInfo, LxcConfig, LxcListEntry, LxcStatus, PendingEntry,
+    SnapshotEntry, TaskListEntry, TaskLog, TaskLogLine, TaskStatus, VersionInfo,
 };
 use crate::upid::Upid;
 
@@ -355,6 +355,25 @@ impl Client {
             filter.vmid,
         )
         .await
+    }
+
+    /// `GET .../interfaces`: addresses inside a running CT.
+    pub async fn lxc_interfaces(&self, node: &str, vmid: u32) -> Result<Vec<InterfaceInfo>, Error> {
+        self.get(
+            &format!("{}/interfaces", lxc(node, vmid)),
+            &Params::new(),
+            Some(vmid),
+        )
+        .await
+    }
+
+    /// `GET /cluster/nextid`: the first free vmid. It reserves nothing (creators race); the
+    /// agent should choose vmids deterministically instead.
+    pub async fn next_free_vmid(&self) -> Result<u32, Error> {
+        #[derive(serde::Deserialize)]
+        struct Id(#[serde(deserialize_with = "crate::lenient::u32_")] u32);
+        let id: Id = self.get("/cluster/nextid", &Params::new(), None).await?;
+        Ok(id.0)
     }
 
     /// `GET /cluster/resources?type=vm` (status lags ~10 s; lock and tags are live).

@@ -229,6 +229,10 @@ impl Client {
                 message: tls.to_string(),
             };
         }
+        let chain = error_chain(e);
+        if chain.contains("invalid peer certificate") {
+            return ErrorKind::Tls { message: chain };
+        }
         if e.is_connect() {
             return ErrorKind::Connect {
                 message: error_chain(e),
@@ -317,22 +321,19 @@ fn preview(body: &[u8]) -> String {
     String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned()
 }
 
-/// The rustls error behind a failed handshake, if any (it sits inside an `io::Error`).
-fn find_rustls_error(e: &reqwest::Error) -> Option<rustls::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(r) = err.downcast_ref::<rustls::Error>() {
-            return Some(r.clone());
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && let Some(r) = inner.downcast_ref::<rustls::Error>()
-        {
-            return Some(r.clone());
-        }
-        cur = err.source();
+/// The rustls error behind a failed handshake, if any. It sits inside an `io::Error`
+/// (whose `source()` skips the wrapped error, hence the explicit `get_ref`).
+fn find_rustls_error(e: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r.clone());
     }
-    None
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+        && let Some(r) = find_rustls_error(inner)
+    {
+        return Some(r);
+    }
+    e.source().and_then(find_rustls_error)
 }
 
 /// The error and its sources as one line, without repeats.

@@ -35,8 +35,8 @@ pub use property::{DiskSize, Features, MountConfig, NetConfig, PropertyError, pa
 pub use task::{TaskOutcome, WaitOptions};
 pub use tls::{DEFAULT_NODE_CERT_PATHS, Fingerprint, TlsTrust};
 pub use types::{
-    ClusterResource, GuestStatus, HaStatus, LxcConfig, LxcListEntry, LxcStatus, PendingEntry,
-    SnapshotEntry, TaskExit, TaskListEntry, TaskLog, TaskLogLine, TaskState, TaskStatus,
-    VersionInfo,
+    ClusterResource, GuestStatus, HaStatus, InterfaceAddress, InterfaceInfo, LxcConfig,
+    LxcListEntry, LxcStatus, PendingEntry, SnapshotEntry, TaskExit, TaskListEntry, TaskLog,
+    TaskLogLine, TaskState, TaskStatus, VersionInfo,
 };
 pub use upid::{Upid, UpidParseError};

@@ -154,7 +154,7 @@ impl fmt::Display for DiskSize {
             ("M", Self::MIB),
             ("K", Self::KIB),
         ] {
-            if b != 0 && b % m == 0 {
+            if b != 0 && b.is_multiple_of(m) {
                 return write!(f, "{}{unit}", b / m);
             }
         }

@@ -434,6 +434,32 @@ impl TaskListEntry {
     }
 }
 
+/// One address in `GET .../interfaces`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct InterfaceAddress {
+    #[serde(rename = "ip-address")]
+    pub ip_address: String,
+    /// `inet` or `inet6`.
+    #[serde(rename = "ip-address-type")]
+    pub ip_address_type: String,
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    pub prefix: Option<u32>,
+}
+
+/// One entry of `GET /nodes/{node}/lxc/{vmid}/interfaces` (running CTs only).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    #[serde(default)]
+    pub hwaddr: Option<String>,
+    #[serde(default)]
+    pub inet: Option<String>,
+    #[serde(default)]
+    pub inet6: Option<String>,
+    #[serde(default, rename = "ip-addresses")]
+    pub ip_addresses: Vec<InterfaceAddress>,
+}
+
 /// One entry of `GET /cluster/resources?type=vm`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct ClusterResource {
