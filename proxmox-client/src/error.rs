@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::upid::Upid;
 
 /// An error from a PVE call, with the method and path it happened on.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Error {
     method: Option<reqwest::Method>,
     path: String,
@@ -19,7 +19,7 @@ pub struct Error {
 }
 
 /// What went wrong.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
     /// 401: the token is wrong, expired or disabled. Never retried (PVE delays every 401 ~3 s).

@@ -109,8 +109,8 @@ impl Client {
             let elapsed = started.elapsed();
             if elapsed >= opts.deadline {
                 return Err(Error::new(
-                    None,
-                    format!("waiting for task {upid}"),
+                    Some(reqwest::Method::GET),
+                    format!("/nodes/{}/tasks/{upid}/status", upid.node),
                     ErrorKind::WaitDeadline {
                         upid: Box::new(upid.clone()),
                         waited: elapsed,
