@@ -10,7 +10,8 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use proxmox_client::{
     Client, ConfigUpdate, CreateLxc, DestroyOptions, DiskSize, Error, GuestStatus, LxcConfig,
-    LxcListEntry, ResizeSize, ShutdownOptions, TaskOutcome, Upid, WaitOptions,
+    LxcListEntry, ResizeSize, ShutdownOptions, TaskListFilter, TaskOutcome, TaskSource, Upid,
+    WaitOptions,
 };
 
 use crate::model::{
@@ -227,10 +228,62 @@ impl Pve {
         }
     }
 
+    /// Finds the PVE task a step started when the agent never saw the answer (a crash or a
+    /// timeout between sending the call and journaling the UPID): a task of this vmid, of the
+    /// step's worker type, started by our own token no earlier than the intent was journaled.
+    /// `None` means the call never reached PVE.
+    pub async fn find_task_for(
+        &self,
+        kind: StepKind,
+        vmid: u32,
+        intent_unix: i64,
+    ) -> Result<Option<Upid>, Error> {
+        let Some(worker) = worker_type(kind) else {
+            return Ok(None);
+        };
+        let filter = TaskListFilter {
+            vmid: Some(vmid),
+            typefilter: Some(worker.to_string()),
+            // PVE stamps the task with its own clock; allow a little skew.
+            since: Some(intent_unix - 5),
+            source: TaskSource::All,
+            limit: Some(50),
+        };
+        let tasks = self.client.list_tasks(&self.node, &filter).await?;
+        let me = self.client.token_id();
+        let mut candidates: Vec<Upid> = tasks
+            .into_iter()
+            .map(|t| t.upid)
+            .filter(|u| {
+                u.worker_type == worker
+                    && u.id == vmid.to_string()
+                    && u.user == me
+                    && i64::from(u.starttime) >= intent_unix - 5
+            })
+            .collect();
+        // The earliest match is the one our call started.
+        candidates.sort_by_key(|u| u.starttime);
+        Ok(candidates.into_iter().next())
+    }
+
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
         self.client.wait_task(upid, &self.waits.options(kind)).await
     }
+}
+
+/// The PVE worker type a step's task runs as (`proxmox-api.md` §4); `None` for synchronous calls.
+pub fn worker_type(kind: StepKind) -> Option<&'static str> {
+    Some(match kind {
+        StepKind::Create => "vzcreate",
+        StepKind::Start => "vzstart",
+        StepKind::Stop => "vzstop",
+        StepKind::Shutdown => "vzshutdown",
+        StepKind::Reboot => "vzreboot",
+        StepKind::Destroy => "vzdestroy",
+        StepKind::Resize => "resize",
+        StepKind::SetConfig => return None,
+    })
 }
 
 /// Brings a CT as PVE reports it into the planner's model.
