@@ -1,0 +1,352 @@
+//! Approval verification in exactly the order of signing-gate.md §5.6: size limits, grammar,
+//! scope, binding, per-signature checks, distinct-principal threshold, role claim, time window,
+//! and the nonce consumed last, only when everything else passed (so garbage can never burn a
+//! legitimate approval).
+
+use sha2::{Digest, Sha256};
+
+use crate::action::{GateContext, PlannedAction, Role};
+use crate::armor::MAX_SIGNATURE_BYTES;
+use crate::clock::format_utc;
+use crate::payload::{ApprovalPayload, MAX_PAYLOAD_BYTES, render_request};
+use crate::rejection::{Rejection, RejectionCode};
+use crate::signature::{SignerInfo, tally};
+use crate::trust::TrustStore;
+
+/// Most signatures an envelope may carry.
+pub const MAX_SIGNATURES: usize = 8;
+
+/// What the gate asks the nonce store to record, atomically and durably.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonceClaim {
+    pub nonce: String,
+    pub payload_sha256: String,
+    pub op: String,
+    pub vmid: u32,
+    pub expires_at: i64,
+    /// The agent clock used for the whole verification (becomes the new clock high-water mark).
+    pub now: i64,
+    pub signer_fingerprints: Vec<String>,
+}
+
+/// Why the nonce store refused a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NonceRefusal {
+    /// The nonce was consumed before (by any approval).
+    Replayed,
+    /// `expires_at <= gc_horizon`: the nonce may have been garbage-collected, so the approval
+    /// is refused whatever the clock says.
+    ExpiredForever,
+    /// The store could not commit durably; fail closed.
+    Unavailable(String),
+}
+
+/// The persistent nonce store, implemented by the agent on the journal. `consume` must be
+/// atomic (exactly one of two concurrent identical claims wins) and durable before it returns.
+pub trait NonceLedger {
+    /// Random id created with the store; a reset store has a new one.
+    fn state_epoch(&self) -> String;
+    /// Latest agent clock ever committed, if any.
+    fn clock_high_water(&self) -> Option<i64>;
+    fn consume(&self, claim: &NonceClaim) -> Result<(), NonceRefusal>;
+}
+
+/// Clock policy (signing-gate.md §5.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Leeway for clock skew, seconds (default 120, at most 300).
+    pub leeway_secs: i64,
+    /// Longest `expires-at - not-before` accepted, seconds (default 24 h).
+    pub max_validity_secs: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            leeway_secs: 120,
+            max_validity_secs: 24 * 3600,
+        }
+    }
+}
+
+/// A verified approval; the nonce is already consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approved {
+    /// Hex sha256 of the payload bytes (for the journal and the operator's cross-check).
+    pub payload_sha256: String,
+    pub signers: Vec<SignerInfo>,
+    pub nonce: String,
+    pub payload: ApprovalPayload,
+}
+
+/// Verifies an approval for `action` with the default policy. See [`verify_approval_with`].
+pub fn verify_approval(
+    ctx: &GateContext,
+    trust: &TrustStore,
+    action: &PlannedAction,
+    payload: &[u8],
+    signatures: &[&[u8]],
+    now: i64,
+    ledger: &dyn NonceLedger,
+) -> Result<Approved, Rejection> {
+    verify_approval_with(
+        &Policy::default(),
+        ctx,
+        trust,
+        action,
+        payload,
+        signatures,
+        now,
+        ledger,
+    )
+}
+
+/// Verifies `payload` + `signatures` as an approval of exactly `action` (the agent's own current
+/// step) at the agent's clock `now` (read once by the caller), consuming the nonce on success.
+#[allow(clippy::too_many_arguments)]
+pub fn verify_approval_with(
+    policy: &Policy,
+    ctx: &GateContext,
+    trust: &TrustStore,
+    action: &PlannedAction,
+    payload: &[u8],
+    signatures: &[&[u8]],
+    now: i64,
+    ledger: &dyn NonceLedger,
+) -> Result<Approved, Rejection> {
+    let leeway = policy.leeway_secs.clamp(0, 300);
+    // 1. size limits, before anything is parsed.
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            RejectionCode::PayloadTooLarge,
+            format!(
+                "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
+                payload.len()
+            ),
+        ));
+    }
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(Rejection::new(
+            RejectionCode::TooManySignatures,
+            format!(
+                "{} signatures; at most {MAX_SIGNATURES} are allowed",
+                signatures.len()
+            ),
+        ));
+    }
+    if let Some(big) = signatures.iter().find(|s| s.len() > MAX_SIGNATURE_BYTES) {
+        return Err(Rejection::new(
+            RejectionCode::SignatureTooLarge,
+            format!(
+                "a signature is {} bytes; at most {MAX_SIGNATURE_BYTES} are allowed",
+                big.len()
+            ),
+        ));
+    }
+    // The trust document must be usable at all (fail closed for destructive steps).
+    if trust.fleet != ctx.fleet || trust.domain != ctx.domain {
+        return Err(Rejection::new(
+            RejectionCode::TrustStoreInvalid,
+            format!(
+                "the trust document is for fleet {:?} / domain {:?}, this agent is configured for {:?} / {:?}",
+                trust.fleet, trust.domain, ctx.fleet, ctx.domain
+            ),
+        ));
+    }
+    trust.check_window(now)?;
+    // 2. grammar and canonical round trip.
+    let p = ApprovalPayload::parse(payload)?;
+    // 3. scope.
+    if p.fleet != ctx.fleet {
+        return Err(Rejection::new(
+            RejectionCode::WrongFleet,
+            format!(
+                "the approval is for fleet {:?}, this agent belongs to {:?}",
+                p.fleet, ctx.fleet
+            ),
+        ));
+    }
+    if p.host != ctx.host {
+        return Err(Rejection::new(
+            RejectionCode::WrongHost,
+            format!(
+                "the approval is for host {:?}, this is {:?}",
+                p.host, ctx.host
+            ),
+        ));
+    }
+    let epoch = ledger.state_epoch();
+    if p.state_epoch != epoch {
+        return Err(Rejection::new(
+            RejectionCode::EpochMismatch,
+            format!(
+                "the approval was requested in state epoch {}, the agent's state is now epoch {epoch} (its state was reset); sign a new request",
+                p.state_epoch
+            ),
+        ));
+    }
+    // 4. binding to the planned action.
+    if p.op != action.op {
+        return Err(Rejection::binding(
+            "op",
+            format!(
+                "the approval is for op {}, the planned step is {}",
+                p.op, action.op
+            ),
+        ));
+    }
+    if p.vmid != action.vmid {
+        return Err(Rejection::binding(
+            "guest",
+            format!(
+                "the approval is for CT {}, the planned step is for CT {}",
+                p.vmid, action.vmid
+            ),
+        ));
+    }
+    let keys: std::collections::BTreeSet<&String> =
+        p.params.keys().chain(action.params.keys()).collect();
+    for k in keys {
+        let (got, want) = (p.params.get(k), action.params.get(k));
+        if got != want {
+            return Err(Rejection::binding(
+                &format!("param.{k}"),
+                format!(
+                    "param.{k} is {} in the approval and {} in the planned step",
+                    got.map_or("absent".to_string(), |v| format!("{v:?}")),
+                    want.map_or("absent".to_string(), |v| format!("{v:?}"))
+                ),
+            ));
+        }
+    }
+    if p.guest_config_sha1 != action.guest_config_sha1 {
+        return Err(Rejection::new(
+            RejectionCode::StaleState,
+            format!(
+                "CT {} changed since the approval was requested (config digest {} then, {} now)",
+                action.vmid,
+                p.guest_config_sha1.as_deref().unwrap_or("none"),
+                action.guest_config_sha1.as_deref().unwrap_or("none")
+            ),
+        ));
+    }
+    let expected = render_request(
+        ctx,
+        action,
+        &p.nonce,
+        p.not_before,
+        p.expires_at,
+        p.role,
+        p.ticket.as_deref(),
+    )?;
+    if expected.as_bytes() != payload {
+        return Err(Rejection::binding(
+            "payload",
+            "the approval differs from the request the agent renders for its planned step",
+        ));
+    }
+    // 5 + 6. signatures, then distinct principals against the threshold.
+    let t = tally(trust, &[Role::Operational], payload, signatures, now);
+    let threshold = trust.threshold_destructive_op;
+    if t.count(Role::Operational) < threshold as usize {
+        return Err(t.shortfall(t.count(Role::Operational), threshold, "the approval"));
+    }
+    let authed = |r: Rejection| {
+        let mut r = r.authenticated(true);
+        r.per_signature = t.problems.clone();
+        r
+    };
+    if p.role != Role::Operational {
+        return Err(authed(Rejection::new(
+            RejectionCode::RoleMismatch,
+            format!(
+                "the approval claims role {}, but it is signed by operational keys",
+                p.role
+            ),
+        )));
+    }
+    // 7. time, at the agent's clock.
+    if ledger
+        .clock_high_water()
+        .is_some_and(|hw| now < hw - leeway)
+    {
+        return Err(authed(Rejection::new(
+            RejectionCode::ClockUntrusted,
+            "the system clock is behind the latest time the agent has recorded; fix the clock",
+        )));
+    }
+    if p.expires_at - p.not_before > policy.max_validity_secs {
+        return Err(authed(Rejection::new(
+            RejectionCode::ValidityTooLong,
+            format!(
+                "the approval is valid for {} s; at most {} s are allowed",
+                p.expires_at - p.not_before,
+                policy.max_validity_secs
+            ),
+        )));
+    }
+    if now + leeway < p.not_before {
+        return Err(authed(Rejection::new(
+            RejectionCode::NotYetValid,
+            format!(
+                "the approval is valid from {}; it is now {}",
+                format_utc(p.not_before),
+                format_utc(now)
+            ),
+        )));
+    }
+    if now - leeway >= p.expires_at {
+        return Err(authed(Rejection::new(
+            RejectionCode::Expired,
+            format!(
+                "the approval expired at {}; it is now {}",
+                format_utc(p.expires_at),
+                format_utc(now)
+            ),
+        )));
+    }
+    // 8. consume the nonce, last.
+    let payload_sha256 = hex::encode(Sha256::digest(payload));
+    let claim = NonceClaim {
+        nonce: p.nonce.clone(),
+        payload_sha256: payload_sha256.clone(),
+        op: p.op.as_str().to_string(),
+        vmid: p.vmid,
+        expires_at: p.expires_at,
+        now,
+        signer_fingerprints: t.valid.iter().map(|s| s.fingerprint.clone()).collect(),
+    };
+    match ledger.consume(&claim) {
+        Ok(()) => Ok(Approved {
+            payload_sha256,
+            signers: t.valid.clone(),
+            nonce: p.nonce.clone(),
+            payload: p,
+        }),
+        Err(NonceRefusal::Replayed) => Err(authed(Rejection::new(
+            RejectionCode::Replayed,
+            format!("nonce {} was already used; an approval works once", p.nonce),
+        ))),
+        Err(NonceRefusal::ExpiredForever) => Err(authed(Rejection::new(
+            RejectionCode::Expired,
+            "the approval expired before the agent's nonce garbage-collection horizon",
+        ))),
+        Err(NonceRefusal::Unavailable(m)) => Err(authed(Rejection::new(
+            RejectionCode::InternalError,
+            format!("the nonce store could not record the approval: {m}"),
+        ))),
+    }
+}
+
+/// Picks the planned step an approval payload is about (by guest); `binding_mismatch` with
+/// field `no_planned_action` if the plan has no step for that guest. Only the guest is used to
+/// pick, so every other difference surfaces as a precise mismatch in [`verify_approval`].
+pub fn select_planned<'a>(
+    payload: &[u8],
+    plan: &'a [PlannedAction],
+) -> Result<&'a PlannedAction, Rejection> {
+    let p = ApprovalPayload::parse(payload)?;
+    plan.iter()
+        .find(|a| a.vmid == p.vmid)
+        .ok_or_else(|| Rejection::no_planned_action(&format!("{} of CT {}", p.op, p.vmid)))
+}
