@@ -4,6 +4,7 @@
 //! integration tests and benchmarks exercise the same code. See `ARCHITECTURE.md` for the map.
 
 pub mod approval_files;
+pub mod approvals;
 pub mod config;
 pub mod desired;
 pub mod lanes;

@@ -1,0 +1,288 @@
+//! Approvals for destructive steps: the pending request an operator signs, and the search for a
+//! signed approval that the gate accepts for exactly the step planned now.
+//!
+//! The agent renders the request from its own planned step (`drover-approval v1`, fresh 128-bit
+//! nonce, one hour by default) and keeps the same request while it is valid, so a signature an
+//! operator is producing offline still matches when it arrives. An approval is only ever
+//! verified against the agent's *current* step: the gate re-renders that step with the
+//! approval's nonce, times, role and ticket and requires the same bytes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use gate::{
+    ApprovalPayload, Approved, GateContext, NonceLedger, PlannedAction, Rejection, Role, TrustStore,
+};
+use sha2::{Digest, Sha256};
+
+use crate::approval_files::{self, Candidate, write_atomic};
+
+/// Default validity of a request.
+pub const DEFAULT_TTL_SECS: i64 = 3600;
+/// A request closer than this to its expiry is renewed rather than offered for signing.
+const RENEW_MARGIN_SECS: i64 = 300;
+
+/// A gate decision worth auditing.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub vmid: u32,
+    pub op: String,
+    pub allowed: bool,
+    pub code: String,
+    pub message: String,
+    pub signers: Vec<String>,
+    pub authenticated: bool,
+    pub source: PathBuf,
+}
+
+/// The result of looking for an approval.
+pub enum Lookup {
+    /// Verified; the nonce is consumed. Run the step now.
+    Approved(Box<Approved>),
+    /// No acceptable approval yet; the request an operator should sign is at `request`.
+    Pending { request: PathBuf, new: bool },
+}
+
+/// Where approval files live and what has been seen.
+pub struct Approvals {
+    pub pending_dir: PathBuf,
+    pub inbox_dir: PathBuf,
+    pub used_dir: PathBuf,
+    /// `<source>/approvals`, when the source is a directory.
+    pub source_dir: Option<PathBuf>,
+    pub ttl_secs: i64,
+    /// Refusals already reported, by candidate hash, so a bad file is audited once, not every
+    /// pass.
+    reported: Mutex<HashMap<[u8; 32], String>>,
+}
+
+impl Approvals {
+    pub fn new(state_dir: &Path, source_dir: Option<PathBuf>) -> Approvals {
+        let base = state_dir.join("approvals");
+        Approvals {
+            pending_dir: base.join("pending"),
+            inbox_dir: base.join("inbox"),
+            used_dir: base.join("used"),
+            source_dir,
+            ttl_secs: DEFAULT_TTL_SECS,
+            reported: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The request file for a step.
+    pub fn request_path(&self, action: &PlannedAction) -> PathBuf {
+        self.pending_dir
+            .join(format!("{}-{}.txt", action.vmid, action.op.as_str()))
+    }
+
+    /// Looks for an approval of `action`; if none is accepted, makes sure a valid request is
+    /// pending. `audit` sees every decision (once per distinct file).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lookup(
+        &self,
+        ctx: &GateContext,
+        trust: &TrustStore,
+        action: &PlannedAction,
+        now: i64,
+        ledger: &dyn NonceLedger,
+        audit: &dyn Fn(Decision),
+    ) -> std::io::Result<Lookup> {
+        let mut dirs = vec![self.inbox_dir.clone()];
+        if let Some(s) = &self.source_dir {
+            dirs.push(s.clone());
+        }
+        for dir in &dirs {
+            let (candidates, problems) = approval_files::scan(dir);
+            for p in problems {
+                tracing::warn!(path = %p.path.display(), "approval file ignored: {}", p.message);
+            }
+            for c in candidates {
+                // Only approvals naming this step are verified; others wait for their own step
+                // (verifying them here would only produce binding mismatches).
+                let Ok(parsed) = ApprovalPayload::parse(&c.payload) else {
+                    self.report_once(&c, action, None, audit);
+                    continue;
+                };
+                if parsed.vmid != action.vmid || parsed.op != action.op {
+                    continue;
+                }
+                let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
+                match gate::verify_approval(ctx, trust, action, &c.payload, &sigs, now, ledger) {
+                    Ok(approved) => {
+                        audit(Decision {
+                            vmid: action.vmid,
+                            op: action.op.as_str().to_string(),
+                            allowed: true,
+                            code: "approved".into(),
+                            message: format!(
+                                "approval {} accepted (payload sha256 {})",
+                                c.payload_path.display(),
+                                approved.payload_sha256
+                            ),
+                            signers: approved
+                                .signers
+                                .iter()
+                                .map(|s| format!("{} {}", s.principal, s.fingerprint))
+                                .collect(),
+                            authenticated: true,
+                            source: c.payload_path.clone(),
+                        });
+                        self.retire(&c);
+                        let _ = std::fs::remove_file(self.request_path(action));
+                        return Ok(Lookup::Approved(Box::new(approved)));
+                    }
+                    Err(rejection) => self.report_once(&c, action, Some(rejection), audit),
+                }
+            }
+        }
+        self.ensure_request(ctx, action, now)
+    }
+
+    /// Moves a used approval out of the way (the nonce is consumed; keeping it would only
+    /// produce `replayed` refusals).
+    fn retire(&self, c: &Candidate) {
+        let _ = std::fs::create_dir_all(&self.used_dir);
+        let dir = c.payload_path.parent().map(Path::to_path_buf);
+        let mut files = vec![c.payload_path.clone()];
+        if let Some(d) = &dir {
+            files.extend(c.signatures.iter().map(|(n, _)| d.join(n)));
+        }
+        for f in files {
+            if let Some(name) = f.file_name() {
+                if std::fs::rename(&f, self.used_dir.join(name)).is_err() {
+                    // Another filesystem (the source dir may be read-only): leave it.
+                    tracing::debug!(path = %f.display(), "used approval left in place");
+                }
+            }
+        }
+    }
+
+    fn report_once(
+        &self,
+        c: &Candidate,
+        action: &PlannedAction,
+        rejection: Option<Rejection>,
+        audit: &dyn Fn(Decision),
+    ) {
+        let mut h = Sha256::new();
+        h.update(&c.payload);
+        for (_, s) in &c.signatures {
+            h.update(s);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let (code, message, authenticated) = match &rejection {
+            Some(r) => (
+                r.code.as_str().to_string(),
+                r.message.clone(),
+                r.authenticated,
+            ),
+            None => (
+                "malformed_payload".to_string(),
+                "the approval payload does not parse".to_string(),
+                false,
+            ),
+        };
+        {
+            let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.get(&key) == Some(&code) {
+                return;
+            }
+            seen.insert(key, code.clone());
+        }
+        tracing::warn!(
+            vmid = action.vmid,
+            op = action.op.as_str(),
+            code = code.as_str(),
+            path = %c.payload_path.display(),
+            "approval refused: {message}"
+        );
+        audit(Decision {
+            vmid: action.vmid,
+            op: action.op.as_str().to_string(),
+            allowed: false,
+            code,
+            message,
+            signers: Vec::new(),
+            authenticated,
+            source: c.payload_path.clone(),
+        });
+    }
+
+    /// Keeps the current request if it still describes `action` and is valid for a while;
+    /// otherwise writes a fresh one.
+    fn ensure_request(
+        &self,
+        ctx: &GateContext,
+        action: &PlannedAction,
+        now: i64,
+    ) -> std::io::Result<Lookup> {
+        let path = self.request_path(action);
+        if let Ok(bytes) = approval_files::read_capped(&path, approval_files::MAX_PAYLOAD_BYTES)
+            && let Ok(p) = ApprovalPayload::parse(&bytes)
+            && p.expires_at > now + RENEW_MARGIN_SECS
+            && gate::render_request(
+                ctx,
+                action,
+                &p.nonce,
+                p.not_before,
+                p.expires_at,
+                p.role,
+                p.ticket.as_deref(),
+            )
+            .is_ok_and(|again| again.as_bytes() == bytes.as_slice())
+        {
+            return Ok(Lookup::Pending {
+                request: path,
+                new: false,
+            });
+        }
+        let nonce = gate::nonce_hex(rand::random::<[u8; 16]>());
+        let text = gate::render_request(
+            ctx,
+            action,
+            &nonce,
+            now,
+            now + self.ttl_secs,
+            Role::Operational,
+            None,
+        )
+        .map_err(|r| std::io::Error::other(format!("rendering the approval request: {r}")))?;
+        write_atomic(&path, text.as_bytes())?;
+        Ok(Lookup::Pending {
+            request: path,
+            new: true,
+        })
+    }
+
+    /// The command an operator runs to sign a request.
+    pub fn sign_command(domain: &str, request: &Path) -> String {
+        format!(
+            "ssh-keygen -Y sign -f ~/.ssh/YOUR_OPERATOR_KEY -n destructive-op-v1@{domain} {}",
+            request.display()
+        )
+    }
+
+    /// Every pending request on disk (for `drover approvals` and the status report).
+    pub fn pending(&self) -> Vec<(PathBuf, String)> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&self.pending_dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "txt")
+                    && let Ok(b) =
+                        approval_files::read_capped(&p, approval_files::MAX_PAYLOAD_BYTES)
+                {
+                    out.push((p, String::from_utf8_lossy(&b).into_owned()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Drops requests whose step is no longer planned.
+    pub fn withdraw(&self, vmid: u32, op: &str) {
+        let _ = std::fs::remove_file(self.pending_dir.join(format!("{vmid}-{op}.txt")));
+    }
+}
