@@ -267,7 +267,6 @@ impl ApprovalPayload {
             .filter(|v| v.bytes().all(|c| c.is_ascii_digit()))
             .and_then(|v| v.parse::<u32>().ok())
             .ok_or_else(|| malformed("guest must be lxc/<vmid> with vmid 100-999999999"))?;
-        drop(take);
         let mut guest_config_sha1 = None;
         if let Some(("guest-config-sha1", v)) = it.peek() {
             guest_config_sha1 = Some(v.to_string());
@@ -297,7 +296,6 @@ impl ApprovalPayload {
             .ok_or_else(|| malformed("not-before must be YYYY-MM-DDTHH:MM:SSZ"))?;
         let expires_at = parse_utc(take("expires-at")?)
             .ok_or_else(|| malformed("expires-at must be YYYY-MM-DDTHH:MM:SSZ"))?;
-        drop(take);
         let ticket = match it.next() {
             None => None,
             Some(("ticket", v)) => Some(v.to_string()),
