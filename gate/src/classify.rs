@@ -113,7 +113,8 @@ fn set_config(action: &PlannedAction) -> Result<(), String> {
             "protection" if v == "1" => {}
             "protection" => return Err("it clears protection".into()),
             "delete" => {
-                for d in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+                // PVE accepts `,`, `;` and spaces between keys (pve-configid-list).
+                for d in v.split([',', ';', ' ']).filter(|d| !d.is_empty()) {
                     if d == "protection" {
                         return Err("it clears protection".into());
                     }
@@ -170,5 +171,86 @@ pub fn classify(action: &PlannedAction, provenance: Option<&GuestProvenance>) ->
             "{} on CT {} is destructive: {why}",
             action.op, action.vmid
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn step(op: Op, params: &[(&str, &str)]) -> PlannedAction {
+        PlannedAction {
+            op,
+            vmid: 101,
+            guest_config_sha1: Some("a".repeat(40)),
+            params: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+            operation: None,
+        }
+    }
+
+    #[test]
+    fn benign_kinds_and_keys() {
+        for a in [
+            step(
+                Op::Create,
+                &[("ostemplate", "local:vztmpl/x.tar.zst"), ("start", "0")],
+            ),
+            step(Op::Start, &[]),
+            step(Op::Stop, &[]),
+            step(Op::Shutdown, &[]),
+            step(Op::Reboot, &[]),
+            step(
+                Op::SetConfig,
+                &[
+                    ("cores", "2"),
+                    ("memory", "512"),
+                    ("net0", "name=eth0,bridge=vmbr0"),
+                    ("digest", "x"),
+                ],
+            ),
+            step(
+                Op::SetConfig,
+                &[("protection", "1"), ("delete", "description;tags")],
+            ),
+            step(Op::Resize, &[("disk", "rootfs"), ("size", "8G")]),
+            step(Op::Resize, &[("disk", "mp0"), ("size", "+2G")]),
+        ] {
+            assert_eq!(classify(&a, None), Classification::Benign, "{a:?}");
+        }
+    }
+
+    #[test]
+    fn destructive_kinds_and_keys() {
+        for a in [
+            step(Op::Create, &[("force", "1"), ("restore", "1")]),
+            step(Op::SetConfig, &[("protection", "0")]),
+            step(Op::SetConfig, &[("delete", "protection")]),
+            step(Op::SetConfig, &[("delete", "mp0")]),
+            step(Op::SetConfig, &[("delete", "cores mp1")]),
+            step(
+                Op::SetConfig,
+                &[("mp0", "local-lvm:vm-101-disk-1,mp=/data")],
+            ),
+            step(
+                Op::SetConfig,
+                &[("rootfs", "local-lvm:vm-101-disk-0,size=4G")],
+            ),
+            step(Op::SetConfig, &[("lxc.mount.entry", "x")]),
+            step(Op::Resize, &[("size", "-2G")]),
+            step(Op::Resize, &[]),
+            step(Op::DestroyGuest, &[]),
+            step(Op::DeleteVolume, &[]),
+            step(Op::RollbackSnapshot, &[]),
+            step(Op::DeleteSnapshot, &[]),
+            step(Op::RestoreOverwrite, &[]),
+            step(Op::RemoveMountpoint, &[]),
+            step(Op::Unknown("snapshot".into()), &[]),
+        ] {
+            assert!(classify(&a, None).is_destructive(), "{a:?}");
+        }
     }
 }

@@ -9,7 +9,7 @@ use crate::action::{GateContext, PlannedAction, Role};
 use crate::armor::MAX_SIGNATURE_BYTES;
 use crate::clock::format_utc;
 use crate::payload::{ApprovalPayload, MAX_PAYLOAD_BYTES, render_request};
-use crate::rejection::{Rejection, RejectionCode};
+use crate::rejection::{Rejection, RejectionCode, SignatureProblem};
 use crate::signature::{SignerInfo, tally};
 use crate::trust::TrustStore;
 
@@ -77,6 +77,8 @@ pub struct Approved {
     pub signers: Vec<SignerInfo>,
     pub nonce: String,
     pub payload: ApprovalPayload,
+    /// Extra signatures that did not count (reported, not fatal once the threshold is met).
+    pub ignored: Vec<SignatureProblem>,
 }
 
 /// Verifies an approval for `action` with the default policy. See [`verify_approval_with`].
@@ -322,6 +324,7 @@ pub fn verify_approval_with(
             signers: t.valid.clone(),
             nonce: p.nonce.clone(),
             payload: p,
+            ignored: t.problems.clone(),
         }),
         Err(NonceRefusal::Replayed) => Err(authed(Rejection::new(
             RejectionCode::Replayed,
