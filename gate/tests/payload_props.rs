@@ -23,22 +23,28 @@ fn payload() -> impl Strategy<Value = ApprovalPayload> {
         1i64..200_000,
         proptest::option::of("[A-Za-z0-9._/-]{1,20}"),
     )
-        .prop_map(|(fleet, host, epoch, op, vmid, dig, params, rec, nonce, nb, len, ticket)| {
-            ApprovalPayload {
-                fleet,
-                host,
-                state_epoch: epoch,
-                op: Op::KNOWN[op].clone(),
-                vmid,
-                guest_config_sha1: dig,
-                params: params.into_iter().collect::<BTreeMap<_, _>>(),
-                role: if rec { Role::Recovery } else { Role::Operational },
-                nonce,
-                not_before: nb,
-                expires_at: nb + len,
-                ticket,
-            }
-        })
+        .prop_map(
+            |(fleet, host, epoch, op, vmid, dig, params, rec, nonce, nb, len, ticket)| {
+                ApprovalPayload {
+                    fleet,
+                    host,
+                    state_epoch: epoch,
+                    op: Op::KNOWN[op].clone(),
+                    vmid,
+                    guest_config_sha1: dig,
+                    params: params.into_iter().collect::<BTreeMap<_, _>>(),
+                    role: if rec {
+                        Role::Recovery
+                    } else {
+                        Role::Operational
+                    },
+                    nonce,
+                    not_before: nb,
+                    expires_at: nb + len,
+                    ticket,
+                }
+            },
+        )
 }
 
 proptest! {
