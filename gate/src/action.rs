@@ -107,7 +107,8 @@ pub struct GateContext {
 }
 
 /// The authority a key holds, given by the single namespace its trust line allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Signs destructive-op approvals and planned rotations that leave recovery keys and
     /// thresholds alone.

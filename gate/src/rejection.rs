@@ -88,6 +88,12 @@ impl RejectionCode {
     }
 }
 
+impl serde::Serialize for RejectionCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for RejectionCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -95,7 +101,7 @@ impl fmt::Display for RejectionCode {
 }
 
 /// Why one signature of an envelope did not count.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SignatureProblem {
     /// Position of the signature in the envelope (0-based).
     pub index: usize,
@@ -106,7 +112,10 @@ pub struct SignatureProblem {
 
 /// A refusal: a stable code, whether a trusted signature had been established when the reason
 /// was found, a sentence for people, and the reason for every signature that did not count.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// Serializes (for logs and `--output json`) as
+/// `{"code":"binding_mismatch","field":"param.force","authenticated":false,"message":"...","per_signature":[...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize)]
 #[error("{code}: {message}")]
 pub struct Rejection {
     pub code: RejectionCode,
@@ -150,5 +159,28 @@ impl Rejection {
             "no_planned_action",
             format!("the approval is for {what}, which the current plan does not contain"),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_snake_case_and_serialize_as_such() {
+        let r = Rejection::binding("param.force", "differs");
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"code":"binding_mismatch","field":"param.force","authenticated":false,"message":"differs","per_signature":[]}"#
+        );
+        assert_eq!(
+            RejectionCode::RotationWouldLockOut.as_str(),
+            "rotation_would_lock_out"
+        );
+        assert_eq!(
+            RejectionCode::UserPresenceMissing.to_string(),
+            "user_presence_missing"
+        );
     }
 }

@@ -16,7 +16,7 @@ use crate::sshsig::{SK_FLAG_USER_PRESENCE, check_blob, parse_blob};
 use crate::trust::TrustStore;
 
 /// Who made a signature that counted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SignerInfo {
     pub principal: String,
     /// `SHA256:...` of the trusted key.
