@@ -154,7 +154,7 @@ impl Client {
         params: &Params,
         vmid: Option<u32>,
     ) -> Result<(T, Option<u64>), Error> {
-        let span = tracing::debug_span!("pve_call", method = %method, path, vmid);
+        let span = tracing::debug_span!("pve_call", method = %method, path = %path, vmid);
         self.call_inner(method, path, params).instrument(span).await
     }
 
