@@ -64,7 +64,9 @@ fn ssh_keygen_accepts(dir: &std::path::Path, c: &Case) -> bool {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(&read(c.msg)).unwrap();
+    // ssh-keygen exits without reading stdin when it cannot parse the signature; a broken pipe
+    // here is expected then, and the exit status still tells the verdict.
+    let _ = child.stdin.take().unwrap().write_all(&read(c.msg));
     child.wait().unwrap().success()
 }
 
