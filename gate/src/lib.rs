@@ -42,5 +42,5 @@ pub use signature::{SignerInfo, verify_signature};
 pub use trust::{DenyList, TrustError, TrustErrorKind, TrustStore, TrustedKey};
 pub use verify::{
     Approved, NonceClaim, NonceLedger, NonceRefusal, Policy, select_planned, verify_approval,
-    verify_approval_with,
+    verify_approval_with, verify_offline,
 };

@@ -118,33 +118,7 @@ pub fn verify_approval_with(
 ) -> Result<Approved, Rejection> {
     let leeway = policy.leeway_secs.clamp(0, 300);
     // 1. size limits, before anything is parsed.
-    if payload.len() > MAX_PAYLOAD_BYTES {
-        return Err(Rejection::new(
-            RejectionCode::PayloadTooLarge,
-            format!(
-                "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
-                payload.len()
-            ),
-        ));
-    }
-    if signatures.len() > MAX_SIGNATURES {
-        return Err(Rejection::new(
-            RejectionCode::TooManySignatures,
-            format!(
-                "{} signatures; at most {MAX_SIGNATURES} are allowed",
-                signatures.len()
-            ),
-        ));
-    }
-    if let Some(big) = signatures.iter().find(|s| s.len() > MAX_SIGNATURE_BYTES) {
-        return Err(Rejection::new(
-            RejectionCode::SignatureTooLarge,
-            format!(
-                "a signature is {} bytes; at most {MAX_SIGNATURE_BYTES} are allowed",
-                big.len()
-            ),
-        ));
-    }
+    size_limits(payload, signatures)?;
     // The trust document must be usable at all (fail closed for destructive steps).
     if trust.fleet != ctx.fleet || trust.domain != ctx.domain {
         return Err(Rejection::new(
@@ -277,36 +251,7 @@ pub fn verify_approval_with(
             "the system clock is behind the latest time the agent has recorded; fix the clock",
         )));
     }
-    if p.expires_at - p.not_before > policy.max_validity_secs {
-        return Err(authed(Rejection::new(
-            RejectionCode::ValidityTooLong,
-            format!(
-                "the approval is valid for {} s; at most {} s are allowed",
-                p.expires_at - p.not_before,
-                policy.max_validity_secs
-            ),
-        )));
-    }
-    if now + leeway < p.not_before {
-        return Err(authed(Rejection::new(
-            RejectionCode::NotYetValid,
-            format!(
-                "the approval is valid from {}; it is now {}",
-                format_utc(p.not_before),
-                format_utc(now)
-            ),
-        )));
-    }
-    if now - leeway >= p.expires_at {
-        return Err(authed(Rejection::new(
-            RejectionCode::Expired,
-            format!(
-                "the approval expired at {}; it is now {}",
-                format_utc(p.expires_at),
-                format_utc(now)
-            ),
-        )));
-    }
+    time_window(policy, &p, now).map_err(authed)?;
     // 8. consume the nonce, last.
     let payload_sha256 = hex::encode(Sha256::digest(payload));
     let claim = NonceClaim {
@@ -339,6 +284,118 @@ pub fn verify_approval_with(
             format!("the nonce store could not record the approval: {m}"),
         ))),
     }
+}
+
+/// The payload's own window at the agent clock (leeway applies), §5.9.
+fn time_window(policy: &Policy, p: &ApprovalPayload, now: i64) -> Result<(), Rejection> {
+    let leeway = policy.leeway_secs.clamp(0, 300);
+    if p.expires_at - p.not_before > policy.max_validity_secs {
+        return Err(Rejection::new(
+            RejectionCode::ValidityTooLong,
+            format!(
+                "the approval is valid for {} s; at most {} s are allowed",
+                p.expires_at - p.not_before,
+                policy.max_validity_secs
+            ),
+        ));
+    }
+    if now + leeway < p.not_before {
+        return Err(Rejection::new(
+            RejectionCode::NotYetValid,
+            format!(
+                "the approval is valid from {}; it is now {}",
+                format_utc(p.not_before),
+                format_utc(now)
+            ),
+        ));
+    }
+    if now - leeway >= p.expires_at {
+        return Err(Rejection::new(
+            RejectionCode::Expired,
+            format!(
+                "the approval expired at {}; it is now {}",
+                format_utc(p.expires_at),
+                format_utc(now)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn size_limits(payload: &[u8], signatures: &[&[u8]]) -> Result<(), Rejection> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            RejectionCode::PayloadTooLarge,
+            format!(
+                "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
+                payload.len()
+            ),
+        ));
+    }
+    if signatures.len() > MAX_SIGNATURES {
+        return Err(Rejection::new(
+            RejectionCode::TooManySignatures,
+            format!(
+                "{} signatures; at most {MAX_SIGNATURES} are allowed",
+                signatures.len()
+            ),
+        ));
+    }
+    if let Some(big) = signatures.iter().find(|s| s.len() > MAX_SIGNATURE_BYTES) {
+        return Err(Rejection::new(
+            RejectionCode::SignatureTooLarge,
+            format!(
+                "a signature is {} bytes; at most {MAX_SIGNATURE_BYTES} are allowed",
+                big.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Offline check for people (`drover verify-approval`): size limits, the trust document's
+/// window, payload grammar, fleet, signatures and threshold, the role claim and the payload's
+/// time window. It binds to no step and consumes no nonce, so success here is *not* an
+/// approval; only [`verify_approval`] is.
+pub fn verify_offline(
+    trust: &TrustStore,
+    payload: &[u8],
+    signatures: &[&[u8]],
+    now: i64,
+) -> Result<Vec<SignerInfo>, Rejection> {
+    size_limits(payload, signatures)?;
+    trust.check_window(now)?;
+    let p = ApprovalPayload::parse(payload)?;
+    if p.fleet != trust.fleet {
+        return Err(Rejection::new(
+            RejectionCode::WrongFleet,
+            format!(
+                "the approval is for fleet {:?}, the trust document for {:?}",
+                p.fleet, trust.fleet
+            ),
+        ));
+    }
+    let t = tally(trust, &[Role::Operational], payload, signatures, now);
+    let have = t.count(Role::Operational);
+    if have < trust.threshold_destructive_op as usize {
+        return Err(t.shortfall(have, trust.threshold_destructive_op, "the approval"));
+    }
+    let authed = |r: Rejection| {
+        let mut r = r.authenticated(true);
+        r.per_signature = t.problems.clone();
+        r
+    };
+    if p.role != Role::Operational {
+        return Err(authed(Rejection::new(
+            RejectionCode::RoleMismatch,
+            format!(
+                "the approval claims role {}, but it is signed by operational keys",
+                p.role
+            ),
+        )));
+    }
+    time_window(&Policy::default(), &p, now).map_err(authed)?;
+    Ok(t.valid)
 }
 
 /// Picks the planned step an approval payload is about (by guest); `binding_mismatch` with

@@ -1184,3 +1184,24 @@ fn hub_signs_desired_state_only() {
 fn trust_allowed_signers_section_round_trips() {
     assert_eq!(v1().allowed_signers(), text("allowed_signers_v1"));
 }
+
+#[test]
+fn offline_check_reports_signers_without_consuming_or_binding() {
+    let payload = read("approval.txt");
+    let s = sigs(&["operator1", "operator2"]);
+    let refs: Vec<&[u8]> = s.iter().map(Vec::as_slice).collect();
+    let signers = gate::verify_offline(&v1(), &payload, &refs, NOW).unwrap();
+    let names: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
+    assert_eq!(
+        names,
+        ["operator1@example.invalid", "operator2@example.invalid"]
+    );
+    // Not bound to any step: the vmid-9102 variant is only checked for its signature.
+    let other = read("approval_vmid9102.txt");
+    let e = gate::verify_offline(&v1(), &other, &refs[..1], NOW).unwrap_err();
+    assert_eq!(e.code, C::BadSignature);
+    let e = gate::verify_offline(&v1(), &payload, &refs[..1], EXP + 3600).unwrap_err();
+    assert_eq!((e.code, e.authenticated), (C::Expired, true));
+    let e = gate::verify_offline(&v1(), &payload, &[], NOW).unwrap_err();
+    assert_eq!(e.code, C::ThresholdNotMet);
+}
