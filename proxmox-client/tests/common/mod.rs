@@ -113,6 +113,7 @@ pub async fn start_with(
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let (handler, rq, sn) = (handler.clone(), rq.clone(), sn.clone());
             tokio::spawn(async move {
@@ -138,9 +139,9 @@ pub async fn start_with(
                                 body.len(),
                                 if close { "Connection: close\r\n" } else { "" }
                             );
-                            if tls.write_all(head.as_bytes()).await.is_err()
-                                || tls.write_all(&body).await.is_err()
-                            {
+                            let mut msg = head.into_bytes();
+                            msg.extend_from_slice(&body);
+                            if tls.write_all(&msg).await.is_err() {
                                 return;
                             }
                             let _ = tls.flush().await;
