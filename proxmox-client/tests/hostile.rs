@@ -653,3 +653,20 @@ async fn tracing_carries_method_path_vmid_upid_but_never_the_secret() {
     assert!(text.contains("<redacted>"), "{text}");
     assert!(!text.contains(TEST_SECRET), "secret leaked: {text}");
 }
+
+#[test]
+fn plain_http_and_bad_urls_are_refused_at_setup() {
+    let fp: Fingerprint = "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99"
+        .parse()
+        .unwrap();
+    for url in ["http://localhost:8006", "localhost:8006", "not a url"] {
+        let e = Client::new(config(url, TlsTrust::Fingerprint(fp))).unwrap_err();
+        assert_eq!(e.code(), "pve_client_config", "{url}: {e}");
+    }
+    let c = Client::new(config(
+        "https://localhost:8006/api2/json/",
+        TlsTrust::Fingerprint(fp),
+    ))
+    .unwrap();
+    assert_eq!(c.token_id(), "drover@pve!agent");
+}
