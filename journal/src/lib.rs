@@ -1,1 +1,240 @@
-//! placeholder
+//! Drover's write-ahead journal on sled: step records, provenance inventory, nonce store, audit
+//! log and the small state the agent keeps across restarts. No sled type leaves this crate.
+//!
+//! Every mutating call is durable before it returns: sled's `flush` followed by `fdatasync` of
+//! sled's files (see `durable`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Errors: always name the store's directory and say what the operator can do.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {dir} is in use by another drover process (pid {holder})")]
+    Locked { dir: PathBuf, holder: String },
+    #[error(
+        "journal {dir} is damaged: {detail}; run `drover journal check`, or move it aside with `drover journal move-aside` to start a new store (this invalidates outstanding approvals)"
+    )]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error(
+        "journal {dir}: record {key} has version {version}, which this drover does not know; upgrade drover"
+    )]
+    UnknownVersion {
+        dir: PathBuf,
+        key: String,
+        version: u32,
+    },
+    #[error("journal {dir}: {context}: {message}")]
+    Io {
+        dir: PathBuf,
+        context: String,
+        message: String,
+    },
+    #[error("journal {dir}: no step {id}")]
+    NoSuchStep { dir: PathBuf, id: StepId },
+}
+
+/// Monotonic step id (sled `generate_id`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct StepId(pub u64);
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "class", rename_all = "snake_case")]
+pub enum StepClass {
+    Benign,
+    Destructive { reason: String },
+}
+
+/// What the engine is about to do (recorded by `intent` before any PVE call).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewStep {
+    pub vmid: u32,
+    /// Step kind (`create`, `start`, `destroy_guest`, ...).
+    pub kind: String,
+    pub params: BTreeMap<String, String>,
+    pub class: StepClass,
+    /// Hex sha256 of the approval payload, when gated.
+    pub approval_sha256: Option<String>,
+    /// `principal SHA256:fp` of each counted signer, when gated.
+    pub signers: Vec<String>,
+    /// The operation this step belongs to (the agent's create operation id), if any.
+    pub operation: Option<String>,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+pub enum Outcome {
+    Ok,
+    Warnings(u32),
+    Failed(String),
+    Abandoned(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum Phase {
+    Intent,
+    Submitted {
+        upid: String,
+    },
+    Done {
+        upid: Option<String>,
+        outcome: Outcome,
+    },
+}
+
+/// One step record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    pub id: StepId,
+    pub step: NewStep,
+    pub phase: Phase,
+    /// Unix milliseconds.
+    pub intent_at_ms: i64,
+    pub submitted_at_ms: Option<i64>,
+    pub done_at_ms: Option<i64>,
+}
+
+impl StepRecord {
+    pub fn upid(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Intent => None,
+            Phase::Submitted { upid } => Some(upid),
+            Phase::Done { upid, .. } => upid.as_deref(),
+        }
+    }
+    pub fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Done { .. })
+    }
+}
+
+/// What the journal knows of a guest's origin. Only the journal writes this; nothing from the
+/// hub can.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Provenance {
+    pub vmid: u32,
+    pub created_by_agent: bool,
+    /// Operation id of the create (the agent uses the create step's id).
+    pub create_op: Option<String>,
+    pub op_finished: bool,
+    pub create_upid: Option<String>,
+    /// Config digest after the agent's last own write to this incarnation.
+    pub config_digest: Option<String>,
+    pub scratch: bool,
+    pub created_at_ms: i64,
+}
+
+/// A nonce consumption (signing-gate.md §5.8).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NonceClaim {
+    pub nonce: String,
+    pub payload_sha256: String,
+    pub signers: Vec<String>,
+    pub op: String,
+    pub vmid: u32,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// The agent clock at verification (unix seconds); raises the clock high-water mark.
+    pub now: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NonceError {
+    #[error("nonce {0} was already consumed")]
+    Replayed(String),
+    #[error("the approval expired at or before the garbage-collection horizon")]
+    ExpiredForever,
+    #[error("{0}")]
+    Storage(String),
+}
+
+/// One gate decision.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: i64,
+    pub allowed: bool,
+    pub code: String,
+    pub vmid: Option<u32>,
+    pub step: Option<String>,
+    pub signers: Vec<String>,
+    pub authenticated: bool,
+    pub detail: String,
+}
+
+/// A suspension of one guest or (vmid None) the whole host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Suspension {
+    pub vmid: Option<u32>,
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+/// The report of `check`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckReport {
+    pub dir: PathBuf,
+    pub opened: bool,
+    pub error: Option<String>,
+    pub epoch: Option<String>,
+    pub steps: u64,
+    pub in_flight: u64,
+    pub provenance: u64,
+    pub nonces: u64,
+    pub audit: u64,
+    /// Keys of records that do not decode, with the reason.
+    pub undecodable: Vec<(String, String)>,
+}
+
+impl CheckReport {
+    pub fn is_healthy(&self) -> bool {
+        self.opened && self.error.is_none() && self.undecodable.is_empty()
+    }
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "journal {}", self.dir.display())?;
+        if let Some(e) = &self.error {
+            writeln!(f, "  status: DAMAGED: {e}")?;
+        } else if !self.undecodable.is_empty() {
+            writeln!(
+                f,
+                "  status: DAMAGED: {} record(s) do not decode",
+                self.undecodable.len()
+            )?;
+        } else {
+            writeln!(f, "  status: ok")?;
+        }
+        if let Some(e) = &self.epoch {
+            writeln!(f, "  state epoch: {e}")?;
+        }
+        writeln!(
+            f,
+            "  steps: {} ({} in flight); provenance: {}; nonces: {}; audit entries: {}",
+            self.steps, self.in_flight, self.provenance, self.nonces, self.audit
+        )?;
+        for (k, why) in &self.undecodable {
+            writeln!(f, "  undecodable record {k}: {why}")?;
+        }
+        if !self.is_healthy() {
+            writeln!(
+                f,
+                "  what to do: stop drover, then `drover journal move-aside` (or rename the directory) and start again;\n  a new store gets a new state epoch, so outstanding approvals must be signed again."
+            )?;
+        }
+        Ok(())
+    }
+}
+
+mod store;
+pub use store::{Journal, check, move_aside};

@@ -1,0 +1,796 @@
+//! The sled-backed implementation.
+//!
+//! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
+//! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
+//! (vmid or "host" → suspension) and `meta` (epoch, clock high-water, gc horizon, desired
+//! revision and last-known-good document, trust). Every value is JSON wrapped as
+//! `{"v":1,"r":...}` so a future format is detected, never misread.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    AuditEntry, CheckReport, JournalError, NewStep, NonceClaim, NonceError, Outcome, Phase,
+    Provenance, StepId, StepRecord, Suspension,
+};
+
+const VERSION: u32 = 1;
+/// Audit entries kept (oldest dropped first).
+const AUDIT_RETENTION: usize = 100_000;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    r: T,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    steps: sled::Tree,
+    prov: sled::Tree,
+    nonces: sled::Tree,
+    audit: sled::Tree,
+    susp: sled::Tree,
+    meta: sled::Tree,
+    /// Held for the process lifetime: the exclusive lock on `<dir>/drover.lock`.
+    _lock: Option<File>,
+    /// A read-only snapshot lives in this temporary directory.
+    _snapshot: Option<tempfile_dir::TempDir>,
+    /// Serializes nonce consumption so check-then-insert is atomic across threads.
+    nonce_lock: std::sync::Mutex<()>,
+    epoch: String,
+}
+
+/// The journal handle: `Clone + Send + Sync`.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+mod tempfile_dir {
+    //! A tiny owned temporary directory (removed on drop), to avoid a runtime dependency.
+    use std::path::{Path, PathBuf};
+    pub struct TempDir(PathBuf);
+    impl TempDir {
+        pub fn new(prefix: &str) -> std::io::Result<TempDir> {
+            let base = std::env::temp_dir();
+            for i in 0..1000u32 {
+                let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+                if std::fs::create_dir(&p).is_ok() {
+                    return Ok(TempDir(p));
+                }
+            }
+            Err(std::io::Error::other("cannot create a temporary directory"))
+        }
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn io(dir: &Path, context: &str, e: impl std::fmt::Display) -> JournalError {
+    JournalError::Io {
+        dir: dir.to_path_buf(),
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn sled_err(dir: &Path, e: sled::Error) -> JournalError {
+    match e {
+        sled::Error::Corruption { .. } => JournalError::Corrupt {
+            dir: dir.to_path_buf(),
+            detail: e.to_string(),
+        },
+        other => io(dir, "sled", other),
+    }
+}
+
+/// Opens sled, turning a panic on damaged files into an error.
+fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
+    let p = db_path.to_path_buf();
+    let r = std::panic::catch_unwind(move || sled::Config::new().path(p).open());
+    match r {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(match e {
+            sled::Error::Io(ioe) if ioe.kind() != std::io::ErrorKind::InvalidData => {
+                io(dir, "opening the database", ioe)
+            }
+            other => JournalError::Corrupt {
+                dir: dir.to_path_buf(),
+                detail: other.to_string(),
+            },
+        }),
+        Err(_) => Err(JournalError::Corrupt {
+            dir: dir.to_path_buf(),
+            detail: "the database files could not be read (sled panicked while opening them)"
+                .into(),
+        }),
+    }
+}
+
+fn take_lock(dir: &Path) -> Result<File, JournalError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("drover.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io(dir, "opening the lock file", e))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = f.read_to_string(&mut holder);
+            return Err(JournalError::Locked {
+                dir: dir.to_path_buf(),
+                holder: if holder.trim().is_empty() {
+                    "unknown".into()
+                } else {
+                    holder.trim().to_string()
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(dir, "locking", e)),
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    let _ = f.sync_all();
+    Ok(f)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &t)?;
+        } else {
+            std::fs::copy(e.path(), t)?;
+        }
+    }
+    Ok(())
+}
+
+impl Journal {
+    /// Opens (or creates) the store in `dir`, taking an exclusive lock (fails fast with
+    /// `Locked`).
+    pub fn open(dir: &Path) -> Result<Journal, JournalError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, "creating the directory", e))?;
+        let lock = take_lock(dir)?;
+        let db = open_db(dir, &dir.join("db"))?;
+        Journal::from_db(dir, db, Some(lock), None)
+    }
+
+    /// Opens for reading while a daemon may hold the lock: a consistent copy of the files is
+    /// opened in a temporary directory; the real store is never written.
+    pub fn open_read_only(dir: &Path) -> Result<Journal, JournalError> {
+        let src = dir.join("db");
+        if !src.exists() {
+            // No store yet: an empty, throwaway one answers every question correctly.
+            let tmp = tempfile_dir::TempDir::new("drover-journal-ro")
+                .map_err(|e| io(dir, "creating a snapshot", e))?;
+            let db = open_db(dir, &tmp.path().join("db"))?;
+            return Journal::from_db(dir, db, None, Some(tmp));
+        }
+        let tmp = tempfile_dir::TempDir::new("drover-journal-ro")
+            .map_err(|e| io(dir, "creating a snapshot", e))?;
+        copy_dir(&src, &tmp.path().join("db")).map_err(|e| io(dir, "copying a snapshot", e))?;
+        let db = open_db(dir, &tmp.path().join("db"))?;
+        Journal::from_db(dir, db, None, Some(tmp))
+    }
+
+    fn from_db(
+        dir: &Path,
+        db: sled::Db,
+        lock: Option<File>,
+        snapshot: Option<tempfile_dir::TempDir>,
+    ) -> Result<Journal, JournalError> {
+        let t = |name: &str| db.open_tree(name).map_err(|e| sled_err(dir, e));
+        let meta = t("meta")?;
+        let epoch = match meta.get("epoch").map_err(|e| sled_err(dir, e))? {
+            Some(v) => String::from_utf8(v.to_vec()).map_err(|_| JournalError::Corrupt {
+                dir: dir.to_path_buf(),
+                detail: "the state epoch is not text".into(),
+            })?,
+            None => {
+                let e: String = (0..8)
+                    .map(|_| format!("{:02x}", rand::random::<u8>()))
+                    .collect();
+                meta.insert("epoch", e.as_bytes())
+                    .map_err(|e| sled_err(dir, e))?;
+                e
+            }
+        };
+        let j = Journal {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                steps: t("steps")?,
+                prov: t("prov")?,
+                nonces: t("nonces")?,
+                audit: t("audit")?,
+                susp: t("susp")?,
+                meta,
+                db,
+                _lock: lock,
+                _snapshot: snapshot,
+                nonce_lock: std::sync::Mutex::new(()),
+                epoch,
+            }),
+        };
+        j.durable()?;
+        Ok(j)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Makes every write so far reach stable storage.
+    ///
+    /// sled 0.34's `flush` ends in `sync_file_range`, which writes dirty pages but does not
+    /// flush the device's write cache (reconcile-anchors.md §6.1): after a power loss an
+    /// acknowledged step could be gone. So after the flush, every file of the database is
+    /// `fdatasync`ed as well.
+    fn durable(&self) -> Result<(), JournalError> {
+        let dir = &self.inner.dir;
+        self.inner.db.flush().map_err(|e| sled_err(dir, e))?;
+        if self.inner._snapshot.is_some() {
+            return Ok(());
+        }
+        let db_dir = dir.join("db");
+        let entries = std::fs::read_dir(&db_dir).map_err(|e| io(dir, "listing the database", e))?;
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                File::open(e.path())
+                    .and_then(|f| f.sync_data())
+                    .map_err(|e| io(dir, "fdatasync", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn enc<T: Serialize>(&self, r: &T) -> Result<Vec<u8>, JournalError> {
+        serde_json::to_vec(&Envelope { v: VERSION, r })
+            .map_err(|e| io(&self.inner.dir, "encoding", e))
+    }
+
+    fn dec<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, JournalError> {
+        decode(&self.inner.dir, key, bytes)
+    }
+
+    fn put(
+        &self,
+        tree: &sled::Tree,
+        key: impl AsRef<[u8]>,
+        value: Vec<u8>,
+    ) -> Result<(), JournalError> {
+        tree.insert(key, value)
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()
+    }
+
+    // ---------------------------------------------------------------- step records
+
+    pub fn intent(&self, step: NewStep) -> Result<StepId, JournalError> {
+        let dir = &self.inner.dir;
+        let id = StepId(self.inner.db.generate_id().map_err(|e| sled_err(dir, e))? + 1);
+        let rec = StepRecord {
+            id,
+            step,
+            phase: Phase::Intent,
+            intent_at_ms: now_ms(),
+            submitted_at_ms: None,
+            done_at_ms: None,
+        };
+        self.put(&self.inner.steps, id.0.to_be_bytes(), self.enc(&rec)?)?;
+        Ok(id)
+    }
+
+    fn update(&self, id: StepId, f: impl FnOnce(&mut StepRecord)) -> Result<(), JournalError> {
+        let mut rec = self.get(id)?.ok_or_else(|| JournalError::NoSuchStep {
+            dir: self.inner.dir.clone(),
+            id,
+        })?;
+        f(&mut rec);
+        self.put(&self.inner.steps, id.0.to_be_bytes(), self.enc(&rec)?)
+    }
+
+    pub fn submitted(&self, id: StepId, upid: &str) -> Result<(), JournalError> {
+        self.update(id, |r| {
+            r.phase = Phase::Submitted {
+                upid: upid.to_string(),
+            };
+            r.submitted_at_ms = Some(now_ms());
+        })
+    }
+
+    pub fn done(&self, id: StepId, outcome: Outcome) -> Result<(), JournalError> {
+        self.update(id, |r| {
+            let upid = r.upid().map(str::to_string);
+            r.phase = Phase::Done { upid, outcome };
+            r.done_at_ms = Some(now_ms());
+        })
+    }
+
+    pub fn get(&self, id: StepId) -> Result<Option<StepRecord>, JournalError> {
+        match self
+            .inner
+            .steps
+            .get(id.0.to_be_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+        {
+            Some(b) => Ok(Some(self.dec(&format!("step {id}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all_steps(&self) -> impl DoubleEndedIterator<Item = Result<StepRecord, JournalError>> + '_ {
+        self.inner.steps.iter().map(move |kv| {
+            let (k, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            let key = k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map(|n| format!("step {n}"))
+                .unwrap_or_else(|_| "step ?".into());
+            self.dec(&key, &v)
+        })
+    }
+
+    pub fn in_flight(&self) -> Result<Vec<StepRecord>, JournalError> {
+        let mut out = Vec::new();
+        for r in self.all_steps() {
+            let r = r?;
+            if !r.is_done() {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Most recent first.
+    pub fn recent(&self, limit: usize) -> Result<Vec<StepRecord>, JournalError> {
+        self.all_steps().rev().take(limit).collect()
+    }
+
+    pub fn recent_for_vmid(
+        &self,
+        vmid: u32,
+        limit: usize,
+    ) -> Result<Vec<StepRecord>, JournalError> {
+        let mut out = Vec::new();
+        for r in self.all_steps().rev() {
+            let r = r?;
+            if r.step.vmid == vmid {
+                out.push(r);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Keeps the `per_guest` most recent done records per guest and at most `total` done
+    /// records overall; in-flight records are never removed.
+    pub fn compact(&self, per_guest: usize, total: usize) -> Result<u64, JournalError> {
+        let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut kept = 0usize;
+        let mut doomed = Vec::new();
+        for r in self.all_steps().rev() {
+            let r = r?;
+            if !r.is_done() {
+                continue;
+            }
+            let n = seen.entry(r.step.vmid).or_insert(0);
+            *n += 1;
+            if *n > per_guest || kept >= total {
+                doomed.push(r.id);
+            } else {
+                kept += 1;
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for id in &doomed {
+            batch.remove(&id.0.to_be_bytes());
+        }
+        self.inner
+            .steps
+            .apply_batch(batch)
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()?;
+        Ok(doomed.len() as u64)
+    }
+
+    // ---------------------------------------------------------------- provenance
+
+    fn put_prov(&self, p: &Provenance) -> Result<(), JournalError> {
+        self.put(&self.inner.prov, p.vmid.to_be_bytes(), self.enc(p)?)
+    }
+
+    pub fn record_created(
+        &self,
+        vmid: u32,
+        op: &str,
+        create_upid: &str,
+        config_digest: &str,
+    ) -> Result<(), JournalError> {
+        self.put_prov(&Provenance {
+            vmid,
+            created_by_agent: true,
+            create_op: Some(op.to_string()),
+            op_finished: false,
+            create_upid: Some(create_upid.to_string()),
+            config_digest: Some(config_digest.to_string()),
+            scratch: false,
+            created_at_ms: now_ms(),
+        })
+    }
+
+    pub fn record_own_write(&self, vmid: u32, config_digest: &str) -> Result<(), JournalError> {
+        if let Some(mut p) = self.provenance(vmid)? {
+            p.config_digest = Some(config_digest.to_string());
+            self.put_prov(&p)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish_operation(&self, vmid: u32) -> Result<(), JournalError> {
+        if let Some(mut p) = self.provenance(vmid)?
+            && !p.op_finished
+        {
+            p.op_finished = true;
+            self.put_prov(&p)?;
+        }
+        Ok(())
+    }
+
+    pub fn mark_scratch(&self, vmid: u32) -> Result<(), JournalError> {
+        if let Some(mut p) = self.provenance(vmid)? {
+            p.scratch = true;
+            self.put_prov(&p)?;
+        }
+        Ok(())
+    }
+
+    pub fn forget(&self, vmid: u32) -> Result<(), JournalError> {
+        self.inner
+            .prov
+            .remove(vmid.to_be_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()
+    }
+
+    pub fn provenance(&self, vmid: u32) -> Result<Option<Provenance>, JournalError> {
+        match self
+            .inner
+            .prov
+            .get(vmid.to_be_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+        {
+            Some(b) => Ok(Some(self.dec(&format!("provenance {vmid}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    // ---------------------------------------------------------------- nonces
+
+    pub fn state_epoch(&self) -> String {
+        self.inner.epoch.clone()
+    }
+
+    fn meta_i64(&self, key: &str) -> Option<i64> {
+        self.inner
+            .meta
+            .get(key)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
+    }
+
+    pub fn clock_high_water(&self) -> Option<i64> {
+        self.meta_i64("clock_high_water")
+    }
+
+    /// Atomic (one winner among concurrent callers) and durable before it returns.
+    pub fn consume(&self, claim: &NonceClaim) -> Result<(), NonceError> {
+        let storage = |e: JournalError| NonceError::Storage(e.to_string());
+        let _guard = self
+            .inner
+            .nonce_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if claim.expires_at <= self.meta_i64("gc_horizon").unwrap_or(i64::MIN) {
+            return Err(NonceError::ExpiredForever);
+        }
+        let value = self.enc(claim).map_err(storage)?;
+        let prev = self
+            .inner
+            .nonces
+            .compare_and_swap(claim.nonce.as_bytes(), None as Option<&[u8]>, Some(value))
+            .map_err(|e| storage(sled_err(&self.inner.dir, e)))?;
+        if prev.is_err() {
+            return Err(NonceError::Replayed(claim.nonce.clone()));
+        }
+        let hw = self.clock_high_water().unwrap_or(i64::MIN).max(claim.now);
+        self.inner
+            .meta
+            .insert("clock_high_water", &hw.to_be_bytes())
+            .map_err(|e| storage(sled_err(&self.inner.dir, e)))?;
+        self.durable().map_err(storage)
+    }
+
+    /// Deletes claims that expired at or before `now` and raises the horizon to `now`, so a
+    /// deleted nonce can never be accepted again.
+    pub fn gc_nonces(&self, now: i64) -> Result<u64, JournalError> {
+        let _guard = self
+            .inner
+            .nonce_lock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let horizon = self.meta_i64("gc_horizon").unwrap_or(i64::MIN).max(now);
+        self.inner
+            .meta
+            .insert("gc_horizon", &horizon.to_be_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        // The horizon must be durable before any claim disappears.
+        self.durable()?;
+        let mut n = 0;
+        for kv in self.inner.nonces.iter() {
+            let (k, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            let c: NonceClaim = self.dec("nonce", &v)?;
+            if c.expires_at <= horizon {
+                self.inner
+                    .nonces
+                    .remove(k)
+                    .map_err(|e| sled_err(&self.inner.dir, e))?;
+                n += 1;
+            }
+        }
+        self.durable()?;
+        Ok(n)
+    }
+
+    // ---------------------------------------------------------------- audit
+
+    pub fn audit(&self, entry: AuditEntry) -> Result<(), JournalError> {
+        let dir = &self.inner.dir;
+        let seq = self.inner.db.generate_id().map_err(|e| sled_err(dir, e))?;
+        self.inner
+            .audit
+            .insert(seq.to_be_bytes(), self.enc(&entry)?)
+            .map_err(|e| sled_err(dir, e))?;
+        while self.inner.audit.len() > AUDIT_RETENTION {
+            match self.inner.audit.pop_min().map_err(|e| sled_err(dir, e))? {
+                Some(_) => {}
+                None => break,
+            }
+        }
+        self.durable()
+    }
+
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<AuditEntry>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.audit.iter().rev().take(n) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec("audit entry", &v)?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- small state
+
+    pub fn last_revision(&self) -> Result<Option<u64>, JournalError> {
+        Ok(self.meta_i64("last_revision").map(|r| r as u64))
+    }
+
+    /// Stores revision + the document bytes as last-known-good, durably.
+    pub fn accept_desired(&self, revision: u64, document: &[u8]) -> Result<(), JournalError> {
+        let dir = &self.inner.dir;
+        let mut b = sled::Batch::default();
+        b.insert("last_revision", &(revision as i64).to_be_bytes());
+        b.insert("lkg_document", document);
+        self.inner
+            .meta
+            .apply_batch(b)
+            .map_err(|e| sled_err(dir, e))?;
+        self.durable()
+    }
+
+    pub fn last_known_good(&self) -> Result<Option<(u64, Vec<u8>)>, JournalError> {
+        let doc = self
+            .inner
+            .meta
+            .get("lkg_document")
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        Ok(match (self.last_revision()?, doc) {
+            (Some(r), Some(d)) => Some((r, d.to_vec())),
+            _ => None,
+        })
+    }
+
+    pub fn set_trust(&self, version: u64, sha256: &str) -> Result<(), JournalError> {
+        self.put(&self.inner.meta, "trust", self.enc(&(version, sha256))?)
+    }
+
+    pub fn trust(&self) -> Result<Option<(u64, String)>, JournalError> {
+        match self
+            .inner
+            .meta
+            .get("trust")
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+        {
+            Some(b) => Ok(Some(self.dec("trust", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn susp_key(vmid: Option<u32>) -> String {
+        vmid.map(|v| format!("ct/{v}"))
+            .unwrap_or_else(|| "host".into())
+    }
+
+    pub fn suspend(&self, s: Suspension) -> Result<(), JournalError> {
+        self.put(&self.inner.susp, Self::susp_key(s.vmid), self.enc(&s)?)
+    }
+
+    pub fn resume(&self, vmid: Option<u32>) -> Result<bool, JournalError> {
+        let had = self
+            .inner
+            .susp
+            .remove(Self::susp_key(vmid))
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+            .is_some();
+        self.durable()?;
+        Ok(had)
+    }
+
+    pub fn suspensions(&self) -> Result<Vec<Suspension>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.susp.iter() {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec("suspension", &v)?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: DeserializeOwned>(dir: &Path, key: &str, bytes: &[u8]) -> Result<T, JournalError> {
+    #[derive(serde::Deserialize)]
+    struct VersionOnly {
+        v: u32,
+    }
+    let v: VersionOnly = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail: format!("{key} does not decode: {e}"),
+    })?;
+    if v.v != VERSION {
+        return Err(JournalError::UnknownVersion {
+            dir: dir.to_path_buf(),
+            key: key.to_string(),
+            version: v.v,
+        });
+    }
+    let e: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| JournalError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail: format!("{key} does not decode: {e}"),
+    })?;
+    Ok(e.r)
+}
+
+/// Checks a store without modifying it (works on a snapshot copy).
+pub fn check(dir: &Path) -> CheckReport {
+    let mut report = CheckReport {
+        dir: dir.to_path_buf(),
+        ..CheckReport::default()
+    };
+    let j = match Journal::open_read_only(dir) {
+        Ok(j) => j,
+        Err(e) => {
+            report.error = Some(e.to_string());
+            return report;
+        }
+    };
+    report.opened = true;
+    report.epoch = Some(j.state_epoch());
+    let count = |tree: &sled::Tree,
+                 what: &str,
+                 report: &mut CheckReport,
+                 f: &dyn Fn(&[u8]) -> Result<bool, JournalError>|
+     -> u64 {
+        let mut n = 0;
+        for kv in tree.iter() {
+            match kv {
+                Ok((k, v)) => match f(&v) {
+                    Ok(_) => n += 1,
+                    Err(e) => report
+                        .undecodable
+                        .push((format!("{what} {}", hex_key(&k)), e.to_string())),
+                },
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        n
+    };
+    let mut in_flight = 0u64;
+    let steps = {
+        let mut n = 0;
+        for kv in j.inner.steps.iter() {
+            match kv {
+                Ok((k, v)) => match decode::<StepRecord>(dir, "step", &v) {
+                    Ok(r) => {
+                        n += 1;
+                        if !r.is_done() {
+                            in_flight += 1;
+                        }
+                    }
+                    Err(e) => report
+                        .undecodable
+                        .push((format!("step {}", hex_key(&k)), e.to_string())),
+                },
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        n
+    };
+    report.steps = steps;
+    report.in_flight = in_flight;
+    report.provenance = count(&j.inner.prov, "provenance", &mut report, &|b| {
+        decode::<Provenance>(dir, "provenance", b).map(|_| true)
+    });
+    report.nonces = count(&j.inner.nonces, "nonce", &mut report, &|b| {
+        decode::<NonceClaim>(dir, "nonce", b).map(|_| true)
+    });
+    report.audit = count(&j.inner.audit, "audit", &mut report, &|b| {
+        decode::<AuditEntry>(dir, "audit", b).map(|_| true)
+    });
+    report
+}
+
+fn hex_key(k: &[u8]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Renames a damaged store to `<dir>.broken-<unix time>` and returns the new path.
+pub fn move_aside(dir: &Path) -> Result<PathBuf, JournalError> {
+    // Refuse while a daemon holds it.
+    drop(take_lock(dir)?);
+    let stamp = now_ms() / 1000;
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "journal".into());
+    let target = dir.with_file_name(format!("{name}.broken-{stamp}"));
+    std::fs::rename(dir, &target).map_err(|e| io(dir, "moving the store aside", e))?;
+    Ok(target)
+}

@@ -1,0 +1,298 @@
+//! The journal against real sled directories, including a child process killed with SIGKILL
+//! right after each acknowledged durable call.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use journal::{
+    AuditEntry, Journal, JournalError, NewStep, NonceClaim, NonceError, Outcome, Phase, StepClass,
+    Suspension,
+};
+
+fn step(vmid: u32, kind: &str) -> NewStep {
+    NewStep {
+        vmid,
+        kind: kind.into(),
+        params: BTreeMap::from([("memory".to_string(), "512".to_string())]),
+        class: StepClass::Benign,
+        approval_sha256: None,
+        signers: vec![],
+        operation: None,
+        attempt: 1,
+    }
+}
+
+fn claim(nonce: &str, expires_at: i64) -> NonceClaim {
+    NonceClaim {
+        nonce: nonce.into(),
+        payload_sha256: "ab".repeat(32),
+        signers: vec!["op SHA256:x".into()],
+        op: "destroy_guest".into(),
+        vmid: 101,
+        expires_at,
+        now: 1000,
+    }
+}
+
+#[test]
+fn records_move_through_their_phases_and_survive_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b, epoch) = {
+        let j = Journal::open(d.path()).unwrap();
+        let a = j.intent(step(101, "start")).unwrap();
+        let b = j.intent(step(102, "create")).unwrap();
+        j.submitted(
+            a,
+            "UPID:pve1:00000001:00000001:00000001:vzstart:101:drover@pve!agent:",
+        )
+        .unwrap();
+        j.done(b, Outcome::Failed("boom".into())).unwrap();
+        j.record_created(103, "7", "UPID:x", "d1").unwrap();
+        j.accept_desired(4, b"revision = 4\n").unwrap();
+        j.suspend(Suspension {
+            vmid: Some(104),
+            reason: "maintenance".into(),
+            since_ms: 1,
+        })
+        .unwrap();
+        j.audit(AuditEntry {
+            time_ms: 1,
+            allowed: false,
+            code: "unknown_signer".into(),
+            vmid: Some(101),
+            step: Some("destroy_guest".into()),
+            signers: vec![],
+            authenticated: false,
+            detail: "x".into(),
+        })
+        .unwrap();
+        (a, b, j.state_epoch())
+    };
+    let j = Journal::open(d.path()).unwrap();
+    assert_eq!(j.state_epoch(), epoch, "the epoch is kept");
+    let inflight = j.in_flight().unwrap();
+    assert_eq!(inflight.len(), 1);
+    assert_eq!(inflight[0].id, a);
+    assert!(matches!(inflight[0].phase, Phase::Submitted { .. }));
+    assert!(j.get(b).unwrap().unwrap().is_done());
+    assert_eq!(
+        j.provenance(103).unwrap().unwrap().config_digest.as_deref(),
+        Some("d1")
+    );
+    assert_eq!(j.last_known_good().unwrap().unwrap().0, 4);
+    assert_eq!(j.suspensions().unwrap().len(), 1);
+    assert!(j.resume(Some(104)).unwrap());
+    assert_eq!(j.audit_tail(10).unwrap()[0].code, "unknown_signer");
+}
+
+#[test]
+fn a_second_open_is_refused_naming_the_holder() {
+    let d = tempfile::tempdir().unwrap();
+    let _j = Journal::open(d.path()).unwrap();
+    match Journal::open(d.path()) {
+        Err(JournalError::Locked { holder, dir }) => {
+            assert_eq!(holder, std::process::id().to_string());
+            assert_eq!(dir, d.path());
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened twice"),
+    }
+    // Read-only access still works while the lock is held.
+    assert!(Journal::open_read_only(d.path()).is_ok());
+}
+
+#[test]
+fn one_nonce_is_consumed_exactly_once_across_threads_and_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(d.path()).unwrap();
+        let wins: usize = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..16)
+                .map(|_| {
+                    let j = j.clone();
+                    s.spawn(move || j.consume(&claim("n1", 5000)).is_ok() as usize)
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(wins, 1);
+        assert_eq!(j.clock_high_water(), Some(1000));
+    }
+    let j = Journal::open(d.path()).unwrap();
+    assert_eq!(
+        j.consume(&claim("n1", 5000)),
+        Err(NonceError::Replayed("n1".into()))
+    );
+    // GC forgets expired claims but never re-opens them.
+    j.consume(&claim("n2", 2000)).unwrap();
+    assert_eq!(j.gc_nonces(3000).unwrap(), 1);
+    assert_eq!(
+        j.consume(&claim("n2", 2000)),
+        Err(NonceError::ExpiredForever)
+    );
+    assert!(j.consume(&claim("n3", 9000)).is_ok());
+}
+
+#[test]
+fn compaction_keeps_in_flight_and_the_most_recent() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    let keep = j.intent(step(1, "start")).unwrap();
+    for _ in 0..20 {
+        let id = j.intent(step(2, "start")).unwrap();
+        j.done(id, Outcome::Ok).unwrap();
+    }
+    assert_eq!(j.compact(5, 100).unwrap(), 15);
+    assert_eq!(j.recent_for_vmid(2, 100).unwrap().len(), 5);
+    assert_eq!(j.in_flight().unwrap()[0].id, keep);
+}
+
+#[test]
+fn damaged_files_give_a_clear_error_not_a_panic() {
+    for damage in ["truncate", "garble"] {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let j = Journal::open(d.path()).unwrap();
+            for i in 0..50 {
+                j.intent(step(i, "start")).unwrap();
+            }
+        }
+        let db = d.path().join("db").join("db");
+        let len = std::fs::metadata(&db).unwrap().len();
+        match damage {
+            "truncate" => {
+                let f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+                f.set_len(len / 3).unwrap();
+            }
+            _ => {
+                let mut bytes = std::fs::read(&db).unwrap();
+                for b in bytes.iter_mut().skip(64).step_by(7) {
+                    *b ^= 0x5a;
+                }
+                std::fs::write(&db, bytes).unwrap();
+            }
+        }
+        // Either it opens and every record reads (sled recovered a prefix), or it says clearly
+        // what is wrong. It never panics.
+        match Journal::open(d.path()) {
+            Ok(j) => {
+                let _ = j.in_flight();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+            }
+        }
+        let report = journal::check(d.path());
+        let _ = report.to_string();
+    }
+}
+
+#[test]
+fn an_unknown_record_version_is_an_error_not_a_skip() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let j = Journal::open(d.path()).unwrap();
+        j.intent(step(1, "start")).unwrap();
+    }
+    // Write a record of a future version with sled directly.
+    {
+        let db = sled::open(d.path().join("db")).unwrap();
+        let t = db.open_tree("steps").unwrap();
+        t.insert(99u64.to_be_bytes(), br#"{"v":2,"r":{}}"#.to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let j = Journal::open(d.path()).unwrap();
+    assert!(matches!(
+        j.in_flight(),
+        Err(JournalError::UnknownVersion { version: 2, .. })
+    ));
+    assert!(!journal::check(d.path()).is_healthy());
+}
+
+/// The child side of the crash test: performs every kind of durable write, printing an ack
+/// after each returns.
+#[test]
+fn crash_writer() {
+    let Ok(dir) = std::env::var("JOURNAL_CRASH_DIR") else {
+        return;
+    };
+    let j = Journal::open(std::path::Path::new(&dir)).unwrap();
+    let ack = |what: &str| println!("ACK {what}");
+    for i in 0..1000u32 {
+        let id = j.intent(step(i, "create")).unwrap();
+        ack(&format!("intent {i} {}", id.0));
+        j.submitted(id, &format!("UPID:{i}")).unwrap();
+        ack(&format!("submitted {i} {}", id.0));
+        j.record_created(i, "op", "UPID", "digest").unwrap();
+        ack(&format!("prov {i}"));
+        j.consume(&claim(&format!("nonce{i}"), 99_999)).unwrap();
+        ack(&format!("nonce {i}"));
+        j.done(id, Outcome::Ok).unwrap();
+        ack(&format!("done {i} {}", id.0));
+    }
+}
+
+#[test]
+fn sigkill_after_any_acknowledged_write_loses_nothing() {
+    for kill_after in [1usize, 2, 3, 4, 5, 7, 13, 26] {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["crash_writer", "--exact", "--nocapture", "--test-threads=1"])
+            .env("JOURNAL_CRASH_DIR", d.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut acks = Vec::new();
+        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+            let line = line.unwrap();
+            if let Some(a) = line.strip_prefix("ACK ") {
+                acks.push(a.to_string());
+                if acks.len() == kill_after {
+                    child.kill().unwrap(); // SIGKILL
+                    break;
+                }
+            }
+        }
+        let _ = child.wait();
+        let j = Journal::open(d.path()).unwrap();
+        for a in &acks {
+            let p: Vec<&str> = a.split(' ').collect();
+            let i: u32 = p[1].parse().unwrap();
+            match p[0] {
+                "intent" => {
+                    assert!(
+                        j.get(journal::StepId(p[2].parse().unwrap()))
+                            .unwrap()
+                            .is_some(),
+                        "{a}"
+                    )
+                }
+                "submitted" => {
+                    let r = j
+                        .get(journal::StepId(p[2].parse().unwrap()))
+                        .unwrap()
+                        .unwrap();
+                    assert!(r.upid().is_some(), "{a}");
+                }
+                "prov" => assert!(j.provenance(i).unwrap().is_some(), "{a}"),
+                "nonce" => assert_eq!(
+                    j.consume(&claim(&format!("nonce{i}"), 99_999)),
+                    Err(NonceError::Replayed(format!("nonce{i}"))),
+                    "{a}"
+                ),
+                "done" => assert!(
+                    j.get(journal::StepId(p[2].parse().unwrap()))
+                        .unwrap()
+                        .unwrap()
+                        .is_done(),
+                    "{a}"
+                ),
+                _ => unreachable!(),
+            }
+        }
+    }
+}
