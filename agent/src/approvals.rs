@@ -281,8 +281,27 @@ impl Approvals {
         out
     }
 
-    /// Drops requests whose step is no longer planned.
-    pub fn withdraw(&self, vmid: u32, op: &str) {
-        let _ = std::fs::remove_file(self.pending_dir.join(format!("{vmid}-{op}.txt")));
+    /// Drops requests whose destructive step is no longer planned (the document changed, or
+    /// the guest converged another way), so operators are never asked to sign stale work.
+    pub fn withdraw_unplanned(&self, planned: &std::collections::HashSet<(u32, String)>) {
+        for (path, _) in self.pending() {
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Some((vmid, op)) = stem.split_once('-') else {
+                continue;
+            };
+            let Ok(vmid) = vmid.parse::<u32>() else {
+                continue;
+            };
+            if !planned.contains(&(vmid, op.to_string())) {
+                tracing::info!(
+                    vmid,
+                    op,
+                    "withdrawing an approval request: the step is no longer planned"
+                );
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 }

@@ -48,6 +48,10 @@ pub struct Config {
     pub proxmox: ProxmoxConfig,
     pub source: SourceConfig,
     pub trust: TrustConfig,
+    /// The control socket's path.
+    pub control_socket: PathBuf,
+    /// Where Prometheus metrics are served, if anywhere (loopback only).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The file this config was read from (for messages).
     pub path: PathBuf,
 }
@@ -66,6 +70,9 @@ pub struct ProxmoxConfig {
     pub node_cert_file: Option<PathBuf>,
     /// PVE mutations in flight at once, all guests together.
     pub max_parallel: usize,
+    /// A fixed poll interval for PVE tasks instead of the default schedule (1 s for the first
+    /// 10 s, then 2.5 s). Useful against fast hosts and the simulator.
+    pub task_poll_interval: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +99,22 @@ struct RawConfig {
     proxmox: RawProxmox,
     source: RawSource,
     trust: RawTrust,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +129,7 @@ struct RawProxmox {
     node_cert_file: Option<PathBuf>,
     #[serde(default = "default_max_parallel")]
     max_parallel: usize,
+    task_poll_interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -198,7 +222,44 @@ impl Config {
                 "set either fingerprint or ca_file, not both".to_string(),
             ));
         }
+        let task_poll_interval = match &raw.proxmox.task_poll_interval {
+            None => None,
+            Some(t) => {
+                let d = humantime::parse_duration(t)
+                    .map_err(|e| invalid("proxmox.task_poll_interval", format!("{t:?}: {e}")))?;
+                if d < Duration::from_millis(10) || d > Duration::from_secs(4) {
+                    return Err(invalid(
+                        "proxmox.task_poll_interval",
+                        "must be between 10ms and 4s (pveproxy closes idle connections after 5 s)"
+                            .into(),
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let metrics_listen = match &raw.metrics.listen {
+            None => None,
+            Some(l) => {
+                let addr: std::net::SocketAddr = l
+                    .parse()
+                    .map_err(|e| invalid("metrics.listen", format!("{l:?}: {e}")))?;
+                if !addr.ip().is_loopback() {
+                    return Err(invalid(
+                        "metrics.listen",
+                        format!(
+                            "{l:?} is not a loopback address; metrics are served on loopback only (use a reverse proxy to expose them)"
+                        ),
+                    ));
+                }
+                Some(addr)
+            }
+        };
         Ok(Config {
+            control_socket: raw
+                .control
+                .socket
+                .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_SOCKET)),
+            metrics_listen,
             host: raw.host,
             fleet: raw.fleet,
             state_dir: raw.state_dir,
@@ -211,6 +272,7 @@ impl Config {
                 ca_file: raw.proxmox.ca_file,
                 node_cert_file: raw.proxmox.node_cert_file,
                 max_parallel: raw.proxmox.max_parallel,
+                task_poll_interval,
             },
             source: SourceConfig {
                 path: raw.source.path,

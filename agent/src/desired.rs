@@ -18,7 +18,7 @@ pub enum Ensure {
 }
 
 /// One guest as the document wants it. `None` means "not managed by this document".
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GuestSpec {
     pub vmid: u32,
     pub ensure: Ensure,
@@ -32,15 +32,16 @@ pub struct GuestSpec {
     pub swap: Option<u64>,
     /// `STORAGE:SIZE_GB` as PVE's create accepts it.
     pub rootfs: Option<String>,
-    /// `net0`..`net9`, PVE property strings.
-    pub nets: BTreeMap<u8, String>,
+    /// `net0`..`net9`, parsed once here so planning compares values, not text.
+    pub nets: BTreeMap<u8, crate::model::NetConfig>,
     pub onboot: Option<bool>,
+    /// Normalized as PVE stores them (lower-case, deduplicated, sorted).
     pub tags: Option<Vec<String>>,
     pub description: Option<String>,
 }
 
 /// A validated desired-state document.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DesiredDoc {
     pub revision: u64,
     pub guests: BTreeMap<u32, GuestSpec>,
@@ -286,8 +287,8 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
             let s = v
                 .as_str()
                 .ok_or_else(|| e(key, "must be a string".into()))?;
-            crate::model::parse_net(s).map_err(|m| e(key, m))?;
-            spec.nets.insert(idx, s.to_string());
+            let net = crate::model::parse_net(s).map_err(|m| e(key, m))?;
+            spec.nets.insert(idx, net);
         }
     }
     if let Some(v) = t.get("onboot") {
@@ -316,7 +317,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
             }
             tags.push(s.to_string());
         }
-        spec.tags = Some(tags);
+        spec.tags = Some(crate::model::normalize_tags(tags));
     }
     if let Some(d) = string("description")? {
         if d.len() > 8192 {
@@ -402,7 +403,7 @@ description = "managed by drover"
         let g = &d.guests[&201];
         assert_eq!(g.ensure, Ensure::Running);
         assert_eq!(g.memory, Some(1024));
-        assert_eq!(g.nets[&0], "name=eth0,bridge=vmbr0,ip=dhcp");
+        assert_eq!(g.nets[&0].to_string(), "name=eth0,bridge=vmbr0,ip=dhcp");
         assert_eq!(g.tags.as_deref(), Some(&["web".to_string()][..]));
     }
 

@@ -5,13 +5,22 @@
 
 pub mod approval_files;
 pub mod approvals;
+pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
 pub mod desired;
+pub mod engine;
 pub mod lanes;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod planner;
 pub mod pve;
 pub mod render;
+pub mod sim;
 pub mod source;
+pub mod status;
+pub mod store;
 pub mod systemd;

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
 
 use drover::config::{Config, DEFAULT_CONFIG_PATH};
 
@@ -24,18 +25,105 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: recover, then reconcile every `interval` until SIGTERM.
+    Run {
+        /// One pass: wait for its steps and exit (0 converged, 2 left pending, 1 error).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Show what the agent would do, like `terraform plan` (0 no changes, 2 changes, 1 error).
+    Plan {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Check the config file and what it points at; exit 0 when the agent can start.
     CheckConfig,
+    /// Per-guest sync state from the running daemon (0 all converged, 2 not, 1 error).
+    Status {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Reconcile now, pre-empting backoff: one guest or all.
+    Reconcile { vmid: Option<u32> },
+    /// Stop reconciling a guest (or the whole host) until resumed.
+    Suspend {
+        vmid: Option<u32>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Resume a suspended guest (or the whole host).
+    Resume { vmid: Option<u32> },
+    /// Show the journal: recent steps, or only those in flight; `check` verifies it.
+    Journal {
+        #[arg(long)]
+        in_flight: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+        #[command(subcommand)]
+        action: Option<JournalAction>,
+    },
+    /// Pending approval requests with the command to sign each.
+    Approvals {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Submit a signed approval (copied into the inbox atomically).
+    Approve {
+        /// The request text that was signed.
+        file: PathBuf,
+        /// One or more `ssh-keygen -Y sign` signature files.
+        #[arg(required = true)]
+        signatures: Vec<PathBuf>,
+    },
+    /// Check a signed approval offline against the trust document; prints the gate's code.
+    VerifyApproval {
+        file: PathBuf,
+        #[arg(required = true)]
+        signatures: Vec<PathBuf>,
+    },
+    /// Run the PVE simulator (for trying Drover without a Proxmox host).
+    Sim {
+        /// Arguments passed to the simulator (see `drover sim -- --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A self-contained demonstration against an in-process simulator.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum JournalAction {
+    /// Verify every record decodes; exit 1 with a report when the store is damaged.
+    Check,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    drover::logging::init("info");
-    let result = match cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+    let default_filter = match cli.command {
+        Command::Run { .. } | Command::Sim { .. } => "info",
+        Command::Demo => "warn",
+        _ => "warn",
     };
+    drover::logging::init(default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("drover: error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -45,13 +133,53 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
-    println!(
-        "config {} is valid: host {}, fleet {}",
-        path.display(),
-        config.host,
-        config.fleet
-    );
-    Ok(ExitCode::SUCCESS)
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    use drover::cli;
+    match cli.command {
+        Command::CheckConfig => cli::check_config(&cli.config),
+        Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
+        Command::Reconcile { vmid } => {
+            cli::control(
+                &cli.config,
+                "/v1/reconcile",
+                serde_json::json!({"vmid": vmid}),
+            )
+            .await
+        }
+        Command::Suspend { vmid, reason } => {
+            cli::control(
+                &cli.config,
+                "/v1/suspend",
+                serde_json::json!({"vmid": vmid, "reason": reason}),
+            )
+            .await
+        }
+        Command::Resume { vmid } => {
+            cli::control(&cli.config, "/v1/resume", serde_json::json!({"vmid": vmid})).await
+        }
+        Command::Run { once } => cli::run(&cli.config, once).await,
+        Command::Plan { output } => cli::plan(&cli.config, output == Output::Json).await,
+        Command::Journal {
+            in_flight,
+            output,
+            action,
+        } => {
+            let config = Config::load(&cli.config)?;
+            match action {
+                Some(JournalAction::Check) => cli::journal_check(&config.state_dir),
+                None => cli::journal_show(&config.state_dir, in_flight, output == Output::Json),
+            }
+        }
+        Command::Approvals { output } => cli::approvals(&cli.config, output == Output::Json),
+        Command::Approve { file, signatures } => {
+            cli::approve(&cli.config, &file, &signatures).await
+        }
+        Command::VerifyApproval { file, signatures } => {
+            cli::verify_approval(&cli.config, &file, &signatures)
+        }
+        Command::Sim { args } => drover::sim::run_cli(args)
+            .await
+            .context("running the simulator"),
+        Command::Demo => drover::demo::run().await,
+    }
 }

@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::desired::{DesiredDoc, Ensure, GuestSpec, parse_rootfs_spec};
 use crate::model::{
-    ActualGuest, ActualHost, Power, normalize_description, normalize_tags, parse_net,
-    render_net_keeping_hwaddr,
+    ActualGuest, ActualHost, Power, normalize_description, render_net_keeping_hwaddr,
 };
 
 /// What a step does. The names are the approval payload's `op` for the destructive ones.
@@ -391,13 +390,13 @@ fn create_step(spec: &GuestSpec) -> Result<Step, String> {
         put("rootfs", r.clone());
     }
     for (i, n) in &spec.nets {
-        put(&format!("net{i}"), n.clone());
+        put(&format!("net{i}"), n.to_string());
     }
     if let Some(o) = spec.onboot {
         put("onboot", bool01(o));
     }
     if let Some(t) = &spec.tags {
-        put("tags", normalize_tags(t).join(";"));
+        put("tags", t.join(";"));
     }
     if let Some(d) = &spec.description {
         put("description", d.clone());
@@ -463,16 +462,13 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
         );
     }
     for (i, want) in &spec.nets {
-        let Ok(want) = parse_net(want) else {
-            continue; // validated when the document was parsed
-        };
         let have = a.nets.get(i);
-        if !have.is_some_and(|h| h.same_as_desired(&want)) {
+        if !have.is_some_and(|h| h.same_as_desired(want)) {
             diff(
                 format!("net{i}"),
                 have.map(|h| render_net_keeping_hwaddr(h, None)),
                 want.to_string(),
-                render_net_keeping_hwaddr(&want, have),
+                render_net_keeping_hwaddr(want, have),
             );
         }
     }
@@ -486,9 +482,8 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
             bool01(o),
         );
     }
-    if let Some(t) = &spec.tags {
-        let want = normalize_tags(t);
-        if a.tags != want {
+    if let Some(want) = &spec.tags {
+        if &a.tags != want {
             diff(
                 "tags".into(),
                 Some(a.tags.join(";")),
@@ -498,9 +493,14 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
         }
     }
     if let Some(d) = &spec.description {
-        let want = normalize_description(d);
-        if a.description.as_deref().map(normalize_description) != Some(want.clone()) {
-            diff("description".into(), a.description.clone(), want, d.clone());
+        let want = d.trim_end_matches('\n');
+        if a.description.as_deref().map(|x| x.trim_end_matches('\n')) != Some(want) {
+            diff(
+                "description".into(),
+                a.description.clone(),
+                normalize_description(want),
+                d.clone(),
+            );
         }
     }
     (set, changes)
@@ -563,7 +563,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::desired;
-    use crate::model::{ActualConfig, RootfsState};
+    use crate::model::{ActualConfig, RootfsState, parse_net};
     use std::collections::BTreeSet;
 
     const DOC: &str = r#"
@@ -649,7 +649,10 @@ description = "managed by drover"
         g.config.memory = Some(512);
         g.config.nets.insert(
             0,
-            parse_net("name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth").unwrap(),
+            crate::model::parse_net(
+                "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
+            )
+            .unwrap(),
         );
         let p = plan(&doc(), &host(g));
         let steps = &p.guests[&201].steps;

@@ -1,1 +1,421 @@
-//! placeholder
+//! pve-sim: a stateful simulator of the Proxmox VE API for LXC, faithful where the agent
+//! depends on it (`shared/reference/proxmox-api.md`): token auth with PVE's delayed 401,
+//! schema-validated parameters, tasks with real-format UPIDs, the config flock, the `lock`
+//! property, digests, normalizations, idempotency errors, protection, faults, persistence and
+//! a mutation log.
+//!
+//! It depends on no other Drover crate, so it and `proxmox-client` check each other.
+
+mod schema;
+mod server;
+mod state;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+
+pub use state::{Faults, Mutation, SeedGuest};
+
+/// The token every default simulator accepts.
+pub const DEFAULT_TOKEN_ID: &str = "drover@pve!agent";
+/// Its secret (a fixed test value).
+pub const DEFAULT_TOKEN_SECRET: &str = "5f3c8a52-6d1e-4b7a-9c0f-7e2d1a9b3c4d";
+
+/// Errors starting the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("pve-sim: {context}: {message}")]
+    Io { context: String, message: String },
+    #[error("pve-sim: {0}")]
+    Config(String),
+}
+
+fn io_err(context: &str, e: impl std::fmt::Display) -> SimError {
+    SimError::Io {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone, Default)]
+pub enum SimTls {
+    #[default]
+    Generate,
+    Files {
+        cert_pem: PathBuf,
+        key_pem: PathBuf,
+    },
+}
+
+/// An API token the simulator accepts.
+#[derive(Debug, Clone)]
+pub struct SimToken {
+    pub id: String,
+    pub secret: String,
+}
+
+/// How to run the simulator.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub node: String,
+    pub listen: SocketAddr,
+    pub tls: SimTls,
+    pub tokens: Vec<SimToken>,
+    pub task_duration: Duration,
+    /// PVE delays every 401 by about 3 s; tests use 0.
+    pub auth_fail_delay: Duration,
+    /// How long a mutation waits for a CT's config flock before "got timeout" (PVE: 10 s).
+    pub lock_wait: Duration,
+    pub state_file: Option<PathBuf>,
+    pub faults: Faults,
+    pub other_nodes: Vec<String>,
+    pub guests: Vec<SeedGuest>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            node: "pve1".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: SimTls::Generate,
+            tokens: vec![SimToken {
+                id: DEFAULT_TOKEN_ID.into(),
+                secret: DEFAULT_TOKEN_SECRET.into(),
+            }],
+            task_duration: Duration::from_millis(50),
+            auth_fail_delay: Duration::ZERO,
+            lock_wait: Duration::from_millis(300),
+            state_file: None,
+            faults: Faults::default(),
+            other_nodes: Vec::new(),
+            guests: Vec::new(),
+        }
+    }
+}
+
+/// A guest as the simulator holds it (for assertions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestView {
+    pub vmid: u32,
+    pub node: String,
+    pub running: bool,
+    pub hostname: Option<String>,
+    pub cores: u64,
+    pub memory: u64,
+    pub swap: u64,
+    pub net0: Option<String>,
+    pub tags: Option<String>,
+    pub lock: Option<String>,
+    pub protection: bool,
+    pub config: BTreeMap<String, String>,
+    pub pending: BTreeMap<String, String>,
+}
+
+pub(crate) struct Shared {
+    pub host: Mutex<state::Host>,
+    pub config: SimConfig,
+    pub requests: AtomicU64,
+    pub cert: Mutex<server::CertState>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, state::Host> {
+        self.host.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state file atomically (temp file + rename).
+    pub fn persist(&self, host: &state::Host) {
+        if let Some(path) = &self.config.state_file
+            && let Ok(bytes) = serde_json::to_vec(&host.p)
+        {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, path);
+            }
+        }
+    }
+}
+
+/// A running simulator.
+pub struct RunningSim {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the simulator on `cfg.listen`.
+pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
+    let cert = server::CertState::new(&cfg.tls)?;
+    let mut persisted = state::Persisted::default();
+    if let Some(path) = &cfg.state_file
+        && path.exists()
+    {
+        let bytes = std::fs::read(path).map_err(|e| io_err("reading the state file", e))?;
+        persisted = serde_json::from_slice(&bytes)
+            .map_err(|e| SimError::Config(format!("state file {}: {e}", path.display())))?;
+        // Tasks that were running when the previous simulator stopped have finished since.
+        for t in persisted.tasks.iter_mut().filter(|t| !t.done) {
+            t.ends_at_ms = Some(0);
+        }
+    }
+    let rng = match cfg.faults.seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_entropy(),
+    };
+    let mut host = state::Host {
+        node: cfg.node.clone(),
+        p: persisted,
+        epoch: Instant::now(),
+        task_duration: cfg.task_duration,
+        faults: cfg.faults.clone(),
+        rng,
+    };
+    host.advance();
+    for g in &cfg.guests {
+        if !host.p.cts.contains_key(&g.vmid) {
+            host.seed(g);
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| io_err(&format!("binding {}", cfg.listen), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| io_err("reading the address", e))?;
+    let shared = Arc::new(Shared {
+        host: Mutex::new(host),
+        config: cfg,
+        requests: AtomicU64::new(0),
+        cert: Mutex::new(cert),
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(server::serve(listener, shared.clone(), rx));
+    Ok(RunningSim {
+        shared,
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+impl RunningSim {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    pub fn base_url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+    /// SHA-256 of the leaf certificate, `AA:BB:...` as PVE prints it.
+    pub fn fingerprint(&self) -> String {
+        self.shared
+            .cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fingerprint()
+    }
+    pub fn cert_pem(&self) -> String {
+        self.shared
+            .cert
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cert_pem
+            .clone()
+    }
+    /// Replaces the certificate with a new self-signed one (new connections use it).
+    pub fn rotate_certificate(&self) -> Result<String, SimError> {
+        let mut c = self.shared.cert.lock().unwrap_or_else(|p| p.into_inner());
+        *c = server::CertState::new(&SimTls::Generate)?;
+        Ok(c.cert_pem.clone())
+    }
+    pub fn set_faults(&self, f: Faults) {
+        let mut h = self.shared.lock();
+        if let Some(s) = f.seed {
+            h.rng = rand::rngs::StdRng::seed_from_u64(s);
+        }
+        h.faults = f;
+    }
+    /// Adds (or replaces) a guest.
+    pub fn seed(&self, g: SeedGuest) {
+        let mut h = self.shared.lock();
+        h.seed(&g);
+        self.shared.persist(&h);
+    }
+    /// Removes a guest behind the agent's back (someone else destroyed it).
+    pub fn remove(&self, vmid: u32) {
+        let mut h = self.shared.lock();
+        h.p.cts.remove(&vmid);
+        self.shared.persist(&h);
+    }
+    pub fn guest(&self, vmid: u32) -> Option<GuestView> {
+        let mut h = self.shared.lock();
+        h.advance();
+        let ct = h.p.cts.get(&vmid)?;
+        let n = |k: &str| ct.conf.get(k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(GuestView {
+            vmid,
+            node: ct.node.clone(),
+            running: ct.running,
+            hostname: ct.conf.get("hostname").cloned(),
+            cores: n("cores"),
+            memory: n("memory"),
+            swap: n("swap"),
+            net0: ct.conf.get("net0").cloned(),
+            tags: ct.conf.get("tags").cloned(),
+            lock: ct.conf.get("lock").cloned(),
+            protection: ct.conf.get("protection").is_some_and(|p| p == "1"),
+            config: ct.conf.clone(),
+            pending: ct.pending.clone(),
+        })
+    }
+    pub fn mutations(&self) -> Vec<Mutation> {
+        self.shared.lock().p.mutations.clone()
+    }
+    /// How many accepted mutations of `kind` (`create`, `destroy`, `start`, ...) hit `vmid`.
+    pub fn count_mutations(&self, kind: &str, vmid: u32) -> usize {
+        self.shared
+            .lock()
+            .p
+            .mutations
+            .iter()
+            .filter(|m| m.kind == kind && m.vmid == Some(vmid))
+            .count()
+    }
+    /// API requests served so far (all of `/api2/json`).
+    pub fn request_count(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The `pve-sim` command line (also `drover sim`). Prints `listening https://ADDR` and
+/// `fingerprint AA:..` on stdout, then serves until SIGTERM/SIGINT.
+pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
+    let mut cfg = SimConfig {
+        auth_fail_delay: Duration::from_secs(3),
+        ..SimConfig::default()
+    };
+    let mut it = args.into_iter();
+    let mut token_id = DEFAULT_TOKEN_ID.to_string();
+    let mut secret = DEFAULT_TOKEN_SECRET.to_string();
+    let mut cert = None;
+    let mut key = None;
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .ok_or_else(|| SimError::Config(format!("{name} needs a value")))
+        };
+        match a.as_str() {
+            "--listen" => {
+                let v = val("--listen")?;
+                cfg.listen = v
+                    .parse()
+                    .map_err(|e| SimError::Config(format!("--listen {v}: {e}")))?;
+            }
+            "--node" => cfg.node = val("--node")?,
+            "--token-id" => token_id = val("--token-id")?,
+            "--token-secret-file" => {
+                let p = val("--token-secret-file")?;
+                secret = std::fs::read_to_string(&p)
+                    .map_err(|e| io_err(&format!("reading {p}"), e))?
+                    .trim()
+                    .to_string();
+            }
+            "--state-file" => cfg.state_file = Some(PathBuf::from(val("--state-file")?)),
+            "--faults" => {
+                let p = val("--faults")?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| io_err(&format!("reading {p}"), e))?;
+                cfg.faults = serde_json::from_str(&text)
+                    .map_err(|e| SimError::Config(format!("faults file {p}: {e}")))?;
+            }
+            "--task-ms" => {
+                let v = val("--task-ms")?;
+                cfg.task_duration = Duration::from_millis(
+                    v.parse()
+                        .map_err(|e| SimError::Config(format!("--task-ms {v}: {e}")))?,
+                );
+            }
+            "--auth-delay-ms" => {
+                let v = val("--auth-delay-ms")?;
+                cfg.auth_fail_delay = Duration::from_millis(
+                    v.parse()
+                        .map_err(|e| SimError::Config(format!("--auth-delay-ms {v}: {e}")))?,
+                );
+            }
+            "--seed-demo" => cfg.guests = demo_guests(),
+            "--cert" => cert = Some(PathBuf::from(val("--cert")?)),
+            "--key" => key = Some(PathBuf::from(val("--key")?)),
+            "-h" | "--help" => {
+                println!(
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
+                );
+                return Ok(());
+            }
+            other => {
+                return Err(SimError::Config(format!(
+                    "unknown argument {other:?} (see --help)"
+                )));
+            }
+        }
+    }
+    if let (Some(cert_pem), Some(key_pem)) = (cert, key) {
+        cfg.tls = SimTls::Files { cert_pem, key_pem };
+    }
+    cfg.tokens = vec![SimToken {
+        id: token_id,
+        secret,
+    }];
+    let sim = start(cfg).await?;
+    println!("listening {}", sim.base_url());
+    println!("fingerprint {}", sim.fingerprint());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| io_err("installing a signal handler", e))?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// A few guests for trying the simulator by hand.
+pub fn demo_guests() -> Vec<SeedGuest> {
+    vec![
+        SeedGuest {
+            vmid: 101,
+            hostname: "dns-1".into(),
+            running: true,
+            ..SeedGuest::default()
+        },
+        SeedGuest {
+            vmid: 102,
+            hostname: "web-1".into(),
+            running: false,
+            ..SeedGuest::default()
+        },
+    ]
+}

@@ -1,0 +1,440 @@
+//! The command line's verbs (everything `main.rs` dispatches to). Each returns the exit code it
+//! documents; errors become exit code 1 with a one-line reason.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::approval_files;
+use crate::approvals::Approvals;
+use crate::config::Config;
+use crate::daemon::{self, RunOptions, RunResult};
+use crate::engine::{Engine, EngineSettings, Trust, unix_now};
+use crate::lanes::{BackoffPolicy, Lanes};
+use crate::pve::WaitPolicy;
+use crate::source::DirSource;
+use crate::store::Store;
+use crate::systemd::Systemd;
+
+/// `drover check-config`.
+pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let mut problems = Vec::new();
+    let secret = daemon::resolve_credential(&config.proxmox.token_secret_file);
+    if let Err(e) = std::fs::metadata(&secret) {
+        problems.push(format!("token secret {}: {e}", secret.display()));
+    }
+    if let Trust::Invalid { message, .. } = daemon::load_trust(&config.trust.file) {
+        // Not fatal for the agent (benign work continues) but worth saying.
+        eprintln!("drover: warning: {message}; destructive steps will be blocked");
+    }
+    if let Err(e) = DirSource::new(&config.source.path).fetch(None) {
+        eprintln!("drover: warning: {e}");
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("config {}: {}", path.display(), problems.join("; "));
+    }
+    println!(
+        "config {} is valid: host {}, fleet {}",
+        path.display(),
+        config.host,
+        config.fleet
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `drover run [--once]`.
+pub async fn run(path: &Path, once: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let opts = RunOptions {
+        once,
+        waits: WaitPolicy {
+            poll_interval: config.proxmox.task_poll_interval,
+        },
+        ..RunOptions::default()
+    };
+    let result = daemon::run(config, opts, Systemd::from_env()).await?;
+    Ok(match result {
+        RunResult::Converged => ExitCode::SUCCESS,
+        RunResult::Pending => ExitCode::from(2),
+    })
+}
+
+/// Builds an engine for one-shot commands (plan), without lanes running.
+fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
+    let store = Store::open_read_only(&config.state_dir)
+        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let pve = daemon::pve_from_config(config, WaitPolicy::production())?;
+    let (_tx, rx) = watch::channel(false);
+    let source = DirSource::new(&config.source.path);
+    Ok(Engine::new(
+        EngineSettings {
+            host: config.host.clone(),
+            fleet: config.fleet.clone(),
+            step_deadline: std::time::Duration::from_secs(60),
+        },
+        pve,
+        store,
+        Approvals::new(&config.state_dir, Some(source.approvals_dir())),
+        daemon::load_trust(&config.trust.file),
+        Lanes::new(1, BackoffPolicy::default()),
+        rx,
+    ))
+}
+
+/// `drover plan`: 0 no changes, 2 changes, 1 error.
+pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let engine = one_shot_engine(&config)?;
+    let source = DirSource::new(&config.source.path);
+    let fetched = source.fetch(engine.store().last_revision())?;
+    let (plan, _) = engine
+        .plan_host(&fetched.doc)
+        .await
+        .context("reading the host from PVE")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+    } else {
+        print!("{}", plan.to_text());
+    }
+    Ok(if plan.plan.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// `drover journal check`: 0 healthy, 1 damaged (with a report and what to do).
+pub fn journal_check(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let report = Store::check(state_dir);
+    print!("{report}");
+    Ok(if report.is_healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `drover journal [--in-flight]`.
+pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::open_read_only(state_dir)
+        .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
+    let rows = store.listing(in_flight, 200)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!(
+            "{}",
+            if in_flight {
+                "no step in flight"
+            } else {
+                "the journal holds no steps"
+            }
+        );
+    } else {
+        for r in rows {
+            println!("{}", describe_record(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `drover approvals`.
+pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let source = DirSource::new(&config.source.path);
+    let a = Approvals::new(&config.state_dir, Some(source.approvals_dir()));
+    let domain = match daemon::load_trust(&config.trust.file) {
+        Trust::Valid(t) => t.domain.clone(),
+        Trust::Invalid { .. } => "DOMAIN".to_string(),
+    };
+    let pending = a.pending();
+    if json {
+        let rows: Vec<serde_json::Value> = pending
+            .iter()
+            .map(|(p, text)| {
+                serde_json::json!({
+                    "file": p,
+                    "text": text,
+                    "sign": Approvals::sign_command(&domain, p),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if pending.is_empty() {
+        println!("no approval requests are pending");
+    } else {
+        for (p, text) in &pending {
+            println!(
+                "== {}\n{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
+                p.display(),
+                Approvals::sign_command(&domain, p),
+                p.display(),
+                p.display()
+            );
+        }
+    }
+    Ok(if pending.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// `drover approve FILE SIG...`: submits through the control socket when the daemon runs,
+/// otherwise copies into the inbox, where the agent picks it up on its next start.
+pub async fn approve(path: &Path, file: &Path, signatures: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let payload = approval_files::read_capped(file, approval_files::MAX_PAYLOAD_BYTES)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let mut sigs = Vec::new();
+    for s in signatures {
+        let b = approval_files::read_capped(s, approval_files::MAX_SIGNATURE_BYTES)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", s.display()))?;
+        sigs.push(String::from_utf8_lossy(&b).into_owned());
+    }
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("approval.txt")
+        .to_string();
+    let body = serde_json::json!({
+        "name": name,
+        "payload": String::from_utf8_lossy(&payload),
+        "signatures": sigs,
+    });
+    match crate::control::client::call(&config.control_socket, "POST", "/v1/approvals", Some(body))
+        .await
+    {
+        Ok((200, _)) => {
+            println!("approval submitted to the running agent");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok((_, answer)) => {
+            println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+            Ok(ExitCode::from(1))
+        }
+        Err(crate::control::client::ControlError::NotRunning(_)) => {
+            let inbox = config.state_dir.join("approvals").join("inbox");
+            let target = approval_files::copy_into_inbox(&inbox, file, signatures)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!(
+                "the agent is not running; approval placed in its inbox: {}",
+                target.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `drover verify-approval FILE SIG...`: checks signatures, trust and payload grammar offline
+/// (no nonce is consumed and no step is bound): prints `ok` or the gate's code.
+pub fn verify_approval(
+    path: &Path,
+    file: &Path,
+    signatures: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let trust = match daemon::load_trust(&config.trust.file) {
+        Trust::Valid(t) => t,
+        Trust::Invalid { code, message } => {
+            println!("{code}: {message}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let payload = approval_files::read_capped(file, approval_files::MAX_PAYLOAD_BYTES)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let mut sigs = Vec::new();
+    for s in signatures {
+        sigs.push(
+            approval_files::read_capped(s, approval_files::MAX_SIGNATURE_BYTES)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", s.display()))?,
+        );
+    }
+    let sig_refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+    match gate::verify_offline(&trust, &payload, &sig_refs, unix_now()) {
+        Ok(signers) => {
+            println!(
+                "ok: signed by {}",
+                signers
+                    .iter()
+                    .map(|s| s.principal.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) => {
+            println!("{}: {}", r.code.as_str(), r.message);
+            for p in &r.per_signature {
+                println!(
+                    "  signature {}: {}: {}",
+                    p.index + 1,
+                    p.code.as_str(),
+                    p.message
+                );
+            }
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+/// One journal record on one line: id, time, guest, step, phase and outcome.
+fn describe_record(r: &journal::StepRecord) -> String {
+    let when = time::OffsetDateTime::from_unix_timestamp(r.intent_at_ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| r.intent_at_ms.to_string());
+    let phase = match &r.phase {
+        journal::Phase::Intent => "intent (no task yet)".to_string(),
+        journal::Phase::Submitted { upid } => format!("running {upid}"),
+        journal::Phase::Done { outcome, .. } => match outcome {
+            journal::Outcome::Ok => "ok".to_string(),
+            journal::Outcome::Warnings(n) => format!("ok with {n} warnings"),
+            journal::Outcome::Failed(m) => format!("failed: {m}"),
+            journal::Outcome::Abandoned(m) => format!("abandoned: {m}"),
+        },
+    };
+    let class = match &r.step.class {
+        journal::StepClass::Benign => "benign".to_string(),
+        journal::StepClass::Destructive { .. } => match &r.step.approval_sha256 {
+            Some(h) => format!("destructive, approved {}", &h[..h.len().min(12)]),
+            None => "destructive".to_string(),
+        },
+    };
+    format!(
+        "#{:<6} {when}  CT {:<6} {:<12} [{class}]  {phase}",
+        r.id, r.step.vmid, r.step.kind
+    )
+}
+
+/// `drover status`: asks the daemon over the control socket.
+pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let (code, body) =
+        crate::control::client::call(&config.control_socket, "GET", "/v1/status", None).await?;
+    if code != 200 {
+        anyhow::bail!("the daemon refused: {body}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        print!("{}", status_table(&body));
+    }
+    let all_converged = body["guests"]
+        .as_array()
+        .is_some_and(|g| g.iter().all(|g| g["state"] == "converged"));
+    Ok(if all_converged {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// The `flux get`-like table.
+pub fn status_table(body: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(x) => x.clone(),
+        other => other.to_string(),
+    };
+    let _ = writeln!(
+        out,
+        "{:<8} {:<18} {:<12} {:<10} {:<28} MESSAGE",
+        "VMID", "STATE", "LAST STEP", "RESULT", "PENDING APPROVAL"
+    );
+    for g in body["guests"].as_array().into_iter().flatten() {
+        let message = if g["last_error"].is_null() {
+            g["notes"]
+                .as_array()
+                .and_then(|n| n.first())
+                .map(s)
+                .unwrap_or_default()
+        } else {
+            s(&g["last_error"])
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:<18} {:<12} {:<10} {:<28} {}",
+            s(&g["vmid"]),
+            s(&g["state"]),
+            s(&g["last_step"]),
+            s(&g["last_result"]),
+            s(&g["pending_approval"])
+                .chars()
+                .take(28)
+                .collect::<String>(),
+            message
+        );
+    }
+    let d = &body["desired"];
+    let _ = writeln!(
+        out,
+        "\ndesired revision {} from {}{}; last pass {}; lanes: {} queued, {} active",
+        s(&d["revision"]),
+        s(&d["origin"]),
+        if d["stale"] == true {
+            " (STALE: source unavailable, destructive steps held)"
+        } else {
+            ""
+        },
+        body["last_pass_unix"]
+            .as_i64()
+            .map(|t| format!("{} s ago", unix_now() - t))
+            .unwrap_or_else(|| "never".into()),
+        s(&body["lanes"]["queued"]),
+        s(&body["lanes"]["active"]),
+    );
+    if body["trust"]["valid"] == false {
+        let _ = writeln!(
+            out,
+            "trust document INVALID: {}",
+            s(&body["trust"]["message"])
+        );
+    }
+    for sus in body["suspensions"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "suspended: {} ({})",
+            if sus["vmid"].is_null() {
+                "whole host".to_string()
+            } else {
+                format!("CT {}", s(&sus["vmid"]))
+            },
+            s(&sus["reason"])
+        );
+    }
+    out
+}
+
+/// `drover reconcile|suspend|resume`: one POST to the daemon.
+pub async fn control(
+    path: &Path,
+    route: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let (code, answer) =
+        crate::control::client::call(&config.control_socket, "POST", route, Some(body)).await?;
+    if code == 200 {
+        println!("{answer}");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn s_or(v: &serde_json::Value) -> String {
+    v.as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v.to_string())
+}

@@ -1,0 +1,326 @@
+//! The control socket: HTTP/JSON on a Unix socket (`/run/drover/drover.sock`, mode 0660), so
+//! operators and scripts talk to the running daemon without any network exposure.
+//!
+//! Routes (all JSON):
+//! - `GET  /v1/status`            the status board
+//! - `GET  /v1/approvals`         pending approval requests with the command to sign each
+//! - `POST /v1/approvals`         `{"name","payload","signatures":[..]}`: submit a signed approval
+//! - `GET  /v1/journal?in_flight=true`
+//! - `POST /v1/reconcile`         `{"vmid": N}` or `{}` (all guests): now, pre-empting backoff
+//! - `POST /v1/suspend`           `{"vmid": N | null, "reason": "..."}`
+//! - `POST /v1/resume`            `{"vmid": N | null}`
+//!
+//! Every refusal is `{"code": "...", "message": "..."}` with a 4xx status.
+
+use std::path::{Path, PathBuf};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::approval_files;
+use crate::approvals::Approvals;
+use crate::engine::Engine;
+
+/// Default socket path (systemd's `RuntimeDirectory=drover`).
+pub const DEFAULT_SOCKET: &str = "/run/drover/drover.sock";
+/// Largest request body the socket accepts.
+const MAX_BODY: usize = 256 * 1024;
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(json!({"code": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+#[derive(Clone)]
+struct Ctx {
+    engine: Engine,
+}
+
+/// Serves the control API on `path` until `shutdown` resolves.
+pub async fn serve(
+    path: &Path,
+    engine: Engine,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A stale socket from a crashed run would make bind fail.
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    let app = router(engine);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn router(engine: Engine) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/approvals", get(list_approvals).post(submit_approval))
+        .route("/v1/journal", get(journal))
+        .route("/v1/reconcile", post(reconcile))
+        .route("/v1/suspend", post(suspend))
+        .route("/v1/resume", post(resume))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(Ctx { engine })
+}
+
+async fn status(State(c): State<Ctx>) -> Response {
+    Json(c.engine.status_json()).into_response()
+}
+
+async fn list_approvals(State(c): State<Ctx>) -> Response {
+    let domain = c.engine.trust_domain();
+    let rows: Vec<Value> = c
+        .engine
+        .approvals()
+        .pending()
+        .into_iter()
+        .map(|(p, text)| {
+            json!({"file": p, "text": text, "sign": Approvals::sign_command(&domain, &p)})
+        })
+        .collect();
+    Json(json!({"pending": rows})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitApproval {
+    name: String,
+    payload: String,
+    signatures: Vec<String>,
+}
+
+async fn submit_approval(
+    State(c): State<Ctx>,
+    body: Result<Json<SubmitApproval>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match body {
+        Ok(b) => b,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+    };
+    let stem = req.name.trim_end_matches(".txt");
+    if stem.is_empty()
+        || stem.len() > 100
+        || !stem
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        || stem.starts_with('.')
+    {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_name",
+            "the approval name may only hold letters, digits, '-', '_' and '.'",
+        );
+    }
+    if req.payload.len() as u64 > approval_files::MAX_PAYLOAD_BYTES {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "payload_too_large",
+            "the payload is too large",
+        );
+    }
+    if req.signatures.is_empty() || req.signatures.len() > approval_files::MAX_SIGNATURES {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_signatures",
+            format!(
+                "between 1 and {} signatures are accepted",
+                approval_files::MAX_SIGNATURES
+            ),
+        );
+    }
+    let inbox = c.engine.approvals().inbox_dir.clone();
+    let tmp = match tempfile::tempdir() {
+        Ok(t) => t,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
+    };
+    let payload_path = tmp.path().join(format!("{stem}.txt"));
+    let mut sig_paths: Vec<PathBuf> = Vec::new();
+    let mut write = || -> std::io::Result<()> {
+        std::fs::write(&payload_path, &req.payload)?;
+        for (i, s) in req.signatures.iter().enumerate() {
+            let p = tmp.path().join(format!("sig{i}"));
+            std::fs::write(&p, s)?;
+            sig_paths.push(p);
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    }
+    match approval_files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+        Ok(p) => {
+            // Let the guest's lane look at it now.
+            if let Ok(parsed) = gate::ApprovalPayload::parse(req.payload.as_bytes()) {
+                c.engine.trigger(Some(parsed.vmid));
+            }
+            Json(json!({"accepted_into_inbox": p})).into_response()
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
+    }
+}
+
+#[derive(Deserialize)]
+struct JournalQuery {
+    #[serde(default)]
+    in_flight: bool,
+}
+
+async fn journal(State(c): State<Ctx>, Query(q): Query<JournalQuery>) -> Response {
+    match c.engine.store().listing(q.in_flight, 200) {
+        Ok(rows) => Json(json!({"steps": rows})).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Target {
+    #[serde(default)]
+    vmid: Option<u32>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+fn parse_target(
+    body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
+) -> Result<Target, Response> {
+    body.map(|Json(t)| t)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+}
+
+async fn reconcile(
+    State(c): State<Ctx>,
+    body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let t = match parse_target(body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    c.engine.trigger(t.vmid);
+    Json(json!({"triggered": t.vmid})).into_response()
+}
+
+async fn suspend(
+    State(c): State<Ctx>,
+    body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let t = match parse_target(body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(reason) = t.reason.filter(|r| !r.trim().is_empty()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "a suspension needs a reason (--reason)",
+        );
+    };
+    match c.engine.store().suspend(t.vmid, &reason) {
+        Ok(()) => Json(json!({"suspended": t.vmid, "reason": reason})).into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()),
+    }
+}
+
+async fn resume(
+    State(c): State<Ctx>,
+    body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let t = match parse_target(body) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match c.engine.store().resume(t.vmid) {
+        Ok(found) => {
+            c.engine.trigger(t.vmid);
+            Json(json!({"resumed": t.vmid, "was_suspended": found})).into_response()
+        }
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()),
+    }
+}
+
+/// A minimal HTTP/1.1 client for the socket (the CLI side).
+pub mod client {
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::Request;
+    use hyper_util::rt::TokioIo;
+
+    /// Why the daemon could not be asked.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ControlError {
+        #[error("the drover daemon is not running (no control socket at {0})")]
+        NotRunning(String),
+        #[error("talking to the daemon at {path}: {message}")]
+        Io { path: String, message: String },
+    }
+
+    /// Sends one request and returns (status, JSON body).
+    pub async fn call(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), ControlError> {
+        let sp = socket.display().to_string();
+        let io_err = |m: String| ControlError::Io {
+            path: sp.clone(),
+            message: m,
+        };
+        let stream = match tokio::net::UnixStream::connect(socket).await {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(ControlError::NotRunning(sp));
+            }
+            Err(e) => return Err(io_err(e.to_string())),
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| io_err(e.to_string()))?;
+        tokio::spawn(conn);
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "drover")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| io_err(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| io_err(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| io_err(e.to_string()))?
+            .to_bytes();
+        let json = serde_json::from_slice(&body)
+            .map_err(|e| io_err(format!("the answer is not JSON: {e}")))?;
+        Ok((status, json))
+    }
+}

@@ -1,0 +1,381 @@
+//! `drover run`: boot (journal, trust, recovery, first PVE read), then the reconcile loop until
+//! SIGTERM/SIGINT.
+//!
+//! Shutdown follows `reconcile-anchors.md` §4.3: stop taking new steps, let an outstanding call
+//! return and its UPID reach the journal, then exit without waiting for PVE tasks; the next
+//! start re-attaches to them. A second signal exits at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::engine::{Desired, Engine, EngineSettings, Trust};
+use crate::lanes::{BackoffPolicy, LaneOutcome, Lanes};
+use crate::pve::{Pve, WaitPolicy};
+use crate::source::DirSource;
+use crate::store::Store;
+use crate::systemd::Systemd;
+
+/// Knobs that tests, the demo and benchmarks turn; production uses `Default`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Do one pass, wait for its steps, exit.
+    pub once: bool,
+    pub waits: WaitPolicy,
+    pub backoff: BackoffPolicy,
+    /// Upper bound for `--once` to wait for lanes to drain.
+    pub once_timeout: Duration,
+    pub step_deadline: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            once: false,
+            waits: WaitPolicy::production(),
+            backoff: BackoffPolicy::default(),
+            once_timeout: Duration::from_secs(3600),
+            step_deadline: Duration::from_secs(45 * 60),
+        }
+    }
+}
+
+/// How a run ended, for the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// Everything converged (`--once`) or a clean shutdown.
+    Converged,
+    /// `--once` left something pending, waiting for approval, or failed.
+    Pending,
+}
+
+/// Builds the PVE client from the config.
+pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve> {
+    use proxmox_client::{ApiToken, Client, ClientConfig, Fingerprint, TlsTrust};
+    let secret_path = resolve_credential(&config.proxmox.token_secret_file);
+    let token = ApiToken::from_secret_file(config.proxmox.token_id.clone(), &secret_path)
+        .with_context(|| format!("reading the PVE token secret {}", secret_path.display()))?;
+    let tls = if let Some(fp) = &config.proxmox.fingerprint {
+        let fp: Fingerprint = fp.parse().map_err(|e| {
+            anyhow::anyhow!("config {}: proxmox.fingerprint: {e}", config.path.display())
+        })?;
+        TlsTrust::Fingerprint(fp)
+    } else if let Some(ca) = &config.proxmox.ca_file {
+        TlsTrust::CaFile(ca.clone())
+    } else if let Some(cert) = &config.proxmox.node_cert_file {
+        TlsTrust::NodeCertificate {
+            paths: vec![cert.clone()],
+            reload_interval: proxmox_client::tls::DEFAULT_CERT_RELOAD_INTERVAL,
+        }
+    } else {
+        TlsTrust::node_certificate()
+    };
+    let client = Client::new(ClientConfig::new(config.proxmox.url.clone(), token, tls))
+        .context("building the PVE client")?;
+    Ok(Pve::new(client, config.host.clone(), waits))
+}
+
+/// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
+/// relative path is looked up in `$CREDENTIALS_DIRECTORY` first.
+pub fn resolve_credential(path: &std::path::Path) -> std::path::PathBuf {
+    if path.is_relative()
+        && let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
+    {
+        let p = std::path::Path::new(&dir).join(path);
+        if p.exists() {
+            return p;
+        }
+    }
+    path.to_path_buf()
+}
+
+/// Loads the trust document; a broken one is reported and blocks only destructive steps.
+pub fn load_trust(path: &std::path::Path) -> Trust {
+    match std::fs::read_to_string(path) {
+        Err(e) => Trust::Invalid {
+            code: "trust_store_invalid",
+            message: format!("reading trust document {}: {e}", path.display()),
+        },
+        Ok(text) => match gate::TrustStore::parse(&text) {
+            Ok(t) => Trust::Valid(Arc::new(t)),
+            Err(e) => Trust::Invalid {
+                code: "trust_store_invalid",
+                message: format!("trust document {}: {e}", path.display()),
+            },
+        },
+    }
+}
+
+/// Fetches the desired state; on failure falls back to the journal's last-known-good copy in
+/// degraded mode (benign convergence only).
+pub fn refresh_desired(engine: &Engine, source: &DirSource) {
+    let store = engine.store();
+    match source.fetch(store.last_revision()) {
+        Ok(f) => {
+            let changed = engine
+                .desired()
+                .is_none_or(|d| d.doc.revision != f.doc.revision || d.degraded || *d.doc != f.doc);
+            if let Err(e) = store.accept_desired(f.doc.revision, &f.bytes) {
+                warn!("keeping the desired state in the journal failed: {e}");
+            }
+            if changed {
+                info!(revision = f.doc.revision, origin = %f.origin, "desired state accepted");
+            }
+            engine.set_desired(Desired {
+                doc: Arc::new(f.doc),
+                origin: f.origin,
+                degraded: false,
+            });
+        }
+        Err(e) => {
+            warn!(code = e.code(), "desired state refused: {e}");
+            if engine.desired().is_some_and(|d| !d.degraded) {
+                // Keep what we have, but stop destructive work until the source is healthy.
+                if let Some(mut d) = engine.desired() {
+                    d.degraded = true;
+                    engine.set_desired(d);
+                }
+                return;
+            }
+            if let Some((rev, bytes)) = store.last_known_good() {
+                match crate::desired::parse(&bytes, "journal last-known-good copy") {
+                    Ok(doc) => {
+                        info!(
+                            revision = rev,
+                            "using the last-known-good desired state (benign steps only)"
+                        );
+                        engine.set_desired(Desired {
+                            doc: Arc::new(doc),
+                            origin: "journal".into(),
+                            degraded: true,
+                        });
+                    }
+                    Err(e) => error!("the journal's last-known-good desired state is invalid: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the agent until a signal (or, with `once`, until the pass's work is done).
+pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::Result<RunResult> {
+    let store = Store::open(&config.state_dir)
+        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let pve = pve_from_config(&config, opts.waits.clone())?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let lanes = Lanes::new(config.proxmox.max_parallel, opts.backoff);
+    let source = DirSource::new(&config.source.path);
+    let approvals =
+        crate::approvals::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
+    let trust = load_trust(&config.trust.file);
+    if let Trust::Invalid { message, .. } = &trust {
+        warn!("{message}; destructive steps are blocked until it is fixed");
+    }
+    let engine = Engine::new(
+        EngineSettings {
+            host: config.host.clone(),
+            fleet: config.fleet.clone(),
+            step_deadline: opts.step_deadline,
+        },
+        pve,
+        store,
+        approvals,
+        trust,
+        lanes.clone(),
+        shutdown_rx,
+    );
+
+    // Signals: the first one stops taking steps; the second exits at once.
+    let signal_task = {
+        let lanes = lanes.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            info!("stopping: no new steps; in-flight UPIDs are journaled");
+            systemd.stopping();
+            let _ = shutdown_tx.send(true);
+            lanes.close();
+            wait_for_signal().await;
+            warn!("second signal: exiting now");
+            std::process::exit(130);
+        })
+    };
+
+    // Boot: recovery is queued first, then the first PVE read must succeed before READY=1.
+    let recovered = engine
+        .recover()
+        .await
+        .context("reading in-flight steps from the journal")?;
+    if recovered > 0 {
+        info!(
+            recovered,
+            "re-attaching to in-flight steps from the journal"
+        );
+    }
+    refresh_desired(&engine, &source);
+    let first = loop {
+        match engine.pass().await {
+            Ok(p) => break p,
+            Err(e) if e.is_unauthorized() => {
+                return Err(anyhow::anyhow!(e)).context(
+                    "the PVE token was refused (401); check token_id and the secret file",
+                );
+            }
+            Err(e) => {
+                warn!("first read of PVE failed, retrying: {e}");
+                if engine.is_shutting_down() {
+                    return Ok(RunResult::Pending);
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    // The operator's surface: control socket and (optionally) metrics.
+    let control_task = {
+        let engine = engine.clone();
+        let path = config.control_socket.clone();
+        tokio::spawn(async move {
+            let e2 = engine.clone();
+            if let Err(err) =
+                crate::control::serve(&path, engine, async move { e2.wait_shutdown().await }).await
+            {
+                warn!(socket = %path.display(), "control socket unavailable: {err}");
+            }
+        })
+    };
+    let metrics_task = config.metrics_listen.map(|addr| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(err) = serve_metrics(addr, engine).await {
+                warn!(%addr, "metrics listener unavailable: {err}");
+            }
+        })
+    });
+    info!(steps = first.plan.step_count(), "ready");
+    systemd.ready(&engine.status().snapshot().summary());
+
+    let runner = {
+        let engine = engine.clone();
+        let lanes = lanes.clone();
+        tokio::spawn(async move {
+            let e2 = engine.clone();
+            lanes
+                .run(
+                    move |vmid| {
+                        let e = e2.clone();
+                        Box::pin(async move { e.turn(vmid).await })
+                    },
+                    |vmid, outcome| {
+                        if let LaneOutcome::Terminal(e) | LaneOutcome::Transient(e) = outcome {
+                            warn!(vmid, "{e}");
+                        }
+                    },
+                )
+                .await
+        })
+    };
+
+    let result = if opts.once {
+        let deadline = tokio::time::Instant::now() + opts.once_timeout;
+        while !lanes.is_idle() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if !lanes.idle_until(tokio::time::Instant::now() + Duration::from_secs(1)) {
+                continue;
+            }
+            // Only backoffs far in the future remain.
+            break;
+        }
+        lanes.close();
+        let _ = runner.await;
+        let snap = engine.status().snapshot();
+        let left = engine
+            .pass_plan_only()
+            .await
+            .map(|p| p.plan.step_count())
+            .unwrap_or(1);
+        if left == 0 && snap.count(crate::status::GuestState::Failed) == 0 {
+            RunResult::Converged
+        } else {
+            RunResult::Pending
+        }
+    } else {
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + jitter(config.interval),
+            config.interval,
+        );
+        let ping = systemd.ping_interval().unwrap_or(Duration::from_secs(3600));
+        let mut watchdog = tokio::time::interval(ping);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    refresh_desired(&engine, &source);
+                    match engine.pass().await {
+                        Ok(_) => systemd.status(&engine.status().snapshot().summary()),
+                        Err(e) => warn!("pass failed: {e}"),
+                    }
+                    systemd.watchdog_ping();
+                }
+                _ = watchdog.tick() => {
+                    // Progress, not a free-running timer: the lanes' scheduler is responsive.
+                    let _ = lanes.stats();
+                    systemd.watchdog_ping();
+                }
+                _ = engine.wait_shutdown() => break,
+            }
+        }
+        let _ = runner.await;
+        RunResult::Converged
+    };
+    signal_task.abort();
+    control_task.abort();
+    let _ = std::fs::remove_file(&config.control_socket);
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    Ok(result)
+}
+
+/// `GET /metrics` in the Prometheus text format.
+async fn serve_metrics(addr: std::net::SocketAddr, engine: Engine) -> std::io::Result<()> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let e2 = engine.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let e = engine.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    e.render_metrics(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { e2.wait_shutdown().await })
+        .await
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random::<f64>() * 0.2)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can still be killed; never return spuriously.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,262 @@
+//! `drover demo`: the README's main command. Everything is real except the Proxmox host: an
+//! in-process simulator (real HTTPS, real tasks), a real journal in a temporary directory, the
+//! real gate with a demo trust document, and a real `ssh-keygen` signature over the request the
+//! agent wrote.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::daemon::{self, RunOptions};
+use crate::lanes::BackoffPolicy;
+use crate::pve::WaitPolicy;
+use crate::systemd::Systemd;
+
+const DESIRED: &str = include_str!("../../testdata/demo/desired.toml");
+const TRUST: &str = include_str!("../../testdata/demo/trust");
+const OPERATOR_KEY: &str = include_str!("../../testdata/demo/TEST_demo_operator_ed25519");
+const OPERATOR_PUB: &str = include_str!("../../testdata/demo/TEST_demo_operator_ed25519.pub");
+const DOMAIN: &str = "demo.drover.invalid";
+
+fn section(title: &str) {
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("\n\x1b[1m== {title}\x1b[0m");
+    } else {
+        println!("\n== {title}");
+    }
+}
+
+/// The guests on the simulated host before Drover runs.
+fn seed() -> Vec<pve_sim::SeedGuest> {
+    let tpl = |vmid: u32, hostname: &str, running: bool| pve_sim::SeedGuest {
+        vmid,
+        hostname: hostname.to_string(),
+        running,
+        ..pve_sim::SeedGuest::default()
+    };
+    vec![
+        // dns-1: already as desired.
+        pve_sim::SeedGuest {
+            cores: 1,
+            memory: 512,
+            swap: 512,
+            rootfs_gib: 4,
+            net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
+            onboot: true,
+            tags: vec!["dns".into(), "infra".into()],
+            description: Some("managed by drover".into()),
+            ..tpl(101, "dns-1", true)
+        },
+        // web-1: someone lowered its memory and moved it to another bridge.
+        pve_sim::SeedGuest {
+            cores: 2,
+            memory: 512,
+            swap: 512,
+            rootfs_gib: 8,
+            net0: Some("name=eth0,bridge=vmbr1,ip=dhcp".into()),
+            onboot: true,
+            tags: vec!["web".into()],
+            description: Some("managed by drover".into()),
+            ..tpl(102, "web-1", true)
+        },
+        // db-1: stopped, should run.
+        pve_sim::SeedGuest {
+            cores: 2,
+            memory: 2048,
+            swap: 1024,
+            rootfs_gib: 16,
+            net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
+            onboot: true,
+            tags: vec!["db".into()],
+            ..tpl(103, "db-1", false)
+        },
+        // old-app: the document says absent; destroying it needs a signature.
+        pve_sim::SeedGuest {
+            cores: 1,
+            memory: 256,
+            rootfs_gib: 4,
+            ..tpl(105, "old-app", true)
+        },
+        // legacy: not in the document, so Drover never touches it.
+        pve_sim::SeedGuest {
+            cores: 1,
+            memory: 256,
+            rootfs_gib: 4,
+            ..tpl(110, "legacy", true)
+        },
+    ]
+}
+
+/// Fast polling: the simulator's tasks take a fraction of a second.
+fn demo_options() -> RunOptions {
+    RunOptions {
+        once: true,
+        waits: WaitPolicy {
+            poll_interval: Some(Duration::from_millis(50)),
+        },
+        backoff: BackoffPolicy {
+            initial: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+        },
+        once_timeout: Duration::from_secs(20),
+        step_deadline: Duration::from_secs(30),
+    }
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Runs the demo.
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let tmp = tempfile::Builder::new()
+        .prefix("drover-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let root = tmp.path();
+
+    section("1. A simulated Proxmox VE host");
+    let sim = pve_sim::start(pve_sim::SimConfig {
+        task_duration: Duration::from_millis(300),
+        guests: seed(),
+        ..pve_sim::SimConfig::default()
+    })
+    .await
+    .context("starting the PVE simulator")?;
+    println!(
+        "PVE API simulator on {} (TLS fingerprint {})",
+        sim.base_url(),
+        sim.fingerprint()
+    );
+    println!(
+        "existing CTs: 101 dns-1, 102 web-1 (drifted), 103 db-1 (stopped), 105 old-app, 110 legacy (unmanaged)"
+    );
+
+    // The agent's files, as an operator would lay them out.
+    let source = root.join("desired");
+    write(&source.join("desired.toml"), DESIRED)?;
+    write(&root.join("trust"), TRUST)?;
+    write(&root.join("pve-token"), pve_sim::DEFAULT_TOKEN_SECRET)?;
+    let config_path = root.join("drover.toml");
+    write(
+        &config_path,
+        &format!(
+            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"30s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\n\n[source]\npath = {src:?}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+            state = root.join("state"),
+            url = sim.base_url(),
+            tok = pve_sim::DEFAULT_TOKEN_ID,
+            secret = root.join("pve-token"),
+            fp = sim.fingerprint(),
+            src = source,
+            trust = root.join("trust"),
+            sock = root.join("drover.sock"),
+        ),
+    )?;
+    let config = Config::load(&config_path)?;
+
+    section("2. drover plan");
+    crate::cli::plan(&config_path, false).await?;
+
+    section("3. drover run --once (benign steps run; the destroy waits for a signature)");
+    let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
+    println!("first pass finished: {r:?}");
+    let approvals = crate::approvals::Approvals::new(&config.state_dir, None);
+    let pending = approvals.pending();
+    let Some((request, text)) = pending.first().cloned() else {
+        anyhow::bail!("expected a pending approval request for CT 105");
+    };
+    println!("pending approval request {}:\n{text}", request.display());
+
+    section("4. An operator signs the request offline with ssh-keygen");
+    let Some(sig) = sign(root, &request)? else {
+        println!(
+            "ssh-keygen is not installed; skipping the signed destroy. Install OpenSSH to see it."
+        );
+        summary(&sim, started).await;
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!(
+        "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
+        request.display()
+    );
+    let signed_copy = root
+        .join("signed")
+        .join(request.file_name().unwrap_or_default());
+    std::fs::create_dir_all(root.join("signed"))?;
+    std::fs::copy(&request, &signed_copy)?;
+    crate::cli::verify_approval(&config_path, &signed_copy, std::slice::from_ref(&sig))?;
+    crate::cli::approve(&config_path, &signed_copy, &[sig]).await?;
+
+    section("5. drover run --once (the approved destroy runs)");
+    let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
+    println!("second pass finished: {r:?}");
+
+    section("6. drover plan (nothing left to do)");
+    crate::cli::plan(&config_path, false).await?;
+    section("7. drover journal");
+    crate::cli::journal_show(&config.state_dir, false, false)?;
+    summary(&sim, started).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Signs `request` with the TEST operator key; `None` when ssh-keygen is missing.
+fn sign(root: &Path, request: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let keydir = root.join("operator");
+    std::fs::create_dir_all(&keydir)?;
+    let key = keydir.join("TEST_demo_operator_ed25519");
+    write(&key, OPERATOR_KEY)?;
+    write(&keydir.join("TEST_demo_operator_ed25519.pub"), OPERATOR_PUB)?;
+    // ssh-keygen refuses a private key others can read.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let copy = keydir.join("request.txt");
+    std::fs::copy(request, &copy)?;
+    let out = match std::process::Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f"])
+        .arg(&key)
+        .args(["-n", &format!("destructive-op-v1@{DOMAIN}")])
+        .arg(&copy)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("running ssh-keygen"),
+    };
+    if !out.status.success() {
+        anyhow::bail!(
+            "ssh-keygen -Y sign failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(Some(keydir.join("request.txt.sig")))
+}
+
+async fn summary(sim: &pve_sim::RunningSim, started: Instant) {
+    section("Summary");
+    let mutations = sim.mutations();
+    println!("PVE mutations made by the agent, from the simulator's log:");
+    for m in &mutations {
+        println!(
+            "  {} {} {}",
+            m.method,
+            m.path,
+            m.vmid.map(|v| format!("(CT {v})")).unwrap_or_default()
+        );
+    }
+    println!(
+        "creates of CT 104: {}; destroys of CT 105: {}; CT 110 (unmanaged) untouched: {}",
+        sim.count_mutations("create", 104),
+        sim.count_mutations("destroy", 105),
+        mutations.iter().all(|m| m.vmid != Some(110)),
+    );
+    println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+}

@@ -1,0 +1,887 @@
+//! The engine: one pass over the host, and one lane turn per guest.
+//!
+//! A pass reads the desired document and the whole host (N + 2 API calls), plans, and asks the
+//! lanes to reconcile every guest that has something to do. A lane turn re-reads its guest,
+//! re-plans it (level-triggered: never a stale plan) and executes at most the first step:
+//! journal `intent` → PVE call → journal `submitted(upid)` → wait for the task → confirm with a
+//! fresh read → journal `done`. A guest with a step still in flight in the journal is never
+//! planned again until that step is resolved, which is what makes "never run twice" hold across
+//! timeouts, crashes and restarts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use gate::{Classification, GateContext, Op, PlannedAction, TrustStore};
+use proxmox_client::{AlreadyInState, Error as PveError, TaskOutcome, Upid};
+use tokio::sync::watch;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::approvals::{Approvals, Decision, Lookup};
+use crate::desired::{DesiredDoc, GuestSpec};
+use crate::lanes::{LaneOutcome, Lanes};
+use crate::planner::{self, Plan, Step, StepKind};
+use crate::pve::{Pve, Submission};
+use crate::render::{ClassifiedPlan, StepClass};
+use crate::status::{GuestState, StatusBoard};
+use crate::store::{InFlight, StepOutcome, Store};
+
+/// The desired document the engine works from, and whether it is fresh.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub doc: Arc<DesiredDoc>,
+    pub origin: String,
+    /// True when the source failed and this is the journal's last-known-good copy: benign
+    /// convergence continues, destructive steps wait.
+    pub degraded: bool,
+}
+
+/// The trust document as loaded; an invalid one blocks every destructive step and nothing else.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    Valid(Arc<TrustStore>),
+    Invalid { code: &'static str, message: String },
+}
+
+/// Fixed settings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub host: String,
+    pub fleet: String,
+    /// Overall deadline of one step (call + wait), beyond the task's own deadline.
+    pub step_deadline: Duration,
+}
+
+/// Shared state of a running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: EngineSettings,
+    pve: Pve,
+    store: Store,
+    approvals: Approvals,
+    trust: RwLock<Trust>,
+    desired: RwLock<Option<Desired>>,
+    /// vmids held by other nodes, from the last pass.
+    elsewhere: RwLock<BTreeMap<u32, String>>,
+    /// Guests that failed terminally, with the desired entry they failed on: not retried until
+    /// the entry changes.
+    terminal: Mutex<HashMap<u32, GuestSpec>>,
+    pub status: StatusBoard,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    lanes: Lanes,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: EngineSettings,
+        pve: Pve,
+        store: Store,
+        approvals: Approvals,
+        trust: Trust,
+        lanes: Lanes,
+        shutdown: watch::Receiver<bool>,
+    ) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                settings,
+                metrics: pve.metrics.clone(),
+                pve,
+                store,
+                approvals,
+                trust: RwLock::new(trust),
+                desired: RwLock::new(None),
+                elsewhere: RwLock::new(BTreeMap::new()),
+                terminal: Mutex::new(HashMap::new()),
+                status: StatusBoard::default(),
+                lanes,
+                shutdown,
+            }),
+        }
+    }
+
+    pub fn lanes(&self) -> &Lanes {
+        &self.inner.lanes
+    }
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn pve(&self) -> &Pve {
+        &self.inner.pve
+    }
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    /// Prometheus text with the gauges refreshed from the lanes and the status board.
+    pub fn render_metrics(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.inner.metrics;
+        let lanes = self.inner.lanes.stats();
+        m.lane_queue_depth.store(lanes.queued as u64, Relaxed);
+        m.lanes_active.store(lanes.active as u64, Relaxed);
+        m.lane_retries_total.store(lanes.retries_total, Relaxed);
+        m.pending_approvals
+            .store(self.inner.approvals.pending().len() as u64, Relaxed);
+        let snap = self.inner.status.snapshot();
+        let mut by_state = BTreeMap::new();
+        for g in snap.guests.values() {
+            *by_state.entry(g.state.as_str().to_string()).or_insert(0u64) += 1;
+        }
+        m.set_guests(by_state);
+        m.render()
+    }
+
+    pub fn status(&self) -> &StatusBoard {
+        &self.inner.status
+    }
+    pub fn approvals(&self) -> &Approvals {
+        &self.inner.approvals
+    }
+
+    /// Asks for a reconcile now, pre-empting any backoff: one guest, or every managed guest.
+    pub fn trigger(&self, vmid: Option<u32>) {
+        let vmids: Vec<u32> = match vmid {
+            Some(v) => vec![v],
+            None => self
+                .desired()
+                .map(|d| d.doc.guests.keys().copied().collect())
+                .unwrap_or_default(),
+        };
+        for v in vmids {
+            self.inner
+                .terminal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&v);
+            self.inner.lanes.reset_backoff(v);
+            self.inner.lanes.request(v);
+        }
+    }
+
+    /// The namespace domain of the trust document (for sign commands).
+    pub fn trust_domain(&self) -> String {
+        match self.trust() {
+            Trust::Valid(t) => t.domain.clone(),
+            Trust::Invalid { .. } => "DOMAIN".to_string(),
+        }
+    }
+
+    /// Everything `drover status` shows.
+    pub fn status_json(&self) -> serde_json::Value {
+        let snap = self.inner.status.snapshot();
+        let lanes = self.inner.lanes.stats();
+        let desired = self.desired();
+        serde_json::json!({
+            "host": self.inner.settings.host,
+            "desired": {
+                "revision": snap.desired_revision,
+                "origin": desired.as_ref().map(|d| d.origin.clone()),
+                "stale": snap.desired_degraded,
+            },
+            "last_pass_unix": snap.last_pass_unix,
+            "passes": snap.passes,
+            "lanes": {"queued": lanes.queued, "active": lanes.active, "retries_total": lanes.retries_total},
+            "trust": match self.trust() {
+                Trust::Valid(t) => serde_json::json!({"valid": true, "version": t.version, "sha256": t.sha256()}),
+                Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
+            },
+            "suspensions": self.inner.store.suspensions(),
+            "guests": snap.guests.values().collect::<Vec<_>>(),
+            "unmanaged": snap.unmanaged,
+        })
+    }
+
+    pub fn set_trust(&self, trust: Trust) {
+        *self.inner.trust.write().unwrap_or_else(|p| p.into_inner()) = trust;
+    }
+
+    pub fn trust(&self) -> Trust {
+        self.inner
+            .trust
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a desired document (from a source or the journal's last-known-good copy).
+    pub fn set_desired(&self, desired: Desired) {
+        self.inner
+            .status
+            .set_desired(desired.doc.revision, desired.degraded);
+        *self
+            .inner
+            .desired
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(desired);
+    }
+
+    pub fn desired(&self) -> Option<Desired> {
+        self.inner
+            .desired
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn wait_shutdown(&self) {
+        let mut rx = self.inner.shutdown.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Plans the host without queueing anything (what is left after `run --once`).
+    pub async fn pass_plan_only(&self) -> Result<ClassifiedPlan, PveError> {
+        let Some(desired) = self.desired() else {
+            return Ok(ClassifiedPlan {
+                host: self.inner.settings.host.clone(),
+                plan: Plan::default(),
+                classes: BTreeMap::new(),
+            });
+        };
+        Ok(self.plan_host(&desired.doc).await?.0)
+    }
+
+    /// The gate's view of the agent: local identity and the nonce store's epoch.
+    pub fn gate_context(&self, trust: &TrustStore) -> GateContext {
+        GateContext {
+            fleet: self.inner.settings.fleet.clone(),
+            host: self.inner.settings.host.clone(),
+            domain: trust.domain.clone(),
+            epoch: gate::NonceLedger::state_epoch(&self.inner.store),
+        }
+    }
+
+    /// The gate's view of a planned step.
+    pub fn planned_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
+        let provenance = self.inner.store.provenance(step.vmid);
+        PlannedAction {
+            op: op_of(step.kind),
+            vmid: step.vmid,
+            guest_config_sha1: digest.filter(|d| !d.is_empty()).map(str::to_string),
+            params: step.params.clone(),
+            operation: provenance
+                .filter(|p| !p.op_finished)
+                .and_then(|p| p.create_op),
+        }
+    }
+
+    /// Classifies a step by the journal's provenance (never by the document).
+    pub fn classify(&self, step: &Step, digest: Option<&str>) -> Classification {
+        let action = self.planned_action(step, digest);
+        let provenance = self.inner.store.provenance(step.vmid);
+        gate::classify(&action, provenance.as_ref())
+    }
+
+    /// Reads the host and plans it (no side effects): `drover plan` and each pass.
+    pub async fn plan_host(
+        &self,
+        doc: &DesiredDoc,
+    ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
+        let actual = self.inner.pve.read_host().await?;
+        let plan = planner::plan(doc, &actual);
+        let classified = self.classify_plan(plan, &actual);
+        Ok((classified, actual))
+    }
+
+    pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
+        let mut classes = BTreeMap::new();
+        for g in plan.guests.values() {
+            let digest = actual.guests.get(&g.vmid).map(|a| a.digest.as_str());
+            let c: Vec<StepClass> = g
+                .steps
+                .iter()
+                .map(|s| match self.classify(s, digest) {
+                    Classification::Benign => StepClass::Benign,
+                    Classification::Destructive { reason } => StepClass::Destructive { reason },
+                })
+                .collect();
+            classes.insert(g.vmid, c);
+        }
+        ClassifiedPlan {
+            host: self.inner.settings.host.clone(),
+            plan,
+            classes,
+        }
+    }
+
+    /// One full pass: plan the host and queue every guest that has work. Returns the plan.
+    pub async fn pass(&self) -> Result<ClassifiedPlan, PveError> {
+        let Some(desired) = self.desired() else {
+            return Ok(ClassifiedPlan {
+                host: self.inner.settings.host.clone(),
+                plan: Plan::default(),
+                classes: BTreeMap::new(),
+            });
+        };
+        let (classified, actual) = self.plan_host(&desired.doc).await?;
+        *self
+            .inner
+            .elsewhere
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = actual.elsewhere.clone();
+        self.inner
+            .status
+            .observe_pass(&desired.doc, &actual, &classified.plan);
+        let in_flight: Vec<u32> = self
+            .inner
+            .store
+            .in_flight()
+            .unwrap_or_default()
+            .iter()
+            .map(|r| r.vmid)
+            .collect();
+        let planned_destructive: std::collections::HashSet<(u32, String)> = classified
+            .plan
+            .guests
+            .values()
+            .flat_map(|g| {
+                g.steps.iter().enumerate().filter_map(|(i, s)| {
+                    matches!(
+                        classified.class_of(g.vmid, i),
+                        Some(StepClass::Destructive { .. })
+                    )
+                    .then(|| (g.vmid, op_of(s.kind).as_str().to_string()))
+                })
+            })
+            .collect();
+        self.inner
+            .approvals
+            .withdraw_unplanned(&planned_destructive);
+        for vmid in desired.doc.guests.keys() {
+            let has_steps = classified
+                .plan
+                .guests
+                .get(vmid)
+                .is_some_and(|g| !g.steps.is_empty());
+            if !(has_steps || in_flight.contains(vmid)) {
+                self.finish_operation_if_converged(*vmid, &classified);
+                continue;
+            }
+            if self.is_terminal_for(*vmid, &desired.doc) || self.inner.store.is_suspended(*vmid) {
+                continue;
+            }
+            self.inner.lanes.request(*vmid);
+        }
+        Ok(classified)
+    }
+
+    /// A guest the agent created has converged: its create operation is over, so cleanup of
+    /// it is no longer "its own failed create".
+    fn finish_operation_if_converged(&self, vmid: u32, plan: &ClassifiedPlan) {
+        let notes = plan
+            .plan
+            .guests
+            .get(&vmid)
+            .map(|g| g.notes.len())
+            .unwrap_or(0);
+        if notes == 0
+            && let Some(p) = self.inner.store.provenance(vmid)
+            && !p.op_finished
+        {
+            self.inner.store.finish_operation(vmid);
+        }
+    }
+
+    fn is_terminal_for(&self, vmid: u32, doc: &DesiredDoc) -> bool {
+        let mut t = self
+            .inner
+            .terminal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (t.get(&vmid), doc.guests.get(&vmid)) {
+            (Some(failed_on), Some(now)) if failed_on == now => true,
+            (Some(_), _) => {
+                // The entry changed: try again from a clean backoff.
+                t.remove(&vmid);
+                self.inner.lanes.reset_backoff(vmid);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// One lane turn for a guest (see the module doc).
+    pub async fn turn(&self, vmid: u32) -> LaneOutcome {
+        let span = info_span!("reconcile", vmid);
+        let deadline = self.inner.settings.step_deadline;
+        let fut = self.turn_inner(vmid).instrument(span);
+        let started = std::time::Instant::now();
+        let outcome = match tokio::time::timeout(deadline, fut).await {
+            Ok(outcome) => outcome,
+            Err(_) => LaneOutcome::Transient(format!(
+                "the step did not finish within its deadline of {deadline:?}; it stays journaled and is re-attached"
+            )),
+        };
+        self.inner.status.record_outcome(vmid, &outcome);
+        let label = match &outcome {
+            LaneOutcome::Converged => "converged",
+            LaneOutcome::Progressed => "progressed",
+            LaneOutcome::Waiting => "waiting",
+            LaneOutcome::Transient(_) => "transient_error",
+            LaneOutcome::Terminal(_) => "terminal_error",
+        };
+        self.inner
+            .metrics
+            .reconcile(label, started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    async fn turn_inner(&self, vmid: u32) -> LaneOutcome {
+        if self.shutting_down() {
+            return LaneOutcome::Waiting;
+        }
+        // 1. A step still in flight is resolved before anything new is planned.
+        match self.inner.store.in_flight_for(vmid) {
+            Ok(Some(rec)) => return self.resolve(rec, true).await,
+            Ok(None) => {}
+            Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        if self.inner.store.is_suspended(vmid) {
+            self.inner.status.set_state(vmid, GuestState::Suspended);
+            return LaneOutcome::Waiting;
+        }
+        let Some(desired) = self.desired() else {
+            return LaneOutcome::Waiting;
+        };
+        let Some(spec) = desired.doc.guests.get(&vmid).cloned() else {
+            return LaneOutcome::Converged;
+        };
+        // 2. Fresh state, fresh plan.
+        let actual = match self.inner.pve.read_guest(vmid).await {
+            Ok(a) => a,
+            Err(e) => return pve_failure(&e, "reading the guest"),
+        };
+        let elsewhere = self
+            .inner
+            .elsewhere
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&vmid)
+            .cloned();
+        let gp = planner::plan_guest(&spec, actual.as_ref(), elsewhere.as_ref());
+        let Some(step) = gp.steps.first().cloned() else {
+            self.inner.status.set_notes(vmid, &gp.notes);
+            return if gp.notes.iter().any(|n| n.code == "guest_locked") {
+                LaneOutcome::Waiting
+            } else {
+                LaneOutcome::Converged
+            };
+        };
+        let digest = actual.as_ref().map(|a| a.digest.clone());
+        // 3. Classify by provenance; destructive steps need the gate.
+        let class = self.classify(&step, digest.as_deref());
+        let mut approval = None;
+        if let Classification::Destructive { reason } = &class {
+            if desired.degraded {
+                self.inner.status.set_blocked(
+                    vmid,
+                    "desired_stale",
+                    "destructive step held: the desired state is not fresh (source unavailable)",
+                );
+                return LaneOutcome::Waiting;
+            }
+            let trust = match self.trust() {
+                Trust::Valid(t) => t,
+                Trust::Invalid { code, message } => {
+                    self.inner.status.set_blocked(vmid, code, &message);
+                    return LaneOutcome::Waiting;
+                }
+            };
+            let action = self.planned_action(&step, digest.as_deref());
+            let ctx = self.gate_context(&trust);
+            let now = unix_now();
+            let store = &self.inner.store;
+            let metrics = &self.inner.metrics;
+            let audit = |d: Decision| {
+                metrics.gate_decision(&d.code);
+                store.audit(&d)
+            };
+            match self
+                .inner
+                .approvals
+                .lookup(&ctx, &trust, &action, now, store, &audit)
+            {
+                Ok(Lookup::Approved(a)) => approval = Some(*a),
+                Ok(Lookup::Pending { request, new }) => {
+                    if new {
+                        info!(
+                            vmid,
+                            step = step.kind.as_str(),
+                            request = %request.display(),
+                            "destructive step needs a signed approval ({reason}); sign with: {}",
+                            Approvals::sign_command(&trust.domain, &request)
+                        );
+                    }
+                    self.inner
+                        .status
+                        .set_pending_approval(vmid, step.kind.as_str(), &request);
+                    return LaneOutcome::Waiting;
+                }
+                Err(e) => {
+                    return LaneOutcome::Transient(format!("writing the approval request: {e}"));
+                }
+            }
+        }
+        // 4. Execute.
+        let operation = self.planned_action(&step, None).operation;
+        self.execute(
+            &step,
+            &class,
+            approval.as_ref(),
+            digest.as_deref(),
+            operation,
+        )
+        .await
+    }
+
+    async fn execute(
+        &self,
+        step: &Step,
+        class: &Classification,
+        approval: Option<&gate::Approved>,
+        digest: Option<&str>,
+        operation: Option<String>,
+    ) -> LaneOutcome {
+        let vmid = step.vmid;
+        let kind = step.kind;
+        let intent_unix = unix_now();
+        let id = match self
+            .inner
+            .store
+            .intent(step, class, approval, operation.as_deref())
+        {
+            Ok(id) => id,
+            Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
+        };
+        let span = info_span!("step", vmid, step = kind.as_str(), op_id = %id);
+        async move {
+            info!("starting");
+            self.inner.status.set_running(vmid, kind.as_str());
+            match self.inner.pve.submit(step, digest).await {
+                Ok(Submission::Task(upid)) => {
+                    if let Err(e) = self.inner.store.submitted(&id, &upid) {
+                        // The task runs; without its UPID journaled recovery will find it by
+                        // the task list. Do not wait: surface the journal problem.
+                        return LaneOutcome::Transient(format!("journaling the task {upid}: {e}"));
+                    }
+                    self.wait_and_finish(id, kind, vmid, upid).await
+                }
+                Ok(Submission::Done) => {
+                    self.confirm_and_close(id, kind, vmid, None, StepOutcome::Ok)
+                        .await
+                }
+                Err(e) => self.submit_failed(id, step, intent_unix, e).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The call failed: decide between "already done", "maybe happened", retry later and stop.
+    async fn submit_failed(
+        &self,
+        id: crate::store::StepId,
+        step: &Step,
+        intent_unix: i64,
+        e: PveError,
+    ) -> LaneOutcome {
+        let vmid = step.vmid;
+        let kind = step.kind;
+        if let Some(already) = e.already_in_state()
+            && already_means_done(kind, already)
+        {
+            info!("already in the desired state ({e})");
+            return self
+                .confirm_and_close(id, kind, vmid, None, StepOutcome::Ok)
+                .await;
+        }
+        if e.may_have_been_processed() {
+            // The call may have started a task: look for it instead of guessing.
+            match self.inner.pve.find_task_for(kind, vmid, intent_unix).await {
+                Ok(Some(upid)) => {
+                    warn!(%upid, "the answer was lost but the task exists; adopting it");
+                    if self.inner.store.submitted(&id, &upid).is_ok() {
+                        return self.wait_and_finish(id, kind, vmid, upid).await;
+                    }
+                }
+                Ok(None) if kind != StepKind::SetConfig => {
+                    self.close(
+                        &id,
+                        StepOutcome::Abandoned(format!("no task was started: {e}")),
+                    );
+                    return LaneOutcome::Transient(e.to_string());
+                }
+                // A synchronous call (or an unreadable task list): leave the record in flight;
+                // the next turn resolves it from fresh state.
+                _ => return LaneOutcome::Transient(e.to_string()),
+            }
+        }
+        if e.is_digest_mismatch() {
+            self.close(
+                &id,
+                StepOutcome::Abandoned("the config changed meanwhile; re-planning".into()),
+            );
+            return LaneOutcome::Progressed;
+        }
+        if e.is_transient() || e.is_lock() {
+            self.close(&id, StepOutcome::Abandoned(format!("not applied: {e}")));
+            return LaneOutcome::Transient(e.to_string());
+        }
+        self.close(&id, StepOutcome::Failed(e.to_string()));
+        self.mark_terminal(vmid);
+        LaneOutcome::Terminal(e.to_string())
+    }
+
+    fn mark_terminal(&self, vmid: u32) {
+        if let Some(d) = self.desired()
+            && let Some(spec) = d.doc.guests.get(&vmid)
+        {
+            self.inner
+                .terminal
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(vmid, spec.clone());
+        }
+    }
+
+    fn close(&self, id: &crate::store::StepId, outcome: StepOutcome) {
+        if let Err(e) = self.inner.store.done(id, outcome) {
+            warn!(op_id = %id, "journaling the outcome failed: {e}");
+        }
+    }
+
+    /// Waits for a task; on shutdown returns at once (the UPID is journaled, so the next start
+    /// re-attaches).
+    async fn wait_and_finish(
+        &self,
+        id: crate::store::StepId,
+        kind: StepKind,
+        vmid: u32,
+        upid: Upid,
+    ) -> LaneOutcome {
+        let span = info_span!("task", upid = %upid);
+        async move {
+            let mut shutdown = self.inner.shutdown.clone();
+            let started = std::time::Instant::now();
+            let outcome = tokio::select! {
+                o = self.inner.pve.wait(&upid, kind) => o,
+                _ = shutdown.wait_for(|s| *s) => {
+                    info!("shutting down; the task keeps running and is re-attached on start");
+                    return LaneOutcome::Waiting;
+                }
+            };
+            if outcome.is_ok() {
+                self.inner
+                    .metrics
+                    .pve_task(&upid.worker_type, started.elapsed().as_secs_f64());
+            }
+            match outcome {
+                Ok(TaskOutcome::Ok) => {
+                    self.confirm_and_close(id, kind, vmid, Some(&upid), StepOutcome::Ok)
+                        .await
+                }
+                Ok(TaskOutcome::Warnings(n)) => {
+                    self.confirm_and_close(id, kind, vmid, Some(&upid), StepOutcome::Warnings(n))
+                        .await
+                }
+                Ok(TaskOutcome::Failed { message, log_tail }) => {
+                    warn!(log = ?log_tail, "task failed: {message}");
+                    self.close(&id, StepOutcome::Failed(message.clone()));
+                    if task_failure_is_transient(&message) {
+                        LaneOutcome::Transient(format!("task failed: {message}"))
+                    } else {
+                        self.mark_terminal(vmid);
+                        LaneOutcome::Terminal(format!("task failed: {message}"))
+                    }
+                }
+                // Deadline or PVE unreachable: the record stays in flight with its UPID.
+                Err(e) => LaneOutcome::Transient(format!("waiting for {upid}: {e}")),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A step reported success: confirm with a fresh read, update provenance, close the record.
+    async fn confirm_and_close(
+        &self,
+        id: crate::store::StepId,
+        kind: StepKind,
+        vmid: u32,
+        upid: Option<&Upid>,
+        outcome: StepOutcome,
+    ) -> LaneOutcome {
+        let fresh = match self.inner.pve.read_guest(vmid).await {
+            Ok(f) => f,
+            // Leave the record in flight; the next turn confirms.
+            Err(e) => return pve_failure(&e, "confirming the result"),
+        };
+        let confirmed = match kind {
+            StepKind::Create => fresh.is_some(),
+            StepKind::Destroy => fresh.is_none(),
+            // HA-managed guests: a task OK does not prove the power state; the re-plan checks.
+            _ => fresh.is_some(),
+        };
+        if !confirmed {
+            self.close(
+                &id,
+                StepOutcome::Failed(
+                    "the task succeeded but the guest is not in the expected state".into(),
+                ),
+            );
+            return LaneOutcome::Transient("result not confirmed by a fresh read".into());
+        }
+        match kind {
+            StepKind::Create => {
+                if let (Some(upid), Some(g)) = (upid, fresh.as_ref()) {
+                    self.inner.store.created(vmid, &id, upid, &g.digest);
+                }
+            }
+            StepKind::Destroy => self.inner.store.destroyed(vmid),
+            _ => {
+                if let Some(g) = fresh.as_ref() {
+                    self.inner.store.own_write(vmid, &g.digest);
+                }
+            }
+        }
+        self.close(&id, outcome);
+        info!("done");
+        LaneOutcome::Progressed
+    }
+
+    /// Resolves a journaled step that is still in flight (boot recovery, or a step whose wait
+    /// was interrupted): re-attach to its task, or find the task it started, or mark it
+    /// abandoned and let the plan decide. Never re-sends the call.
+    pub async fn resolve(&self, rec: InFlight, attach_running: bool) -> LaneOutcome {
+        let span =
+            info_span!("recover", vmid = rec.vmid, step = rec.kind.as_str(), op_id = %rec.id);
+        async move {
+            let upid = match &rec.upid {
+                Some(u) => Some(u.clone()),
+                None => match self.inner.pve.find_task_for(rec.kind, rec.vmid, rec.intent_unix).await {
+                    Ok(Some(u)) => {
+                        info!(upid = %u, "found the task the interrupted call started; adopting it");
+                        if let Err(e) = self.inner.store.submitted(&rec.id, &u) {
+                            return LaneOutcome::Transient(format!("journaling the adopted task: {e}"));
+                        }
+                        Some(u)
+                    }
+                    Ok(None) => None,
+                    Err(e) => return pve_failure(&e, "searching the task list"),
+                },
+            };
+            match upid {
+                Some(u) => {
+                    match self.inner.pve.client.task_status(&u).await {
+                        Ok(st) if !attach_running && st.exit().is_none() => {
+                            // Still running: its lane re-attaches, so boot is not held up.
+                            info!(upid = %u, "task still running; re-attaching in its lane");
+                            self.inner.lanes.request(rec.vmid);
+                            LaneOutcome::Waiting
+                        }
+                        Ok(_) => self.wait_and_finish(rec.id, rec.kind, rec.vmid, u).await,
+                        Err(e) if e.is_not_found() => {
+                            self.close(&rec.id, StepOutcome::Abandoned(format!("PVE does not know task {u}")));
+                            LaneOutcome::Progressed
+                        }
+                        Err(e) => pve_failure(&e, "reading the task status"),
+                    }
+                }
+                None => {
+                    let why = if rec.kind == StepKind::SetConfig {
+                        "interrupted before PVE answered; the next plan re-checks the config"
+                    } else {
+                        "the call never started a task"
+                    };
+                    info!("{why}");
+                    self.close(&rec.id, StepOutcome::Abandoned(why.into()));
+                    LaneOutcome::Progressed
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Boot recovery, before the first pass: every in-flight record whose task has ended (or
+    /// never started) is resolved now; records whose task still runs are re-attached in their
+    /// lane, so a 30-minute create does not hold up readiness. Returns how many were found.
+    pub async fn recover(&self) -> Result<usize, crate::store::StoreError> {
+        let records = self.inner.store.in_flight()?;
+        let n = records.len();
+        for rec in records {
+            let vmid = rec.vmid;
+            match self.resolve(rec, false).await {
+                LaneOutcome::Transient(e) | LaneOutcome::Terminal(e) => {
+                    warn!(vmid, "recovery deferred to the guest's lane: {e}");
+                    self.inner.lanes.request(vmid);
+                }
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// How a failed read maps to a lane outcome.
+fn pve_failure(e: &PveError, what: &str) -> LaneOutcome {
+    if e.is_unauthorized() || e.is_permission() {
+        LaneOutcome::Terminal(format!("{what}: {e}"))
+    } else {
+        LaneOutcome::Transient(format!("{what}: {e}"))
+    }
+}
+
+/// "Already in that state" answers that count as success for a step.
+fn already_means_done(kind: StepKind, already: AlreadyInState) -> bool {
+    matches!(
+        (kind, already),
+        (StepKind::Start, AlreadyInState::Running)
+            | (
+                StepKind::Stop | StepKind::Shutdown,
+                AlreadyInState::NotRunning
+            )
+            | (StepKind::Destroy, AlreadyInState::DoesNotExist)
+    )
+}
+
+/// Task failures worth retrying later (locks and timeouts inside the worker).
+fn task_failure_is_transient(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("is locked") || m.contains("got timeout") || m.contains("no quorum")
+}
+
+/// The gate's name for a step kind.
+pub fn op_of(kind: StepKind) -> Op {
+    match kind {
+        StepKind::Create => Op::Create,
+        StepKind::SetConfig => Op::SetConfig,
+        StepKind::Resize => Op::Resize,
+        StepKind::Start => Op::Start,
+        StepKind::Shutdown => Op::Shutdown,
+        StepKind::Stop => Op::Stop,
+        StepKind::Reboot => Op::Reboot,
+        StepKind::Destroy => Op::DestroyGuest,
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,218 @@
+//! What the agent knows about each guest right now, for `drover status`, the report to the hub,
+//! metrics and systemd's STATUS line. Written by the engine, read by everyone else.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::desired::DesiredDoc;
+use crate::lanes::LaneOutcome;
+use crate::model::ActualHost;
+use crate::planner::{Note, Plan};
+
+/// A guest's sync state, like `flux get`'s READY column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestState {
+    #[default]
+    Unknown,
+    Converged,
+    Pending,
+    Running,
+    AwaitingApproval,
+    Blocked,
+    Failed,
+    Suspended,
+}
+
+impl GuestState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestState::Unknown => "unknown",
+            GuestState::Converged => "converged",
+            GuestState::Pending => "pending",
+            GuestState::Running => "running",
+            GuestState::AwaitingApproval => "awaiting_approval",
+            GuestState::Blocked => "blocked",
+            GuestState::Failed => "failed",
+            GuestState::Suspended => "suspended",
+        }
+    }
+}
+
+/// One guest's line.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuestStatusLine {
+    pub vmid: u32,
+    pub state: GuestState,
+    pub last_step: Option<String>,
+    pub last_result: Option<String>,
+    pub last_error: Option<String>,
+    pub pending_approval: Option<String>,
+    pub blocked_code: Option<String>,
+    pub notes: Vec<String>,
+}
+
+/// The whole board.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub desired_revision: Option<u64>,
+    pub desired_degraded: bool,
+    pub last_pass_unix: Option<i64>,
+    pub passes: u64,
+    pub guests: BTreeMap<u32, GuestStatusLine>,
+    pub unmanaged: Vec<u32>,
+}
+
+impl Snapshot {
+    pub fn count(&self, state: GuestState) -> usize {
+        self.guests.values().filter(|g| g.state == state).count()
+    }
+
+    /// One line for systemd's STATUS=.
+    pub fn summary(&self) -> String {
+        format!(
+            "rev {} {}: {} converged, {} pending, {} awaiting approval, {} failed",
+            self.desired_revision
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if self.desired_degraded { "(stale)" } else { "" },
+            self.count(GuestState::Converged),
+            self.count(GuestState::Pending) + self.count(GuestState::Running),
+            self.count(GuestState::AwaitingApproval),
+            self.count(GuestState::Failed),
+        )
+    }
+}
+
+/// Thread-safe holder of the snapshot.
+#[derive(Debug, Default)]
+pub struct StatusBoard {
+    inner: Mutex<Snapshot>,
+}
+
+impl StatusBoard {
+    fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut s)
+    }
+
+    fn guest<R>(&self, vmid: u32, f: impl FnOnce(&mut GuestStatusLine) -> R) -> R {
+        self.with(|s| {
+            let g = s.guests.entry(vmid).or_insert_with(|| GuestStatusLine {
+                vmid,
+                ..Default::default()
+            });
+            f(g)
+        })
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.with(|s| s.clone())
+    }
+
+    pub fn set_desired(&self, revision: u64, degraded: bool) {
+        self.with(|s| {
+            s.desired_revision = Some(revision);
+            s.desired_degraded = degraded;
+        });
+    }
+
+    /// After a pass: every managed guest without steps is converged (unless it is waiting on
+    /// something a note explains); guests with steps are pending.
+    pub fn observe_pass(&self, doc: &DesiredDoc, _actual: &ActualHost, plan: &Plan) {
+        self.with(|s| {
+            s.passes += 1;
+            s.last_pass_unix = Some(crate::engine::unix_now());
+            s.unmanaged = plan.unmanaged.clone();
+            s.guests.retain(|v, _| doc.guests.contains_key(v));
+            for vmid in doc.guests.keys() {
+                let g = s.guests.entry(*vmid).or_insert_with(|| GuestStatusLine {
+                    vmid: *vmid,
+                    ..Default::default()
+                });
+                let gp = plan.guests.get(vmid);
+                g.notes = gp
+                    .map(|p| {
+                        p.notes
+                            .iter()
+                            .map(|n| format!("{}: {}", n.code, n.message))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let has_steps = gp.is_some_and(|p| !p.steps.is_empty());
+                if !has_steps {
+                    if g.state != GuestState::Suspended {
+                        g.state = GuestState::Converged;
+                    }
+                    g.pending_approval = None;
+                    g.blocked_code = None;
+                } else if matches!(g.state, GuestState::Converged | GuestState::Unknown) {
+                    g.state = GuestState::Pending;
+                }
+            }
+        });
+    }
+
+    pub fn set_state(&self, vmid: u32, state: GuestState) {
+        self.guest(vmid, |g| g.state = state);
+    }
+
+    pub fn set_notes(&self, vmid: u32, notes: &[Note]) {
+        self.guest(vmid, |g| {
+            g.notes = notes
+                .iter()
+                .map(|n| format!("{}: {}", n.code, n.message))
+                .collect()
+        });
+    }
+
+    pub fn set_running(&self, vmid: u32, step: &str) {
+        self.guest(vmid, |g| {
+            g.state = GuestState::Running;
+            g.last_step = Some(step.to_string());
+        });
+    }
+
+    pub fn set_blocked(&self, vmid: u32, code: &str, message: &str) {
+        self.guest(vmid, |g| {
+            g.state = GuestState::Blocked;
+            g.blocked_code = Some(code.to_string());
+            g.last_error = Some(message.to_string());
+        });
+    }
+
+    pub fn set_pending_approval(&self, vmid: u32, step: &str, request: &Path) {
+        self.guest(vmid, |g| {
+            g.state = GuestState::AwaitingApproval;
+            g.pending_approval = Some(format!("{step}: {}", request.display()));
+        });
+    }
+
+    pub fn record_outcome(&self, vmid: u32, outcome: &LaneOutcome) {
+        self.guest(vmid, |g| match outcome {
+            LaneOutcome::Converged => {
+                g.state = GuestState::Converged;
+                g.last_error = None;
+            }
+            LaneOutcome::Progressed => {
+                g.state = GuestState::Pending;
+                g.last_result = Some("ok".into());
+                g.last_error = None;
+            }
+            LaneOutcome::Waiting => {}
+            LaneOutcome::Transient(e) => {
+                g.state = GuestState::Pending;
+                g.last_result = Some("retrying".into());
+                g.last_error = Some(e.clone());
+            }
+            LaneOutcome::Terminal(e) => {
+                g.state = GuestState::Failed;
+                g.last_result = Some("failed".into());
+                g.last_error = Some(e.clone());
+            }
+        });
+    }
+}

@@ -1,0 +1,343 @@
+//! The agent's use of the journal: write-ahead step records, provenance, nonces, audit and the
+//! small state kept across restarts. This module is the only place that knows the journal's
+//! types; it also implements the gate's `NonceLedger` and `ProvenanceSource` on the journal
+//! (the "small traits" that keep `gate` and `journal` independent of each other).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use gate::{
+    Approved, Classification, GuestProvenance, Incarnation, NonceClaim, NonceLedger, NonceRefusal,
+    ProvenanceSource,
+};
+use proxmox_client::Upid;
+
+use crate::approvals::Decision;
+use crate::planner::{Step, StepKind};
+
+pub use journal::JournalError as StoreError;
+
+/// A journaled step's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepId(pub journal::StepId);
+
+impl fmt::Display for StepId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    Ok,
+    Warnings(u32),
+    Failed(String),
+    Abandoned(String),
+}
+
+/// A step the journal holds as not done.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    pub id: StepId,
+    pub vmid: u32,
+    pub kind: StepKind,
+    pub params: BTreeMap<String, String>,
+    pub upid: Option<Upid>,
+    pub intent_unix: i64,
+    pub destructive: bool,
+}
+
+/// The journal, as the agent uses it. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    j: journal::Journal,
+}
+
+fn kind_from_str(s: &str) -> Option<StepKind> {
+    Some(match s {
+        "create" => StepKind::Create,
+        "set_config" => StepKind::SetConfig,
+        "resize" => StepKind::Resize,
+        "start" => StepKind::Start,
+        "shutdown" => StepKind::Shutdown,
+        "stop" => StepKind::Stop,
+        "reboot" => StepKind::Reboot,
+        "destroy_guest" => StepKind::Destroy,
+        _ => return None,
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn to_in_flight(r: journal::StepRecord) -> Option<InFlight> {
+    let kind = kind_from_str(&r.step.kind)?;
+    let upid = r.upid().and_then(|u| u.parse::<Upid>().ok());
+    Some(InFlight {
+        id: StepId(r.id),
+        vmid: r.step.vmid,
+        kind,
+        params: r.step.params.clone(),
+        upid,
+        intent_unix: r.intent_at_ms / 1000,
+        destructive: matches!(r.step.class, journal::StepClass::Destructive { .. }),
+    })
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            j: journal::Journal::open(dir)?,
+        })
+    }
+
+    /// For read-only commands while the daemon may hold the lock.
+    pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            j: journal::Journal::open_read_only(dir)?,
+        })
+    }
+
+    pub fn journal(&self) -> &journal::Journal {
+        &self.j
+    }
+
+    pub fn check(dir: &Path) -> journal::CheckReport {
+        journal::check(dir)
+    }
+
+    /// Journals the intent of a step, durably, before any PVE call.
+    pub fn intent(
+        &self,
+        step: &Step,
+        class: &Classification,
+        approval: Option<&Approved>,
+        operation: Option<&str>,
+    ) -> Result<StepId, StoreError> {
+        let class = match class {
+            Classification::Benign => journal::StepClass::Benign,
+            Classification::Destructive { reason } => journal::StepClass::Destructive {
+                reason: reason.clone(),
+            },
+        };
+        let id = self.j.intent(journal::NewStep {
+            vmid: step.vmid,
+            kind: step.kind.as_str().to_string(),
+            params: step.params.clone(),
+            class,
+            approval_sha256: approval.map(|a| a.payload_sha256.clone()),
+            signers: approval
+                .map(|a| {
+                    a.signers
+                        .iter()
+                        .map(|s| format!("{} {}", s.principal, s.fingerprint))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            operation: operation.map(str::to_string),
+            attempt: 1,
+        })?;
+        Ok(StepId(id))
+    }
+
+    pub fn submitted(&self, id: &StepId, upid: &Upid) -> Result<(), StoreError> {
+        self.j.submitted(id.0, &upid.to_string())
+    }
+
+    pub fn done(&self, id: &StepId, outcome: StepOutcome) -> Result<(), StoreError> {
+        self.j.done(
+            id.0,
+            match outcome {
+                StepOutcome::Ok => journal::Outcome::Ok,
+                StepOutcome::Warnings(n) => journal::Outcome::Warnings(n),
+                StepOutcome::Failed(m) => journal::Outcome::Failed(m),
+                StepOutcome::Abandoned(m) => journal::Outcome::Abandoned(m),
+            },
+        )
+    }
+
+    /// Every step not done. A record of a kind this agent does not know is left alone and
+    /// reported loudly: guessing what it did could run it twice.
+    pub fn in_flight(&self) -> Result<Vec<InFlight>, StoreError> {
+        let mut out = Vec::new();
+        for r in self.j.in_flight()? {
+            let (id, kind) = (r.id, r.step.kind.clone());
+            match to_in_flight(r) {
+                Some(f) => out.push(f),
+                None => tracing::error!(
+                    op_id = %id,
+                    kind = kind.as_str(),
+                    "in-flight journal record of an unknown step kind; leaving it for an operator"
+                ),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn in_flight_for(&self, vmid: u32) -> Result<Option<InFlight>, StoreError> {
+        Ok(self.in_flight()?.into_iter().find(|r| r.vmid == vmid))
+    }
+
+    /// A readable listing for `drover journal`.
+    pub fn listing(
+        &self,
+        in_flight_only: bool,
+        limit: usize,
+    ) -> Result<Vec<journal::StepRecord>, StoreError> {
+        if in_flight_only {
+            self.j.in_flight()
+        } else {
+            self.j.recent(limit)
+        }
+    }
+
+    pub fn provenance(&self, vmid: u32) -> Option<GuestProvenance> {
+        let p = self.j.provenance(vmid).ok().flatten()?;
+        Some(GuestProvenance {
+            created_by_agent: p.created_by_agent,
+            create_op: p.create_op,
+            op_finished: p.op_finished,
+            incarnation: match (p.create_upid, p.config_digest) {
+                (Some(create_upid), Some(config_digest)) => Some(Incarnation {
+                    create_upid,
+                    config_digest,
+                }),
+                _ => None,
+            },
+            scratch: p.scratch,
+        })
+    }
+
+    fn log(&self, what: &str, r: Result<(), StoreError>) {
+        if let Err(e) = r {
+            tracing::error!("journal: {what}: {e}");
+        }
+    }
+
+    /// The agent created this incarnation; its create step's id is the operation.
+    pub fn created(&self, vmid: u32, id: &StepId, upid: &Upid, digest: &str) {
+        self.log(
+            "recording provenance",
+            self.j
+                .record_created(vmid, &id.to_string(), &upid.to_string(), digest),
+        );
+    }
+
+    pub fn own_write(&self, vmid: u32, digest: &str) {
+        if self.j.provenance(vmid).ok().flatten().is_some() {
+            self.log(
+                "recording an own write",
+                self.j.record_own_write(vmid, digest),
+            );
+        }
+    }
+
+    pub fn finish_operation(&self, vmid: u32) {
+        self.log("finishing an operation", self.j.finish_operation(vmid));
+    }
+
+    pub fn destroyed(&self, vmid: u32) {
+        self.log("forgetting a destroyed guest", self.j.forget(vmid));
+    }
+
+    pub fn audit(&self, d: &Decision) {
+        self.log(
+            "writing the audit log",
+            self.j.audit(journal::AuditEntry {
+                time_ms: now_ms(),
+                allowed: d.allowed,
+                code: d.code.clone(),
+                vmid: Some(d.vmid),
+                step: Some(d.op.clone()),
+                signers: d.signers.clone(),
+                authenticated: d.authenticated,
+                detail: format!("{} ({})", d.message, d.source.display()),
+            }),
+        );
+    }
+
+    pub fn last_revision(&self) -> Option<u64> {
+        self.j.last_revision().ok().flatten()
+    }
+
+    pub fn accept_desired(&self, revision: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.last_revision() == Some(revision)
+            && self
+                .j
+                .last_known_good()
+                .ok()
+                .flatten()
+                .is_some_and(|(_, b)| b == bytes)
+        {
+            return Ok(()); // nothing new: no durable write on every pass
+        }
+        self.j.accept_desired(revision, bytes)
+    }
+
+    pub fn last_known_good(&self) -> Option<(u64, Vec<u8>)> {
+        self.j.last_known_good().ok().flatten()
+    }
+
+    /// Suspends one guest or (None) the whole host, with a reason shown in `drover status`.
+    pub fn suspend(&self, vmid: Option<u32>, reason: &str) -> Result<(), StoreError> {
+        self.j.suspend(journal::Suspension {
+            vmid,
+            reason: reason.to_string(),
+            since_ms: now_ms(),
+        })
+    }
+
+    pub fn resume(&self, vmid: Option<u32>) -> Result<bool, StoreError> {
+        self.j.resume(vmid)
+    }
+
+    pub fn suspensions(&self) -> Vec<journal::Suspension> {
+        self.j.suspensions().unwrap_or_default()
+    }
+
+    /// A guest is suspended directly or through a host-wide suspension.
+    pub fn is_suspended(&self, vmid: u32) -> bool {
+        self.j
+            .suspensions()
+            .map(|s| s.iter().any(|s| s.vmid.is_none() || s.vmid == Some(vmid)))
+            .unwrap_or(false)
+    }
+}
+
+impl NonceLedger for Store {
+    fn state_epoch(&self) -> String {
+        self.j.state_epoch()
+    }
+    fn clock_high_water(&self) -> Option<i64> {
+        self.j.clock_high_water()
+    }
+    fn consume(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
+        self.j
+            .consume(&journal::NonceClaim {
+                nonce: claim.nonce.clone(),
+                payload_sha256: claim.payload_sha256.clone(),
+                signers: claim.signer_fingerprints.clone(),
+                op: claim.op.clone(),
+                vmid: claim.vmid,
+                expires_at: claim.expires_at,
+                now: claim.now,
+            })
+            .map_err(|e| match e {
+                journal::NonceError::Replayed(_) => NonceRefusal::Replayed,
+                journal::NonceError::ExpiredForever => NonceRefusal::ExpiredForever,
+                journal::NonceError::Storage(m) => NonceRefusal::Unavailable(m),
+            })
+    }
+}
+
+impl ProvenanceSource for Store {
+    fn provenance(&self, vmid: u32) -> Option<GuestProvenance> {
+        Store::provenance(self, vmid)
+    }
+}

@@ -1,0 +1,165 @@
+//! Shared helpers for the agent's end-to-end tests: a simulated PVE host (in the test process),
+//! a real `drover` binary as a child process, real config files, real `ssh-keygen` signatures.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+pub const DOMAIN: &str = "demo.drover.invalid";
+
+/// A test host: the simulator plus the agent's directory layout.
+pub struct Host {
+    pub sim: pve_sim::RunningSim,
+    pub dir: tempfile::TempDir,
+}
+
+impl Host {
+    pub async fn start(guests: Vec<pve_sim::SeedGuest>) -> Host {
+        Host::start_with(pve_sim::SimConfig {
+            task_duration: Duration::from_millis(100),
+            guests,
+            ..pve_sim::SimConfig::default()
+        })
+        .await
+    }
+
+    pub async fn start_with(cfg: pve_sim::SimConfig) -> Host {
+        let sim = pve_sim::start(cfg).await.expect("simulator starts");
+        let dir = tempfile::tempdir().unwrap();
+        let h = Host { sim, dir };
+        std::fs::create_dir_all(h.source()).unwrap();
+        std::fs::write(h.root().join("pve-token"), pve_sim::DEFAULT_TOKEN_SECRET).unwrap();
+        std::fs::write(
+            h.root().join("trust"),
+            include_str!("../../../testdata/demo/trust"),
+        )
+        .unwrap();
+        h.write_config("");
+        h
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn source(&self) -> PathBuf {
+        self.root().join("desired")
+    }
+    pub fn state(&self) -> PathBuf {
+        self.root().join("state")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.root().join("drover.toml")
+    }
+
+    /// Writes drover.toml; `extra` is appended (more sections or overrides).
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\ntask_poll_interval = \"20ms\"\n\n[source]\npath = {src:?}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n{extra}",
+            state = self.state(),
+            url = self.sim.base_url(),
+            tok = pve_sim::DEFAULT_TOKEN_ID,
+            secret = self.root().join("pve-token"),
+            fp = self.sim.fingerprint(),
+            src = self.source(),
+            trust = self.root().join("trust"),
+            sock = self.root().join("drover.sock"),
+        );
+        std::fs::write(self.config(), text).unwrap();
+    }
+
+    pub fn desired(&self, text: &str) {
+        std::fs::write(self.source().join("desired.toml"), text).unwrap();
+    }
+
+    /// Runs `drover ARGS` to completion as a child process.
+    pub fn drover(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("drover runs");
+        eprintln!(
+            "--- drover {args:?} exit {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_drover"));
+        c.arg("--config").arg(self.config()).args(args);
+        c.env_remove("NOTIFY_SOCKET");
+        c.env("DROVER_LOG", "info");
+        c
+    }
+
+    /// Runs drover in a blocking thread so the in-process simulator keeps serving.
+    pub async fn drover_async(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        let label = format!("{args:?}");
+        let out = tokio::task::spawn_blocking(move || cmd.output().expect("drover runs"))
+            .await
+            .unwrap();
+        eprintln!(
+            "--- drover {label} exit {:?}\n{}\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn pending_requests(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.state().join("approvals/pending"))
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Signs `file` with a TEST key from testdata (copied to a 0600 file, as ssh-keygen demands);
+/// returns the signature path, or None when ssh-keygen is missing.
+pub fn sign(
+    key_in_testdata: &str,
+    namespace: &str,
+    file: &Path,
+    out_dir: &Path,
+) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("testdata")
+        .join(key_in_testdata);
+    let key = out_dir.join(src.file_name().unwrap());
+    std::fs::copy(&src, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let copy = out_dir.join(file.file_name().unwrap());
+    std::fs::copy(file, &copy).unwrap();
+    let out = match Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f"])
+        .arg(&key)
+        .args(["-n", namespace])
+        .arg(&copy)
+        .output()
+    {
+        Ok(o) => o,
+        Err(_) => {
+            eprintln!("ssh-keygen not installed; skipping the signature part");
+            return None;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(PathBuf::from(format!("{}.sig", copy.display())))
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

@@ -1,0 +1,285 @@
+//! End-to-end: the real `drover` binary (a child process) against the PVE simulator (in this
+//! test process, over real TLS on loopback), with a real journal and real signatures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{DOMAIN, Host, code, sign, stdout};
+
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+fn guest(vmid: u32, ensure: &str, memory: u32) -> String {
+    format!(
+        "[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = {memory}\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\ntags = [\"web\"]\ndescription = \"managed by drover\"\n"
+    )
+}
+
+fn seed(vmid: u32, running: bool, memory: u64) -> pve_sim::SeedGuest {
+    pve_sim::SeedGuest {
+        vmid,
+        hostname: format!("ct-{vmid}"),
+        running,
+        cores: 1,
+        memory,
+        swap: 0,
+        rootfs_gib: 4,
+        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
+        onboot: true,
+        tags: vec!["web".into()],
+        description: Some("managed by drover".into()),
+        ..pve_sim::SeedGuest::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_from_scratch_then_a_pass_changes_nothing() {
+    let h = Host::start(vec![]).await;
+    h.desired(&format!(
+        "revision = 1\n{}{}{}",
+        guest(201, "running", 512),
+        guest(202, "running", 1024),
+        guest(203, "stopped", 256)
+    ));
+    let plan = h.drover_async(&["plan"]).await;
+    assert_eq!(code(&plan), 2, "changes pending");
+    assert!(stdout(&plan).contains("CT 201: create"));
+
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0, "converged");
+    for v in [201, 202, 203] {
+        assert_eq!(
+            h.sim.count_mutations("create", v),
+            1,
+            "exactly one create of CT {v}"
+        );
+    }
+    assert!(h.sim.guest(201).unwrap().running);
+    assert!(!h.sim.guest(203).unwrap().running);
+    assert_eq!(h.sim.guest(202).unwrap().memory, 1024);
+
+    // A converged host: plan says nothing, a pass makes no mutation at all.
+    let before = h.sim.mutations().len();
+    let plan = h.drover_async(&["plan"]).await;
+    assert_eq!(code(&plan), 0, "{}", stdout(&plan));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0);
+    assert_eq!(h.sim.mutations().len(), before, "no-op pass made mutations");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrects_drift_and_leaves_unmanaged_guests_alone() {
+    let mut drifted = seed(301, true, 256);
+    drifted.net0 = Some("name=eth0,bridge=vmbr9,ip=dhcp".into());
+    let h = Host::start(vec![drifted, seed(302, false, 512), seed(399, true, 128)]).await;
+    h.desired(&format!(
+        "revision = 1\n{}{}",
+        guest(301, "running", 512),
+        guest(302, "running", 512)
+    ));
+    let mac_before = h.sim.guest(301).unwrap().net0.unwrap();
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0);
+    let g = h.sim.guest(301).unwrap();
+    assert_eq!(g.memory, 512);
+    let net = g.net0.unwrap();
+    assert!(net.contains("bridge=vmbr0"), "{net}");
+    let mac = |s: &str| {
+        s.split(',')
+            .find(|p| p.starts_with("hwaddr="))
+            .map(str::to_string)
+    };
+    assert_eq!(mac(&net), mac(&mac_before), "the MAC address is kept");
+    assert!(h.sim.guest(302).unwrap().running);
+    assert!(
+        h.sim.mutations().iter().all(|m| m.vmid != Some(399)),
+        "unmanaged CT 399 touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_on_another_node_is_reported_never_created() {
+    let mut elsewhere = seed(401, true, 256);
+    elsewhere.node = Some("pve2".into());
+    let h = Host::start_with(pve_sim::SimConfig {
+        guests: vec![elsewhere],
+        other_nodes: vec!["pve2".into()],
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    h.desired(&format!("revision = 1\n{}", guest(401, "running", 256)));
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(v["changes"], false);
+    assert!(v.to_string().contains("exists_on_other_node"));
+    h.drover_async(&["run", "--once"]).await;
+    assert_eq!(h.sim.count_mutations("create", 401), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_destroy_fuse_plans_no_destroy() {
+    let h = Host::start(vec![seed(501, true, 256), seed(502, true, 256)]).await;
+    h.desired("revision = 1\n[[guest]]\nvmid = 501\nensure = \"absent\"\n[[guest]]\nvmid = 502\nensure = \"absent\"\n");
+    let plan = h.drover_async(&["plan"]).await;
+    assert!(
+        stdout(&plan).contains("fuse_mass_destroy"),
+        "{}",
+        stdout(&plan)
+    );
+    h.drover_async(&["run", "--once"]).await;
+    assert!(
+        h.pending_requests().is_empty(),
+        "no approval is even requested"
+    );
+    assert!(h.sim.guest(501).is_some() && h.sim.guest(502).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converges_through_lock_timeouts_and_596() {
+    let h = Host::start(vec![seed(601, false, 256), seed(602, false, 256)]).await;
+    h.sim.set_faults(pve_sim::Faults {
+        seed: Some(7),
+        error_rate: 0.3,
+        ..pve_sim::Faults::default()
+    });
+    h.desired(&format!(
+        "revision = 1\n{}{}{}",
+        guest(601, "running", 512),
+        guest(602, "running", 512),
+        guest(603, "running", 512)
+    ));
+    let mut converged = false;
+    for _ in 0..15 {
+        if code(&h.drover_async(&["run", "--once"]).await) == 0 {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "did not converge under faults");
+    assert_eq!(
+        h.sim.count_mutations("create", 603),
+        1,
+        "no duplicate create after faults"
+    );
+}
+
+/// The whole approval path with real ssh-keygen signatures: held, wrong key refused, accepted,
+/// executed once, replay refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_waits_for_a_valid_signature_and_runs_once() {
+    let h = Host::start(vec![
+        seed(701, true, 256),
+        seed(702, true, 256),
+        seed(703, true, 256),
+    ])
+    .await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 701\nensure = \"absent\"\n{}{}",
+        guest(702, "running", 256),
+        guest(703, "running", 256)
+    ));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 2, "a destroy is pending");
+    assert!(h.sim.guest(701).is_some(), "destroyed without approval");
+    let requests = h.pending_requests();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let request = requests[0].clone();
+    let text = std::fs::read_to_string(&request).unwrap();
+    assert!(text.starts_with("drover-approval v1\n") && text.contains("op: destroy_guest"));
+
+    let ns = format!("destructive-op-v1@{DOMAIN}");
+    let work = h.root().join("operator");
+    std::fs::create_dir_all(&work).unwrap();
+    // A key the trust document does not list.
+    let Some(bad) = sign("gate/TEST_stranger_ed25519", &ns, &request, &work) else {
+        return;
+    };
+    let copy = work.join(request.file_name().unwrap());
+    let v = h
+        .drover_async(&[
+            "verify-approval",
+            copy.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&v), 1);
+    assert!(stdout(&v).contains("unknown_signer"), "{}", stdout(&v));
+    h.drover_async(&["approve", copy.to_str().unwrap(), bad.to_str().unwrap()])
+        .await;
+    h.drover_async(&["run", "--once"]).await;
+    assert!(
+        h.sim.guest(701).is_some(),
+        "a stranger's signature destroyed the guest"
+    );
+
+    // The operator's key.
+    let work2 = h.root().join("operator2");
+    std::fs::create_dir_all(&work2).unwrap();
+    let request = h.pending_requests()[0].clone();
+    let good = sign("demo/TEST_demo_operator_ed25519", &ns, &request, &work2).unwrap();
+    let copy2 = work2.join(request.file_name().unwrap());
+    let v = h
+        .drover_async(&[
+            "verify-approval",
+            copy2.to_str().unwrap(),
+            good.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&v), 0, "{}", stdout(&v));
+    h.drover_async(&["approve", copy2.to_str().unwrap(), good.to_str().unwrap()])
+        .await;
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0);
+    assert!(h.sim.guest(701).is_none(), "approved destroy did not run");
+    assert_eq!(h.sim.count_mutations("destroy", 701), 1);
+
+    // Replay: the same approval again, after the vmid is re-used by someone else.
+    h.sim.seed(seed(701, true, 999));
+    h.drover_async(&["approve", copy2.to_str().unwrap(), good.to_str().unwrap()])
+        .await;
+    h.drover_async(&["run", "--once"]).await;
+    assert!(
+        h.sim.guest(701).is_some(),
+        "a replayed approval destroyed the new CT 701"
+    );
+    assert_eq!(h.sim.count_mutations("destroy", 701), 1);
+}
+
+/// An approval signed for one incarnation of a vmid does not destroy the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vmid_reuse_makes_the_approval_stale() {
+    let h = Host::start(vec![
+        seed(801, true, 256),
+        seed(802, true, 256),
+        seed(803, true, 256),
+    ])
+    .await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 801\nensure = \"absent\"\n{}{}",
+        guest(802, "running", 256),
+        guest(803, "running", 256)
+    ));
+    h.drover_async(&["run", "--once"]).await;
+    let request = h.pending_requests()[0].clone();
+    let work = h.root().join("op");
+    std::fs::create_dir_all(&work).unwrap();
+    let Some(sig) = sign(
+        "demo/TEST_demo_operator_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &request,
+        &work,
+    ) else {
+        return;
+    };
+    // Meanwhile someone destroys CT 801 and creates another one with that vmid.
+    h.sim.remove(801);
+    h.sim.seed(seed(801, true, 4096));
+    let copy = work.join(request.file_name().unwrap());
+    h.drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
+        .await;
+    h.drover_async(&["run", "--once"]).await;
+    assert!(
+        h.sim.guest(801).is_some(),
+        "the new incarnation was destroyed"
+    );
+    assert_eq!(h.sim.count_mutations("destroy", 801), 0);
+}
