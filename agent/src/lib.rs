@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod demo;
 pub mod desired;
 pub mod engine;
+pub mod hub;
 pub mod lanes;
 pub mod logging;
 pub mod metrics;
