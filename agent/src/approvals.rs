@@ -149,11 +149,11 @@ impl Approvals {
             files.extend(c.signatures.iter().map(|(n, _)| d.join(n)));
         }
         for f in files {
-            if let Some(name) = f.file_name() {
-                if std::fs::rename(&f, self.used_dir.join(name)).is_err() {
-                    // Another filesystem (the source dir may be read-only): leave it.
-                    tracing::debug!(path = %f.display(), "used approval left in place");
-                }
+            if let Some(name) = f.file_name()
+                && std::fs::rename(&f, self.used_dir.join(name)).is_err()
+            {
+                // Another filesystem (the source dir may be read-only): leave it.
+                tracing::debug!(path = %f.display(), "used approval left in place");
             }
         }
     }

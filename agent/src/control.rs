@@ -199,9 +199,14 @@ struct Target {
 
 fn parse_target(
     body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
-) -> Result<Target, Response> {
-    body.map(|Json(t)| t)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))
+) -> Result<Target, Box<Response>> {
+    body.map(|Json(t)| t).map_err(|e| {
+        Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            e.body_text(),
+        ))
+    })
 }
 
 async fn reconcile(
@@ -210,7 +215,7 @@ async fn reconcile(
 ) -> Response {
     let t = match parse_target(body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     c.engine.trigger(t.vmid);
     Json(json!({"triggered": t.vmid})).into_response()
@@ -222,7 +227,7 @@ async fn suspend(
 ) -> Response {
     let t = match parse_target(body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(reason) = t.reason.filter(|r| !r.trim().is_empty()) else {
         return refuse(
@@ -243,7 +248,7 @@ async fn resume(
 ) -> Response {
     let t = match parse_target(body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match c.engine.store().resume(t.vmid) {
         Ok(found) => {

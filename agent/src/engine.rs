@@ -349,13 +349,16 @@ impl Engine {
             .guests
             .values()
             .flat_map(|g| {
-                g.steps.iter().enumerate().filter_map(|(i, s)| {
-                    matches!(
-                        classified.class_of(g.vmid, i),
-                        Some(StepClass::Destructive { .. })
-                    )
-                    .then(|| (g.vmid, op_of(s.kind).as_str().to_string()))
-                })
+                g.steps
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| {
+                        matches!(
+                            classified.class_of(g.vmid, *i),
+                            Some(StepClass::Destructive { .. })
+                        )
+                    })
+                    .map(|(_, s)| (g.vmid, op_of(s.kind).as_str().to_string()))
             })
             .collect();
         self.inner

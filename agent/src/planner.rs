@@ -482,15 +482,15 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
             bool01(o),
         );
     }
-    if let Some(want) = &spec.tags {
-        if &a.tags != want {
-            diff(
-                "tags".into(),
-                Some(a.tags.join(";")),
-                want.join(";"),
-                want.join(";"),
-            );
-        }
+    if let Some(want) = &spec.tags
+        && &a.tags != want
+    {
+        diff(
+            "tags".into(),
+            Some(a.tags.join(";")),
+            want.join(";"),
+            want.join(";"),
+        );
     }
     if let Some(d) = &spec.description {
         let want = d.trim_end_matches('\n');
