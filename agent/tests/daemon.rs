@@ -1,0 +1,113 @@
+//! `drover run` as systemd runs it: READY=1 only after recovery and the first PVE read,
+//! STATUS= lines, STOPPING=1 and a prompt exit on SIGTERM that leaves running PVE tasks alone
+//! (journaled, re-attached on the next start, never re-sent).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::{Host, code};
+
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+fn recv_until(sock: &UnixDatagram, want: &str, timeout: Duration) -> Vec<String> {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let done = msg.lines().any(|l| l == want);
+            got.push(msg);
+            if done {
+                break;
+            }
+        }
+    }
+    got
+}
+
+fn sigterm(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_ready_then_sigterm_exits_promptly_and_the_task_is_reattached() {
+    // Creates take 3 s: SIGTERM arrives while one runs.
+    let h = Host::start_with(pve_sim::SimConfig {
+        task_duration: Duration::from_secs(3),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 120\nhostname = \"slow\"\ntemplate = \"{TEMPLATE}\"\nmemory = 256\n"
+    ));
+    let sock_path = h.root().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut cmd = h.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut child = cmd.spawn().unwrap();
+
+    let msgs = tokio::task::spawn_blocking({
+        let sock = sock.try_clone().unwrap();
+        move || recv_until(&sock, "READY=1", Duration::from_secs(20))
+    })
+    .await
+    .unwrap();
+    assert!(
+        msgs.iter().any(|m| m.lines().any(|l| l == "READY=1")),
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().any(|m| m.contains("STATUS=")), "{msgs:?}");
+
+    // Wait until the create task is running, then stop the agent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sim.count_mutations("create", 120) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(h.sim.count_mutations("create", 120), 1);
+    let t = Instant::now();
+    sigterm(child.id());
+    let stopping = tokio::task::spawn_blocking({
+        let sock = sock.try_clone().unwrap();
+        move || recv_until(&sock, "STOPPING=1", Duration::from_secs(5))
+    })
+    .await
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_millis(2500),
+        "did not exit promptly: {:?} (it must not wait for the PVE task)",
+        t.elapsed()
+    );
+    assert!(
+        stopping.iter().any(|m| m.contains("STOPPING=1")),
+        "{stopping:?}"
+    );
+
+    // The step is journaled with its UPID and still in flight.
+    let j = h.drover_async(&["journal", "--in-flight"]).await;
+    let out = String::from_utf8_lossy(&j.stdout).into_owned();
+    assert!(
+        out.contains("running UPID:pve1:") && out.contains("vzcreate"),
+        "{out}"
+    );
+
+    // The next start re-attaches instead of creating again, then converges.
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0);
+    assert_eq!(h.sim.count_mutations("create", 120), 1, "created twice");
+    assert!(h.sim.guest(120).unwrap().running);
+}
