@@ -342,18 +342,25 @@ mod tests {
         let fa = Fingerprint::of_der(a.cert.der());
         let fb = Fingerprint::of_der(b.cert.der());
 
-        let pin = NodeCertPin::load(
-            vec![primary.clone(), fallback.clone()],
-            Duration::from_millis(200),
-        )
-        .unwrap();
+        let interval = Duration::from_secs(60);
+        let pin = NodeCertPin::load(vec![primary.clone(), fallback.clone()], interval).unwrap();
         assert!(pin.check(fa));
-        // pveproxy-ssl.pem appears (custom certificate): refused until the interval passed.
+        // pveproxy-ssl.pem appears (custom certificate): refused while the interval runs ...
         std::fs::write(&primary, b.cert.pem()).unwrap();
         assert!(!pin.check(fb));
-        std::thread::sleep(Duration::from_millis(250));
+        // ... and accepted once it has passed (the clock is moved, not waited for).
+        let past = |pin: &NodeCertPin| {
+            let mut st = pin.state.lock().unwrap();
+            st.read_at = Instant::now().checked_sub(interval).unwrap();
+        };
+        past(&pin);
         assert!(pin.check(fb));
         assert!(!pin.check(fa));
+        // A failed re-read keeps the old pin.
+        std::fs::write(&primary, "garbage").unwrap();
+        past(&pin);
+        assert!(!pin.check(fa));
+        assert!(pin.check(fb));
 
         assert!(NodeCertPin::load(vec![dir.path().join("nope")], Duration::ZERO).is_err());
         std::fs::write(&fallback, "not a pem").unwrap();

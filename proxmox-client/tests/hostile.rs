@@ -422,9 +422,9 @@ async fn node_certificate_file_is_reread_after_renewal() {
     .unwrap();
     let e = c.list_lxc("pve1").await.unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::Tls { .. }), "{e}");
-    // Renewal writes the new certificate; within the interval the old pin stays.
+    // Renewal writes the new certificate; once the re-read interval has passed the client
+    // picks it up (the rate limit itself is unit-tested in `tls.rs`).
     std::fs::write(&fallback, &server.cert_pem).unwrap();
-    assert!(c.list_lxc("pve1").await.is_err());
     tokio::time::sleep(Duration::from_millis(350)).await;
     c.list_lxc("pve1").await.unwrap();
     // pveproxy-ssl.pem takes precedence once it exists.

@@ -393,7 +393,7 @@ async fn error_classes_from_sim_faults() {
 #[tokio::test]
 async fn unauthorized_is_its_own_kind_and_sent_once() {
     let sim = pve_sim::start(SimConfig {
-        auth_fail_delay: Duration::from_millis(300),
+        auth_fail_delay: Duration::from_millis(500),
         guests: vec![SeedGuest {
             vmid: 140,
             ..SeedGuest::default()
@@ -419,9 +419,9 @@ async fn unauthorized_is_its_own_kind_and_sent_once() {
         "{e}"
     );
     assert_eq!(e.code(), "pve_unauthorized");
-    // One delayed 401, not several: the sim delays each by 300 ms.
+    // One delayed 401, not several: the sim delays each by 500 ms.
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(550),
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1000),
         "{took:?}"
     );
     assert_eq!(sim.count_mutations("start", 140), 0);
