@@ -763,7 +763,29 @@ impl Engine {
         }
         self.close(&id, outcome);
         info!("done");
-        LaneOutcome::Progressed
+        // The fresh read doubles as the next plan: if nothing is left, the lane is done now
+        // instead of spending another turn (and a slot under the global cap) to find out.
+        let spec = self
+            .desired()
+            .and_then(|d| d.doc.guests.get(&vmid).cloned());
+        match spec {
+            Some(spec) if kind != StepKind::Destroy => {
+                let elsewhere = self
+                    .inner
+                    .elsewhere
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&vmid)
+                    .cloned();
+                let next = planner::plan_guest(&spec, fresh.as_ref(), elsewhere.as_ref());
+                if next.steps.is_empty() {
+                    LaneOutcome::Converged
+                } else {
+                    LaneOutcome::Progressed
+                }
+            }
+            _ => LaneOutcome::Progressed,
+        }
     }
 
     /// Resolves a journaled step that is still in flight (boot recovery, or a step whose wait
