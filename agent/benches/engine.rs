@@ -177,11 +177,19 @@ async fn main() {
         .unwrap();
         let took = t.elapsed().as_secs_f64();
         let ideal = (200f64 / 3.0).ceil() * 0.1;
+        // The execution window: first start sent → last start's task done (excludes the agent's
+        // boot, the first full read and the final verification pass).
+        let m = s.sim.mutations();
+        let first = m.iter().map(|m| m.time_ms).min().unwrap_or(0);
+        let last = m.iter().map(|m| m.time_ms).max().unwrap_or(0);
+        let window = (last - first) as f64 / 1000.0 + 0.1;
         println!(
-            "  converge 200: {took:.2} s ({r:?}), ideal {ideal:.2} s, ratio {:.3}",
-            took / ideal
+            "  converge 200: wall {took:.2} s ({r:?}), execution window {window:.2} s, ideal {ideal:.2} s, ratio wall {:.3}, window {:.3}",
+            took / ideal,
+            window / ideal
         );
         ratios.push(took / ideal);
+        windows.push(window / ideal);
     }
     println!(
         "converge 200 guests (start, 100 ms tasks, max_parallel 3): median ratio {:.3} × ideal wall-clock incl. boot and final check, {:.3} × ideal execution window (goal ≤ 1.15)",
