@@ -125,6 +125,16 @@ fn check_value(p: &Value, v: &str) -> Result<(), String> {
             {
                 return Err(format!("value may only be {max} characters long"));
             }
+            // PVE's `pve-configid` format (PVE/JSONSchema.pm `$CONFIGID_RE`), used by snapname.
+            if p.get("format").and_then(Value::as_str) == Some("pve-configid") {
+                let mut chars = v.chars();
+                let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+                    && v.len() >= 2
+                    && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(format!("invalid configuration ID '{v}'"));
+                }
+            }
         }
     }
     Ok(())

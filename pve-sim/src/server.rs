@@ -345,6 +345,14 @@ async fn route(
                     params.insert("vmid".into(), vmid.to_string());
                     let t = if tail.is_empty() {
                         "/nodes/{node}/lxc/{vmid}".to_string()
+                    } else if let ["snapshot", snap, more @ ..] = tail {
+                        params.insert("snapname".into(), snap.to_string());
+                        let mut t = "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}".to_string();
+                        for m in more {
+                            t.push('/');
+                            t.push_str(m);
+                        }
+                        t
                     } else {
                         format!("/nodes/{{node}}/lxc/{{vmid}}/{}", tail.join("/"))
                     };
@@ -482,8 +490,44 @@ async fn route(
             Ok(json!(upid))
         }
         ("GET", "/nodes/{node}/lxc/{vmid}/snapshot") => {
-            h.local(vmid.unwrap_or(0))?;
-            Ok(json!([{"name": "current", "description": "You are here!", "running": 0}]))
+            let ct = h.local(vmid.unwrap_or(0))?;
+            let mut list: Vec<Value> = ct
+                .snapshots
+                .iter()
+                .map(|(name, s)| {
+                    json!({"name": name, "description": s.description, "snaptime": s.snaptime})
+                })
+                .collect();
+            let running = u8::from(ct.running);
+            list.push(
+                json!({"name": "current", "description": "You are here!", "running": running}),
+            );
+            Ok(Value::Array(list))
+        }
+        ("POST", "/nodes/{node}/lxc/{vmid}/snapshot") => {
+            let v = vmid.unwrap_or(0);
+            h.maybe_fault("vzsnapshot", v)?;
+            let upid = h.snapshot_create(v, &params, user)?;
+            h.record(
+                method,
+                path,
+                Some(v),
+                "snapshot",
+                Some(upid.clone()),
+                &params,
+            );
+            Ok(json!(upid))
+        }
+        ("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}")
+        | ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback") => {
+            let v = vmid.unwrap_or(0);
+            let rollback = method == "POST";
+            let kind = if rollback { "rollback" } else { "delsnapshot" };
+            h.maybe_fault(kind, v)?;
+            let name = params.get("snapname").cloned().unwrap_or_default();
+            let upid = h.snapshot_change(v, &name, rollback, user)?;
+            h.record(method, path, Some(v), kind, Some(upid.clone()), &params);
+            Ok(json!(upid))
         }
         ("GET", "/nodes/{node}/tasks") => {
             let vm = params.get("vmid").cloned();

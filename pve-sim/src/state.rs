@@ -104,6 +104,17 @@ pub struct Ct {
     pub running: bool,
     pub conf: BTreeMap<String, String>,
     pub pending: BTreeMap<String, String>,
+    /// Snapshots by name: the config at snapshot time (proxmox-api.md snapshot endpoints).
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, Snapshot>,
+}
+
+/// One snapshot: its description, time and the config it froze.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub description: String,
+    pub snaptime: u64,
+    pub conf: BTreeMap<String, String>,
 }
 
 /// What a task does when it ends successfully.
@@ -120,6 +131,16 @@ pub enum Effect {
     Resize {
         disk: String,
         size_gib: u64,
+    },
+    SnapshotCreate {
+        name: String,
+        description: String,
+    },
+    SnapshotDelete {
+        name: String,
+    },
+    SnapshotRollback {
+        name: String,
     },
 }
 
@@ -406,6 +427,31 @@ impl Host {
             Effect::Destroy => {
                 self.p.cts.remove(&vmid);
             }
+            Effect::SnapshotCreate { name, description } => {
+                if let Some(ct) = self.p.cts.get_mut(&vmid) {
+                    let snap = Snapshot {
+                        description: description.clone(),
+                        snaptime: unix_now(),
+                        conf: ct.conf.clone(),
+                    };
+                    ct.snapshots.insert(name.clone(), snap);
+                }
+            }
+            Effect::SnapshotDelete { name } => {
+                if let Some(ct) = self.p.cts.get_mut(&vmid) {
+                    ct.snapshots.remove(name);
+                }
+            }
+            Effect::SnapshotRollback { name } => {
+                // PVE stops a running CT before rolling back (`start` is not modelled).
+                if let Some(ct) = self.p.cts.get_mut(&vmid)
+                    && let Some(snap) = ct.snapshots.get(name)
+                {
+                    ct.conf = snap.conf.clone();
+                    ct.pending.clear();
+                    ct.running = false;
+                }
+            }
             Effect::Resize { disk, size_gib } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid)
                     && let Some(v) = ct.conf.get(disk).cloned()
@@ -507,6 +553,7 @@ impl Host {
                 running: g.running,
                 conf,
                 pending: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
             },
         );
     }
@@ -648,6 +695,7 @@ impl Host {
                 running: false,
                 conf: placeholder,
                 pending: BTreeMap::new(),
+                snapshots: BTreeMap::new(),
             },
         );
         Ok(self.new_task("vzcreate", vmid, user, Effect::Create { conf, start }))
@@ -721,6 +769,55 @@ impl Host {
             ));
         }
         Ok(self.new_task("vzdestroy", vmid, user, Effect::Destroy))
+    }
+
+    /// `POST .../snapshot`: a `vzsnapshot` task that freezes the current config.
+    pub fn snapshot_create(
+        &mut self,
+        vmid: u32,
+        params: &BTreeMap<String, String>,
+        user: &str,
+    ) -> Result<String, ApiError> {
+        let ct = self.local(vmid)?.clone();
+        Self::check_lock(&ct)?;
+        let name = params.get("snapname").cloned().unwrap_or_default();
+        if ct.snapshots.contains_key(&name) || name == "current" {
+            return Err(ApiError::new(
+                500,
+                format!("snapshot name '{name}' already used"),
+            ));
+        }
+        let description = params.get("description").cloned().unwrap_or_default();
+        Ok(self.new_task(
+            "vzsnapshot",
+            vmid,
+            user,
+            Effect::SnapshotCreate { name, description },
+        ))
+    }
+
+    /// `DELETE .../snapshot/{snapname}` (`vzdelsnapshot`) or `POST .../rollback` (`vzrollback`).
+    pub fn snapshot_change(
+        &mut self,
+        vmid: u32,
+        name: &str,
+        rollback: bool,
+        user: &str,
+    ) -> Result<String, ApiError> {
+        let ct = self.local(vmid)?.clone();
+        Self::check_lock(&ct)?;
+        if !ct.snapshots.contains_key(name) {
+            return Err(ApiError::new(
+                500,
+                format!("snapshot '{name}' does not exist"),
+            ));
+        }
+        let name = name.to_string();
+        Ok(if rollback {
+            self.new_task("vzrollback", vmid, user, Effect::SnapshotRollback { name })
+        } else {
+            self.new_task("vzdelsnapshot", vmid, user, Effect::SnapshotDelete { name })
+        })
     }
 
     pub fn resize(

@@ -395,3 +395,97 @@ fn the_binary_prints_its_address_and_fingerprint_and_serves() {
     child.kill().unwrap();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
+    let sim = pve_sim::start(SimConfig {
+        guests: vec![SeedGuest {
+            vmid: 101,
+            cores: 2,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+    let (s, v) = call(
+        &base,
+        post.clone(),
+        "/nodes/pve1/lxc/101/snapshot",
+        &[("snapname", "before"), ("description", "pre-change")],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert!(upid.contains(":vzsnapshot:101:drover@pve!agent:"), "{upid}");
+    assert_eq!(wait_task(&base, &upid).await["exitstatus"], "OK");
+    // The same name again: PVE's error.
+    let (s, v) = call(
+        &base,
+        post.clone(),
+        "/nodes/pve1/lxc/101/snapshot",
+        &[("snapname", "before")],
+    )
+    .await;
+    assert_eq!(s, 500, "{v}");
+    // Bad snapshot name: schema error.
+    let (s, _) = call(
+        &base,
+        post.clone(),
+        "/nodes/pve1/lxc/101/snapshot",
+        &[("snapname", "no spaces")],
+    )
+    .await;
+    assert_eq!(s, 400);
+    let (_, v) = call(&base, get.clone(), "/nodes/pve1/lxc/101/snapshot", &[]).await;
+    let names: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before", "current"]);
+
+    // Change the config, then roll back to the snapshot.
+    let (s, v) = call(
+        &base,
+        reqwest::Method::PUT,
+        "/nodes/pve1/lxc/101/config",
+        &[("cores", "4")],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(sim.guest(101).unwrap().cores, 4);
+    let (s, v) = call(
+        &base,
+        post.clone(),
+        "/nodes/pve1/lxc/101/snapshot/before/rollback",
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_task(&base, v["data"].as_str().unwrap()).await["exitstatus"],
+        "OK"
+    );
+    assert_eq!(sim.guest(101).unwrap().cores, 2);
+
+    let del = reqwest::Method::DELETE;
+    let (s, v) = call(
+        &base,
+        del.clone(),
+        "/nodes/pve1/lxc/101/snapshot/before",
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    wait_task(&base, v["data"].as_str().unwrap()).await;
+    let (s, _) = call(&base, del, "/nodes/pve1/lxc/101/snapshot/before", &[]).await;
+    assert_eq!(s, 500);
+    assert_eq!(sim.count_mutations("snapshot", 101), 1);
+    assert_eq!(sim.count_mutations("rollback", 101), 1);
+    sim.shutdown().await;
+}
