@@ -1,7 +1,6 @@
 //! HTTPS, auth, parameter decoding and routing: the PVE API surface of the simulator.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -105,7 +104,14 @@ pub async fn serve(
             };
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                async move {
+                    // Fault `reset_rate`: an error from the service makes hyper abort the
+                    // connection without a response, as a proxy dropping it would.
+                    if req.uri().path().starts_with("/api2/") && shared.lock().maybe_reset() {
+                        return Err(std::io::Error::other("injected connection reset"));
+                    }
+                    Ok(handle(shared, req).await)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)

@@ -94,6 +94,9 @@ pub struct Faults {
     pub task_failure_rate: f64,
     /// Tasks of these worker types never finish.
     pub stuck_tasks: BTreeSet<String>,
+    /// Probability that an API request's connection is dropped without any response
+    /// (the client sees a reset / unexpected EOF; the request has no effect).
+    pub reset_rate: f64,
 }
 
 /// A container as the simulator stores it: config values as PVE text.
@@ -491,6 +494,12 @@ impl Host {
     fn dice(&mut self, p: f64) -> bool {
         use rand::Rng;
         p > 0.0 && self.rng.gen_bool(p.clamp(0.0, 1.0))
+    }
+
+    /// Whether to drop this API request's connection (fault `reset_rate`).
+    pub fn maybe_reset(&mut self) -> bool {
+        let rate = self.faults.reset_rate;
+        self.dice(rate)
     }
 
     /// Injected failure of a mutating request (before it has any effect).

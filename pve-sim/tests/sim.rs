@@ -489,3 +489,40 @@ async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
     assert_eq!(sim.count_mutations("rollback", 101), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reset_fault_drops_the_connection_without_effect() {
+    let sim = pve_sim::start(SimConfig {
+        guests: vec![SeedGuest {
+            vmid: 101,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    sim.set_faults(pve_sim::Faults {
+        reset_rate: 1.0,
+        ..pve_sim::Faults::default()
+    });
+    let r = http()
+        .post(format!("{base}/api2/json/nodes/pve1/lxc/101/status/start"))
+        .header("Authorization", auth())
+        .send()
+        .await;
+    assert!(r.is_err(), "expected a dropped connection, got {r:?}");
+    assert!(sim.mutations().is_empty());
+    assert!(!sim.guest(101).unwrap().running);
+    sim.set_faults(pve_sim::Faults::default());
+    let (s, v) = call(
+        &base,
+        reqwest::Method::POST,
+        "/nodes/pve1/lxc/101/status/start",
+        &[],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(sim.count_mutations("start", 101), 1);
+    sim.shutdown().await;
+}
