@@ -62,10 +62,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let size = |d: &std::path::Path| -> u64 {
         std::fs::read_dir(d.join("db"))
-            .map(|r| r.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+            .map(|r| {
+                r.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
             .unwrap_or(0)
     };
-    println!("database size with {n} records: {:.1} MiB", size(&dir) as f64 / 1048576.0);
+    println!(
+        "database size with {n} records: {:.1} MiB",
+        size(&dir) as f64 / 1048576.0
+    );
     let removed = j.compact(20, 10_000)?;
     println!("compaction removed {removed} done records");
     drop(j);
