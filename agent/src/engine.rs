@@ -87,6 +87,10 @@ impl Engine {
         lanes: Lanes,
         shutdown: watch::Receiver<bool>,
     ) -> Engine {
+        let metrics = pve.metrics.clone();
+        store
+            .journal()
+            .on_sync(move |t| metrics.journal_sync((t.flush + t.fdatasync).as_secs_f64()));
         Engine {
             inner: Arc::new(Inner {
                 settings,
@@ -134,6 +138,9 @@ impl Engine {
             *by_state.entry(g.state.as_str().to_string()).or_insert(0u64) += 1;
         }
         m.set_guests(by_state);
+        if let Ok(n) = self.inner.store.in_flight_count() {
+            m.journal_inflight_steps.store(n as u64, Relaxed);
+        }
         m.render()
     }
 

@@ -14,19 +14,37 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
 ];
 
-#[derive(Debug, Default, Clone)]
+/// Buckets for the journal's fdatasync: sub-millisecond on an SSD, tens of ms on a busy disk.
+const FSYNC_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+#[derive(Debug, Clone)]
 struct Histogram {
+    buckets: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::with_buckets(BUCKETS)
+    }
+}
+
 impl Histogram {
-    fn observe(&mut self, v: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
+    fn with_buckets(buckets: &'static [f64]) -> Histogram {
+        Histogram {
+            buckets,
+            counts: vec![0; buckets.len()],
+            sum: 0.0,
+            count: 0,
         }
-        for (i, b) in BUCKETS.iter().enumerate() {
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (i, b) in self.buckets.iter().enumerate() {
             if v <= *b {
                 self.counts[i] += 1;
             }
@@ -37,7 +55,7 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.buckets.iter().enumerate() {
             let c = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
         }
@@ -57,7 +75,7 @@ impl Histogram {
 }
 
 /// All of the agent's metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     reconcile_total: Mutex<BTreeMap<String, u64>>,
     reconcile_duration: Mutex<Histogram>,
@@ -71,6 +89,28 @@ pub struct Metrics {
     pub pending_approvals: AtomicU64,
     /// Unix seconds of the last successful desired-state fetch (0: never).
     pub hub_last_success: AtomicU64,
+    pub journal_inflight_steps: AtomicU64,
+    journal_fsync: Mutex<Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconcile_total: Mutex::default(),
+            reconcile_duration: Mutex::default(),
+            pve_task_duration: Mutex::default(),
+            pve_api_requests: Mutex::default(),
+            gate_decisions: Mutex::default(),
+            guests: Mutex::default(),
+            lane_queue_depth: AtomicU64::default(),
+            lanes_active: AtomicU64::default(),
+            lane_retries_total: AtomicU64::default(),
+            pending_approvals: AtomicU64::default(),
+            hub_last_success: AtomicU64::default(),
+            journal_inflight_steps: AtomicU64::default(),
+            journal_fsync: Mutex::new(Histogram::with_buckets(FSYNC_BUCKETS)),
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -109,6 +149,11 @@ impl Metrics {
         *lock(&self.gate_decisions)
             .entry(code.to_string())
             .or_default() += 1;
+    }
+
+    /// One journal write reaching stable storage (sled flush + fdatasync).
+    pub fn journal_sync(&self, seconds: f64) {
+        lock(&self.journal_fsync).observe(seconds);
     }
 
     /// Replaces the per-state guest gauge.
@@ -194,6 +239,27 @@ impl Metrics {
             "Unix time of the last successful desired-state fetch.",
             vec![(String::new(), self.hub_last_success.load(Ordering::Relaxed))],
         );
+        gauge(
+            "drover_journal_inflight_steps",
+            "Journal step records not yet done (what recovery would re-attach to).",
+            vec![(
+                String::new(),
+                self.journal_inflight_steps.load(Ordering::Relaxed),
+            )],
+        );
+        gauge(
+            "drover_build_info",
+            "Always 1; the labels say which drover this is.",
+            vec![(
+                format!("{{version=\"{}\"}}", esc(env!("CARGO_PKG_VERSION"))),
+                1,
+            )],
+        );
+        let _ = writeln!(
+            out,
+            "# HELP drover_journal_fsync_seconds Time for a journal write to reach stable storage (flush and fdatasync).\n# TYPE drover_journal_fsync_seconds histogram"
+        );
+        lock(&self.journal_fsync).render(&mut out, "drover_journal_fsync_seconds", "");
         let _ = writeln!(
             out,
             "# HELP drover_reconcile_duration_seconds Duration of lane turns.\n# TYPE drover_reconcile_duration_seconds histogram"
@@ -238,5 +304,10 @@ mod tests {
         assert!(t.contains("drover_gate_decisions_total{code=\"unknown_signer\"} 1"));
         assert!(t.contains("drover_guests{state=\"converged\"} 3"));
         assert!(t.contains("drover_pve_api_requests_total{method=\"GET\",code=\"200\"} 1"));
+        m.journal_sync(0.0003);
+        let t = m.render();
+        assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.0005\"} 1"));
+        assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.00025\"} 0"));
+        assert!(t.contains("drover_build_info{version=\""));
     }
 }

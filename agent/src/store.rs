@@ -180,6 +180,11 @@ impl Store {
         Ok(out)
     }
 
+    /// How many step records are not done (a gauge; unlike `in_flight` it skips nothing).
+    pub fn in_flight_count(&self) -> Result<usize, StoreError> {
+        Ok(self.j.in_flight()?.len())
+    }
+
     pub fn in_flight_for(&self, vmid: u32) -> Result<Option<InFlight>, StoreError> {
         Ok(self.in_flight()?.into_iter().find(|r| r.vmid == vmid))
     }

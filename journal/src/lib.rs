@@ -179,6 +179,35 @@ pub struct Suspension {
     pub since_ms: i64,
 }
 
+/// How long one durable write took: sled's flush, then the `fdatasync` of its files that makes
+/// the write survive a power loss (see `Journal::durable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncTiming {
+    pub flush: std::time::Duration,
+    pub fdatasync: std::time::Duration,
+}
+
+/// Which done records compaction keeps. In-flight records are never removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The most recent done records kept per guest (what `drover status` shows).
+    pub per_guest: usize,
+    /// The most recent done records kept overall.
+    pub total: usize,
+    /// Compact automatically after this many `done` calls (0: never automatically).
+    pub every: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            per_guest: 20,
+            total: 10_000,
+            every: 1_000,
+        }
+    }
+}
+
 /// The report of `check`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CheckReport {

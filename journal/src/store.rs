@@ -9,14 +9,16 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
     AuditEntry, CheckReport, JournalError, NewStep, NonceClaim, NonceError, Outcome, Phase,
-    Provenance, StepId, StepRecord, Suspension,
+    Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
 };
 
 const VERSION: u32 = 1;
@@ -52,7 +54,16 @@ struct Inner {
     /// Serializes nonce consumption so check-then-insert is atomic across threads.
     nonce_lock: std::sync::Mutex<()>,
     epoch: String,
+    /// Audit entries held; sled's `len()` walks the whole tree, too slow for every append.
+    audit_len: AtomicUsize,
+    /// `done` calls since the last automatic compaction.
+    done_since_compact: AtomicU64,
+    retention: RwLock<Retention>,
+    /// Told how long each durable write took (the agent feeds a metric from it).
+    sync_observer: RwLock<Option<SyncObserver>>,
 }
+
+type SyncObserver = Arc<dyn Fn(SyncTiming) + Send + Sync>;
 
 /// The journal handle: `Clone + Send + Sync`.
 #[derive(Clone)]
@@ -224,6 +235,7 @@ impl Journal {
                 e
             }
         };
+        let audit_len = audit_tree_len(dir, &t("audit")?)?;
         let j = Journal {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -238,6 +250,10 @@ impl Journal {
                 _snapshot: snapshot,
                 nonce_lock: std::sync::Mutex::new(()),
                 epoch,
+                audit_len: AtomicUsize::new(audit_len),
+                done_since_compact: AtomicU64::new(0),
+                retention: RwLock::new(Retention::default()),
+                sync_observer: RwLock::new(None),
             }),
         };
         j.durable()?;
@@ -256,10 +272,13 @@ impl Journal {
     /// `fdatasync`ed as well.
     fn durable(&self) -> Result<(), JournalError> {
         let dir = &self.inner.dir;
+        let t0 = Instant::now();
         self.inner.db.flush().map_err(|e| sled_err(dir, e))?;
+        let flush = t0.elapsed();
         if self.inner._snapshot.is_some() {
             return Ok(());
         }
+        let t1 = Instant::now();
         let db_dir = dir.join("db");
         let entries = std::fs::read_dir(&db_dir).map_err(|e| io(dir, "listing the database", e))?;
         for e in entries.flatten() {
@@ -269,7 +288,43 @@ impl Journal {
                     .map_err(|e| io(dir, "fdatasync", e))?;
             }
         }
+        let fdatasync = t1.elapsed();
+        let observer = self
+            .inner
+            .sync_observer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(observe) = observer {
+            observe(SyncTiming { flush, fdatasync });
+        }
         Ok(())
+    }
+
+    /// Registers a function told the timing of every durable write (for a metric).
+    pub fn on_sync(&self, observer: impl Fn(SyncTiming) + Send + Sync + 'static) {
+        *self
+            .inner
+            .sync_observer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(observer));
+    }
+
+    /// Replaces the retention policy applied by the automatic compaction.
+    pub fn set_retention(&self, retention: Retention) {
+        *self
+            .inner
+            .retention
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = retention;
+    }
+
+    fn retention(&self) -> Retention {
+        *self
+            .inner
+            .retention
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn enc<T: Serialize>(&self, r: &T) -> Result<Vec<u8>, JournalError> {
@@ -327,12 +382,28 @@ impl Journal {
         })
     }
 
+    /// Closes a record. Every `Retention::every` closes, old done records are compacted, so a
+    /// host that runs for years keeps a bounded store without anyone scheduling it.
     pub fn done(&self, id: StepId, outcome: Outcome) -> Result<(), JournalError> {
         self.update(id, |r| {
             let upid = r.upid().map(str::to_string);
             r.phase = Phase::Done { upid, outcome };
             r.done_at_ms = Some(now_ms());
-        })
+        })?;
+        let retention = self.retention();
+        let n = self
+            .inner
+            .done_since_compact
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if retention.every > 0 && n >= retention.every {
+            self.inner.done_since_compact.store(0, Ordering::Relaxed);
+            // The close above is already durable; a failed compaction only delays retention.
+            if let Err(e) = self.compact(retention.per_guest, retention.total) {
+                tracing::warn!("journal compaction failed (will retry later): {e}");
+            }
+        }
+        Ok(())
     }
 
     pub fn get(&self, id: StepId) -> Result<Option<StepRecord>, JournalError> {
@@ -583,9 +654,10 @@ impl Journal {
             .audit
             .insert(seq.to_be_bytes(), self.enc(&entry)?)
             .map_err(|e| sled_err(dir, e))?;
-        while self.inner.audit.len() > AUDIT_RETENTION {
+        let mut len = self.inner.audit_len.fetch_add(1, Ordering::Relaxed) + 1;
+        while len > AUDIT_RETENTION {
             match self.inner.audit.pop_min().map_err(|e| sled_err(dir, e))? {
-                Some(_) => {}
+                Some(_) => len = self.inner.audit_len.fetch_sub(1, Ordering::Relaxed) - 1,
                 None => break,
             }
         }
@@ -700,6 +772,15 @@ fn decode<T: DeserializeOwned>(dir: &Path, key: &str, bytes: &[u8]) -> Result<T,
         detail: format!("{key} does not decode: {e}"),
     })?;
     Ok(e.r)
+}
+
+fn audit_tree_len(dir: &Path, tree: &sled::Tree) -> Result<usize, JournalError> {
+    let mut n = 0;
+    for kv in tree.iter().keys() {
+        kv.map_err(|e| sled_err(dir, e))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Checks a store without modifying it (works on a snapshot copy).

@@ -233,12 +233,85 @@ fn crash_writer() {
         ack(&format!("nonce {i}"));
         j.done(id, Outcome::Ok).unwrap();
         ack(&format!("done {i} {}", id.0));
+        j.audit(audit_entry(i)).unwrap();
+        ack(&format!("audit {i}"));
+        j.suspend(journal::Suspension {
+            vmid: Some(i),
+            reason: format!("r{i}"),
+            since_ms: 0,
+        })
+        .unwrap();
+        ack(&format!("suspend {i}"));
+        j.accept_desired(u64::from(i) + 1, format!("doc {i}").as_bytes())
+            .unwrap();
+        ack(&format!("desired {i}"));
+        j.set_trust(u64::from(i) + 1, &format!("h{i}")).unwrap();
+        ack(&format!("trust {i}"));
+        j.mark_scratch(i).unwrap();
+        ack(&format!("scratch {i}"));
     }
+}
+
+fn audit_entry(i: u32) -> journal::AuditEntry {
+    journal::AuditEntry {
+        time_ms: 0,
+        allowed: false,
+        code: format!("code{i}"),
+        vmid: Some(i),
+        step: None,
+        signers: vec![],
+        authenticated: false,
+        detail: String::new(),
+    }
+}
+
+/// The child side of the lock test: holds the journal until it is killed.
+#[test]
+fn lock_holder() {
+    let Ok(dir) = std::env::var("JOURNAL_HOLD_DIR") else {
+        return;
+    };
+    let _j = Journal::open(std::path::Path::new(&dir)).unwrap();
+    println!("HELD");
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_second_process_is_refused_and_a_killed_holder_releases_the_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["lock_holder", "--exact", "--nocapture", "--test-threads=1"])
+        .env("JOURNAL_HOLD_DIR", d.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.any(|l| l.unwrap().contains("HELD")));
+    let t = std::time::Instant::now();
+    match Journal::open(d.path()) {
+        Err(e @ JournalError::Locked { .. }) => {
+            let JournalError::Locked { holder, dir } = &e else {
+                unreachable!()
+            };
+            assert_eq!(holder, &child.id().to_string());
+            assert_eq!(dir, d.path());
+            let msg = e.to_string();
+            assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+            assert!(msg.contains(&format!("pid {}", child.id())), "{msg}");
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("opened while another process holds it"),
+    }
+    assert!(t.elapsed() < std::time::Duration::from_secs(2), "no hang");
+    child.kill().unwrap(); // SIGKILL: the kernel drops the lock with the process.
+    let _ = child.wait();
+    Journal::open(d.path()).expect("a dead holder's lock does not block");
 }
 
 #[test]
 fn sigkill_after_any_acknowledged_write_loses_nothing() {
-    for kill_after in [1usize, 2, 3, 4, 5, 7, 13, 26] {
+    // Ten durable writes per round: kill after each of them once, then a few rounds in.
+    for kill_after in (1usize..=10).chain([13, 27, 58]) {
         let d = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_writer", "--exact", "--nocapture", "--test-threads=1"])
@@ -291,6 +364,31 @@ fn sigkill_after_any_acknowledged_write_loses_nothing() {
                         .is_done(),
                     "{a}"
                 ),
+                "audit" => assert!(
+                    j.audit_tail(usize::MAX)
+                        .unwrap()
+                        .iter()
+                        .any(|e| e.code == format!("code{i}")),
+                    "{a}"
+                ),
+                "suspend" => assert!(
+                    j.suspensions()
+                        .unwrap()
+                        .iter()
+                        .any(|s| s.vmid == Some(i) && s.reason == format!("r{i}")),
+                    "{a}"
+                ),
+                "desired" => {
+                    let (rev, doc) = j.last_known_good().unwrap().unwrap();
+                    assert!(rev > u64::from(i), "{a}");
+                    assert_eq!(j.last_revision().unwrap(), Some(rev), "{a}");
+                    assert_eq!(doc, format!("doc {}", rev - 1).into_bytes(), "{a}");
+                }
+                "trust" => {
+                    let (v, _) = j.trust().unwrap().unwrap();
+                    assert!(v > u64::from(i), "{a}");
+                }
+                "scratch" => assert!(j.provenance(i).unwrap().unwrap().scratch, "{a}"),
                 _ => unreachable!(),
             }
         }
