@@ -205,11 +205,16 @@ proptest! {
                     let got = j.consume(&claim(&n, expires));
                     let want = if m.horizon.is_some_and(|h| expires <= h) {
                         Err(NonceError::ExpiredForever)
-                    } else if m.nonces.contains_key(&n) {
-                        Err(NonceError::Replayed(n.clone()))
                     } else {
-                        m.nonces.insert(n, expires);
-                        Ok(())
+                        match m.nonces.entry(n.clone()) {
+                            std::collections::btree_map::Entry::Occupied(_) => {
+                                Err(NonceError::Replayed(n))
+                            }
+                            std::collections::btree_map::Entry::Vacant(v) => {
+                                v.insert(expires);
+                                Ok(())
+                            }
+                        }
                     };
                     prop_assert_eq!(got, want);
                 }
