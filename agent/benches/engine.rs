@@ -148,8 +148,9 @@ async fn main() {
         );
         daemon::refresh_desired(
             &engine,
-            &drover::source::DirSource::new(&s.config.source.path),
-        );
+            &drover::source::Source::from_config(&s.config).unwrap(),
+        )
+        .await;
         let plan = engine.pass().await.unwrap();
         assert!(plan.plan.is_empty(), "the host should be converged");
         times.push(t.elapsed().as_secs_f64());

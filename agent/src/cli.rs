@@ -14,12 +14,13 @@ use crate::daemon::{self, RunOptions, RunResult};
 use crate::engine::{Engine, EngineSettings, Trust, unix_now};
 use crate::lanes::{BackoffPolicy, Lanes};
 use crate::pve::WaitPolicy;
-use crate::source::DirSource;
+use crate::source::Source;
 use crate::store::Store;
 use crate::systemd::Systemd;
 
-/// `drover check-config`.
-pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+/// `drover check-config`: the file, the token secret, the trust document and the source
+/// (a hub is asked for the document once).
+pub async fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
     let secret = daemon::resolve_credential(&config.proxmox.token_secret_file);
@@ -30,8 +31,17 @@ pub fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         // Not fatal for the agent (benign work continues) but worth saying.
         eprintln!("drover: warning: {message}; destructive steps will be blocked");
     }
-    if let Err(e) = DirSource::new(&config.source.path).fetch(None) {
-        eprintln!("drover: warning: {e}");
+    match Source::from_config(&config) {
+        Err(e) => problems.push(format!("source: {e}")),
+        Ok(source) => {
+            let trust = match daemon::load_trust(&config.trust.file) {
+                Trust::Valid(t) => Some(t),
+                Trust::Invalid { .. } => None,
+            };
+            if let Err(e) = source.fetch(None, trust.as_deref(), unix_now()).await {
+                eprintln!("drover: warning: [{}] {e}", e.code());
+            }
+        }
     }
     if !problems.is_empty() {
         anyhow::bail!("config {}: {}", path.display(), problems.join("; "));
@@ -68,7 +78,7 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
     let pve = daemon::pve_from_config(config, WaitPolicy::production())?;
     let (_tx, rx) = watch::channel(false);
-    let source = DirSource::new(&config.source.path);
+    let source = Source::from_config(config)?;
     Ok(Engine::new(
         EngineSettings {
             host: config.host.clone(),
@@ -88,10 +98,31 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
 pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let engine = one_shot_engine(&config)?;
-    let source = DirSource::new(&config.source.path);
-    let fetched = source.fetch(engine.store().last_revision())?;
+    let source = Source::from_config(&config)?;
+    let trust = match engine.trust() {
+        Trust::Valid(t) => Some(t),
+        Trust::Invalid { .. } => None,
+    };
+    let doc = match source
+        .fetch(engine.store().last_revision(), trust.as_deref(), unix_now())
+        .await
+    {
+        Ok(Some(f)) => f.doc,
+        Ok(None) => anyhow::bail!("the source answered 'not modified' to a first request"),
+        Err(e) => {
+            // What the daemon would do: plan from the last-known-good copy (benign only).
+            let Some((rev, bytes)) = engine.store().last_known_good() else {
+                return Err(anyhow::anyhow!(e).context("fetching the desired state"));
+            };
+            eprintln!(
+                "drover: warning: [{}] {e}; planning from the journal's last-known-good revision {rev} (the daemon would hold destructive steps)",
+                e.code()
+            );
+            crate::desired::parse(&bytes, "journal last-known-good copy")?
+        }
+    };
     let (plan, _) = engine
-        .plan_host(&fetched.doc)
+        .plan_host(&doc)
         .await
         .context("reading the host from PVE")?;
     if json {
@@ -115,6 +146,16 @@ pub fn journal_check(state_dir: &Path) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `drover journal move-aside`: 0 moved, 1 refused (e.g. the daemon holds the store).
+pub fn journal_move_aside(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    let moved = Store::move_aside(state_dir)?;
+    println!(
+        "moved the journal aside to {}; the next start begins a new store with a new state epoch (outstanding approvals must be signed again)",
+        moved.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `drover journal [--in-flight]`.
@@ -144,7 +185,7 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
 /// `drover approvals`.
 pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let source = DirSource::new(&config.source.path);
+    let source = Source::from_config(&config)?;
     let a = Approvals::new(&config.state_dir, Some(source.approvals_dir()));
     let domain = match daemon::load_trust(&config.trust.file) {
         Trust::Valid(t) => t.domain.clone(),
@@ -393,6 +434,30 @@ pub fn status_table(body: &serde_json::Value) -> String {
         s(&body["lanes"]["queued"]),
         s(&body["lanes"]["active"]),
     );
+    let src = &body["source"];
+    if src["kind"].is_string() {
+        let ago = |v: &serde_json::Value| {
+            v.as_i64()
+                .map(|t| format!("{} s ago", (unix_now() - t).max(0)))
+                .unwrap_or_else(|| "never".into())
+        };
+        let _ = writeln!(
+            out,
+            "source {} {}: last success {}{}",
+            s(&src["kind"]),
+            s(&src["location"]),
+            ago(&src["last_success_unix"]),
+            if src["error_code"].is_string() {
+                format!(
+                    "; FAILING [{}]: {}",
+                    s(&src["error_code"]),
+                    s(&src["error"])
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
     if body["trust"]["valid"] == false {
         let _ = writeln!(
             out,

@@ -75,10 +75,28 @@ pub struct ProxmoxConfig {
     pub task_poll_interval: Option<Duration>,
 }
 
+/// Where the desired state comes from: exactly one of `path` or `url`.
 #[derive(Debug, Clone)]
-pub struct SourceConfig {
+pub enum SourceConfig {
     /// A directory holding `desired.toml` (and `approvals/`).
-    pub path: PathBuf,
+    Dir { path: PathBuf },
+    /// An HTTPS hub (`{url}/hosts/{host}/desired.toml`, ...).
+    Hub(HubSourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct HubSourceConfig {
+    pub url: String,
+    /// Trust only this CA file for the hub (else the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Or pin the hub's leaf certificate by SHA-256.
+    pub fingerprint: Option<String>,
+    /// A file holding a bearer token, re-read on every poll (rotation needs no restart).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Per request.
+    pub timeout: Duration,
+    /// POST a status report to `{url}/hosts/{host}/report` after each pass.
+    pub report: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +153,13 @@ struct RawProxmox {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSource {
-    path: PathBuf,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    ca_file: Option<PathBuf>,
+    fingerprint: Option<String>,
+    bearer_token_file: Option<PathBuf>,
+    timeout: Option<String>,
+    report: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +261,7 @@ impl Config {
                 Some(d)
             }
         };
+        let source = source_config(raw.source, &invalid)?;
         let metrics_listen = match &raw.metrics.listen {
             None => None,
             Some(l) => {
@@ -274,14 +299,84 @@ impl Config {
                 max_parallel: raw.proxmox.max_parallel,
                 task_poll_interval,
             },
-            source: SourceConfig {
-                path: raw.source.path,
-            },
+            source,
             trust: TrustConfig {
                 file: raw.trust.file,
             },
             path: path.to_path_buf(),
         })
+    }
+}
+
+fn source_config(
+    raw: RawSource,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<SourceConfig, ConfigError> {
+    match (raw.path, raw.url) {
+        (Some(_), Some(_)) => Err(invalid(
+            "source",
+            "set either path (a local directory) or url (a hub), not both".into(),
+        )),
+        (None, None) => Err(invalid(
+            "source",
+            "set path (a local directory) or url (an https hub)".into(),
+        )),
+        (Some(path), None) => {
+            let hub_only = [
+                ("source.ca_file", raw.ca_file.is_some()),
+                ("source.fingerprint", raw.fingerprint.is_some()),
+                ("source.bearer_token_file", raw.bearer_token_file.is_some()),
+                ("source.timeout", raw.timeout.is_some()),
+                ("source.report", raw.report.is_some()),
+            ];
+            if let Some((key, _)) = hub_only.iter().find(|(_, set)| *set) {
+                return Err(invalid(key, "only applies to a hub (source.url)".into()));
+            }
+            Ok(SourceConfig::Dir { path })
+        }
+        (None, Some(url)) => {
+            let parsed = reqwest::Url::parse(&url)
+                .map_err(|e| invalid("source.url", format!("{url:?}: {e}")))?;
+            if parsed.scheme() != "https" {
+                return Err(invalid(
+                    "source.url",
+                    format!("{url:?} must be an https:// URL"),
+                ));
+            }
+            if raw.ca_file.is_some() && raw.fingerprint.is_some() {
+                return Err(invalid(
+                    "source.fingerprint",
+                    "set either fingerprint or ca_file, not both".into(),
+                ));
+            }
+            if let Some(fp) = &raw.fingerprint
+                && let Err(e) = fp.parse::<proxmox_client::Fingerprint>()
+            {
+                return Err(invalid("source.fingerprint", format!("{fp:?}: {e}")));
+            }
+            let timeout = match &raw.timeout {
+                None => Duration::from_secs(10),
+                Some(t) => {
+                    let d = humantime::parse_duration(t)
+                        .map_err(|e| invalid("source.timeout", format!("{t:?}: {e}")))?;
+                    if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+                        return Err(invalid(
+                            "source.timeout",
+                            "must be between 100ms and 5m".into(),
+                        ));
+                    }
+                    d
+                }
+            };
+            Ok(SourceConfig::Hub(HubSourceConfig {
+                url: url.trim_end_matches('/').to_string(),
+                ca_file: raw.ca_file,
+                fingerprint: raw.fingerprint,
+                bearer_token_file: raw.bearer_token_file,
+                timeout,
+                report: raw.report.unwrap_or(true),
+            }))
+        }
     }
 }
 
@@ -397,5 +492,49 @@ file = "/etc/drover/trust"
             .unwrap_err()
             .to_string();
         assert!(msg.contains("proxmox.url"), "{msg}");
+    }
+
+    #[test]
+    fn source_is_a_directory_or_a_hub() {
+        let hub = GOOD.replace(
+            "path = \"/etc/drover/desired\"",
+            "url = \"https://hub.example/drover/\"\nbearer_token_file = \"/etc/drover/hub-token\"\nfingerprint = \"aa\"",
+        );
+        let msg = Config::parse(&hub, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("source.fingerprint"), "{msg}");
+        let hub = hub.replace("fingerprint = \"aa\"", "timeout = \"5s\"");
+        match Config::parse(&hub, Path::new("c.toml")).unwrap().source {
+            SourceConfig::Hub(h) => {
+                assert_eq!(h.url, "https://hub.example/drover");
+                assert_eq!(h.timeout, Duration::from_secs(5));
+                assert!(h.report);
+            }
+            other => panic!("{other:?}"),
+        }
+        for (text, key) in [
+            (
+                GOOD.replace("[source]\n", "[source]\nurl = \"https://h\"\n"),
+                "`source`",
+            ),
+            (
+                GOOD.replace("path = \"/etc/drover/desired\"", ""),
+                "`source`",
+            ),
+            (
+                GOOD.replace("path = \"/etc/drover/desired\"", "url = \"http://hub\""),
+                "source.url",
+            ),
+            (
+                GOOD.replace("[source]\n", "[source]\nreport = false\n"),
+                "source.report",
+            ),
+        ] {
+            let msg = Config::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{key}: {msg}");
+        }
     }
 }

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::engine::unix_now;
 use crate::engine::{Desired, Engine, EngineSettings, Trust};
 use crate::lanes::{BackoffPolicy, LaneOutcome, Lanes};
 use crate::pve::{Pve, WaitPolicy};
-use crate::source::DirSource;
+use crate::source::Source;
 use crate::store::Store;
 use crate::systemd::Systemd;
 
@@ -111,11 +112,38 @@ pub fn load_trust(path: &std::path::Path) -> Trust {
 }
 
 /// Fetches the desired state; on failure falls back to the journal's last-known-good copy in
-/// degraded mode (benign convergence only).
-pub fn refresh_desired(engine: &Engine, source: &DirSource) {
+/// degraded mode (benign convergence only). Also mirrors a hub's approval files and records
+/// the source's freshness for `drover status` and the metrics.
+pub async fn refresh_desired(engine: &Engine, source: &Source) {
     let store = engine.store();
-    match source.fetch(store.last_revision()) {
-        Ok(f) => {
+    let now = unix_now();
+    let trust = match engine.trust() {
+        Trust::Valid(t) => Some(t),
+        Trust::Invalid { .. } => None,
+    };
+    let result = source
+        .fetch(store.last_revision(), trust.as_deref(), now)
+        .await;
+    let previous_error = engine.status().snapshot().source.error_code;
+    match &result {
+        Ok(_) => engine
+            .status()
+            .source_attempt(source.kind(), &source.location(), now, Ok(())),
+        Err(e) => engine.status().source_attempt(
+            source.kind(),
+            &source.location(),
+            now,
+            Err((e.code(), e.to_string())),
+        ),
+    }
+    if result.is_ok() {
+        engine.metrics().hub_last_success.store(
+            u64::try_from(now).unwrap_or(0),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    match result {
+        Ok(Some(f)) => {
             let changed = engine
                 .desired()
                 .is_none_or(|d| d.doc.revision != f.doc.revision || d.degraded || *d.doc != f.doc);
@@ -125,23 +153,46 @@ pub fn refresh_desired(engine: &Engine, source: &DirSource) {
             if changed {
                 info!(revision = f.doc.revision, origin = %f.origin, "desired state accepted");
             }
+            if previous_error.is_some() {
+                info!(origin = %f.origin, "desired-state source is healthy again");
+            }
+            // Without a readable trust document a hub signature cannot be checked: the
+            // document may steer benign convergence, never a destructive step.
+            let unverifiable = trust.is_none() && matches!(source, Source::Hub { .. });
             engine.set_desired(Desired {
                 doc: Arc::new(f.doc),
                 origin: f.origin,
-                degraded: false,
+                degraded: unverifiable,
             });
         }
+        Ok(None) => {
+            // 304: the document this process accepted is still the hub's current one.
+            if let Some(mut d) = engine.desired()
+                && d.degraded
+                && d.origin == source.location()
+                && trust.is_some()
+            {
+                info!(origin = %d.origin, "desired-state source is healthy again");
+                d.degraded = false;
+                engine.set_desired(d);
+            }
+        }
         Err(e) => {
-            warn!(code = e.code(), "desired state refused: {e}");
+            // Loud once per distinct problem, quiet while it lasts.
+            if previous_error.as_deref() != Some(e.code()) {
+                warn!(code = e.code(), "desired state refused: {e}");
+            } else {
+                debug!(code = e.code(), "desired state still refused: {e}");
+            }
             if engine.desired().is_some_and(|d| !d.degraded) {
                 // Keep what we have, but stop destructive work until the source is healthy.
                 if let Some(mut d) = engine.desired() {
                     d.degraded = true;
                     engine.set_desired(d);
                 }
-                return;
-            }
-            if let Some((rev, bytes)) = store.last_known_good() {
+            } else if engine.desired().is_none()
+                && let Some((rev, bytes)) = store.last_known_good()
+            {
                 match crate::desired::parse(&bytes, "journal last-known-good copy") {
                     Ok(doc) => {
                         info!(
@@ -159,6 +210,41 @@ pub fn refresh_desired(engine: &Engine, source: &DirSource) {
             }
         }
     }
+    if let Err(e) = source.sync_approvals().await {
+        warn!(code = e.code(), "hub approvals not synced: {e}");
+    }
+}
+
+/// Sends the hub a status report (pending approvals with their text, recent steps, errors).
+/// Best effort: a failure is logged and the next pass sends a newer one.
+pub async fn report(engine: &Engine, source: &Source) {
+    if !matches!(source, Source::Hub { .. }) {
+        return;
+    }
+    let domain = engine.trust_domain();
+    let pending: Vec<serde_json::Value> = engine
+        .approvals()
+        .pending()
+        .into_iter()
+        .map(|(p, text)| {
+            serde_json::json!({
+                "file": p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                "text": text,
+                "sign": crate::approvals::Approvals::sign_command(&domain, &p),
+            })
+        })
+        .collect();
+    let recent = engine.store().listing(false, 50).unwrap_or_default();
+    let body = serde_json::json!({
+        "agent": concat!("drover/", env!("CARGO_PKG_VERSION")),
+        "time_unix": unix_now(),
+        "status": engine.status_json(),
+        "pending_approvals": pending,
+        "recent_steps": recent,
+    });
+    if let Err(e) = source.report(&body).await {
+        debug!(code = e.code(), "status report to the hub failed: {e}");
+    }
 }
 
 /// Runs the agent until a signal (or, with `once`, until the pass's work is done).
@@ -168,7 +254,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     let pve = pve_from_config(&config, opts.waits.clone())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let lanes = Lanes::new(config.proxmox.max_parallel, opts.backoff);
-    let source = DirSource::new(&config.source.path);
+    let source = Source::from_config(&config).context("setting up the desired-state source")?;
     let approvals =
         crate::approvals::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
     let trust = load_trust(&config.trust.file);
@@ -215,7 +301,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             "re-attaching to in-flight steps from the journal"
         );
     }
-    refresh_desired(&engine, &source);
+    refresh_desired(&engine, &source).await;
     let first = loop {
         match engine.pass().await {
             Ok(p) => break p,
@@ -311,12 +397,15 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         loop {
             tokio::select! {
                 _ = interval.tick() => {
-                    refresh_desired(&engine, &source);
+                    refresh_desired(&engine, &source).await;
                     match engine.pass().await {
                         Ok(_) => systemd.status(&engine.status().snapshot().summary()),
                         Err(e) => warn!("pass failed: {e}"),
                     }
                     systemd.watchdog_ping();
+                    // Off the loop: a slow hub must not delay the next pass or the watchdog.
+                    let (engine, source) = (engine.clone(), source.clone());
+                    tokio::spawn(async move { report(&engine, &source).await });
                 }
                 _ = watchdog.tick() => {
                     // Progress, not a free-running timer: the lanes' scheduler is responsive.

@@ -191,6 +191,7 @@ impl Engine {
                 "origin": desired.as_ref().map(|d| d.origin.clone()),
                 "stale": snap.desired_degraded,
             },
+            "source": snap.source,
             "last_pass_unix": snap.last_pass_unix,
             "passes": snap.passes,
             "lanes": {"queued": lanes.queued, "active": lanes.active, "retries_total": lanes.retries_total},

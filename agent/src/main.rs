@@ -103,6 +103,9 @@ enum Command {
 enum JournalAction {
     /// Verify every record decodes; exit 1 with a report when the store is damaged.
     Check,
+    /// Move a damaged database aside (kept as db.broken-<time>); the next start begins a new
+    /// store with a new state epoch, so outstanding approvals must be signed again.
+    MoveAside,
 }
 
 fn main() -> ExitCode {
@@ -136,7 +139,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     use drover::cli;
     match cli.command {
-        Command::CheckConfig => cli::check_config(&cli.config),
+        Command::CheckConfig => cli::check_config(&cli.config).await,
         Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
         Command::Reconcile { vmid } => {
             cli::control(
@@ -167,6 +170,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&cli.config)?;
             match action {
                 Some(JournalAction::Check) => cli::journal_check(&config.state_dir),
+                Some(JournalAction::MoveAside) => cli::journal_move_aside(&config.state_dir),
                 None => cli::journal_show(&config.state_dir, in_flight, output == Output::Json),
             }
         }

@@ -1,12 +1,16 @@
-//! Where the desired state comes from. Today: a local directory (the embedded default).
+//! Where the desired state comes from: a local directory (the embedded default) or an HTTPS
+//! hub ([`crate::hub`]), behind one [`Source`].
 //!
 //! A source hands out a validated [`DesiredDoc`] plus its raw bytes (so the journal can keep a
 //! last-known-good copy). It never decides what is safe: a document from any source only ever
 //! *asks*; classification and the gate decide.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use crate::config::{Config, SourceConfig};
 use crate::desired::{self, DesiredDoc, DesiredError};
+use crate::hub::{HubConfig, HubError, HubFetch, HubSource, HubTls};
 
 /// A fetched document and how much to trust it.
 #[derive(Debug, Clone)]
@@ -68,6 +72,130 @@ impl DirSource {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// The configured source.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Dir(DirSource),
+    Hub {
+        hub: Arc<HubSource>,
+        /// Where the hub's approval files are mirrored (a directory used for nothing else).
+        approvals: PathBuf,
+    },
+}
+
+/// Why a fetch gave no usable document.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Local(#[from] SourceError),
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+impl FetchError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FetchError::Local(e) => e.code(),
+            FetchError::Hub(e) => e.code(),
+        }
+    }
+}
+
+impl Source {
+    /// Builds the source `[source]` names. The hub's approvals are mirrored into
+    /// `<state_dir>/hub-approvals`.
+    pub fn from_config(config: &Config) -> Result<Source, HubError> {
+        match &config.source {
+            SourceConfig::Dir { path } => Ok(Source::Dir(DirSource::new(path))),
+            SourceConfig::Hub(h) => {
+                let mut cfg = HubConfig::new(h.url.clone(), config.host.clone());
+                cfg.tls = match (&h.ca_file, &h.fingerprint) {
+                    (Some(ca), _) => HubTls::CaFile(ca.clone()),
+                    (None, Some(fp)) => HubTls::Fingerprint(fp.clone()),
+                    (None, None) => HubTls::SystemRoots,
+                };
+                cfg.bearer_token_file = h.bearer_token_file.clone();
+                cfg.timeout = h.timeout;
+                cfg.report = h.report;
+                Ok(Source::Hub {
+                    hub: Arc::new(HubSource::new(cfg)?),
+                    approvals: config.state_dir.join("hub-approvals"),
+                })
+            }
+        }
+    }
+
+    /// `dir` or `hub`, for status and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::Dir(_) => "dir",
+            Source::Hub { .. } => "hub",
+        }
+    }
+
+    /// The document's location, for messages.
+    pub fn location(&self) -> String {
+        match self {
+            Source::Dir(d) => d.dir.join("desired.toml").display().to_string(),
+            Source::Hub { hub, .. } => hub.document_url(),
+        }
+    }
+
+    /// Where the approval scan finds files that came with the desired state.
+    pub fn approvals_dir(&self) -> PathBuf {
+        match self {
+            Source::Dir(d) => d.approvals_dir(),
+            Source::Hub { approvals, .. } => approvals.clone(),
+        }
+    }
+
+    /// Fetches the document: `Ok(None)` when a hub says it is unchanged since the last one
+    /// this process accepted. `trust` decides whether the hub's signature is required.
+    pub async fn fetch(
+        &self,
+        last_accepted: Option<u64>,
+        trust: Option<&gate::TrustStore>,
+        now: i64,
+    ) -> Result<Option<Fetched>, FetchError> {
+        match self {
+            Source::Dir(d) => Ok(Some(d.fetch(last_accepted)?)),
+            Source::Hub { hub, .. } => match hub.fetch(last_accepted, trust, now).await? {
+                HubFetch::NotModified => Ok(None),
+                HubFetch::Fresh(f) => Ok(Some(f)),
+            },
+        }
+    }
+
+    /// Mirrors the hub's approval files (nothing to do for a directory: the scan reads it).
+    pub async fn sync_approvals(&self) -> Result<(), HubError> {
+        match self {
+            Source::Dir(_) => Ok(()),
+            Source::Hub { hub, approvals } => {
+                let sync = hub.fetch_approvals(approvals).await?;
+                if !sync.written.is_empty() || !sync.removed.is_empty() {
+                    tracing::info!(
+                        written = sync.written.len(),
+                        removed = sync.removed.len(),
+                        "hub approvals synced"
+                    );
+                }
+                for p in &sync.problems {
+                    tracing::warn!("hub approval file: {p}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends a status report to the hub (a directory source has nobody to tell).
+    pub async fn report(&self, body: &serde_json::Value) -> Result<(), HubError> {
+        match self {
+            Source::Dir(_) => Ok(()),
+            Source::Hub { hub, .. } => hub.report(body).await.map(|_| ()),
+        }
     }
 }
 

@@ -64,6 +64,21 @@ pub struct Snapshot {
     pub passes: u64,
     pub guests: BTreeMap<u32, GuestStatusLine>,
     pub unmanaged: Vec<u32>,
+    pub source: SourceHealth,
+}
+
+/// How fresh the desired state is: what `drover status` and the hub freshness metric show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceHealth {
+    /// `dir` or `hub`.
+    pub kind: String,
+    pub location: String,
+    /// Unix time of the last fetch that gave a usable answer (a valid document or `304`).
+    pub last_success_unix: Option<i64>,
+    pub last_attempt_unix: Option<i64>,
+    /// The last fetch's refusal, while it lasts.
+    pub error_code: Option<String>,
+    pub error: Option<String>,
 }
 
 impl Snapshot {
@@ -111,6 +126,33 @@ impl StatusBoard {
 
     pub fn snapshot(&self) -> Snapshot {
         self.with(|s| s.clone())
+    }
+
+    /// Records a fetch attempt: `Ok` on success, else the refusal's code and sentence.
+    pub fn source_attempt(
+        &self,
+        kind: &str,
+        location: &str,
+        now: i64,
+        result: Result<(), (&str, String)>,
+    ) {
+        self.with(|s| {
+            let h = &mut s.source;
+            h.kind = kind.to_string();
+            h.location = location.to_string();
+            h.last_attempt_unix = Some(now);
+            match result {
+                Ok(()) => {
+                    h.last_success_unix = Some(now);
+                    h.error_code = None;
+                    h.error = None;
+                }
+                Err((code, message)) => {
+                    h.error_code = Some(code.to_string());
+                    h.error = Some(message);
+                }
+            }
+        });
     }
 
     pub fn set_desired(&self, revision: u64, degraded: bool) {

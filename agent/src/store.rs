@@ -112,6 +112,11 @@ impl Store {
         journal::check(dir)
     }
 
+    /// Moves a damaged database aside; returns where it went.
+    pub fn move_aside(dir: &Path) -> Result<std::path::PathBuf, StoreError> {
+        journal::move_aside(dir)
+    }
+
     /// Journals the intent of a step, durably, before any PVE call.
     pub fn intent(
         &self,

@@ -862,16 +862,26 @@ fn hex_key(k: &[u8]) -> String {
     k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Renames a damaged store to `<dir>.broken-<unix time>` and returns the new path.
+/// Renames a damaged database to `<dir>/db.broken-<unix time>` (kept for inspection) and
+/// returns the new path; the next open starts an empty store with a new state epoch, which
+/// invalidates every outstanding approval. Refused while a daemon holds the lock.
 pub fn move_aside(dir: &Path) -> Result<PathBuf, JournalError> {
-    // Refuse while a daemon holds it.
-    drop(take_lock(dir)?);
+    let _lock = take_lock(dir)?;
+    let src = dir.join("db");
+    if !src.exists() {
+        return Err(io(
+            dir,
+            "moving the store aside",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "there is no database to move"),
+        ));
+    }
     let stamp = now_ms() / 1000;
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "journal".into());
-    let target = dir.with_file_name(format!("{name}.broken-{stamp}"));
-    std::fs::rename(dir, &target).map_err(|e| io(dir, "moving the store aside", e))?;
+    let mut target = dir.join(format!("db.broken-{stamp}"));
+    let mut n = 1;
+    while target.exists() {
+        target = dir.join(format!("db.broken-{stamp}-{n}"));
+        n += 1;
+    }
+    std::fs::rename(&src, &target).map_err(|e| io(dir, "moving the store aside", e))?;
     Ok(target)
 }

@@ -394,3 +394,31 @@ fn sigkill_after_any_acknowledged_write_loses_nothing() {
         }
     }
 }
+
+#[test]
+fn move_aside_keeps_the_damaged_store_and_starts_a_new_epoch() {
+    let d = tempfile::tempdir().unwrap();
+    let epoch = {
+        let j = Journal::open(d.path()).unwrap();
+        j.intent(step(1, "start")).unwrap();
+        // Refused while the store is held.
+        assert!(matches!(
+            journal::move_aside(d.path()),
+            Err(JournalError::Locked { .. })
+        ));
+        j.state_epoch()
+    };
+    let moved = journal::move_aside(d.path()).unwrap();
+    assert!(
+        moved.starts_with(d.path()) && moved.join("db").exists(),
+        "{moved:?}"
+    );
+    let j = Journal::open(d.path()).unwrap();
+    assert_ne!(j.state_epoch(), epoch);
+    assert!(j.in_flight().unwrap().is_empty());
+    drop(j);
+    // A second move keeps both broken copies.
+    let again = journal::move_aside(d.path()).unwrap();
+    assert_ne!(again, moved);
+    assert!(moved.exists() && again.exists());
+}
