@@ -75,6 +75,20 @@ fn router(engine: Engine) -> Router {
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/suspend", post(suspend))
         .route("/v1/resume", post(resume))
+        .fallback(|| async {
+            refuse(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see `drover --help` for what the daemon answers",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(Ctx { engine })
 }
@@ -111,7 +125,7 @@ async fn submit_approval(
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "bad_request", e.body_text()),
+        Err(e) => return json_rejection(e),
     };
     let stem = req.name.trim_end_matches(".txt");
     if stem.is_empty()
@@ -142,6 +156,28 @@ async fn submit_approval(
                 "between 1 and {} signatures are accepted",
                 approval_files::MAX_SIGNATURES
             ),
+        );
+    }
+    // Check what can be checked without a step, so the operator hears at once why a
+    // signature will not do; the gate verifies again, bound to the step, before anything runs.
+    let crate::engine::Trust::Valid(trust) = c.engine.trust() else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "trust_store_invalid",
+            "the daemon has no valid trust document, so no approval can be verified; fix it first",
+        );
+    };
+    let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
+    if let Err(r) = gate::verify_offline(
+        &trust,
+        req.payload.as_bytes(),
+        &sigs,
+        crate::engine::unix_now(),
+    ) {
+        return refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            r.code.as_str(),
+            r.to_string(),
         );
     }
     let inbox = c.engine.approvals().inbox_dir.clone();
@@ -200,13 +236,22 @@ struct Target {
 fn parse_target(
     body: Result<Json<Target>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Target, Box<Response>> {
-    body.map(|Json(t)| t).map_err(|e| {
-        Box::new(refuse(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            e.body_text(),
-        ))
-    })
+    body.map(|Json(t)| t)
+        .map_err(|e| Box::new(json_rejection(e)))
+}
+
+/// A body that is not the JSON a route takes: 413 `body_too_large` past the cap, else 400
+/// `bad_request` with serde's sentence (which names the field).
+fn json_rejection(e: axum::extract::rejection::JsonRejection) -> Response {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+    } else {
+        refuse(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
+    }
 }
 
 async fn reconcile(

@@ -120,6 +120,10 @@ impl Source {
                 cfg.bearer_token_file = h.bearer_token_file.clone();
                 cfg.timeout = h.timeout;
                 cfg.report = h.report;
+                // Retrying longer than half an interval would only delay benign convergence
+                // from the last verified document; the next pass tries again anyway.
+                cfg.retry_budget = (config.interval / 2)
+                    .clamp(std::time::Duration::from_secs(1), cfg.retry_budget);
                 Ok(Source::Hub {
                     hub: Arc::new(HubSource::new(cfg)?),
                     approvals: config.state_dir.join("hub-approvals"),

@@ -235,14 +235,20 @@ impl StatusBoard {
 
     pub fn record_outcome(&self, vmid: u32, outcome: &LaneOutcome) {
         self.guest(vmid, |g| match outcome {
+            // A step ran or nothing is left: whatever the guest waited for is resolved (a next
+            // step that needs an approval sets its own request again).
             LaneOutcome::Converged => {
                 g.state = GuestState::Converged;
                 g.last_error = None;
+                g.pending_approval = None;
+                g.blocked_code = None;
             }
             LaneOutcome::Progressed => {
                 g.state = GuestState::Pending;
                 g.last_result = Some("ok".into());
                 g.last_error = None;
+                g.pending_approval = None;
+                g.blocked_code = None;
             }
             LaneOutcome::Waiting => {}
             LaneOutcome::Transient(e) => {

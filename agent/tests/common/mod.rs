@@ -163,3 +163,99 @@ pub fn code(o: &Output) -> i32 {
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A `drover run` child process. Its output goes to a file (a child holding the test's own
+/// pipes would keep the test runner waiting); it is SIGKILLed if the test ends early.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Host {
+    /// Starts `drover run` with the current config.
+    pub fn spawn_daemon(&self) -> Daemon {
+        let log = self.root().join("daemon.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = self
+            .command(&["run"])
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("drover run starts");
+        Daemon { child, log }
+    }
+
+    /// `drover status --output json`, once the daemon answers (panics after `timeout`).
+    pub async fn status_json(&self, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let mut cmd = self.command(&["status", "--output", "json"]);
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon never answered: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` and the daemon log after `timeout`.
+pub async fn eventually(
+    daemon: &Daemon,
+    timeout: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}\n--- daemon log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Daemon {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 10 s) for the exit status.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "drover did not stop on SIGTERM\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            eprintln!("--- daemon log:\n{}", self.log_text());
+        }
+    }
+}

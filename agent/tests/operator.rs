@@ -1,0 +1,441 @@
+//! The operator's surface against a running daemon (real `drover run` child process, the
+//! simulator over TLS): `status`, `suspend`/`resume`, `reconcile`, `approvals`/`approve`
+//! through the control socket, bad requests on the socket, and the Prometheus metrics parsed
+//! as the text exposition format.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{DOMAIN, Host, code, eventually, sign, stdout};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+fn seed(vmid: u32, running: bool, memory: u64) -> pve_sim::SeedGuest {
+    pve_sim::SeedGuest {
+        vmid,
+        hostname: format!("ct-{vmid}"),
+        running,
+        cores: 1,
+        memory,
+        swap: 0,
+        rootfs_gib: 4,
+        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
+        onboot: true,
+        ..pve_sim::SeedGuest::default()
+    }
+}
+
+fn guest(vmid: u32, ensure: &str, memory: u32) -> String {
+    format!(
+        "\n[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = {memory}\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\n"
+    )
+}
+
+/// One sample of the text exposition format.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// A strict parser for what Prometheus scrapes: `# HELP`/`# TYPE` lines, then
+/// `name{label="value",...} number` samples; anything else is an error.
+fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
+    let mut out = Vec::new();
+    let mut typed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').ok_or(format!("bad TYPE {line:?}"))?;
+            if !["counter", "gauge", "histogram"].contains(&kind) {
+                return Err(format!("unknown type in {line:?}"));
+            }
+            typed.insert(name.to_string());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let name_end = line
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .ok_or(format!("no value in {line:?}"))?;
+        let name = &line[..name_end];
+        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(format!("bad metric name in {line:?}"));
+        }
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(r) = rest.strip_prefix('{') {
+            let close = r.find('}').ok_or(format!("unclosed labels in {line:?}"))?;
+            for pair in r[..close].split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or(format!("bad label {line:?}"))?;
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .ok_or(format!("unquoted label value in {line:?}"))?;
+                labels.push((k.to_string(), v.to_string()));
+            }
+            rest = &r[close + 1..];
+        }
+        let value: f64 = rest
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad value in {line:?}"))?;
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| typed.contains(*f)))
+            .unwrap_or(name);
+        if !typed.contains(family) {
+            return Err(format!("sample without a TYPE line: {line:?}"));
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+async fn scrape(port: u16) -> Vec<Sample> {
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_exposition(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() {
+    let h = Host::start(vec![seed(131, false, 256)]).await;
+    let port = free_port();
+    h.write_config(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    h.desired(&format!(
+        "revision = 1\n{}{}",
+        guest(130, "running", 256),
+        guest(131, "running", 256)
+    ));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(30), "convergence", || {
+        h.sim.guest(130).is_some_and(|g| g.running) && h.sim.guest(131).is_some_and(|g| g.running)
+    })
+    .await;
+    let s = h.status_json(Duration::from_secs(10)).await;
+    assert_eq!(s["source"]["kind"], "dir", "{s}");
+    assert!(s["source"]["last_success_unix"].is_i64(), "{s}");
+    eventually(&d, Duration::from_secs(10), "status converged", || {
+        let o = h.drover(&["status"]);
+        code(&o) == 0
+    })
+    .await;
+    let table = stdout(&h.drover(&["status"]));
+    assert!(
+        table.contains("VMID") && table.contains("converged"),
+        "{table}"
+    );
+    assert!(table.contains("source dir"), "{table}");
+
+    // Suspend 131: its drift is left alone until resumed, 130's is corrected.
+    let r = h.drover_async(&["suspend", "131", "--reason", "   "]).await;
+    assert_eq!(code(&r), 1, "an empty reason is refused");
+    assert!(stdout(&r).contains("reason_required"), "{}", stdout(&r));
+    let r = h
+        .drover_async(&["suspend", "131", "--reason", "kernel debugging"])
+        .await;
+    assert_eq!(code(&r), 0, "{}", stdout(&r));
+    h.sim.seed(seed(131, true, 999));
+    h.sim.seed(seed(130, true, 999));
+    let r = h.drover_async(&["reconcile"]).await;
+    assert_eq!(code(&r), 0);
+    eventually(
+        &d,
+        Duration::from_secs(15),
+        "drift on 130 corrected",
+        || h.sim.guest(130).is_some_and(|g| g.memory == 256),
+    )
+    .await;
+    assert_eq!(
+        h.sim.guest(131).unwrap().memory,
+        999,
+        "a suspended guest was changed"
+    );
+    let table = stdout(&h.drover(&["status"]));
+    assert!(table.contains("kernel debugging"), "{table}");
+    let r = h.drover_async(&["resume", "131"]).await;
+    assert_eq!(code(&r), 0);
+    eventually(&d, Duration::from_secs(15), "resume reconciles 131", || {
+        h.sim.guest(131).is_some_and(|g| g.memory == 256)
+    })
+    .await;
+
+    // Metrics: strict parse, and they carry what happened.
+    let m = scrape(port).await;
+    assert!(metric(&m, "drover_reconcile_total", &[]) >= 3.0, "{m:?}");
+    assert!(
+        metric(
+            &m,
+            "drover_pve_task_duration_seconds_count",
+            &[("type", "vzcreate")]
+        ) >= 1.0
+    );
+    assert!(metric(&m, "drover_pve_api_requests_total", &[("method", "POST")]) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "drover_pve_api_requests_total",
+            &[("method", "GET"), ("code", "200")]
+        ) >= 1.0
+    );
+    assert!(metric(&m, "drover_journal_fsync_seconds_count", &[]) >= 1.0);
+    assert_eq!(metric(&m, "drover_journal_inflight_steps", &[]), 0.0);
+    assert!(metric(&m, "drover_hub_last_success_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(metric(&m, "drover_build_info", &[]), 1.0);
+    assert_eq!(metric(&m, "drover_pending_approvals", &[]), 0.0);
+    for name in [
+        "drover_reconcile_duration_seconds_count",
+        "drover_lane_queue_depth",
+        "drover_lanes_active",
+        "drover_lane_retries_total",
+        "drover_guests",
+    ] {
+        assert!(m.iter().any(|s| s.name == name), "{name} missing");
+    }
+
+    let status = d.stop().await;
+    assert!(status.success(), "{status:?}");
+}
+
+/// `drover approvals` lists the request with its text and the exact sign command;
+/// `drover approve` submits through the running daemon's socket and the destroy runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_are_listed_and_approved_through_the_socket() {
+    let h = Host::start(vec![seed(701, true, 256), seed(702, true, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 701\nensure = \"absent\"\n{}",
+        guest(702, "running", 256)
+    ));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(20), "an approval request", || {
+        !h.pending_requests().is_empty()
+    })
+    .await;
+    let a = h.drover_async(&["approvals", "--output", "json"]).await;
+    assert_eq!(code(&a), 2, "pending approvals exit 2");
+    let rows: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let row = &rows[0];
+    assert!(
+        row["text"].as_str().unwrap().contains("op: destroy_guest"),
+        "{rows}"
+    );
+    let sign_cmd = row["sign"].as_str().unwrap();
+    let ns = format!("destructive-op-v1@{DOMAIN}");
+    assert!(
+        sign_cmd.starts_with("ssh-keygen -Y sign -f ") && sign_cmd.contains(&format!("-n {ns} ")),
+        "{sign_cmd}"
+    );
+    let text = stdout(&h.drover_async(&["approvals"]).await);
+    assert!(
+        text.contains("sign with:") && text.contains("drover approve"),
+        "{text}"
+    );
+
+    let request = h.pending_requests()[0].clone();
+    let work = h.root().join("operator");
+    std::fs::create_dir_all(&work).unwrap();
+    let Some(sig) = sign("demo/TEST_demo_operator_ed25519", &ns, &request, &work) else {
+        return;
+    };
+    let copy = work.join(request.file_name().unwrap());
+    assert!(h.sim.guest(701).is_some(), "destroyed before approval");
+    // A key the trust document does not list: refused at once with the gate's code.
+    let strangers = h.root().join("stranger");
+    std::fs::create_dir_all(&strangers).unwrap();
+    let bad = sign("gate/TEST_stranger_ed25519", &ns, &request, &strangers).unwrap();
+    let r = h
+        .drover_async(&["approve", copy.to_str().unwrap(), bad.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 1, "{}", stdout(&r));
+    assert!(stdout(&r).starts_with("unknown_signer: "), "{}", stdout(&r));
+    let inbox = h.state().join("approvals/inbox");
+    assert_eq!(std::fs::read_dir(&inbox).map(|r| r.count()).unwrap_or(0), 0);
+    let r = h
+        .drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 0, "{}", stdout(&r));
+    eventually(&d, Duration::from_secs(20), "the approved destroy", || {
+        h.sim.guest(701).is_none()
+    })
+    .await;
+    assert_eq!(h.sim.count_mutations("destroy", 701), 1);
+    let m = h.status_json(Duration::from_secs(5)).await;
+    assert!(
+        m["guests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["pending_approval"].is_null()),
+        "{m}"
+    );
+    d.stop().await;
+}
+
+/// Sends raw bytes to the control socket and returns (status code, body).
+fn raw_socket(path: &std::path::Path, request: &[u8]) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: drover\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Every malformed request on the socket gets a 4xx with a stable code and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_socket_requests_are_refused_with_a_code_and_change_nothing() {
+    let h = Host::start(vec![seed(140, true, 256)]).await;
+    h.desired(&format!("revision = 1\n{}", guest(140, "running", 256)));
+    let d = h.spawn_daemon();
+    let before = h.status_json(Duration::from_secs(20)).await;
+    let sock = h.root().join("drover.sock");
+    let huge = format!("{{\"reason\":\"{}\"}}", "x".repeat(400 * 1024));
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (post("/v1/suspend", "{not json"), 400, "bad_request"),
+        (
+            post("/v1/suspend", r#"{"vmid":140,"reason":"x","force":true}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/v1/suspend", r#"{"vmid":-1,"reason":"x"}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post("/v1/suspend", r#"{"vmid":140}"#),
+            400,
+            "reason_required",
+        ),
+        (post("/v1/suspend", &huge), 413, "body_too_large"),
+        (
+            post("/v1/reconcile", r#"{"vmid":"all"}"#),
+            400,
+            "bad_request",
+        ),
+        (
+            post(
+                "/v1/approvals",
+                r#"{"name":"../../etc/x","payload":"p","signatures":["s"]}"#,
+            ),
+            400,
+            "bad_name",
+        ),
+        (
+            post(
+                "/v1/approvals",
+                r#"{"name":"a","payload":"p","signatures":[]}"#,
+            ),
+            400,
+            "bad_signatures",
+        ),
+        (
+            post(
+                "/v1/approvals",
+                r#"{"name":"a","payload":"not an approval","signatures":["junk"]}"#,
+            ),
+            422,
+            "malformed_payload",
+        ),
+        (post("/v1/nothing", "{}"), 404, "not_found"),
+        (
+            b"DELETE /v1/status HTTP/1.1\r\nhost: d\r\nconnection: close\r\n\r\n".to_vec(),
+            405,
+            "method_not_allowed",
+        ),
+        (b"garbage\r\n\r\n".to_vec(), 400, ""),
+    ];
+    for (req, want_status, want_code) in cases {
+        let (status, body) = raw_socket(&sock, &req);
+        let shown = String::from_utf8_lossy(&req[..req.len().min(120)]).into_owned();
+        assert_eq!(status, want_status, "{shown}: {body}");
+        if !want_code.is_empty() {
+            let v: serde_json::Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("{shown}: body is not json ({e}): {body}"));
+            assert_eq!(v["code"], want_code, "{shown}: {body}");
+            assert!(
+                v["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+        }
+    }
+    let after = h.status_json(Duration::from_secs(5)).await;
+    assert_eq!(after["suspensions"], before["suspensions"]);
+    assert_eq!(after["suspensions"], serde_json::json!([]));
+    assert!(h.pending_requests().is_empty());
+    let inbox = h.state().join("approvals/inbox");
+    let inbox_files = std::fs::read_dir(&inbox).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(inbox_files, 0, "a refused approval reached the inbox");
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_that_need_the_daemon_say_it_is_not_running() {
+    let h = Host::start(vec![]).await;
+    for args in [
+        &["status"][..],
+        &["reconcile"],
+        &["suspend", "--reason", "x"],
+        &["resume"],
+    ] {
+        let o = h.drover_async(args).await;
+        assert_eq!(code(&o), 1, "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("not running"), "{args:?}: {err}");
+    }
+}
