@@ -1,0 +1,266 @@
+//! A running `drover` daemon pulling from a real nginx hub over TLS: signed documents, an
+//! approval delivered through the hub, a refused document and an unreachable hub (benign
+//! convergence continues from the last verified document, destructive work is held).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Host, eventually, sign};
+use support::certs::TestCerts;
+use support::nginx::{self, Nginx};
+
+const HOST: &str = "pve1";
+const DOMAIN: &str = "agent.example.invalid";
+const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn seed(vmid: u32, running: bool) -> pve_sim::SeedGuest {
+    pve_sim::SeedGuest {
+        vmid,
+        hostname: format!("ct-{vmid}"),
+        running,
+        cores: 1,
+        memory: 256,
+        swap: 0,
+        rootfs_gib: 4,
+        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
+        onboot: true,
+        ..pve_sim::SeedGuest::default()
+    }
+}
+
+fn guest(vmid: u32, ensure: &str) -> String {
+    format!(
+        "\n[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = 256\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\n"
+    )
+}
+
+struct Hub {
+    _tmp: tempfile::TempDir,
+    nginx: Option<Nginx>,
+    certs: TestCerts,
+    host_dir: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Hub {
+    fn start() -> Option<Hub> {
+        let Some(bin) = nginx::binary() else {
+            println!("SKIPPED: nginx is not installed (run .ci/nginx-setup)");
+            return None;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let certs = TestCerts::generate(tmp.path());
+        let root = tmp.path().join("www");
+        let host_dir = root.join("drover/hosts").join(HOST);
+        std::fs::create_dir_all(host_dir.join("approvals")).unwrap();
+        let scratch = tmp.path().join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap();
+        let nginx = Nginx::start(&bin, &tmp.path().join("nginx"), &root, &certs);
+        Some(Hub {
+            _tmp: tmp,
+            nginx: Some(nginx),
+            certs,
+            host_dir,
+            scratch,
+        })
+    }
+
+    /// Publishes a document signed with the TEST hub key (real `ssh-keygen -Y sign`).
+    fn publish_signed(&self, text: &str) {
+        let doc = self.host_dir.join("desired.toml");
+        std::fs::write(&doc, text).unwrap();
+        let key = self.scratch.join("hub_key");
+        std::fs::copy(repo().join("testdata/gate/TEST_hub_ed25519"), &key).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let _ = std::fs::remove_file(self.host_dir.join("desired.toml.sig"));
+        let out = std::process::Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-Y",
+                "sign",
+                "-n",
+                &format!("desired-state-v1@{DOMAIN}"),
+                "-f",
+            ])
+            .arg(&key)
+            .arg(&doc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn write_config(h: &Host, hub: &Hub) {
+    let text = format!(
+        "host = \"{HOST}\"\nfleet = \"test-fleet-1\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n\
+         [proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\ntask_poll_interval = \"20ms\"\n\n\
+         [source]\nurl = {hub:?}\nca_file = {ca:?}\ntimeout = \"2s\"\n\n\
+         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+        state = h.state(),
+        url = h.sim.base_url(),
+        tok = pve_sim::DEFAULT_TOKEN_ID,
+        secret = h.root().join("pve-token"),
+        fp = h.sim.fingerprint(),
+        hub = hub.nginx.as_ref().unwrap().url("/drover"),
+        ca = hub.certs.ca_pem,
+        trust = repo().join("testdata/gate/trust_v1.txt"),
+        sock = h.root().join("drover.sock"),
+    );
+    std::fs::write(h.config(), text).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_verify() {
+    if std::process::Command::new("ssh-keygen")
+        .arg("-?")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: ssh-keygen is not installed");
+        return;
+    }
+    let Some(mut hub) = Hub::start() else { return };
+    let h = Host::start(vec![seed(101, false), seed(102, true), seed(103, true)]).await;
+    write_config(&h, &hub);
+    hub.publish_signed(&format!(
+        "revision = 1\n{}{}{}",
+        guest(101, "running"),
+        guest(102, "running"),
+        guest(103, "running")
+    ));
+    let d = h.spawn_daemon();
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "CT 101 started from the hub document",
+        || h.sim.guest(101).is_some_and(|g| g.running),
+    )
+    .await;
+    let s = h.status_json(Duration::from_secs(10)).await;
+    assert_eq!(s["source"]["kind"], "hub", "{s}");
+    assert!(s["source"]["error_code"].is_null(), "{s}");
+    assert!(s["source"]["last_success_unix"].is_i64(), "{s}");
+    assert_eq!(s["desired"]["stale"], false, "{s}");
+
+    // Revision 2 asks to destroy 102: held for a signature, which arrives through the hub.
+    hub.publish_signed(&format!(
+        "revision = 2\n{}\n[[guest]]\nvmid = 102\nensure = \"absent\"\n{}",
+        guest(101, "running"),
+        guest(103, "running")
+    ));
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "an approval request for 102",
+        || !h.pending_requests().is_empty(),
+    )
+    .await;
+    assert!(h.sim.guest(102).is_some(), "destroyed without a signature");
+    let request = h.pending_requests()[0].clone();
+    let name = request.file_name().unwrap().to_str().unwrap().to_string();
+    let sig = sign(
+        "gate/TEST_operator1_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &request,
+        &hub.scratch,
+    )
+    .unwrap();
+    let approvals = hub.host_dir.join("approvals");
+    std::fs::copy(&sig, approvals.join(format!("{name}.sig"))).unwrap();
+    std::fs::copy(&request, approvals.join(&name)).unwrap();
+    std::fs::write(
+        approvals.join("index.json"),
+        format!("[\"{name}\", \"{name}.sig\"]"),
+    )
+    .unwrap();
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "the hub-approved destroy",
+        || h.sim.guest(102).is_none(),
+    )
+    .await;
+    assert_eq!(h.sim.count_mutations("destroy", 102), 1);
+    // The mirrored approval was used, then moved out of the scan's way.
+    assert!(h.state().join("approvals/used").join(&name).exists());
+
+    // A document with a wrong signature (signed, then changed): refused with the gate's code;
+    // its destroy of 103 never runs, but benign drift on 101 is still corrected.
+    hub.publish_signed(&format!("revision = 3\n{}", guest(101, "running")));
+    std::fs::write(
+        hub.host_dir.join("desired.toml"),
+        format!(
+            "revision = 3\n{}\n[[guest]]\nvmid = 103\nensure = \"absent\"\n",
+            guest(101, "running")
+        ),
+    )
+    .unwrap();
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = h.status_json(Duration::from_secs(5)).await;
+        if last["source"]["error_code"] == "hub_signature_invalid" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last["source"]["error_code"], "hub_signature_invalid",
+        "{last}"
+    );
+    assert_eq!(last["desired"]["stale"], true, "{last}");
+    assert_eq!(last["desired"]["revision"], 2, "{last}");
+    h.sim.seed(seed(101, false));
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "benign drift corrected while stale",
+        || h.sim.guest(101).is_some_and(|g| g.running),
+    )
+    .await;
+    assert!(
+        h.sim.guest(103).is_some(),
+        "an unverified document destroyed 103"
+    );
+    let table = h.drover_async(&["status"]).await;
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("FAILING [hub_signature_invalid]"), "{table}");
+    assert!(table.contains("STALE"), "{table}");
+
+    // The hub goes away: reported as unreachable; convergence from revision 2 goes on.
+    drop(hub.nginx.take());
+    let mut last = serde_json::Value::Null;
+    for _ in 0..100 {
+        last = h.status_json(Duration::from_secs(5)).await;
+        if last["source"]["error_code"] == "hub_unreachable" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last["source"]["error_code"], "hub_unreachable", "{last}");
+    h.sim.seed(seed(101, false));
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "benign drift corrected while unreachable",
+        || h.sim.guest(101).is_some_and(|g| g.running),
+    )
+    .await;
+    assert!(h.sim.guest(103).is_some());
+    let status = d.stop().await;
+    assert!(status.success(), "{status:?}");
+}
