@@ -103,6 +103,7 @@ fn once(poll: Duration) -> RunOptions {
         },
         once_timeout: Duration::from_secs(600),
         step_deadline: Duration::from_secs(600),
+        progress: false,
     }
 }
 

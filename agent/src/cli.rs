@@ -60,6 +60,7 @@ pub async fn run(path: &Path, once: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let opts = RunOptions {
         once,
+        progress: once,
         waits: WaitPolicy {
             poll_interval: config.proxmox.task_poll_interval,
         },

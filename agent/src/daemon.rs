@@ -31,6 +31,8 @@ pub struct RunOptions {
     /// Upper bound for `--once` to wait for lanes to drain.
     pub once_timeout: Duration,
     pub step_deadline: Duration,
+    /// Show progress on stdout while `once` waits (interactive `drover run --once`).
+    pub progress: bool,
 }
 
 impl Default for RunOptions {
@@ -41,6 +43,7 @@ impl Default for RunOptions {
             backoff: BackoffPolicy::default(),
             once_timeout: Duration::from_secs(3600),
             step_deadline: Duration::from_secs(45 * 60),
+            progress: false,
         }
     }
 }
@@ -366,8 +369,16 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
 
     let result = if opts.once {
         let deadline = tokio::time::Instant::now() + opts.once_timeout;
+        let mut progress = opts.progress.then(crate::progress::Progress::for_stdout);
+        let mut last_draw = tokio::time::Instant::now();
         while !lanes.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(p) = progress.as_mut()
+                && last_draw.elapsed() >= Duration::from_millis(200)
+            {
+                p.update(&engine.status().snapshot());
+                last_draw = tokio::time::Instant::now();
+            }
             if !lanes.idle_until(tokio::time::Instant::now() + Duration::from_secs(1)) {
                 continue;
             }
@@ -377,6 +388,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         lanes.close();
         let _ = runner.await;
         let snap = engine.status().snapshot();
+        if let Some(p) = progress.as_mut() {
+            p.finish(&snap);
+        }
         let left = engine
             .pass_plan_only()
             .await

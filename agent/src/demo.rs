@@ -103,6 +103,7 @@ fn demo_options() -> RunOptions {
         },
         once_timeout: Duration::from_secs(20),
         step_deadline: Duration::from_secs(30),
+        progress: false,
     }
 }
 

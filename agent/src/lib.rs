@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod planner;
+pub mod progress;
 pub mod pve;
 pub mod render;
 pub mod sim;

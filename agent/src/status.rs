@@ -89,11 +89,15 @@ impl Snapshot {
     /// One line for systemd's STATUS=.
     pub fn summary(&self) -> String {
         format!(
-            "rev {} {}: {} converged, {} pending, {} awaiting approval, {} failed",
+            "rev {}{}: {} converged, {} pending, {} awaiting approval, {} failed",
             self.desired_revision
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
-            if self.desired_degraded { "(stale)" } else { "" },
+            if self.desired_degraded {
+                " (stale)"
+            } else {
+                ""
+            },
             self.count(GuestState::Converged),
             self.count(GuestState::Pending) + self.count(GuestState::Running),
             self.count(GuestState::AwaitingApproval),

@@ -46,6 +46,15 @@ async fn converges_from_scratch_then_a_pass_changes_nothing() {
 
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0, "converged");
+    // Not a terminal: progress as plain lines, ending with the final state.
+    let out = stdout(&run);
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    assert!(
+        out.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("progress: rev 1: 3 converged, 0 pending")),
+        "{out}"
+    );
     for v in [201, 202, 203] {
         assert_eq!(
             h.sim.count_mutations("create", v),
@@ -64,6 +73,40 @@ async fn converges_from_scratch_then_a_pass_changes_nothing() {
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0);
     assert_eq!(h.sim.mutations().len(), before, "no-op pass made mutations");
+}
+
+/// On a terminal (a real pty from `script`), `run --once` redraws one progress line in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_redraws_one_line_on_a_terminal() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIPPED: script(1) is not installed");
+        return;
+    }
+    let h = Host::start(vec![]).await;
+    h.desired(&format!("revision = 1\n{}", guest(211, "running", 512)));
+    let cmd = format!(
+        "{} --config {} run --once",
+        env!("CARGO_BIN_EXE_drover"),
+        h.config().display()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("DROVER_LOG", "error")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("\r\x1b[2K"), "no in-place redraw: {text:?}");
+    assert!(!text.contains("progress: "), "{text:?}");
+    assert!(text.contains("rev 1: 1 converged"), "{text:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
