@@ -2,20 +2,20 @@
 //!
 //! Under systemd (`JOURNAL_STREAM` set) journald adds timestamps and the unit name, so lines carry
 //! neither, and never ANSI colours. `DROVER_LOG` (or `RUST_LOG`) sets the filter;
-//! `DROVER_LOG_FORMAT=json` switches to JSON lines for log shippers.
+//! `--log-format json` (or `DROVER_LOG_FORMAT=json`) switches to JSON lines for log shippers,
+//! with the span fields (vmid, step, op id, UPID) on every line.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
-pub fn init(default_filter: &str) {
+pub fn init(default_filter: &str, json: bool) {
     let filter = std::env::var("DROVER_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
         .unwrap_or_else(|| EnvFilter::new(default_filter));
     let under_journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let json = std::env::var("DROVER_LOG_FORMAT").is_ok_and(|v| v == "json");
     let is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let registry = tracing_subscriber::registry().with(filter);
     if json {

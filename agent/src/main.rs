@@ -21,8 +21,23 @@ struct Cli {
     /// The agent's config file.
     #[arg(long, global = true, env = "DROVER_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Log lines as human text (default; no colours unless stderr is a terminal) or JSON.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "DROVER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -115,7 +130,7 @@ fn main() -> ExitCode {
         Command::Demo => "warn",
         _ => "warn",
     };
-    drover::logging::init(default_filter);
+    drover::logging::init(default_filter, cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -326,3 +326,32 @@ async fn vmid_reuse_makes_the_approval_stale() {
     );
     assert_eq!(h.sim.count_mutations("destroy", 801), 0);
 }
+
+/// `--log-format json`: every log line is a JSON object, and step lines carry the span fields
+/// (vmid, step, op id, UPID) a log shipper needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_vmid_step_and_upid() {
+    let h = Host::start(vec![seed(221, false, 256)]).await;
+    h.desired(&format!("revision = 1\n{}", guest(221, "running", 256)));
+    let run = h
+        .drover_async(&["--log-format", "json", "run", "--once"])
+        .await;
+    assert_eq!(code(&run), 0);
+    let err = String::from_utf8_lossy(&run.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not json ({e}): {l}")))
+        .collect();
+    let step_line = lines
+        .iter()
+        .find(|l| l["span"]["upid"].is_string())
+        .unwrap_or_else(|| panic!("no line inside a task span: {err}"));
+    let spans = step_line["spans"].as_array().unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s["vmid"] == 221 && s["step"] == "start"),
+        "{step_line}"
+    );
+    assert!(spans.iter().any(|s| s["op_id"] == "1"), "{step_line}");
+}
