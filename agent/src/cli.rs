@@ -98,6 +98,31 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
 /// `drover plan`: 0 no changes, 2 changes, 1 error.
 pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    // The running daemon knows the document it accepted (and whether it is stale): ask it.
+    match crate::control::client::call(&config.control_socket, "GET", "/v1/plan", None).await {
+        Ok((200, answer)) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer["plan"])?);
+            } else {
+                print!("{}", answer["text"].as_str().unwrap_or_default());
+                if answer["stale"] == true {
+                    println!(
+                        "(the desired state is stale: the source is failing; destructive steps are held)"
+                    );
+                }
+            }
+            return Ok(if answer["changes"] == true {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Ok((_, answer)) => {
+            anyhow::bail!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]))
+        }
+        Err(crate::control::client::ControlError::NotRunning(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     let engine = one_shot_engine(&config)?;
     let source = Source::from_config(&config)?;
     let trust = match engine.trust() {
@@ -227,7 +252,12 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 
 /// `drover approve FILE SIG...`: submits through the control socket when the daemon runs,
 /// otherwise copies into the inbox, where the agent picks it up on its next start.
-pub async fn approve(path: &Path, file: &Path, signatures: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub async fn approve(
+    path: &Path,
+    file: &Path,
+    signatures: &[PathBuf],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let payload = approval_files::read_capped(file, approval_files::MAX_PAYLOAD_BYTES)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
@@ -251,21 +281,39 @@ pub async fn approve(path: &Path, file: &Path, signatures: &[PathBuf]) -> anyhow
         .await
     {
         Ok((200, _)) => {
-            println!("approval submitted to the running agent");
+            if json {
+                println!("{}", serde_json::json!({"accepted": true, "via": "socket"}));
+            } else {
+                println!("approval submitted to the running agent");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Ok((_, answer)) => {
-            println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"accepted": false, "code": answer["code"], "message": answer["message"]})
+                );
+            } else {
+                println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+            }
             Ok(ExitCode::from(1))
         }
         Err(crate::control::client::ControlError::NotRunning(_)) => {
             let inbox = config.state_dir.join("approvals").join("inbox");
             let target = approval_files::copy_into_inbox(&inbox, file, signatures)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            println!(
-                "the agent is not running; approval placed in its inbox: {}",
-                target.display()
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"accepted": true, "via": "inbox", "path": target})
+                );
+            } else {
+                println!(
+                    "the agent is not running; approval placed in its inbox: {}",
+                    target.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Err(e.into()),
@@ -278,12 +326,20 @@ pub fn verify_approval(
     path: &Path,
     file: &Path,
     signatures: &[PathBuf],
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let trust = match daemon::load_trust(&config.trust.file) {
         Trust::Valid(t) => t,
         Trust::Invalid { code, message } => {
-            println!("{code}: {message}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "code": code, "message": message})
+                );
+            } else {
+                println!("{code}: {message}");
+            }
             return Ok(ExitCode::from(1));
         }
     };
@@ -298,6 +354,23 @@ pub fn verify_approval(
     }
     let sig_refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
     match gate::verify_offline(&trust, &payload, &sig_refs, unix_now()) {
+        Ok(signers) if json => {
+            let names: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
+            println!("{}", serde_json::json!({"valid": true, "signers": names}));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(r) if json => {
+            let per: Vec<serde_json::Value> = r
+                .per_signature
+                .iter()
+                .map(|p| serde_json::json!({"signature": p.index + 1, "code": p.code.as_str(), "message": p.message}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"valid": false, "code": r.code.as_str(), "message": r.message, "per_signature": per})
+            );
+            Ok(ExitCode::from(1))
+        }
         Ok(signers) => {
             println!(
                 "ok: signed by {}",
@@ -486,17 +559,45 @@ pub async fn control(
     path: &Path,
     route: &str,
     body: serde_json::Value,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let (code, answer) =
         crate::control::client::call(&config.control_socket, "POST", route, Some(body)).await?;
-    if code == 200 {
-        println!("{answer}");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
-        Ok(ExitCode::from(1))
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
     }
+    if code != 200 {
+        if !json {
+            println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+        }
+        return Ok(ExitCode::from(1));
+    }
+    if !json {
+        let target = |v: &serde_json::Value| match v.as_u64() {
+            Some(n) => format!("CT {n}"),
+            None => "every managed guest".to_string(),
+        };
+        let host_or = |v: &serde_json::Value| match v.as_u64() {
+            Some(n) => format!("CT {n}"),
+            None => "the whole host".to_string(),
+        };
+        let line = match route {
+            "/v1/reconcile" => format!("reconcile requested for {}", target(&answer["triggered"])),
+            "/v1/suspend" => format!(
+                "{} suspended: {}",
+                host_or(&answer["suspended"]),
+                s_or(&answer["reason"])
+            ),
+            "/v1/resume" if answer["was_suspended"] == false => {
+                format!("{} was not suspended", host_or(&answer["resumed"]))
+            }
+            "/v1/resume" => format!("{} resumed", host_or(&answer["resumed"])),
+            _ => answer.to_string(),
+        };
+        println!("{line}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn s_or(v: &serde_json::Value) -> String {

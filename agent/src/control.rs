@@ -5,6 +5,7 @@
 //! - `GET  /v1/status`            the status board
 //! - `GET  /v1/approvals`         pending approval requests with the command to sign each
 //! - `POST /v1/approvals`         `{"name","payload","signatures":[..]}`: submit a signed approval
+//! - `GET  /v1/plan`              a fresh read of the host planned against the current document
 //! - `GET  /v1/journal?in_flight=true`
 //! - `POST /v1/reconcile`         `{"vmid": N}` or `{}` (all guests): now, pre-empting backoff
 //! - `POST /v1/suspend`           `{"vmid": N | null, "reason": "..."}`
@@ -72,6 +73,7 @@ fn router(engine: Engine) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/approvals", get(list_approvals).post(submit_approval))
         .route("/v1/journal", get(journal))
+        .route("/v1/plan", get(plan))
         .route("/v1/reconcile", post(reconcile))
         .route("/v1/suspend", post(suspend))
         .route("/v1/resume", post(resume))
@@ -208,6 +210,23 @@ async fn submit_approval(
             Json(json!({"accepted_into_inbox": p})).into_response()
         }
         Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
+    }
+}
+
+async fn plan(State(c): State<Ctx>) -> Response {
+    match c.engine.pass_plan_only().await {
+        Ok(p) => Json(json!({
+            "plan": p.to_json(),
+            "text": p.to_text(),
+            "changes": !p.plan.is_empty(),
+            "stale": c.engine.desired().is_some_and(|d| d.degraded),
+        }))
+        .into_response(),
+        Err(e) => refuse(
+            StatusCode::BAD_GATEWAY,
+            "pve_unavailable",
+            format!("reading the host from PVE: {e}"),
+        ),
     }
 }
 

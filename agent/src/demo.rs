@@ -192,8 +192,13 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         .join(request.file_name().unwrap_or_default());
     std::fs::create_dir_all(root.join("signed"))?;
     std::fs::copy(&request, &signed_copy)?;
-    crate::cli::verify_approval(&config_path, &signed_copy, std::slice::from_ref(&sig))?;
-    crate::cli::approve(&config_path, &signed_copy, &[sig]).await?;
+    crate::cli::verify_approval(
+        &config_path,
+        &signed_copy,
+        std::slice::from_ref(&sig),
+        false,
+    )?;
+    crate::cli::approve(&config_path, &signed_copy, &[sig], false).await?;
 
     section("5. drover run --once (the approved destroy runs)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;

@@ -66,16 +66,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Reconcile now, pre-empting backoff: one guest or all.
-    Reconcile { vmid: Option<u32> },
-    /// Stop reconciling a guest (or the whole host) until resumed.
+    /// Reconcile now, pre-empting backoff: one guest or all (0 requested, 1 error).
+    Reconcile {
+        vmid: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Stop reconciling a guest (or the whole host) until resumed (0 done, 1 refused).
     Suspend {
         vmid: Option<u32>,
         #[arg(long)]
         reason: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
-    /// Resume a suspended guest (or the whole host).
-    Resume { vmid: Option<u32> },
+    /// Resume a suspended guest (or the whole host) (0 done, 1 refused).
+    Resume {
+        vmid: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Show the journal: recent steps, or only those in flight; `check` verifies it.
     Journal {
         #[arg(long)]
@@ -90,19 +100,25 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Submit a signed approval (copied into the inbox atomically).
+    /// Submit a signed approval: through the running daemon (which checks it at once), or
+    /// into its inbox when it is not running (0 accepted, 1 refused with the gate's code).
     Approve {
         /// The request text that was signed.
         file: PathBuf,
         /// One or more `ssh-keygen -Y sign` signature files.
         #[arg(required = true)]
         signatures: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
-    /// Check a signed approval offline against the trust document; prints the gate's code.
+    /// Check a signed approval offline against the trust document; prints the gate's code
+    /// (0 valid, 1 refused).
     VerifyApproval {
         file: PathBuf,
         #[arg(required = true)]
         signatures: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Run the PVE simulator (for trying Drover without a Proxmox host).
     Sim {
@@ -156,24 +172,36 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig => cli::check_config(&cli.config).await,
         Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
-        Command::Reconcile { vmid } => {
+        Command::Reconcile { vmid, output } => {
             cli::control(
                 &cli.config,
                 "/v1/reconcile",
                 serde_json::json!({"vmid": vmid}),
+                output == Output::Json,
             )
             .await
         }
-        Command::Suspend { vmid, reason } => {
+        Command::Suspend {
+            vmid,
+            reason,
+            output,
+        } => {
             cli::control(
                 &cli.config,
                 "/v1/suspend",
                 serde_json::json!({"vmid": vmid, "reason": reason}),
+                output == Output::Json,
             )
             .await
         }
-        Command::Resume { vmid } => {
-            cli::control(&cli.config, "/v1/resume", serde_json::json!({"vmid": vmid})).await
+        Command::Resume { vmid, output } => {
+            cli::control(
+                &cli.config,
+                "/v1/resume",
+                serde_json::json!({"vmid": vmid}),
+                output == Output::Json,
+            )
+            .await
         }
         Command::Run { once } => cli::run(&cli.config, once).await,
         Command::Plan { output } => cli::plan(&cli.config, output == Output::Json).await,
@@ -190,12 +218,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Approvals { output } => cli::approvals(&cli.config, output == Output::Json),
-        Command::Approve { file, signatures } => {
-            cli::approve(&cli.config, &file, &signatures).await
-        }
-        Command::VerifyApproval { file, signatures } => {
-            cli::verify_approval(&cli.config, &file, &signatures)
-        }
+        Command::Approve {
+            file,
+            signatures,
+            output,
+        } => cli::approve(&cli.config, &file, &signatures, output == Output::Json).await,
+        Command::VerifyApproval {
+            file,
+            signatures,
+            output,
+        } => cli::verify_approval(&cli.config, &file, &signatures, output == Output::Json),
         Command::Sim { args } => drover::sim::run_cli(args)
             .await
             .context("running the simulator"),

@@ -355,3 +355,45 @@ async fn json_logs_carry_vmid_step_and_upid() {
     );
     assert!(spans.iter().any(|s| s["op_id"] == "1"), "{step_line}");
 }
+
+/// Junk in the approvals directory (garbage, oversized, a symlink, a real request with a
+/// garbage signature) is refused with reasons and destroys nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_approval_files_are_refused_and_change_nothing() {
+    let h = Host::start(vec![seed(711, true, 256), seed(712, true, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 711\nensure = \"absent\"\n{}",
+        guest(712, "running", 256)
+    ));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 2);
+    let request = h.pending_requests()[0].clone();
+    let dir = h.source().join("approvals");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("junk.txt"), "drover-approval v9\nnonsense\n").unwrap();
+    std::fs::write(dir.join("junk.txt.sig"), "not a signature").unwrap();
+    std::fs::write(dir.join("big.txt"), vec![b'a'; 64 * 1024]).unwrap();
+    std::fs::write(dir.join("big.txt.sig"), "x").unwrap();
+    std::fs::copy(&request, dir.join("real.txt")).unwrap();
+    std::fs::write(
+        dir.join("real.txt.sig"),
+        "-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("link.txt")).unwrap();
+    std::fs::write(dir.join("link.txt.sig"), "x").unwrap();
+    std::fs::write(dir.join("binary.txt"), [0xff, 0xfe, 0x00, 0x01]).unwrap();
+    std::fs::write(dir.join("binary.txt.alice.sig"), [0x00; 10]).unwrap();
+
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 2, "the destroy is still pending");
+    assert!(h.sim.guest(711).is_some(), "junk destroyed the guest");
+    assert_eq!(h.sim.count_mutations("destroy", 711), 0);
+    let log = String::from_utf8_lossy(&run.stderr);
+    for needle in ["malformed_payload", "malformed_signature", "larger than"] {
+        assert!(log.contains(needle), "no {needle} in: {log}");
+    }
+    assert!(!log.contains("panicked"), "{log}");
+    // Still pending, with the same request (the junk did not replace it).
+    assert_eq!(h.pending_requests(), vec![request.clone()]);
+}

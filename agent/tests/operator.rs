@@ -163,15 +163,28 @@ async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() 
         "{table}"
     );
     assert!(table.contains("source dir"), "{table}");
+    // `plan` asks the running daemon.
+    let p = h.drover_async(&["plan"]).await;
+    assert_eq!(code(&p), 0, "{}", stdout(&p));
+    assert!(stdout(&p).contains("No changes"), "{}", stdout(&p));
 
     // Suspend 131: its drift is left alone until resumed, 130's is corrected.
     let r = h.drover_async(&["suspend", "131", "--reason", "   "]).await;
     assert_eq!(code(&r), 1, "an empty reason is refused");
     assert!(stdout(&r).contains("reason_required"), "{}", stdout(&r));
     let r = h
-        .drover_async(&["suspend", "131", "--reason", "kernel debugging"])
+        .drover_async(&[
+            "suspend",
+            "131",
+            "--reason",
+            "kernel debugging",
+            "--output",
+            "json",
+        ])
         .await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["suspended"], 131);
     h.sim.seed(seed(131, true, 999));
     h.sim.seed(seed(130, true, 999));
     let r = h.drover_async(&["reconcile"]).await;
@@ -192,6 +205,7 @@ async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() 
     assert!(table.contains("kernel debugging"), "{table}");
     let r = h.drover_async(&["resume", "131"]).await;
     assert_eq!(code(&r), 0);
+    assert_eq!(stdout(&r).trim(), "CT 131 resumed");
     eventually(&d, Duration::from_secs(15), "resume reconciles 131", || {
         h.sim.guest(131).is_some_and(|g| g.memory == 256)
     })
