@@ -263,4 +263,23 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     assert!(h.sim.guest(103).is_some());
     let status = d.stop().await;
     assert!(status.success(), "{status:?}");
+
+    // A restart while the hub is still down: the journal's last verified document (revision 2)
+    // steers benign convergence, marked stale.
+    h.sim.seed(seed(101, false));
+    let d = h.spawn_daemon();
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "benign convergence after a restart",
+        || h.sim.guest(101).is_some_and(|g| g.running),
+    )
+    .await;
+    let s = h.status_json(Duration::from_secs(10)).await;
+    assert_eq!(s["desired"]["origin"], "journal", "{s}");
+    assert_eq!(s["desired"]["revision"], 2, "{s}");
+    assert_eq!(s["desired"]["stale"], true, "{s}");
+    assert_eq!(s["source"]["error_code"], "hub_unreachable", "{s}");
+    assert!(h.sim.guest(103).is_some());
+    d.stop().await;
 }
