@@ -1,0 +1,295 @@
+#!/bin/sh
+# pve-setup.sh: give the Drover agent its own least-privilege PVE identity.
+#
+# Creates (or brings up to date) on a Proxmox VE node:
+#   * the user drover@pve (no password: it cannot log in, only its token is used);
+#   * the role Drover with exactly the privileges the agent needs (proxmox-api.md §1.4);
+#   * a privilege-separated API token drover@pve!drover, whose secret is written to
+#     /etc/drover/pve-token (0600 root:root; systemd hands it to the service with
+#     LoadCredential=);
+#   * ACLs for the user AND the token (with privilege separation the token's rights are the
+#     intersection of both) on /vms, /storage/<storage>, /sdn/zones/localnetwork/<bridge> and
+#     /nodes/<node>.
+#
+# Idempotent: run it again after changing storages or bridges. An existing token is kept (its
+# secret cannot be read back) unless --rotate-token is given. --dry-run prints the pveum
+# commands that would change something, without running them.
+
+set -eu
+
+USER_ID="drover@pve"
+TOKEN_NAME="drover"
+ROLE="Drover"
+SYS_ROLE="DroverSysModify"
+SECRET_FILE="/etc/drover/pve-token"
+NODE=""
+STORAGES=""
+BRIDGES=""
+SDN=1
+SYS_MODIFY=0
+ROTATE=0
+DRY_RUN=0
+
+# proxmox-api.md §1.4 "Suggested role for the agent's token":
+#   VM.Audit                      list/read guests, status, snapshots, pending, interfaces
+#   VM.PowerMgmt                  start/stop/shutdown/reboot
+#   VM.Allocate                   create/destroy on /vms/<vmid>, features=nesting
+#   VM.Config.CPU/Memory/Network/Disk/Options   PUT config per key, resize
+#   VM.Snapshot, VM.Snapshot.Rollback           snapshot create/delete, rollback
+#   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access
+#   SDN.Use                       net[n] on a bridge (/sdn/zones/localnetwork/<bridge>)
+#   Sys.Audit                     read tasks on /nodes/<node>
+PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Snapshot VM.Snapshot.Rollback Datastore.AllocateSpace Datastore.Audit"
+PRIV_SDN="SDN.Use"
+PRIV_SYS_AUDIT="Sys.Audit"
+
+usage() {
+    cat <<'EOF'
+Usage: pve-setup.sh [options]
+
+Sets up the PVE user, role, API token and ACLs for the Drover agent on this node, and
+writes the token secret for the drover service. Run as root on the PVE node.
+
+Options:
+  --node NAME          PVE node name for /nodes/<node> (default: short hostname)
+  --storage NAME       storage the agent may allocate on and read templates from
+                       (repeatable or comma-separated; default: local,local-lvm)
+  --bridge NAME        bridge guests' net[n] may use (repeatable or comma-separated;
+                       default: vmbr0)
+  --no-sdn             PVE before 8: no SDN.Use privilege and no /sdn ACLs
+  --with-sys-modify    also grant Sys.Modify on / (role DroverSysModify, not propagated):
+                       only for privileged containers or registered tags
+  --user USERID        default: drover@pve
+  --token-name NAME    default: drover
+  --role NAME          default: Drover
+  --secret-file PATH   where the token secret goes (default: /etc/drover/pve-token)
+  --rotate-token       replace an existing token (new secret); its ACLs are re-created
+  --dry-run            print the pveum commands that would change something, run none
+                       (read-only `pveum ... list` queries still run when pveum exists)
+  -h, --help           this text
+
+Afterwards, /etc/drover/drover.toml needs:
+  [proxmox]
+  token_id = "drover@pve!drover"
+  token_secret_file = "pve-token"
+EOF
+}
+
+die() {
+    echo "pve-setup.sh: error: $*" >&2
+    exit 1
+}
+
+# Adds comma- or space-separated names to a space-separated list.
+add_names() {
+    list=$1
+    for n in $(printf '%s' "$2" | tr ',' ' '); do
+        case $n in
+            *[!A-Za-z0-9_.-]*) die "invalid name: $n" ;;
+        esac
+        list="$list $n"
+    done
+    printf '%s' "${list# }"
+}
+
+need_arg() {
+    if [ $# -lt 2 ] || [ -z "$2" ]; then
+        die "$1 needs a value (see --help)"
+    fi
+}
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --node) need_arg "$@"; NODE=$2; shift 2 ;;
+        --storage) need_arg "$@"; STORAGES=$(add_names "$STORAGES" "$2"); shift 2 ;;
+        --bridge) need_arg "$@"; BRIDGES=$(add_names "$BRIDGES" "$2"); shift 2 ;;
+        --no-sdn) SDN=0; shift ;;
+        --with-sys-modify) SYS_MODIFY=1; shift ;;
+        --user) need_arg "$@"; USER_ID=$2; shift 2 ;;
+        --token-name) need_arg "$@"; TOKEN_NAME=$2; shift 2 ;;
+        --role) need_arg "$@"; ROLE=$2; shift 2 ;;
+        --secret-file) need_arg "$@"; SECRET_FILE=$2; shift 2 ;;
+        --rotate-token) ROTATE=1; shift ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "pve-setup.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+[ -n "$STORAGES" ] || STORAGES="local local-lvm"
+[ -n "$BRIDGES" ] || BRIDGES="vmbr0"
+[ -n "$NODE" ] || NODE=$(uname -n | cut -d. -f1)
+
+case $USER_ID in
+    *@*) ;;
+    *) die "--user must be USER@REALM, got $USER_ID" ;;
+esac
+case $USER_ID$TOKEN_NAME$ROLE$NODE in
+    *[!A-Za-z0-9@_.-]*) die "user, token name, role and node may only contain A-Z a-z 0-9 @ _ . -" ;;
+esac
+case $SECRET_FILE in
+    /*) ;;
+    *) die "--secret-file must be an absolute path" ;;
+esac
+TOKEN_ID="$USER_ID!$TOKEN_NAME"
+
+PRIVS="$PRIVS_BASE"
+[ "$SDN" = 1 ] && PRIVS="$PRIVS $PRIV_SDN"
+PRIVS="$PRIVS $PRIV_SYS_AUDIT"
+PRIVS_CSV=$(printf '%s' "$PRIVS" | tr ' ' ',')
+
+HAVE_PVEUM=1
+command -v pveum >/dev/null 2>&1 || HAVE_PVEUM=0
+if [ "$DRY_RUN" = 0 ]; then
+    [ "$HAVE_PVEUM" = 1 ] || die "pveum not found: run this on a Proxmox VE node (or use --dry-run)"
+    [ "$(id -u)" = 0 ] || die "run as root (pveum and $SECRET_FILE need it)"
+fi
+
+# Prints a command the way a shell would read it back.
+show() {
+    out=""
+    for a in "$@"; do
+        case $a in
+            *[!A-Za-z0-9@%+=:,./_-]*|'') a="'$(printf '%s' "$a" | sed "s/'/'\\\\''/g")'" ;;
+        esac
+        out="$out $a"
+    done
+    printf '%s\n' "${out# }"
+}
+
+# Runs a command that changes something (printed first); only printed with --dry-run.
+change() {
+    if [ "$DRY_RUN" = 1 ]; then
+        printf 'would run: '
+        show "$@"
+    else
+        printf '+ '
+        show "$@"
+        "$@"
+    fi
+}
+
+# Read-only query: its output, or nothing when pveum is missing in a dry run.
+query() {
+    [ "$HAVE_PVEUM" = 1 ] || return 0
+    pveum "$@" --output-format json
+}
+
+# Splits pveum's JSON into one "key":value per line (the values involved hold no spaces,
+# commas or braces), so it can be searched without jq.
+json_lines() {
+    printf '%s\n' "$1" | tr '{},' '[\n*3]' | tr -d ' \t\r'
+}
+
+# JSON from pveum ... list: does any entry have "key":"value"?
+json_has() {
+    json_lines "$1" | grep -Fqx "\"$2\":\"$3\""
+}
+
+if [ "$DRY_RUN" = 1 ] && [ "$HAVE_PVEUM" = 0 ]; then
+    echo "# pveum not found: assuming nothing exists yet"
+fi
+
+# 1. The user.
+users=$(query user list)
+if json_has "$users" userid "$USER_ID"; then
+    echo "user $USER_ID exists"
+else
+    change pveum user add "$USER_ID" --comment "Drover reconcile agent (API token only)"
+fi
+
+# 2. The role, with exactly these privileges (modify replaces the list).
+roles=$(query role list)
+if json_has "$roles" roleid "$ROLE"; then
+    change pveum role modify "$ROLE" --privs "$PRIVS_CSV"
+else
+    change pveum role add "$ROLE" --privs "$PRIVS_CSV"
+fi
+if [ "$SYS_MODIFY" = 1 ]; then
+    if json_has "$roles" roleid "$SYS_ROLE"; then
+        change pveum role modify "$SYS_ROLE" --privs Sys.Modify
+    else
+        change pveum role add "$SYS_ROLE" --privs Sys.Modify
+    fi
+fi
+
+# 3. The token. Its secret is shown once, at creation.
+token_exists=0
+tokens=""
+if json_has "$users" userid "$USER_ID"; then
+    tokens=$(query user token list "$USER_ID")
+fi
+if json_has "$tokens" tokenid "$TOKEN_NAME"; then
+    token_exists=1
+fi
+create_token=1
+if [ "$token_exists" = 1 ]; then
+    if [ "$ROTATE" = 1 ]; then
+        change pveum user token remove "$USER_ID" "$TOKEN_NAME"
+    elif [ -s "$SECRET_FILE" ]; then
+        echo "token $TOKEN_ID exists and $SECRET_FILE is present: keeping both (--rotate-token for a new secret)"
+        create_token=0
+    elif [ "$DRY_RUN" = 1 ]; then
+        echo "# token $TOKEN_ID exists but $SECRET_FILE is missing: the real run stops here (use --rotate-token)"
+        create_token=0
+    else
+        die "token $TOKEN_ID exists but $SECRET_FILE is missing or empty; its secret cannot be read back. Re-run with --rotate-token to replace the token."
+    fi
+fi
+if [ "$create_token" = 1 ]; then
+    if [ "$DRY_RUN" = 1 ]; then
+        printf 'would run: '
+        show pveum user token add "$USER_ID" "$TOKEN_NAME" --privsep 1 --comment "drover agent" --output-format json
+        echo "would write the token secret to $SECRET_FILE (mode 0600, root:root)"
+    else
+        printf '+ '
+        show pveum user token add "$USER_ID" "$TOKEN_NAME" --privsep 1 --comment "drover agent" --output-format json
+        json=$(pveum user token add "$USER_ID" "$TOKEN_NAME" --privsep 1 --comment "drover agent" --output-format json)
+        secret=$(json_lines "$json" | sed -n 's/^"value":"\([^"]*\)"$/\1/p')
+        [ -n "$secret" ] || die "pveum printed no token secret; remove the token (pveum user token remove $USER_ID $TOKEN_NAME) and try again"
+        dir=$(dirname "$SECRET_FILE")
+        mkdir -p "$dir"
+        old_umask=$(umask)
+        umask 077
+        tmp="$SECRET_FILE.new.$$"
+        printf '%s\n' "$secret" > "$tmp"
+        umask "$old_umask"
+        chmod 0600 "$tmp"
+        chown root:root "$tmp"
+        mv -f "$tmp" "$SECRET_FILE"
+        echo "token secret written to $SECRET_FILE (0600 root:root)"
+    fi
+fi
+
+# 4. ACLs, for the user and the token (privilege separation: both are needed).
+acl() {
+    path=$1
+    role=$2
+    shift 2
+    change pveum acl modify "$path" --roles "$role" --users "$USER_ID" --tokens "$TOKEN_ID" "$@"
+}
+acl /vms "$ROLE"
+for s in $STORAGES; do
+    acl "/storage/$s" "$ROLE"
+done
+if [ "$SDN" = 1 ]; then
+    for b in $BRIDGES; do
+        acl "/sdn/zones/localnetwork/$b" "$ROLE"
+    done
+fi
+acl "/nodes/$NODE" "$ROLE"
+if [ "$SYS_MODIFY" = 1 ]; then
+    acl / "$SYS_ROLE" --propagate 0
+fi
+
+done_note=""
+[ "$DRY_RUN" = 0 ] || done_note=" (dry run: nothing was changed)"
+cat <<EOF
+
+Done$done_note.
+In /etc/drover/drover.toml:
+  [proxmox]
+  token_id = "$TOKEN_ID"
+  token_secret_file = "pve-token"   # the unit loads $SECRET_FILE as credential pve-token
+Then: drover check-config, drover plan, systemctl enable --now drover
+EOF

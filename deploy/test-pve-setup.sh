@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# Tests deploy/pve-setup.sh against a fake `pveum` that keeps users, roles, tokens and ACLs in
+# files and logs every call: dry-run output, a first run, idempotent re-runs, drift repair,
+# token rotation, a lost secret, and the options. Run by .ci/deploy-checks; needs root (the
+# script chowns the secret file) and nothing from Proxmox.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+setup="$here/pve-setup.sh"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+if [ "$(id -u)" != 0 ]; then
+    echo "test-pve-setup.sh: needs root (pve-setup.sh refuses to run otherwise)" >&2
+    exit 1
+fi
+
+# ---------------------------------------------------------------------------------------------
+# The fake pveum. State: $STUB_STATE/{users,tokens,acl,counter,role.NAME}; log: $STUB_LOG.
+mkdir -p "$work/bin"
+cat > "$work/bin/pveum" <<'STUB'
+#!/bin/sh
+set -eu
+S=$STUB_STATE
+echo "pveum $*" >> "$STUB_LOG"
+touch "$S/users" "$S/tokens" "$S/acl"
+fail() { echo "$*" >&2; exit 255; }
+json_list() { # key file
+    first=1; printf '['
+    while IFS= read -r v; do
+        [ -n "$v" ] || continue
+        [ $first = 1 ] || printf ','
+        first=0
+        printf '{"%s":"%s","comment":"x"}' "$1" "$v"
+    done < "$2"
+    printf ']\n'
+}
+case "$1 $2" in
+"user list") json_list userid "$S/users" ;;
+"user add")
+    grep -qx "$3" "$S/users" && fail "create user failed: user '$3' already exists"
+    echo "$3" >> "$S/users" ;;
+"role list")
+    ls "$S" | sed -n 's/^role\.//p' > "$S/roles.tmp"
+    json_list roleid "$S/roles.tmp" ;;
+"role add")
+    [ -e "$S/role.$3" ] && fail "role '$3' already exists"
+    [ "$4" = --privs ] || fail "usage"
+    echo "$5" > "$S/role.$3" ;;
+"role modify")
+    [ -e "$S/role.$3" ] || fail "role '$3' does not exist"
+    [ "$4" = --privs ] || fail "usage"
+    echo "$5" > "$S/role.$3" ;;
+"user token")
+    case $3 in
+    list)
+        grep -qx "$4" "$S/users" || fail "no such user ('$4')"
+        grep "^$4!" "$S/tokens" | cut -d'!' -f2 > "$S/tok.tmp" || true
+        json_list tokenid "$S/tok.tmp" ;;
+    add)
+        grep -qx "$4" "$S/users" || fail "no such user ('$4')"
+        grep -qx "$4!$5" "$S/tokens" && fail "Token already exists."
+        echo "$4!$5" >> "$S/tokens"
+        n=$(( $(cat "$S/counter" 2>/dev/null || echo 0) + 1 )); echo $n > "$S/counter"
+        printf '{"full-tokenid":"%s","info":{"privsep":"1","comment":"drover agent"},"value":"secret-%s"}\n' "$4!$5" "$n" ;;
+    remove)
+        grep -qx "$4!$5" "$S/tokens" || fail "no such token '$5' for user '$4'"
+        grep -vx "$4!$5" "$S/tokens" > "$S/tokens.tmp" || true; mv "$S/tokens.tmp" "$S/tokens"
+        # PVE drops the token's ACL entries with the token.
+        grep -v " token:$4!$5\$" "$S/acl" > "$S/acl.tmp" || true; mv "$S/acl.tmp" "$S/acl" ;;
+    *) fail "unknown: $*" ;;
+    esac ;;
+"acl modify")
+    path=$3; shift 3; roles=""; users=""; tokens=""; prop=1
+    while [ $# -gt 0 ]; do
+        case $1 in
+        --roles) roles=$2 ;; --users) users=$2 ;; --tokens) tokens=$2 ;; --propagate) prop=$2 ;;
+        *) fail "acl: unknown option $1" ;;
+        esac; shift 2
+    done
+    [ -n "$roles" ] || fail "acl: no roles"
+    for r in $(echo "$roles" | tr , ' '); do
+        [ -e "$S/role.$r" ] || fail "role '$r' does not exist"
+        for u in $(echo "$users" | tr , ' '); do
+            grep -qx "$u" "$S/users" || fail "user '$u' does not exist"
+            echo "$path $r $prop user:$u" >> "$S/acl"
+        done
+        for t in $(echo "$tokens" | tr , ' '); do
+            grep -qx "$t" "$S/tokens" || fail "token '$t' does not exist"
+            echo "$path $r $prop token:$t" >> "$S/acl"
+        done
+    done
+    sort -u "$S/acl" -o "$S/acl" ;;
+*) fail "fake pveum: unsupported: $*" ;;
+esac
+STUB
+chmod +x "$work/bin/pveum"
+
+export STUB_STATE="$work/state" STUB_LOG="$work/pveum.log"
+mkdir -p "$STUB_STATE"
+secret="$work/etc/pve-token"
+PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,VM.Snapshot,VM.Snapshot.Rollback,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
+
+failures=0
+pass() { printf 'ok   %s\n' "$1"; }
+fail() {
+    printf 'FAIL %s\n' "$1"
+    failures=$((failures + 1))
+}
+check() { # name, command...
+    local name=$1
+    shift
+    if "$@"; then pass "$name"; else fail "$name"; fi
+}
+# Runs pve-setup.sh with the stub first on PATH; output in $work/out, exit code in $rc.
+run() {
+    : > "$STUB_LOG"
+    set +e
+    PATH="$work/bin:$PATH" sh "$setup" --node pve1 --secret-file "$secret" "$@" > "$work/out" 2>&1
+    rc=$?
+    set -e
+}
+out_has() { grep -qF -- "$1" "$work/out"; }
+log_has() { grep -qF -- "$1" "$STUB_LOG"; }
+acl_has() { grep -qx -- "$1" "$STUB_STATE/acl"; }
+dump() { printf -- '--- output:\n%s\n--- pveum calls:\n%s\n' "$(cat "$work/out")" "$(cat "$STUB_LOG")"; }
+
+# --- help and bad options --------------------------------------------------------------------
+run --help
+check "--help exits 0 and prints usage" test "$rc" = 0 -a -n "$(grep -F 'Usage: pve-setup.sh' "$work/out")"
+run --bogus
+check "an unknown option exits 2" test "$rc" = 2
+run --secret-file relative/path
+check "a relative --secret-file is refused" test "$rc" = 1
+run --storage 'bad/name'
+check "a storage name with a slash is refused" test "$rc" = 1
+
+# --- dry run without pveum at all ------------------------------------------------------------
+: > "$STUB_LOG"
+set +e
+PATH="/usr/bin:/bin" sh "$setup" --dry-run --node pve1 --secret-file "$secret" > "$work/out" 2>&1
+rc=$?
+set -e
+check "dry run without pveum exits 0" test "$rc" = 0
+check "dry run without pveum says so" out_has "pveum not found: assuming nothing exists yet"
+check "dry run without pveum still lists the commands" out_has "would run: pveum user add drover@pve"
+
+# --- dry run on a fresh node -----------------------------------------------------------------
+run --dry-run
+check "fresh dry run exits 0" test "$rc" = 0
+check "fresh dry run: only read-only pveum calls" test -z "$(grep -v -e '^pveum user list' -e '^pveum role list' "$STUB_LOG")"
+check "fresh dry run: would add the user" out_has "would run: pveum user add drover@pve --comment"
+check "fresh dry run: would add the role with exactly the §1.4 privileges" out_has "would run: pveum role add Drover --privs $PRIVS"
+check "fresh dry run: would add a privsep token" out_has "would run: pveum user token add drover@pve drover --privsep 1"
+for p in /vms /storage/local /storage/local-lvm /sdn/zones/localnetwork/vmbr0 /nodes/pve1; do
+    check "fresh dry run: ACL on $p for user and token" out_has "would run: pveum acl modify $p --roles Drover --users drover@pve --tokens 'drover@pve!drover'"
+done
+check "fresh dry run: no secret file" test ! -e "$secret"
+check "fresh dry run: nothing created" test ! -s "$STUB_STATE/users"
+
+# --- first real run --------------------------------------------------------------------------
+run
+[ "$rc" = 0 ] || dump
+check "first run exits 0" test "$rc" = 0
+check "first run: user created" grep -qx "drover@pve" "$STUB_STATE/users"
+check "first run: role has exactly the privileges" test "$(cat "$STUB_STATE/role.Drover" 2>/dev/null)" = "$PRIVS"
+check "first run: token created" grep -qx "drover@pve!drover" "$STUB_STATE/tokens"
+check "first run: privsep 1" log_has "pveum user token add drover@pve drover --privsep 1"
+check "first run: secret written" test "$(cat "$secret" 2>/dev/null)" = "secret-1"
+check "first run: secret mode 0600 root:root" test "$(stat -c '%a %U:%G' "$secret")" = "600 root:root"
+check "first run: the secret is not printed" test -z "$(grep -F 'secret-1' "$work/out")"
+for p in /vms /storage/local /storage/local-lvm /sdn/zones/localnetwork/vmbr0 /nodes/pve1; do
+    check "first run: $p for the user" acl_has "$p Drover 1 user:drover@pve"
+    check "first run: $p for the token" acl_has "$p Drover 1 token:drover@pve!drover"
+done
+check "first run: no ACL on /" test -z "$(grep '^/ ' "$STUB_STATE/acl")"
+
+# --- second run: nothing new -----------------------------------------------------------------
+run
+check "second run exits 0" test "$rc" = 0
+check "second run: no user add" test -z "$(grep -F 'user add' "$STUB_LOG")"
+check "second run: no role add" test -z "$(grep -F 'role add' "$STUB_LOG")"
+check "second run: role re-asserted with modify" log_has "pveum role modify Drover --privs $PRIVS"
+check "second run: no token add/remove" test -z "$(grep -F -e 'token add' -e 'token remove' "$STUB_LOG")"
+check "second run: secret unchanged" test "$(cat "$secret")" = "secret-1"
+check "second run: says it keeps the token" out_has "keeping both"
+
+# --- a role that drifted is put back ---------------------------------------------------------
+echo "VM.Audit,Sys.Modify" > "$STUB_STATE/role.Drover"
+run
+check "drifted role: exits 0" test "$rc" = 0
+check "drifted role: privileges restored exactly" test "$(cat "$STUB_STATE/role.Drover")" = "$PRIVS"
+
+# --- dry run when everything exists ----------------------------------------------------------
+run --dry-run
+check "existing dry run exits 0" test "$rc" = 0
+check "existing dry run: no user/token add" test -z "$(grep -F -e 'user add' -e 'token add' "$work/out")"
+check "existing dry run: would modify the role" out_has "would run: pveum role modify Drover --privs $PRIVS"
+check "existing dry run: only read-only pveum calls" test -z "$(grep -v -e ' list' "$STUB_LOG")"
+
+# --- rotation --------------------------------------------------------------------------------
+run --rotate-token
+check "rotate: exits 0" test "$rc" = 0
+check "rotate: old token removed" log_has "pveum user token remove drover@pve drover"
+check "rotate: new secret written" test "$(cat "$secret")" = "secret-2"
+check "rotate: token ACLs re-created" acl_has "/vms Drover 1 token:drover@pve!drover"
+check "rotate: remove comes before add" test "$(grep -n -e 'token remove' "$STUB_LOG" | cut -d: -f1)" -lt "$(grep -n -e 'token add' "$STUB_LOG" | cut -d: -f1)"
+
+# --- the secret file was lost ----------------------------------------------------------------
+rm -f "$secret"
+run
+check "lost secret: exits 1" test "$rc" = 1
+check "lost secret: points at --rotate-token" out_has "--rotate-token"
+check "lost secret: no new token" test -z "$(grep -F 'token add' "$STUB_LOG")"
+run --dry-run
+check "lost secret, dry run: exits 0 and warns" test "$rc" = 0 -a -n "$(grep -F 'is missing' "$work/out")"
+run --rotate-token
+check "lost secret: --rotate-token recovers" test "$rc" = 0 -a "$(cat "$secret" 2>/dev/null)" = "secret-3"
+
+# --- options ---------------------------------------------------------------------------------
+run --storage local-zfs,nfs-templates --bridge vmbr1 --with-sys-modify
+check "options: exits 0" test "$rc" = 0
+check "options: ACL on the extra storages" acl_has "/storage/nfs-templates Drover 1 token:drover@pve!drover"
+check "options: ACL on the extra bridge" acl_has "/sdn/zones/localnetwork/vmbr1 Drover 1 user:drover@pve"
+check "options: Sys.Modify role" test "$(cat "$STUB_STATE/role.DroverSysModify" 2>/dev/null)" = "Sys.Modify"
+check "options: Sys.Modify on / only, not propagated" acl_has "/ DroverSysModify 0 token:drover@pve!drover"
+rm -rf "${STUB_STATE:?}"/* "$secret"
+run --no-sdn
+check "--no-sdn: exits 0" test "$rc" = 0
+check "--no-sdn: no SDN.Use" test "$(cat "$STUB_STATE/role.Drover")" = "${PRIVS/,SDN.Use/}"
+check "--no-sdn: no /sdn ACL" test -z "$(grep '^/sdn' "$STUB_STATE/acl")"
+
+if [ "$failures" != 0 ]; then
+    echo "test-pve-setup.sh: $failures check(s) failed" >&2
+    exit 1
+fi
+echo "test-pve-setup.sh: all checks passed"
