@@ -83,6 +83,9 @@ pub struct HubConfig {
     pub max_approval_signature_bytes: usize,
     /// Send `POST .../report` at all.
     pub report: bool,
+    /// Where the agent moves approvals it has used: a listed file identical to one there is
+    /// not mirrored again (it would only be refused as replayed on every index change).
+    pub used_approvals: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -101,6 +104,7 @@ impl HubConfig {
             max_approval_bytes: approval_files::MAX_PAYLOAD_BYTES as usize,
             max_approval_signature_bytes: approval_files::MAX_SIGNATURE_BYTES as usize,
             report: true,
+            used_approvals: None,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct ApprovalSync {
     /// Files (re)written because they were new or changed.
     pub written: Vec<String>,
     pub unchanged: usize,
+    /// Listed files the agent has already used (identical to its retired copy); not mirrored.
+    pub already_used: usize,
     /// Local files no longer listed by the hub, removed.
     pub removed: Vec<String>,
     /// Listed files that could not be fetched; the others were still synced.
@@ -421,7 +427,12 @@ impl HubSource {
             };
             let path = dir.join(name);
             let same = approval_files::read_capped(&path, cap as u64).is_ok_and(|old| old == bytes);
-            if same {
+            let used = self.cfg.used_approvals.as_ref().is_some_and(|u| {
+                approval_files::read_capped(&u.join(name), cap as u64).is_ok_and(|old| old == bytes)
+            });
+            if used {
+                sync.already_used += 1;
+            } else if same {
                 sync.unchanged += 1;
             } else {
                 approval_files::write_atomic(&path, &bytes).map_err(local_err)?;

@@ -120,6 +120,7 @@ impl Source {
                 cfg.bearer_token_file = h.bearer_token_file.clone();
                 cfg.timeout = h.timeout;
                 cfg.report = h.report;
+                cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));
                 // Retrying longer than half an interval would only delay benign convergence
                 // from the last verified document; the next pass tries again anyway.
                 cfg.retry_budget = (config.interval / 2)

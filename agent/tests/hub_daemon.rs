@@ -198,6 +198,25 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     assert_eq!(h.sim.count_mutations("destroy", 102), 1);
     // The mirrored approval was used, then moved out of the scan's way.
     assert!(h.state().join("approvals/used").join(&name).exists());
+    // The index changes (another file is listed): the used approval is not mirrored again.
+    std::fs::write(approvals.join("other.txt"), "not an approval\n").unwrap();
+    std::fs::write(
+        approvals.join("index.json"),
+        format!("[\"{name}\", \"{name}.sig\", \"other.txt\"]"),
+    )
+    .unwrap();
+    let mirror = h.state().join("hub-approvals");
+    eventually(
+        &d,
+        Duration::from_secs(10),
+        "the new index mirrored",
+        || mirror.join("other.txt").exists(),
+    )
+    .await;
+    assert!(
+        !mirror.join(&name).exists(),
+        "a used approval was mirrored again"
+    );
 
     // A document with a wrong signature (signed, then changed): refused with the gate's code;
     // its destroy of 103 never runs, but benign drift on 101 is still corrected.
