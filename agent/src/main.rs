@@ -60,7 +60,11 @@ enum Command {
         output: Output,
     },
     /// Check the config file and what it points at; exit 0 when the agent can start.
-    CheckConfig,
+    CheckConfig {
+        /// Do not contact a hub (for ExecStartPre: a start must not wait on the network).
+        #[arg(long)]
+        offline: bool,
+    },
     /// Per-guest sync state from the running daemon (0 all converged, 2 not, 1 error).
     Status {
         #[arg(long, value_enum, default_value = "text")]
@@ -170,7 +174,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     use drover::cli;
     match cli.command {
-        Command::CheckConfig => cli::check_config(&cli.config).await,
+        Command::CheckConfig { offline } => cli::check_config(&cli.config, offline).await,
         Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
         Command::Reconcile { vmid, output } => {
             cli::control(

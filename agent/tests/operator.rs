@@ -453,3 +453,58 @@ async fn commands_that_need_the_daemon_say_it_is_not_running() {
         assert!(err.contains("not running"), "{args:?}: {err}");
     }
 }
+
+/// `drover check-config` (the unit's ExecStartPre): 0 when the agent can start, 1 with the
+/// file, line and key otherwise; a broken trust document or source is a warning, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_names_what_would_stop_a_start() {
+    let h = Host::start(vec![]).await;
+    h.desired("revision = 1\n");
+    let ok = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&ok), 0);
+    assert!(
+        stdout(&ok).contains("is valid: host pve1"),
+        "{}",
+        stdout(&ok)
+    );
+
+    h.write_config("\n[metrics]\nlisten = \"127.0.0.1:9464\"\nlistne = 1\n");
+    let bad = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&bad), 1);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("drover.toml") && err.contains("listne"),
+        "{err}"
+    );
+
+    h.write_config("");
+    std::fs::remove_file(h.root().join("pve-token")).unwrap();
+    let bad = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&bad), 1);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("token secret"));
+    std::fs::write(h.root().join("pve-token"), pve_sim::DEFAULT_TOKEN_SECRET).unwrap();
+
+    std::fs::write(h.root().join("trust"), "not a trust document").unwrap();
+    let warn = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&warn), 0);
+    let err = String::from_utf8_lossy(&warn.stderr);
+    assert!(err.contains("destructive steps will be blocked"), "{err}");
+
+    // A hub nobody answers: a warning with its code, or nothing at all with --offline.
+    let port = free_port();
+    let text = std::fs::read_to_string(h.config()).unwrap().replace(
+        &format!("path = {:?}", h.source()),
+        &format!("url = \"https://127.0.0.1:{port}/drover\"\ntimeout = \"1s\""),
+    );
+    std::fs::write(h.config(), text).unwrap();
+    let w = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&w), 0);
+    assert!(
+        String::from_utf8_lossy(&w.stderr).contains("[hub_unreachable]"),
+        "{}",
+        String::from_utf8_lossy(&w.stderr)
+    );
+    let quiet = h.drover_async(&["check-config", "--offline"]).await;
+    assert_eq!(code(&quiet), 0);
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("hub"));
+}
