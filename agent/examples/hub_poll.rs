@@ -54,17 +54,10 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let agents: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
-    let Some(bin) = support::nginx::binary() else {
+    let Some(hub) = support::hub_dir::HubDir::start("pve1") else {
         eprintln!("nginx is not installed (run .ci/nginx-setup)");
         std::process::exit(2);
     };
-    let tmp = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let certs = support::certs::TestCerts::generate(tmp.path());
-    let root = tmp.path().join("www");
-    let host_dir = root.join("drover/hosts/pve1");
-    std::fs::create_dir_all(&host_dir).unwrap();
     // A realistic document: 40 guests.
     let mut doc = String::from("revision = 42\n");
     for i in 0..40 {
@@ -73,10 +66,8 @@ async fn main() {
             200 + i
         ));
     }
-    let doc_path = host_dir.join("desired.toml");
-    std::fs::write(&doc_path, &doc).unwrap();
-    sign(&doc_path, tmp.path());
-    let nginx = support::nginx::Nginx::start(&bin, &tmp.path().join("nginx"), &root, &certs);
+    let doc_path = hub.put("desired.toml", &doc);
+    hub.sign(&doc_path, "agent.example.invalid");
     let trust = gate::TrustStore::parse(
         &std::fs::read_to_string(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/gate/trust_v1.txt"),
@@ -85,8 +76,8 @@ async fn main() {
     )
     .unwrap();
     let config = || {
-        let mut c = HubConfig::new(nginx.url("/drover"), "pve1");
-        c.tls = HubTls::CaFile(certs.ca_pem.clone());
+        let mut c = HubConfig::new(hub.url(), "pve1");
+        c.tls = HubTls::CaFile(hub.certs.ca_pem.clone());
         c
     };
 
@@ -128,7 +119,7 @@ async fn main() {
     );
 
     // 2. Many agents, one hub.
-    let nginx_pid = nginx.pid().to_string();
+    let nginx_pid = hub.nginx.as_ref().unwrap().pid().to_string();
     let nginx_cpu0 = cpu_seconds(&nginx_pid);
     let self_cpu0 = cpu_seconds("self");
     let trust = Arc::new(trust);
@@ -190,34 +181,5 @@ async fn main() {
         self_cpu,
         100.0 * self_cpu / wall,
         1e6 * self_cpu / (ok + failed).max(1) as f64,
-    );
-}
-
-/// The hub TEST key signs the document with the real ssh-keygen.
-fn sign(file: &Path, scratch: &Path) {
-    let key = scratch.join("hub_key");
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/gate/TEST_hub_ed25519"),
-        &key,
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-Y",
-            "sign",
-            "-n",
-            "desired-state-v1@agent.example.invalid",
-            "-f",
-        ])
-        .arg(&key)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }

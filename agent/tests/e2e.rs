@@ -4,32 +4,7 @@
 
 mod common;
 
-use common::{DOMAIN, Host, code, sign, stdout};
-
-const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
-
-fn guest(vmid: u32, ensure: &str, memory: u32) -> String {
-    format!(
-        "[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = {memory}\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\ntags = [\"web\"]\ndescription = \"managed by drover\"\n"
-    )
-}
-
-fn seed(vmid: u32, running: bool, memory: u64) -> pve_sim::SeedGuest {
-    pve_sim::SeedGuest {
-        vmid,
-        hostname: format!("ct-{vmid}"),
-        running,
-        cores: 1,
-        memory,
-        swap: 0,
-        rootfs_gib: 4,
-        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
-        onboot: true,
-        tags: vec!["web".into()],
-        description: Some("managed by drover".into()),
-        ..pve_sim::SeedGuest::default()
-    }
-}
+use common::{DOMAIN, Host, code, guest, seed, sign, stdout};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_from_scratch_then_a_pass_changes_nothing() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use drover::hub::{HubConfig, HubFetch, HubSource, HubTls, ReportOutcome};
 use support::certs::TestCerts;
-use support::nginx::{self, Nginx};
+use support::hub_dir::HubDir;
 use support::rawtls::{RawTls, respond};
 
 const DOMAIN: &str = "agent.example.invalid";
@@ -36,31 +36,8 @@ fn trust_with_hub_key() -> gate::TrustStore {
 }
 
 /// Signs `file` with the TEST hub key using the real `ssh-keygen -Y sign`; writes `file.sig`.
-fn hub_sign(file: &Path, scratch: &Path) {
-    let key = scratch.join("hub_key");
-    std::fs::copy(repo().join("testdata/gate/TEST_hub_ed25519"), &key).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let sig = PathBuf::from(format!("{}.sig", file.display()));
-    let _ = std::fs::remove_file(&sig);
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-Y",
-            "sign",
-            "-n",
-            &format!("desired-state-v1@{DOMAIN}"),
-            "-f",
-        ])
-        .arg(&key)
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(sig.exists());
+fn hub_sign(hub: &Hub, file: &Path) {
+    hub.sign(file, DOMAIN);
 }
 
 fn doc(revision: u64) -> String {
@@ -69,42 +46,16 @@ fn doc(revision: u64) -> String {
     )
 }
 
-struct Hub {
-    _tmp: tempfile::TempDir,
-    nginx: Nginx,
-    certs: TestCerts,
-    host_dir: PathBuf,
-    scratch: PathBuf,
+type Hub = HubDir;
+
+trait HubExt {
+    fn config(&self) -> HubConfig;
+    fn source(&self) -> HubSource;
 }
 
-impl Hub {
-    /// nginx serving `<root>/drover/hosts/pve1/`, or None (with a message) without nginx.
-    fn start() -> Option<Hub> {
-        let Some(bin) = nginx::binary() else {
-            println!("SKIPPED: nginx is not installed (run .ci/nginx-setup)");
-            return None;
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let certs = TestCerts::generate(tmp.path());
-        let root = tmp.path().join("www");
-        let host_dir = root.join("drover/hosts").join(HOST);
-        std::fs::create_dir_all(host_dir.join("approvals")).unwrap();
-        let scratch = tmp.path().join("scratch");
-        std::fs::create_dir_all(&scratch).unwrap();
-        let nginx = Nginx::start(&bin, &tmp.path().join("nginx"), &root, &certs);
-        Some(Hub {
-            _tmp: tmp,
-            nginx,
-            certs,
-            host_dir,
-            scratch,
-        })
-    }
-
+impl HubExt for HubDir {
     fn config(&self) -> HubConfig {
-        let mut c = HubConfig::new(self.nginx.url("/drover"), HOST);
+        let mut c = HubConfig::new(self.url(), HOST);
         c.tls = HubTls::CaFile(self.certs.ca_pem.clone());
         c.timeout = Duration::from_secs(5);
         c.retry_budget = Duration::from_secs(2);
@@ -114,13 +65,6 @@ impl Hub {
 
     fn source(&self) -> HubSource {
         HubSource::new(self.config()).unwrap()
-    }
-
-    fn put(&self, name: &str, content: &str) -> PathBuf {
-        let p = self.host_dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, content).unwrap();
-        p
     }
 }
 
@@ -133,7 +77,9 @@ fn fresh(r: HubFetch) -> drover::source::Fetched {
 
 #[tokio::test]
 async fn nginx_fetch_then_304_with_etag_then_change() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     hub.put("desired.toml", &doc(3));
     let src = hub.source();
     assert_eq!(src.last_success(), None);
@@ -156,10 +102,12 @@ async fn nginx_fetch_then_304_with_etag_then_change() {
 
 #[tokio::test]
 async fn nginx_signed_document_is_verified() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     let trust = trust_with_hub_key();
     let p = hub.put("desired.toml", &doc(4));
-    hub_sign(&p, &hub.scratch);
+    hub_sign(&hub, &p);
     let src = hub.source();
     let f = fresh(src.fetch(None, Some(&trust), now()).await.unwrap());
     assert_eq!(f.doc.revision, 4);
@@ -169,7 +117,9 @@ async fn nginx_signed_document_is_verified() {
 
 #[tokio::test]
 async fn nginx_unsigned_document_refused_when_a_hub_key_is_listed() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     let trust = trust_with_hub_key();
     hub.put("desired.toml", &doc(4));
     let src = hub.source();
@@ -186,11 +136,13 @@ async fn nginx_unsigned_document_refused_when_a_hub_key_is_listed() {
 
 #[tokio::test]
 async fn nginx_wrong_signature_refused_with_the_gate_code() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     let trust = trust_with_hub_key();
     // The hub key signed revision 5; the file then changed to revision 6 (same signature).
     let p = hub.put("desired.toml", &doc(5));
-    hub_sign(&p, &hub.scratch);
+    hub_sign(&hub, &p);
     hub.put("desired.toml", &doc(6));
     let src = hub.source();
     let e = src.fetch(None, Some(&trust), now()).await.unwrap_err();
@@ -222,7 +174,9 @@ async fn nginx_wrong_signature_refused_with_the_gate_code() {
 
 #[tokio::test]
 async fn nginx_lower_revision_refused() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     hub.put("desired.toml", &doc(5));
     let e = hub.source().fetch(Some(10), None, now()).await.unwrap_err();
     assert_eq!(e.code(), "desired_rollback", "{e}");
@@ -231,7 +185,9 @@ async fn nginx_lower_revision_refused() {
 
 #[tokio::test]
 async fn nginx_missing_document_is_not_retried() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     let mut cfg = hub.config();
     cfg.retry_budget = Duration::from_secs(30);
     let t = Instant::now();
@@ -250,7 +206,9 @@ async fn nginx_missing_document_is_not_retried() {
 
 #[tokio::test]
 async fn nginx_tls_pin_and_ca() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     hub.put("desired.toml", &doc(1));
     let mut c = hub.config();
     c.tls = HubTls::Fingerprint(hub.certs.leaf_fingerprint());
@@ -286,7 +244,9 @@ async fn nginx_tls_pin_and_ca() {
 
 #[tokio::test]
 async fn nginx_approvals_index_download() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     hub.put("approvals/stop-101.txt", "payload A\n");
     hub.put("approvals/stop-101.txt.sig", "SIG A\n");
     hub.put("approvals/destroy-102.txt", "payload B\n");
@@ -344,7 +304,9 @@ async fn nginx_approvals_index_download() {
 
 #[tokio::test]
 async fn nginx_report_on_a_static_hub_is_fine() {
-    let Some(hub) = Hub::start() else { return };
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
     let r = hub
         .source()
         .report(&serde_json::json!({"pending": []}))

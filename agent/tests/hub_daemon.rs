@@ -9,103 +9,28 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Host, eventually, sign};
-use support::certs::TestCerts;
-use support::nginx::{self, Nginx};
+use common::{Host, eventually, guest, seed, sign};
+use support::hub_dir::HubDir;
 
 const HOST: &str = "pve1";
 const DOMAIN: &str = "agent.example.invalid";
-const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
-
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn seed(vmid: u32, running: bool) -> pve_sim::SeedGuest {
-    pve_sim::SeedGuest {
-        vmid,
-        hostname: format!("ct-{vmid}"),
-        running,
-        cores: 1,
-        memory: 256,
-        swap: 0,
-        rootfs_gib: 4,
-        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
-        onboot: true,
-        ..pve_sim::SeedGuest::default()
-    }
+trait Publish {
+    fn publish_signed(&self, text: &str);
 }
 
-fn guest(vmid: u32, ensure: &str) -> String {
-    format!(
-        "\n[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = 256\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\n"
-    )
-}
-
-struct Hub {
-    _tmp: tempfile::TempDir,
-    nginx: Option<Nginx>,
-    certs: TestCerts,
-    host_dir: PathBuf,
-    scratch: PathBuf,
-}
-
-impl Hub {
-    fn start() -> Option<Hub> {
-        let Some(bin) = nginx::binary() else {
-            println!("SKIPPED: nginx is not installed (run .ci/nginx-setup)");
-            return None;
-        };
-        let tmp = tempfile::tempdir().unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let certs = TestCerts::generate(tmp.path());
-        let root = tmp.path().join("www");
-        let host_dir = root.join("drover/hosts").join(HOST);
-        std::fs::create_dir_all(host_dir.join("approvals")).unwrap();
-        let scratch = tmp.path().join("scratch");
-        std::fs::create_dir_all(&scratch).unwrap();
-        let nginx = Nginx::start(&bin, &tmp.path().join("nginx"), &root, &certs);
-        Some(Hub {
-            _tmp: tmp,
-            nginx: Some(nginx),
-            certs,
-            host_dir,
-            scratch,
-        })
-    }
-
+impl Publish for HubDir {
     /// Publishes a document signed with the TEST hub key (real `ssh-keygen -Y sign`).
     fn publish_signed(&self, text: &str) {
-        let doc = self.host_dir.join("desired.toml");
-        std::fs::write(&doc, text).unwrap();
-        let key = self.scratch.join("hub_key");
-        std::fs::copy(repo().join("testdata/gate/TEST_hub_ed25519"), &key).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let _ = std::fs::remove_file(self.host_dir.join("desired.toml.sig"));
-        let out = std::process::Command::new("ssh-keygen")
-            .args([
-                "-q",
-                "-Y",
-                "sign",
-                "-n",
-                &format!("desired-state-v1@{DOMAIN}"),
-                "-f",
-            ])
-            .arg(&key)
-            .arg(&doc)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let doc = self.put("desired.toml", text);
+        self.sign(&doc, DOMAIN);
     }
 }
 
-fn write_config(h: &Host, hub: &Hub) {
+fn write_config(h: &Host, hub: &HubDir) {
     let text = format!(
         "host = \"{HOST}\"\nfleet = \"test-fleet-1\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n\
          [proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\ntask_poll_interval = \"20ms\"\n\n\
@@ -116,7 +41,7 @@ fn write_config(h: &Host, hub: &Hub) {
         tok = pve_sim::DEFAULT_TOKEN_ID,
         secret = h.root().join("pve-token"),
         fp = h.sim.fingerprint(),
-        hub = hub.nginx.as_ref().unwrap().url("/drover"),
+        hub = hub.url(),
         ca = hub.certs.ca_pem,
         trust = repo().join("testdata/gate/trust_v1.txt"),
         sock = h.root().join("drover.sock"),
@@ -134,14 +59,21 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
         println!("SKIPPED: ssh-keygen is not installed");
         return;
     }
-    let Some(mut hub) = Hub::start() else { return };
-    let h = Host::start(vec![seed(101, false), seed(102, true), seed(103, true)]).await;
+    let Some(mut hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let h = Host::start(vec![
+        seed(101, false, 256),
+        seed(102, true, 256),
+        seed(103, true, 256),
+    ])
+    .await;
     write_config(&h, &hub);
     hub.publish_signed(&format!(
         "revision = 1\n{}{}{}",
-        guest(101, "running"),
-        guest(102, "running"),
-        guest(103, "running")
+        guest(101, "running", 256),
+        guest(102, "running", 256),
+        guest(103, "running", 256)
     ));
     let d = h.spawn_daemon();
     eventually(
@@ -160,8 +92,8 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     // Revision 2 asks to destroy 102: held for a signature, which arrives through the hub.
     hub.publish_signed(&format!(
         "revision = 2\n{}\n[[guest]]\nvmid = 102\nensure = \"absent\"\n{}",
-        guest(101, "running"),
-        guest(103, "running")
+        guest(101, "running", 256),
+        guest(103, "running", 256)
     ));
     eventually(
         &d,
@@ -220,12 +152,12 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
 
     // A document with a wrong signature (signed, then changed): refused with the gate's code;
     // its destroy of 103 never runs, but benign drift on 101 is still corrected.
-    hub.publish_signed(&format!("revision = 3\n{}", guest(101, "running")));
+    hub.publish_signed(&format!("revision = 3\n{}", guest(101, "running", 256)));
     std::fs::write(
         hub.host_dir.join("desired.toml"),
         format!(
             "revision = 3\n{}\n[[guest]]\nvmid = 103\nensure = \"absent\"\n",
-            guest(101, "running")
+            guest(101, "running", 256)
         ),
     )
     .unwrap();
@@ -243,7 +175,7 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     );
     assert_eq!(last["desired"]["stale"], true, "{last}");
     assert_eq!(last["desired"]["revision"], 2, "{last}");
-    h.sim.seed(seed(101, false));
+    h.sim.seed(seed(101, false, 256));
     eventually(
         &d,
         Duration::from_secs(20),
@@ -271,7 +203,7 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(last["source"]["error_code"], "hub_unreachable", "{last}");
-    h.sim.seed(seed(101, false));
+    h.sim.seed(seed(101, false, 256));
     eventually(
         &d,
         Duration::from_secs(20),
@@ -285,7 +217,7 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
 
     // A restart while the hub is still down: the journal's last verified document (revision 2)
     // steers benign convergence, marked stale.
-    h.sim.seed(seed(101, false));
+    h.sim.seed(seed(101, false, 256));
     let d = h.spawn_daemon();
     eventually(
         &d,

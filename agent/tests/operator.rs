@@ -9,7 +9,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{DOMAIN, Host, code, eventually, sign, stdout};
+use common::{DOMAIN, Host, code, eventually, guest, seed, sign, stdout};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -17,29 +17,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
-
-fn seed(vmid: u32, running: bool, memory: u64) -> pve_sim::SeedGuest {
-    pve_sim::SeedGuest {
-        vmid,
-        hostname: format!("ct-{vmid}"),
-        running,
-        cores: 1,
-        memory,
-        swap: 0,
-        rootfs_gib: 4,
-        net0: Some("name=eth0,bridge=vmbr0,ip=dhcp".into()),
-        onboot: true,
-        ..pve_sim::SeedGuest::default()
-    }
-}
-
-fn guest(vmid: u32, ensure: &str, memory: u32) -> String {
-    format!(
-        "\n[[guest]]\nvmid = {vmid}\nensure = \"{ensure}\"\nhostname = \"ct-{vmid}\"\ntemplate = \"{TEMPLATE}\"\ncores = 1\nmemory = {memory}\nswap = 0\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\nonboot = true\n"
-    )
 }
 
 /// One sample of the text exposition format.

@@ -4,5 +4,6 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod certs;
+pub mod hub_dir;
 pub mod nginx;
 pub mod rawtls;
