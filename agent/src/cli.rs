@@ -23,7 +23,7 @@ use crate::systemd::Systemd;
 pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
-    let secret = daemon::resolve_credential(&config.proxmox.token_secret_file);
+    let secret = daemon::resolve_credential(&config.proxmox.token_secret_file, &config.path);
     if let Err(e) = std::fs::metadata(&secret) {
         problems.push(format!("token secret {}: {e}", secret.display()));
     }

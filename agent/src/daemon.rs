@@ -60,7 +60,7 @@ pub enum RunResult {
 /// Builds the PVE client from the config.
 pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve> {
     use proxmox_client::{ApiToken, Client, ClientConfig, Fingerprint, TlsTrust};
-    let secret_path = resolve_credential(&config.proxmox.token_secret_file);
+    let secret_path = resolve_credential(&config.proxmox.token_secret_file, &config.path);
     let token = ApiToken::from_secret_file(config.proxmox.token_id.clone(), &secret_path)
         .with_context(|| format!("reading the PVE token secret {}", secret_path.display()))?;
     let tls = if let Some(fp) = &config.proxmox.fingerprint {
@@ -84,17 +84,25 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
-/// relative path is looked up in `$CREDENTIALS_DIRECTORY` first.
-pub fn resolve_credential(path: &std::path::Path) -> std::path::PathBuf {
-    if path.is_relative()
-        && let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY")
-    {
+/// relative path is looked up in `$CREDENTIALS_DIRECTORY` first, then beside the config file,
+/// so `drover plan` from a root shell finds `/etc/drover/pve-token` the way the service does.
+pub fn resolve_credential(
+    path: &std::path::Path,
+    config_path: &std::path::Path,
+) -> std::path::PathBuf {
+    if !path.is_relative() {
+        return path.to_path_buf();
+    }
+    if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
         let p = std::path::Path::new(&dir).join(path);
         if p.exists() {
             return p;
         }
     }
-    path.to_path_buf()
+    match config_path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Loads the trust document; a broken one is reported and blocks only destructive steps.

@@ -461,6 +461,29 @@ async fn check_config_names_what_would_stop_a_start() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("token secret"));
     std::fs::write(h.root().join("pve-token"), pve_sim::DEFAULT_TOKEN_SECRET).unwrap();
 
+    // A relative token path (the packaged config's `pve-token`) is found beside the config
+    // file when no systemd credential directory is set, whatever the working directory.
+    let abs = format!("token_secret_file = {:?}", h.root().join("pve-token"));
+    let text = std::fs::read_to_string(h.config()).unwrap();
+    assert!(text.contains(&abs), "{text}");
+    std::fs::write(
+        h.config(),
+        text.replace(&abs, "token_secret_file = \"pve-token\""),
+    )
+    .unwrap();
+    let rel = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&rel), 0, "{}", String::from_utf8_lossy(&rel.stderr));
+    std::fs::rename(h.root().join("pve-token"), h.root().join("pve-token.away")).unwrap();
+    let missing = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&missing), 1);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains(&h.root().join("pve-token").display().to_string()),
+        "{err}"
+    );
+    std::fs::rename(h.root().join("pve-token.away"), h.root().join("pve-token")).unwrap();
+    h.write_config("");
+
     std::fs::write(h.root().join("trust"), "not a trust document").unwrap();
     let warn = h.drover_async(&["check-config"]).await;
     assert_eq!(code(&warn), 0);
