@@ -35,7 +35,7 @@ pub enum JournalError {
     NoSuchStep { dir: PathBuf, id: StepId },
 }
 
-/// Monotonic step id (sled `generate_id`).
+/// Step id: dense and monotonic across restarts, never reused (see `next_step_id`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]

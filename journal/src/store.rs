@@ -58,6 +58,9 @@ struct Inner {
     audit_len: AtomicUsize,
     /// `done` calls since the last automatic compaction.
     done_since_compact: AtomicU64,
+    /// The next step id. Not sled's `generate_id`, which jumps by a million after every
+    /// restart; ids are what operators read in `drover journal`, so they stay dense.
+    next_step: AtomicU64,
     retention: RwLock<Retention>,
     /// Told how long each durable write took (the agent feeds a metric from it).
     sync_observer: RwLock<Option<SyncObserver>>,
@@ -236,6 +239,7 @@ impl Journal {
             }
         };
         let audit_len = audit_tree_len(dir, &t("audit")?)?;
+        let next_step = next_step_id(dir, &t("steps")?, &meta)?;
         let j = Journal {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -252,6 +256,7 @@ impl Journal {
                 epoch,
                 audit_len: AtomicUsize::new(audit_len),
                 done_since_compact: AtomicU64::new(0),
+                next_step: AtomicU64::new(next_step),
                 retention: RwLock::new(Retention::default()),
                 sync_observer: RwLock::new(None),
             }),
@@ -350,8 +355,8 @@ impl Journal {
     // ---------------------------------------------------------------- step records
 
     pub fn intent(&self, step: NewStep) -> Result<StepId, JournalError> {
-        let dir = &self.inner.dir;
-        let id = StepId(self.inner.db.generate_id().map_err(|e| sled_err(dir, e))? + 1);
+        // Unique across concurrent lanes; the record itself makes the id durable.
+        let id = StepId(self.inner.next_step.fetch_add(1, Ordering::Relaxed));
         let rec = StepRecord {
             id,
             step,
@@ -483,6 +488,13 @@ impl Journal {
             } else {
                 kept += 1;
             }
+        }
+        if let Some(highest) = doomed.first() {
+            // Removing the newest record (total = 0) must not let its id be handed out again.
+            self.inner
+                .meta
+                .insert(STEP_ID_FLOOR, &(highest.0 + 1).to_be_bytes())
+                .map_err(|e| sled_err(&self.inner.dir, e))?;
         }
         let mut batch = sled::Batch::default();
         for id in &doomed {
@@ -772,6 +784,31 @@ fn decode<T: DeserializeOwned>(dir: &Path, key: &str, bytes: &[u8]) -> Result<T,
         detail: format!("{key} does not decode: {e}"),
     })?;
     Ok(e.r)
+}
+
+/// Meta key: the lowest step id that may still be handed out (set by compaction).
+const STEP_ID_FLOOR: &str = "step_id_floor";
+
+/// One past the highest step id ever used: the newest record's, or the floor compaction left.
+fn next_step_id(dir: &Path, steps: &sled::Tree, meta: &sled::Tree) -> Result<u64, JournalError> {
+    let corrupt = |detail: String| JournalError::Corrupt {
+        dir: dir.to_path_buf(),
+        detail,
+    };
+    let be = |what: &str, bytes: &[u8]| -> Result<u64, JournalError> {
+        <[u8; 8]>::try_from(bytes)
+            .map(u64::from_be_bytes)
+            .map_err(|_| corrupt(format!("{what} is {} bytes, not 8", bytes.len())))
+    };
+    let last = match steps.last().map_err(|e| sled_err(dir, e))? {
+        Some((k, _)) => be("a step record key", &k)?.saturating_add(1),
+        None => 1,
+    };
+    let floor = match meta.get(STEP_ID_FLOOR).map_err(|e| sled_err(dir, e))? {
+        Some(v) => be("the step id floor", &v)?,
+        None => 1,
+    };
+    Ok(last.max(floor))
 }
 
 fn audit_tree_len(dir: &Path, tree: &sled::Tree) -> Result<usize, JournalError> {

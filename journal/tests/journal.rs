@@ -149,6 +149,30 @@ fn compaction_keeps_in_flight_and_the_most_recent() {
     assert_eq!(j.in_flight().unwrap()[0].id, keep);
 }
 
+/// Operators read step ids in `drover journal`: they continue densely across restarts and are
+/// never handed out twice, even when compaction removed the newest record.
+#[test]
+fn step_ids_stay_dense_across_reopen_and_are_never_reused() {
+    let d = tempfile::tempdir().unwrap();
+    let ids: Vec<u64> = {
+        let j = Journal::open(d.path()).unwrap();
+        (0..3)
+            .map(|_| j.intent(step(7, "start")).unwrap().0)
+            .collect()
+    };
+    assert_eq!(ids, vec![1, 2, 3]);
+    let j = Journal::open(d.path()).unwrap();
+    let id = j.intent(step(7, "start")).unwrap();
+    assert_eq!(id.0, 4);
+    for id in 1..=4 {
+        j.done(journal::StepId(id), Outcome::Ok).unwrap();
+    }
+    assert_eq!(j.compact(0, 0).unwrap(), 4);
+    drop(j);
+    let j = Journal::open(d.path()).unwrap();
+    assert_eq!(j.intent(step(7, "start")).unwrap().0, 5);
+}
+
 #[test]
 fn damaged_files_give_a_clear_error_not_a_panic() {
     for damage in ["truncate", "garble"] {
