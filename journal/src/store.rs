@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     AuditEntry, CheckReport, JournalError, NewStep, NonceClaim, NonceError, Outcome, Phase,
-    Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
+    Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
 };
 
 const VERSION: u32 = 1;
@@ -120,8 +120,24 @@ fn sled_err(dir: &Path, e: sled::Error) -> JournalError {
 
 /// Opens sled, turning a panic on damaged files into an error.
 fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
-    let p = db_path.to_path_buf();
-    let r = std::panic::catch_unwind(move || sled::Config::new().path(p).open());
+    // sled locks its own file too. After a `Journal` is dropped, sled's flusher thread can hold
+    // that lock for a moment longer; `drover.lock` (taken first) already proves no other
+    // process has the store, so a busy sled lock here is that thread and is waited out.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let r = loop {
+        let p = db_path.to_path_buf();
+        let r = std::panic::catch_unwind(move || sled::Config::new().path(p).open());
+        match &r {
+            // sled reports it as ErrorKind::Other with this text.
+            Ok(Err(sled::Error::Io(e)))
+                if e.to_string().starts_with("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            _ => break r,
+        }
+    };
     match r {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(match e {
@@ -717,11 +733,11 @@ impl Journal {
         })
     }
 
-    pub fn set_trust(&self, version: u64, sha256: &str) -> Result<(), JournalError> {
-        self.put(&self.inner.meta, "trust", self.enc(&(version, sha256))?)
+    pub fn set_trust(&self, record: &TrustRecord) -> Result<(), JournalError> {
+        self.put(&self.inner.meta, "trust", self.enc(record)?)
     }
 
-    pub fn trust(&self) -> Result<Option<(u64, String)>, JournalError> {
+    pub fn trust(&self) -> Result<Option<TrustRecord>, JournalError> {
         match self
             .inner
             .meta
