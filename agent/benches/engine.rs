@@ -143,7 +143,7 @@ async fn main() {
             pve,
             store,
             drover::approvals::Approvals::new(&s.config.state_dir, None),
-            daemon::load_trust(&s.config.trust.file),
+            drover::trust::load_file(&s.config.trust.file),
             drover::lanes::Lanes::new(3, BackoffPolicy::default()),
             rx,
         );

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// Largest approval payload read from disk (the gate refuses more than 4 KiB anyway).
-pub const MAX_PAYLOAD_BYTES: u64 = 16 * 1024;
+/// Largest payload read from disk: a signed trust rotation travels the same way as an approval
+/// and may be as large as a trust document (the gate refuses approvals over 4 KiB anyway).
+pub const MAX_PAYLOAD_BYTES: u64 = gate::trust::MAX_TRUST_BYTES as u64;
 /// Largest signature file read from disk.
 pub const MAX_SIGNATURE_BYTES: u64 = 16 * 1024;
 /// At most this many signatures per approval are read.
@@ -208,7 +209,11 @@ mod tests {
     fn oversized_files_are_refused_without_reading_them() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
-        std::fs::write(p.join("big.txt"), vec![b'x'; 20_000]).unwrap();
+        std::fs::write(
+            p.join("big.txt"),
+            vec![b'x'; MAX_PAYLOAD_BYTES as usize + 1],
+        )
+        .unwrap();
         std::fs::write(p.join("big.txt.sig"), b"S").unwrap();
         let (c, problems) = scan(p);
         assert!(c.is_empty());

@@ -26,7 +26,8 @@ const RENEW_MARGIN_SECS: i64 = 300;
 /// A gate decision worth auditing.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    pub vmid: u32,
+    /// None for decisions about the trust document itself (rotations).
+    pub vmid: Option<u32>,
     pub op: String,
     pub allowed: bool,
     pub code: String,
@@ -88,16 +89,16 @@ impl Approvals {
         ledger: &dyn NonceLedger,
         audit: &dyn Fn(Decision),
     ) -> std::io::Result<Lookup> {
-        let mut dirs = vec![self.inbox_dir.clone()];
-        if let Some(s) = &self.source_dir {
-            dirs.push(s.clone());
-        }
-        for dir in &dirs {
+        for dir in &self.candidate_dirs() {
             let (candidates, problems) = approval_files::scan(dir);
             for p in problems {
                 tracing::warn!(path = %p.path.display(), "approval file ignored: {}", p.message);
             }
             for c in candidates {
+                if crate::trust::is_trust_document(&c.payload) {
+                    // A signed trust rotation travels the same way; `trust` applies it.
+                    continue;
+                }
                 // Only approvals naming this step are verified; others wait for their own step
                 // (verifying them here would only produce binding mismatches).
                 let Ok(parsed) = ApprovalPayload::parse(&c.payload) else {
@@ -111,7 +112,7 @@ impl Approvals {
                 match gate::verify_approval(ctx, trust, action, &c.payload, &sigs, now, ledger) {
                     Ok(approved) => {
                         audit(Decision {
-                            vmid: action.vmid,
+                            vmid: Some(action.vmid),
                             op: action.op.as_str().to_string(),
                             allowed: true,
                             code: "approved".into(),
@@ -139,9 +140,35 @@ impl Approvals {
         self.ensure_request(ctx, action, now)
     }
 
+    /// Where signed files are looked for: the inbox, then the source's approvals directory.
+    pub fn candidate_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = vec![self.inbox_dir.clone()];
+        if let Some(s) = &self.source_dir {
+            dirs.push(s.clone());
+        }
+        dirs
+    }
+
+    /// True the first time a candidate (by content) is refused with `code`: a bad file is
+    /// audited once, not on every pass.
+    pub fn first_report(&self, c: &Candidate, code: &str) -> bool {
+        let mut h = Sha256::new();
+        h.update(&c.payload);
+        for (_, s) in &c.signatures {
+            h.update(s);
+        }
+        let key: [u8; 32] = h.finalize().into();
+        let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(&key).map(String::as_str) == Some(code) {
+            return false;
+        }
+        seen.insert(key, code.to_string());
+        true
+    }
+
     /// Moves a used approval out of the way (the nonce is consumed; keeping it would only
     /// produce `replayed` refusals).
-    fn retire(&self, c: &Candidate) {
+    pub fn retire(&self, c: &Candidate) {
         let _ = std::fs::create_dir_all(&self.used_dir);
         let dir = c.payload_path.parent().map(Path::to_path_buf);
         let mut files = vec![c.payload_path.clone()];
@@ -165,12 +192,6 @@ impl Approvals {
         rejection: Option<Rejection>,
         audit: &dyn Fn(Decision),
     ) {
-        let mut h = Sha256::new();
-        h.update(&c.payload);
-        for (_, s) in &c.signatures {
-            h.update(s);
-        }
-        let key: [u8; 32] = h.finalize().into();
         let (code, message, authenticated) = match &rejection {
             Some(r) => (
                 r.code.as_str().to_string(),
@@ -183,12 +204,8 @@ impl Approvals {
                 false,
             ),
         };
-        {
-            let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.get(&key) == Some(&code) {
-                return;
-            }
-            seen.insert(key, code.clone());
+        if !self.first_report(c, &code) {
+            return;
         }
         tracing::warn!(
             vmid = action.vmid,
@@ -198,7 +215,7 @@ impl Approvals {
             "approval refused: {message}"
         );
         audit(Decision {
-            vmid: action.vmid,
+            vmid: Some(action.vmid),
             op: action.op.as_str().to_string(),
             allowed: false,
             code,

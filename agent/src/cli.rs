@@ -27,7 +27,7 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
     if let Err(e) = std::fs::metadata(&secret) {
         problems.push(format!("token secret {}: {e}", secret.display()));
     }
-    if let Trust::Invalid { message, .. } = daemon::load_trust(&config.trust.file) {
+    if let Trust::Invalid { message, .. } = crate::trust::load_file(&config.trust.file) {
         // Not fatal for the agent (benign work continues) but worth saying.
         eprintln!("drover: warning: {message}; destructive steps will be blocked");
     }
@@ -35,10 +35,11 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         Err(e) => problems.push(format!("source: {e}")),
         Ok(Source::Hub { .. }) if offline => {}
         Ok(source) => {
-            let trust = match daemon::load_trust(&config.trust.file) {
-                Trust::Valid(t) => Some(t),
-                Trust::Invalid { .. } => None,
-            };
+            let trust =
+                match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
+                    Trust::Valid(t) => Some(t),
+                    Trust::Invalid { .. } => None,
+                };
             if let Err(e) = source.fetch(None, trust.as_deref(), unix_now()).await {
                 eprintln!("drover: warning: [{}] {e}", e.code());
             }
@@ -81,6 +82,7 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
     let pve = daemon::pve_from_config(config, WaitPolicy::production())?;
     let (_tx, rx) = watch::channel(false);
     let source = Source::from_config(config)?;
+    let trust = crate::trust::effective(&config.trust.file, &store);
     Ok(Engine::new(
         EngineSettings {
             host: config.host.clone(),
@@ -90,7 +92,7 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
         pve,
         store,
         Approvals::new(&config.state_dir, Some(source.approvals_dir())),
-        daemon::load_trust(&config.trust.file),
+        trust,
         Lanes::new(1, BackoffPolicy::default()),
         rx,
     ))
@@ -214,7 +216,7 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let source = Source::from_config(&config)?;
     let a = Approvals::new(&config.state_dir, Some(source.approvals_dir()));
-    let domain = match daemon::load_trust(&config.trust.file) {
+    let domain = match crate::trust::load_file(&config.trust.file) {
         Trust::Valid(t) => t.domain.clone(),
         Trust::Invalid { .. } => "DOMAIN".to_string(),
     };
@@ -281,9 +283,19 @@ pub async fn approve(
     match crate::control::client::call(&config.control_socket, "POST", "/v1/approvals", Some(body))
         .await
     {
-        Ok((200, _)) => {
+        Ok((200, answer)) => {
+            let rotated = &answer["trust_version"];
             if json {
-                println!("{}", serde_json::json!({"accepted": true, "via": "socket"}));
+                let mut out = serde_json::json!({"accepted": true, "via": "socket"});
+                if rotated.is_u64() {
+                    out["trust_version"] = rotated.clone();
+                }
+                println!("{out}");
+            } else if rotated.is_u64() {
+                println!(
+                    "trust rotation accepted; the running agent now uses trust document v{}",
+                    s_or(rotated)
+                );
             } else {
                 println!("approval submitted to the running agent");
             }
@@ -330,7 +342,7 @@ pub fn verify_approval(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let trust = match daemon::load_trust(&config.trust.file) {
+    let trust = match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
         Trust::Valid(t) => t,
         Trust::Invalid { code, message } => {
             if json {
@@ -354,6 +366,39 @@ pub fn verify_approval(
         );
     }
     let sig_refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+    if crate::trust::is_trust_document(&payload) {
+        // A trust rotation: checked against the document in force (the journal's, when a
+        // signed rotation already moved past the file).
+        return Ok(
+            match gate::verify_rotation(&trust, &payload, &sig_refs, unix_now()) {
+                Ok(next) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"valid": true, "rotation": {"from": trust.version, "to": next.version}})
+                        );
+                    } else {
+                        println!(
+                            "ok: a valid rotation of trust document v{} to v{}",
+                            trust.version, next.version
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(r) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"valid": false, "code": r.code.as_str(), "message": r.message})
+                        );
+                    } else {
+                        println!("{}: {}", r.code.as_str(), r.message);
+                    }
+                    ExitCode::from(1)
+                }
+            },
+        );
+    }
     match gate::verify_offline(&trust, &payload, &sig_refs, unix_now()) {
         Ok(signers) if json => {
             let names: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
@@ -538,6 +583,18 @@ pub fn status_table(body: &serde_json::Value) -> String {
             out,
             "trust document INVALID: {}",
             s(&body["trust"]["message"])
+        );
+    } else if body["trust"]["version"].is_u64() {
+        let origin = match body["trust"]["origin"].as_str() {
+            Some("rotation") => " (signed rotation)",
+            Some("local_replacement") => " (replaced locally)",
+            _ => "",
+        };
+        let _ = writeln!(
+            out,
+            "trust document v{}{origin}, sha256 {}",
+            s(&body["trust"]["version"]),
+            s(&body["trust"]["sha256"]).get(..12).unwrap_or("?")
         );
     }
     for sus in body["suspensions"].as_array().into_iter().flatten() {

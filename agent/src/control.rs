@@ -5,6 +5,7 @@
 //! - `GET  /v1/status`            the status board
 //! - `GET  /v1/approvals`         pending approval requests with the command to sign each
 //! - `POST /v1/approvals`         `{"name","payload","signatures":[..]}`: submit a signed approval
+//!   or a signed trust rotation (applied at once; answers the version in force)
 //! - `GET  /v1/plan`              a fresh read of the host planned against the current document
 //! - `GET  /v1/journal?in_flight=true`
 //! - `POST /v1/reconcile`         `{"vmid": N}` or `{}` (all guests): now, pre-empting backoff
@@ -170,12 +171,25 @@ async fn submit_approval(
         );
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
-    if let Err(r) = gate::verify_offline(
-        &trust,
-        req.payload.as_bytes(),
-        &sigs,
-        crate::engine::unix_now(),
-    ) {
+    let rotation = crate::trust::is_trust_document(req.payload.as_bytes());
+    let verdict = if rotation {
+        gate::verify_rotation(
+            &trust,
+            req.payload.as_bytes(),
+            &sigs,
+            crate::engine::unix_now(),
+        )
+        .map(|_| ())
+    } else {
+        gate::verify_offline(
+            &trust,
+            req.payload.as_bytes(),
+            &sigs,
+            crate::engine::unix_now(),
+        )
+        .map(|_| ())
+    };
+    if let Err(r) = verdict {
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             r.code.as_str(),
@@ -202,6 +216,15 @@ async fn submit_approval(
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
     }
     match approval_files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+        Ok(p) if rotation => {
+            // Applied now, through the same path as a rotation found on disk (journal first).
+            c.engine.rotate_trust();
+            let version = match c.engine.trust() {
+                crate::engine::Trust::Valid(t) => Some(t.version),
+                crate::engine::Trust::Invalid { .. } => None,
+            };
+            Json(json!({"accepted_into_inbox": p, "trust_version": version})).into_response()
+        }
         Ok(p) => {
             // Let the guest's lane look at it now.
             if let Ok(parsed) = gate::ApprovalPayload::parse(req.payload.as_bytes()) {

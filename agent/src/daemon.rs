@@ -105,23 +105,6 @@ pub fn resolve_credential(
     }
 }
 
-/// Loads the trust document; a broken one is reported and blocks only destructive steps.
-pub fn load_trust(path: &std::path::Path) -> Trust {
-    match std::fs::read_to_string(path) {
-        Err(e) => Trust::Invalid {
-            code: "trust_store_invalid",
-            message: format!("reading trust document {}: {e}", path.display()),
-        },
-        Ok(text) => match gate::TrustStore::parse(&text) {
-            Ok(t) => Trust::Valid(Arc::new(t)),
-            Err(e) => Trust::Invalid {
-                code: "trust_store_invalid",
-                message: format!("trust document {}: {e}", path.display()),
-            },
-        },
-    }
-}
-
 /// Fetches the desired state; on failure falls back to the journal's last-known-good copy in
 /// degraded mode (benign convergence only). Also mirrors a hub's approval files and records
 /// the source's freshness for `drover status` and the metrics.
@@ -268,7 +251,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     let source = Source::from_config(&config).context("setting up the desired-state source")?;
     let approvals =
         crate::approvals::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
-    let trust = load_trust(&config.trust.file);
+    let trust = crate::trust::establish(&config.trust.file, &store);
     if let Trust::Invalid { message, .. } = &trust {
         warn!("{message}; destructive steps are blocked until it is fixed");
     }

@@ -196,13 +196,50 @@ impl Engine {
             "passes": snap.passes,
             "lanes": {"queued": lanes.queued, "active": lanes.active, "retries_total": lanes.retries_total},
             "trust": match self.trust() {
-                Trust::Valid(t) => serde_json::json!({"valid": true, "version": t.version, "sha256": t.sha256()}),
+                Trust::Valid(t) => {
+                    let origin = self
+                        .inner
+                        .store
+                        .trust_record()
+                        .ok()
+                        .flatten()
+                        .filter(|r| r.sha256 == t.sha256())
+                        .map(|r| r.origin);
+                    serde_json::json!({"valid": true, "version": t.version, "sha256": t.sha256(), "origin": origin})
+                }
                 Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
             },
             "suspensions": self.inner.store.suspensions(),
             "guests": snap.guests.values().collect::<Vec<_>>(),
             "unmanaged": snap.unmanaged,
         })
+    }
+
+    /// Applies signed trust rotations waiting beside the approvals (see `trust`); true when
+    /// the document in force changed.
+    pub fn rotate_trust(&self) -> bool {
+        let Trust::Valid(current) = self.trust() else {
+            return false;
+        };
+        let store = &self.inner.store;
+        let metrics = &self.inner.metrics;
+        let audit = |d: Decision| {
+            metrics.gate_decision(&d.code);
+            store.audit(&d)
+        };
+        match crate::trust::apply_rotations(
+            &current,
+            &self.inner.approvals,
+            store,
+            unix_now(),
+            &audit,
+        ) {
+            Some(next) => {
+                self.set_trust(Trust::Valid(next));
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn set_trust(&self, trust: Trust) {
@@ -328,6 +365,7 @@ impl Engine {
 
     /// One full pass: plan the host and queue every guest that has work. Returns the plan.
     pub async fn pass(&self) -> Result<ClassifiedPlan, PveError> {
+        self.rotate_trust();
         let Some(desired) = self.desired() else {
             return Ok(ClassifiedPlan {
                 host: self.inner.settings.host.clone(),

@@ -263,13 +263,22 @@ impl Store {
                 time_ms: now_ms(),
                 allowed: d.allowed,
                 code: d.code.clone(),
-                vmid: Some(d.vmid),
+                vmid: d.vmid,
                 step: Some(d.op.clone()),
                 signers: d.signers.clone(),
                 authenticated: d.authenticated,
                 detail: format!("{} ({})", d.message, d.source.display()),
             }),
         );
+    }
+
+    /// The trust document in force as last recorded (see `trust`).
+    pub fn trust_record(&self) -> Result<Option<journal::TrustRecord>, StoreError> {
+        self.j.trust()
+    }
+
+    pub fn set_trust_record(&self, record: &journal::TrustRecord) -> Result<(), StoreError> {
+        self.j.set_trust(record)
     }
 
     pub fn last_revision(&self) -> Option<u64> {

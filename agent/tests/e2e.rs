@@ -347,7 +347,7 @@ async fn junk_approval_files_are_refused_and_change_nothing() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("junk.txt"), "drover-approval v9\nnonsense\n").unwrap();
     std::fs::write(dir.join("junk.txt.sig"), "not a signature").unwrap();
-    std::fs::write(dir.join("big.txt"), vec![b'a'; 64 * 1024]).unwrap();
+    std::fs::write(dir.join("big.txt"), vec![b'a'; 64 * 1024 + 1]).unwrap();
     std::fs::write(dir.join("big.txt.sig"), "x").unwrap();
     std::fs::copy(&request, dir.join("real.txt")).unwrap();
     std::fs::write(

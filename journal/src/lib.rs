@@ -171,6 +171,22 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// The trust document in force, as the agent applied it: the bootstrap file, a signed rotation
+/// or a local replacement. Kept whole, because the next rotation is verified against it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrustRecord {
+    pub version: u64,
+    /// sha256 of `document`.
+    pub sha256: String,
+    pub document: String,
+    /// sha256 of the local trust file when it was last read; a different file means root
+    /// replaced it out of band.
+    pub file_sha256: String,
+    /// `file`, `rotation` or `local_replacement`.
+    pub origin: String,
+    pub applied_ms: i64,
+}
+
 /// A suspension of one guest or (vmid None) the whole host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Suspension {

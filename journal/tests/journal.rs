@@ -269,7 +269,15 @@ fn crash_writer() {
         j.accept_desired(u64::from(i) + 1, format!("doc {i}").as_bytes())
             .unwrap();
         ack(&format!("desired {i}"));
-        j.set_trust(u64::from(i) + 1, &format!("h{i}")).unwrap();
+        j.set_trust(&journal::TrustRecord {
+            version: u64::from(i) + 1,
+            sha256: format!("h{i}"),
+            document: format!("doc {i}"),
+            file_sha256: format!("f{i}"),
+            origin: "rotation".into(),
+            applied_ms: 0,
+        })
+        .unwrap();
         ack(&format!("trust {i}"));
         j.mark_scratch(i).unwrap();
         ack(&format!("scratch {i}"));
@@ -409,8 +417,9 @@ fn sigkill_after_any_acknowledged_write_loses_nothing() {
                     assert_eq!(doc, format!("doc {}", rev - 1).into_bytes(), "{a}");
                 }
                 "trust" => {
-                    let (v, _) = j.trust().unwrap().unwrap();
-                    assert!(v > u64::from(i), "{a}");
+                    let t = j.trust().unwrap().unwrap();
+                    assert!(t.version > u64::from(i), "{a}");
+                    assert_eq!(t.document, format!("doc {}", t.version - 1), "{a}");
                 }
                 "scratch" => assert!(j.provenance(i).unwrap().unwrap().scratch, "{a}"),
                 _ => unreachable!(),

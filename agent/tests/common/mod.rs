@@ -161,7 +161,10 @@ pub fn sign(
     std::fs::copy(&src, &key).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let copy = out_dir.join(file.file_name().unwrap());
-    std::fs::copy(file, &copy).unwrap();
+    // Copying a file onto itself would truncate it.
+    if copy != file {
+        std::fs::copy(file, &copy).unwrap();
+    }
     let out = match Command::new("ssh-keygen")
         .args(["-q", "-Y", "sign", "-f"])
         .arg(&key)

@@ -1,0 +1,336 @@
+//! The trust document in force (signing-gate.md §5.7, §5.11).
+//!
+//! - **Bootstrap**: version 1 is installed out of band as the local file (`[trust] file`).
+//! - **Signed rotation** (the normal way to change keys): document N+1, signed by N's recovery
+//!   quorum (or, when the recovery keys stay, by N's operators), travels like an approval: the
+//!   inbox, `drover approve`, the socket or the hub's approvals directory. The gate's
+//!   [`gate::verify_rotation`] decides; the applied document is kept in the journal, because
+//!   the service cannot write `/etc` and because the *next* rotation is verified against it.
+//!   Rotations apply one version at a time, in order.
+//! - **Break glass**: root replacing the local file is out of band and accepted, but never
+//!   silently: it is logged and audited as `trust_store_replaced_locally`.
+//!
+//! Which one is in force is decided from the journal's record, not from file timestamps: the
+//! record holds the hash of the file as last read, so "the file is unchanged since then" (keep
+//! the possibly rotated document) and "root put a new file there" are told apart exactly.
+//! Anything unreadable fails closed (`trust_store_invalid`): destructive steps wait, benign
+//! convergence goes on.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use gate::TrustStore;
+use gate::trust::{MAX_TRUST_BYTES, TRUST_MAGIC};
+use sha2::{Digest, Sha256};
+
+use crate::approval_files::{self, Candidate};
+use crate::approvals::{Approvals, Decision};
+use crate::engine::Trust;
+use crate::store::Store;
+
+/// Audit code of a rotation that was applied.
+pub const ROTATED: &str = "trust_rotated";
+/// Audit code of a local file that replaced the document in force.
+pub const REPLACED_LOCALLY: &str = "trust_store_replaced_locally";
+
+/// A file holding a trust document rather than an approval (decided by its first line).
+pub fn is_trust_document(payload: &[u8]) -> bool {
+    payload.starts_with(TRUST_MAGIC.as_bytes())
+        && payload.get(TRUST_MAGIC.len()).is_some_and(|b| *b == b'\n')
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn invalid(message: String) -> Trust {
+    Trust::Invalid {
+        code: "trust_store_invalid",
+        message,
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, Trust> {
+    approval_files::read_capped(path, MAX_TRUST_BYTES as u64)
+        .map_err(|e| invalid(format!("reading trust document {}: {e}", path.display())))
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<TrustStore, Trust> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| invalid(format!("trust document {}: not ASCII", path.display())))?;
+    TrustStore::parse(text).map_err(|e| invalid(format!("trust document {}: {e}", path.display())))
+}
+
+/// The local file alone, as `drover check-config` and a first start see it.
+pub fn load_file(path: &Path) -> Trust {
+    match read_file(path).and_then(|b| parse(path, &b)) {
+        Ok(t) => Trust::Valid(Arc::new(t)),
+        Err(t) => t,
+    }
+}
+
+/// What the journal says is in force, judged against the local file, without writing
+/// anything (offline commands: `drover plan`, `verify-approval`, `check-config`).
+pub fn effective_read_only(path: &Path, state_dir: &Path) -> Trust {
+    match Store::open_read_only(state_dir) {
+        Ok(store) => effective(path, &store),
+        // No journal to read (never started, or not ours to read): the file is all there is.
+        Err(_) => load_file(path),
+    }
+}
+
+/// As [`establish`] would decide, but read-only (no record is written, nothing is audited).
+pub fn effective(path: &Path, store: &Store) -> Trust {
+    let record = match store.trust_record() {
+        Ok(r) => r,
+        Err(e) => return invalid(format!("reading the trust record from the journal: {e}")),
+    };
+    let bytes = match read_file(path) {
+        Ok(b) => b,
+        Err(t) => return t,
+    };
+    let file_sha = sha256_hex(&bytes);
+    match record {
+        Some(r) if r.file_sha256 == file_sha || r.sha256 == file_sha => {
+            match TrustStore::parse(&r.document) {
+                Ok(t) => Trust::Valid(Arc::new(t)),
+                Err(e) => invalid(format!("the journal's trust document v{}: {e}", r.version)),
+            }
+        }
+        _ => match parse(path, &bytes) {
+            Ok(t) => Trust::Valid(Arc::new(t)),
+            Err(t) => t,
+        },
+    }
+}
+
+/// Decides the document in force when the agent starts, records it in the journal (durably,
+/// before anything is verified against it) and audits a local replacement.
+pub fn establish(path: &Path, store: &Store) -> Trust {
+    let bytes = match read_file(path) {
+        Ok(b) => b,
+        // A missing or unreadable file is never papered over with the journal's copy: root
+        // may have removed it on purpose.
+        Err(t) => return t,
+    };
+    let file_sha = sha256_hex(&bytes);
+    let record = match store.trust_record() {
+        Ok(r) => r,
+        Err(e) => {
+            // Without the record a rotation (perhaps one that revoked a key) could silently
+            // be rolled back to the file: fail closed.
+            return invalid(format!(
+                "reading the trust record from the journal: {e}; destructive steps wait until it is readable"
+            ));
+        }
+    };
+    if let Some(r) = &record
+        && (r.file_sha256 == file_sha || r.sha256 == file_sha)
+    {
+        let t = match TrustStore::parse(&r.document) {
+            Ok(t) => t,
+            Err(e) => {
+                return invalid(format!(
+                    "the trust document in force (v{}, from the journal): {e}",
+                    r.version
+                ));
+            }
+        };
+        if r.file_sha256 != file_sha {
+            // Root installed the document in force as the file too: nothing changes.
+            let mut synced = r.clone();
+            synced.file_sha256 = file_sha.clone();
+            if let Err(e) = store.set_trust_record(&synced) {
+                tracing::warn!("journal: recording the trust file's hash: {e}");
+            }
+        }
+        if r.origin == "rotation" && r.sha256 != file_sha {
+            tracing::info!(
+                version = t.version,
+                file = %path.display(),
+                "trust document v{} in force (a signed rotation; the file still holds an earlier version)",
+                t.version
+            );
+        }
+        return Trust::Valid(Arc::new(t));
+    }
+    let t = match parse(path, &bytes) {
+        Ok(t) => t,
+        Err(t) => return t,
+    };
+    let origin = if record.is_some() {
+        "local_replacement"
+    } else {
+        "file"
+    };
+    let new = journal::TrustRecord {
+        version: t.version,
+        sha256: t.sha256().to_string(),
+        document: t.text().to_string(),
+        file_sha256: file_sha,
+        origin: origin.into(),
+        applied_ms: crate::engine::unix_now() * 1000,
+    };
+    if let Err(e) = store.set_trust_record(&new) {
+        return invalid(format!(
+            "recording the trust document in the journal: {e}; destructive steps wait"
+        ));
+    }
+    match &record {
+        None => tracing::info!(
+            version = t.version,
+            "trust document v{} installed from {}",
+            t.version,
+            path.display()
+        ),
+        Some(old) => {
+            let message = format!(
+                "the local trust file {} replaced the document in force (v{} {} -> v{} {}); this is the break-glass path, not a signed rotation",
+                path.display(),
+                old.version,
+                &old.sha256[..12.min(old.sha256.len())],
+                t.version,
+                &t.sha256()[..12]
+            );
+            tracing::warn!(code = REPLACED_LOCALLY, "{message}");
+            store.audit(&Decision {
+                vmid: None,
+                op: "trust".into(),
+                allowed: true,
+                code: REPLACED_LOCALLY.into(),
+                message,
+                signers: Vec::new(),
+                authenticated: false,
+                source: path.to_path_buf(),
+            });
+        }
+    }
+    Trust::Valid(Arc::new(t))
+}
+
+/// The `version:` a trust document claims (for ordering; the gate checks everything).
+fn claimed_version(payload: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(payload).ok()?;
+    text.lines()
+        .take(8)
+        .find_map(|l| l.strip_prefix("version: "))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Applies signed rotations waiting in the approval directories, one version at a time.
+/// Returns the new document when at least one was applied. Refusals are audited once per file.
+pub fn apply_rotations(
+    current: &Arc<TrustStore>,
+    approvals: &Approvals,
+    store: &Store,
+    now: i64,
+    audit: &dyn Fn(Decision),
+) -> Option<Arc<TrustStore>> {
+    let mut current = current.clone();
+    let mut applied = None;
+    'rescan: loop {
+        let mut candidates: Vec<Candidate> = approvals
+            .candidate_dirs()
+            .iter()
+            .flat_map(|d| approval_files::scan(d).0)
+            .filter(|c| is_trust_document(&c.payload))
+            .collect();
+        candidates.sort_by_key(|c| claimed_version(&c.payload));
+        for c in candidates {
+            let claimed = claimed_version(&c.payload);
+            if claimed.is_some_and(|v| v <= current.version) {
+                // Applied already (or older): nothing to do with it any more.
+                tracing::debug!(path = %c.payload_path.display(), "trust rotation already in force");
+                approvals.retire(&c);
+                continue;
+            }
+            let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
+            match gate::verify_rotation(&current, &c.payload, &sigs, now) {
+                Ok(next) => {
+                    let next = Arc::new(next);
+                    let file_sha = match store.trust_record() {
+                        Ok(Some(r)) => r.file_sha256,
+                        _ => String::new(),
+                    };
+                    let record = journal::TrustRecord {
+                        version: next.version,
+                        sha256: next.sha256().to_string(),
+                        document: next.text().to_string(),
+                        file_sha256: file_sha,
+                        origin: "rotation".into(),
+                        applied_ms: now * 1000,
+                    };
+                    // Durable before it is used: a crash must not forget a rotation that may
+                    // have revoked a key.
+                    if let Err(e) = store.set_trust_record(&record) {
+                        tracing::error!("journal: recording trust rotation v{}: {e}", next.version);
+                        break 'rescan;
+                    }
+                    let message = format!(
+                        "trust document v{} -> v{} (sha256 {}) from {}",
+                        current.version,
+                        next.version,
+                        next.sha256(),
+                        c.payload_path.display()
+                    );
+                    tracing::info!(code = ROTATED, version = next.version, "{message}");
+                    audit(Decision {
+                        vmid: None,
+                        op: "rotate_trust".into(),
+                        allowed: true,
+                        code: ROTATED.into(),
+                        message,
+                        signers: Vec::new(),
+                        authenticated: true,
+                        source: c.payload_path.clone(),
+                    });
+                    approvals.retire(&c);
+                    current = next.clone();
+                    applied = Some(next);
+                    continue 'rescan;
+                }
+                Err(r) => {
+                    let code = r.code.as_str();
+                    if approvals.first_report(&c, code) {
+                        tracing::warn!(
+                            code,
+                            path = %c.payload_path.display(),
+                            "trust rotation refused: {}",
+                            r.message
+                        );
+                        audit(Decision {
+                            vmid: None,
+                            op: "rotate_trust".into(),
+                            allowed: false,
+                            code: code.to_string(),
+                            message: r.message.clone(),
+                            signers: Vec::new(),
+                            authenticated: r.authenticated,
+                            source: c.payload_path.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        break;
+    }
+    applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_documents_are_told_apart_from_approvals_by_their_first_line() {
+        assert!(is_trust_document(b"drover-trust v1\nfleet: x\n"));
+        assert!(!is_trust_document(b"drover-trust v10\n"));
+        assert!(!is_trust_document(b"drover-approval v1\n"));
+        assert!(!is_trust_document(b"drover-trust v1"));
+        assert_eq!(
+            claimed_version(b"drover-trust v1\nfleet: a\nversion: 7\n"),
+            Some(7)
+        );
+        assert_eq!(claimed_version(b"drover-trust v1\nversion: x\n"), None);
+    }
+}

@@ -1,0 +1,288 @@
+//! Trust rotation end to end: a running `drover` daemon against the simulator, documents and
+//! signatures made with real `ssh-keygen`. A signed rotation is applied at once, survives a
+//! restart although the file still holds the old version, lets the new key approve a destroy;
+//! bad rotations are refused with the gate's code and change nothing; root replacing the file
+//! is accepted but audited as `trust_store_replaced_locally`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const V1: &str = include_str!("../../testdata/demo/trust");
+
+/// The operator1 TEST key as a signer line of the demo fleet.
+fn operator1_line() -> String {
+    let pubkey = include_str!("../../testdata/gate/TEST_operator1_ed25519.pub");
+    let key: Vec<&str> = pubkey.split_whitespace().take(2).collect();
+    format!(
+        "operator1@demo.invalid namespaces=\"destructive-op-v1@{DOMAIN}\",valid-before=\"20991231235959Z\" {}\n",
+        key.join(" ")
+    )
+}
+
+/// `previous` with a new version, chained to it by hash, plus `extra` signer lines.
+fn successor(previous: &str, version: u64, extra: &str) -> String {
+    let sha = hex::encode(Sha256::digest(previous.as_bytes()));
+    let mut out = String::new();
+    for line in previous.lines() {
+        if line.starts_with("version: ") {
+            out.push_str(&format!("version: {version}\n"));
+        } else if line.starts_with("previous-sha256: ") {
+            out.push_str(&format!("previous-sha256: {sha}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    out
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn trust_of(h: &Host) -> serde_json::Value {
+    h.status_json(Duration::from_secs(10)).await["trust"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() {
+    let h = Host::start(vec![seed(801, true, 256), seed(802, true, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n[[guest]]\nvmid = 801\nensure = \"absent\"\n{}",
+        guest(802, "running", 256)
+    ));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(20), "an approval request", || {
+        !h.pending_requests().is_empty()
+    })
+    .await;
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(1), Some("file")),
+        "{t}"
+    );
+
+    let rot_ns = format!("trust-rotation-v1@{DOMAIN}");
+    let op_ns = format!("destructive-op-v1@{DOMAIN}");
+    let v2 = successor(V1, 2, &operator1_line());
+    let v2_path = write(&h.root().join("docs"), "trust-v2.txt", &v2);
+
+    // Signed by a key v1 does not list: refused at once with the gate's code.
+    std::fs::create_dir_all(h.root().join("stranger")).unwrap();
+    let Some(stranger) = sign(
+        "gate/TEST_operator1_ed25519",
+        &rot_ns,
+        &v2_path,
+        &h.root().join("stranger"),
+    ) else {
+        return;
+    };
+    let r = h
+        .drover_async(&[
+            "approve",
+            v2_path.to_str().unwrap(),
+            stranger.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&r), 1, "{}", stdout(&r));
+    assert!(stdout(&r).starts_with("unknown_signer: "), "{}", stdout(&r));
+
+    // Skipping a version, even with the right signature: refused.
+    std::fs::create_dir_all(h.root().join("skip")).unwrap();
+    std::fs::create_dir_all(h.root().join("grab")).unwrap();
+    let v3 = successor(&v2, 3, "");
+    let v3_path = write(&h.root().join("docs"), "trust-v3.txt", &v3);
+    let sig3 = sign(
+        "demo/TEST_demo_recovery_ed25519",
+        &rot_ns,
+        &v3_path,
+        &h.root().join("skip"),
+    )
+    .unwrap();
+    let r = h
+        .drover_async(&["approve", v3_path.to_str().unwrap(), sig3.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 1, "{}", stdout(&r));
+    assert!(
+        stdout(&r).starts_with("rotation_version_invalid: "),
+        "{}",
+        stdout(&r)
+    );
+    // An approval's signature is no rotation: operators may not change the recovery keys.
+    let v2_bad = successor(
+        V1,
+        2,
+        &operator1_line()
+            .replace("destructive-op", "trust-rotation")
+            .replace("operator1@", "recovery9@"),
+    );
+    let bad_path = write(&h.root().join("docs-bad"), "trust-v2.txt", &v2_bad);
+    let sig_op = sign(
+        "demo/TEST_demo_operator_ed25519",
+        &op_ns,
+        &bad_path,
+        &h.root().join("grab"),
+    )
+    .unwrap();
+    let r = h
+        .drover_async(&[
+            "approve",
+            bad_path.to_str().unwrap(),
+            sig_op.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&r), 1, "{}", stdout(&r));
+    assert!(
+        stdout(&r).starts_with("threshold_not_met: "),
+        "{}",
+        stdout(&r)
+    );
+    let t = trust_of(&h).await;
+    assert_eq!(
+        t["version"].as_u64(),
+        Some(1),
+        "a refused rotation changed the trust: {t}"
+    );
+
+    // The recovery key's signature: checked offline, then applied by the running agent.
+    let officer = h.root().join("officer");
+    std::fs::create_dir_all(&officer).unwrap();
+    let sig2 = sign(
+        "demo/TEST_demo_recovery_ed25519",
+        &rot_ns,
+        &v2_path,
+        &officer,
+    )
+    .unwrap();
+    let v = h
+        .drover_async(&[
+            "verify-approval",
+            v2_path.to_str().unwrap(),
+            sig2.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&v), 0, "{}", stdout(&v));
+    assert!(
+        stdout(&v).contains("valid rotation of trust document v1 to v2"),
+        "{}",
+        stdout(&v)
+    );
+    let r = h
+        .drover_async(&["approve", v2_path.to_str().unwrap(), sig2.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 0, "{}", stdout(&r));
+    assert!(
+        stdout(&r).contains("now uses trust document v2"),
+        "{}",
+        stdout(&r)
+    );
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(2), Some("rotation")),
+        "{t}"
+    );
+    let text = stdout(&h.drover_async(&["status"]).await);
+    assert!(
+        text.contains("trust document v2 (signed rotation)"),
+        "{text}"
+    );
+
+    // The key v2 added approves the destroy.
+    let request = h.pending_requests()[0].clone();
+    let ops = h.root().join("operator1");
+    std::fs::create_dir_all(&ops).unwrap();
+    let sig = sign("gate/TEST_operator1_ed25519", &op_ns, &request, &ops).unwrap();
+    let copy = ops.join(request.file_name().unwrap());
+    let r = h
+        .drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 0, "{}", stdout(&r));
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "the destroy approved by the new key",
+        || h.sim.guest(801).is_none(),
+    )
+    .await;
+    d.stop().await;
+
+    // A restart keeps v2 (from the journal) although the file still holds v1; verify-approval
+    // offline judges against v2 too.
+    let d = h.spawn_daemon();
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(2), Some("rotation")),
+        "{t}"
+    );
+    d.stop().await;
+    let v = h
+        .drover_async(&[
+            "verify-approval",
+            v3_path.to_str().unwrap(),
+            sig3.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&v), 0, "v3 follows v2 now: {}", stdout(&v));
+
+    // Break glass: root installs another document. Accepted, but never silently.
+    let edited = successor(V1, 7, &operator1_line());
+    std::fs::write(h.root().join("trust"), &edited).unwrap();
+    let d = h.spawn_daemon();
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(7), Some("local_replacement")),
+        "{t}"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("trust_store_replaced_locally") && log.contains("v2"),
+        "{log}"
+    );
+    d.stop().await;
+
+    // With the agent stopped, `drover approve` leaves the rotation in the inbox; the next
+    // start applies it (chained to the locally installed v7).
+    let v8 = successor(&edited, 8, "");
+    let v8_path = write(&h.root().join("docs"), "trust-v8.txt", &v8);
+    let sig8 = sign(
+        "demo/TEST_demo_recovery_ed25519",
+        &rot_ns,
+        &v8_path,
+        &officer,
+    )
+    .unwrap();
+    let r = h
+        .drover_async(&["approve", v8_path.to_str().unwrap(), sig8.to_str().unwrap()])
+        .await;
+    assert_eq!(code(&r), 0, "{}", stdout(&r));
+    assert!(stdout(&r).contains("not running"), "{}", stdout(&r));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(20), "v8 from the inbox", || {
+        std::fs::read_dir(h.state().join("approvals/used"))
+            .map(|r| r.flatten().any(|e| e.file_name() == "trust-v8.txt"))
+            .unwrap_or(false)
+    })
+    .await;
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(8), Some("rotation")),
+        "{t}"
+    );
+    assert!(d.log_text().contains("trust_rotated"), "{}", d.log_text());
+    d.stop().await;
+}
