@@ -211,6 +211,60 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// `drover journal --audit`: the most recent gate decisions, oldest first.
+pub fn journal_audit(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::open_read_only(state_dir)
+        .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
+    let rows = store
+        .journal()
+        .audit_tail(200)
+        .with_context(|| format!("reading the audit log in {}", state_dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("the audit log is empty");
+    } else {
+        for r in rows {
+            println!("{}", describe_audit(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One audit entry on one line: time, verdict, code, subject, signers and detail.
+fn describe_audit(r: &journal::AuditEntry) -> String {
+    let subject = match (r.vmid, r.step.as_deref()) {
+        (Some(v), Some(step)) => format!("CT {v} {step}"),
+        (Some(v), None) => format!("CT {v}"),
+        (None, Some(step)) => step.to_string(),
+        (None, None) => "-".to_string(),
+    };
+    let signers = if r.signers.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", r.signers.join(", "))
+    };
+    format!(
+        "{}  {:<7} {:<30} {}{}: {}",
+        rfc3339(r.time_ms),
+        if r.allowed { "allowed" } else { "refused" },
+        r.code,
+        subject,
+        signers,
+        r.detail
+    )
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// `drover approvals`.
 pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
@@ -445,13 +499,7 @@ pub fn verify_approval(
 
 /// One journal record on one line: id, time, guest, step, phase and outcome.
 fn describe_record(r: &journal::StepRecord) -> String {
-    let when = time::OffsetDateTime::from_unix_timestamp(r.intent_at_ms / 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| r.intent_at_ms.to_string());
+    let when = rfc3339(r.intent_at_ms);
     let phase = match &r.phase {
         journal::Phase::Intent => "intent (no task yet)".to_string(),
         journal::Phase::Submitted { upid } => format!("running {upid}"),

@@ -190,6 +190,25 @@ async fn submit_approval(
         .map(|_| ())
     };
     if let Err(r) = verdict {
+        // Refused before it reached the inbox, but still a gate decision: audited, so an
+        // attempt with a stranger's key is on record.
+        let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
+        let d = crate::approvals::Decision {
+            vmid: parsed.as_ref().map(|p| p.vmid),
+            op: match (&parsed, rotation) {
+                (_, true) => "rotate_trust".to_string(),
+                (Some(p), false) => p.op.as_str().to_string(),
+                (None, false) => "approval".to_string(),
+            },
+            allowed: false,
+            code: r.code.as_str().to_string(),
+            message: r.message.clone(),
+            signers: Vec::new(),
+            authenticated: r.authenticated,
+            source: PathBuf::from(format!("submitted on the control socket as {stem}.txt")),
+        };
+        c.engine.metrics().gate_decision(&d.code);
+        c.engine.store().audit(&d);
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             r.code.as_str(),

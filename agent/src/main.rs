@@ -90,10 +90,14 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Show the journal: recent steps, or only those in flight; `check` verifies it.
+    /// Show the journal: recent steps, only those in flight, or the audit log of gate
+    /// decisions; `check` verifies it.
     Journal {
-        #[arg(long)]
+        #[arg(long, conflicts_with = "audit")]
         in_flight: bool,
+        /// The audit log: every gate decision (approvals, refusals, trust changes), newest last.
+        #[arg(long)]
+        audit: bool,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
         #[command(subcommand)]
@@ -211,6 +215,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan { output } => cli::plan(&cli.config, output == Output::Json).await,
         Command::Journal {
             in_flight,
+            audit,
             output,
             action,
         } => {
@@ -218,6 +223,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match action {
                 Some(JournalAction::Check) => cli::journal_check(&config.state_dir),
                 Some(JournalAction::MoveAside) => cli::journal_move_aside(&config.state_dir),
+                None if audit => cli::journal_audit(&config.state_dir, output == Output::Json),
                 None => cli::journal_show(&config.state_dir, in_flight, output == Output::Json),
             }
         }

@@ -285,4 +285,44 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
     );
     assert!(d.log_text().contains("trust_rotated"), "{}", d.log_text());
     d.stop().await;
+
+    // The audit log tells the whole story, oldest first.
+    let a = h.drover_async(&["journal", "--audit"]).await;
+    assert_eq!(code(&a), 0);
+    let text = stdout(&a);
+    let lines: Vec<&str> = text.lines().collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("{needle} not in the audit log:\n{text}"))
+    };
+    assert!(
+        pos("refused unknown_signer") < pos("allowed trust_rotated"),
+        "{text}"
+    );
+    assert!(pos("v1 -> v2") < pos("allowed approved"), "{text}");
+    assert!(
+        pos("allowed approved") < pos("trust_store_replaced_locally"),
+        "{text}"
+    );
+    assert!(
+        pos("trust_store_replaced_locally") < pos("v7 -> v8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("CT 801 destroy_guest [operator1@demo.invalid"),
+        "{text}"
+    );
+    let j = h
+        .drover_async(&["journal", "--audit", "--output", "json"])
+        .await;
+    let rows: serde_json::Value = serde_json::from_slice(&j.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["code"] == "trust_rotated" && r["vmid"].is_null()),
+        "{rows}"
+    );
 }
