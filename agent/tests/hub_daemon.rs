@@ -150,6 +150,48 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
         "a used approval was mirrored again"
     );
 
+    // A trust rotation published beside the approvals, signed by both recovery keys of v1
+    // (threshold 2): the agent applies it from the hub's mirror.
+    let v1 = std::fs::read_to_string(repo().join("testdata/gate/trust_v1.txt")).unwrap();
+    let op5 =
+        std::fs::read_to_string(repo().join("testdata/gate/TEST_operator5_ed25519.pub")).unwrap();
+    let op5: Vec<&str> = op5.split_whitespace().take(2).collect();
+    let v2 = common::successor(
+        &v1,
+        2,
+        &format!(
+            "operator5@example.invalid namespaces=\"destructive-op-v1@{DOMAIN}\",valid-before=\"20991231235959Z\" {}\n",
+            op5.join(" ")
+        ),
+    );
+    let v2_path = hub.scratch.join("trust-v2.txt");
+    std::fs::write(&v2_path, &v2).unwrap();
+    let rot_ns = format!("trust-rotation-v1@{DOMAIN}");
+    for who in ["recovery1", "recovery2"] {
+        let dir = hub.scratch.join(who);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sig = sign(&format!("gate/TEST_{who}_ed25519"), &rot_ns, &v2_path, &dir).unwrap();
+        std::fs::copy(&sig, approvals.join(format!("trust-v2.txt.{who}.sig"))).unwrap();
+    }
+    std::fs::copy(&v2_path, approvals.join("trust-v2.txt")).unwrap();
+    std::fs::write(
+        approvals.join("index.json"),
+        format!(
+            "[\"{name}\", \"{name}.sig\", \"other.txt\", \"trust-v2.txt\", \"trust-v2.txt.recovery1.sig\", \"trust-v2.txt.recovery2.sig\"]"
+        ),
+    )
+    .unwrap();
+    let mut trust = serde_json::Value::Null;
+    for _ in 0..100 {
+        trust = h.status_json(Duration::from_secs(5)).await["trust"].clone();
+        if trust["version"] == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(trust["version"], 2, "{trust}\n{}", d.log_text());
+    assert_eq!(trust["origin"], "rotation", "{trust}");
+
     // A document with a wrong signature (signed, then changed): refused with the gate's code;
     // its destroy of 103 never runs, but benign drift on 101 is still corrected.
     hub.publish_signed(&format!("revision = 3\n{}", guest(101, "running", 256)));

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use sha2::{Digest, Sha256};
 
 const V1: &str = include_str!("../../testdata/demo/trust");
 
@@ -23,24 +22,6 @@ fn operator1_line() -> String {
         "operator1@demo.invalid namespaces=\"destructive-op-v1@{DOMAIN}\",valid-before=\"20991231235959Z\" {}\n",
         key.join(" ")
     )
-}
-
-/// `previous` with a new version, chained to it by hash, plus `extra` signer lines.
-fn successor(previous: &str, version: u64, extra: &str) -> String {
-    let sha = hex::encode(Sha256::digest(previous.as_bytes()));
-    let mut out = String::new();
-    for line in previous.lines() {
-        if line.starts_with("version: ") {
-            out.push_str(&format!("version: {version}\n"));
-        } else if line.starts_with("previous-sha256: ") {
-            out.push_str(&format!("previous-sha256: {sha}\n"));
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out.push_str(extra);
-    out
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

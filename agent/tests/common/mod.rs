@@ -289,3 +289,22 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// `previous` with a new version, chained to it by hash, plus `extra` signer lines.
+pub fn successor(previous: &str, version: u64, extra: &str) -> String {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(previous.as_bytes()));
+    let mut out = String::new();
+    for line in previous.lines() {
+        if line.starts_with("version: ") {
+            out.push_str(&format!("version: {version}\n"));
+        } else if line.starts_with("previous-sha256: ") {
+            out.push_str(&format!("previous-sha256: {sha}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    out
+}
