@@ -64,6 +64,9 @@ struct Inner {
     store: Store,
     approvals: Approvals,
     trust: RwLock<Trust>,
+    /// Serializes trust rotations: two concurrent appliers (a pass and a socket submission)
+    /// starting from the same version could otherwise write an older document last.
+    rotation: Mutex<()>,
     desired: RwLock<Option<Desired>>,
     /// vmids held by other nodes, from the last pass.
     elsewhere: RwLock<BTreeMap<u32, String>>,
@@ -99,6 +102,7 @@ impl Engine {
                 store,
                 approvals,
                 trust: RwLock::new(trust),
+                rotation: Mutex::new(()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
                 terminal: Mutex::new(HashMap::new()),
@@ -218,6 +222,11 @@ impl Engine {
     /// Applies signed trust rotations waiting beside the approvals (see `trust`); true when
     /// the document in force changed.
     pub fn rotate_trust(&self) -> bool {
+        let _one_at_a_time = self
+            .inner
+            .rotation
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let Trust::Valid(current) = self.trust() else {
             return false;
         };

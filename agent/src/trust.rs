@@ -248,9 +248,22 @@ pub fn apply_rotations(
             match gate::verify_rotation(&current, &c.payload, &sigs, now) {
                 Ok(next) => {
                     let next = Arc::new(next);
+                    // The record must carry the local file's hash on, or the next start would
+                    // take the file for a local replacement and drop this rotation.
                     let file_sha = match store.trust_record() {
                         Ok(Some(r)) => r.file_sha256,
-                        _ => String::new(),
+                        Ok(None) => {
+                            tracing::error!(
+                                "journal: no trust record to rotate from; rotation not applied"
+                            );
+                            break 'rescan;
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "journal: reading the trust record: {e}; rotation not applied"
+                            );
+                            break 'rescan;
+                        }
                     };
                     let record = journal::TrustRecord {
                         version: next.version,
