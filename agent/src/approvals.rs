@@ -58,6 +58,9 @@ pub struct Approvals {
     reported: Mutex<HashMap<[u8; 32], String>>,
 }
 
+/// Distinct refused files remembered (see `first_report`).
+const MAX_REPORTED: usize = 4096;
+
 impl Approvals {
     pub fn new(state_dir: &Path, source_dir: Option<PathBuf>) -> Approvals {
         let base = state_dir.join("approvals");
@@ -161,6 +164,11 @@ impl Approvals {
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
         if seen.get(&key).map(String::as_str) == Some(code) {
             return false;
+        }
+        if seen.len() >= MAX_REPORTED {
+            // Bounded memory against a directory flooded with bad files: forgetting only means
+            // a refusal may be audited again.
+            seen.clear();
         }
         seen.insert(key, code.to_string());
         true

@@ -211,6 +211,55 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
     Ok(ExitCode::SUCCESS)
 }
 
+/// `drover trust`: the trust document in force, byte for byte (the journal's, which may be a
+/// signed rotation newer than `/etc/drover/trust`), so the next rotation can start from it and
+/// name its hash: `drover trust > current.txt && sha256sum current.txt`.
+pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let t = match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
+        Trust::Valid(t) => t,
+        Trust::Invalid { code, message } => {
+            if json {
+                println!("{}", serde_json::json!({"code": code, "message": message}));
+            } else {
+                eprintln!("drover: {code}: {message}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let record = Store::open_read_only(&config.state_dir)
+        .ok()
+        .and_then(|s| s.trust_record().ok().flatten());
+    let origin = match &record {
+        Some(r) if r.sha256 == t.sha256() => r.origin.clone(),
+        // The file differs from what the running agent uses: it takes the file at its next
+        // start (and audits the replacement).
+        Some(_) => "local_replacement_pending".to_string(),
+        None => "file".to_string(),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "version": t.version,
+                "fleet": t.fleet,
+                "sha256": t.sha256(),
+                "origin": origin,
+                "file": config.trust.file,
+                "document": t.text(),
+            }))?
+        );
+    } else {
+        eprintln!(
+            "drover: trust document v{} ({origin}), sha256 {}",
+            t.version,
+            t.sha256()
+        );
+        print!("{}", t.text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `drover journal --audit`: the most recent gate decisions, oldest first.
 pub fn journal_audit(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let store = Store::open_read_only(state_dir)
@@ -424,7 +473,14 @@ pub fn verify_approval(
         // A trust rotation: checked against the document in force (the journal's, when a
         // signed rotation already moved past the file).
         return Ok(
-            match gate::verify_rotation(&trust, &payload, &sig_refs, unix_now()) {
+            match gate::verify_rotation(
+                &trust,
+                &payload,
+                &sig_refs,
+                unix_now(),
+                // Offline: the running agent checks its clock again when it applies it.
+                None,
+            ) {
                 Ok(next) => {
                     if json {
                         println!(

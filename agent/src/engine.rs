@@ -234,7 +234,13 @@ impl Engine {
         let metrics = &self.inner.metrics;
         let audit = |d: Decision| {
             metrics.gate_decision(&d.code);
-            store.audit(&d)
+            match store.audit_durable(&d) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!("journal: writing the audit log: {e}");
+                    false
+                }
+            }
         };
         match crate::trust::apply_rotations(
             &current,

@@ -103,6 +103,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<JournalAction>,
     },
+    /// Print the trust document in force byte for byte (it may be a signed rotation newer
+    /// than the file); its version and sha256 go to stderr (0 valid, 1 none in force).
+    Trust {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Pending approval requests with the command to sign each.
     Approvals {
         #[arg(long, value_enum, default_value = "text")]
@@ -228,6 +234,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Approvals { output } => cli::approvals(&cli.config, output == Output::Json),
+        Command::Trust { output } => cli::trust(&cli.config, output == Output::Json),
         Command::Approve {
             file,
             signatures,

@@ -256,20 +256,24 @@ impl Store {
         self.log("forgetting a destroyed guest", self.j.forget(vmid));
     }
 
+    /// Audits a gate decision; a failure is logged (the decision stands).
     pub fn audit(&self, d: &Decision) {
-        self.log(
-            "writing the audit log",
-            self.j.audit(journal::AuditEntry {
-                time_ms: now_ms(),
-                allowed: d.allowed,
-                code: d.code.clone(),
-                vmid: d.vmid,
-                step: Some(d.op.clone()),
-                signers: d.signers.clone(),
-                authenticated: d.authenticated,
-                detail: format!("{} ({})", d.message, d.source.display()),
-            }),
-        );
+        self.log("writing the audit log", self.audit_durable(d));
+    }
+
+    /// Audits a decision that must not take effect unaudited (trust changes): durable when
+    /// it returns Ok.
+    pub fn audit_durable(&self, d: &Decision) -> Result<(), StoreError> {
+        self.j.audit(journal::AuditEntry {
+            time_ms: now_ms(),
+            allowed: d.allowed,
+            code: d.code.clone(),
+            vmid: d.vmid,
+            step: Some(d.op.clone()),
+            signers: d.signers.clone(),
+            authenticated: d.authenticated,
+            detail: format!("{} ({})", d.message, d.source.display()),
+        })
     }
 
     /// The trust document in force as last recorded (see `trust`).

@@ -2,7 +2,7 @@
 //!
 //! - **Bootstrap**: version 1 is installed out of band as the local file (`[trust] file`).
 //! - **Signed rotation** (the normal way to change keys): document N+1, signed by N's recovery
-//!   quorum (or, when the recovery keys stay, by N's operators), travels like an approval: the
+//!   quorum (never by operators: a rotation can add operator keys), travels like an approval: the
 //!   inbox, `drover approve`, the socket or the hub's approvals directory. The gate's
 //!   [`gate::verify_rotation`] decides; the applied document is kept in the journal, because
 //!   the service cannot write `/etc` and because the *next* rotation is verified against it.
@@ -11,16 +11,18 @@
 //!   silently: it is logged and audited as `trust_store_replaced_locally`.
 //!
 //! Which one is in force is decided from the journal's record, not from file timestamps: the
-//! record holds the hash of the file as last read, so "the file is unchanged since then" (keep
-//! the possibly rotated document) and "root put a new file there" are told apart exactly.
+//! record holds the hash of the file as last read and of every document earlier in the chain,
+//! so "the file is unchanged" or "the file holds an older document of the chain" (keep the
+//! rotated document: anything else would be a rollback) and "root put a new document there"
+//! (break glass) are told apart exactly. Trust changes are audited before they take effect.
 //! Anything unreadable fails closed (`trust_store_invalid`): destructive steps wait, benign
 //! convergence goes on.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use gate::TrustStore;
 use gate::trust::{MAX_TRUST_BYTES, TRUST_MAGIC};
+use gate::{NonceLedger, TrustStore};
 use sha2::{Digest, Sha256};
 
 use crate::approval_files::{self, Candidate};
@@ -70,12 +72,46 @@ pub fn load_file(path: &Path) -> Trust {
 }
 
 /// What the journal says is in force, judged against the local file, without writing
-/// anything (offline commands: `drover plan`, `verify-approval`, `check-config`).
+/// anything (offline commands: `drover plan`, `verify-approval`, `check-config`, `trust`).
 pub fn effective_read_only(path: &Path, state_dir: &Path) -> Trust {
     match Store::open_read_only(state_dir) {
+        // (A state directory without a journal opens as an empty one: the file is all there is.)
         Ok(store) => effective(path, &store),
-        // No journal to read (never started, or not ours to read): the file is all there is.
-        Err(_) => load_file(path),
+        // A journal we cannot read may hold a rotation that revoked a key in the file: never
+        // fall back to the file alone.
+        Err(e) => invalid(format!(
+            "reading the journal in {} to find the trust document in force: {e}",
+            state_dir.display()
+        )),
+    }
+}
+
+/// How the local file relates to the journal's record of the document in force.
+enum FileIs {
+    /// The file as last read, or the document in force itself: keep the record.
+    Current,
+    /// A document (or file) that was in force earlier in this chain: older than the one in
+    /// force. Taking it would roll back a rotation, perhaps one that revoked a key.
+    Superseded,
+    /// Something else: root replaced the file (break glass), or there is no record yet.
+    New,
+}
+
+fn judge(record: Option<&journal::TrustRecord>, file_sha: &str) -> FileIs {
+    match record {
+        Some(r) if r.file_sha256 == file_sha || r.sha256 == file_sha => FileIs::Current,
+        Some(r) if r.history.iter().any(|h| h == file_sha) => FileIs::Superseded,
+        _ => FileIs::New,
+    }
+}
+
+fn journal_document(r: &journal::TrustRecord) -> Trust {
+    match TrustStore::parse(&r.document) {
+        Ok(t) => Trust::Valid(Arc::new(t)),
+        Err(e) => invalid(format!(
+            "the trust document in force (v{}, from the journal): {e}",
+            r.version
+        )),
     }
 }
 
@@ -89,19 +125,28 @@ pub fn effective(path: &Path, store: &Store) -> Trust {
         Ok(b) => b,
         Err(t) => return t,
     };
-    let file_sha = sha256_hex(&bytes);
-    match record {
-        Some(r) if r.file_sha256 == file_sha || r.sha256 == file_sha => {
-            match TrustStore::parse(&r.document) {
-                Ok(t) => Trust::Valid(Arc::new(t)),
-                Err(e) => invalid(format!("the journal's trust document v{}: {e}", r.version)),
-            }
-        }
+    match (judge(record.as_ref(), &sha256_hex(&bytes)), &record) {
+        (FileIs::Current | FileIs::Superseded, Some(r)) => journal_document(r),
         _ => match parse(path, &bytes) {
             Ok(t) => Trust::Valid(Arc::new(t)),
             Err(t) => t,
         },
     }
+}
+
+/// At most this many earlier hashes are kept in a record's history.
+const HISTORY_LIMIT: usize = 64;
+
+fn extend_history(r: &journal::TrustRecord) -> Vec<String> {
+    let mut h = r.history.clone();
+    for sha in [&r.sha256, &r.file_sha256] {
+        if !h.contains(sha) {
+            h.push(sha.clone());
+        }
+    }
+    let excess = h.len().saturating_sub(HISTORY_LIMIT);
+    h.drain(..excess);
+    h
 }
 
 /// Decides the document in force when the agent starts, records it in the journal (durably,
@@ -124,58 +169,59 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             ));
         }
     };
-    if let Some(r) = &record
-        && (r.file_sha256 == file_sha || r.sha256 == file_sha)
-    {
-        let t = match TrustStore::parse(&r.document) {
-            Ok(t) => t,
-            Err(e) => {
-                return invalid(format!(
-                    "the trust document in force (v{}, from the journal): {e}",
+    match (judge(record.as_ref(), &file_sha), &record) {
+        (FileIs::Current, Some(r)) => {
+            let trust = journal_document(r);
+            if r.file_sha256 != file_sha {
+                // Root installed the document in force as the file too: nothing changes.
+                let mut synced = r.clone();
+                synced.history = extend_history(r);
+                synced.file_sha256 = file_sha.clone();
+                if let Err(e) = store.set_trust_record(&synced) {
+                    // Harmless: the file still matches the record's document next time.
+                    tracing::warn!("journal: recording the trust file's hash: {e}");
+                }
+            }
+            if r.origin == "rotation" && r.sha256 != file_sha {
+                tracing::info!(
+                    version = r.version,
+                    file = %path.display(),
+                    "trust document v{} in force (a signed rotation; the file still holds an earlier version)",
                     r.version
-                ));
+                );
             }
-        };
-        if r.file_sha256 != file_sha {
-            // Root installed the document in force as the file too: nothing changes.
-            let mut synced = r.clone();
-            synced.file_sha256 = file_sha.clone();
-            if let Err(e) = store.set_trust_record(&synced) {
-                tracing::warn!("journal: recording the trust file's hash: {e}");
-            }
+            return trust;
         }
-        if r.origin == "rotation" && r.sha256 != file_sha {
-            tracing::info!(
-                version = t.version,
+        (FileIs::Superseded, Some(r)) => {
+            tracing::warn!(
+                version = r.version,
                 file = %path.display(),
-                "trust document v{} in force (a signed rotation; the file still holds an earlier version)",
-                t.version
+                "the trust file {} holds a document that was superseded by signed rotation v{}; keeping v{} (a rollback would restore keys a rotation may have revoked). To replace the document in force, install a new document: `drover trust` prints the current one",
+                path.display(),
+                r.version,
+                r.version
             );
+            return journal_document(r);
         }
-        return Trust::Valid(Arc::new(t));
+        _ => {}
     }
     let t = match parse(path, &bytes) {
         Ok(t) => t,
         Err(t) => return t,
-    };
-    let origin = if record.is_some() {
-        "local_replacement"
-    } else {
-        "file"
     };
     let new = journal::TrustRecord {
         version: t.version,
         sha256: t.sha256().to_string(),
         document: t.text().to_string(),
         file_sha256: file_sha,
-        origin: origin.into(),
+        origin: if record.is_some() {
+            "local_replacement".into()
+        } else {
+            "file".into()
+        },
         applied_ms: crate::engine::unix_now() * 1000,
+        history: Vec::new(),
     };
-    if let Err(e) = store.set_trust_record(&new) {
-        return invalid(format!(
-            "recording the trust document in the journal: {e}; destructive steps wait"
-        ));
-    }
     match &record {
         None => tracing::info!(
             version = t.version,
@@ -193,7 +239,8 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
                 &t.sha256()[..12]
             );
             tracing::warn!(code = REPLACED_LOCALLY, "{message}");
-            store.audit(&Decision {
+            // Audited before it takes effect: a replacement is never in force unrecorded.
+            let audited = store.audit_durable(&Decision {
                 vmid: None,
                 op: "trust".into(),
                 allowed: true,
@@ -203,7 +250,17 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
                 authenticated: false,
                 source: path.to_path_buf(),
             });
+            if let Err(e) = audited {
+                return invalid(format!(
+                    "auditing the local replacement of the trust document: {e}; destructive steps wait"
+                ));
+            }
         }
+    }
+    if let Err(e) = store.set_trust_record(&new) {
+        return invalid(format!(
+            "recording the trust document in the journal: {e}; destructive steps wait"
+        ));
     }
     Trust::Valid(Arc::new(t))
 }
@@ -224,10 +281,11 @@ pub fn apply_rotations(
     approvals: &Approvals,
     store: &Store,
     now: i64,
-    audit: &dyn Fn(Decision),
+    audit: &dyn Fn(Decision) -> bool,
 ) -> Option<Arc<TrustStore>> {
     let mut current = current.clone();
     let mut applied = None;
+    let clock_high_water = store.clock_high_water();
     'rescan: loop {
         let mut candidates: Vec<Candidate> = approvals
             .candidate_dirs()
@@ -245,13 +303,14 @@ pub fn apply_rotations(
                 continue;
             }
             let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
-            match gate::verify_rotation(&current, &c.payload, &sigs, now) {
+            match gate::verify_rotation(&current, &c.payload, &sigs, now, clock_high_water) {
                 Ok(next) => {
                     let next = Arc::new(next);
-                    // The record must carry the local file's hash on, or the next start would
-                    // take the file for a local replacement and drop this rotation.
-                    let file_sha = match store.trust_record() {
-                        Ok(Some(r)) => r.file_sha256,
+                    // The record carries the local file's hash and the chain's history on, or
+                    // the next start would take the file for a local replacement and drop
+                    // this rotation.
+                    let previous = match store.trust_record() {
+                        Ok(Some(r)) => r,
                         Ok(None) => {
                             tracing::error!(
                                 "journal: no trust record to rotate from; rotation not applied"
@@ -269,16 +328,11 @@ pub fn apply_rotations(
                         version: next.version,
                         sha256: next.sha256().to_string(),
                         document: next.text().to_string(),
-                        file_sha256: file_sha,
+                        file_sha256: previous.file_sha256.clone(),
                         origin: "rotation".into(),
                         applied_ms: now * 1000,
+                        history: extend_history(&previous),
                     };
-                    // Durable before it is used: a crash must not forget a rotation that may
-                    // have revoked a key.
-                    if let Err(e) = store.set_trust_record(&record) {
-                        tracing::error!("journal: recording trust rotation v{}: {e}", next.version);
-                        break 'rescan;
-                    }
                     let message = format!(
                         "trust document v{} -> v{} (sha256 {}) from {}",
                         current.version,
@@ -286,17 +340,31 @@ pub fn apply_rotations(
                         next.sha256(),
                         c.payload_path.display()
                     );
-                    tracing::info!(code = ROTATED, version = next.version, "{message}");
-                    audit(Decision {
+                    // Audited first, then recorded (durably, before use: a crash must not
+                    // forget a rotation that may have revoked a key). A crash in between
+                    // applies it again at the next pass, audited twice, never unaudited.
+                    let audited = audit(Decision {
                         vmid: None,
                         op: "rotate_trust".into(),
                         allowed: true,
                         code: ROTATED.into(),
-                        message,
+                        message: message.clone(),
                         signers: Vec::new(),
                         authenticated: true,
                         source: c.payload_path.clone(),
                     });
+                    if !audited {
+                        tracing::error!(
+                            "journal: auditing trust rotation v{} failed; rotation not applied",
+                            next.version
+                        );
+                        break 'rescan;
+                    }
+                    if let Err(e) = store.set_trust_record(&record) {
+                        tracing::error!("journal: recording trust rotation v{}: {e}", next.version);
+                        break 'rescan;
+                    }
+                    tracing::info!(code = ROTATED, version = next.version, "{message}");
                     approvals.retire(&c);
                     current = next.clone();
                     applied = Some(next);
@@ -311,7 +379,7 @@ pub fn apply_rotations(
                             "trust rotation refused: {}",
                             r.message
                         );
-                        audit(Decision {
+                        let _ = audit(Decision {
                             vmid: None,
                             op: "rotate_trust".into(),
                             allowed: false,

@@ -110,8 +110,7 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
         &format!("destructive-op-v1@{DOMAIN}"),
         &request,
         &hub.scratch,
-    )
-    .unwrap();
+    );
     let approvals = hub.host_dir.join("approvals");
     std::fs::copy(&sig, approvals.join(format!("{name}.sig"))).unwrap();
     std::fs::copy(&request, approvals.join(&name)).unwrap();
@@ -170,7 +169,7 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     for who in ["recovery1", "recovery2"] {
         let dir = hub.scratch.join(who);
         std::fs::create_dir_all(&dir).unwrap();
-        let sig = sign(&format!("gate/TEST_{who}_ed25519"), &rot_ns, &v2_path, &dir).unwrap();
+        let sig = sign(&format!("gate/TEST_{who}_ed25519"), &rot_ns, &v2_path, &dir);
         std::fs::copy(&sig, approvals.join(format!("trust-v2.txt.{who}.sig"))).unwrap();
     }
     std::fs::copy(&v2_path, approvals.join("trust-v2.txt")).unwrap();

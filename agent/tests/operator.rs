@@ -262,15 +262,13 @@ async fn approvals_are_listed_and_approved_through_the_socket() {
     let request = h.pending_requests()[0].clone();
     let work = h.root().join("operator");
     std::fs::create_dir_all(&work).unwrap();
-    let Some(sig) = sign("demo/TEST_demo_operator_ed25519", &ns, &request, &work) else {
-        return;
-    };
+    let sig = sign("demo/TEST_demo_operator_ed25519", &ns, &request, &work);
     let copy = work.join(request.file_name().unwrap());
     assert!(h.sim.guest(701).is_some(), "destroyed before approval");
     // A key the trust document does not list: refused at once with the gate's code.
     let strangers = h.root().join("stranger");
     std::fs::create_dir_all(&strangers).unwrap();
-    let bad = sign("gate/TEST_stranger_ed25519", &ns, &request, &strangers).unwrap();
+    let bad = sign("gate/TEST_stranger_ed25519", &ns, &request, &strangers);
     let r = h
         .drover_async(&["approve", copy.to_str().unwrap(), bad.to_str().unwrap()])
         .await;

@@ -110,8 +110,7 @@ pub struct GateContext {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Signs destructive-op approvals and planned rotations that leave recovery keys and
-    /// thresholds alone.
+    /// Signs destructive-op approvals (never trust rotations).
     Operational,
     /// Signs trust rotations only.
     Recovery,

@@ -1,10 +1,11 @@
 //! Trust rotation (signing-gate.md §5.11): version N+1 is applied only if it is chained to N by
 //! hash and version, inside its own validity window, and signed by
-//! - a threshold of N's recovery principals (namespace `trust-rotation-v1@<domain>`), plus a
-//!   threshold of N+1's recovery principals when the recovery set or its threshold changes; or
-//! - for a *planned* rotation that leaves the recovery keys and both thresholds alone, a
-//!   threshold of N's operational principals (namespace `destructive-op-v1@<domain>`; the
-//!   `drover-trust v1` first line keeps such a document from ever reading as an approval).
+//! a threshold of N's recovery principals (namespace `trust-rotation-v1@<domain>`), plus a
+//! threshold of N+1's recovery principals when the recovery set or its threshold changes.
+//!
+//! Only recovery keys rotate trust (§5.7's fixed role table): a rotation can add operational
+//! and hub keys, so letting operators sign one would let a single stolen operator key mint
+//! more operator keys. An operational signature on a rotation is `role_denied`.
 //!
 //! N+1 must itself pass every rule and be able to meet its own thresholds (no lock-out).
 
@@ -13,7 +14,7 @@ use std::collections::BTreeSet;
 use crate::action::Role;
 use crate::armor::MAX_SIGNATURE_BYTES;
 use crate::rejection::{Rejection, RejectionCode};
-use crate::signature::tally;
+use crate::signature::{tally, tally_counting};
 use crate::trust::{MAX_TRUST_BYTES, TrustErrorKind, TrustStore};
 use crate::verify::{MAX_SIGNATURES, Policy};
 
@@ -33,12 +34,15 @@ fn recovery_set(t: &TrustStore) -> BTreeSet<(&str, &[u8], Option<i64>, i64)> {
 }
 
 /// Checks `next_doc` as the successor of `current` and returns it (carrying over the local deny
-/// list). On any error the caller keeps `current` unchanged.
+/// list). On any error the caller keeps `current` unchanged. `clock_high_water` is the nonce
+/// store's (§5.9): a clock set back behind it could revive a withheld rotation whose window
+/// has passed, so it is `clock_untrusted`, as for approvals.
 pub fn verify_rotation(
     current: &TrustStore,
     next_doc: &[u8],
     signatures: &[&[u8]],
     now: i64,
+    clock_high_water: Option<i64>,
 ) -> Result<TrustStore, Rejection> {
     let leeway = Policy::default().leeway_secs;
     if next_doc.len() > MAX_TRUST_BYTES {
@@ -114,6 +118,12 @@ pub fn verify_rotation(
             ),
         ));
     }
+    if clock_high_water.is_some_and(|hw| now < hw - leeway) {
+        return Err(Rejection::new(
+            RejectionCode::ClockUntrusted,
+            "the system clock is behind the latest time the agent has recorded; fix the clock",
+        ));
+    }
     if next.not_before.is_some_and(|t| now + leeway < t) {
         return Err(Rejection::new(
             RejectionCode::NotYetValid,
@@ -126,28 +136,27 @@ pub fn verify_rotation(
             "the new trust document has already expired; a withheld rotation cannot be applied late",
         ));
     }
-    let old = tally(
+    // Operational keys are known to the tally only so that their signatures are refused by
+    // name (`role_denied`), not as a namespace mistake.
+    let old = tally_counting(
         current,
         &[Role::Recovery, Role::Operational],
+        &[Role::Recovery],
         next_doc,
         signatures,
         now,
     );
     let recovery_changed = recovery_set(current) != recovery_set(&next)
         || current.threshold_trust_rotation != next.threshold_trust_rotation;
-    let planned_allowed =
-        !recovery_changed && current.threshold_destructive_op == next.threshold_destructive_op;
-    let old_recovery = old.count(Role::Recovery);
+    let old_recovery = old.valid.len();
     let new_recovery = if recovery_changed {
         tally(&next, &[Role::Recovery], next_doc, signatures, now).count(Role::Recovery)
     } else {
         usize::MAX
     };
-    let recovery_ok = old_recovery >= current.threshold_trust_rotation as usize
-        && new_recovery >= next.threshold_trust_rotation as usize;
-    let planned_ok = planned_allowed
-        && old.count(Role::Operational) >= current.threshold_destructive_op as usize;
-    if recovery_ok || planned_ok {
+    if old_recovery >= current.threshold_trust_rotation as usize
+        && new_recovery >= next.threshold_trust_rotation as usize
+    {
         return Ok(next.with_deny_list_of(current));
     }
     let mut r = if old_recovery >= current.threshold_trust_rotation as usize {
@@ -158,25 +167,11 @@ pub fn verify_rotation(
                 next.threshold_trust_rotation
             ),
         )
-    } else if old.valid.is_empty() {
-        old.shortfall(0, current.threshold_trust_rotation, "the rotation")
     } else {
-        Rejection::new(
-            RejectionCode::ThresholdNotMet,
-            format!(
-                "the rotation needs {} recovery principal(s){}; {} recovery and {} operational counted",
-                current.threshold_trust_rotation,
-                if planned_allowed {
-                    format!(
-                        " or {} operational principal(s)",
-                        current.threshold_destructive_op
-                    )
-                } else {
-                    String::new()
-                },
-                old_recovery,
-                old.count(Role::Operational)
-            ),
+        old.shortfall(
+            old_recovery,
+            current.threshold_trust_rotation,
+            "the rotation",
         )
     };
     r.authenticated = !old.valid.is_empty();

@@ -203,9 +203,36 @@ pub(crate) fn tally(
     signatures: &[&[u8]],
     now: i64,
 ) -> Tally {
+    tally_counting(trust, roles, roles, msg, signatures, now)
+}
+
+/// As [`tally`], but a valid signature of a role in `known` and not in `counting` is refused
+/// as `role_denied` by name (an operator signing a rotation), not as a namespace mistake.
+pub(crate) fn tally_counting(
+    trust: &TrustStore,
+    known: &[Role],
+    counting: &[Role],
+    msg: &[u8],
+    signatures: &[&[u8]],
+    now: i64,
+) -> Tally {
     let mut t = Tally::default();
     for (index, armored) in signatures.iter().enumerate() {
-        match verify_one(trust, roles, msg, armored, now) {
+        match verify_one(trust, known, msg, armored, now) {
+            Ok(s) if !counting.contains(&s.role) => t.problems.push(SignatureProblem {
+                index,
+                code: RejectionCode::RoleDenied,
+                message: format!(
+                    "{} holds the {} role; only {} principals may sign this",
+                    s.principal,
+                    s.role,
+                    counting
+                        .iter()
+                        .map(Role::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                ),
+            }),
             Ok(s) if t.valid.iter().any(|v| v.principal == s.principal) => {
                 t.problems.push(SignatureProblem {
                     index,

@@ -286,6 +286,7 @@ fn m24_operational_key_signs_a_rotation() {
         &read("trust_v2.txt"),
         &[&read("trust_v2.txt.operator1.rotns.sig")],
         NOW,
+        None,
     )
     .unwrap_err();
     assert_eq!(e.code, C::RoleDenied);
@@ -999,7 +1000,7 @@ fn rotate(cur: &TrustStore, doc: &str, signers: &[&str]) -> Result<TrustStore, R
         .map(|n| read(&format!("{doc}.{n}.sig")))
         .collect();
     let refs: Vec<&[u8]> = s.iter().map(Vec::as_slice).collect();
-    verify_rotation(cur, &read(doc), &refs, NOW)
+    verify_rotation(cur, &read(doc), &refs, NOW, None)
 }
 
 #[test]
@@ -1039,7 +1040,7 @@ fn m63_rotation_skipping_or_repeating_a_version() {
 #[test]
 fn m64_rotation_chain_mismatch() {
     let doc = text("trust_v2.txt").replace(v1().sha256(), &"a".repeat(64));
-    let e = verify_rotation(&v1(), doc.as_bytes(), &[], NOW).unwrap_err();
+    let e = verify_rotation(&v1(), doc.as_bytes(), &[], NOW, None).unwrap_err();
     assert_eq!(e.code, C::RotationChainMismatch);
 }
 
@@ -1052,12 +1053,12 @@ fn m65_recovery_keys_replaced_signed_only_by_old_keys() {
     )
     .unwrap_err();
     assert_eq!(e.code, C::ThresholdNotMet);
-    // Operational keys cannot sign a rotation that changes recovery keys.
+    // Operational keys cannot sign any rotation.
     assert_eq!(
         rotate(&v1(), "trust_v2_recovery_swap.txt", &["operator1"])
             .unwrap_err()
             .code,
-        C::ThresholdNotMet
+        C::RoleDenied
     );
     let v2 = rotate(
         &v1(),
@@ -1081,14 +1082,16 @@ fn m66_rotation_that_would_lock_out() {
 fn m67_unsigned_document_pushed_by_the_hub() {
     let cur = v1();
     assert_eq!(
-        verify_rotation(&cur, &read("trust_v2.txt"), &[], NOW)
+        verify_rotation(&cur, &read("trust_v2.txt"), &[], NOW, None)
             .unwrap_err()
             .code,
         C::ThresholdNotMet
     );
     let raw = read("allowed_signers_v1");
     assert_eq!(
-        verify_rotation(&cur, &raw, &[], NOW).unwrap_err().code,
+        verify_rotation(&cur, &raw, &[], NOW, None)
+            .unwrap_err()
+            .code,
         C::TrustStoreInvalid
     );
     assert_eq!(cur, v1());
@@ -1133,9 +1136,21 @@ fn m69_rsa_16384_key_not_in_the_trust_store() {
 // Beyond the matrix: behaviour the issue asks for.
 
 #[test]
-fn planned_rotation_by_operational_keys_leaving_recovery_alone() {
-    let v2 = rotate(&v1(), "trust_v2.txt", &["operator1"]).unwrap();
-    assert_eq!(v2.version, 2);
+fn operational_keys_never_rotate_trust_even_when_recovery_stays_alone() {
+    // Signed in the destructive-op namespace (an operator's everyday namespace): a rotation may
+    // add operator keys, so one stolen operator key must not be able to mint more.
+    let e = rotate(&v1(), "trust_v2.txt", &["operator1"]).unwrap_err();
+    assert_eq!(e.code, C::RoleDenied);
+    assert!(
+        e.message.contains("only recovery principals"),
+        "{}",
+        e.message
+    );
+    // One recovery signature plus an operator's is still one short of threshold 2.
+    let e = rotate(&v1(), "trust_v2.txt", &["recovery1", "operator1"]).unwrap_err();
+    assert_eq!(e.code, C::ThresholdNotMet);
+    assert_eq!(e.per_signature.len(), 1);
+    assert_eq!(e.per_signature[0].code, C::RoleDenied);
 }
 
 #[test]
@@ -1147,11 +1162,31 @@ fn rotation_withheld_past_its_expiry_is_refused() {
     ];
     let refs: Vec<&[u8]> = s.iter().map(Vec::as_slice).collect();
     assert_eq!(
-        verify_rotation(&v1(), &read("trust_v2.txt"), &refs, late)
+        verify_rotation(&v1(), &read("trust_v2.txt"), &refs, late, None)
             .unwrap_err()
             .code,
         C::Expired
     );
+}
+
+#[test]
+fn rotation_with_the_clock_set_back_behind_the_high_water_mark_is_refused() {
+    let s = [
+        read("trust_v2.txt.recovery1.sig"),
+        read("trust_v2.txt.recovery2.sig"),
+    ];
+    let refs: Vec<&[u8]> = s.iter().map(Vec::as_slice).collect();
+    let v2 = read("trust_v2.txt");
+    // The agent has seen a time after trust_v2's expiry; the clock now claims an earlier one.
+    let seen = 1_795_996_800;
+    assert_eq!(
+        verify_rotation(&v1(), &v2, &refs, NOW, Some(seen))
+            .unwrap_err()
+            .code,
+        C::ClockUntrusted
+    );
+    // Within the leeway it is fine.
+    assert!(verify_rotation(&v1(), &v2, &refs, NOW, Some(NOW + 60)).is_ok());
 }
 
 #[test]

@@ -938,3 +938,15 @@ pub fn move_aside(dir: &Path) -> Result<PathBuf, JournalError> {
     std::fs::rename(&src, &target).map_err(|e| io(dir, "moving the store aside", e))?;
     Ok(target)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trust_record_written_before_history_existed_still_decodes() {
+        let old = br#"{"v":1,"r":{"version":2,"sha256":"a","document":"d","file_sha256":"f","origin":"rotation","applied_ms":5}}"#;
+        let r: TrustRecord = decode(Path::new("/x"), "trust", old).expect("decodes");
+        assert_eq!((r.version, r.history.len()), (2, 0));
+    }
+}
