@@ -178,6 +178,34 @@ pub fn copy_into_inbox(
     Ok(target)
 }
 
+/// Gives `dirs` and the files in the last of them to the owner of `state_dir`, so that files
+/// root writes there (`sudo drover approve` while the service is stopped) can be read and
+/// retired by the service user. Best effort: without the right to chown, nothing changes.
+pub fn give_to_state_owner(state_dir: &Path, dirs: &[&Path]) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(state_dir) else {
+        return;
+    };
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let mut paths: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    if let Some(last) = dirs.last()
+        && let Ok(entries) = std::fs::read_dir(last)
+    {
+        paths.extend(entries.flatten().map(|e| e.path()));
+    }
+    for p in paths {
+        // symlink_metadata: never follow a link planted in the directory.
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if !m.file_type().is_symlink() && (m.uid() != uid || m.gid() != gid) => {
+                if let Err(e) = std::os::unix::fs::chown(&p, Some(uid), Some(gid)) {
+                    tracing::debug!(path = %p.display(), "leaving the owner as it is: {e}");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

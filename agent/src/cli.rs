@@ -416,9 +416,11 @@ pub async fn approve(
             Ok(ExitCode::from(1))
         }
         Err(crate::control::client::ControlError::NotRunning(_)) => {
-            let inbox = config.state_dir.join("approvals").join("inbox");
+            let approvals = config.state_dir.join("approvals");
+            let inbox = approvals.join("inbox");
             let target = approval_files::copy_into_inbox(&inbox, file, signatures)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            approval_files::give_to_state_owner(&config.state_dir, &[&approvals, &inbox]);
             if json {
                 println!(
                     "{}",

@@ -429,6 +429,48 @@ async fn commands_that_need_the_daemon_say_it_is_not_running() {
     }
 }
 
+/// `sudo drover approve` while the service is stopped: the inbox it creates belongs to the
+/// state directory's owner (the service user), or the agent could not retire the files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_without_the_daemon_leaves_the_inbox_to_the_service_user() {
+    use std::os::unix::fs::MetadataExt;
+    let h = Host::start(vec![]).await;
+    std::fs::create_dir_all(h.state()).unwrap();
+    let service_user = 65534; // nobody: not the test's user
+    let as_root = std::fs::metadata(h.state()).unwrap().uid() == 0;
+    if as_root {
+        std::os::unix::fs::chown(h.state(), Some(service_user), Some(service_user)).unwrap();
+    }
+    let work = h.root().join("officer");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("req.txt"), "drover-approval v1\n").unwrap();
+    std::fs::write(work.join("req.txt.sig"), "sig").unwrap();
+    let r = h
+        .drover_async(&[
+            "approve",
+            work.join("req.txt").to_str().unwrap(),
+            work.join("req.txt.sig").to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&r), 0, "{}", String::from_utf8_lossy(&r.stderr));
+    let inbox = h.state().join("approvals/inbox");
+    let mut checked = vec![h.state().join("approvals"), inbox.clone()];
+    checked.extend(
+        std::fs::read_dir(&inbox)
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    assert_eq!(checked.len(), 4, "{checked:?}");
+    if !as_root {
+        eprintln!("not root: ownership hand-over not exercised");
+        return;
+    }
+    for p in checked {
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (service_user, service_user), "{p:?}");
+    }
+}
+
 /// `drover check-config` (the unit's ExecStartPre): 0 when the agent can start, 1 with the
 /// file, line and key otherwise; a broken trust document or source is a warning, not fatal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
