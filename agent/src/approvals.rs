@@ -155,10 +155,16 @@ impl Approvals {
     /// True the first time a candidate (by content) is refused with `code`: a bad file is
     /// audited once, not on every pass.
     pub fn first_report(&self, c: &Candidate, code: &str) -> bool {
+        let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, s)| s.as_slice()).collect();
+        self.first_report_of(&c.payload, &sigs, code)
+    }
+
+    /// As [`Approvals::first_report`], for an approval that is not a file (the socket).
+    pub fn first_report_of(&self, payload: &[u8], signatures: &[&[u8]], code: &str) -> bool {
         let mut h = Sha256::new();
-        h.update(&c.payload);
-        for (_, s) in &c.signatures {
-            h.update(s);
+        for part in std::iter::once(payload).chain(signatures.iter().copied()) {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
         }
         let key: [u8; 32] = h.finalize().into();
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());

@@ -209,7 +209,13 @@ async fn submit_approval(
             source: PathBuf::from(format!("submitted on the control socket as {stem}.txt")),
         };
         c.engine.metrics().gate_decision(&d.code);
-        c.engine.store().audit(&d);
+        // The same refused submission repeated (a script retrying) is audited once.
+        if c.engine
+            .approvals()
+            .first_report_of(req.payload.as_bytes(), &sigs, &d.code)
+        {
+            c.engine.store().audit(&d);
+        }
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             r.code.as_str(),
