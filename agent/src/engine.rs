@@ -67,6 +67,9 @@ struct Inner {
     /// Serializes trust rotations: two concurrent appliers (a pass and a socket submission)
     /// starting from the same version could otherwise write an older document last.
     rotation: Mutex<()>,
+    /// Host-wide plan notes (the fuses) already logged, so a tripped fuse is logged when it
+    /// trips, not on every pass.
+    logged_notes: Mutex<Vec<String>>,
     desired: RwLock<Option<Desired>>,
     /// vmids held by other nodes, from the last pass.
     elsewhere: RwLock<BTreeMap<u32, String>>,
@@ -103,6 +106,7 @@ impl Engine {
                 approvals,
                 trust: RwLock::new(trust),
                 rotation: Mutex::new(()),
+                logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
                 terminal: Mutex::new(HashMap::new()),
@@ -397,6 +401,7 @@ impl Engine {
         self.inner
             .status
             .observe_pass(&desired.doc, &actual, &classified.plan);
+        self.log_new_host_notes(&classified.plan);
         let in_flight: Vec<u32> = self
             .inner
             .store
@@ -441,6 +446,31 @@ impl Engine {
             self.inner.lanes.request(*vmid);
         }
         Ok(classified)
+    }
+
+    /// Logs host-wide notes (a tripped fuse: the document would destroy most guests, or lists
+    /// none) once when they appear; `drover plan` and `drover status` show them every time.
+    fn log_new_host_notes(&self, plan: &Plan) {
+        let now: Vec<String> = plan
+            .notes
+            .iter()
+            .filter(|n| n.code.starts_with("fuse_"))
+            .map(|n| format!("{}: {}", n.code, n.message))
+            .collect();
+        let mut logged = self
+            .inner
+            .logged_notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (note, n) in now
+            .iter()
+            .zip(plan.notes.iter().filter(|n| n.code.starts_with("fuse_")))
+        {
+            if !logged.contains(note) {
+                tracing::warn!(code = n.code, revision = plan.revision, "{}", n.message);
+            }
+        }
+        *logged = now;
     }
 
     /// A guest the agent created has converged: its create operation is over, so cleanup of

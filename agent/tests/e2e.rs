@@ -143,7 +143,14 @@ async fn mass_destroy_fuse_plans_no_destroy() {
         "{}",
         stdout(&plan)
     );
-    h.drover_async(&["run", "--once"]).await;
+    let run = h.drover_async(&["run", "--once"]).await;
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        log.matches("more than half").count(),
+        1,
+        "the tripped fuse is logged once: {log}"
+    );
+    assert!(log.contains("fuse_mass_destroy"), "{log}");
     assert!(
         h.pending_requests().is_empty(),
         "no approval is even requested"
