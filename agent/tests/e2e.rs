@@ -53,12 +53,7 @@ async fn converges_from_scratch_then_a_pass_changes_nothing() {
 /// On a terminal (a real pty from `script`), `run --once` redraws one progress line in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_redraws_one_line_on_a_terminal() {
-    if std::process::Command::new("script")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIPPED: script(1) is not installed");
+    if common::skip_without("script", "--version") {
         return;
     }
     let h = Host::start(vec![]).await;
@@ -191,6 +186,9 @@ async fn converges_through_lock_timeouts_and_596() {
 /// executed once, replay refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_waits_for_a_valid_signature_and_runs_once() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![
         seed(701, true, 256),
         seed(702, true, 256),
@@ -270,6 +268,9 @@ async fn destroy_waits_for_a_valid_signature_and_runs_once() {
 /// An approval signed for one incarnation of a vmid does not destroy the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vmid_reuse_makes_the_approval_stale() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![
         seed(801, true, 256),
         seed(802, true, 256),

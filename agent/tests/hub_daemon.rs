@@ -51,12 +51,7 @@ fn write_config(h: &Host, hub: &HubDir) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_verify() {
-    if std::process::Command::new("ssh-keygen")
-        .arg("-?")
-        .output()
-        .is_err()
-    {
-        println!("SKIPPED: ssh-keygen is not installed");
+    if common::skip_without("ssh-keygen", "-?") {
         return;
     }
     let Some(mut hub) = HubDir::start(HOST) else {

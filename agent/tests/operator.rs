@@ -229,6 +229,9 @@ async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() 
 /// `drover approve` submits through the running daemon's socket and the destroy runs once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approvals_are_listed_and_approved_through_the_socket() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(701, true, 256), seed(702, true, 256)]).await;
     h.desired(&format!(
         "revision = 1\n[[guest]]\nvmid = 701\nensure = \"absent\"\n{}",

@@ -37,6 +37,9 @@ async fn trust_of(h: &Host) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() {
+    if skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(801, true, 256), seed(802, true, 256)]).await;
     h.desired(&format!(
         "revision = 1\n[[guest]]\nvmid = 801\nensure = \"absent\"\n{}",
@@ -318,6 +321,9 @@ async fn rotate(h: &Host, doc: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trust_file_holding_an_earlier_document_of_the_chain_never_rolls_back_a_rotation() {
+    if skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(811, true, 256)]).await;
     h.desired(&format!("revision = 1\n{}", guest(811, "running", 256)));
     let d = h.spawn_daemon();

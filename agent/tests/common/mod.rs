@@ -144,9 +144,27 @@ impl Host {
     }
 }
 
+/// True when `tool` is missing and the test should be skipped: the README's `cargo test` works
+/// on a machine without it. CI sets `DROVER_REQUIRE_TOOLS=1`, where a missing tool fails the
+/// test instead: a CI run must never pass by skipping.
+pub fn skip_without(tool: &str, probe_arg: &str) -> bool {
+    if std::process::Command::new(tool)
+        .arg(probe_arg)
+        .output()
+        .is_ok()
+    {
+        return false;
+    }
+    assert!(
+        std::env::var_os("DROVER_REQUIRE_TOOLS").is_none(),
+        "{tool} is not installed and DROVER_REQUIRE_TOOLS is set"
+    );
+    println!("SKIPPED: {tool} is not installed");
+    true
+}
+
 /// Signs `file` with a TEST key from testdata (copied to a 0600 file, as ssh-keygen demands);
-/// returns the signature path. ssh-keygen is required (`.ci/run` installs it): a test that
-/// skipped its signatures would pass without testing anything.
+/// returns the signature path. Tests that sign start with `skip_without("ssh-keygen", "-?")`.
 pub fn sign(key_in_testdata: &str, namespace: &str, file: &Path, out_dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -21,6 +21,11 @@ impl HubDir {
     /// nginx serving the hub for `host`, or None (with a message) when nginx is missing.
     pub fn start(host: &str) -> Option<HubDir> {
         let Some(bin) = nginx::binary() else {
+            // CI must never pass by skipping (see `common::skip_without`).
+            assert!(
+                std::env::var_os("DROVER_REQUIRE_TOOLS").is_none(),
+                "nginx is not installed and DROVER_REQUIRE_TOOLS is set (run .ci/nginx-setup)"
+            );
             println!("SKIPPED: nginx is not installed (run .ci/nginx-setup)");
             return None;
         };
