@@ -295,7 +295,19 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             "re-attaching to in-flight steps from the journal"
         );
     }
-    refresh_desired(&engine, &source).await;
+    // SIGTERM while a hub hangs (timeouts and retries can take a minute) stops at once: a
+    // refresh and a pass only read and plan; steps run on the lanes, which journal first.
+    // A stop before the first pass is a clean shutdown for the service; `--once` did not
+    // get its pass.
+    let stopped_early = if opts.once {
+        RunResult::Pending
+    } else {
+        RunResult::Converged
+    };
+    tokio::select! {
+        _ = refresh_desired(&engine, &source) => {}
+        _ = engine.wait_shutdown() => return Ok(stopped_early),
+    }
     let first = loop {
         match engine.pass().await {
             Ok(p) => break p,
@@ -307,7 +319,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             Err(e) => {
                 warn!("first read of PVE failed, retrying: {e}");
                 if engine.is_shutting_down() {
-                    return Ok(RunResult::Pending);
+                    return Ok(stopped_early);
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
@@ -402,8 +414,16 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         loop {
             tokio::select! {
                 _ = interval.tick() => {
-                    refresh_desired(&engine, &source).await;
-                    match engine.pass().await {
+                    let pass = async {
+                        refresh_desired(&engine, &source).await;
+                        engine.pass().await
+                    };
+                    // Cancelled at an await point by SIGTERM, as at boot: nothing half-done.
+                    let outcome = tokio::select! {
+                        r = pass => r,
+                        _ = engine.wait_shutdown() => break,
+                    };
+                    match outcome {
                         Ok(_) => systemd.status(&engine.status().snapshot().summary()),
                         Err(e) => warn!("pass failed: {e}"),
                     }

@@ -111,3 +111,50 @@ async fn notify_ready_then_sigterm_exits_promptly_and_the_task_is_reattached() {
     assert_eq!(h.sim.count_mutations("create", 120), 1, "created twice");
     assert!(h.sim.guest(120).unwrap().running);
 }
+
+/// A hub that accepts connections and never answers (timeouts and retries could hold a fetch
+/// for a minute): SIGTERM still stops the agent at once, also before READY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_hub_hangs_exits_promptly() {
+    let h = Host::start(vec![]).await;
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = black_hole.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    std::thread::spawn({
+        let held = held.clone();
+        move || {
+            for c in black_hole.incoming().flatten() {
+                held.lock().unwrap().push(c);
+            }
+        }
+    });
+    h.write_config_with_source(
+        &format!("url = \"https://127.0.0.1:{port}/drover\"\ntimeout = \"20s\""),
+        "",
+    );
+    let mut child = h.command(&["run"]).spawn().unwrap();
+    // The agent is inside its first fetch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while held.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the agent never asked the hub"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    sigterm(child.id());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "SIGTERM waited for the hub: {:?}",
+        t.elapsed()
+    );
+    assert!(
+        status.success(),
+        "a stop is a clean exit for the service: {status:?}"
+    );
+}

@@ -81,14 +81,18 @@ impl Host {
 
     /// Writes drover.toml; `extra` is appended (more sections or overrides).
     pub fn write_config(&self, extra: &str) {
+        self.write_config_with_source(&format!("path = {:?}", self.source()), extra);
+    }
+
+    /// Writes drover.toml with `source` as the body of its `[source]` section.
+    pub fn write_config_with_source(&self, source: &str, extra: &str) {
         let text = format!(
-            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\ntask_poll_interval = \"20ms\"\n\n[source]\npath = {src:?}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n{extra}",
+            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\ntask_poll_interval = \"20ms\"\n\n[source]\n{source}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n{extra}",
             state = self.state(),
             url = self.sim.base_url(),
             tok = pve_sim::DEFAULT_TOKEN_ID,
             secret = self.root().join("pve-token"),
             fp = self.sim.fingerprint(),
-            src = self.source(),
             trust = self.root().join("trust"),
             sock = self.root().join("drover.sock"),
         );
