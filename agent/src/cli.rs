@@ -27,9 +27,36 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
     if let Err(e) = std::fs::metadata(&secret) {
         problems.push(format!("token secret {}: {e}", secret.display()));
     }
-    if let Trust::Invalid { message, .. } = crate::trust::load_file(&config.trust.file) {
+    match daemon::tls_from_config(&config) {
+        Err(e) => problems.push(format!("{e:#}")),
+        Ok(proxmox_client::TlsTrust::CaFile(p)) => {
+            if let Err(e) = std::fs::read(&p) {
+                problems.push(format!("proxmox.ca_file {}: {e}", p.display()));
+            }
+        }
+        Ok(proxmox_client::TlsTrust::NodeCertificate { paths, .. })
+            if config.proxmox.node_cert_file.is_some() =>
+        {
+            for p in paths {
+                if let Err(e) = std::fs::read(&p) {
+                    problems.push(format!("proxmox.node_cert_file {}: {e}", p.display()));
+                }
+            }
+        }
+        Ok(_) => {}
+    }
+    match crate::trust::load_file(&config.trust.file) {
         // Not fatal for the agent (benign work continues) but worth saying.
-        eprintln!("drover: warning: {message}; destructive steps will be blocked");
+        Trust::Invalid { message, .. } => {
+            eprintln!("drover: warning: {message}; destructive steps will be blocked")
+        }
+        Trust::Valid(t) if t.fleet != config.fleet => eprintln!(
+            "drover: warning: the trust document {} is for fleet {:?}, but fleet = {:?}: every approval would be refused (wrong_fleet)",
+            config.trust.file.display(),
+            t.fleet,
+            config.fleet
+        ),
+        Trust::Valid(_) => {}
     }
     match Source::from_config(&config) {
         Err(e) => problems.push(format!("source: {e}")),
@@ -319,6 +346,15 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let source = Source::from_config(&config)?;
     let a = Approvals::new(&config.state_dir, Some(source.approvals_dir()));
+    // A directory we may not read is not "nothing pending".
+    if let Err(e) = std::fs::read_dir(&a.pending_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        anyhow::bail!(
+            "reading pending approval requests in {}: {e} (run as root or as the service user)",
+            a.pending_dir.display()
+        );
+    }
     let domain = match crate::trust::load_file(&config.trust.file) {
         Trust::Valid(t) => t.domain.clone(),
         Trust::Invalid { .. } => "DOMAIN".to_string(),

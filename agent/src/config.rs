@@ -240,10 +240,15 @@ impl Config {
                 ),
             ));
         }
-        if raw.proxmox.fingerprint.is_some() && raw.proxmox.ca_file.is_some() {
+        let tls_choices = [
+            raw.proxmox.fingerprint.is_some(),
+            raw.proxmox.ca_file.is_some(),
+            raw.proxmox.node_cert_file.is_some(),
+        ];
+        if tls_choices.iter().filter(|set| **set).count() > 1 {
             return Err(invalid(
                 "proxmox.fingerprint",
-                "set either fingerprint or ca_file, not both".to_string(),
+                "set at most one of fingerprint, ca_file and node_cert_file (each is a different way to trust the PVE certificate)".to_string(),
             ));
         }
         let task_poll_interval = match &raw.proxmox.task_poll_interval {

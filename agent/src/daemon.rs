@@ -57,13 +57,10 @@ pub enum RunResult {
     Pending,
 }
 
-/// Builds the PVE client from the config.
-pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve> {
-    use proxmox_client::{ApiToken, Client, ClientConfig, Fingerprint, TlsTrust};
-    let secret_path = resolve_credential(&config.proxmox.token_secret_file, &config.path);
-    let token = ApiToken::from_secret_file(config.proxmox.token_id.clone(), &secret_path)
-        .with_context(|| format!("reading the PVE token secret {}", secret_path.display()))?;
-    let tls = if let Some(fp) = &config.proxmox.fingerprint {
+/// How the PVE API's certificate is trusted (`check-config` checks the same).
+pub fn tls_from_config(config: &Config) -> anyhow::Result<proxmox_client::TlsTrust> {
+    use proxmox_client::{Fingerprint, TlsTrust};
+    Ok(if let Some(fp) = &config.proxmox.fingerprint {
         let fp: Fingerprint = fp.parse().map_err(|e| {
             anyhow::anyhow!("config {}: proxmox.fingerprint: {e}", config.path.display())
         })?;
@@ -77,7 +74,16 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
         }
     } else {
         TlsTrust::node_certificate()
-    };
+    })
+}
+
+/// Builds the PVE client from the config.
+pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve> {
+    use proxmox_client::{ApiToken, Client, ClientConfig};
+    let secret_path = resolve_credential(&config.proxmox.token_secret_file, &config.path);
+    let token = ApiToken::from_secret_file(config.proxmox.token_id.clone(), &secret_path)
+        .with_context(|| format!("reading the PVE token secret {}", secret_path.display()))?;
+    let tls = tls_from_config(config)?;
     let client = Client::new(ClientConfig::new(config.proxmox.url.clone(), token, tls))
         .context("building the PVE client")?;
     Ok(Pve::new(client, config.host.clone(), waits))
@@ -252,8 +258,15 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     let approvals =
         crate::approvals::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
     let trust = crate::trust::establish(&config.trust.file, &store);
-    if let Trust::Invalid { message, .. } = &trust {
-        warn!("{message}; destructive steps are blocked until it is fixed");
+    match &trust {
+        Trust::Invalid { message, .. } => {
+            warn!("{message}; destructive steps are blocked until it is fixed");
+        }
+        Trust::Valid(t) if t.fleet != config.fleet => warn!(
+            "the trust document is for fleet {:?} but this host's config says fleet {:?}; every approval will be refused (wrong_fleet)",
+            t.fleet, config.fleet
+        ),
+        Trust::Valid(_) => {}
     }
     let engine = Engine::new(
         EngineSettings {

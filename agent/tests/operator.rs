@@ -441,6 +441,24 @@ async fn commands_that_need_the_daemon_say_it_is_not_running() {
     }
 }
 
+/// `drover approvals` that cannot read the request directory says so; it never reports
+/// "nothing pending" for a directory it could not look into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvals_report_an_unreadable_request_directory() {
+    let h = Host::start(vec![]).await;
+    let none = h.drover_async(&["approvals"]).await;
+    assert_eq!(code(&none), 0, "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(stdout(&none).contains("no approval requests are pending"));
+    // Not a directory: unreadable even for root (a permission problem looks the same).
+    std::fs::create_dir_all(h.state().join("approvals")).unwrap();
+    std::fs::write(h.state().join("approvals/pending"), "").unwrap();
+    let bad = h.drover_async(&["approvals"]).await;
+    assert_eq!(code(&bad), 1);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("reading pending approval requests"), "{err}");
+    assert!(!stdout(&bad).contains("no approval requests"));
+}
+
 /// `sudo drover approve` while the service is stopped: the inbox it creates belongs to the
 /// state directory's owner (the service user), or the agent could not retire the files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -535,6 +553,61 @@ async fn check_config_names_what_would_stop_a_start() {
     );
     std::fs::rename(h.root().join("pve-token.away"), h.root().join("pve-token")).unwrap();
     h.write_config("");
+
+    // The PVE certificate trust is checked as `run` would build it.
+    let text = std::fs::read_to_string(h.config()).unwrap();
+    let fp_line = format!("fingerprint = {:?}", h.sim.fingerprint());
+    std::fs::write(
+        h.config(),
+        text.replace(&fp_line, "fingerprint = \"AB:CD\""),
+    )
+    .unwrap();
+    let bad = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&bad), 1);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("proxmox.fingerprint"), "{err}");
+    std::fs::write(
+        h.config(),
+        text.replace(
+            &fp_line,
+            &format!("ca_file = {:?}", h.root().join("no-such-ca.pem")),
+        ),
+    )
+    .unwrap();
+    let bad = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&bad), 1);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("proxmox.ca_file") && err.contains("no-such-ca.pem"),
+        "{err}"
+    );
+    std::fs::write(
+        h.config(),
+        text.replace(
+            &fp_line,
+            &format!("{fp_line}\nnode_cert_file = \"/etc/pve/local/pve-ssl.pem\""),
+        ),
+    )
+    .unwrap();
+    let bad = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&bad), 1);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("at most one of"), "{err}");
+    h.write_config("");
+
+    // A trust document of another fleet: every approval would be refused; say so now.
+    std::fs::write(
+        h.root().join("trust"),
+        include_str!("../../testdata/demo/trust").replace("fleet: demo", "fleet: elsewhere"),
+    )
+    .unwrap();
+    let warn = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&warn), 0);
+    let err = String::from_utf8_lossy(&warn.stderr);
+    assert!(
+        err.contains("wrong_fleet") && err.contains("elsewhere"),
+        "{err}"
+    );
 
     std::fs::write(h.root().join("trust"), "not a trust document").unwrap();
     let warn = h.drover_async(&["check-config"]).await;
