@@ -243,7 +243,13 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
 /// name its hash: `drover trust > current.txt && sha256sum current.txt`.
 pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let t = match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
+    // One snapshot for both answers: a rotation applied in between cannot mislabel them.
+    let store = Store::open_read_only(&config.state_dir);
+    let trust = match &store {
+        Ok(store) => crate::trust::effective(&config.trust.file, store),
+        Err(_) => crate::trust::effective_read_only(&config.trust.file, &config.state_dir),
+    };
+    let t = match trust {
         Trust::Valid(t) => t,
         Trust::Invalid { code, message } => {
             if json {
@@ -254,9 +260,7 @@ pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let record = Store::open_read_only(&config.state_dir)
-        .ok()
-        .and_then(|s| s.trust_record().ok().flatten());
+    let record = store.ok().and_then(|s| s.trust_record().ok().flatten());
     let origin = match &record {
         Some(r) if r.sha256 == t.sha256() => r.origin.clone(),
         // The file differs from what the running agent uses: it takes the file at its next

@@ -178,7 +178,7 @@ async fn submit_approval(
             req.payload.as_bytes(),
             &sigs,
             crate::engine::unix_now(),
-            gate::NonceLedger::clock_high_water(c.engine.store()),
+            crate::trust::clock_floor(c.engine.store()),
         )
         .map(|_| ())
     } else {

@@ -7,14 +7,18 @@
 //!   [`gate::verify_rotation`] decides; the applied document is kept in the journal, because
 //!   the service cannot write `/etc` and because the *next* rotation is verified against it.
 //!   Rotations apply one version at a time, in order.
-//! - **Break glass**: root replacing the local file is out of band and accepted, but never
-//!   silently: it is logged and audited as `trust_store_replaced_locally`.
+//! - **Break glass**: root installing a file with a *higher* version than the document in
+//!   force is out of band and accepted, but never silently: it is logged and audited as
+//!   `trust_store_replaced_locally`. A file not newer than that (an old copy, a stale
+//!   config-management push, an edit that kept the version) is ignored and audited as
+//!   `trust_file_superseded`: versions only go up, so nothing rolls a revocation back.
 //!
-//! Which one is in force is decided from the journal's record, not from file timestamps: the
-//! record holds the hash of the file as last read and of every document earlier in the chain,
-//! so "the file is unchanged" or "the file holds an older document of the chain" (keep the
-//! rotated document: anything else would be a rollback) and "root put a new document there"
-//! (break glass) are told apart exactly. Trust changes are audited before they take effect.
+//! Which one is in force is decided from the journal's record (kept in the database and, so
+//! that moving a damaged database aside forgets nothing, in a file beside it), not from file
+//! timestamps: the record holds the hash of the file as last read and of the documents
+//! earlier in the chain, so "the file is unchanged", "the file is older" and "root installed
+//! a newer document" are told apart exactly. Trust changes are audited before they take
+//! effect.
 //! Anything unreadable fails closed (`trust_store_invalid`): destructive steps wait, benign
 //! convergence goes on.
 
@@ -34,6 +38,8 @@ use crate::store::Store;
 pub const ROTATED: &str = "trust_rotated";
 /// Audit code of a local file that replaced the document in force.
 pub const REPLACED_LOCALLY: &str = "trust_store_replaced_locally";
+/// Audit code of a local file older than the document in force (ignored).
+pub const FILE_SUPERSEDED: &str = "trust_file_superseded";
 
 /// A file holding a trust document rather than an approval (decided by its first line).
 pub fn is_trust_document(payload: &[u8]) -> bool {
@@ -89,20 +95,39 @@ pub fn effective_read_only(path: &Path, state_dir: &Path) -> Trust {
 /// How the local file relates to the journal's record of the document in force.
 enum FileIs {
     /// The file as last read, or the document in force itself: keep the record.
-    Current,
-    /// A document (or file) that was in force earlier in this chain: older than the one in
-    /// force. Taking it would roll back a rotation, perhaps one that revoked a key.
-    Superseded,
-    /// Something else: root replaced the file (break glass), or there is no record yet.
-    New,
+    Current(journal::TrustRecord),
+    /// A document that was in force earlier in this chain, or any document whose version is
+    /// not above the one in force: taking it would roll back a rotation, perhaps one that
+    /// revoked a key. Break glass takes a *higher* version.
+    Superseded {
+        record: journal::TrustRecord,
+        file_version: u64,
+    },
+    /// A newer document root installed (break glass), or the first document (no record).
+    New(TrustStore),
 }
 
-fn judge(record: Option<&journal::TrustRecord>, file_sha: &str) -> FileIs {
-    match record {
-        Some(r) if r.file_sha256 == file_sha || r.sha256 == file_sha => FileIs::Current,
-        Some(r) if r.history.iter().any(|h| h == file_sha) => FileIs::Superseded,
-        _ => FileIs::New,
+fn judge(
+    record: Option<journal::TrustRecord>,
+    path: &Path,
+    bytes: &[u8],
+    file_sha: &str,
+) -> Result<FileIs, Trust> {
+    if let Some(r) = &record
+        && (r.file_sha256 == file_sha || r.sha256 == file_sha)
+    {
+        return Ok(FileIs::Current(r.clone()));
     }
+    let t = parse(path, bytes)?;
+    Ok(match record {
+        Some(r) if t.version <= r.version || r.history.iter().any(|h| h == file_sha) => {
+            FileIs::Superseded {
+                record: r,
+                file_version: t.version,
+            }
+        }
+        _ => FileIs::New(t),
+    })
 }
 
 fn journal_document(r: &journal::TrustRecord) -> Trust {
@@ -125,13 +150,23 @@ pub fn effective(path: &Path, store: &Store) -> Trust {
         Ok(b) => b,
         Err(t) => return t,
     };
-    match (judge(record.as_ref(), &sha256_hex(&bytes)), &record) {
-        (FileIs::Current | FileIs::Superseded, Some(r)) => journal_document(r),
-        _ => match parse(path, &bytes) {
-            Ok(t) => Trust::Valid(Arc::new(t)),
-            Err(t) => t,
-        },
+    match judge(record, path, &bytes, &sha256_hex(&bytes)) {
+        Ok(FileIs::Current(r) | FileIs::Superseded { record: r, .. }) => journal_document(&r),
+        Ok(FileIs::New(t)) => Trust::Valid(Arc::new(t)),
+        Err(t) => t,
     }
+}
+
+/// The earliest time the clock may show for a rotation to be judged: the nonce store's
+/// high-water mark and the time the document in force was applied (§5.9: a clock set back
+/// must not revive a withheld rotation whose window has passed).
+pub fn clock_floor(store: &Store) -> Option<i64> {
+    let applied = store
+        .trust_record()
+        .ok()
+        .flatten()
+        .map(|r| r.applied_ms / 1000);
+    store.clock_high_water().max(applied)
 }
 
 /// At most this many earlier hashes are kept in a record's history.
@@ -169,13 +204,14 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             ));
         }
     };
-    match (judge(record.as_ref(), &file_sha), &record) {
-        (FileIs::Current, Some(r)) => {
-            let trust = journal_document(r);
+    let t = match judge(record.clone(), path, &bytes, &file_sha) {
+        Err(t) => return t,
+        Ok(FileIs::Current(r)) => {
+            let trust = journal_document(&r);
             if r.file_sha256 != file_sha {
                 // Root installed the document in force as the file too: nothing changes.
                 let mut synced = r.clone();
-                synced.history = extend_history(r);
+                synced.history = extend_history(&r);
                 synced.file_sha256 = file_sha.clone();
                 if let Err(e) = store.set_trust_record(&synced) {
                     // Harmless: the file still matches the record's document next time.
@@ -192,22 +228,31 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             }
             return trust;
         }
-        (FileIs::Superseded, Some(r)) => {
-            tracing::warn!(
-                version = r.version,
-                file = %path.display(),
-                "the trust file {} holds a document that was superseded by signed rotation v{}; keeping v{} (a rollback would restore keys a rotation may have revoked). To replace the document in force, install a new document: `drover trust` prints the current one",
+        Ok(FileIs::Superseded {
+            record: r,
+            file_version,
+        }) => {
+            let message = format!(
+                "the trust file {} holds version {file_version}, not newer than the document in force (v{}); keeping v{} (taking it would roll back a rotation that may have revoked a key). To replace the document in force (break glass), install a document with version {} or higher; `drover trust` prints the current one",
                 path.display(),
                 r.version,
-                r.version
+                r.version,
+                r.version + 1
             );
-            return journal_document(r);
+            tracing::warn!(code = FILE_SUPERSEDED, "{message}");
+            store.audit(&Decision {
+                vmid: None,
+                op: "trust".into(),
+                allowed: false,
+                code: FILE_SUPERSEDED.into(),
+                message,
+                signers: Vec::new(),
+                authenticated: false,
+                source: path.to_path_buf(),
+            });
+            return journal_document(&r);
         }
-        _ => {}
-    }
-    let t = match parse(path, &bytes) {
-        Ok(t) => t,
-        Err(t) => return t,
+        Ok(FileIs::New(t)) => t,
     };
     let new = journal::TrustRecord {
         version: t.version,
@@ -220,7 +265,8 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             "file".into()
         },
         applied_ms: crate::engine::unix_now() * 1000,
-        history: Vec::new(),
+        // Kept across a break glass: an older document must not come back later either.
+        history: record.as_ref().map(extend_history).unwrap_or_default(),
     };
     match &record {
         None => tracing::info!(
@@ -285,7 +331,7 @@ pub fn apply_rotations(
 ) -> Option<Arc<TrustStore>> {
     let mut current = current.clone();
     let mut applied = None;
-    let clock_high_water = store.clock_high_water();
+    let clock_high_water = clock_floor(store);
     'rescan: loop {
         let mut candidates: Vec<Candidate> = approvals
             .candidate_dirs()

@@ -100,14 +100,8 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         "{}",
         stdout(&r)
     );
-    // Operators never rotate trust, whatever the document changes: only recovery keys do.
-    let v2_bad = successor(
-        V1,
-        2,
-        &operator1_line()
-            .replace("destructive-op", "trust-rotation")
-            .replace("operator1@", "recovery9@"),
-    );
+    // Operators never rotate trust, not even to add one more operator: only recovery keys do.
+    let v2_bad = successor(V1, 2, &operator1_line());
     let bad_path = write(&h.root().join("docs-bad"), "trust-v2.txt", &v2_bad);
     let sig_op = sign(
         "demo/TEST_demo_operator_ed25519",
@@ -320,7 +314,7 @@ async fn rotate(h: &Host, doc: &str, name: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trust_file_holding_an_earlier_document_of_the_chain_never_rolls_back_a_rotation() {
+async fn a_trust_file_not_newer_than_the_document_in_force_never_rolls_back_a_rotation() {
     if skip_without("ssh-keygen", "-?") {
         return;
     }
@@ -348,14 +342,36 @@ async fn a_trust_file_holding_an_earlier_document_of_the_chain_never_rolls_back_
         (Some(3), Some("rotation")),
         "the revocation in v3 was rolled back: {t}"
     );
-    assert!(d.log_text().contains("superseded"), "{}", d.log_text());
+    assert!(
+        d.log_text().contains("trust_file_superseded"),
+        "{}",
+        d.log_text()
+    );
     assert!(!d.log_text().contains("trust_store_replaced_locally"));
     d.stop().await;
 
-    // The original v1 back in the file: also part of the chain, also ignored.
+    // Root installs v3 itself as the file (recognised as the one in force), later restores
+    // the original v1 from a backup: older, ignored.
+    std::fs::write(h.root().join("trust"), &v3).unwrap();
+    let d = h.spawn_daemon();
+    assert_eq!(trust_of(&h).await["version"].as_u64(), Some(3));
+    d.stop().await;
     std::fs::write(h.root().join("trust"), V1).unwrap();
     let d = h.spawn_daemon();
     assert_eq!(trust_of(&h).await["version"].as_u64(), Some(3));
+    d.stop().await;
+
+    // An edited v3 that keeps its version (operator1 back in): not newer, ignored, and the
+    // log says which version break glass needs.
+    let edited_v3 = format!("{v3}{}", operator1_line());
+    std::fs::write(h.root().join("trust"), &edited_v3).unwrap();
+    let d = h.spawn_daemon();
+    assert_eq!(trust_of(&h).await["version"].as_u64(), Some(3));
+    assert!(
+        d.log_text().contains("version 4 or higher"),
+        "{}",
+        d.log_text()
+    );
     d.stop().await;
 
     // `drover trust` prints the document in force byte for byte, for the next rotation.
@@ -373,7 +389,7 @@ async fn a_trust_file_holding_an_earlier_document_of_the_chain_never_rolls_back_
     assert_eq!(v["sha256"], sha256_hex(v3.as_bytes()));
     assert_eq!(v["document"], v3.as_str());
 
-    // A document outside the chain is a local replacement (break glass), audited.
+    // Break glass: a newer version root installs is taken, audited.
     let v9 = successor(V1, 9, "");
     std::fs::write(h.root().join("trust"), &v9).unwrap();
     let r = h.drover_async(&["trust", "--output", "json"]).await;
@@ -391,4 +407,22 @@ async fn a_trust_file_holding_an_earlier_document_of_the_chain_never_rolls_back_
         "{t}"
     );
     d.stop().await;
+
+    // A damaged journal moved aside (a new state epoch) keeps the trust in force: v1 in the
+    // file does not come back.
+    std::fs::write(h.root().join("trust"), V1).unwrap();
+    let m = h.drover_async(&["journal", "move-aside"]).await;
+    assert_eq!(code(&m), 0, "{}", String::from_utf8_lossy(&m.stderr));
+    let d = h.spawn_daemon();
+    let t = trust_of(&h).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["origin"].as_str()),
+        (Some(9), Some("local_replacement")),
+        "moving the journal aside rolled the trust back: {t}"
+    );
+    d.stop().await;
+
+    // Every ignored file is on record.
+    let audit = stdout(&h.drover_async(&["journal", "--audit"]).await);
+    assert!(audit.contains("refused trust_file_superseded"), "{audit}");
 }

@@ -733,20 +733,37 @@ impl Journal {
         })
     }
 
+    /// Records the trust document in force, durably, in the database and in a file beside it
+    /// ([`TRUST_RECORD_FILE`]): moving a damaged database aside starts a new state epoch, but
+    /// must not forget a rotation that revoked a key (signing-gate.md §5.11 "keep the
+    /// history"), or the old file's keys would come back.
     pub fn set_trust(&self, record: &TrustRecord) -> Result<(), JournalError> {
-        self.put(&self.inner.meta, "trust", self.enc(record)?)
+        let bytes = self.enc(record)?;
+        self.put(&self.inner.meta, "trust", bytes.clone())?;
+        let dir = &self.inner.dir;
+        write_atomic(&dir.join(TRUST_RECORD_FILE), &bytes)
+            .map_err(|e| io(dir, "writing the trust record file", e))
     }
 
+    /// The trust record: the newer (by version) of the database's and the file's, so a moved-
+    /// aside database or a crash between the two writes never rolls the trust back.
     pub fn trust(&self) -> Result<Option<TrustRecord>, JournalError> {
-        match self
-            .inner
-            .meta
-            .get("trust")
-            .map_err(|e| sled_err(&self.inner.dir, e))?
-        {
-            Some(b) => Ok(Some(self.dec("trust", &b)?)),
-            None => Ok(None),
-        }
+        let dir = &self.inner.dir;
+        let in_db: Option<TrustRecord> =
+            match self.inner.meta.get("trust").map_err(|e| sled_err(dir, e))? {
+                Some(b) => Some(self.dec("trust", &b)?),
+                None => None,
+            };
+        let in_file: Option<TrustRecord> = match std::fs::read(dir.join(TRUST_RECORD_FILE)) {
+            Ok(b) => Some(decode(dir, TRUST_RECORD_FILE, &b)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(dir, "reading the trust record file", e)),
+        };
+        Ok(match (in_db, in_file) {
+            (Some(d), Some(f)) if f.version > d.version => Some(f),
+            (Some(d), _) => Some(d),
+            (None, f) => f,
+        })
     }
 
     fn susp_key(vmid: Option<u32>) -> String {
@@ -800,6 +817,23 @@ fn decode<T: DeserializeOwned>(dir: &Path, key: &str, bytes: &[u8]) -> Result<T,
         detail: format!("{key} does not decode: {e}"),
     })?;
     Ok(e.r)
+}
+
+/// The trust record's copy outside the database, in the state directory.
+pub const TRUST_RECORD_FILE: &str = "trust-record.json";
+
+/// Temp file, fsync, rename, fsync the directory: the file is the old one or the new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
 }
 
 /// Meta key: the lowest step id that may still be handed out (set by compaction).
@@ -948,5 +982,38 @@ mod tests {
         let old = br#"{"v":1,"r":{"version":2,"sha256":"a","document":"d","file_sha256":"f","origin":"rotation","applied_ms":5}}"#;
         let r: TrustRecord = decode(Path::new("/x"), "trust", old).expect("decodes");
         assert_eq!((r.version, r.history.len()), (2, 0));
+    }
+
+    fn record(version: u64) -> TrustRecord {
+        TrustRecord {
+            version,
+            sha256: format!("s{version}"),
+            document: format!("d{version}"),
+            file_sha256: format!("f{version}"),
+            origin: "rotation".into(),
+            applied_ms: 0,
+            history: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_trust_record_outlives_a_database_moved_aside() {
+        let d = tempfile::tempdir().expect("tempdir");
+        {
+            let j = Journal::open(d.path()).expect("open");
+            j.set_trust(&record(3)).expect("set");
+        }
+        move_aside(d.path()).expect("move aside");
+        let j = Journal::open(d.path()).expect("reopen");
+        assert_eq!(j.trust().expect("read").map(|r| r.version), Some(3));
+        // The newer of the two copies wins (a crash between the two writes).
+        j.put(&j.inner.meta, "trust", j.enc(&record(2)).expect("enc"))
+            .expect("put");
+        assert_eq!(j.trust().expect("read").map(|r| r.version), Some(3));
+        j.set_trust(&record(4)).expect("set");
+        assert_eq!(j.trust().expect("read").map(|r| r.version), Some(4));
+        // A damaged copy is an error, never a silent fallback to an older trust.
+        std::fs::write(d.path().join(TRUST_RECORD_FILE), b"{").expect("write");
+        assert!(j.trust().is_err());
     }
 }
