@@ -244,10 +244,10 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
 pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     // One snapshot for both answers: a rotation applied in between cannot mislabel them.
-    let store = Store::open_read_only(&config.state_dir);
+    let store = crate::trust::open_read_only(&config.state_dir);
     let trust = match &store {
         Ok(store) => crate::trust::effective(&config.trust.file, store),
-        Err(_) => crate::trust::effective_read_only(&config.trust.file, &config.state_dir),
+        Err(t) => t.clone(),
     };
     let t = match trust {
         Trust::Valid(t) => t,

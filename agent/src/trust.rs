@@ -15,10 +15,10 @@
 //!
 //! Which one is in force is decided from the journal's record (kept in the database and, so
 //! that moving a damaged database aside forgets nothing, in a file beside it), not from file
-//! timestamps: the record holds the hash of the file as last read and of the documents
-//! earlier in the chain, so "the file is unchanged", "the file is older" and "root installed
-//! a newer document" are told apart exactly. Trust changes are audited before they take
-//! effect.
+//! timestamps: the record holds the hash of the file as last read, and versions only go up,
+//! so "the file is unchanged", "the file is older" (any version not above the one in force)
+//! and "root installed a newer document" are told apart exactly. Trust changes are audited
+//! before they take effect.
 //! Anything unreadable fails closed (`trust_store_invalid`): destructive steps wait, benign
 //! convergence goes on.
 
@@ -80,25 +80,31 @@ pub fn load_file(path: &Path) -> Trust {
 /// What the journal says is in force, judged against the local file, without writing
 /// anything (offline commands: `drover plan`, `verify-approval`, `check-config`, `trust`).
 pub fn effective_read_only(path: &Path, state_dir: &Path) -> Trust {
-    match Store::open_read_only(state_dir) {
-        // (A state directory without a journal opens as an empty one: the file is all there is.)
+    match open_read_only(state_dir) {
         Ok(store) => effective(path, &store),
-        // A journal we cannot read may hold a rotation that revoked a key in the file: never
-        // fall back to the file alone.
-        Err(e) => invalid(format!(
+        Err(t) => t,
+    }
+}
+
+/// The journal as offline commands read it. A state directory without a journal opens as an
+/// empty one (the file is all there is); a journal we cannot read may hold a rotation that
+/// revoked a key in the file, so that is `trust_store_invalid`, never "the file alone".
+pub fn open_read_only(state_dir: &Path) -> Result<Store, Trust> {
+    Store::open_read_only(state_dir).map_err(|e| {
+        invalid(format!(
             "reading the journal in {} to find the trust document in force: {e}",
             state_dir.display()
-        )),
-    }
+        ))
+    })
 }
 
 /// How the local file relates to the journal's record of the document in force.
 enum FileIs {
     /// The file as last read, or the document in force itself: keep the record.
     Current(journal::TrustRecord),
-    /// A document that was in force earlier in this chain, or any document whose version is
-    /// not above the one in force: taking it would roll back a rotation, perhaps one that
-    /// revoked a key. Break glass takes a *higher* version.
+    /// A document whose version is not above the one in force (an earlier document of the
+    /// chain, or an edit that kept the version): taking it would roll back a rotation,
+    /// perhaps one that revoked a key. Break glass takes a *higher* version.
     Superseded {
         record: journal::TrustRecord,
         file_version: u64,
@@ -120,12 +126,10 @@ fn judge(
     }
     let t = parse(path, bytes)?;
     Ok(match record {
-        Some(r) if t.version <= r.version || r.history.iter().any(|h| h == file_sha) => {
-            FileIs::Superseded {
-                record: r,
-                file_version: t.version,
-            }
-        }
+        Some(r) if t.version <= r.version => FileIs::Superseded {
+            record: r,
+            file_version: t.version,
+        },
         _ => FileIs::New(t),
     })
 }
@@ -169,21 +173,6 @@ pub fn clock_floor(store: &Store) -> Option<i64> {
     store.clock_high_water().max(applied)
 }
 
-/// At most this many earlier hashes are kept in a record's history.
-const HISTORY_LIMIT: usize = 64;
-
-fn extend_history(r: &journal::TrustRecord) -> Vec<String> {
-    let mut h = r.history.clone();
-    for sha in [&r.sha256, &r.file_sha256] {
-        if !h.contains(sha) {
-            h.push(sha.clone());
-        }
-    }
-    let excess = h.len().saturating_sub(HISTORY_LIMIT);
-    h.drain(..excess);
-    h
-}
-
 /// Decides the document in force when the agent starts, records it in the journal (durably,
 /// before anything is verified against it) and audits a local replacement.
 pub fn establish(path: &Path, store: &Store) -> Trust {
@@ -211,7 +200,6 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             if r.file_sha256 != file_sha {
                 // Root installed the document in force as the file too: nothing changes.
                 let mut synced = r.clone();
-                synced.history = extend_history(&r);
                 synced.file_sha256 = file_sha.clone();
                 if let Err(e) = store.set_trust_record(&synced) {
                     // Harmless: the file still matches the record's document next time.
@@ -265,8 +253,6 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
             "file".into()
         },
         applied_ms: crate::engine::unix_now() * 1000,
-        // Kept across a break glass: an older document must not come back later either.
-        history: record.as_ref().map(extend_history).unwrap_or_default(),
     };
     match &record {
         None => tracing::info!(
@@ -280,7 +266,7 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
                 "the local trust file {} replaced the document in force (v{} {} -> v{} {}); this is the break-glass path, not a signed rotation",
                 path.display(),
                 old.version,
-                &old.sha256[..12.min(old.sha256.len())],
+                old.sha256.get(..12).unwrap_or(&old.sha256),
                 t.version,
                 &t.sha256()[..12]
             );
@@ -352,9 +338,8 @@ pub fn apply_rotations(
             match gate::verify_rotation(&current, &c.payload, &sigs, now, clock_high_water) {
                 Ok(next) => {
                     let next = Arc::new(next);
-                    // The record carries the local file's hash and the chain's history on, or
-                    // the next start would take the file for a local replacement and drop
-                    // this rotation.
+                    // The record carries the local file's hash on, so the next start knows
+                    // the file is unchanged.
                     let previous = match store.trust_record() {
                         Ok(Some(r)) => r,
                         Ok(None) => {
@@ -374,10 +359,9 @@ pub fn apply_rotations(
                         version: next.version,
                         sha256: next.sha256().to_string(),
                         document: next.text().to_string(),
-                        file_sha256: previous.file_sha256.clone(),
+                        file_sha256: previous.file_sha256,
                         origin: "rotation".into(),
                         applied_ms: now * 1000,
-                        history: extend_history(&previous),
                     };
                     let message = format!(
                         "trust document v{} -> v{} (sha256 {}) from {}",

@@ -215,17 +215,10 @@ async fn destroy_waits_for_a_valid_signature_and_runs_once() {
     // A key the trust document does not list.
     let bad = sign("gate/TEST_stranger_ed25519", &ns, &request, &work);
     let copy = work.join(request.file_name().unwrap());
-    let v = h
-        .drover_async(&[
-            "verify-approval",
-            copy.to_str().unwrap(),
-            bad.to_str().unwrap(),
-        ])
-        .await;
+    let v = h.submit("verify-approval", &copy, &[&bad]).await;
     assert_eq!(code(&v), 1);
     assert!(stdout(&v).contains("unknown_signer"), "{}", stdout(&v));
-    h.drover_async(&["approve", copy.to_str().unwrap(), bad.to_str().unwrap()])
-        .await;
+    h.submit("approve", &copy, &[&bad]).await;
     h.drover_async(&["run", "--once"]).await;
     assert!(
         h.sim.guest(701).is_some(),
@@ -238,16 +231,9 @@ async fn destroy_waits_for_a_valid_signature_and_runs_once() {
     let request = h.pending_requests()[0].clone();
     let good = sign("demo/TEST_demo_operator_ed25519", &ns, &request, &work2);
     let copy2 = work2.join(request.file_name().unwrap());
-    let v = h
-        .drover_async(&[
-            "verify-approval",
-            copy2.to_str().unwrap(),
-            good.to_str().unwrap(),
-        ])
-        .await;
+    let v = h.submit("verify-approval", &copy2, &[&good]).await;
     assert_eq!(code(&v), 0, "{}", stdout(&v));
-    h.drover_async(&["approve", copy2.to_str().unwrap(), good.to_str().unwrap()])
-        .await;
+    h.submit("approve", &copy2, &[&good]).await;
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0);
     assert!(h.sim.guest(701).is_none(), "approved destroy did not run");
@@ -255,8 +241,7 @@ async fn destroy_waits_for_a_valid_signature_and_runs_once() {
 
     // Replay: the same approval again, after the vmid is re-used by someone else.
     h.sim.seed(seed(701, true, 999));
-    h.drover_async(&["approve", copy2.to_str().unwrap(), good.to_str().unwrap()])
-        .await;
+    h.submit("approve", &copy2, &[&good]).await;
     h.drover_async(&["run", "--once"]).await;
     assert!(
         h.sim.guest(701).is_some(),
@@ -296,8 +281,7 @@ async fn vmid_reuse_makes_the_approval_stale() {
     h.sim.remove(801);
     h.sim.seed(seed(801, true, 4096));
     let copy = work.join(request.file_name().unwrap());
-    h.drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
-        .await;
+    h.submit("approve", &copy, &[&sig]).await;
     h.drover_async(&["run", "--once"]).await;
     assert!(
         h.sim.guest(801).is_some(),

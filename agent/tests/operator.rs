@@ -273,9 +273,7 @@ async fn approvals_are_listed_and_approved_through_the_socket() {
     std::fs::create_dir_all(&strangers).unwrap();
     let bad = sign("gate/TEST_stranger_ed25519", &ns, &request, &strangers);
     for _ in 0..3 {
-        let r = h
-            .drover_async(&["approve", copy.to_str().unwrap(), bad.to_str().unwrap()])
-            .await;
+        let r = h.submit("approve", &copy, &[&bad]).await;
         assert_eq!(code(&r), 1, "{}", stdout(&r));
         assert!(stdout(&r).starts_with("unknown_signer: "), "{}", stdout(&r));
     }
@@ -288,9 +286,7 @@ async fn approvals_are_listed_and_approved_through_the_socket() {
     );
     let inbox = h.state().join("approvals/inbox");
     assert_eq!(std::fs::read_dir(&inbox).map(|r| r.count()).unwrap_or(0), 0);
-    let r = h
-        .drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &copy, &[&sig]).await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
     eventually(&d, Duration::from_secs(20), "the approved destroy", || {
         h.sim.guest(701).is_none()
@@ -557,42 +553,29 @@ async fn check_config_names_what_would_stop_a_start() {
     // The PVE certificate trust is checked as `run` would build it.
     let text = std::fs::read_to_string(h.config()).unwrap();
     let fp_line = format!("fingerprint = {:?}", h.sim.fingerprint());
-    std::fs::write(
-        h.config(),
-        text.replace(&fp_line, "fingerprint = \"AB:CD\""),
-    )
-    .unwrap();
-    let bad = h.drover_async(&["check-config"]).await;
-    assert_eq!(code(&bad), 1);
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("proxmox.fingerprint"), "{err}");
-    std::fs::write(
-        h.config(),
-        text.replace(
-            &fp_line,
-            &format!("ca_file = {:?}", h.root().join("no-such-ca.pem")),
+    let missing_ca = h.root().join("no-such-ca.pem");
+    for (replacement, expected) in [
+        (
+            "fingerprint = \"AB:CD\"".to_string(),
+            vec!["proxmox.fingerprint"],
         ),
-    )
-    .unwrap();
-    let bad = h.drover_async(&["check-config"]).await;
-    assert_eq!(code(&bad), 1);
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        err.contains("proxmox.ca_file") && err.contains("no-such-ca.pem"),
-        "{err}"
-    );
-    std::fs::write(
-        h.config(),
-        text.replace(
-            &fp_line,
-            &format!("{fp_line}\nnode_cert_file = \"/etc/pve/local/pve-ssl.pem\""),
+        (
+            format!("ca_file = {missing_ca:?}"),
+            vec!["proxmox.ca_file", "no-such-ca.pem"],
         ),
-    )
-    .unwrap();
-    let bad = h.drover_async(&["check-config"]).await;
-    assert_eq!(code(&bad), 1);
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("at most one of"), "{err}");
+        (
+            format!("{fp_line}\nnode_cert_file = \"/etc/pve/local/pve-ssl.pem\""),
+            vec!["at most one of"],
+        ),
+    ] {
+        std::fs::write(h.config(), text.replace(&fp_line, &replacement)).unwrap();
+        let bad = h.drover_async(&["check-config"]).await;
+        assert_eq!(code(&bad), 1, "{replacement}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        for e in expected {
+            assert!(err.contains(e), "{replacement}: {err}");
+        }
+    }
     h.write_config("");
 
     // A trust document of another fleet: every approval would be refused; say so now.

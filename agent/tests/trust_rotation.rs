@@ -70,13 +70,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         &v2_path,
         &h.root().join("stranger"),
     );
-    let r = h
-        .drover_async(&[
-            "approve",
-            v2_path.to_str().unwrap(),
-            stranger.to_str().unwrap(),
-        ])
-        .await;
+    let r = h.submit("approve", &v2_path, &[&stranger]).await;
     assert_eq!(code(&r), 1, "{}", stdout(&r));
     assert!(stdout(&r).starts_with("unknown_signer: "), "{}", stdout(&r));
 
@@ -91,9 +85,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         &v3_path,
         &h.root().join("skip"),
     );
-    let r = h
-        .drover_async(&["approve", v3_path.to_str().unwrap(), sig3.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &v3_path, &[&sig3]).await;
     assert_eq!(code(&r), 1, "{}", stdout(&r));
     assert!(
         stdout(&r).starts_with("rotation_version_invalid: "),
@@ -109,13 +101,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         &bad_path,
         &h.root().join("grab"),
     );
-    let r = h
-        .drover_async(&[
-            "approve",
-            bad_path.to_str().unwrap(),
-            sig_op.to_str().unwrap(),
-        ])
-        .await;
+    let r = h.submit("approve", &bad_path, &[&sig_op]).await;
     assert_eq!(code(&r), 1, "{}", stdout(&r));
     assert!(stdout(&r).starts_with("role_denied: "), "{}", stdout(&r));
     let t = trust_of(&h).await;
@@ -134,22 +120,14 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         &v2_path,
         &officer,
     );
-    let v = h
-        .drover_async(&[
-            "verify-approval",
-            v2_path.to_str().unwrap(),
-            sig2.to_str().unwrap(),
-        ])
-        .await;
+    let v = h.submit("verify-approval", &v2_path, &[&sig2]).await;
     assert_eq!(code(&v), 0, "{}", stdout(&v));
     assert!(
         stdout(&v).contains("valid rotation of trust document v1 to v2"),
         "{}",
         stdout(&v)
     );
-    let r = h
-        .drover_async(&["approve", v2_path.to_str().unwrap(), sig2.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &v2_path, &[&sig2]).await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
     assert!(
         stdout(&r).contains("now uses trust document v2"),
@@ -174,9 +152,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
     std::fs::create_dir_all(&ops).unwrap();
     let sig = sign("gate/TEST_operator1_ed25519", &op_ns, &request, &ops);
     let copy = ops.join(request.file_name().unwrap());
-    let r = h
-        .drover_async(&["approve", copy.to_str().unwrap(), sig.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &copy, &[&sig]).await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
     eventually(
         &d,
@@ -197,13 +173,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         "{t}"
     );
     d.stop().await;
-    let v = h
-        .drover_async(&[
-            "verify-approval",
-            v3_path.to_str().unwrap(),
-            sig3.to_str().unwrap(),
-        ])
-        .await;
+    let v = h.submit("verify-approval", &v3_path, &[&sig3]).await;
     assert_eq!(code(&v), 0, "v3 follows v2 now: {}", stdout(&v));
 
     // Break glass: root installs another document. Accepted, but never silently.
@@ -233,9 +203,7 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         &v8_path,
         &officer,
     );
-    let r = h
-        .drover_async(&["approve", v8_path.to_str().unwrap(), sig8.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &v8_path, &[&sig8]).await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
     assert!(stdout(&r).contains("not running"), "{}", stdout(&r));
     let d = h.spawn_daemon();
@@ -307,9 +275,7 @@ async fn rotate(h: &Host, doc: &str, name: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     let ns = format!("trust-rotation-v1@{DOMAIN}");
     let sig = sign("demo/TEST_demo_recovery_ed25519", &ns, &path, &dir);
-    let r = h
-        .drover_async(&["approve", path.to_str().unwrap(), sig.to_str().unwrap()])
-        .await;
+    let r = h.submit("approve", &path, &[&sig]).await;
     assert_eq!(code(&r), 0, "{}", stdout(&r));
 }
 

@@ -185,11 +185,6 @@ pub struct TrustRecord {
     /// `file`, `rotation` or `local_replacement`.
     pub origin: String,
     pub applied_ms: i64,
-    /// sha256 of every document and file that was in force earlier in this chain of signed
-    /// rotations (oldest first, bounded): a trust file equal to one of them is *older* than
-    /// the document in force, never a replacement of it.
-    #[serde(default)]
-    pub history: Vec<String>,
 }
 
 /// A suspension of one guest or (vmid None) the whole host.

@@ -942,6 +942,11 @@ pub fn check(dir: &Path) -> CheckReport {
     report.audit = count(&j.inner.audit, "audit", &mut report, &|b| {
         decode::<AuditEntry>(dir, "audit", b).map(|_| true)
     });
+    if let Err(e) = j.trust() {
+        report
+            .undecodable
+            .push(("trust record".into(), e.to_string()));
+    }
     report
 }
 
@@ -977,13 +982,6 @@ pub fn move_aside(dir: &Path) -> Result<PathBuf, JournalError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_trust_record_written_before_history_existed_still_decodes() {
-        let old = br#"{"v":1,"r":{"version":2,"sha256":"a","document":"d","file_sha256":"f","origin":"rotation","applied_ms":5}}"#;
-        let r: TrustRecord = decode(Path::new("/x"), "trust", old).expect("decodes");
-        assert_eq!((r.version, r.history.len()), (2, 0));
-    }
-
     fn record(version: u64) -> TrustRecord {
         TrustRecord {
             version,
@@ -992,7 +990,6 @@ mod tests {
             file_sha256: format!("f{version}"),
             origin: "rotation".into(),
             applied_ms: 0,
-            history: Vec::new(),
         }
     }
 
@@ -1015,5 +1012,15 @@ mod tests {
         // A damaged copy is an error, never a silent fallback to an older trust.
         std::fs::write(d.path().join(TRUST_RECORD_FILE), b"{").expect("write");
         assert!(j.trust().is_err());
+        // ... and `drover journal check` names it.
+        let report = check(d.path());
+        assert!(
+            report
+                .undecodable
+                .iter()
+                .any(|(what, _)| what == "trust record"),
+            "{:?}",
+            report.undecodable
+        );
     }
 }

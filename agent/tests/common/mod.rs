@@ -139,6 +139,13 @@ impl Host {
         out
     }
 
+    /// `drover VERB FILE SIG...` (`approve`, `verify-approval`) as a child process.
+    pub async fn submit(&self, verb: &str, file: &Path, signatures: &[&Path]) -> Output {
+        let mut args = vec![verb, file.to_str().unwrap()];
+        args.extend(signatures.iter().map(|s| s.to_str().unwrap()));
+        self.drover_async(&args).await
+    }
+
     pub fn pending_requests(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.state().join("approvals/pending"))
             .map(|r| r.flatten().map(|e| e.path()).collect())
