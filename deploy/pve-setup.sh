@@ -3,13 +3,18 @@
 #
 # Creates (or brings up to date) on a Proxmox VE node:
 #   * the user drover@pve (no password: it cannot log in, only its token is used);
-#   * the role Drover with exactly the privileges the agent needs (proxmox-api.md §1.4);
-#   * a privilege-separated API token drover@pve!drover, whose secret is written to
-#     /etc/drover/pve-token (0600 root:root; systemd hands it to the service with
+#   * the role Drover with exactly the privileges the agent uses (the list is
+#     agent/src/reconcile/privileges.rs GRANTED; a test keeps the two equal);
+#   * a privilege-separated API token for THIS node, drover@pve!<node>, whose secret is
+#     written to /etc/drover/pve-token (0600 root:root; systemd hands it to the service with
 #     LoadCredential=);
 #   * ACLs for the user AND the token (with privilege separation the token's rights are the
-#     intersection of both) on /vms, /storage/<storage>, /sdn/zones/localnetwork/<bridge> and
-#     /nodes/<node>.
+#     intersection of both) on /vms (or /pool/<pool> with --pool), /storage/<storage>,
+#     /sdn/zones/localnetwork/<bridge> and /nodes/<node>.
+#
+# In a cluster, users, roles, tokens and ACLs live in the cluster-wide /etc/pve/user.cfg but
+# the secret file is per node: run the script once on every node. Each node gets its own
+# token, so a node's --rotate-token (or a lost secret) never touches another node.
 #
 # Idempotent: run it again after changing storages or bridges. An existing token is kept (its
 # secret cannot be read back) unless --rotate-token is given. --dry-run prints the pveum
@@ -18,11 +23,12 @@
 set -eu
 
 USER_ID="drover@pve"
-TOKEN_NAME="drover"
+TOKEN_NAME=""
 ROLE="Drover"
 SYS_ROLE="DroverSysModify"
 SECRET_FILE="/etc/drover/pve-token"
 NODE=""
+POOL=""
 STORAGES=""
 BRIDGES=""
 SDN=1
@@ -30,16 +36,16 @@ SYS_MODIFY=0
 ROTATE=0
 DRY_RUN=0
 
-# proxmox-api.md §1.4 "Suggested role for the agent's token":
-#   VM.Audit                      list/read guests, status, snapshots, pending, interfaces
+# Exactly what the agent uses (agent/src/reconcile/privileges.rs GRANTED, same order; the
+# test pve_setup_sh_grants_exactly_this_list fails when the two differ):
+#   VM.Audit                      list/read guests, config, status, pending
 #   VM.PowerMgmt                  start/stop/shutdown/reboot
-#   VM.Allocate                   create/destroy on /vms/<vmid>, features=nesting
+#   VM.Allocate                   create/destroy
 #   VM.Config.CPU/Memory/Network/Disk/Options   PUT config per key, resize
-#   VM.Snapshot, VM.Snapshot.Rollback           snapshot create/delete, rollback
 #   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access
 #   SDN.Use                       net[n] on a bridge (/sdn/zones/localnetwork/<bridge>)
 #   Sys.Audit                     read tasks on /nodes/<node>
-PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Snapshot VM.Snapshot.Rollback Datastore.AllocateSpace Datastore.Audit"
+PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options Datastore.AllocateSpace Datastore.Audit"
 PRIV_SDN="SDN.Use"
 PRIV_SYS_AUDIT="Sys.Audit"
 
@@ -51,7 +57,12 @@ Sets up the PVE user, role, API token and ACLs for the Drover agent on this node
 writes the token secret for the drover service. Run as root on the PVE node.
 
 Options:
-  --node NAME          PVE node name for /nodes/<node> (default: short hostname)
+  --node NAME          PVE node name for /nodes/<node> and the token name (default:
+                       short hostname)
+  --pool POOL          grant the guest privileges on the pool /pool/POOL (created if
+                       missing) instead of on /vms, which covers every guest of the
+                       cluster, QEMU included; set [proxmox] pool = "POOL" in drover.toml
+                       so the guests the agent creates join the pool
   --storage NAME       storage the agent may allocate on and read templates from
                        (repeatable or comma-separated; default: local,local-lvm)
   --bridge NAME        bridge guests' net[n] may use (repeatable or comma-separated;
@@ -60,18 +71,21 @@ Options:
   --with-sys-modify    also grant Sys.Modify on / (role DroverSysModify, not propagated):
                        only for privileged containers or registered tags
   --user USERID        default: drover@pve
-  --token-name NAME    default: drover
+  --token-name NAME    default: the node name (one token per node: drover@pve!<node>)
   --role NAME          default: Drover
   --secret-file PATH   where the token secret goes (default: /etc/drover/pve-token)
-  --rotate-token       replace an existing token (new secret); its ACLs are re-created
+  --rotate-token       replace this node's token (new secret); its ACLs are re-created.
+                       Other nodes' tokens are not touched
   --dry-run            print the pveum commands that would change something, run none
                        (read-only `pveum ... list` queries still run when pveum exists)
   -h, --help           this text
 
 Afterwards, /etc/drover/drover.toml needs:
   [proxmox]
-  token_id = "drover@pve!drover"
+  token_id = "drover@pve!<node>"
   token_secret_file = "pve-token"
+
+In a cluster, run it on every node: each node gets its own token and secret.
 EOF
 }
 
@@ -101,6 +115,7 @@ need_arg() {
 while [ $# -gt 0 ]; do
     case $1 in
         --node) need_arg "$@"; NODE=$2; shift 2 ;;
+        --pool) need_arg "$@"; POOL=$2; shift 2 ;;
         --storage) need_arg "$@"; STORAGES=$(add_names "$STORAGES" "$2"); shift 2 ;;
         --bridge) need_arg "$@"; BRIDGES=$(add_names "$BRIDGES" "$2"); shift 2 ;;
         --no-sdn) SDN=0; shift ;;
@@ -119,18 +134,30 @@ done
 [ -n "$STORAGES" ] || STORAGES="local local-lvm"
 [ -n "$BRIDGES" ] || BRIDGES="vmbr0"
 [ -n "$NODE" ] || NODE=$(uname -n | cut -d. -f1)
+[ -n "$TOKEN_NAME" ] || TOKEN_NAME=$NODE
 
 case $USER_ID in
     *@*) ;;
     *) die "--user must be USER@REALM, got $USER_ID" ;;
 esac
-case $USER_ID$TOKEN_NAME$ROLE$NODE in
-    *[!A-Za-z0-9@_.-]*) die "user, token name, role and node may only contain A-Z a-z 0-9 @ _ . -" ;;
+case $USER_ID$TOKEN_NAME$ROLE$NODE$POOL in
+    *[!A-Za-z0-9@_.-]*) die "user, token name, role, node and pool may only contain A-Z a-z 0-9 @ _ . -" ;;
+esac
+# PVE's token name rule (pve-access-control: [A-Za-z][A-Za-z0-9.\-_]+).
+case $TOKEN_NAME in
+    [A-Za-z]?*) ;;
+    *) die "token name \"$TOKEN_NAME\" must start with a letter and have at least 2 characters (node names starting with a digit need --token-name, e.g. --token-name n$TOKEN_NAME)" ;;
 esac
 case $SECRET_FILE in
+    /etc/pve/*) die "--secret-file must not be under /etc/pve: that is shared by every node of the cluster, the secret belongs to this node" ;;
     /*) ;;
     *) die "--secret-file must be an absolute path" ;;
 esac
+if [ -n "$POOL" ]; then
+    GUEST_PATH="/pool/$POOL"
+else
+    GUEST_PATH="/vms"
+fi
 TOKEN_ID="$USER_ID!$TOKEN_NAME"
 
 PRIVS="$PRIVS_BASE"
@@ -213,7 +240,17 @@ if [ "$SYS_MODIFY" = 1 ]; then
     fi
 fi
 
-# 3. The token. Its secret is shown once, at creation.
+# 2b. The pool the guests live in, with --pool.
+if [ -n "$POOL" ]; then
+    pools=$(query pool list)
+    if json_has "$pools" poolid "$POOL"; then
+        echo "pool $POOL exists"
+    else
+        change pveum pool add "$POOL" --comment "guests managed by Drover"
+    fi
+fi
+
+# 3. This node's token. Its secret is shown once, at creation.
 token_exists=0
 tokens=""
 if json_has "$users" userid "$USER_ID"; then
@@ -233,8 +270,11 @@ if [ "$token_exists" = 1 ]; then
         echo "# token $TOKEN_ID exists but $SECRET_FILE is missing: the real run stops here (use --rotate-token)"
         create_token=0
     else
-        die "token $TOKEN_ID exists but $SECRET_FILE is missing or empty; its secret cannot be read back. Re-run with --rotate-token to replace the token."
+        die "token $TOKEN_ID exists but $SECRET_FILE is missing or empty; its secret cannot be read back. Re-run with --rotate-token to replace the token (only this node's token: other nodes keep theirs)."
     fi
+fi
+if [ "$TOKEN_NAME" != drover ] && json_has "$tokens" tokenid drover; then
+    echo "note: the shared token $USER_ID!drover of an older pve-setup.sh still exists; once every node uses its own token (drover status works there), remove it: pveum user token remove $USER_ID drover"
 fi
 if [ "$create_token" = 1 ]; then
     if [ "$DRY_RUN" = 1 ]; then
@@ -268,7 +308,7 @@ acl() {
     shift 2
     change pveum acl modify "$path" --roles "$role" --users "$USER_ID" --tokens "$TOKEN_ID" "$@"
 }
-acl /vms "$ROLE"
+acl "$GUEST_PATH" "$ROLE"
 for s in $STORAGES; do
     acl "/storage/$s" "$ROLE"
 done
@@ -282,7 +322,17 @@ if [ "$SYS_MODIFY" = 1 ]; then
     acl / "$SYS_ROLE" --propagate 0
 fi
 
+if [ -n "$POOL" ]; then
+    acls=$(query acl list)
+    if printf '%s\n' "$acls" | tr '}' '\n' | grep -F '"path":"/vms"' | grep -Fq "\"ugid\":\"$TOKEN_ID\""; then
+        echo "note: $TOKEN_ID still holds $ROLE on /vms from an earlier run, which covers every guest of the cluster; drop it with: pveum acl delete /vms --roles $ROLE --tokens '$TOKEN_ID'"
+    fi
+fi
+
 done_note=""
+pool_line=""
+[ -z "$POOL" ] || pool_line="
+  pool = \"$POOL\"                     # guests the agent creates join the pool"
 [ "$DRY_RUN" = 0 ] || done_note=" (dry run: nothing was changed)"
 cat <<EOF
 
@@ -290,6 +340,7 @@ Done$done_note.
 In /etc/drover/drover.toml:
   [proxmox]
   token_id = "$TOKEN_ID"
-  token_secret_file = "pve-token"   # the unit loads $SECRET_FILE as credential pve-token
+  token_secret_file = "pve-token"   # the unit loads $SECRET_FILE as credential pve-token$pool_line
 Then: drover check-config, drover plan, systemctl enable --now drover
+In a cluster: run this script on every other node as well (each gets its own token).
 EOF

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Tests deploy/pve-setup.sh against a fake `pveum` that keeps users, roles, tokens and ACLs in
 # files and logs every call: dry-run output, a first run, idempotent re-runs, drift repair,
-# token rotation, a lost secret, and the options. Run by .ci/deploy-checks; needs root (the
+# token rotation, a lost secret, the options, a two-node cluster (one token per node, rotation
+# that touches only its own node) and --pool. The fake's state is the cluster-wide user.cfg;
+# each simulated node has its own secret file. Run by .ci/deploy-checks; needs root (the
 # script chowns the secret file) and nothing from Proxmox.
 set -euo pipefail
 
@@ -16,14 +18,14 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# The fake pveum. State: $STUB_STATE/{users,tokens,acl,counter,role.NAME}; log: $STUB_LOG.
+# The fake pveum. State: $STUB_STATE/{users,tokens,acl,pools,counter,role.NAME}; log: $STUB_LOG.
 mkdir -p "$work/bin"
 cat > "$work/bin/pveum" <<'STUB'
 #!/bin/sh
 set -eu
 S=$STUB_STATE
 echo "pveum $*" >> "$STUB_LOG"
-touch "$S/users" "$S/tokens" "$S/acl"
+touch "$S/users" "$S/tokens" "$S/acl" "$S/pools"
 fail() { echo "$*" >&2; exit 255; }
 json_list() { # key file
     first=1; printf '['
@@ -79,6 +81,9 @@ case "$1 $2" in
         esac; shift 2
     done
     [ -n "$roles" ] || fail "acl: no roles"
+    case $path in
+    /pool/*) grep -qx "${path#/pool/}" "$S/pools" || fail "pool '${path#/pool/}' does not exist" ;;
+    esac
     for r in $(echo "$roles" | tr , ' '); do
         [ -e "$S/role.$r" ] || fail "role '$r' does not exist"
         for u in $(echo "$users" | tr , ' '); do
@@ -91,6 +96,20 @@ case "$1 $2" in
         done
     done
     sort -u "$S/acl" -o "$S/acl" ;;
+"pool list") json_list poolid "$S/pools" ;;
+"pool add")
+    grep -qx "$3" "$S/pools" && fail "pool '$3' already exists"
+    echo "$3" >> "$S/pools" ;;
+"acl list")
+    # path role propagate type:ugid -> PVE's JSON (compact, as --output-format json prints it)
+    first=1; printf '['
+    while read -r path role prop who; do
+        [ $first = 1 ] || printf ','
+        first=0
+        printf '{"path":"%s","propagate":%s,"roleid":"%s","type":"%s","ugid":"%s"}' \
+            "$path" "$prop" "$role" "${who%%:*}" "${who#*:}"
+    done < "$S/acl"
+    printf ']\n' ;;
 *) fail "fake pveum: unsupported: $*" ;;
 esac
 STUB
@@ -99,7 +118,9 @@ chmod +x "$work/bin/pveum"
 export STUB_STATE="$work/state" STUB_LOG="$work/pveum.log"
 mkdir -p "$STUB_STATE"
 secret="$work/etc/pve-token"
-PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,VM.Snapshot,VM.Snapshot.Rollback,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
+# Exactly what the agent uses (agent/src/reconcile/privileges.rs GRANTED).
+PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
+NODE=pve1
 
 failures=0
 pass() { printf 'ok   %s\n' "$1"; }
@@ -112,11 +133,12 @@ check() { # name, command...
     shift
     if "$@"; then pass "$name"; else fail "$name"; fi
 }
-# Runs pve-setup.sh with the stub first on PATH; output in $work/out, exit code in $rc.
+# Runs pve-setup.sh on node $NODE (secret file $secret) with the stub first on PATH; output
+# in $work/out, exit code in $rc.
 run() {
     : > "$STUB_LOG"
     set +e
-    PATH="$work/bin:$PATH" sh "$setup" --node pve1 --secret-file "$secret" "$@" > "$work/out" 2>&1
+    PATH="$work/bin:$PATH" sh "$setup" --node "$NODE" --secret-file "$secret" "$@" > "$work/out" 2>&1
     rc=$?
     set -e
 }
@@ -151,9 +173,9 @@ check "fresh dry run exits 0" test "$rc" = 0
 check "fresh dry run: only read-only pveum calls" test -z "$(grep -v -e '^pveum user list' -e '^pveum role list' "$STUB_LOG")"
 check "fresh dry run: would add the user" out_has "would run: pveum user add drover@pve --comment"
 check "fresh dry run: would add the role with exactly the §1.4 privileges" out_has "would run: pveum role add Drover --privs $PRIVS"
-check "fresh dry run: would add a privsep token" out_has "would run: pveum user token add drover@pve drover --privsep 1"
+check "fresh dry run: would add a privsep token" out_has "would run: pveum user token add drover@pve pve1 --privsep 1"
 for p in /vms /storage/local /storage/local-lvm /sdn/zones/localnetwork/vmbr0 /nodes/pve1; do
-    check "fresh dry run: ACL on $p for user and token" out_has "would run: pveum acl modify $p --roles Drover --users drover@pve --tokens 'drover@pve!drover'"
+    check "fresh dry run: ACL on $p for user and token" out_has "would run: pveum acl modify $p --roles Drover --users drover@pve --tokens 'drover@pve!pve1'"
 done
 check "fresh dry run: no secret file" test ! -e "$secret"
 check "fresh dry run: nothing created" test ! -s "$STUB_STATE/users"
@@ -164,14 +186,14 @@ run
 check "first run exits 0" test "$rc" = 0
 check "first run: user created" grep -qx "drover@pve" "$STUB_STATE/users"
 check "first run: role has exactly the privileges" test "$(cat "$STUB_STATE/role.Drover" 2>/dev/null)" = "$PRIVS"
-check "first run: token created" grep -qx "drover@pve!drover" "$STUB_STATE/tokens"
-check "first run: privsep 1" log_has "pveum user token add drover@pve drover --privsep 1"
+check "first run: token created" grep -qx "drover@pve!pve1" "$STUB_STATE/tokens"
+check "first run: privsep 1" log_has "pveum user token add drover@pve pve1 --privsep 1"
 check "first run: secret written" test "$(cat "$secret" 2>/dev/null)" = "secret-1"
 check "first run: secret mode 0600 root:root" test "$(stat -c '%a %U:%G' "$secret")" = "600 root:root"
 check "first run: the secret is not printed" test -z "$(grep -F 'secret-1' "$work/out")"
 for p in /vms /storage/local /storage/local-lvm /sdn/zones/localnetwork/vmbr0 /nodes/pve1; do
     check "first run: $p for the user" acl_has "$p Drover 1 user:drover@pve"
-    check "first run: $p for the token" acl_has "$p Drover 1 token:drover@pve!drover"
+    check "first run: $p for the token" acl_has "$p Drover 1 token:drover@pve!pve1"
 done
 check "first run: no ACL on /" test -z "$(grep '^/ ' "$STUB_STATE/acl")"
 
@@ -201,9 +223,9 @@ check "existing dry run: only read-only pveum calls" test -z "$(grep -v -e ' lis
 # --- rotation --------------------------------------------------------------------------------
 run --rotate-token
 check "rotate: exits 0" test "$rc" = 0
-check "rotate: old token removed" log_has "pveum user token remove drover@pve drover"
+check "rotate: old token removed" log_has "pveum user token remove drover@pve pve1"
 check "rotate: new secret written" test "$(cat "$secret")" = "secret-2"
-check "rotate: token ACLs re-created" acl_has "/vms Drover 1 token:drover@pve!drover"
+check "rotate: token ACLs re-created" acl_has "/vms Drover 1 token:drover@pve!pve1"
 check "rotate: remove comes before add" test "$(grep -n -e 'token remove' "$STUB_LOG" | cut -d: -f1)" -lt "$(grep -n -e 'token add' "$STUB_LOG" | cut -d: -f1)"
 
 # --- the secret file was lost ----------------------------------------------------------------
@@ -220,15 +242,87 @@ check "lost secret: --rotate-token recovers" test "$rc" = 0 -a "$(cat "$secret" 
 # --- options ---------------------------------------------------------------------------------
 run --storage local-zfs,nfs-templates --bridge vmbr1 --with-sys-modify
 check "options: exits 0" test "$rc" = 0
-check "options: ACL on the extra storages" acl_has "/storage/nfs-templates Drover 1 token:drover@pve!drover"
+check "options: ACL on the extra storages" acl_has "/storage/nfs-templates Drover 1 token:drover@pve!pve1"
 check "options: ACL on the extra bridge" acl_has "/sdn/zones/localnetwork/vmbr1 Drover 1 user:drover@pve"
 check "options: Sys.Modify role" test "$(cat "$STUB_STATE/role.DroverSysModify" 2>/dev/null)" = "Sys.Modify"
-check "options: Sys.Modify on / only, not propagated" acl_has "/ DroverSysModify 0 token:drover@pve!drover"
+check "options: Sys.Modify on / only, not propagated" acl_has "/ DroverSysModify 0 token:drover@pve!pve1"
 rm -rf "${STUB_STATE:?}"/* "$secret"
 run --no-sdn
 check "--no-sdn: exits 0" test "$rc" = 0
 check "--no-sdn: no SDN.Use" test "$(cat "$STUB_STATE/role.Drover")" = "${PRIVS/,SDN.Use/}"
 check "--no-sdn: no /sdn ACL" test -z "$(grep '^/sdn' "$STUB_STATE/acl")"
+
+# --- bad names ------------------------------------------------------------------------------
+run --node 1pve
+check "a node name starting with a digit: refused" test "$rc" = 1
+check "a node name starting with a digit: points at --token-name" out_has "--token-name"
+run --node 1pve --token-name n1pve --dry-run
+check "... and --token-name fixes it" test "$rc" = 0 -a -n "$(grep -F "tokens 'drover@pve!n1pve'" "$work/out")"
+run --secret-file /etc/pve/priv/drover-token
+check "a secret file under /etc/pve (shared by the cluster) is refused" test "$rc" = 1
+
+# --- a two-node cluster ----------------------------------------------------------------------
+# user.cfg (the fake's state) is shared; each node has its own /etc/drover/pve-token.
+rm -rf "${STUB_STATE:?}"/* "$secret"
+secret1=$secret
+secret2="$work/etc-pve2/pve-token"
+NODE=pve1 secret=$secret1 run
+check "cluster: pve1 first run exits 0" test "$rc" = 0
+NODE=pve2 secret=$secret2 run
+[ "$rc" = 0 ] || dump
+check "cluster: pve2 runs too (was: token exists but the secret is missing)" test "$rc" = 0
+check "cluster: pve2 gets its own token" grep -qx "drover@pve!pve2" "$STUB_STATE/tokens"
+check "cluster: pve1's token stays" grep -qx "drover@pve!pve1" "$STUB_STATE/tokens"
+check "cluster: pve2 wrote its own secret" test "$(cat "$secret2" 2>/dev/null)" = "secret-2"
+check "cluster: pve1's secret unchanged" test "$(cat "$secret1")" = "secret-1"
+check "cluster: pve2 adds no user and no role" test -z "$(grep -F -e 'user add' -e 'role add' "$STUB_LOG")"
+check "cluster: pve2's token on /vms" acl_has "/vms Drover 1 token:drover@pve!pve2"
+check "cluster: pve2's token on /nodes/pve2" acl_has "/nodes/pve2 Drover 1 token:drover@pve!pve2"
+check "cluster: pve1's token not on /nodes/pve2" test -z "$(grep -Fx "/nodes/pve2 Drover 1 token:drover@pve!pve1" "$STUB_STATE/acl")"
+check "cluster: pve2's token not on /nodes/pve1" test -z "$(grep -Fx "/nodes/pve1 Drover 1 token:drover@pve!pve2" "$STUB_STATE/acl")"
+check "cluster: pve2 prints its own token id" out_has 'token_id = "drover@pve!pve2"'
+NODE=pve2 secret=$secret2 run
+check "cluster: pve2 again: nothing new" test "$rc" = 0 -a -z "$(grep -F -e 'token add' -e 'token remove' "$STUB_LOG")"
+NODE=pve1 secret=$secret1 run
+check "cluster: pve1 again: nothing new" test "$rc" = 0 -a -z "$(grep -F -e 'token add' -e 'token remove' "$STUB_LOG")"
+NODE=pve2 secret=$secret2 run --rotate-token
+check "cluster: rotate on pve2 exits 0" test "$rc" = 0
+check "cluster: rotate on pve2 removes only pve2's token" test "$(grep -F 'token remove' "$STUB_LOG")" = "pveum user token remove drover@pve pve2"
+check "cluster: rotate on pve2: new pve2 secret" test "$(cat "$secret2")" = "secret-3"
+check "cluster: rotate on pve2: pve1's token, ACLs and secret intact" \
+    test -n "$(grep -x "drover@pve!pve1" "$STUB_STATE/tokens")" -a "$(cat "$secret1")" = "secret-1" \
+    -a -n "$(grep -Fx "/vms Drover 1 token:drover@pve!pve1" "$STUB_STATE/acl")" \
+    -a -n "$(grep -Fx "/nodes/pve1 Drover 1 token:drover@pve!pve1" "$STUB_STATE/acl")"
+check "cluster: rotate on pve2: pve2's ACLs re-created" acl_has "/nodes/pve2 Drover 1 token:drover@pve!pve2"
+rm -f "$secret2"
+NODE=pve2 secret=$secret2 run
+check "cluster: pve2 lost its secret: stops, says only this node's token is replaced" test "$rc" = 1 -a -n "$(grep -F 'only this node' "$work/out")"
+# The shared token of an older pve-setup.sh is pointed out, never removed.
+echo 'drover@pve!drover' >> "$STUB_STATE/tokens"
+NODE=pve1 secret=$secret1 run
+check "cluster: the old shared token is pointed out" out_has "pveum user token remove drover@pve drover"
+check "cluster: ... and kept" grep -qx 'drover@pve!drover' "$STUB_STATE/tokens"
+
+# --- --pool ----------------------------------------------------------------------------------
+rm -rf "${STUB_STATE:?}"/* "$secret1" "$secret2"
+run --pool drover-guests
+[ "$rc" = 0 ] || dump
+check "pool: exits 0" test "$rc" = 0
+check "pool: the pool is created" log_has "pveum pool add drover-guests"
+check "pool: role on /pool/drover-guests for the user" acl_has "/pool/drover-guests Drover 1 user:drover@pve"
+check "pool: role on /pool/drover-guests for the token" acl_has "/pool/drover-guests Drover 1 token:drover@pve!pve1"
+check "pool: nothing on /vms" test -z "$(grep '^/vms ' "$STUB_STATE/acl")"
+check "pool: storages and the node as before" acl_has "/nodes/pve1 Drover 1 token:drover@pve!pve1"
+check "pool: says what drover.toml needs" out_has 'pool = "drover-guests"'
+run --pool drover-guests
+check "pool: again: the pool is kept" test "$rc" = 0 -a -z "$(grep -F 'pool add' "$STUB_LOG")"
+check "pool: again: no note about /vms" test -z "$(grep -F 'still holds' "$work/out")"
+rm -rf "${STUB_STATE:?}"/* "$secret"
+run
+run --pool drover-guests
+check "pool after /vms: the old /vms grant is pointed out" out_has "pveum acl delete /vms --roles Drover --tokens 'drover@pve!pve1'"
+run --pool 'bad/pool'
+check "pool: a bad pool name is refused" test "$rc" = 1
 
 if [ "$failures" != 0 ]; then
     echo "test-pve-setup.sh: $failures check(s) failed" >&2

@@ -25,6 +25,9 @@ pub enum GuestState {
     Blocked,
     Failed,
     Suspended,
+    /// In this node's document but on another node of the cluster (HA, a migration): left
+    /// alone here (plan note `exists_on_other_node`).
+    Elsewhere,
 }
 
 impl GuestState {
@@ -38,6 +41,7 @@ impl GuestState {
             GuestState::Blocked => "blocked",
             GuestState::Failed => "failed",
             GuestState::Suspended => "suspended",
+            GuestState::Elsewhere => "elsewhere",
         }
     }
 }
@@ -189,13 +193,22 @@ impl StatusBoard {
                     })
                     .unwrap_or_default();
                 let has_steps = gp.is_some_and(|p| !p.steps.is_empty());
+                let elsewhere =
+                    gp.is_some_and(|p| p.notes.iter().any(|n| n.code == "exists_on_other_node"));
                 if !has_steps {
                     if g.state != GuestState::Suspended {
-                        g.state = GuestState::Converged;
+                        g.state = if elsewhere {
+                            GuestState::Elsewhere
+                        } else {
+                            GuestState::Converged
+                        };
                     }
                     g.pending_approval = None;
                     g.blocked_code = None;
-                } else if matches!(g.state, GuestState::Converged | GuestState::Unknown) {
+                } else if matches!(
+                    g.state,
+                    GuestState::Converged | GuestState::Unknown | GuestState::Elsewhere
+                ) {
                     g.state = GuestState::Pending;
                 }
             }

@@ -11,5 +11,6 @@ pub mod engine;
 pub mod lanes;
 pub mod metrics;
 pub mod planner;
+pub mod privileges;
 pub mod pve;
 pub mod recovery;

@@ -76,6 +76,10 @@ pub struct Pve {
     pub node: String,
     pub waits: WaitPolicy,
     pub metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
+    /// The pool new guests join (`[proxmox] pool`): with `pve-setup.sh --pool` the token may
+    /// only create a guest into it. Not a step parameter: it is this host's setting, not the
+    /// document's, and changing it must not change what an approval is bound to.
+    pub pool: Option<String>,
 }
 
 /// Counts a call for `drover_pve_api_requests_total{method,code}`.
@@ -102,7 +106,14 @@ impl Pve {
             node: node.into(),
             waits,
             metrics: Default::default(),
+            pool: None,
         }
+    }
+
+    /// New guests are created into `pool`.
+    pub fn with_pool(mut self, pool: Option<String>) -> Pve {
+        self.pool = pool;
+        self
     }
 
     /// Reads everything the planner needs for a whole pass: the CT list, the cluster view (to
@@ -199,6 +210,9 @@ impl Pve {
                     if !matches!(k.as_str(), "vmid" | "ostemplate" | "start") {
                         create = create.param(k.clone(), v);
                     }
+                }
+                if let Some(pool) = &self.pool {
+                    create = create.param("pool", pool);
                 }
                 Ok(Submission::Task(
                     self.client.create_lxc(node, &create).await?,

@@ -77,6 +77,9 @@ pub struct ProxmoxConfig {
     /// A fixed poll interval for PVE tasks instead of the default schedule (1 s for the first
     /// 10 s, then 2.5 s). Useful against fast hosts and the simulator.
     pub task_poll_interval: Option<Duration>,
+    /// The PVE pool guests the agent creates join (`pve-setup.sh --pool`: the token's rights
+    /// are granted on `/pool/<pool>`, and PVE lets it create a guest only into that pool).
+    pub pool: Option<String>,
 }
 
 /// Where the desired state comes from: exactly one of `path` or `url`.
@@ -152,6 +155,7 @@ struct RawProxmox {
     #[serde(default = "default_max_parallel")]
     max_parallel: usize,
     task_poll_interval: Option<String>,
+    pool: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -270,6 +274,21 @@ impl Config {
                 Some(d)
             }
         };
+        // PVE's pool id rule (`pve-access-control`: `[A-Za-z0-9\.\-_]+`).
+        let pool = match raw.proxmox.pool {
+            Some(p)
+                if p.is_empty()
+                    || !p
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')) =>
+            {
+                return Err(invalid(
+                    "proxmox.pool",
+                    format!("{p:?} is not a PVE pool name (letters, digits, '.', '-', '_')"),
+                ));
+            }
+            p => p,
+        };
         let source = source_config(raw.source, &invalid)?;
         let metrics_listen = match &raw.metrics.listen {
             None => None,
@@ -307,6 +326,7 @@ impl Config {
                 node_cert_file: raw.proxmox.node_cert_file,
                 max_parallel: raw.proxmox.max_parallel,
                 task_poll_interval,
+                pool,
             },
             source,
             trust: TrustConfig {

@@ -88,7 +88,7 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
     let tls = tls_from_config(config)?;
     let client = Client::new(ClientConfig::new(config.proxmox.url.clone(), token, tls))
         .context("building the PVE client")?;
-    Ok(Pve::new(client, config.host.clone(), waits))
+    Ok(Pve::new(client, config.host.clone(), waits).with_pool(config.proxmox.pool.clone()))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
