@@ -215,3 +215,65 @@ async fn no_watchdog_pings_when_systemd_watches_another_pid() {
     let status = daemon.stop().await;
     assert!(status.success(), "{status:?}");
 }
+
+/// While the first PVE read fails, `systemctl status` is not silent: STATUS= names what the
+/// agent waits for and the error's code, the log line carries the code, and SIGTERM still
+/// stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_says_what_the_start_waits_for_while_pve_is_down() {
+    let h = Host::start(vec![]).await;
+    h.desired("revision = 1\n");
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("https://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let config = std::fs::read_to_string(h.config()).unwrap();
+    std::fs::write(
+        h.config(),
+        config.replace(&h.sim.base_url().to_string(), &dead_url),
+    )
+    .unwrap();
+    let sock_path = h.root().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let log = h.root().join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = h
+        .command(&["run"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let daemon = Daemon { child, log };
+    let s = sock.try_clone().unwrap();
+    let want = format!("STATUS=waiting for PVE at {dead_url} (pve_connect, attempt 2)");
+    let w = want.clone();
+    let msgs = tokio::task::spawn_blocking(move || {
+        collect(&s, Duration::from_secs(20), |m| {
+            m.iter().any(|x| x.text.lines().any(|l| l.starts_with(&w)))
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        msgs.iter()
+            .any(|m| m.text.lines().any(|l| l.starts_with(&want))),
+        "{:?}\n{}",
+        texts(&msgs),
+        daemon.log_text()
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.has(&format!("STATUS=reading PVE at {dead_url}"))),
+        "{:?}",
+        texts(&msgs)
+    );
+    assert_eq!(count(&msgs, "READY=1"), 0);
+    let text = daemon.log_text();
+    assert!(
+        text.contains("first read of PVE failed") && text.contains("code=\"pve_connect\""),
+        "{text}"
+    );
+    assert!(daemon.stop().await.success());
+}
