@@ -220,6 +220,30 @@ async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() 
     ] {
         assert!(m.iter().any(|s| s.name == name), "{name} missing");
     }
+    // Named for the source it came from (a directory here), revision and trust as gauges,
+    // a zero for every state, and the process metrics.
+    assert!(
+        metric(
+            &m,
+            "drover_desired_last_success_timestamp_seconds",
+            &[("source", "dir")]
+        ) > 1.7e9
+    );
+    assert_eq!(metric(&m, "drover_desired_revision", &[]), 1.0);
+    assert_eq!(metric(&m, "drover_trust_valid", &[]), 1.0);
+    assert_eq!(metric(&m, "drover_trust_version", &[]), 1.0);
+    assert!(
+        m.iter()
+            .any(|s| s.name == "drover_guests" && s.labels == [("state".into(), "failed".into())])
+    );
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+    ] {
+        assert!(metric(&m, name, &[]) > 0.0, "{name}");
+    }
 
     let status = d.stop().await;
     assert!(status.success(), "{status:?}");

@@ -31,6 +31,20 @@ pub enum GuestState {
 }
 
 impl GuestState {
+    /// Every state, so metrics can show a zero for each (a rate over a series that appears
+    /// only once something happens misses the first change).
+    pub const ALL: [GuestState; 9] = [
+        GuestState::Unknown,
+        GuestState::Converged,
+        GuestState::Pending,
+        GuestState::Running,
+        GuestState::AwaitingApproval,
+        GuestState::Blocked,
+        GuestState::Failed,
+        GuestState::Suspended,
+        GuestState::Elsewhere,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             GuestState::Unknown => "unknown",

@@ -128,6 +128,15 @@ impl Engine {
             *by_state.entry(g.state.as_str().to_string()).or_insert(0u64) += 1;
         }
         m.set_guests(by_state);
+        m.set_desired_revision(snap.desired_revision);
+        m.set_trust(match self.trust() {
+            Trust::Valid(t) => crate::reconcile::metrics::TrustGauges {
+                valid: true,
+                version: t.version,
+                expires_at: t.expires_at,
+            },
+            Trust::Invalid { .. } => crate::reconcile::metrics::TrustGauges::default(),
+        });
         if let Ok(n) = self.inner.store.in_flight_count() {
             m.journal_inflight_steps.store(n as u64, Relaxed);
         }

@@ -139,10 +139,9 @@ pub async fn refresh_desired(engine: &Engine, source: &Source) {
         ),
     }
     if result.is_ok() {
-        engine.metrics().hub_last_success.store(
-            u64::try_from(now).unwrap_or(0),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        engine
+            .metrics()
+            .desired_fetched(source.kind(), u64::try_from(now).unwrap_or(0));
     }
     match result {
         Ok(Some(f)) => {
