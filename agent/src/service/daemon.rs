@@ -322,10 +322,6 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         _ = refresh_desired(&engine, &source) => {}
         _ = engine.wait_shutdown() => return Ok(stopped_early),
     }
-    // Until READY=1, `systemctl start` waits and `systemctl status` shows only this line: say
-    // what the agent waits for, and why, instead of nothing.
-    systemd.status(&format!("reading PVE at {}", config.proxmox.url));
-    let mut attempt = 0u32;
     let first = loop {
         match engine.pass().await {
             Ok(p) => break p,
@@ -335,12 +331,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
                 );
             }
             Err(e) => {
-                attempt += 1;
-                systemd.status(&waiting_for_pve_status(&config.proxmox.url, &e, attempt));
-                warn!(
-                    code = e.code(),
-                    attempt, "first read of PVE failed, retrying in 2 s: {e}"
-                );
+                warn!("first read of PVE failed, retrying: {e}");
                 if engine.is_shutting_down() {
                     return Ok(stopped_early);
                 }
@@ -520,23 +511,4 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// The `STATUS=` line while the first PVE read fails: what the agent waits for, the error's
-/// code and how often it tried, e.g. `waiting for PVE at https://localhost:8006 (pve_connect,
-/// attempt 3): connecting ... refused`.
-fn waiting_for_pve_status(url: &str, e: &proxmox_client::Error, attempt: u32) -> String {
-    let mut why = e.to_string();
-    if why.len() > 160 {
-        let mut cut = 160;
-        while !why.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        why.truncate(cut);
-        why.push_str("...");
-    }
-    format!(
-        "waiting for PVE at {url} ({}, attempt {attempt}): {why}",
-        e.code()
-    )
 }
