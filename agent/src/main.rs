@@ -15,7 +15,8 @@ use drover::service::config::{Config, DEFAULT_CONFIG_PATH};
 #[command(
     name = "drover",
     version,
-    about = "Reconcile agent for Proxmox VE hosts"
+    about = "Reconcile agent for Proxmox VE hosts",
+    mut_subcommands = drover::operator::help::add_examples
 )]
 struct Cli {
     /// The agent's config file.
@@ -48,6 +49,20 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the shell completion script for SHELL, or write all of them into a directory.
+    Completions {
+        #[arg(value_enum, required_unless_present = "out")]
+        shell: Option<clap_complete::Shell>,
+        /// Write drover.bash, _drover and drover.fish into this directory.
+        #[arg(long, conflicts_with = "shell")]
+        out: Option<PathBuf>,
+    },
+    /// Print drover(8), generated from this command line, or write every page (one per verb)
+    /// into a directory.
+    Man {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Run the agent: recover, then reconcile every `interval` until SIGTERM.
     Run {
         /// One pass: wait for its steps and exit (0 converged, 2 left pending, 1 error).
@@ -184,6 +199,42 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     use drover::cli;
     match cli.command {
+        Command::Completions { shell, out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            use drover::operator::help;
+            match (shell, out) {
+                (_, Some(dir)) => {
+                    let n = help::write_completions(cmd, &dir)
+                        .with_context(|| format!("writing completions to {}", dir.display()))?;
+                    println!("{n} completion scripts written to {}", dir.display());
+                }
+                (Some(shell), None) => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&help::completion(cmd, shell))?;
+                }
+                (None, None) => anyhow::bail!("name a shell or --out DIR"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { out } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            use drover::operator::help;
+            match out {
+                Some(dir) => {
+                    let n = help::write_man_pages(cmd, &dir)
+                        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+                    println!("{n} man pages written to {}", dir.display());
+                }
+                None => {
+                    use std::io::Write;
+                    let pages = help::man_pages(cmd)?;
+                    if let Some((_, roff)) = pages.first() {
+                        std::io::stdout().write_all(roff)?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { offline } => cli::check_config(&cli.config, offline).await,
         Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
         Command::Reconcile { vmid, output } => {

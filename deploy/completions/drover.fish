@@ -1,0 +1,172 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_drover_global_optspecs
+    string join \n config= log-format= h/help V/version
+end
+
+function __fish_drover_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_drover_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_drover_using_subcommand
+    set -l cmd (__fish_drover_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c drover -n "__fish_drover_needs_command" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_needs_command" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_needs_command" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_needs_command" -s V -l version -d 'Print version'
+complete -c drover -n "__fish_drover_needs_command" -f -a "completions" -d 'Print the shell completion script for SHELL, or write all of them into a directory'
+complete -c drover -n "__fish_drover_needs_command" -f -a "man" -d 'Print drover(8), generated from this command line, or write every page (one per verb) into a directory'
+complete -c drover -n "__fish_drover_needs_command" -f -a "run" -d 'Run the agent: recover, then reconcile every `interval` until SIGTERM'
+complete -c drover -n "__fish_drover_needs_command" -f -a "plan" -d 'Show what the agent would do, like `terraform plan` (0 no changes, 2 changes, 1 error)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "check-config" -d 'Check the config file and what it points at; exit 0 when the agent can start'
+complete -c drover -n "__fish_drover_needs_command" -f -a "status" -d 'Per-guest sync state from the running daemon (0 all converged, 2 not, 1 error)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "reconcile" -d 'Reconcile now, pre-empting backoff: one guest or all (0 requested, 1 error)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "suspend" -d 'Stop reconciling a guest (or the whole host) until resumed (0 done, 1 refused)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "resume" -d 'Resume a suspended guest (or the whole host) (0 done, 1 refused)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "journal" -d 'Show the journal: recent steps, only those in flight, or the audit log of gate decisions; `check` verifies it'
+complete -c drover -n "__fish_drover_needs_command" -f -a "trust" -d 'Print the trust document in force byte for byte (it may be a signed rotation newer than the file); its version and sha256 go to stderr (0 valid, 1 none in force)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "approvals" -d 'Pending approval requests with the command to sign each'
+complete -c drover -n "__fish_drover_needs_command" -f -a "approve" -d 'Submit a signed approval: through the running daemon (which checks it at once), or into its inbox when it is not running (0 accepted, 1 refused with the gate\'s code)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "verify-approval" -d 'Check a signed approval offline against the trust document; prints the gate\'s code (0 valid, 1 refused)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "sim" -d 'Run the PVE simulator (for trying Drover without a Proxmox host)'
+complete -c drover -n "__fish_drover_needs_command" -f -a "demo" -d 'A self-contained demonstration against an in-process simulator'
+complete -c drover -n "__fish_drover_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drover -n "__fish_drover_using_subcommand completions" -l out -d 'Write drover.bash, _drover and drover.fish into this directory' -r -F
+complete -c drover -n "__fish_drover_using_subcommand completions" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand completions" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand man" -l out -r -F
+complete -c drover -n "__fish_drover_using_subcommand man" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand man" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand man" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand run" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand run" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand run" -l once -d 'One pass: wait for its steps and exit (0 converged, 2 left pending, 1 error)'
+complete -c drover -n "__fish_drover_using_subcommand run" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand plan" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand plan" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand plan" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand plan" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand check-config" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand check-config" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand check-config" -l offline -d 'Do not contact a hub (for ExecStartPre: a start must not wait on the network)'
+complete -c drover -n "__fish_drover_using_subcommand check-config" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand status" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand status" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand status" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand status" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand reconcile" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand reconcile" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand reconcile" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand reconcile" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand suspend" -l reason -r
+complete -c drover -n "__fish_drover_using_subcommand suspend" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand suspend" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand suspend" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand suspend" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand resume" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand resume" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand resume" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand resume" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -l in-flight
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -l audit -d 'The audit log: every gate decision (approvals, refusals, trust changes), newest last'
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -f -a "check" -d 'Verify every record decodes; exit 1 with a report when the store is damaged'
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -f -a "move-aside" -d 'Move a damaged database aside (kept as db.broken-<time>); the next start begins a new store with a new state epoch, so outstanding approvals must be signed again'
+complete -c drover -n "__fish_drover_using_subcommand journal; and not __fish_seen_subcommand_from check move-aside help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from check" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from check" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from check" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from move-aside" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from move-aside" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from move-aside" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from help" -f -a "check" -d 'Verify every record decodes; exit 1 with a report when the store is damaged'
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from help" -f -a "move-aside" -d 'Move a damaged database aside (kept as db.broken-<time>); the next start begins a new store with a new state epoch, so outstanding approvals must be signed again'
+complete -c drover -n "__fish_drover_using_subcommand journal; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drover -n "__fish_drover_using_subcommand trust" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand trust" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand trust" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand trust" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand approvals" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand approvals" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand approvals" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand approvals" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand approve" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand approve" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand approve" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand approve" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand verify-approval" -l output -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand verify-approval" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand verify-approval" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand verify-approval" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand sim" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand sim" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand sim" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand demo" -l config -d 'The agent\'s config file' -r -F
+complete -c drover -n "__fish_drover_using_subcommand demo" -l log-format -d 'Log lines as human text (default; no colours unless stderr is a terminal) or JSON' -r -f -a "text\t''
+json\t''"
+complete -c drover -n "__fish_drover_using_subcommand demo" -s h -l help -d 'Print help'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "completions" -d 'Print the shell completion script for SHELL, or write all of them into a directory'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "man" -d 'Print drover(8), generated from this command line, or write every page (one per verb) into a directory'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "run" -d 'Run the agent: recover, then reconcile every `interval` until SIGTERM'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "plan" -d 'Show what the agent would do, like `terraform plan` (0 no changes, 2 changes, 1 error)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "check-config" -d 'Check the config file and what it points at; exit 0 when the agent can start'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "status" -d 'Per-guest sync state from the running daemon (0 all converged, 2 not, 1 error)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "reconcile" -d 'Reconcile now, pre-empting backoff: one guest or all (0 requested, 1 error)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "suspend" -d 'Stop reconciling a guest (or the whole host) until resumed (0 done, 1 refused)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "resume" -d 'Resume a suspended guest (or the whole host) (0 done, 1 refused)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "journal" -d 'Show the journal: recent steps, only those in flight, or the audit log of gate decisions; `check` verifies it'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "trust" -d 'Print the trust document in force byte for byte (it may be a signed rotation newer than the file); its version and sha256 go to stderr (0 valid, 1 none in force)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "approvals" -d 'Pending approval requests with the command to sign each'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "approve" -d 'Submit a signed approval: through the running daemon (which checks it at once), or into its inbox when it is not running (0 accepted, 1 refused with the gate\'s code)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "verify-approval" -d 'Check a signed approval offline against the trust document; prints the gate\'s code (0 valid, 1 refused)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "sim" -d 'Run the PVE simulator (for trying Drover without a Proxmox host)'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "demo" -d 'A self-contained demonstration against an in-process simulator'
+complete -c drover -n "__fish_drover_using_subcommand help; and not __fish_seen_subcommand_from completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c drover -n "__fish_drover_using_subcommand help; and __fish_seen_subcommand_from journal" -f -a "check" -d 'Verify every record decodes; exit 1 with a report when the store is damaged'
+complete -c drover -n "__fish_drover_using_subcommand help; and __fish_seen_subcommand_from journal" -f -a "move-aside" -d 'Move a damaged database aside (kept as db.broken-<time>); the next start begins a new store with a new state epoch, so outstanding approvals must be signed again'
