@@ -130,46 +130,36 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
 }
 
 /// `drover plan`: 0 no changes, 2 changes, 1 error.
+///
+/// It previews the document the source has now (the file on disk, or the hub's newest), not
+/// the one the running agent accepted: that is the question after an edit. When the agent
+/// runs, it says which revision the agent has, so "No changes" is never mistaken for "the
+/// agent will not change anything".
 pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    // The running daemon knows the document it accepted (and whether it is stale): ask it.
-    match crate::operator::control::client::call(&config.control_socket, "GET", "/v1/plan", None)
-        .await
+    let agent_revision = match crate::operator::control::client::call(
+        &config.control_socket,
+        "GET",
+        "/v1/status",
+        None,
+    )
+    .await
     {
-        Ok((200, answer)) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&answer["plan"])?);
-            } else {
-                print!("{}", answer["text"].as_str().unwrap_or_default());
-                if answer["stale"] == true {
-                    println!(
-                        "(the desired state is stale: the source is failing; destructive steps are held)"
-                    );
-                }
-            }
-            return Ok(if answer["changes"] == true {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            });
-        }
-        Ok((_, answer)) => {
-            anyhow::bail!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]))
-        }
-        Err(crate::operator::control::client::ControlError::NotRunning(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
+        Ok((200, status)) => Some(status["desired"]["revision"].as_u64()),
+        _ => None,
+    };
     let engine = one_shot_engine(&config)?;
     let source = Source::from_config(&config)?;
     let trust = match engine.trust() {
         Trust::Valid(t) => Some(t),
         Trust::Invalid { .. } => None,
     };
-    let doc = match source
-        .fetch(engine.store().last_revision(), trust.as_deref(), unix_now())
-        .await
-    {
-        Ok(Some(f)) => f.doc,
+    let origin;
+    let doc = match source.fetch(None, trust.as_deref(), unix_now()).await {
+        Ok(Some(f)) => {
+            origin = f.origin;
+            f.doc
+        }
         Ok(None) => anyhow::bail!("the source answered 'not modified' to a first request"),
         Err(e) => {
             // What the daemon would do: plan from the last-known-good copy (benign only).
@@ -180,6 +170,7 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 "drover: warning: [{}] {e}; planning from the journal's last-known-good revision {rev} (the daemon would hold destructive steps)",
                 e.code()
             );
+            origin = "the journal's last-known-good copy".into();
             crate::desired::parse(&bytes, "journal last-known-good copy")?
         }
     };
@@ -187,10 +178,33 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .plan_host(&doc)
         .await
         .context("reading the host from PVE")?;
+    let agent_line = match agent_revision {
+        None => "the agent is not running here".to_string(),
+        Some(None) => "the running agent has no desired state yet".to_string(),
+        Some(Some(r)) if r == doc.revision => {
+            format!("the running agent has the same revision ({r})")
+        }
+        Some(Some(r)) => format!(
+            "the running agent has revision {r}; it takes revision {} on its next pass (drover reconcile: now)",
+            doc.revision
+        ),
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+        let mut v = plan.to_json();
+        v["origin"] = serde_json::json!(origin);
+        v["agent_revision"] = serde_json::json!(agent_revision.flatten());
+        v["agent_running"] = serde_json::json!(agent_revision.is_some());
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", plan.to_text());
+        let style = crate::operator::render::Style::for_stdout();
+        println!(
+            "{}",
+            style.dim(&format!(
+                "Comparing desired revision {} ({origin}) with the host as PVE reports it now; {agent_line}.",
+                doc.revision
+            ))
+        );
+        print!("{}", plan.to_text_styled(style));
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS
@@ -634,13 +648,29 @@ fn describe_record(r: &journal::StepRecord) -> String {
 }
 
 /// `drover status`: asks the daemon over the control socket.
-pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn status(path: &Path, json: bool, vmid: Option<u32>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let (code, body) =
+    let (code, mut body) =
         crate::operator::control::client::call(&config.control_socket, "GET", "/v1/status", None)
             .await?;
     if code != 200 {
         anyhow::bail!("the daemon refused: {body}");
+    }
+    // One guest: the same document with only its line (and the exit code for it alone).
+    if let Some(vmid) = vmid {
+        let one: Vec<serde_json::Value> = body["guests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["vmid"] == vmid)
+            .cloned()
+            .collect();
+        if one.is_empty() {
+            anyhow::bail!(
+                "[unknown_guest] CT {vmid} is not in this host's desired state (drover status lists the managed guests)"
+            );
+        }
+        body["guests"] = serde_json::Value::Array(one);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&body)?);
@@ -657,6 +687,35 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Rows as columns padded to their widest cell (two spaces apart; the last column is not
+/// padded), so every table lines up whatever the names and messages are.
+pub fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(
+                    ' ',
+                    widths[i] - cell.chars().count() + 2,
+                ));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 /// The `flux get`-like table.
 pub fn status_table(body: &serde_json::Value) -> String {
     use std::fmt::Write as _;
@@ -666,11 +725,15 @@ pub fn status_table(body: &serde_json::Value) -> String {
         serde_json::Value::String(x) => x.clone(),
         other => other.to_string(),
     };
-    let _ = writeln!(
-        out,
-        "{:<8} {:<18} {:<12} {:<10} {:<28} MESSAGE",
-        "VMID", "STATE", "LAST STEP", "RESULT", "PENDING APPROVAL"
-    );
+    let mut rows = vec![[
+        "VMID".to_string(),
+        "NAME".into(),
+        "STATE".into(),
+        "LAST STEP".into(),
+        "RESULT".into(),
+        "PENDING APPROVAL".into(),
+        "MESSAGE".into(),
+    ]];
     for g in body["guests"].as_array().into_iter().flatten() {
         let message = if g["last_error"].is_null() {
             g["notes"]
@@ -681,20 +744,17 @@ pub fn status_table(body: &serde_json::Value) -> String {
         } else {
             s(&g["last_error"])
         };
-        let _ = writeln!(
-            out,
-            "{:<8} {:<18} {:<12} {:<10} {:<28} {}",
+        rows.push([
             s(&g["vmid"]),
+            s(&g["name"]),
             s(&g["state"]),
             s(&g["last_step"]),
             s(&g["last_result"]),
-            s(&g["pending_approval"])
-                .chars()
-                .take(28)
-                .collect::<String>(),
-            message
-        );
+            s(&g["pending_approval"]),
+            message,
+        ]);
     }
+    out.push_str(&aligned(&rows));
     let d = &body["desired"];
     let _ = writeln!(
         out,

@@ -82,6 +82,8 @@ enum Command {
     },
     /// Per-guest sync state from the running daemon (0 all converged, 2 not, 1 error).
     Status {
+        /// Only this guest (exit code for it alone; 1 when it is not managed here).
+        vmid: Option<u32>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -236,7 +238,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { offline } => cli::check_config(&cli.config, offline).await,
-        Command::Status { output } => cli::status(&cli.config, output == Output::Json).await,
+        Command::Status { vmid, output } => {
+            cli::status(&cli.config, output == Output::Json, vmid).await
+        }
         Command::Reconcile { vmid, output } => {
             cli::control(
                 &cli.config,

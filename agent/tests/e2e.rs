@@ -17,7 +17,7 @@ async fn converges_from_scratch_then_a_pass_changes_nothing() {
     ));
     let plan = h.drover_async(&["plan"]).await;
     assert_eq!(code(&plan), 2, "changes pending");
-    assert!(stdout(&plan).contains("CT 201: create"));
+    assert!(stdout(&plan).contains("CT 201 (ct-201): create"));
 
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0, "converged");

@@ -350,7 +350,10 @@ async fn suspend(
         );
     };
     match c.engine.store().suspend(t.vmid, &reason) {
-        Ok(()) => Json(json!({"suspended": t.vmid, "reason": reason})).into_response(),
+        Ok(()) => {
+            c.engine.status().mark_suspended(t.vmid);
+            Json(json!({"suspended": t.vmid, "reason": reason})).into_response()
+        }
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "journal", e.to_string()),
     }
 }

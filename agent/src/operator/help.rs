@@ -20,7 +20,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "plan",
-        "drover plan                         # what would change (0 none, 2 changes)\n\
+        "drover plan                         # the document on disk (or the hub's) vs. the host\n\
          drover plan --output json | jq .    # the same as data",
     ),
     (
@@ -31,6 +31,7 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "status",
         "drover status                       # one line per guest; 0 when all converged\n\
+         drover status 105                   # one guest; 0 when it is converged\n\
          drover status --output json",
     ),
     (

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 pub use crate::reconcile::classified::{ClassifiedPlan, StepClass};
-use crate::reconcile::planner::{Step, StepKind};
+use crate::reconcile::planner::{GuestPlan, Step, StepKind};
 
 impl ClassifiedPlan {
     /// The JSON form: stable field names for scripts.
@@ -28,7 +28,7 @@ impl ClassifiedPlan {
                         })
                     })
                     .collect();
-                serde_json::json!({ "vmid": g.vmid, "steps": steps, "notes": g.notes })
+                serde_json::json!({ "vmid": g.vmid, "name": g.name, "steps": steps, "notes": g.notes })
             })
             .collect();
         serde_json::json!({
@@ -41,14 +41,31 @@ impl ClassifiedPlan {
         })
     }
 
-    /// The human form.
+    /// The human form, without colour.
     pub fn to_text(&self) -> String {
+        self.to_text_styled(Style::plain())
+    }
+
+    /// The human form, coloured like `terraform plan` when `style` says so: `+` green, `~`
+    /// yellow, `-` and "needs a signed approval" red, notes yellow; with a legend of the
+    /// symbols when there is anything to do.
+    pub fn to_text_styled(&self, style: Style) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
             "Drover plan for host {} (desired revision {})\n",
             self.host, self.plan.revision
         );
+        if !self.plan.is_empty() {
+            let _ = writeln!(
+                out,
+                "Steps are marked: {} create, {} change in place, {} destroy, {} a note (nothing is done)\n",
+                style.paint(GREEN, "+"),
+                style.paint(YELLOW, "~"),
+                style.paint(RED, "-"),
+                style.paint(YELLOW, "!"),
+            );
+        }
         let (mut create, mut change, mut destroy, mut approval) = (0, 0, 0, 0);
         for g in self.plan.guests.values() {
             for (i, s) in g.steps.iter().enumerate() {
@@ -62,22 +79,36 @@ impl ClassifiedPlan {
                 if destructive {
                     approval += 1;
                 }
+                let colour = match s.kind {
+                    StepKind::Create => GREEN,
+                    StepKind::Destroy => RED,
+                    _ => YELLOW,
+                };
                 let _ = writeln!(
                     out,
-                    "  {} CT {}: {}  [{}]",
-                    symbol(s),
-                    g.vmid,
-                    s.kind.as_str(),
+                    "  {} {}: {}  [{}]",
+                    style.paint(colour, &symbol(s).to_string()),
+                    guest_label(g),
+                    style.bold(s.kind.as_str()),
                     match class {
-                        Some(StepClass::Destructive { reason }) =>
-                            format!("destructive: {reason}; needs a signed approval"),
+                        Some(StepClass::Destructive { reason }) => style.paint(
+                            RED,
+                            &format!("destructive: {reason}; needs a signed approval")
+                        ),
                         _ => "benign".to_string(),
                     }
                 );
+                let width = s
+                    .changes
+                    .iter()
+                    .map(|c| c.key.chars().count())
+                    .max()
+                    .unwrap_or(0);
                 for c in &s.changes {
+                    let pad = " ".repeat(width - c.key.chars().count());
                     let _ = writeln!(
                         out,
-                        "      {}: {} → {}",
+                        "      {}:{pad} {} → {}",
                         c.key,
                         c.old.as_deref().map(short).unwrap_or("(none)".into()),
                         c.new.as_deref().map(short).unwrap_or("(none)".into())
@@ -85,11 +116,24 @@ impl ClassifiedPlan {
                 }
             }
             for n in &g.notes {
-                let _ = writeln!(out, "  ! CT {}: {} ({})", g.vmid, n.message, n.code);
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {} ({})",
+                    style.paint(YELLOW, "!"),
+                    guest_label(g),
+                    n.message,
+                    n.code
+                );
             }
         }
         for n in &self.plan.notes {
-            let _ = writeln!(out, "  ! {} ({})", n.message, n.code);
+            let _ = writeln!(
+                out,
+                "  {} {} ({})",
+                style.paint(YELLOW, "!"),
+                n.message,
+                n.code
+            );
         }
         if self.plan.is_empty() {
             let _ = writeln!(out, "No changes. The host matches the desired state.");
@@ -100,6 +144,56 @@ impl ClassifiedPlan {
             );
         }
         out
+    }
+}
+
+/// `CT 101 (web-1)`: the vmid and, where the plan knows it, the guest's name.
+fn guest_label(g: &GuestPlan) -> String {
+    match &g.name {
+        Some(name) => format!("CT {} ({name})", g.vmid),
+        None => format!("CT {}", g.vmid),
+    }
+}
+
+const GREEN: &str = "32";
+const YELLOW: &str = "33";
+const RED: &str = "31";
+
+/// Whether text gets ANSI colours: only on a terminal, never with `NO_COLOR` set (no-color.org)
+/// or `TERM=dumb`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    colour: bool,
+}
+
+impl Style {
+    pub fn plain() -> Style {
+        Style { colour: false }
+    }
+
+    /// For what goes to stdout now.
+    pub fn for_stdout() -> Style {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
+        Style {
+            colour: !no_color && !dumb && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        }
+    }
+
+    pub fn paint(&self, colour: &str, text: &str) -> String {
+        if self.colour {
+            format!("\x1b[{colour}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn bold(&self, text: &str) -> String {
+        self.paint("1", text)
+    }
+
+    pub fn dim(&self, text: &str) -> String {
+        self.paint("2", text)
     }
 }
 

@@ -64,6 +64,8 @@ impl GuestState {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuestStatusLine {
     pub vmid: u32,
+    /// The guest's hostname (the document's, else PVE's), so tables say which guest it is.
+    pub name: Option<String>,
     pub state: GuestState,
     pub last_step: Option<String>,
     pub last_result: Option<String>,
@@ -185,8 +187,15 @@ impl StatusBoard {
     }
 
     /// After a pass: every managed guest without steps is converged (unless it is waiting on
-    /// something a note explains); guests with steps are pending.
-    pub fn observe_pass(&self, doc: &DesiredDoc, _actual: &ActualHost, plan: &Plan) {
+    /// something a note explains); guests with steps are pending; a suspended guest is
+    /// `suspended` whatever its plan says, and stops being so once resumed.
+    pub fn observe_pass(
+        &self,
+        doc: &DesiredDoc,
+        actual: &ActualHost,
+        plan: &Plan,
+        suspended: &dyn Fn(u32) -> bool,
+    ) {
         self.with(|s| {
             s.passes += 1;
             s.last_pass_unix = Some(crate::clock::unix_now());
@@ -197,6 +206,23 @@ impl StatusBoard {
                     vmid: *vmid,
                     ..Default::default()
                 });
+                g.name = doc
+                    .guests
+                    .get(vmid)
+                    .and_then(|spec| spec.hostname.clone())
+                    .or_else(|| {
+                        actual
+                            .guests
+                            .get(vmid)
+                            .and_then(|a| a.config.hostname.clone())
+                    });
+                if suspended(*vmid) {
+                    g.state = GuestState::Suspended;
+                    continue;
+                }
+                if g.state == GuestState::Suspended {
+                    g.state = GuestState::Unknown;
+                }
                 let gp = plan.guests.get(vmid);
                 g.notes = gp
                     .map(|p| {
@@ -210,13 +236,11 @@ impl StatusBoard {
                 let elsewhere =
                     gp.is_some_and(|p| p.notes.iter().any(|n| n.code == "exists_on_other_node"));
                 if !has_steps {
-                    if g.state != GuestState::Suspended {
-                        g.state = if elsewhere {
-                            GuestState::Elsewhere
-                        } else {
-                            GuestState::Converged
-                        };
-                    }
+                    g.state = if elsewhere {
+                        GuestState::Elsewhere
+                    } else {
+                        GuestState::Converged
+                    };
                     g.pending_approval = None;
                     g.blocked_code = None;
                 } else if matches!(
@@ -224,6 +248,17 @@ impl StatusBoard {
                     GuestState::Converged | GuestState::Unknown | GuestState::Elsewhere
                 ) {
                     g.state = GuestState::Pending;
+                }
+            }
+        });
+    }
+
+    /// A suspension took effect: one guest, or every managed guest (`None`).
+    pub fn mark_suspended(&self, vmid: Option<u32>) {
+        self.with(|s| {
+            for g in s.guests.values_mut() {
+                if vmid.is_none_or(|v| v == g.vmid) {
+                    g.state = GuestState::Suspended;
                 }
             }
         });

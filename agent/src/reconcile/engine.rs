@@ -336,9 +336,12 @@ impl Engine {
             .elsewhere
             .write()
             .unwrap_or_else(|p| p.into_inner()) = actual.elsewhere.clone();
+        let store = &self.inner.store;
         self.inner
             .status
-            .observe_pass(&desired.doc, &actual, &classified.plan);
+            .observe_pass(&desired.doc, &actual, &classified.plan, &|vmid| {
+                store.is_suspended(vmid)
+            });
         self.log_new_host_notes(&classified.plan);
         let in_flight: Vec<u32> = self
             .inner

@@ -18,6 +18,8 @@ use crate::model::{
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct GuestPlan {
     pub vmid: u32,
+    /// The guest's hostname (the document's, else PVE's), for tables.
+    pub name: Option<String>,
     pub steps: Vec<Step>,
     pub notes: Vec<Note>,
 }
@@ -160,6 +162,10 @@ pub fn plan_guest(
     let vmid = spec.vmid;
     let mut gp = GuestPlan {
         vmid,
+        name: spec
+            .hostname
+            .clone()
+            .or_else(|| actual.and_then(|a| a.config.hostname.clone())),
         steps: Vec::new(),
         notes: Vec::new(),
     };
@@ -306,8 +312,9 @@ fn create_step(spec: &GuestSpec) -> Result<Step, String> {
     p.insert("vmid".to_string(), vmid.to_string());
     p.insert("ostemplate".to_string(), template.clone());
     p.insert("start".to_string(), "0".to_string());
+    // Shown under the document's name for it (`template`); PVE's is `ostemplate`.
     let mut changes = vec![Change {
-        key: "ostemplate".into(),
+        key: "template".into(),
         old: None,
         new: Some(template.clone()),
     }];
@@ -409,10 +416,21 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
     for (i, want) in &spec.nets {
         let have = a.nets.get(i);
         if !have.is_some_and(|h| h.same_as_desired(want)) {
+            // Shown as it will be after the PUT: the MAC address (kept) and `type=veth` (PVE
+            // adds it) are on both sides, so only what really changes differs.
+            let mut shown = want.clone();
+            if let Some(h) = have {
+                if shown.hwaddr.is_none() {
+                    shown.hwaddr = h.hwaddr.clone();
+                }
+                if shown.type_.is_none() {
+                    shown.type_ = h.type_.clone();
+                }
+            }
             diff(
                 format!("net{i}"),
                 have.map(|h| render_net_keeping_hwaddr(h, None)),
-                want.to_string(),
+                shown.to_string(),
                 render_net_keeping_hwaddr(want, have),
             );
         }
@@ -608,6 +626,30 @@ description = "managed by drover"
             steps[0].params["net0"],
             "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp"
         );
+        // The change people read differs only where the value changes: the MAC address
+        // and `type=veth` are on both sides.
+        let net = steps[0].changes.iter().find(|c| c.key == "net0").unwrap();
+        assert_eq!(
+            net.old.as_deref(),
+            Some("name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
+        );
+        assert_eq!(
+            net.new.as_deref(),
+            Some("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
+        );
+    }
+
+    #[test]
+    fn a_create_shows_the_documents_field_names() {
+        let p = plan(&doc(), &ActualHost::default());
+        let create = &p.guests[&201].steps[0];
+        assert!(
+            create.params.contains_key("ostemplate"),
+            "PVE's name is sent"
+        );
+        let keys: Vec<&str> = create.changes.iter().map(|c| c.key.as_str()).collect();
+        assert!(keys.contains(&"template"), "{keys:?}");
+        assert!(!keys.contains(&"ostemplate"), "{keys:?}");
     }
 
     #[test]

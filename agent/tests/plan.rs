@@ -1,0 +1,196 @@
+//! Seeing what will happen: `drover plan` previews the document on disk while the agent runs
+//! (and says which revision the agent has), colours like `terraform plan` on a real terminal
+//! only, and `drover status [VMID]` shows names, one guest, and suspended guests as such.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Host, code, eventually, guest, seed, stdout};
+
+/// A host whose agent passes once an hour: whatever changes after its first pass, it has not
+/// seen yet.
+async fn quiet_host() -> (Host, common::Daemon) {
+    let h = Host::start(vec![seed(130, true, 256), seed(131, true, 256)]).await;
+    let config = std::fs::read_to_string(h.config()).unwrap();
+    std::fs::write(
+        h.config(),
+        config.replace("interval = \"1s\"", "interval = \"1h\""),
+    )
+    .unwrap();
+    h.desired(&format!(
+        "revision = 1\n{}{}",
+        guest(130, "running", 256),
+        guest(131, "running", 256)
+    ));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(30), "status converged", || {
+        code(&h.drover(&["status"])) == 0
+    })
+    .await;
+    (h, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_previews_the_edited_document_while_the_agent_runs() {
+    let (h, d) = quiet_host().await;
+    // The same document: no changes, and it says the agent has it too.
+    let p = h.drover_async(&["plan"]).await;
+    assert_eq!(code(&p), 0, "{}", stdout(&p));
+    assert!(
+        stdout(&p).contains("the running agent has the same revision (1)"),
+        "{}",
+        stdout(&p)
+    );
+
+    // The operator edits desired.toml; the agent has not looked yet.
+    h.desired(&format!(
+        "revision = 2\n{}{}",
+        guest(130, "running", 512),
+        guest(131, "running", 256)
+    ));
+    let p = h.drover_async(&["plan"]).await;
+    let text = stdout(&p);
+    assert_eq!(code(&p), 2, "the edit is a change: {text}");
+    assert!(text.contains("Comparing desired revision 2"), "{text}");
+    assert!(
+        text.contains("the running agent has revision 1; it takes revision 2 on its next pass"),
+        "{text}"
+    );
+    assert!(text.contains("CT 130 (ct-130): set_config"), "{text}");
+    assert!(text.contains("memory: 256 → 512"), "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "no colour when stdout is not a terminal: {text:?}"
+    );
+
+    let p = h.drover_async(&["plan", "--output", "json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
+    assert_eq!(v["revision"], 2);
+    assert_eq!(v["agent_revision"], 1);
+    assert_eq!(v["agent_running"], true);
+    assert_eq!(v["guests"][0]["name"], "ct-130");
+    // Planning changed nothing: the agent still has revision 1 and the guest its memory.
+    assert_eq!(h.sim.guest(130).unwrap().memory, 256);
+    d.stop().await;
+
+    // Without the agent it says so.
+    let p = h.drover_async(&["plan"]).await;
+    assert!(
+        stdout(&p).contains("the agent is not running here"),
+        "{}",
+        stdout(&p)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_of_one_guest_with_names_and_suspension_shown() {
+    let (h, d) = quiet_host().await;
+    let all = stdout(&h.drover(&["status"]));
+    let header = all.lines().next().unwrap();
+    assert!(header.starts_with("VMID  NAME    STATE"), "{all}");
+    // Columns line up: every row's STATE starts where the header's does.
+    let state_col = header.find("STATE").unwrap();
+    for row in all.lines().skip(1).take(2) {
+        assert_eq!(
+            row.get(state_col..state_col + 9),
+            Some("converged"),
+            "{all}"
+        );
+    }
+    let one = h.drover(&["status", "131"]);
+    assert_eq!(code(&one), 0);
+    let text = stdout(&one);
+    assert!(text.contains("131   ct-131  converged"), "{text}");
+    assert!(!text.contains("ct-130"), "{text}");
+    let missing = h.drover(&["status", "999"]);
+    assert_eq!(code(&missing), 1);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("unknown_guest"));
+
+    // Suspended shows as suspended at once and after the next pass (was: converged).
+    let s = h.drover(&["suspend", "131", "--reason", "restoring by hand"]);
+    assert_eq!(code(&s), 0);
+    let one = h.drover(&["status", "131"]);
+    assert!(stdout(&one).contains("suspended"), "{}", stdout(&one));
+    assert_eq!(code(&one), 2, "a suspended guest is not converged");
+    assert_eq!(code(&h.drover(&["reconcile"])), 0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let one = h.drover(&["status", "131", "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(v["guests"][0]["state"], "suspended", "{v}");
+    assert_eq!(v["guests"][0]["name"], "ct-131", "{v}");
+    assert_eq!(v["guests"].as_array().unwrap().len(), 1);
+
+    assert_eq!(code(&h.drover(&["resume", "131"])), 0);
+    eventually(
+        &d,
+        Duration::from_secs(10),
+        "converged after resume",
+        || code(&h.drover(&["status", "131"])) == 0,
+    )
+    .await;
+}
+
+/// On a real terminal (`script`), the plan is coloured and has a legend; `NO_COLOR` turns the
+/// colour off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_colours_on_a_terminal_unless_no_color() {
+    if common::skip_without("script", "--version") {
+        return;
+    }
+    // Three managed guests, one to destroy: below the mass-destroy fuse.
+    let h = Host::start(vec![
+        seed(140, true, 256),
+        seed(142, true, 256),
+        seed(143, true, 256),
+    ])
+    .await;
+    h.desired(&format!(
+        "revision = 1\n{}{}{}[[guest]]\nvmid = 140\nensure = \"absent\"\n",
+        guest(141, "running", 256),
+        guest(142, "running", 256),
+        guest(143, "running", 256)
+    ));
+    let run = |no_color: bool| {
+        let cmd = format!(
+            "{} --config {} plan",
+            env!("CARGO_BIN_EXE_drover"),
+            h.config().display()
+        );
+        let mut c = std::process::Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .env("DROVER_LOG", "error")
+            .env("TERM", "xterm");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        } else {
+            c.env_remove("NO_COLOR");
+        }
+        c
+    };
+    let mut coloured = run(false);
+    let mut plain = run(true);
+    let (coloured, plain) =
+        tokio::task::spawn_blocking(move || (coloured.output().unwrap(), plain.output().unwrap()))
+            .await
+            .unwrap();
+    let text = String::from_utf8_lossy(&coloured.stdout);
+    assert_eq!(coloured.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("\x1b[32m+\x1b[0m CT 141 (ct-141)"),
+        "create in green: {text:?}"
+    );
+    assert!(
+        text.contains("\x1b[31m-\x1b[0m CT 140 (ct-140)"),
+        "destroy in red: {text:?}"
+    );
+    assert!(
+        text.contains("\x1b[31mdestructive: "),
+        "approval needed in red: {text:?}"
+    );
+    assert!(text.contains("Steps are marked:"), "a legend: {text:?}");
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(!text.contains('\x1b'), "NO_COLOR: {text:?}");
+    assert!(text.contains("+ CT 141 (ct-141)"), "{text:?}");
+}
