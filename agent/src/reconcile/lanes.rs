@@ -411,7 +411,19 @@ mod tests {
             )
             .await
         });
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Wait for what the test is about, not for a fixed time: a panic captures a backtrace
+        // (slow with RUST_BACKTRACE=1, and on a busy machine) on the runtime's only thread, so
+        // how many retries fit into a given wall time is not a property of the lanes.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let retried = calls.lock().unwrap().iter().filter(|(v, _)| *v == 1).count() >= 3;
+            let panicked = outcomes.lock().unwrap().iter().any(|(v, _)| *v == 3);
+            if retried && panicked && lanes.stats().retries_total >= 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the lanes made no progress in 60 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         lanes.close();
         runner.await.unwrap();
         let calls = calls.lock().unwrap();
