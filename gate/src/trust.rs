@@ -137,9 +137,17 @@ fn rsa_bits(k: &KeyData) -> Option<usize> {
 
 /// Decodes `keytype base64` into a key the gate accepts, returning (key, blob).
 fn parse_key(ktype: &str, b64: &str) -> Result<(PublicKey, Vec<u8>), String> {
+    if b64.starts_with("REPLACE-WITH-") {
+        return Err(format!(
+            "{b64} is the template's placeholder: put the base64 part of the public key here (the middle field of the .pub file)"
+        ));
+    }
     let blob = base64::engine::general_purpose::STANDARD
         .decode(b64)
-        .map_err(|e| format!("the key is not valid base64: {e}"))?;
+        .map_err(|e| {
+            let shown: String = b64.chars().take(40).collect();
+            format!("the key {shown:?} is not valid base64: {e}")
+        })?;
     if crate::sshsig::key_type(&blob) != Some(ktype.as_bytes()) {
         return Err(format!("the key blob is not of type {ktype}"));
     }
@@ -225,11 +233,15 @@ fn parse_options(opts: &str, domain: &str) -> Result<(Role, Option<i64>, i64), S
     Ok((role, after, before))
 }
 
-/// The line at `*i` (1-based number, text; empty past the end), advancing `i`.
-fn line_at<'a>(lines: &[&'a str], i: &mut usize) -> (usize, &'a str) {
+/// The `*i`-th line that is not a comment, as (1-based number in the file, text; empty past
+/// the end), advancing `i`.
+fn line_at<'a>(lines: &[(usize, &'a str)], i: &mut usize) -> (usize, &'a str) {
     let n = *i;
     *i += 1;
-    (n + 1, lines.get(n).copied().unwrap_or(""))
+    lines
+        .get(n)
+        .copied()
+        .unwrap_or((lines.last().map_or(1, |l| l.0 + 1), ""))
 }
 
 impl TrustStore {
@@ -252,7 +264,15 @@ impl TrustStore {
         let body = text
             .strip_suffix('\n')
             .ok_or_else(|| TrustError::doc("the document must end with a newline"))?;
-        let lines: Vec<&str> = body.split('\n').collect();
+        // `#` comment lines, as in OpenSSH's allowed_signers, may stand anywhere (a whole line
+        // starting with `#`). They are skipped here but stay in the bytes that are hashed, so
+        // a changed comment is a different document (a new version), never an equivalent one.
+        let lines: Vec<(usize, &str)> = body
+            .split('\n')
+            .enumerate()
+            .map(|(i, l)| (i + 1, l))
+            .filter(|(_, l)| !l.starts_with('#'))
+            .collect();
         let mut i = 0usize;
         let (_, first) = line_at(&lines, &mut i);
         if first != TRUST_MAGIC {
