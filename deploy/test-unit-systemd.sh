@@ -19,6 +19,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 sim_pid=""
 sd_pid=""
+state_was_empty=0
 cg_dirs=()
 cleanup() {
     set +e
@@ -28,6 +29,10 @@ cleanup() {
     rm -rf /etc/systemd/system/drover-unittest.target /etc/systemd/system/drover.service.d/unittest.conf
     rmdir /etc/systemd/system/drover.service.d 2>/dev/null
     rm -rf /etc/drover/pve-token /etc/drover/trust /etc/drover/desired
+    # The journal, trust record and approvals the test's agent wrote (fleet "demo", TEST
+    # keys): left behind, a real setup afterwards would meet desired_rollback and wrong_fleet.
+    # Emptied only when it was empty before (checked below), the directory itself kept.
+    [ "$state_was_empty" = 1 ] && find /var/lib/drover -mindepth 1 -delete
     [ -f "$work/drover.toml.orig" ] && cp "$work/drover.toml.orig" /etc/drover/drover.toml
     for d in "${cg_dirs[@]}"; do
         find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null
@@ -52,6 +57,10 @@ done
 for f in /etc/drover/pve-token /etc/drover/trust /etc/drover/desired; do
     [ ! -e "$f" ] || fail "$f exists: this test only runs on a machine without a configured drover"
 done
+if [ -n "$(ls -A /var/lib/drover 2>/dev/null)" ]; then
+    fail "/var/lib/drover is not empty: this test only runs on a machine without a drover journal"
+fi
+state_was_empty=1
 
 # The simulator stands in for pveproxy; the agent pins its certificate by fingerprint.
 setsid /usr/bin/drover sim --listen 127.0.0.1:18006 --seed-demo > "$work/sim.log" 2>&1 < /dev/null &

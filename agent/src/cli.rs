@@ -76,6 +76,9 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
             }
         }
     }
+    for w in crate::service::leftovers::journal_warnings(&config).await {
+        eprintln!("drover: warning: {w}");
+    }
     if !problems.is_empty() {
         anyhow::bail!("config {}: {}", path.display(), problems.join("; "));
     }

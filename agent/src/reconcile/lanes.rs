@@ -416,12 +416,21 @@ mod tests {
         // how many retries fit into a given wall time is not a property of the lanes.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let retried = calls.lock().unwrap().iter().filter(|(v, _)| *v == 1).count() >= 3;
+            let retried = calls
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(v, _)| *v == 1)
+                .count()
+                >= 3;
             let panicked = outcomes.lock().unwrap().iter().any(|(v, _)| *v == 3);
             if retried && panicked && lanes.stats().retries_total >= 2 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the lanes made no progress in 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "the lanes made no progress in 60 s"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         lanes.close();

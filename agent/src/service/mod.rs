@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod daemon;
+pub mod leftovers;
 pub mod logging;
 pub mod systemd;
