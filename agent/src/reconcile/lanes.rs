@@ -476,7 +476,10 @@ mod tests {
         let wakeups = lanes.stats().scheduler_wakeups;
         // Five turns need about ten wake-ups (a start and a finish each, plus the close); a
         // spinning loop makes tens of thousands in the 250 ms this takes.
-        assert!(wakeups <= 30, "the scheduler woke {wakeups} times for 5 turns");
+        assert!(
+            wakeups <= 30,
+            "the scheduler woke {wakeups} times for 5 turns"
+        );
     }
 
     #[tokio::test]
