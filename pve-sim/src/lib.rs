@@ -70,7 +70,8 @@ pub struct SimConfig {
     pub task_duration: Duration,
     /// PVE delays every 401 by about 3 s; tests use 0.
     pub auth_fail_delay: Duration,
-    /// How long a mutation waits for a CT's config flock before "got timeout" (PVE: 10 s).
+    /// How long `PUT config`, create and every worker wait for a CT's config flock before
+    /// "got timeout" (PVE's `lock_config`: 10 s, the default). Tests shorten it.
     pub lock_wait: Duration,
     pub state_file: Option<PathBuf>,
     pub faults: Faults,
@@ -90,7 +91,7 @@ impl Default for SimConfig {
             }],
             task_duration: Duration::from_millis(50),
             auth_fail_delay: Duration::ZERO,
-            lock_wait: Duration::from_millis(300),
+            lock_wait: Duration::from_secs(10),
             state_file: None,
             faults: Faults::default(),
             other_nodes: Vec::new(),
@@ -162,6 +163,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
             .map_err(|e| SimError::Config(format!("state file {}: {e}", path.display())))?;
         // Tasks that were running when the previous simulator stopped have finished since.
         for t in persisted.tasks.iter_mut().filter(|t| !t.done) {
+            t.started_ms = Some(0);
             t.ends_at_ms = Some(0);
         }
     }
@@ -174,6 +176,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         p: persisted,
         epoch: Instant::now(),
         task_duration: cfg.task_duration,
+        lock_wait: cfg.lock_wait,
         faults: cfg.faults.clone(),
         rng,
     };
@@ -357,6 +360,13 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                         .map_err(|e| SimError::Config(format!("--task-ms {v}: {e}")))?,
                 );
             }
+            "--lock-wait-ms" => {
+                let v = val("--lock-wait-ms")?;
+                cfg.lock_wait = Duration::from_millis(
+                    v.parse()
+                        .map_err(|e| SimError::Config(format!("--lock-wait-ms {v}: {e}")))?,
+                );
+            }
             "--auth-delay-ms" => {
                 let v = val("--auth-delay-ms")?;
                 cfg.auth_fail_delay = Duration::from_millis(
@@ -369,7 +379,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
                 println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
                 );
                 return Ok(());
             }
