@@ -50,7 +50,7 @@ fn property<'a>(props: &'a serde_json::Map<String, Value>, key: &str) -> Option<
 /// Validates the raw (possibly repeated) parameters for `method` on the schema path `template`
 /// (e.g. `/nodes/{node}/lxc/{vmid}/config`) and returns them with list keys joined. An
 /// endpoint missing from the schema passes its parameters through (last value wins).
-pub fn validate(
+pub fn validate_raw(
     method: &str,
     template: &str,
     raw: &[(String, String)],
@@ -263,6 +263,19 @@ pub fn parse_property_string(
     } else {
         Err(format!("format error\n{}\n", errors.join("\n")))
     }
+}
+
+/// [`validate_raw`] for parameters already merged into a map (one value per key).
+pub fn validate(
+    method: &str,
+    template: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), BTreeMap<String, String>> {
+    let raw: Vec<(String, String)> = params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    validate_raw(method, template, &raw).map(|_| ())
 }
 
 /// `print_property_string`: the default key bare, then required keys sorted, then optional
@@ -549,7 +562,7 @@ mod tests {
     fn put(pairs: &[(&str, &str)]) -> Result<BTreeMap<String, String>, BTreeMap<String, String>> {
         let mut all = m(&[("node", "pve1"), ("vmid", "101")]);
         all.extend(m(pairs));
-        validate("PUT", PUT, &all)
+        validate_raw("PUT", PUT, &all)
     }
 
     #[test]

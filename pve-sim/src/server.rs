@@ -493,13 +493,18 @@ async fn route(
         }
         _ => return Err(not_implemented(method, &shown)),
     };
-    let mut raw = raw;
+    // Path parameters win over body parameters of the same name (RESTHandler merges the URI
+    // parameters last); ansible sends `vmid` and `node` in the body of `PUT config` too.
+    let mut raw: Vec<(String, String)> = raw
+        .into_iter()
+        .filter(|(k, _)| !path_params.iter().any(|(p, _)| p == k))
+        .collect();
     raw.extend(path_params);
     let params = if template == "/version" || template == "/nodes" || template == "/nodes/{node}"
     {
         raw.into_iter().collect::<BTreeMap<_, _>>()
     } else {
-        schema::validate(method, &template, &raw).map_err(ApiError::params)?
+        schema::validate_raw(method, &template, &raw).map_err(ApiError::params)?
     };
     let flag = |k: &str| params.get(k).is_some_and(|v| v == "1");
     let mutating = method != "GET";
