@@ -8,6 +8,18 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 const SCHEMA: &str = include_str!("../../testdata/pve-lxc-api-schema.json");
+/// The storage and backup endpoints (`safety-nets.md` §1.8), same extraction.
+const BACKUP_SCHEMA: &str = include_str!("../../testdata/pve-backup-api-schema.json");
+
+fn backup_endpoints() -> &'static serde_json::Map<String, Value> {
+    static E: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
+    E.get_or_init(|| {
+        serde_json::from_str::<Value>(BACKUP_SCHEMA)
+            .ok()
+            .and_then(|v| v.get("endpoints").and_then(Value::as_object).cloned())
+            .unwrap_or_default()
+    })
+}
 
 fn endpoints() -> &'static serde_json::Map<String, Value> {
     static E: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
@@ -38,7 +50,11 @@ pub fn validate(
     template: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<(), BTreeMap<String, String>> {
-    let Some(info) = endpoints().get(template).and_then(|m| m.get(method)) else {
+    let Some(info) = endpoints()
+        .get(template)
+        .or_else(|| backup_endpoints().get(template))
+        .and_then(|m| m.get(method))
+    else {
         return Ok(());
     };
     let empty = serde_json::Map::new();

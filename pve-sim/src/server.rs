@@ -334,6 +334,10 @@ async fn route(
 ) -> Result<Value, ApiError> {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     let node = shared.config.node.clone();
+    // Storage, backup and restore endpoints live in `storage_routes`.
+    if let Some(r) = crate::storage_routes::route(shared, method, &seg, &params, user).await {
+        return r;
+    }
     // Schema template and path parameters.
     let (template, vmid): (String, Option<u32>) = match seg.as_slice() {
         ["version"] => ("/version".into(), None),

@@ -97,6 +97,8 @@ pub struct Faults {
     /// Probability that an API request's connection is dropped without any response
     /// (the client sees a reset / unexpected EOF; the request has no effect).
     pub reset_rate: f64,
+    /// Faults of the storage tasks (vzdump, restore): failures, no space, a stuck lock.
+    pub storage: crate::storage::StorageFaults,
 }
 
 /// A container as the simulator stores it: config values as PVE text.
@@ -188,6 +190,9 @@ pub struct Persisted {
     pub tasks: Vec<Task>,
     pub mutations: Vec<Mutation>,
     pub next_pid: u32,
+    /// Backups, templates, volume data and storage task logs (`storage.rs`).
+    #[serde(default)]
+    pub storage: crate::storage::StorageState,
 }
 
 pub struct Host {
@@ -197,6 +202,8 @@ pub struct Host {
     pub task_duration: Duration,
     pub faults: Faults,
     pub rng: rand::rngs::StdRng,
+    /// The node's storages and where file storages live.
+    pub layout: crate::storage::Layout,
 }
 
 pub fn unix_now() -> u64 {
@@ -293,25 +300,6 @@ fn normalize(vmid: u32, key: &str, v: &str) -> String {
         .into(),
         _ => v.to_string(),
     }
-}
-
-/// `STORAGE:N` (create syntax) → `STORAGE:vm-VMID-disk-0,size=NG`.
-fn allocate_rootfs(vmid: u32, v: &str) -> String {
-    let (volume, rest) = v
-        .split_once(',')
-        .map(|(a, b)| (a, Some(b)))
-        .unwrap_or((v, None));
-    if let Some((storage, size)) = volume.split_once(':')
-        && let Ok(gib) = size.parse::<u64>()
-    {
-        let mut s = format!("{storage}:vm-{vmid}-disk-0,size={gib}G");
-        if let Some(r) = rest {
-            s.push(',');
-            s.push_str(r);
-        }
-        return s;
-    }
-    v.to_string()
 }
 
 pub fn rootfs_gib(v: &str) -> Option<u64> {
@@ -567,7 +555,13 @@ impl Host {
         );
     }
 
-    fn new_task(&mut self, worker_type: &str, vmid: u32, user: &str, effect: Effect) -> String {
+    pub(crate) fn new_task(
+        &mut self,
+        worker_type: &str,
+        vmid: u32,
+        user: &str,
+        effect: Effect,
+    ) -> String {
         self.p.next_pid = self.p.next_pid.wrapping_add(1).max(1000);
         let pid = self.p.next_pid;
         let pstart = 4_000_000 + u64::from(pid);
@@ -612,6 +606,13 @@ impl Host {
             });
         }
         upid
+    }
+
+    /// Makes a task that has not ended fail with `msg` (decided by the storage layer).
+    pub(crate) fn fail_task(&mut self, upid: &str, msg: &str) {
+        if let Some(t) = self.p.tasks.iter_mut().find(|t| t.upid == upid && !t.done) {
+            t.fail = Some(msg.to_string());
+        }
     }
 
     pub fn record(
@@ -665,7 +666,22 @@ impl Host {
         conf.insert("memory".into(), "512".into());
         conf.insert("swap".into(), "512".into());
         conf.insert("cores".into(), "1".into());
-        conf.insert("rootfs".into(), format!("local:vm-{vmid}-disk-0,size=4G"));
+        // Disks get their own volumes on their storages (`storage.rs`); without `rootfs`
+        // PVE allocates `<storage>:4` on `storage` (default `local`).
+        let mut disks: BTreeMap<String, String> = BTreeMap::new();
+        let mut allocated: Vec<String> = Vec::new();
+        let default_rootfs = format!(
+            "{}:4",
+            params.get("storage").map_or("local", String::as_str)
+        );
+        for (k, v) in crate::storage::disks_in_order(params, &default_rootfs) {
+            let also: Vec<&str> = allocated.iter().map(String::as_str).collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, &v, &also)? {
+                allocated.push(a.split(',').next().unwrap_or("").to_string());
+                disks.insert(k, a);
+            }
+        }
+        conf.extend(disks.clone());
         for (k, v) in params {
             if matches!(
                 k.as_str(),
@@ -685,8 +701,8 @@ impl Host {
             ) {
                 continue;
             }
-            let v = if k == "rootfs" || k.starts_with("mp") {
-                allocate_rootfs(vmid, v)
+            let v = if let Some(a) = disks.get(k) {
+                a.clone()
             } else {
                 normalize(vmid, k, v)
             };
@@ -710,7 +726,7 @@ impl Host {
         Ok(self.new_task("vzcreate", vmid, user, Effect::Create { conf, start }))
     }
 
-    fn check_lock(ct: &Ct) -> Result<(), ApiError> {
+    pub(crate) fn check_lock(ct: &Ct) -> Result<(), ApiError> {
         match ct.conf.get("lock") {
             Some(l) => Err(ApiError::new(500, format!("CT is locked ({l})"))),
             None => Ok(()),
@@ -797,12 +813,18 @@ impl Host {
             ));
         }
         let description = params.get("description").cloned().unwrap_or_default();
-        Ok(self.new_task(
+        let upid = self.new_task(
             "vzsnapshot",
             vmid,
             user,
             Effect::SnapshotCreate { name, description },
-        ))
+        );
+        // Storage decides inside the task (`__snapshot_prepare`): dir/lvm volumes or a bind
+        // mount make it fail.
+        if !crate::storage::can_snapshot(self, &ct.conf, false) {
+            self.fail_task(&upid, "snapshot feature is not available");
+        }
+        Ok(upid)
     }
 
     /// `DELETE .../snapshot/{snapname}` (`vzdelsnapshot`) or `POST .../rollback` (`vzrollback`).
@@ -821,12 +843,22 @@ impl Host {
                 format!("snapshot '{name}' does not exist"),
             ));
         }
+        let blocker = if rollback {
+            crate::storage::rollback_blocker(self, &ct, name)
+        } else {
+            None
+        };
         let name = name.to_string();
-        Ok(if rollback {
+        let upid = if rollback {
             self.new_task("vzrollback", vmid, user, Effect::SnapshotRollback { name })
         } else {
             self.new_task("vzdelsnapshot", vmid, user, Effect::SnapshotDelete { name })
-        })
+        };
+        // ZFS rolls back only to its newest snapshot (`volume_rollback_is_possible`).
+        if let Some(msg) = blocker {
+            self.fail_task(&upid, &msg);
+        }
+        Ok(upid)
     }
 
     pub fn resize(
@@ -890,15 +922,25 @@ impl Host {
         if !only_lock_change {
             Self::check_lock(&ct)?;
         }
+        let mut allocated: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in params.iter().filter(|(k, _)| crate::storage::is_mp_key(k)) {
+            let also: Vec<&str> = allocated
+                .values()
+                .map(|a| a.split(',').next().unwrap_or(""))
+                .collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, v, &also)? {
+                allocated.insert(k.clone(), a);
+            }
+        }
+        let detached = crate::storage::detach_volumes(&ct, params);
         let ct = self.p.cts.get_mut(&vmid).ok_or_else(|| missing("", vmid))?;
         for (k, v) in params {
             if matches!(k.as_str(), "digest" | "delete" | "revert" | "node" | "vmid") {
                 continue;
             }
-            let v = if k.starts_with("mp") && !v.contains("vm-") {
-                allocate_rootfs(vmid, v)
-            } else {
-                normalize(vmid, k, v)
+            let v = match allocated.get(k) {
+                Some(a) => a.clone(),
+                None => normalize(vmid, k, v),
             };
             if ct.running && !is_hot(k) {
                 ct.pending.insert(k.clone(), v);
@@ -911,6 +953,10 @@ impl Host {
                 ct.conf.remove(k);
                 ct.pending.remove(k);
             }
+        }
+        // A detached volume stays as `unusedN`; a deleted `unusedN` is freed (`storage.rs`).
+        for (k, vol) in detached {
+            ct.conf.insert(k, vol);
         }
         Ok(())
     }
