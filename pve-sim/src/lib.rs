@@ -6,9 +6,12 @@
 //!
 //! It depends on no other Drover crate, so it and `proxmox-client` check each other.
 
+mod backup;
 mod schema;
 mod server;
 mod state;
+mod storage;
+mod storage_routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 
 pub use state::{Faults, Mutation, SeedGuest};
+pub use storage::{SimStorage, StorageFaults, StorageType, Volume};
 
 /// The token every default simulator accepts.
 pub const DEFAULT_TOKEN_ID: &str = "drover@pve!agent";
@@ -77,6 +81,13 @@ pub struct SimConfig {
     pub faults: Faults,
     pub other_nodes: Vec<String>,
     pub guests: Vec<SeedGuest>,
+    /// The node's storages (default: `local` dir with backups and templates, `local-lvm`
+    /// LVM-thin for CT disks).
+    pub storages: Vec<SimStorage>,
+    /// Where file storages keep their archives (`<dir>/<storage>/dump`). `None`: beside the
+    /// state file (`<state file>.storage`), else a fresh directory under the system temp
+    /// directory that is removed when the simulator is dropped.
+    pub storage_dir: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -96,6 +107,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             other_nodes: Vec::new(),
             guests: Vec::new(),
+            storages: storage::default_storages(),
+            storage_dir: None,
         }
     }
 }
@@ -123,6 +136,8 @@ pub(crate) struct Shared {
     pub config: SimConfig,
     pub requests: AtomicU64,
     pub cert: Mutex<server::CertState>,
+    /// A storage directory the simulator made itself (removed on drop).
+    pub owned_storage_dir: Option<PathBuf>,
 }
 
 impl Shared {
@@ -171,6 +186,26 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         Some(s) => rand::rngs::StdRng::seed_from_u64(s),
         None => rand::rngs::StdRng::from_entropy(),
     };
+    let (storage_root, owned_storage_dir) = match (&cfg.storage_dir, &cfg.state_file) {
+        (Some(d), _) => (d.clone(), None),
+        (None, Some(f)) => (f.with_extension("storage"), None),
+        (None, None) => {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "pve-sim-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            (d.clone(), Some(d))
+        }
+    };
+    let layout = storage::Layout {
+        storages: cfg.storages.clone(),
+        root: storage_root,
+    };
+    layout
+        .prepare()
+        .map_err(|e| io_err(&format!("creating {}", layout.root.display()), e))?;
     let mut host = state::Host {
         node: cfg.node.clone(),
         p: persisted,
@@ -179,7 +214,9 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         lock_wait: cfg.lock_wait,
         faults: cfg.faults.clone(),
         rng,
+        layout,
     };
+    storage::seed_templates(&mut host);
     host.advance();
     for g in &cfg.guests {
         if !host.p.cts.contains_key(&g.vmid) {
@@ -197,6 +234,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         config: cfg,
         requests: AtomicU64::new(0),
         cert: Mutex::new(cert),
+        owned_storage_dir,
     });
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(server::serve(listener, shared.clone(), rx));
@@ -290,6 +328,29 @@ impl RunningSim {
             .filter(|m| m.kind == kind && m.vmid == Some(vmid))
             .count()
     }
+    /// The directory file storages write to (`<dir>/<storage>/dump/vzdump-lxc-...`).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.shared.lock().layout.root.clone()
+    }
+    /// Sets the pretend contents of a CT volume (what a backup captures and a restore brings
+    /// back, or leaves empty for mount points outside the backup).
+    pub fn set_volume_data(&self, volid: &str, data: &str) {
+        let mut h = self.shared.lock();
+        h.p.storage.data.insert(volid.to_string(), data.to_string());
+        self.shared.persist(&h);
+    }
+    /// The pretend contents of a CT volume (`None`: empty, e.g. freshly allocated).
+    pub fn volume_data(&self, volid: &str) -> Option<String> {
+        let mut h = self.shared.lock();
+        h.advance();
+        h.p.storage.data.get(volid).cloned()
+    }
+    /// Backups and templates on every storage.
+    pub fn volumes(&self) -> Vec<storage::Volume> {
+        let mut h = self.shared.lock();
+        h.advance();
+        h.p.storage.volumes.values().cloned().collect()
+    }
     /// API requests served so far (all of `/api2/json`).
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -308,6 +369,14 @@ impl Drop for RunningSim {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(d) = &self.owned_storage_dir {
+            let _ = std::fs::remove_dir_all(d);
         }
     }
 }

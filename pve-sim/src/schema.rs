@@ -12,6 +12,18 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 const SCHEMA: &str = include_str!("../../testdata/pve-lxc-api-schema.json");
+/// The storage and backup endpoints (`safety-nets.md` §1.8), same extraction.
+const BACKUP_SCHEMA: &str = include_str!("../../testdata/pve-backup-api-schema.json");
+
+fn backup_endpoints() -> &'static serde_json::Map<String, Value> {
+    static E: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
+    E.get_or_init(|| {
+        serde_json::from_str::<Value>(BACKUP_SCHEMA)
+            .ok()
+            .and_then(|v| v.get("endpoints").and_then(Value::as_object).cloned())
+            .unwrap_or_default()
+    })
+}
 
 fn endpoints() -> &'static serde_json::Map<String, Value> {
     static E: OnceLock<serde_json::Map<String, Value>> = OnceLock::new();
@@ -59,7 +71,11 @@ pub fn validate_raw(
     for (k, v) in raw {
         grouped.entry(k.clone()).or_default().push(v.clone());
     }
-    let Some(info) = endpoints().get(template).and_then(|m| m.get(method)) else {
+    let Some(info) = endpoints()
+        .get(template)
+        .or_else(|| backup_endpoints().get(template))
+        .and_then(|m| m.get(method))
+    else {
         return Ok(grouped
             .into_iter()
             .filter_map(|(k, mut v)| v.pop().map(|last| (k, last)))
@@ -276,41 +292,6 @@ pub fn validate(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     validate_raw(method, template, &raw).map(|_| ())
-}
-
-/// `print_property_string`: the default key bare, then required keys sorted, then optional
-/// keys sorted (so `mp=` comes before `size=`, `name=` before `bridge=`).
-pub fn print_property_string(
-    format: &serde_json::Map<String, Value>,
-    data: &BTreeMap<String, String>,
-) -> String {
-    let default_key = format
-        .iter()
-        .find(|(_, s)| s.get("default_key").and_then(Value::as_i64) == Some(1))
-        .map(|(k, _)| k.as_str());
-    let optional = |k: &str| {
-        format
-            .get(k)
-            .and_then(|s| s.get("optional"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            == 1
-    };
-    let mut out: Vec<String> = Vec::new();
-    if let Some(dk) = default_key
-        && let Some(v) = data.get(dk)
-    {
-        out.push(v.clone());
-    }
-    for required in [true, false] {
-        for (k, v) in data {
-            if Some(k.as_str()) == default_key || optional(k) == required {
-                continue;
-            }
-            out.push(format!("{k}={v}"));
-        }
-    }
-    out.join(",")
 }
 
 /// The property-string format of a config key (`net0` → the `net[n]` format), from `PUT config`.
@@ -641,16 +622,5 @@ mod tests {
         assert_eq!(ok["tags"], "web,prod");
         let e = put(&[("hostname", "a1"), ("hostname", "b2")]).unwrap_err();
         assert_eq!(e["hostname"], "type check ('string') failed - got ARRAY");
-    }
-
-    #[test]
-    fn mount_points_print_the_required_key_before_optional_ones() {
-        let f = config_format("mp0").unwrap();
-        let parsed = parse_property_string(f, "local-lvm:vm-1-disk-1,size=16G,mp=/srv", "mp0")
-            .unwrap();
-        assert_eq!(
-            print_property_string(f, &parsed),
-            "local-lvm:vm-1-disk-1,mp=/srv,size=16G"
-        );
     }
 }

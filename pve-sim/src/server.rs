@@ -436,6 +436,11 @@ async fn route(
     let node = shared.config.node.clone();
     let shown = format!("/{}", path.trim_start_matches('/'));
     let mut path_params: Vec<(String, String)> = Vec::new();
+    // Storage, backup and restore endpoints live in `storage_routes` (one value per key).
+    let flat: BTreeMap<String, String> = raw.iter().cloned().collect();
+    if let Some(r) = crate::storage_routes::route(shared, method, &seg, &flat, user).await {
+        return r.map(Reply::from);
+    }
     // Schema template and path parameters.
     let (template, vmid): (String, Option<u32>) = match seg.as_slice() {
         ["version"] => ("/version".into(), None),
@@ -700,12 +705,9 @@ async fn route(
         ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => {
             h.interfaces_json(vmid.unwrap_or(0)).map(Reply::from)
         }
-        ("GET", "/nodes/{node}/lxc/{vmid}/feature") => h
-            .feature_json(
-                vmid.unwrap_or(0),
-                params.get("feature").map(String::as_str).unwrap_or(""),
-            )
-            .map(Reply::from),
+        ("GET", "/nodes/{node}/lxc/{vmid}/feature") => {
+            crate::storage::feature(&h, vmid.unwrap_or(0), &params).map(Reply::from)
+        }
         ("PUT", "/nodes/{node}/lxc/{vmid}/config") => {
             let v = vmid.unwrap_or(0);
             h.maybe_fault("config", v)?;

@@ -97,6 +97,8 @@ pub struct Faults {
     /// Probability that an API request's connection is dropped without any response
     /// (the client sees a reset / unexpected EOF; the request has no effect).
     pub reset_rate: f64,
+    /// Faults of the storage tasks (vzdump, restore): failures, no space, a stuck lock.
+    pub storage: crate::storage::StorageFaults,
 }
 
 /// A container as the simulator stores it: config values as PVE text.
@@ -220,6 +222,9 @@ pub struct Persisted {
     pub tasks: Vec<Task>,
     pub mutations: Vec<Mutation>,
     pub next_pid: u32,
+    /// Backups, templates, volume data and storage task logs (`storage.rs`).
+    #[serde(default)]
+    pub storage: crate::storage::StorageState,
 }
 
 pub struct Host {
@@ -231,6 +236,8 @@ pub struct Host {
     pub lock_wait: Duration,
     pub faults: Faults,
     pub rng: rand::rngs::StdRng,
+    /// The node's storages and where file storages live.
+    pub layout: crate::storage::Layout,
 }
 
 pub fn unix_now() -> u64 {
@@ -327,78 +334,6 @@ fn normalize(vmid: u32, key: &str, v: &str) -> String {
         .into(),
         _ => v.to_string(),
     }
-}
-
-/// How a storage lays out its volumes and whether it can snapshot them (pve-storage plugins).
-/// The simulator knows its storages by name: `local` is a directory, `local-lvm` LVM-thin,
-/// `local-zfs` a ZFS pool, anything else LVM-thin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StorageKind {
-    Dir,
-    LvmThin,
-    ZfsPool,
-}
-
-pub fn storage_kind(storage: &str) -> StorageKind {
-    match storage {
-        "local" => StorageKind::Dir,
-        s if s.contains("zfs") => StorageKind::ZfsPool,
-        _ => StorageKind::LvmThin,
-    }
-}
-
-/// The volume name of disk `n` of `vmid` on `storage` (`local:101/vm-101-disk-0.raw`,
-/// `local-lvm:vm-101-disk-0`, `local-zfs:subvol-101-disk-0`).
-pub fn volume_id(storage: &str, vmid: u32, n: u32) -> String {
-    match storage_kind(storage) {
-        StorageKind::Dir => format!("{storage}:{vmid}/vm-{vmid}-disk-{n}.raw"),
-        StorageKind::LvmThin => format!("{storage}:vm-{vmid}-disk-{n}"),
-        StorageKind::ZfsPool => format!("{storage}:subvol-{vmid}-disk-{n}"),
-    }
-}
-
-/// Disk numbers already used by `vmid`'s volumes (config, pending, unused, snapshots).
-fn used_disk_numbers(conf: &BTreeMap<String, String>) -> BTreeSet<u32> {
-    conf.values()
-        .filter_map(|v| {
-            let vol = v.split(',').next()?;
-            let i = vol.find("-disk-")?;
-            let digits: String = vol[i + 6..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
-/// `rootfs`/`mp[n]` given as `STORAGE:SIZE_GiB` (a new volume) become `VOLID,...,size=NG`, with
-/// the next free disk number; keys printed as PVE prints them (volume, required `mp`, then the
-/// optional keys sorted). Anything else is printed back in that order unchanged.
-fn allocate_volume(
-    vmid: u32,
-    key: &str,
-    v: &str,
-    used: &mut BTreeSet<u32>,
-) -> Result<String, ApiError> {
-    let Some(format) = crate::schema::config_format(key) else {
-        return Ok(v.to_string());
-    };
-    let mut parsed = crate::schema::parse_property_string(format, v, key)
-        .map_err(|e| ApiError::params([(key.to_string(), format!("invalid format - {e}"))].into()))?;
-    let volume = parsed.get("volume").cloned().unwrap_or_default();
-    if let Some((storage, size)) = volume.split_once(':')
-        && let Ok(gib) = size.parse::<f64>()
-    {
-        let mut n = 0;
-        while used.contains(&n) {
-            n += 1;
-        }
-        used.insert(n);
-        parsed.insert("volume".into(), volume_id(storage, vmid, n));
-        parsed.insert("size".into(), format!("{}G", gib.round() as u64));
-    }
-    Ok(crate::schema::print_property_string(format, &parsed))
 }
 
 pub fn rootfs_gib(v: &str) -> Option<u64> {
@@ -727,6 +662,11 @@ impl Host {
                 if ct.snapshots.contains_key(name) {
                     return Err(format!("snapshot name '{name}' already used"));
                 }
+                // Storage decides (`snapshot_prepare` → `has_feature`): dir/lvm volumes or a
+                // bind mount make it fail.
+                if !crate::storage::can_snapshot(self, &ct.conf, false) {
+                    return Err("snapshot feature is not available".into());
+                }
             }
             Effect::SnapshotDelete { name } => {
                 locked()?;
@@ -739,6 +679,10 @@ impl Host {
                     return Err(format!("snapshot '{name}' does not exist"));
                 }
                 locked()?;
+                // ZFS rolls back only to its newest snapshot.
+                if let Some(msg) = crate::storage::rollback_blocker(self, ct, name) {
+                    return Err(msg);
+                }
             }
             Effect::Create { .. } | Effect::Destroy | Effect::Resize { .. } => {}
         }
@@ -808,8 +752,8 @@ impl Host {
                 for (k, v) in conf {
                     if (k == "rootfs" || k.starts_with("mp"))
                         && let Some(vol) = v.split(',').next()
-                        && let Some((storage, name)) = vol.split_once(':')
-                        && storage_kind(storage) == StorageKind::LvmThin
+                        && let Some((_, name)) = vol.split_once(':')
+                        && self.is_lvm(vol)
                     {
                         log.push(format!("  Logical volume \"{name}\" created."));
                     }
@@ -844,9 +788,9 @@ impl Host {
                 if let Some(ct) = self.p.cts.remove(&vmid) {
                     for (k, v) in &ct.conf {
                         if (k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
-                            && let Some((storage, name)) =
-                                v.split(',').next().and_then(|x| x.split_once(':'))
-                            && storage_kind(storage) == StorageKind::LvmThin
+                            && let Some(vol) = v.split(',').next()
+                            && let Some((_, name)) = vol.split_once(':')
+                            && self.is_lvm(vol)
                         {
                             log.push(format!("  Logical volume \"{name}\" successfully removed."));
                         }
@@ -940,6 +884,12 @@ impl Host {
             }
         }
         log
+    }
+
+    /// Whether a volume lives on LVM (its worker prints `Logical volume ...` lines).
+    fn is_lvm(&self, vol: &str) -> bool {
+        crate::storage::storage_of(self, vol)
+            .is_some_and(|s| matches!(s.kind.as_str(), "lvm" | "lvmthin"))
     }
 
     /// The task holding this CT's config flock, if any (a snapshot worker only holds it for its
@@ -1048,7 +998,13 @@ impl Host {
 
     /// Forks a worker: it gets a UPID at once and waits (inside the task) for the CT's config
     /// flock, like `fork_worker(... lock_config ...)`.
-    fn new_task(&mut self, worker_type: &str, vmid: u32, user: &str, effect: Effect) -> String {
+    pub(crate) fn new_task(
+        &mut self,
+        worker_type: &str,
+        vmid: u32,
+        user: &str,
+        effect: Effect,
+    ) -> String {
         self.p.next_pid = self.p.next_pid.wrapping_add(1).max(1000);
         let pid = self.p.next_pid;
         let pstart = 4_000_000 + u64::from(pid);
@@ -1101,6 +1057,14 @@ impl Host {
             });
         }
         upid
+    }
+
+    /// Makes a task that has not ended fail with `msg` (decided by the storage layer).
+    #[allow(dead_code)] // storage checks now run inside the worker (`worker_checks`)
+    pub(crate) fn fail_task(&mut self, upid: &str, msg: &str) {
+        if let Some(t) = self.p.tasks.iter_mut().find(|t| t.upid == upid && !t.done) {
+            t.fail = Some(msg.to_string());
+        }
     }
 
     pub fn record(
@@ -1167,21 +1131,22 @@ impl Host {
         conf.insert("hostname".into(), format!("CT{vmid}"));
         conf.insert("memory".into(), "512".into());
         conf.insert("swap".into(), "512".into());
-        let mut used = BTreeSet::new();
-        let rootfs = options
-            .get("rootfs")
-            .cloned()
-            .unwrap_or_else(|| format!("{storage}:4"));
-        conf.insert(
-            "rootfs".into(),
-            allocate_volume(vmid, "rootfs", &rootfs, &mut used)?,
-        );
-        for (k, v) in &options {
-            if k == "rootfs" {
-                continue;
+        // Disks get their own volumes on their storages (`storage.rs`); without `rootfs`
+        // PVE allocates `<storage>:4` on `storage` (default `local`).
+        let mut disks: BTreeMap<String, String> = BTreeMap::new();
+        let mut allocated: Vec<String> = Vec::new();
+        let default_rootfs = format!("{storage}:4");
+        for (k, v) in crate::storage::disks_in_order(params, &default_rootfs) {
+            let also: Vec<&str> = allocated.iter().map(String::as_str).collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, &v, &also)? {
+                allocated.push(a.split(',').next().unwrap_or("").to_string());
+                disks.insert(k, a);
             }
-            let v = if k.starts_with("mp") {
-                allocate_volume(vmid, k, v, &mut used)?
+        }
+        conf.extend(disks.clone());
+        for (k, v) in &options {
+            let v = if let Some(a) = disks.get(k) {
+                a.clone()
             } else {
                 normalize(vmid, k, v)
             };
@@ -1208,7 +1173,7 @@ impl Host {
         Ok(self.new_task("vzcreate", vmid, user, Effect::Create { conf, start }))
     }
 
-    fn check_lock(ct: &Ct) -> Result<(), ApiError> {
+    pub(crate) fn check_lock(ct: &Ct) -> Result<(), ApiError> {
         match ct.conf.get("lock") {
             Some(l) => Err(ApiError::new(500, format!("CT is locked ({l})"))),
             None => Ok(()),
@@ -1453,6 +1418,19 @@ impl Host {
             }
         }
         check_root_only(Some(&ct.conf), &options, &[], unprivileged)?;
+        // New mount point volumes get their own disk numbers (`storage.rs`); a replaced or
+        // deleted volume mount point stays as `unusedN`.
+        let mut allocated: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in options.iter().filter(|(k, _)| crate::storage::is_mp_key(k)) {
+            let also: Vec<&str> = allocated
+                .values()
+                .map(|a| a.split(',').next().unwrap_or(""))
+                .collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, v, &also)? {
+                allocated.insert(k.clone(), a);
+            }
+        }
+        let detached = crate::storage::detach_volumes(&ct, params);
         // Work on a copy: an error leaves the config file untouched.
         let mut next = ct.clone();
         for opt in &revert {
@@ -1490,11 +1468,6 @@ impl Host {
                 next.conf.remove(opt);
             }
         }
-        let mut used = used_disk_numbers(&next.conf);
-        used.extend(used_disk_numbers(&next.pending));
-        for snap in next.snapshots.values() {
-            used.extend(used_disk_numbers(&snap.conf));
-        }
         for (k, v) in &options {
             if k == "unprivileged" {
                 return Err(ApiError::new(
@@ -1508,10 +1481,9 @@ impl Host {
                     format!("can't update CT {vmid} drive '{k}' - protection mode enabled"),
                 ));
             }
-            let v = if k.starts_with("mp") || k == "rootfs" {
-                allocate_volume(vmid, k, v, &mut used)?
-            } else {
-                normalize(vmid, k, v)
+            let v = match allocated.get(k) {
+                Some(a) => a.clone(),
+                None => normalize(vmid, k, v),
             };
             next.pending_delete.remove(k);
             if next.running && !is_hot(k) {
@@ -1519,6 +1491,9 @@ impl Host {
             } else {
                 next.conf.insert(k.clone(), v);
             }
+        }
+        for (k, vol) in detached {
+            next.conf.insert(k, vol);
         }
         self.p.cts.insert(vmid, next);
         Ok(())
@@ -1791,29 +1766,6 @@ impl Host {
             out.push(o);
         }
         Ok(serde_json::Value::Array(out))
-    }
-
-    /// `GET .../feature`: snapshots need every volume on a storage that can snapshot (not a
-    /// directory, not a bind mount); `copy` and `clone` are always possible here.
-    pub fn feature_json(&self, vmid: u32, feature: &str) -> Result<serde_json::Value, ApiError> {
-        let ct = self.local(vmid)?;
-        let has = match feature {
-            "snapshot" => ct
-                .conf
-                .iter()
-                .filter(|(k, _)| *k == "rootfs" || k.starts_with("mp"))
-                .all(|(_, v)| {
-                    let vol = v.split(',').next().unwrap_or("");
-                    match vol.split_once(':') {
-                        Some((storage, _)) if !vol.starts_with('/') => {
-                            storage_kind(storage) != StorageKind::Dir
-                        }
-                        _ => false,
-                    }
-                }),
-            _ => true,
-        };
-        Ok(serde_json::json!({ "hasFeature": has }))
     }
 
     pub fn task_status_json(&self, t: &Task) -> serde_json::Value {
