@@ -393,6 +393,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     let mut secret = DEFAULT_TOKEN_SECRET.to_string();
     let mut cert = None;
     let mut key = None;
+    let mut write_cert = None;
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
             it.next()
@@ -445,10 +446,12 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
             }
             "--seed-demo" => cfg.guests = demo_guests(),
             "--cert" => cert = Some(PathBuf::from(val("--cert")?)),
+            // Writes the certificate in use (PEM) so clients can verify against it as a CA.
+            "--write-cert" => write_cert = Some(PathBuf::from(val("--write-cert")?)),
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
                 println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM] [--write-cert PEM]"
                 );
                 return Ok(());
             }
@@ -467,6 +470,10 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
         secret,
     }];
     let sim = start(cfg).await?;
+    if let Some(path) = &write_cert {
+        std::fs::write(path, sim.cert_pem())
+            .map_err(|e| io_err(&format!("writing {}", path.display()), e))?;
+    }
     println!("listening {}", sim.base_url());
     println!("fingerprint {}", sim.fingerprint());
     use std::io::Write;
