@@ -296,7 +296,10 @@ async fn error_classes_from_sim_faults() {
     match c.wait_task(&upid, &fast()).await.unwrap() {
         proxmox_client::TaskOutcome::Failed { message, log_tail } => {
             assert_eq!(message, "CT is locked (backup)");
-            assert_eq!(log_tail.last().unwrap(), "TASK ERROR: CT is locked (backup)");
+            assert_eq!(
+                log_tail.last().unwrap(),
+                "TASK ERROR: CT is locked (backup)"
+            );
         }
         other => panic!("expected a failed task, got {other:?}"),
     }

@@ -238,10 +238,14 @@ pub fn parse_property_string(
                 ));
             }
             let Some(schema) = format.get(k) else {
-                return Err(format!("invalid key in comma-separated list property: {k}\n"));
+                return Err(format!(
+                    "invalid key in comma-separated list property: {k}\n"
+                ));
             };
             let v = if schema.get("type").and_then(Value::as_str) == Some("boolean") {
-                parse_boolean(v).map(str::to_string).unwrap_or(v.to_string())
+                parse_boolean(v)
+                    .map(str::to_string)
+                    .unwrap_or(v.to_string())
             } else {
                 v.to_string()
             };
@@ -287,10 +291,7 @@ pub fn validate(
     template: &str,
     params: &BTreeMap<String, String>,
 ) -> Result<(), BTreeMap<String, String>> {
-    let raw: Vec<(String, String)> = params
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let raw: Vec<(String, String)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     validate_raw(method, template, &raw).map(|_| ())
 }
 
@@ -384,8 +385,8 @@ fn check_one_format(name: &str, v: &str) -> Result<(), String> {
                     .iter()
                     .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
             // Unicast: the lowest bit of the first octet is clear.
-            let unicast = u8::from_str_radix(parts.first().unwrap_or(&"01"), 16)
-                .is_ok_and(|b| b & 1 == 0);
+            let unicast =
+                u8::from_str_radix(parts.first().unwrap_or(&"01"), 16).is_ok_and(|b| b & 1 == 0);
             if !hex_ok || !unicast {
                 return Err("value does not look like a valid unicast MAC address".into());
             }
@@ -564,7 +565,10 @@ mod tests {
         assert!(put(&[("onboot", "0")]).is_ok());
         for bad in ["true", "yes", "on", "false"] {
             let e = put(&[("onboot", bad)]).unwrap_err();
-            assert_eq!(e["onboot"], format!("type check ('boolean') failed - got '{bad}'"));
+            assert_eq!(
+                e["onboot"],
+                format!("type check ('boolean') failed - got '{bad}'")
+            );
         }
         // Inside a property string `parse_boolean` accepts the spelled-out forms.
         assert!(put(&[("net0", "name=eth0,firewall=true")]).is_ok());
@@ -578,7 +582,10 @@ mod tests {
             "invalid format - invalid key in comma-separated list property: bogus\n"
         );
         let e = put(&[("net0", "bridge=vmbr0")]).unwrap_err();
-        assert!(e["net0"].contains("net0.name: property is missing"), "{e:?}");
+        assert!(
+            e["net0"].contains("net0.name: property is missing"),
+            "{e:?}"
+        );
         let e = put(&[("net0", "name=eth0,ip=10.0.0.300/24")]).unwrap_err();
         assert!(e["net0"].contains("ipv4 network configuration"), "{e:?}");
         assert!(put(&[("net0", "name=eth0,bridge=vmbr0,ip=10.0.0.3/24,gw=10.0.0.1")]).is_ok());

@@ -505,8 +505,7 @@ async fn route(
         .filter(|(k, _)| !path_params.iter().any(|(p, _)| p == k))
         .collect();
     raw.extend(path_params);
-    let params = if template == "/version" || template == "/nodes" || template == "/nodes/{node}"
-    {
+    let params = if template == "/version" || template == "/nodes" || template == "/nodes/{node}" {
         raw.into_iter().collect::<BTreeMap<_, _>>()
     } else {
         schema::validate_raw(method, &template, &raw).map_err(ApiError::params)?
@@ -683,7 +682,11 @@ async fn route(
             if params.contains_key("snapshot") && flag("current") {
                 let m = "cannot use 'snapshot' parameter with 'current'".to_string();
                 return Err(ApiError::params(
-                    [("snapshot".to_string(), m.clone()), ("current".to_string(), m)].into(),
+                    [
+                        ("snapshot".to_string(), m.clone()),
+                        ("current".to_string(), m),
+                    ]
+                    .into(),
                 ));
             }
             h.config_json(
@@ -864,7 +867,11 @@ async fn route(
             let upid = params.get("upid").cloned().unwrap_or_default();
             if !upid_parses(&upid) {
                 return Err(ApiError::params(
-                    [("upid".to_string(), "unable to parse worker upid".to_string())].into(),
+                    [(
+                        "upid".to_string(),
+                        "unable to parse worker upid".to_string(),
+                    )]
+                    .into(),
                 ));
             }
             let Some(t) = h.p.tasks.iter().find(|t| t.upid == upid) else {

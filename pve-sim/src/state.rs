@@ -421,11 +421,17 @@ pub fn check_root_only(
             .unwrap_or_default();
         let only_nesting = |f: &BTreeMap<String, String>| f.len() == 1 && f.contains_key("nesting");
         if deleting {
-            return (only_nesting(&old_f), !old_f.is_empty() && !only_nesting(&old_f));
+            return (
+                only_nesting(&old_f),
+                !old_f.is_empty() && !only_nesting(&old_f),
+            );
         }
         let new_f = parse_features(new.get("features").map(String::as_str).unwrap_or(""));
         if old_f.is_empty() {
-            return (only_nesting(&new_f), !new_f.is_empty() && !only_nesting(&new_f));
+            return (
+                only_nesting(&new_f),
+                !new_f.is_empty() && !only_nesting(&new_f),
+            );
         }
         let keys: BTreeSet<&String> = old_f.keys().chain(new_f.keys()).collect();
         let mut nesting = false;
@@ -447,7 +453,10 @@ pub fn check_root_only(
             }
             let vol = new
                 .get(opt)
-                .and_then(|v| v.split(',').find(|p| !p.contains('=') || p.starts_with("volume=")))
+                .and_then(|v| {
+                    v.split(',')
+                        .find(|p| !p.contains('=') || p.starts_with("volume="))
+                })
                 .map(|p| p.trim_start_matches("volume="))
                 .unwrap_or("");
             if vol.starts_with("/dev/") {
@@ -457,7 +466,9 @@ pub fn check_root_only(
                 return Err(perm("mount point type bind is only allowed for root@pam"));
             }
         } else if opt.starts_with("dev") && opt[3..].parse::<u32>().is_ok() {
-            return Err(perm("configuring device passthrough is only allowed for root@pam"));
+            return Err(perm(
+                "configuring device passthrough is only allowed for root@pam",
+            ));
         } else if opt == "features" {
             if !unprivileged {
                 return Err(perm(
@@ -1411,7 +1422,9 @@ impl Host {
                 return Err(ApiError::params(
                     [(
                         "delete".into(),
-                        format!("you can't use '-delete {opt}' and '-revert {opt}' at the same time"),
+                        format!(
+                            "you can't use '-delete {opt}' and '-revert {opt}' at the same time"
+                        ),
                     )]
                     .into(),
                 ));
@@ -1545,7 +1558,9 @@ impl Host {
         let mut m = serde_json::Map::new();
         for (k, v) in conf {
             let val = if k == "snaptime" {
-                v.parse::<u64>().map(Into::into).unwrap_or_else(|_| v.clone().into())
+                v.parse::<u64>()
+                    .map(Into::into)
+                    .unwrap_or_else(|_| v.clone().into())
             } else {
                 Self::typed(&k, &v)
             };
