@@ -733,6 +733,9 @@ async fn route(
             let v = vmid.unwrap_or(0);
             h.maybe_fault(&format!("vz{action}"), v)?;
             let upid = h.power(v, action, user)?;
+            if action == "stop" && flag("overrule-shutdown") {
+                h.overrule_shutdowns(v, &upid);
+            }
             h.record(method, path, Some(v), action, Some(upid.clone()), &params);
             Ok(json!(upid).into())
         }

@@ -1191,6 +1191,35 @@ impl Host {
         }
     }
 
+    /// `stop overrule-shutdown=1`: the stop worker first aborts the CT's running `vzshutdown`
+    /// tasks (`abort_guest_tasks`), which frees the flock for it.
+    pub fn overrule_shutdowns(&mut self, vmid: u32, stop_upid: &str) {
+        let now = self.now_ms();
+        let victims: Vec<usize> = self
+            .p
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.vmid == vmid && !t.done && t.worker_type == "vzshutdown")
+            .map(|(i, _)| i)
+            .collect();
+        let mut names = Vec::new();
+        for i in victims {
+            names.push(self.p.tasks[i].upid.clone());
+            self.end_task(i, now, Some("interrupted by signal".into()));
+        }
+        if let Some(i) = self.p.tasks.iter().position(|t| t.upid == stop_upid) {
+            if !names.is_empty() {
+                self.p.tasks[i]
+                    .log
+                    .push(format!("overruled vzshutdown tasks: {}", names.join(", ")));
+            }
+            if self.p.tasks[i].started_ms.is_none() {
+                self.start_waiters(vmid, now);
+            }
+        }
+    }
+
     /// Power actions: only the running state is checked before forking (Status.pm); the lock
     /// and template checks run inside the worker.
     pub fn power(&mut self, vmid: u32, action: &str, user: &str) -> Result<String, ApiError> {
