@@ -6,6 +6,7 @@
 //!
 //! It depends on no other Drover crate, so it and `proxmox-client` check each other.
 
+mod archive;
 mod backup;
 mod schema;
 mod server;

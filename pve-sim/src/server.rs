@@ -293,7 +293,7 @@ fn admin_route(
 
 /// Waits for the CT's config flock like `lock_config` (`proxmox-api.md` §5): a mutation while a
 /// task holds it fails with "got timeout" after `lock_wait`.
-async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
+pub(crate) async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + shared.config.lock_wait;
     loop {
         {

@@ -147,6 +147,8 @@ pub enum Effect {
     SnapshotRollback {
         name: String,
     },
+    /// vzdump, vzrestore, imgdel, prunebackups: ended by `backup::finish`.
+    Storage(crate::backup::Job),
 }
 
 /// One task.
@@ -277,7 +279,7 @@ pub fn normalize_tags(v: &str) -> String {
     set.into_iter().collect::<Vec<_>>().join(";")
 }
 
-fn normalize(vmid: u32, key: &str, v: &str) -> String {
+pub(crate) fn normalize(vmid: u32, key: &str, v: &str) -> String {
     if let Some(idx) = key.strip_prefix("net")
         && !idx.is_empty()
         && idx.chars().all(|c| c.is_ascii_digit())
@@ -366,6 +368,14 @@ impl Host {
 
     fn finish(&mut self, i: usize) {
         let t = self.p.tasks[i].clone();
+        if let Effect::Storage(job) = &t.effect {
+            let exit = crate::backup::finish(self, &t, job);
+            let task = &mut self.p.tasks[i];
+            task.done = true;
+            task.exitstatus = Some(exit);
+            task.endtime = Some(unix_now());
+            return;
+        }
         let vmid = t.vmid;
         let exit = match &t.fail {
             Some(m) => m.clone(),
@@ -443,6 +453,7 @@ impl Host {
                     ct.running = false;
                 }
             }
+            Effect::Storage(_) => {}
             Effect::Resize { disk, size_gib } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid)
                     && let Some(v) = ct.conf.get(disk).cloned()
@@ -468,7 +479,8 @@ impl Host {
         self.p
             .tasks
             .iter()
-            .find(|t| t.vmid == vmid && !t.done && t.node == self.node)
+            // vzdump holds the flock only while it sets `lock: backup` (`lock_vm`).
+            .find(|t| t.vmid == vmid && !t.done && t.node == self.node && t.worker_type != "vzdump")
     }
 
     pub fn local(&self, vmid: u32) -> Result<&Ct, ApiError> {
@@ -1051,7 +1063,9 @@ impl Host {
         };
         let mut o = serde_json::json!({
             "upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
-            "starttime": t.starttime, "type": t.worker_type, "id": t.vmid.to_string(),
+            "starttime": t.starttime, "type": t.worker_type,
+            // The UPID's id field (`101`, `101@local`, or empty for a multi-guest vzdump).
+            "id": t.upid.split(':').nth(6).unwrap_or_default(),
             "user": user, "status": if t.done { "stopped" } else { "running" },
         });
         if let Some(tok) = tokenid {
@@ -1064,6 +1078,9 @@ impl Host {
     }
 
     pub fn task_log(&self, t: &Task) -> Vec<String> {
+        if let Some(lines) = crate::backup::task_log(self, t) {
+            return lines;
+        }
         let mut lines = vec![format!("starting {} for CT {}", t.worker_type, t.vmid)];
         if t.done {
             match t.exitstatus.as_deref() {
