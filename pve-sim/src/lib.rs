@@ -326,6 +326,18 @@ impl RunningSim {
             .filter(|m| m.kind == kind && m.vmid == Some(vmid))
             .count()
     }
+    /// Sets (or with `None` removes) one config line behind the API, as root editing
+    /// `/etc/pve/lxc/<vmid>.conf` would (e.g. a bind mount, which tokens may not add).
+    pub fn edit_config(&self, vmid: u32, key: &str, value: Option<&str>) {
+        let mut h = self.shared.lock();
+        if let Some(ct) = h.p.cts.get_mut(&vmid) {
+            match value {
+                Some(v) => ct.conf.insert(key.to_string(), v.to_string()),
+                None => ct.conf.remove(key),
+            };
+        }
+        self.shared.persist(&h);
+    }
     /// The directory file storages write to (`<dir>/<storage>/dump/vzdump-lxc-...`).
     pub fn storage_dir(&self) -> PathBuf {
         self.shared.lock().layout.root.clone()
