@@ -447,11 +447,19 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                 );
             }
             "--seed-demo" => cfg.guests = demo_guests(),
+            "--storage-dir" => cfg.storage_dir = Some(PathBuf::from(val("--storage-dir")?)),
+            "--storages" => {
+                let p = val("--storages")?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| io_err(&format!("reading {p}"), e))?;
+                cfg.storages = serde_json::from_str(&text)
+                    .map_err(|e| SimError::Config(format!("storages file {p}: {e}")))?;
+            }
             "--cert" => cert = Some(PathBuf::from(val("--cert")?)),
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
                 println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--auth-delay-ms N] [--seed-demo] [--storage-dir DIR] [--storages F.json] [--cert PEM --key PEM]"
                 );
                 return Ok(());
             }

@@ -1579,3 +1579,66 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
     );
     assert_eq!(backups(&base2, "local", 172).await.len(), 0);
 }
+
+/// The command line takes a storage layout and a storage directory.
+#[test]
+fn the_binary_takes_a_storage_layout_and_directory() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("storages.json");
+    std::fs::write(
+        &layout,
+        r#"[{"id":"local","type":"dir","content":["backup","vztmpl"],"total_bytes":1073741824,
+            "templates":["alpine-3.20-default_20240908_amd64.tar.xz"]},
+           {"id":"local-zfs","type":"zfspool","content":["rootdir","images"],"total_bytes":1073741824}]"#,
+    )
+    .unwrap();
+    let store = dir.path().join("store");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pve-sim"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-delay-ms",
+            "0",
+            "--storages",
+        ])
+        .arg(&layout)
+        .arg("--storage-dir")
+        .arg(&store)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap();
+    let url = url.strip_prefix("listening ").unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let list = rt.block_on(get(&url, "/nodes/pve1/storage", &[]));
+    let types: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["dir", "zfspool"]);
+    let tmpl = rt.block_on(get(&url, "/nodes/pve1/storage/local/content", &[]));
+    assert_eq!(
+        tmpl[0]["volid"],
+        "local:vztmpl/alpine-3.20-default_20240908_amd64.tar.xz"
+    );
+    assert!(store.join("local/dump").is_dir());
+    child.kill().unwrap();
+    let _ = child.wait();
+    // A broken layout is a clear error, not a panic.
+    std::fs::write(&layout, r#"[{"id":"x","type":"nfs"}]"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pve-sim"))
+        .args(["--listen", "127.0.0.1:0", "--storages"])
+        .arg(&layout)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("storages file") && err.contains("unknown variant"),
+        "{err}"
+    );
+}
