@@ -6,6 +6,7 @@
 //!
 //! It depends on no other Drover crate, so it and `proxmox-client` check each other.
 
+mod archive;
 mod backup;
 mod schema;
 mod server;
@@ -328,6 +329,18 @@ impl RunningSim {
             .filter(|m| m.kind == kind && m.vmid == Some(vmid))
             .count()
     }
+    /// Sets (or with `None` removes) one config line behind the API, as root editing
+    /// `/etc/pve/lxc/<vmid>.conf` would (e.g. a bind mount, which tokens may not add).
+    pub fn edit_config(&self, vmid: u32, key: &str, value: Option<&str>) {
+        let mut h = self.shared.lock();
+        if let Some(ct) = h.p.cts.get_mut(&vmid) {
+            match value {
+                Some(v) => ct.conf.insert(key.to_string(), v.to_string()),
+                None => ct.conf.remove(key),
+            };
+        }
+        self.shared.persist(&h);
+    }
     /// The directory file storages write to (`<dir>/<storage>/dump/vzdump-lxc-...`).
     pub fn storage_dir(&self) -> PathBuf {
         self.shared.lock().layout.root.clone()
@@ -445,13 +458,21 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                 );
             }
             "--seed-demo" => cfg.guests = demo_guests(),
+            "--storage-dir" => cfg.storage_dir = Some(PathBuf::from(val("--storage-dir")?)),
+            "--storages" => {
+                let p = val("--storages")?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| io_err(&format!("reading {p}"), e))?;
+                cfg.storages = serde_json::from_str(&text)
+                    .map_err(|e| SimError::Config(format!("storages file {p}: {e}")))?;
+            }
             "--cert" => cert = Some(PathBuf::from(val("--cert")?)),
             // Writes the certificate in use (PEM) so clients can verify against it as a CA.
             "--write-cert" => write_cert = Some(PathBuf::from(val("--write-cert")?)),
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
                 println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM] [--write-cert PEM]"
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--storage-dir DIR] [--storages F.json] [--cert PEM --key PEM] [--write-cert PEM]"
                 );
                 return Ok(());
             }

@@ -348,7 +348,7 @@ fn admin_route(
 
 /// A synchronous `lock_config` (`PUT config`, create): waits for the CT's config flock up to
 /// `lock_wait` (PVE: 10 s), then "got timeout".
-async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
+pub(crate) async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + shared.config.lock_wait;
     loop {
         {

@@ -155,6 +155,8 @@ pub enum Effect {
     SnapshotRollback {
         name: String,
     },
+    /// vzdump, vzrestore, imgdel, prunebackups: ended by `backup::finish`.
+    Storage(crate::backup::Job),
 }
 
 /// One task.
@@ -311,7 +313,7 @@ pub fn normalize_tags(v: &str) -> String {
     set.into_iter().collect::<Vec<_>>().join(";")
 }
 
-fn normalize(vmid: u32, key: &str, v: &str) -> String {
+pub(crate) fn normalize(vmid: u32, key: &str, v: &str) -> String {
     if let Some(idx) = key.strip_prefix("net")
         && !idx.is_empty()
         && idx.chars().all(|c| c.is_ascii_digit())
@@ -695,7 +697,10 @@ impl Host {
                     return Err(msg);
                 }
             }
-            Effect::Create { .. } | Effect::Destroy | Effect::Resize { .. } => {}
+            Effect::Create { .. }
+            | Effect::Destroy
+            | Effect::Resize { .. }
+            | Effect::Storage(_) => {}
         }
         Ok(())
     }
@@ -704,6 +709,14 @@ impl Host {
     /// its effect is applied; the config lock it set is released either way.
     fn end_task(&mut self, i: usize, at: u64, fail: Option<String>) {
         let t = self.p.tasks[i].clone();
+        if let Effect::Storage(job) = &t.effect {
+            let exit = crate::backup::finish(self, &t, job);
+            let task = &mut self.p.tasks[i];
+            task.done = true;
+            task.exitstatus = Some(exit);
+            task.endtime = Some(unix_now());
+            return;
+        }
         let vmid = t.vmid;
         let fail = fail.or(t.fail.clone());
         if let Some(l) = &t.conf_lock
@@ -863,6 +876,7 @@ impl Host {
                     ct.pid = 0;
                 }
             }
+            Effect::Storage(_) => {}
             Effect::Resize { disk, size_gib } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid)
                     && let Some(v) = ct.conf.get(disk).cloned()
@@ -911,6 +925,9 @@ impl Host {
                 && !t.done
                 && t.node == self.node
                 && t.started_ms.is_some()
+                // Storage workers (vzdump, restore, imgdel) guard the CT with its config
+                // `lock` (`backup`, `create`), not by holding the flock (`backup.rs`).
+                && !matches!(t.effect, Effect::Storage(_))
                 && !matches!(
                     t.effect,
                     Effect::SnapshotCreate { .. }
@@ -1057,7 +1074,14 @@ impl Host {
             log: Vec::new(),
             conf_lock: None,
         });
-        self.start_waiters(vmid, now);
+        if matches!(self.p.tasks.last().map(|t| &t.effect), Some(Effect::Storage(_))) {
+            // Storage workers run at once (they lock the CT through its config `lock`).
+            let i = self.p.tasks.len() - 1;
+            self.p.tasks[i].started_ms = Some(now);
+            self.p.tasks[i].ends_at_ms = duration_ms.map(|d| now + d);
+        } else {
+            self.start_waiters(vmid, now);
+        }
         // Keep the task list bounded on long runs.
         if self.p.tasks.len() > 5000 {
             let keep_from = self.p.tasks.len() - 4000;
@@ -1819,7 +1843,9 @@ impl Host {
         };
         let mut o = serde_json::json!({
             "upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
-            "starttime": t.starttime, "type": t.worker_type, "id": t.vmid.to_string(),
+            "starttime": t.starttime, "type": t.worker_type,
+            // The UPID's id field (`101`, `101@local`, or empty for a multi-guest vzdump).
+            "id": t.upid.split(':').nth(6).unwrap_or_default(),
             "user": user, "status": if t.done { "stopped" } else { "running" },
         });
         if let Some(tok) = tokenid {
@@ -1834,6 +1860,9 @@ impl Host {
     /// The task log: what the worker printed, a waiting worker's "trying to acquire lock...",
     /// and the closing `TASK OK` / `TASK ERROR: ...` once it ended.
     pub fn task_log(&self, t: &Task) -> Vec<String> {
+        if let Some(lines) = crate::backup::task_log(self, t) {
+            return lines;
+        }
         let mut lines = t.log.clone();
         if t.started_ms.is_none() && !t.done {
             lines.push("trying to acquire lock...".into());

@@ -774,24 +774,31 @@ pub fn feature(
 }
 
 /// ZFS rollback: `can't rollback, '<snap>' is not most recent snapshot on '<volid>'`.
-/// "Most recent" is the latest `snaptime`; within one second the config's `parent` (the last
-/// snapshot taken) decides.
+/// "Most recent" is the snapshot whose successful `vzsnapshot` task ended last (snapshot
+/// times have only seconds).
 pub fn rollback_blocker(host: &Host, ct: &Ct, snap: &str) -> Option<String> {
     let target = ct.snapshots.get(snap)?;
-    let newest_time = ct.snapshots.values().map(|s| s.snaptime).max()?;
-    let tied: Vec<&String> = ct
-        .snapshots
+    let newest = host
+        .p
+        .tasks
         .iter()
-        .filter(|(_, s)| s.snaptime == newest_time)
-        .map(|(n, _)| n)
-        .collect();
-    let is_newest = target.snaptime == newest_time
-        && (tied.len() == 1
-            || ct
-                .conf
-                .get("parent")
-                .is_none_or(|p| p == snap || !tied.contains(&p)));
-    if is_newest {
+        .filter(|t| t.vmid == ct.vmid && t.done && t.exitstatus.as_deref() == Some("OK"))
+        .filter_map(|t| match &t.effect {
+            crate::state::Effect::SnapshotCreate { name, .. }
+                if ct.snapshots.contains_key(name) =>
+            {
+                Some(name.as_str())
+            }
+            _ => None,
+        })
+        .next_back()
+        .or_else(|| {
+            ct.snapshots
+                .iter()
+                .max_by_key(|(_, s)| s.snaptime)
+                .map(|(n, _)| n.as_str())
+        })?;
+    if newest == snap {
         return None;
     }
     config_volumes(&target.conf)

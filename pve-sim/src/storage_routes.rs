@@ -21,6 +21,13 @@ pub async fn route(
     params: &BTreeMap<String, String>,
     user: &str,
 ) -> Option<Result<Value, ApiError>> {
+    if let ["storage", s] = seg {
+        // The storage config needs Datastore.Allocate, which the sim's tokens lack.
+        return Some(Err(ApiError::new(
+            403,
+            format!("Permission check failed (/storage/{s}, Datastore.Allocate)"),
+        )));
+    }
     let ["nodes", n, rest @ ..] = seg else {
         return None;
     };
