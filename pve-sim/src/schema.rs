@@ -331,105 +331,81 @@ pub fn split_list(v: &str) -> impl Iterator<Item = &str> {
 }
 
 fn check_one_format(name: &str, v: &str) -> Result<(), String> {
-    match name {
-        "pve-configid" => {
-            if !is_configid(v) {
-                return Err(format!("invalid configuration ID '{v}'"));
-            }
+    let err = match name {
+        "pve-configid" if !is_configid(v) => format!("invalid configuration ID '{v}'"),
+        "dns-name" if !is_dns_name(v) => "value does not look like a valid DNS name".into(),
+        "pve-tag" if !is_tag(v) => "invalid characters in tag".into(),
+        "lxc-ip-with-ll-iface" if !is_ip(v.split_once('%').map_or(v, |(a, _)| a)) => {
+            "value does not look like a valid IP address".into()
         }
-        "dns-name" => {
-            if !is_dns_name(v) {
-                return Err("value does not look like a valid DNS name".into());
-            }
+        "ipv4" if v.parse::<Ipv4Addr>().is_err() => {
+            "value does not look like a valid IPv4 address".into()
         }
-        "pve-tag" => {
-            let mut c = v.chars();
-            let ok = c
-                .next()
-                .is_some_and(|f| f.is_ascii_alphanumeric() || f == '_')
-                && c.all(|x| x.is_ascii_alphanumeric() || "_-+.".contains(x));
-            if !ok {
-                return Err("invalid characters in tag".into());
-            }
+        "ipv6" if v.parse::<Ipv6Addr>().is_err() => {
+            "value does not look like a valid IPv6 address".into()
         }
-        "lxc-ip-with-ll-iface" => {
-            let ip = v.split_once('%').map_or(v, |(a, _)| a);
-            if ip.parse::<Ipv4Addr>().is_err() && ip.parse::<Ipv6Addr>().is_err() {
-                return Err("value does not look like a valid IP address".into());
-            }
+        "pve-ipv4-config" if !matches!(v, "dhcp" | "manual") && !is_cidr(v, false) => {
+            "value does not look like a valid ipv4 network configuration".into()
         }
-        "ipv4" => {
-            if v.parse::<Ipv4Addr>().is_err() {
-                return Err("value does not look like a valid IPv4 address".into());
-            }
+        "pve-ipv6-config" if !matches!(v, "auto" | "dhcp" | "manual") && !is_cidr(v, true) => {
+            "value does not look like a valid ipv6 network configuration".into()
         }
-        "ipv6" => {
-            if v.parse::<Ipv6Addr>().is_err() {
-                return Err("value does not look like a valid IPv6 address".into());
-            }
+        "mac-addr" if !is_unicast_mac(v) => {
+            "value does not look like a valid unicast MAC address".into()
         }
-        "pve-ipv4-config" => {
-            if !matches!(v, "dhcp" | "manual") && !is_cidr(v, false) {
-                return Err("value does not look like a valid ipv4 network configuration".into());
-            }
+        "disk-size" if parse_size(v).is_none() => {
+            format!("value does not look like a valid disk size: {v}")
         }
-        "pve-ipv6-config" => {
-            if !matches!(v, "auto" | "dhcp" | "manual") && !is_cidr(v, true) {
-                return Err("value does not look like a valid ipv6 network configuration".into());
-            }
-        }
-        "mac-addr" => {
-            let parts: Vec<&str> = v.split(':').collect();
-            let hex_ok = parts.len() == 6
-                && parts
-                    .iter()
-                    .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-            // Unicast: the lowest bit of the first octet is clear.
-            let unicast =
-                u8::from_str_radix(parts.first().unwrap_or(&"01"), 16).is_ok_and(|b| b & 1 == 0);
-            if !hex_ok || !unicast {
-                return Err("value does not look like a valid unicast MAC address".into());
-            }
-        }
-        "disk-size" => {
-            if parse_size(v).is_none() {
-                return Err(format!("value does not look like a valid disk size: {v}"));
-            }
-        }
-        "pve-volume-id" => {
-            let ok = v
+        "pve-volume-id"
+            if !v
                 .split_once(':')
-                .is_some_and(|(s, rest)| is_storage_id(s) && !rest.is_empty());
-            if !ok {
-                return Err(format!("unable to parse volume ID '{v}'"));
-            }
+                .is_some_and(|(s, rest)| is_storage_id(s) && !rest.is_empty()) =>
+        {
+            format!("unable to parse volume ID '{v}'")
         }
-        "pve-storage-id" => {
-            if !is_storage_id(v) {
-                return Err(format!("storage ID '{v}' contains illegal characters"));
-            }
+        "pve-storage-id" if !is_storage_id(v) => {
+            format!("storage ID '{v}' contains illegal characters")
         }
-        "pve-node" => {
-            if !is_dns_label(v) {
-                return Err(format!("value '{v}' does not look like a valid node name"));
-            }
+        "pve-node" if !is_dns_label(v) => {
+            format!("value '{v}' does not look like a valid node name")
         }
-        "pve-startup-order" => {
-            let ok = v.split(',').filter(|p| !p.is_empty()).all(|p| {
-                let n = p
-                    .strip_prefix("order=")
-                    .or_else(|| p.strip_prefix("up="))
-                    .or_else(|| p.strip_prefix("down="))
-                    .unwrap_or(p);
-                is_integer(n) && !n.starts_with('-')
-            });
-            if !ok {
-                return Err("unable to parse startup options".into());
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+        "pve-startup-order" if !is_startup_order(v) => "unable to parse startup options".into(),
+        _ => return Ok(()),
+    };
+    Err(err)
+}
+
+fn is_tag(v: &str) -> bool {
+    let mut c = v.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphanumeric() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || "_-+.".contains(x))
+}
+
+fn is_ip(v: &str) -> bool {
+    v.parse::<Ipv4Addr>().is_ok() || v.parse::<Ipv6Addr>().is_ok()
+}
+
+/// Six hex pairs, and unicast: the lowest bit of the first octet is clear.
+fn is_unicast_mac(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && u8::from_str_radix(parts[0], 16).is_ok_and(|b| b & 1 == 0)
+}
+
+/// `[[order=]N][,up=N][,down=N]`.
+fn is_startup_order(v: &str) -> bool {
+    v.split(',').filter(|p| !p.is_empty()).all(|p| {
+        let n = p
+            .strip_prefix("order=")
+            .or_else(|| p.strip_prefix("up="))
+            .or_else(|| p.strip_prefix("down="))
+            .unwrap_or(p);
+        is_integer(n) && !n.starts_with('-')
+    })
 }
 
 /// `$CONFIGID_RE = qr/[a-z][a-z0-9_-]+/i` (JSONSchema.pm): `pre-upgrade` is valid.

@@ -1074,7 +1074,10 @@ impl Host {
             log: Vec::new(),
             conf_lock: None,
         });
-        if matches!(self.p.tasks.last().map(|t| &t.effect), Some(Effect::Storage(_))) {
+        if matches!(
+            self.p.tasks.last().map(|t| &t.effect),
+            Some(Effect::Storage(_))
+        ) {
             // Storage workers run at once (they lock the CT through its config `lock`).
             let i = self.p.tasks.len() - 1;
             self.p.tasks[i].started_ms = Some(now);
