@@ -136,6 +136,9 @@ pub enum Effect {
     Create {
         conf: BTreeMap<String, String>,
         start: bool,
+        /// The template volume (its file name appears in the worker's log).
+        #[serde(default)]
+        ostemplate: String,
     },
     Start,
     Stop,
@@ -764,7 +767,11 @@ impl Host {
         let now = unix_now();
         let mut log = Vec::new();
         match effect {
-            Effect::Create { conf, start } => {
+            Effect::Create {
+                conf,
+                start,
+                ostemplate,
+            } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid) {
                     ct.conf = conf.clone();
                     ct.running = *start;
@@ -783,7 +790,11 @@ impl Host {
                     }
                 }
                 log.push("Creating filesystem with 2097152 4k blocks and 524288 inodes".into());
-                log.push("extracting archive '/var/lib/vz/template/cache/template.tar.zst'".into());
+                // `local:vztmpl/X` lives in the storage's template cache directory.
+                let file = ostemplate.rsplit('/').next().unwrap_or("template.tar.zst");
+                log.push(format!(
+                    "extracting archive '/var/lib/vz/template/cache/{file}'"
+                ));
                 log.push("Total bytes read: 529643520 (506MiB, 211MiB/s)".into());
                 log.push(format!(
                     "Detected container architecture: {}",
@@ -1208,7 +1219,17 @@ impl Host {
                 pid: 0,
             },
         );
-        Ok(self.new_task("vzcreate", vmid, user, Effect::Create { conf, start }))
+        let ostemplate = params.get("ostemplate").cloned().unwrap_or_default();
+        Ok(self.new_task(
+            "vzcreate",
+            vmid,
+            user,
+            Effect::Create {
+                conf,
+                start,
+                ostemplate,
+            },
+        ))
     }
 
     pub(crate) fn check_lock(ct: &Ct) -> Result<(), ApiError> {
