@@ -136,6 +136,8 @@ pub(crate) struct Shared {
     pub host: Mutex<state::Host>,
     pub config: SimConfig,
     pub requests: AtomicU64,
+    /// TLS connections accepted (a client that does not reuse connections shows here).
+    pub connections: AtomicU64,
     pub cert: Mutex<server::CertState>,
     /// A storage directory the simulator made itself (removed on drop).
     pub owned_storage_dir: Option<PathBuf>,
@@ -234,6 +236,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         host: Mutex::new(host),
         config: cfg,
         requests: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         cert: Mutex::new(cert),
         owned_storage_dir,
     });
@@ -367,6 +370,10 @@ impl RunningSim {
     /// API requests served so far (all of `/api2/json`).
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+    /// TLS connections accepted so far.
+    pub fn tls_connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {

@@ -105,6 +105,9 @@ pub async fn serve(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            shared
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move {
