@@ -14,3 +14,4 @@ pub mod planner;
 pub mod privileges;
 pub mod pve;
 pub mod recovery;
+pub mod task_estimate;
