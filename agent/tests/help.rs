@@ -173,3 +173,43 @@ fn the_packaged_completions_are_generated_from_the_command_line() {
         }
     }
 }
+
+/// `drover sim -- --help` explains every option, and the simulator prints the token it
+/// accepts, named as pve-setup.sh names it on that node and as the example drover.toml has it.
+#[test]
+fn the_simulator_explains_itself_and_prints_its_token() {
+    let help = drover(&["sim", "--", "--help"]);
+    assert!(help.lines().count() > 10, "{help}");
+    for opt in [
+        "--listen",
+        "--node",
+        "--token-id",
+        "--seed-demo",
+        "--write-cert",
+    ] {
+        assert!(help.contains(opt), "{opt} missing:\n{help}");
+    }
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .args(["sim", "--", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = BTreeMap::new();
+    for _ in 0..4 {
+        let l = lines.next().unwrap().unwrap();
+        let (k, v) = l.split_once(' ').unwrap();
+        got.insert(k.to_string(), v.to_string());
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(got["token_id"], "drover@pve!pve1");
+    assert_eq!(got["token_secret"], pve_sim::DEFAULT_TOKEN_SECRET);
+    let example = std::fs::read_to_string(deploy("drover.toml")).unwrap();
+    assert!(
+        example.contains(&format!("token_id = \"{}\"", got["token_id"])),
+        "deploy/drover.toml and the simulator name the token differently"
+    );
+}

@@ -26,8 +26,10 @@ use rand::SeedableRng;
 pub use state::{Faults, Mutation, SeedGuest};
 pub use storage::{SimStorage, StorageFaults, StorageType, Volume};
 
-/// The token every default simulator accepts.
-pub const DEFAULT_TOKEN_ID: &str = "drover@pve!agent";
+/// The token every default simulator accepts: the one `deploy/pve-setup.sh` creates on node
+/// `pve1` (one token per node, `drover@pve!<node>`), as the operator guide and the example
+/// `drover.toml` name it.
+pub const DEFAULT_TOKEN_ID: &str = "drover@pve!pve1";
 /// Its secret (a fixed test value).
 pub const DEFAULT_TOKEN_SECRET: &str = "5f3c8a52-6d1e-4b7a-9c0f-7e2d1a9b3c4d";
 
@@ -401,15 +403,46 @@ impl Drop for Shared {
     }
 }
 
-/// The `pve-sim` command line (also `drover sim`). Prints `listening https://ADDR` and
-/// `fingerprint AA:..` on stdout, then serves until SIGTERM/SIGINT.
+/// What `--help` prints.
+const USAGE: &str = "\
+pve-sim (also `drover sim --`): a simulated Proxmox VE node for trying and testing Drover.
+
+Usage: pve-sim [OPTIONS]
+
+Options:
+  --listen ADDR             address to serve https on (default: a free port on
+                            127.0.0.1; the address is printed)
+  --node NAME               the node's name (default pve1)
+  --token-id ID             the API token accepted (default drover@pve!<node>, as
+                            pve-setup.sh names it)
+  --token-secret-file F     read the token's secret from F (default: a fixed test secret)
+  --state-file F            keep guests, tasks and volumes in F across restarts
+  --faults F.json           inject latency, errors, resets and stuck tasks
+  --task-ms N               how long a task runs (milliseconds)
+  --lock-wait-ms N          how long a mutation waits for a guest's config lock
+  --auth-delay-ms N         delay of a refused authentication (PVE: about 3 s)
+  --seed-demo               start with two demo guests (101 dns-1, 102 web-1)
+  --storage-dir DIR         back the storages' volumes by files under DIR
+  --storages F.json         the storages to offer
+  --cert PEM --key PEM      serve this certificate (default: a new self-signed one)
+  --write-cert PEM          write the certificate served to PEM (to pin or trust it)
+  -h, --help                this text
+
+On start it prints `listening URL`, `fingerprint SHA256`, `token_id ID` and
+`token_secret SECRET` (one per line) for drover.toml's [proxmox] section, then serves until
+SIGTERM or Ctrl-C.
+";
+
+/// The `pve-sim` command line (also `drover sim`). Prints `listening https://ADDR`,
+/// `fingerprint AA:..`, `token_id ...` and `token_secret ...` on stdout, then serves until
+/// SIGTERM/SIGINT.
 pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     let mut cfg = SimConfig {
         auth_fail_delay: Duration::from_secs(3),
         ..SimConfig::default()
     };
     let mut it = args.into_iter();
-    let mut token_id = DEFAULT_TOKEN_ID.to_string();
+    let mut token_id = None;
     let mut secret = DEFAULT_TOKEN_SECRET.to_string();
     let mut cert = None;
     let mut key = None;
@@ -427,7 +460,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                     .map_err(|e| SimError::Config(format!("--listen {v}: {e}")))?;
             }
             "--node" => cfg.node = val("--node")?,
-            "--token-id" => token_id = val("--token-id")?,
+            "--token-id" => token_id = Some(val("--token-id")?),
             "--token-secret-file" => {
                 let p = val("--token-secret-file")?;
                 secret = std::fs::read_to_string(&p)
@@ -478,9 +511,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
             "--write-cert" => write_cert = Some(PathBuf::from(val("--write-cert")?)),
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
-                println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--storage-dir DIR] [--storages F.json] [--cert PEM --key PEM] [--write-cert PEM]"
-                );
+                print!("{USAGE}");
                 return Ok(());
             }
             other => {
@@ -493,9 +524,10 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     if let (Some(cert_pem), Some(key_pem)) = (cert, key) {
         cfg.tls = SimTls::Files { cert_pem, key_pem };
     }
+    let token_id = token_id.unwrap_or_else(|| format!("drover@pve!{}", cfg.node));
     cfg.tokens = vec![SimToken {
-        id: token_id,
-        secret,
+        id: token_id.clone(),
+        secret: secret.clone(),
     }];
     let sim = start(cfg).await?;
     if let Some(path) = &write_cert {
@@ -504,6 +536,8 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     }
     println!("listening {}", sim.base_url());
     println!("fingerprint {}", sim.fingerprint());
+    println!("token_id {token_id}");
+    println!("token_secret {secret}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
