@@ -19,7 +19,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::local_file::LocalFileError,
     },
     #[error("config {path}, line {line}{key}: {message}")]
     Syntax {
@@ -181,12 +181,22 @@ fn default_max_parallel() -> usize {
     3
 }
 
+/// Largest config file read: a real one is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let bytes = crate::local_file::read_regular(path, MAX_CONFIG_BYTES).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_err(crate::local_file::LocalFileError::Io {
+                path: path.display().to_string(),
+                message: "not UTF-8 text".into(),
+            })
         })?;
         Config::parse(&text, path)
     }

@@ -14,6 +14,7 @@ pub mod desired;
 pub mod engine;
 pub mod hub;
 pub mod lanes;
+pub mod local_file;
 pub mod logging;
 pub mod metrics;
 pub mod model;
