@@ -16,7 +16,7 @@ use gate::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::approval_files::{self, Candidate, write_atomic};
+use crate::approval::files::{self, Candidate, write_atomic};
 
 /// Default validity of a request.
 pub const DEFAULT_TTL_SECS: i64 = 3600;
@@ -74,7 +74,7 @@ struct Reported {
 impl Reported {
     fn load(path: &Path) -> Reported {
         let mut r = Reported::default();
-        let Ok(bytes) = approval_files::read_capped(path, 1024 * 1024) else {
+        let Ok(bytes) = files::read_capped(path, 1024 * 1024) else {
             return r;
         };
         let Ok(rows) = serde_json::from_slice::<Vec<(String, String)>>(&bytes) else {
@@ -168,21 +168,19 @@ impl Approvals {
         audit: &dyn Fn(Decision),
     ) -> std::io::Result<Lookup> {
         let own_name = Self::request_name(action);
-        let pending_nonce = approval_files::read_capped(
-            &self.request_path(action),
-            approval_files::MAX_PAYLOAD_BYTES,
-        )
-        .ok()
-        .and_then(|b| ApprovalPayload::parse(&b).ok())
-        .map(|p| p.nonce);
+        let pending_nonce =
+            files::read_capped(&self.request_path(action), files::MAX_PAYLOAD_BYTES)
+                .ok()
+                .and_then(|b| ApprovalPayload::parse(&b).ok())
+                .map(|p| p.nonce);
         for dir in &self.candidate_dirs() {
             let (candidates, problems) =
-                approval_files::scan_preferring(dir, std::slice::from_ref(&own_name));
+                files::scan_preferring(dir, std::slice::from_ref(&own_name));
             for p in &problems {
                 self.report_problem(p, audit);
             }
             for c in candidates {
-                if crate::trust::is_trust_document(&c.payload) {
+                if crate::approval::trust::is_trust_document(&c.payload) {
                     // A signed trust rotation travels the same way; `trust` applies it.
                     continue;
                 }
@@ -255,7 +253,7 @@ impl Approvals {
             .filter_map(|(p, _)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
             .collect();
         for dir in &self.candidate_dirs() {
-            approval_files::visit(
+            files::visit(
                 dir,
                 &pending,
                 MAX_REPORTED,
@@ -272,7 +270,7 @@ impl Approvals {
         planned: &std::collections::HashSet<(u32, String)>,
         audit: &dyn Fn(Decision),
     ) {
-        if crate::trust::is_trust_document(&c.payload) {
+        if crate::approval::trust::is_trust_document(&c.payload) {
             return;
         }
         let named = c
@@ -318,7 +316,7 @@ impl Approvals {
 
     /// A file that could not be read as an approval (a FIFO, a device, too large): logged and
     /// audited once with its code.
-    fn report_problem(&self, p: &approval_files::FileProblem, audit: &dyn Fn(Decision)) {
+    fn report_problem(&self, p: &files::FileProblem, audit: &dyn Fn(Decision)) {
         let name = p.path.display().to_string();
         if !self.first_report_keyed(name.as_bytes(), p.message.as_bytes(), &[], p.code) {
             return;
@@ -449,7 +447,7 @@ impl Approvals {
         now: i64,
     ) -> std::io::Result<Lookup> {
         let path = self.request_path(action);
-        if let Ok(bytes) = approval_files::read_capped(&path, approval_files::MAX_PAYLOAD_BYTES)
+        if let Ok(bytes) = files::read_capped(&path, files::MAX_PAYLOAD_BYTES)
             && let Ok(p) = ApprovalPayload::parse(&bytes)
             && p.expires_at > now + RENEW_MARGIN_SECS
             && gate::render_request(
@@ -501,8 +499,7 @@ impl Approvals {
             for e in rd.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "txt")
-                    && let Ok(b) =
-                        approval_files::read_capped(&p, approval_files::MAX_PAYLOAD_BYTES)
+                    && let Ok(b) = files::read_capped(&p, files::MAX_PAYLOAD_BYTES)
                 {
                     out.push((p, String::from_utf8_lossy(&b).into_owned()));
                 }
