@@ -230,3 +230,50 @@ async fn junk_approvals_hide_nothing_and_are_audited_once() {
     assert_eq!(h.sim.count_mutations("destroy", 401), 1);
     assert_eq!(audited(&h, "000-junk-"), 300);
 }
+
+/// 1,100 idle connections on the control socket, under systemd's default soft limit of 1,024
+/// file handles: the daemon keeps reading PVE and the desired document, and `drover status`
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_socket_connections_exhaust_nothing() {
+    let h = Host::start(vec![seed(401, true, 256)]).await;
+    h.desired(&format!("revision = 1\n{}", guest(401, "running", 256)));
+    let log = h.root().join("daemon.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "ulimit -n 1024 && exec {} --config {} run",
+            env!("CARGO_BIN_EXE_drover"),
+            h.config().display()
+        ))
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    let d = common::Daemon {
+        child: cmd.spawn().unwrap(),
+        log,
+    };
+    h.status_json(Duration::from_secs(20)).await;
+    let sock = h.root().join("drover.sock");
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        match std::os::unix::net::UnixStream::connect(&sock) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connecting: {e}"),
+        }
+    }
+    // The document changes while the connections are held: the daemon must still read it
+    // and PVE.
+    h.desired(&format!("revision = 2\n{}", guest(401, "running", 768)));
+    eventually(&d, Duration::from_secs(20), "the change applied", || {
+        h.sim.guest(401).unwrap().memory == 768
+    })
+    .await;
+    let st = h.status_json(Duration::from_secs(15)).await;
+    assert_eq!(st["desired"]["revision"], 2, "{st}");
+    assert!(st["source"]["error_code"].is_null(), "{st}");
+    drop(idle);
+    assert!(d.stop().await.success());
+}

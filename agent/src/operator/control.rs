@@ -47,12 +47,26 @@ struct Ctx {
     engine: Engine,
 }
 
-/// Serves the control API on `path` until `shutdown` resolves.
+/// At most this many connections are served at once; more are answered `busy` and closed at
+/// once, so a flood of idle clients can never take the file handles PVE calls and the journal
+/// need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request head within this time (an idle connection is closed).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// No connection lives longer (a plan reads PVE, which takes seconds, not minutes).
+pub const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Largest request head (request line and headers) read.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Serves the control API on `path` until `shutdown` resolves: one request per connection,
+/// at most [`MAX_CONNECTIONS`] at once, [`HEADER_TIMEOUT`] to send the head, bodies capped at
+/// 256 KiB.
 pub async fn serve(
     path: &Path,
     engine: Engine,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -64,9 +78,54 @@ pub async fn serve(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     }
     let app = router(engine);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file handles (EMFILE) or similar: wait for some to be freed
+                    // rather than spinning.
+                    tracing::warn!(socket = %path.display(), "control socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: say so without waiting for the client, and free the handle.
+            let body = json!({
+                "code": "busy",
+                "message": format!("the control socket already serves {MAX_CONNECTIONS} connections; try again"),
+            })
+            .to_string();
+            let reply = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.try_write(reply.as_bytes());
+            tracing::debug!("control socket busy: connection refused");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(CONNECTION_DEADLINE, conn)
+                .await
+                .is_err()
+            {
+                tracing::debug!("control connection closed at its deadline");
+            }
+            drop(slot);
+        });
+    }
 }
 
 fn router(engine: Engine) -> Router {
