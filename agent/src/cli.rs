@@ -101,6 +101,7 @@ pub async fn run(path: &Path, once: bool) -> anyhow::Result<ExitCode> {
     Ok(match result {
         RunResult::Converged => ExitCode::SUCCESS,
         RunResult::Pending => ExitCode::from(2),
+        RunResult::NoDocument => ExitCode::from(1),
     })
 }
 

@@ -389,6 +389,19 @@ async fn reconcile(
         Ok(t) => t,
         Err(r) => return *r,
     };
+    if let Some(vmid) = t.vmid {
+        let managed = c
+            .engine
+            .desired()
+            .is_some_and(|d| d.doc.guests.contains_key(&vmid));
+        if !managed {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_guest",
+                format!("CT {vmid} is not in the desired document; there is nothing to reconcile"),
+            );
+        }
+    }
     c.engine.trigger(t.vmid);
     Json(json!({"triggered": t.vmid})).into_response()
 }
