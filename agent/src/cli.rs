@@ -23,27 +23,44 @@ use crate::store::Store;
 pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
-    let secret = daemon::resolve_credential(&config.proxmox.token_secret_file, &config.path);
-    if let Err(e) = std::fs::metadata(&secret) {
-        problems.push(format!("token secret {}: {e}", secret.display()));
+    // The secret and id exactly as `run` will read them.
+    let (token_problems, token_warnings) = crate::service::preflight::check_token(&config);
+    for w in &token_warnings {
+        eprintln!("drover: warning: {w}");
     }
+    problems.extend(token_problems.iter().map(ToString::to_string));
+    const MAX_PEM: u64 = 1024 * 1024;
+    let mut tls_ok = true;
     match daemon::tls_from_config(&config) {
-        Err(e) => problems.push(format!("{e:#}")),
+        Err(e) => {
+            tls_ok = false;
+            problems.push(format!("{e:#}"))
+        }
         Ok(proxmox_client::TlsTrust::CaFile(p)) => {
-            if let Err(e) = std::fs::read(&p) {
-                problems.push(format!("proxmox.ca_file {}: {e}", p.display()));
+            if let Err(e) = crate::local_file::read_regular(&p, MAX_PEM) {
+                tls_ok = false;
+                problems.push(format!("[{}] proxmox.ca_file {e}", e.code()));
             }
         }
         Ok(proxmox_client::TlsTrust::NodeCertificate { paths, .. })
             if config.proxmox.node_cert_file.is_some() =>
         {
             for p in paths {
-                if let Err(e) = std::fs::read(&p) {
-                    problems.push(format!("proxmox.node_cert_file {}: {e}", p.display()));
+                if let Err(e) = crate::local_file::read_regular(&p, MAX_PEM) {
+                    tls_ok = false;
+                    problems.push(format!("[{}] proxmox.node_cert_file {e}", e.code()));
                 }
             }
         }
         Ok(_) => {}
+    }
+    // Without --offline, PVE itself: the pin, the token, the privileges.
+    let mut pve_checked = None;
+    if !offline && tls_ok && token_problems.is_empty() {
+        match crate::service::preflight::check_pve(&config).await {
+            Ok(line) => pve_checked = Some(line),
+            Err(found) => problems.extend(found.iter().map(ToString::to_string)),
+        }
     }
     match crate::approval::trust::load_file(&config.trust.file) {
         // Not fatal for the agent (benign work continues) but worth saying.
@@ -75,7 +92,14 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         }
     }
     if !problems.is_empty() {
-        anyhow::bail!("config {}: {}", path.display(), problems.join("; "));
+        for p in &problems {
+            eprintln!("drover: {p}");
+        }
+        anyhow::bail!(
+            "config {}: {} problem(s) above would stop a start",
+            path.display(),
+            problems.len()
+        );
     }
     println!(
         "config {} is valid: host {}, fleet {}",
@@ -83,6 +107,9 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         config.host,
         config.fleet
     );
+    if let Some(line) = pve_checked {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@
 //!
 //! It depends on no other Drover crate, so it and `proxmox-client` check each other.
 
+pub mod permissions;
 mod schema;
 mod server;
 mod state;
@@ -76,6 +77,8 @@ pub struct SimConfig {
     pub faults: Faults,
     pub other_nodes: Vec<String>,
     pub guests: Vec<SeedGuest>,
+    /// What `GET /access/permissions` says every token holds; None: every privilege.
+    pub token_privileges: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -95,6 +98,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             other_nodes: Vec::new(),
             guests: Vec::new(),
+            token_privileges: None,
         }
     }
 }

@@ -337,6 +337,7 @@ async fn route(
     // Schema template and path parameters.
     let (template, vmid): (String, Option<u32>) = match seg.as_slice() {
         ["version"] => ("/version".into(), None),
+        ["access", "permissions"] => ("/access/permissions".into(), None),
         ["cluster", "resources"] => ("/cluster/resources".into(), None),
         ["cluster", "nextid"] => ("/cluster/nextid".into(), None),
         ["nodes", n, rest @ ..] => {
@@ -389,6 +390,13 @@ async fn route(
             ));
         }
     };
+    if method == "GET" && template == "/access/permissions" {
+        // Outside the LXC schema the simulator validates against; answered without state.
+        return Ok(crate::permissions::answer(
+            shared.config.token_privileges.as_deref(),
+            params.get("path").map(String::as_str),
+        ));
+    }
     if template != "/version" {
         schema::validate(method, &template, &params).map_err(ApiError::params)?;
     }
