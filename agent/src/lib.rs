@@ -20,6 +20,7 @@ pub mod desired;
 pub mod local_file;
 pub mod model;
 pub mod operator;
+pub mod output;
 pub mod reconcile;
 pub mod service;
 pub mod sim;

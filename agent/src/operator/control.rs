@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::approval::files;
 use crate::approval::requests::Approvals;
+use crate::approval::standing;
 use crate::reconcile::engine::Engine;
 
 /// Default socket path (systemd's `RuntimeDirectory=drover`).
@@ -231,7 +232,9 @@ async fn submit_approval(
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
     let rotation = crate::approval::files::is_trust_document(req.payload.as_bytes());
-    let verdict = if rotation {
+    let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
+    // (code, message, authenticated)
+    let verdict: Result<(), (String, String, bool)> = if rotation {
         gate::verify_rotation(
             &trust,
             req.payload.as_bytes(),
@@ -240,31 +243,61 @@ async fn submit_approval(
             crate::approval::trust::clock_floor(c.engine.store()),
         )
         .map(|_| ())
+        .map_err(|r| (r.code.as_str().to_string(), r.message, r.authenticated))
     } else {
-        gate::verify_offline(
-            &trust,
-            req.payload.as_bytes(),
-            &sigs,
-            crate::clock::unix_now(),
-        )
-        .map(|_| ())
+        // The gate's order: the binding to the agent's own (pending) step comes before any
+        // signature is looked at, and a used nonce is never accepted again.
+        let standing = match parsed.clone() {
+            None => None,
+            Some(p) => {
+                let engine = c.engine.clone();
+                let name = format!("{stem}.txt");
+                tokio::task::spawn_blocking(move || {
+                    let consumed = engine.store().nonce_consumed(&p.nonce).unwrap_or(false);
+                    let pending = engine.approvals().pending();
+                    standing::replay(&p, consumed)
+                        .or_else(|| standing::binding(&p, Some(&name), &pending))
+                })
+                .await
+                .unwrap_or(None)
+            }
+        };
+        match standing {
+            Some(r) => Err((r.code.to_string(), r.message, false)),
+            None => gate::verify_offline(
+                &trust,
+                req.payload.as_bytes(),
+                &sigs,
+                crate::clock::unix_now(),
+            )
+            .map(|_| ())
+            .map_err(|r| (r.code.as_str().to_string(), r.message, r.authenticated)),
+        }
     };
-    if let Err(r) = verdict {
+    if let Err((code, message, authenticated)) = verdict {
         // Refused before it reached the inbox, but still a gate decision: audited, so an
-        // attempt with a stranger's key is on record.
-        let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
+        // attempt with a stranger's key is on record. What an unauthenticated payload names
+        // is only a claim: it is filed under no guest, and the claim goes into the detail.
+        let detail = match (&parsed, authenticated) {
+            (Some(p), false) if !message.contains("unverified") => format!(
+                "{message} (the approval claims {} of CT {}, unverified)",
+                p.op.as_str(),
+                p.vmid
+            ),
+            _ => message.clone(),
+        };
         let d = crate::store::Decision {
-            vmid: parsed.as_ref().map(|p| p.vmid),
+            vmid: parsed.as_ref().filter(|_| authenticated).map(|p| p.vmid),
             op: match (&parsed, rotation) {
                 (_, true) => "rotate_trust".to_string(),
                 (Some(p), false) => p.op.as_str().to_string(),
                 (None, false) => "approval".to_string(),
             },
             allowed: false,
-            code: r.code.as_str().to_string(),
-            message: r.message.clone(),
+            code: code.clone(),
+            message: detail,
             signers: Vec::new(),
-            authenticated: r.authenticated,
+            authenticated,
             source: PathBuf::from(format!("submitted on the control socket as {stem}.txt")),
         };
         c.engine.metrics().gate_decision(&d.code);
@@ -275,11 +308,8 @@ async fn submit_approval(
         {
             c.engine.store().audit(&d);
         }
-        return refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            r.code.as_str(),
-            r.to_string(),
-        );
+        // The code travels in its own field; the message is the sentence alone.
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, &code, message);
     }
     let inbox = c.engine.approvals().inbox_dir.clone();
     let tmp = match tempfile::tempdir() {
