@@ -8,6 +8,7 @@
 
 mod archive;
 mod backup;
+pub mod permissions;
 mod schema;
 mod server;
 mod state;
@@ -89,6 +90,8 @@ pub struct SimConfig {
     /// state file (`<state file>.storage`), else a fresh directory under the system temp
     /// directory that is removed when the simulator is dropped.
     pub storage_dir: Option<PathBuf>,
+    /// What `GET /access/permissions` says every token holds; None: every privilege.
+    pub token_privileges: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -110,6 +113,7 @@ impl Default for SimConfig {
             guests: Vec::new(),
             storages: storage::default_storages(),
             storage_dir: None,
+            token_privileges: None,
         }
     }
 }
