@@ -859,8 +859,15 @@ fn vzdump(h: &mut Host, params: &BTreeMap<String, String>, user: &str) -> Result
             .filter(|t| !t.done && t.node == h.node && t.worker_type == "vzdump")
             .map(|t| t.ends_at_ms)
             .collect::<Vec<_>>();
-    let lock_timeout = other.iter().any(Option::is_none);
-    let behind = other.iter().flatten().max().copied();
+    // A vzdump that never ends outlasts any `lockwait`; with `lockwait=0` any running one does.
+    let no_wait = params.get("lockwait").is_some_and(|w| w == "0");
+    let lock_timeout = other.iter().any(Option::is_none) || (no_wait && !other.is_empty());
+    let behind = other
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .filter(|_| !lock_timeout);
     let mode = params
         .get("mode")
         .cloned()

@@ -1550,6 +1550,36 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
     let st = get(&base, &format!("/nodes/pve1/tasks/{stuck}/status"), &[]).await;
     assert_eq!(st["status"], "running");
 
+    // Behind a vzdump that does end, the next one waits its turn; with lockwait=0 it cannot.
+    let sim3 = sim_with(full_layout(), 150).await;
+    let base3 = sim3.base_url();
+    create_ct(&base3, 173, &[]).await;
+    create_ct(&base3, 174, &[]).await;
+    let (_, v) = call(
+        &base3,
+        Method::POST,
+        "/nodes/pve1/vzdump",
+        &[("vmid", "173"), ("storage", "local")],
+    )
+    .await;
+    let first = v["data"].as_str().unwrap().to_string();
+    let (_, v) = call(
+        &base3,
+        Method::POST,
+        "/nodes/pve1/vzdump",
+        &[("vmid", "174"), ("storage", "local"), ("lockwait", "0")],
+    )
+    .await;
+    let impatient = v["data"].as_str().unwrap().to_string();
+    let (_, exit, log) = vzdump(&base3, &[("vmid", "174"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK", "{log:#?}");
+    assert!(log.contains(&"INFO: trying to get global lock - waiting...".to_string()));
+    assert_eq!(wait_task(&base3, &first).await["exitstatus"], "OK");
+    assert_eq!(
+        wait_task(&base3, &impatient).await["exitstatus"],
+        "unexpected status"
+    );
+
     // A crash, on a simulator of its own (the stuck vzdump above holds the global lock).
     let sim2 = sim_with(full_layout(), 10).await;
     let base2 = sim2.base_url();
