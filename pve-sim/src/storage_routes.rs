@@ -35,6 +35,16 @@ pub async fn route(
         return None;
     }
     let restore = params.get("restore").is_some_and(|r| r == "1");
+    // Most requests are LXC ones: decide before copying anything.
+    let mine = match rest {
+        ["storage", ..] | ["vzdump", ..] => true,
+        ["lxc"] => method == "POST" && restore,
+        ["lxc", _, "feature"] => true,
+        _ => false,
+    };
+    if !mine {
+        return None;
+    }
     let mut params = params.clone();
     params.insert("node".into(), shared.config.node.clone());
     let path = seg.join("/");

@@ -1202,6 +1202,41 @@ async fn a_forced_restore_replaces_the_ct_and_empties_mount_points_outside_the_b
     let (_, c) = config(&base, 141).await;
     assert_eq!(c["data"]["hostname"], "ct140");
     assert_eq!(c["data"]["rootfs"], "local-lvm:vm-141-disk-0,size=8G");
+
+    // Advanced mode (`rootfs` given): only the given volumes, at the given size; and a token's
+    // restore drops raw `lxc.*` keys with a warning (§3 item 4).
+    sim.edit_config(141, "lxc.apparmor.profile", Some("unconfined"));
+    let (_, exit, log) = vzdump(&base, &[("vmid", "141"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK");
+    let v141 = volid_from_log("local", &log);
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "142"),
+            ("ostemplate", &v141),
+            ("storage", "local-lvm"),
+            ("rootfs", "local-lvm:16"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(wait_task(&base, &upid).await["exitstatus"], "WARNINGS: 1");
+    let log = task_log(&base, &upid).await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("skipping custom lxc options, restore manually as root:")),
+        "{log:#?}"
+    );
+    assert_eq!(log.last().unwrap(), "TASK WARNINGS: 1");
+    let (_, c) = config(&base, 142).await;
+    assert_eq!(c["data"]["rootfs"], "local-lvm:vm-142-disk-0,size=16G");
+    assert!(c["data"].get("mp0").is_none(), "{c}");
+    assert!(c["data"].get("lxc.apparmor.profile").is_none(), "{c}");
+    assert_eq!(
+        sim.volume_data("local-lvm:vm-142-disk-0").as_deref(),
+        Some("root v1")
+    );
 }
 
 /// §3 item 1 / §7 pitfall 1: a forced restore that fails in extraction leaves no CT; one
@@ -1670,5 +1705,60 @@ fn the_binary_takes_a_storage_layout_and_directory() {
     assert!(
         err.contains("storages file") && err.contains("unknown variant"),
         "{err}"
+    );
+}
+
+/// A separately running simulator keeps its backups across a restart (state file beside the
+/// storage directory), and the admin endpoint sets volume data for such a process.
+#[tokio::test]
+async fn backups_survive_a_restart_and_volume_data_is_set_through_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || SimConfig {
+        task_duration: Duration::from_millis(10),
+        state_file: Some(dir.path().join("state.json")),
+        ..SimConfig::default()
+    };
+    let sim = pve_sim::start(cfg()).await.unwrap();
+    let base = sim.base_url();
+    create_ct(&base, 180, &[]).await;
+    let r = http()
+        .put(format!("{base}/_sim/volume-data"))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={DEFAULT_TOKEN_ID}={DEFAULT_TOKEN_SECRET}"),
+        )
+        .body(r#"{"volid":"local-lvm:vm-180-disk-0","data":"etc and home"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, exit, log) = vzdump(&base, &[("vmid", "180"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK");
+    let volid = volid_from_log("local", &log);
+    assert!(sim.storage_dir().starts_with(dir.path()));
+    sim.shutdown().await;
+
+    let sim = pve_sim::start(cfg()).await.unwrap();
+    let base = sim.base_url();
+    let list = backups(&base, "local", 180).await;
+    assert_eq!(list[0]["volid"], volid);
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "180"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_task(&base, v["data"].as_str().unwrap()).await["exitstatus"],
+        "OK"
+    );
+    assert_eq!(
+        sim.volume_data("local-lvm:vm-180-disk-1").as_deref(),
+        Some("etc and home")
     );
 }
