@@ -1429,6 +1429,29 @@ async fn snapshot_support_follows_the_storage_and_zfs_rolls_back_only_to_the_new
         ),
         "{log:#?}"
     );
+    // Restoring that archive through a token stops early: the old CT is untouched.
+    let v160 = volid_from_log("local", &log);
+    let (_, v) = call(&base, Method::POST, "/nodes/pve1/lxc/160/status/stop", &[]).await;
+    wait_task(&base, v["data"].as_str().unwrap()).await;
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "160"),
+            ("ostemplate", &v160),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let st = wait_task(&base, v["data"].as_str().unwrap()).await;
+    assert_eq!(
+        st["exitstatus"],
+        "unable to restore CT 160 - restoring 'mp0' to bind mount is only possible for root"
+    );
+    let (_, c) = config(&base, 160).await;
+    assert_eq!(c["data"]["mp0"], "/mnt/host,mp=/mnt/x");
+    assert!(c["data"].get("lock").is_none(), "{c}");
 
     // ZFS: rollback to an older snapshot fails inside the task; to the newest it works.
     for name in ["snap_a", "snap_b"] {
