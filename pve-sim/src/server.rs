@@ -276,14 +276,14 @@ fn admin_route(
             Err(e) => bad(format!("faults: {e}")),
         },
         // Pretend contents of CT volumes (`storage.rs`): `{"volid": "...", "data": "..."}`.
-        ("GET", "volume-data") => ok(json!(shared.lock().p.storage.data).into()),
+        ("GET", "volume-data") => reply(200, "OK", json!({ "data": shared.lock().p.storage.data })),
         ("PUT", "volume-data") => match serde_json::from_slice::<BTreeMap<String, String>>(body) {
             Ok(m) => match (m.get("volid"), m.get("data")) {
                 (Some(v), Some(d)) => {
                     let mut h = shared.lock();
                     h.p.storage.data.insert(v.clone(), d.clone());
                     shared.persist(&h);
-                    ok(Value::Null.into())
+                    reply(200, "OK", json!({ "data": null }))
                 }
                 _ => bad("volume-data: needs \"volid\" and \"data\"".into()),
             },
