@@ -106,13 +106,14 @@ pub async fn route(
         ("GET", "/nodes/{node}/storage/{storage}/content") => {
             let mut h = shared.lock();
             h.advance();
-            storage::content(&h, &sid, &params)
+            storage::content(&h, &sid, &params, backup::may_backup(shared, user))
         }
         ("GET", "/nodes/{node}/storage/{storage}/content/{volume}") => {
             let mut h = shared.lock();
             h.advance();
             let vol = params.get("volume").cloned().unwrap_or_default();
-            storage::volume_info(&h, &sid, &vol)
+            backup::check_archive_access(shared, user, &vol)
+                .and_then(|()| storage::volume_info(&h, &sid, &vol))
         }
         ("GET", "/nodes/{node}/lxc/{vmid}/feature") => {
             let mut h = shared.lock();

@@ -1785,3 +1785,182 @@ async fn backups_survive_a_restart_and_volume_data_is_set_through_the_admin_endp
         Some("etc and home")
     );
 }
+
+/// §2 and §3 item 14: without `VM.Backup` the backup list is silently empty, vzdump fails
+/// inside its task and archives cannot be read; §1.5/§3 item 18: a node that dies
+/// mid-restore leaves only `lock: create`, which blocks every retry; ENOSPC while allocating
+/// the new volumes loses the CT.
+#[tokio::test]
+async fn privileges_a_crash_mid_restore_and_no_space_for_the_new_volumes() {
+    let mut cfg = SimConfig {
+        task_duration: Duration::from_millis(10),
+        storages: full_layout(),
+        ..SimConfig::default()
+    };
+    cfg.tokens.push(pve_sim::SimToken {
+        id: "audit@pve!ro".into(),
+        secret: "ro-secret".into(),
+        vm_backup: false,
+    });
+    let sim = pve_sim::start(cfg).await.unwrap();
+    let base = sim.base_url();
+    create_ct(&base, 190, &[]).await;
+    let (_, _, log) = vzdump(&base, &[("vmid", "190"), ("storage", "local")]).await;
+    let volid = volid_from_log("local", &log);
+
+    let ro = |method: Method, path: String, form: Vec<(&'static str, String)>| {
+        let base = base.clone();
+        async move {
+            let mut req = http()
+                .request(method.clone(), format!("{base}/api2/json{path}"))
+                .header("Authorization", "PVEAPIToken=audit@pve!ro=ro-secret");
+            req = if method == Method::GET || method == Method::DELETE {
+                req.query(&form)
+            } else {
+                req.form(&form)
+            };
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = ro(
+        Method::GET,
+        "/nodes/pve1/storage/local/content".into(),
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let vols: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["volid"].as_str().unwrap())
+        .collect();
+    assert!(!vols.contains(&volid.as_str()), "{vols:?}");
+    assert!(vols.iter().any(|x| x.starts_with("local:vztmpl/")));
+    let (s, v) = ro(
+        Method::GET,
+        "/nodes/pve1/vzdump/extractconfig".into(),
+        vec![("volume", volid.clone())],
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(
+        v["message"],
+        "Permission check failed (/vms/190, VM.Backup)\n"
+    );
+    let (s, _) = ro(
+        Method::DELETE,
+        format!("/nodes/pve1/storage/local/content/{}", enc(&volid)),
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = ro(
+        Method::POST,
+        "/nodes/pve1/lxc".into(),
+        vec![
+            ("vmid", "191".into()),
+            ("restore", "1".into()),
+            ("ostemplate", volid.clone()),
+            ("storage", "local-lvm".into()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = ro(
+        Method::POST,
+        "/nodes/pve1/vzdump".into(),
+        vec![("vmid", "190".into()), ("storage", "local".into())],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(wait_task(&base, &upid).await["exitstatus"], "job errors");
+    assert!(
+        task_log(&base, &upid).await.contains(
+            &"ERROR: Backup of VM 190 failed - Permission check failed (/vms/190, VM.Backup)"
+                .to_string()
+        )
+    );
+
+    // The node dies mid-restore.
+    sim.set_faults(Faults {
+        storage: StorageFaults {
+            restore_crash: [190].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "190"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_task(&base, &upid).await["exitstatus"],
+        "unexpected status"
+    );
+    assert!(
+        !task_log(&base, &upid)
+            .await
+            .iter()
+            .any(|l| l.starts_with("TASK "))
+    );
+    let (_, c) = config(&base, 190).await;
+    let keys: Vec<&String> = c["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["digest", "lock"], "{c}");
+    assert_eq!(c["data"]["lock"], "create");
+    sim.set_faults(Faults::default());
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "190"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 500);
+    assert_eq!(v["message"], "CT is locked (create)\n");
+
+    // No space for the new volumes: the CT is gone.
+    create_ct(&base, 192, &[]).await;
+    let (_, _, log) = vzdump(&base, &[("vmid", "192"), ("storage", "local")]).await;
+    let v192 = volid_from_log("local", &log);
+    sim.set_faults(Faults {
+        storage: StorageFaults {
+            no_space: ["local-lvm".to_string()].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    let (_, v) = restore(
+        &base,
+        &[
+            ("vmid", "192"),
+            ("ostemplate", &v192),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    let st = wait_task(&base, v["data"].as_str().unwrap()).await;
+    assert!(
+        st["exitstatus"]
+            .as_str()
+            .unwrap()
+            .contains("Insufficient free space"),
+        "{st}"
+    );
+    assert_eq!(config(&base, 192).await.0, 500);
+}
