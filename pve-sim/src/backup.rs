@@ -1383,11 +1383,22 @@ fn backup_one(h: &mut Host, t: &Task, job: &VzdumpJob, vmid: u32) -> GuestOutcom
                 .unwrap_or_default();
         let _ = std::fs::write(lp, lines.join("\n") + "\n");
     }
-    let warnings = 0;
+    let mut warnings = 0;
     if let Some(tmpl) = &job.notes_template {
         log(h, &upid, "INFO: adding notes to backup");
-        let notes = render_notes(tmpl, &ct, vmid, &h.node.clone());
-        set_notes(h, &volid, &notes);
+        if h.faults.storage.notes_fail.contains(&vmid) {
+            warnings += 1;
+            log(
+                h,
+                &upid,
+                format!(
+                    "WARN: unable to add notes - unable to open file '{volid}.notes' - Permission denied"
+                ),
+            );
+        } else {
+            let notes = render_notes(tmpl, &ct, vmid, &h.node.clone());
+            set_notes(h, &volid, &notes);
+        }
     }
     if job.protected {
         log(h, &upid, "INFO: marking backup as protected");

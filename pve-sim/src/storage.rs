@@ -237,6 +237,9 @@ pub struct StorageFaults {
     /// ends `unexpected status` and the config holds only `lock: create` (which the API
     /// cannot clear, `safety-nets.md` §1.5).
     pub restore_crash: BTreeSet<u32>,
+    /// Notes cannot be written for backups of these vmids: only a warning, the task ends
+    /// `WARNINGS: 1` and the archive has no notes (`exec_backup_task`).
+    pub notes_fail: BTreeSet<u32>,
 }
 
 /// A volume id `storage:volname` split in two.

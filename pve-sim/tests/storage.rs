@@ -1666,6 +1666,34 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
         "{names:?}"
     );
     assert_eq!(backups(&base2, "local", 172).await.len(), 0);
+    // Notes that cannot be written are only a warning: the archive exists, without notes.
+    sim2.set_faults(Faults {
+        storage: StorageFaults {
+            notes_fail: [173].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    create_ct(&base2, 173, &[]).await;
+    let (_, exit, log) = vzdump(
+        &base2,
+        &[
+            ("vmid", "173"),
+            ("storage", "local"),
+            ("notes-template", "drover:{{vmid}}"),
+        ],
+    )
+    .await;
+    assert_eq!(exit, "WARNINGS: 1", "{log:#?}");
+    assert_eq!(log.last().unwrap(), "TASK WARNINGS: 1");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("WARN: unable to add notes")),
+        "{log:#?}"
+    );
+    let list = backups(&base2, "local", 173).await;
+    assert_eq!(list.len(), 1);
+    assert!(list[0].get("notes").is_none(), "{list:?}");
 }
 
 /// The command line takes a storage layout and a storage directory.
