@@ -64,6 +64,10 @@ pub enum SimTls {
 pub struct SimToken {
     pub id: String,
     pub secret: String,
+    /// Holds `VM.Backup` (with `Datastore.AllocateSpace`), as Drover's role does. Without
+    /// it backups are silently missing from content listings, vzdump fails inside its task
+    /// and archives cannot be read, changed or deleted (`safety-nets.md` §2, §3 item 14).
+    pub vm_backup: bool,
 }
 
 /// How to run the simulator.
@@ -103,6 +107,7 @@ impl Default for SimConfig {
             tokens: vec![SimToken {
                 id: DEFAULT_TOKEN_ID.into(),
                 secret: DEFAULT_TOKEN_SECRET.into(),
+                vm_backup: true,
             }],
             task_duration: Duration::from_millis(50),
             auth_fail_delay: Duration::ZERO,
@@ -500,6 +505,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     cfg.tokens = vec![SimToken {
         id: token_id,
         secret,
+        vm_backup: true,
     }];
     let sim = start(cfg).await?;
     if let Some(path) = &write_cert {

@@ -333,6 +333,20 @@ fn admin_route(
             }
             Err(e) => bad(format!("faults: {e}")),
         },
+        // Pretend contents of CT volumes (`storage.rs`): `{"volid": "...", "data": "..."}`.
+        ("GET", "volume-data") => reply(200, "OK", json!({ "data": shared.lock().p.storage.data })),
+        ("PUT", "volume-data") => match serde_json::from_slice::<BTreeMap<String, String>>(body) {
+            Ok(m) => match (m.get("volid"), m.get("data")) {
+                (Some(v), Some(d)) => {
+                    let mut h = shared.lock();
+                    h.p.storage.data.insert(v.clone(), d.clone());
+                    shared.persist(&h);
+                    reply(200, "OK", json!({ "data": null }))
+                }
+                _ => bad("volume-data: needs \"volid\" and \"data\"".into()),
+            },
+            Err(e) => bad(format!("volume-data: {e}")),
+        },
         ("POST", "guests") => match serde_json::from_slice::<crate::SeedGuest>(body) {
             Ok(g) => {
                 let mut h = shared.lock();
