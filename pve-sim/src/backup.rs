@@ -1502,12 +1502,11 @@ fn restore(
         .cloned()
         .unwrap_or_else(|| "local".into());
     let mut targets = vec![sid.clone()];
-    for (k, v) in params
+    for (_, v) in params
         .iter()
         .filter(|(k, _)| k.as_str() == "rootfs" || storage::is_mp_key(k))
     {
         if let Some((s, _)) = volume_of(v).split_once(':') {
-            let _ = k;
             targets.push(s.to_string());
         }
     }
@@ -1838,14 +1837,13 @@ pub fn finish(h: &mut Host, t: &Task, job: &Job) -> String {
             exit
         }
         Job::Restore(j) => {
-            if let Some(m) = &t.fail {
+            if t.fail.is_some() {
                 // An injected task failure hits the extraction (after the old CT is gone).
                 let mut faults = h.faults.storage.clone();
                 faults.restore_fail.insert(j.vmid);
                 let saved = std::mem::replace(&mut h.faults.storage, faults);
                 let exit = finish_restore(h, t, j);
                 h.faults.storage = saved;
-                let _ = m;
                 return exit;
             }
             finish_restore(h, t, j)
