@@ -10,7 +10,8 @@
 //!   `["stop-101.txt", "stop-101.txt.sig", "destroy-102.txt", "destroy-102.txt.alice.sig"]`.
 //!   Names are `NAME.txt`, `NAME.txt.sig` or `NAME.txt.<signer>.sig` (ASCII letters, digits and
 //!   `._-+@`, no leading dot, at most [`MAX_NAME_LEN`] bytes, at most [`MAX_INDEX_ENTRIES`]).
-//! - `report` (optional): `POST` of the agent's status JSON; 404/405 means "static hub".
+//! - `report.json` (optional): the agent's report ([`crate::report`]), stored with a `PUT`
+//!   (nginx's WebDAV module, an object store); 404/405 means a hub that takes no uploads.
 //!
 //! Nothing from the hub is trusted for what it is: the document only asks (classification and
 //! the gate decide), its signature is checked by the gate, approvals are verified by the gate
@@ -81,7 +82,7 @@ pub struct HubConfig {
     pub max_approval_bytes: usize,
     /// Per approval signature file.
     pub max_approval_signature_bytes: usize,
-    /// Send `POST .../report` at all.
+    /// Send `PUT .../report.json` at all.
     pub report: bool,
     /// Where the agent moves approvals it has used: a listed file identical to one there is
     /// not mirrored again (it would only be refused as replayed on every index change).
@@ -353,16 +354,10 @@ impl HubSource {
                 }
                 Err(e) => return Err(e),
             };
-            let signer = gate::verify_signature(trust, Role::Hub, &bytes, &sig, now).map_err(
-                |rejection| HubError::SignatureInvalid {
-                    url: url.clone(),
-                    rejection,
-                },
-            )?;
-            tracing::debug!(%url, principal = %signer.principal, "hub document signature verified");
+            let principal = verify_document_signature(trust, &url, &bytes, &sig, now)?;
+            tracing::debug!(%url, %principal, "hub document signature verified");
         }
-        let doc = desired::parse(&bytes, &url).map_err(SourceError::from)?;
-        check_revision(&url, doc.revision, last_accepted)?;
+        let doc = accept_document(&url, &bytes, self.cfg.max_document_bytes, last_accepted)?;
         *lock(&self.doc_etag) = new_etag.map(|etag| Remembered {
             etag,
             verified: required,
@@ -458,15 +453,27 @@ impl HubSource {
         Ok(sync)
     }
 
-    /// Sends the agent's status to `{url}/hosts/{host}/report` (one attempt, no retry: the
-    /// next cycle sends a newer one). 404 and 405 mean a static hub and are fine.
-    pub async fn report(&self, status_json: &serde_json::Value) -> Result<ReportOutcome, HubError> {
+    /// `{url}/hosts/{host}/report.json`.
+    pub fn report_url(&self) -> String {
+        format!("{}/report.json", self.base)
+    }
+
+    /// Stores the agent's report as `{url}/hosts/{host}/report.json` with a plain `PUT` (one
+    /// attempt, no retry: the next cycle sends a newer one), which nginx's WebDAV module or an
+    /// object store accept. 404 and 405 mean a hub that takes no uploads and are fine.
+    pub async fn report(&self, report: &crate::report::Report) -> Result<ReportOutcome, HubError> {
         if !self.cfg.report {
             return Ok(ReportOutcome::Disabled);
         }
         let token = self.token()?;
-        let url = format!("{}/report", self.base);
-        let mut req = self.client.post(&url).json(status_json);
+        let url = self.report_url();
+        let body = serde_json::to_vec(report)
+            .map_err(|e| HubError::Config(format!("encoding the report: {e}")))?;
+        let mut req = self
+            .client
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(t) = &token {
             req = req.header(AUTHORIZATION, t.clone());
         }
@@ -589,6 +596,44 @@ impl HubSource {
     }
 }
 
+/// The checks a hub document gets once its bytes are in (the signature aside): the size cap,
+/// the whole-document validation and the rollback rule. `drover fleet publish` runs this same
+/// function on every host's file, so it refuses exactly what the agents would, with the same
+/// codes (`hub_document_too_large`, `desired_invalid`, `desired_rollback`).
+pub fn accept_document(
+    url: &str,
+    bytes: &[u8],
+    cap: usize,
+    last_accepted: Option<u64>,
+) -> Result<desired::DesiredDoc, HubError> {
+    if bytes.len() > cap {
+        return Err(HubError::TooLarge {
+            url: url.to_string(),
+            cap,
+        });
+    }
+    let doc = desired::parse(bytes, url).map_err(SourceError::from)?;
+    check_revision(url, doc.revision, last_accepted)?;
+    Ok(doc)
+}
+
+/// The hub key's signature over a document, checked by the gate as the agent checks it
+/// (`hub_signature_invalid` with the gate's code); the signer's principal on success.
+pub fn verify_document_signature(
+    trust: &TrustStore,
+    url: &str,
+    bytes: &[u8],
+    sig: &[u8],
+    now: i64,
+) -> Result<String, HubError> {
+    gate::verify_signature(trust, Role::Hub, bytes, sig, now)
+        .map(|signer| signer.principal)
+        .map_err(|rejection| HubError::SignatureInvalid {
+            url: url.to_string(),
+            rejection,
+        })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another poll panicked; the remembered value is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -631,7 +676,8 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
     rustls_error(inner)
 }
 
-fn valid_host_name(h: &str) -> bool {
+/// A host name usable as one path segment of the hub (`hosts/<host>/`).
+pub fn valid_host_name(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 64
         && !h.starts_with('.')
