@@ -10,7 +10,7 @@
 //! - `hosts/<host>/approvals/`: signed approvals and trust rotations, with `index.json`
 //!   regenerated from the files present (`fleet publish`, `fleet add-approvals`).
 //! - `hosts/<host>/report.json`: the agent's report, stored by the server (WebDAV `PUT`);
-//!   read by `fleet status` and `fleet pending`, for display only (see [`crate::report`]).
+//!   read by `fleet status` and `fleet pending`, for display only (see [`crate::desired::report`]).
 //!
 //! One module per verb ([`publish`], [`pending`], [`status`]), [`tree`] for the files, [`sign`]
 //! for `ssh-keygen`, [`command`] for the command line's text and JSON.
@@ -69,7 +69,7 @@ impl Refusal {
         }
     }
 
-    pub fn from_hub(e: &crate::hub::HubError) -> Refusal {
+    pub fn from_hub(e: &crate::desired::hub::HubError) -> Refusal {
         Refusal {
             code: e.code().to_string(),
             gate_code: e.gate_code().map(str::to_string),
@@ -94,7 +94,7 @@ pub fn load_trust(path: &std::path::Path, now: i64) -> Result<gate::TrustStore, 
         path: path.display().to_string(),
         message,
     };
-    let bytes = crate::approval_files::read_capped(path, gate::trust::MAX_TRUST_BYTES as u64)
+    let bytes = crate::approval::files::read_capped(path, gate::trust::MAX_TRUST_BYTES as u64)
         .map_err(err)?;
     let text = String::from_utf8(bytes).map_err(|_| err("not utf-8".into()))?;
     let trust = gate::TrustStore::parse(&text).map_err(|e| err(e.to_string()))?;

@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use super::tree::{Tree, payload_of_signature};
 use super::{FleetError, Refusal};
-use crate::approval_files::{self, Candidate, read_capped, write_atomic};
-use crate::hub::valid_approval_name;
+use crate::approval::files::{self as approval_files, Candidate, read_capped, write_atomic};
+use crate::desired::hub::valid_approval_name;
 
 /// One pending request, as a host's report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -145,7 +145,7 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
 
 fn describe(
     host: &str,
-    req: &crate::report::PendingRequest,
+    req: &crate::desired::report::PendingRequest,
     submitted: &[Vec<u8>],
     _reported: i64,
     now: i64,

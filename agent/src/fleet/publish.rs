@@ -17,8 +17,8 @@ use sha2::{Digest, Sha256};
 use super::sign::{SshKeygen, sig_path};
 use super::tree::{IndexPlan, Published, Tree};
 use super::{FleetError, Refusal};
-use crate::approval_files::read_capped;
-use crate::hub::{self, MAX_SIGNATURE_BYTES};
+use crate::approval::files::read_capped;
+use crate::desired::hub::{self, MAX_SIGNATURE_BYTES};
 
 /// What publish does with one host's document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

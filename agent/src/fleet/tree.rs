@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::FleetError;
-use crate::approval_files::{self, read_capped, write_atomic};
-use crate::hub::{MAX_INDEX_ENTRIES, valid_approval_name, valid_host_name};
-use crate::report::{MAX_REPORT_BYTES, Report};
+use crate::approval::files::{self as approval_files, read_capped, write_atomic};
+use crate::desired::hub::{MAX_INDEX_ENTRIES, valid_approval_name, valid_host_name};
+use crate::desired::report::{MAX_REPORT_BYTES, Report};
 
 /// What `fleet publish` last signed for a host (`hosts/<host>/published.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,9 +201,12 @@ impl Tree {
             }
         }
         plan.names = listed.into_iter().collect();
-        let current = read_capped(&dir.join("index.json"), crate::hub::MAX_INDEX_BYTES as u64)
-            .ok()
-            .and_then(|b| crate::hub::parse_index(&b).ok().map(|n| (b, n)));
+        let current = read_capped(
+            &dir.join("index.json"),
+            crate::desired::hub::MAX_INDEX_BYTES as u64,
+        )
+        .ok()
+        .and_then(|b| crate::desired::hub::parse_index(&b).ok().map(|n| (b, n)));
         let wanted = index_bytes(&plan.names);
         match &current {
             Some((bytes, names)) => {
@@ -224,7 +227,9 @@ impl Tree {
     /// Checks an index plan against the agent's limits (`hub_approvals_invalid` otherwise).
     pub fn check_index(&self, host: &str, plan: &IndexPlan) -> Result<(), super::Refusal> {
         let bytes = index_bytes(&plan.names);
-        if plan.names.len() > MAX_INDEX_ENTRIES || bytes.len() > crate::hub::MAX_INDEX_BYTES {
+        if plan.names.len() > MAX_INDEX_ENTRIES
+            || bytes.len() > crate::desired::hub::MAX_INDEX_BYTES
+        {
             return Err(super::Refusal::new(
                 "hub_approvals_invalid",
                 format!(
@@ -232,7 +237,7 @@ impl Tree {
                     self.name_of(host, "approvals/index.json"),
                     plan.names.len(),
                     bytes.len(),
-                    crate::hub::MAX_INDEX_BYTES
+                    crate::desired::hub::MAX_INDEX_BYTES
                 ),
             ));
         }
