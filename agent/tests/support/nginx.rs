@@ -35,6 +35,19 @@ impl Nginx {
     /// Starts nginx serving `root` (a directory) with the leaf certificate in `certs`.
     /// `dir` holds the config, logs and temp paths.
     pub fn start(bin: &Path, dir: &Path, root: &Path, certs: &TestCerts) -> Nginx {
+        Nginx::start_with(bin, dir, root, certs, "", "")
+    }
+
+    /// As [`Nginx::start`], with extra directives for the `http` block (maps) and the
+    /// `server` block (locations): see [`report_dav_config`].
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        root: &Path,
+        certs: &TestCerts,
+        http_extra: &str,
+        server_extra: &str,
+    ) -> Nginx {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -55,10 +68,10 @@ impl Nginx {
                      default_type application/octet-stream;\n\
                      client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
                      fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
-                     keepalive_requests 100000;\n\
+                     keepalive_requests 100000;\n{http_extra}\n\
                      server {{\n    listen 127.0.0.1:{port} ssl;\n\
                      ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                     root {root};\n    etag on;\n  }}\n}}\n",
+                     root {root};\n    etag on;\n{server_extra}\n  }}\n}}\n",
                     d = dir.display(),
                     cert = certs.leaf_pem.display(),
                     key = certs.leaf_key.display(),
@@ -113,6 +126,30 @@ impl Nginx {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// The WebDAV location that receives the agents' reports, exactly as deploy/HUB.md documents
+/// it: only `PUT`, only `<prefix>/hosts/<host>/report.json`, and only with that host's bearer
+/// token (`tokens`: host and token). Returns the `http` and `server` parts.
+pub fn report_dav_config(prefix: &str, tokens: &[(&str, &str)]) -> (String, String) {
+    let mut map = String::from(
+        "map \"$drover_report_host:$http_authorization\" $drover_report_allowed {\n    default 0;\n",
+    );
+    for (host, token) in tokens {
+        map.push_str(&format!("    \"{host}:Bearer {token}\" 1;\n"));
+    }
+    map.push_str("}\n");
+    let location = format!(
+        "location ~ ^{prefix}/hosts/(?<drover_report_host>[A-Za-z0-9_][A-Za-z0-9._-]*)/report\\.json$ {{\n\
+         limit_except PUT {{ deny all; }}\n\
+         if ($drover_report_allowed != 1) {{ return 401; }}\n\
+         dav_methods PUT;\n\
+         create_full_put_path off;\n\
+         dav_access user:rw group:r;\n\
+         client_max_body_size 4m;\n\
+         }}\n"
+    );
+    (map, location)
 }
 
 impl Drop for Nginx {

@@ -1,0 +1,614 @@
+//! The hub team's tools (`drover fleet ...`) on a hub tree served by a real nginx over TLS,
+//! with the agents' reports stored by nginx's own WebDAV module: publish → a running agent
+//! picks it up → an approval extracted with `fleet pending`, signed by the real `ssh-keygen`,
+//! placed with `fleet add-approvals` runs; refusals carry the agent's own codes; dry runs and
+//! unchanged publishes write nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
+
+use common::{Host, eventually, guest, seed};
+use drover::desired::hub::{HubConfig, HubFetch, HubSource, HubTls, ReportOutcome};
+use drover::desired::report::Report;
+use support::hub_dir::HubDir;
+
+const HOST: &str = "pve1";
+const DOMAIN: &str = "agent.example.invalid";
+const TOKEN: &str = "pve1-report-token";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn trust_file() -> PathBuf {
+    repo().join("testdata/gate/trust_v1.txt")
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A TEST key from testdata copied to a 0600 file (ssh-keygen refuses readable keys).
+fn key(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let k = dir.join(name);
+    std::fs::copy(repo().join("testdata/gate").join(name), &k).unwrap();
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    k
+}
+
+/// `drover fleet ARGS` as a child process (blocking).
+fn fleet(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
+        .arg("fleet")
+        .args(args)
+        .env_remove("DROVER_FLEET_TRUST")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("drover runs");
+    eprintln!(
+        "--- drover fleet {args:?} exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+async fn fleet_async(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        fleet(&refs)
+    })
+    .await
+    .unwrap()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not json ({e}): {}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn publish(tree: &Path, keyfile: &Path, extra: &[&str]) -> Output {
+    let trust = trust_file();
+    let mut args = vec![
+        "publish",
+        p(tree),
+        "--key",
+        p(keyfile),
+        "--trust",
+        p(&trust),
+        "--output",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    fleet(&args)
+}
+
+fn host_line<'a>(v: &'a serde_json::Value, host: &str) -> &'a serde_json::Value {
+    v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host)
+        .unwrap_or_else(|| panic!("no line for {host}: {v}"))
+}
+
+/// Every file under `dir` with its bytes and modification time.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, SystemTime)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let m = e.metadata().unwrap().modified().unwrap();
+                out.push((path.clone(), std::fs::read(&path).unwrap(), m));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn skip() -> bool {
+    common::skip_without("ssh-keygen", "-?")
+}
+
+fn hub_source(hub: &HubDir) -> HubSource {
+    let mut c = HubConfig::new(hub.url(), HOST);
+    c.tls = HubTls::CaFile(hub.certs.ca_pem.clone());
+    c.timeout = Duration::from_secs(5);
+    c.retry_budget = Duration::from_secs(1);
+    c.retry_initial = Duration::from_millis(50);
+    HubSource::new(c).unwrap()
+}
+
+#[tokio::test]
+async fn publish_refuses_what_the_agent_refuses_and_writes_nothing() {
+    if skip() {
+        return;
+    }
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let tree = hub.tree();
+    let hub_key = key(&hub.scratch, "TEST_hub_ed25519");
+    hub.put(
+        "desired.toml",
+        &format!("revision = 5\n{}", guest(101, "running", 256)),
+    );
+    let bad = "revision = 3\n[[guest]]\nvmid = 201\ncores = \"two\"\n";
+    std::fs::create_dir_all(tree.join("hosts/pve2")).unwrap();
+    std::fs::write(tree.join("hosts/pve2/desired.toml"), bad).unwrap();
+
+    // The bad document of pve2 is refused with the agent's code; nothing is signed for pve1.
+    let before = snapshot(&tree);
+    let out = publish(&tree, &hub_key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let pve2 = host_line(&v, "pve2");
+    assert_eq!(pve2["action"], "refused", "{v}");
+    assert_eq!(pve2["refusal"]["code"], "desired_invalid", "{v}");
+    assert!(
+        pve2["refusal"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("hosts/pve2/desired.toml, guest 201, field `cores`"),
+        "{v}"
+    );
+    assert_eq!(host_line(&v, "pve1")["action"], "sign", "{v}");
+    assert_eq!(snapshot(&tree), before, "a refused publish wrote something");
+    // The agent, fetching the same file from nginx, refuses it with the same code.
+    let mut c = HubConfig::new(hub.url(), "pve2");
+    c.tls = HubTls::CaFile(hub.certs.ca_pem.clone());
+    let e = HubSource::new(c)
+        .unwrap()
+        .fetch(None, None, now())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "desired_invalid", "{e}");
+
+    // Too large: the agent's hub_document_too_large.
+    let mut huge = String::from("revision = 3\n");
+    while huge.len() <= drover::desired::MAX_DOCUMENT_BYTES {
+        huge.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(tree.join("hosts/pve2/desired.toml"), &huge).unwrap();
+    let v = json(&publish(&tree, &hub_key, &[]));
+    assert_eq!(
+        host_line(&v, "pve2")["refusal"]["code"],
+        "hub_document_too_large",
+        "{v}"
+    );
+
+    // Fixed: both are signed, the signatures verify as the agent checks them, indexes appear.
+    std::fs::write(
+        tree.join("hosts/pve2/desired.toml"),
+        format!("revision = 3\n{}", guest(201, "running", 256)),
+    )
+    .unwrap();
+    let before = snapshot(&tree);
+    let dry = publish(&tree, &hub_key, &["--dry-run"]);
+    assert_eq!(dry.status.code(), Some(2), "dry run with changes exits 2");
+    let v = json(&dry);
+    assert_eq!(host_line(&v, "pve1")["action"], "sign", "{v}");
+    assert_eq!(host_line(&v, "pve1")["revision"], 5, "{v}");
+    assert_eq!(host_line(&v, "pve2")["index"]["write"], true, "{v}");
+    assert_eq!(snapshot(&tree), before, "a dry run wrote something");
+    let out = publish(&tree, &hub_key, &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let trust = gate::TrustStore::parse(&std::fs::read_to_string(trust_file()).unwrap()).unwrap();
+    let f = match hub_source(&hub)
+        .fetch(None, Some(&trust), now())
+        .await
+        .unwrap()
+    {
+        HubFetch::Fresh(f) => f,
+        HubFetch::NotModified => unreachable!(),
+    };
+    assert_eq!(f.doc.revision, 5);
+    assert_eq!(
+        std::fs::read(tree.join("hosts/pve2/approvals/index.json")).unwrap(),
+        b"[]\n"
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tree.join("hosts/pve1/published.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["revision"], 5);
+
+    // Publishing again changes nothing, not even a modification time (ETags stay, polls 304).
+    let published = snapshot(&tree);
+    std::thread::sleep(Duration::from_millis(20));
+    let again = publish(&tree, &hub_key, &[]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(host_line(&json(&again), "pve1")["action"], "unchanged");
+    assert_eq!(snapshot(&tree), published);
+    let dry = publish(&tree, &hub_key, &["--dry-run"]);
+    assert_eq!(
+        dry.status.code(),
+        Some(0),
+        "a dry run without changes exits 0"
+    );
+
+    // A revision not above the published one: equal with other content, or lower (the
+    // agent's desired_rollback).
+    hub.put(
+        "desired.toml",
+        &format!("revision = 5\n{}", guest(101, "stopped", 256)),
+    );
+    let v = json(&publish(&tree, &hub_key, &[]));
+    assert_eq!(
+        host_line(&v, "pve1")["refusal"]["code"],
+        "desired_revision_not_above",
+        "{v}"
+    );
+    hub.put(
+        "desired.toml",
+        &format!("revision = 4\n{}", guest(101, "stopped", 256)),
+    );
+    let v = json(&publish(&tree, &hub_key, &[]));
+    assert_eq!(
+        host_line(&v, "pve1")["refusal"]["code"],
+        "desired_rollback",
+        "{v}"
+    );
+    let e = hub_source(&hub)
+        .fetch(Some(5), None, now())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        "desired_rollback",
+        "the agent's code for the same file"
+    );
+
+    // Signed with a key the trust document does not list for the hub: refused with the
+    // gate's code, and no signature is replaced.
+    hub.put(
+        "desired.toml",
+        &format!("revision = 6\n{}", guest(101, "stopped", 256)),
+    );
+    let sig_before = std::fs::read(tree.join("hosts/pve1/desired.toml.sig")).unwrap();
+    let op_key = key(&hub.scratch, "TEST_operator1_ed25519");
+    let out = publish(&tree, &op_key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let line = host_line(&v, "pve1");
+    assert_eq!(line["refusal"]["code"], "hub_signature_invalid", "{v}");
+    assert!(line["refusal"]["gate_code"].is_string(), "{v}");
+    assert_eq!(
+        std::fs::read(tree.join("hosts/pve1/desired.toml.sig")).unwrap(),
+        sig_before
+    );
+    // With the hub key it goes out, and the text output names the change.
+    let out = fleet(&[
+        "publish",
+        p(&tree),
+        "--key",
+        p(&hub_key),
+        "--trust",
+        p(&trust_file()),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pve1") && text.contains("5 -> 6"), "{text}");
+}
+
+#[tokio::test]
+async fn reports_land_through_nginx_webdav_and_nothing_else_can_be_written() {
+    let Some(hub) = HubDir::start_with(HOST, &[(HOST, TOKEN), ("pve2", "pve2-token")]) else {
+        return;
+    };
+    std::fs::create_dir_all(hub.tree().join("hosts/pve2")).unwrap();
+    let token = hub.scratch.join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let mut c = HubConfig::new(hub.url(), HOST);
+    c.tls = HubTls::CaFile(hub.certs.ca_pem.clone());
+    c.bearer_token_file = Some(token.clone());
+    let src = HubSource::new(c.clone()).unwrap();
+    let report = Report::new(
+        serde_json::json!({"host": HOST, "desired": {"revision": 9, "stale": false},
+                           "trust": {"valid": true, "version": 1}, "guests": []}),
+        vec![],
+        serde_json::json!([]),
+        now(),
+    );
+    assert_eq!(src.report(&report).await.unwrap(), ReportOutcome::Accepted);
+    let landed = std::fs::read(hub.host_dir.join("report.json")).unwrap();
+    let back = Report::parse(&landed).unwrap();
+    assert_eq!(back.revision_applied, Some(9));
+    assert_eq!(back.agent_version, env!("CARGO_PKG_VERSION"));
+    // A second report replaces the first.
+    let mut newer = report.clone();
+    newer.revision_applied = Some(10);
+    assert_eq!(src.report(&newer).await.unwrap(), ReportOutcome::Accepted);
+    let back = Report::parse(&std::fs::read(hub.host_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(back.revision_applied, Some(10));
+
+    // fleet status shows it.
+    let out = fleet(&["status", p(&hub.tree()), "--output", "json"]);
+    let rows = json(&out);
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == HOST)
+        .unwrap();
+    assert_eq!(row["revision_applied"], 10, "{rows}");
+    assert_eq!(row["trust_version"], 1, "{rows}");
+    assert_eq!(row["agent_version"], env!("CARGO_PKG_VERSION"), "{rows}");
+    let pve2 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == "pve2")
+        .unwrap();
+    assert_eq!(pve2["state"], "no_report", "{rows}");
+
+    // No token, another host's token, another host's path: refused, nothing written.
+    let mut anon = c.clone();
+    anon.bearer_token_file = None;
+    let e = HubSource::new(anon)
+        .unwrap()
+        .report(&report)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "hub_http_status");
+    assert!(e.to_string().contains("401"), "{e}");
+    let other = hub.scratch.join("pve2-token");
+    std::fs::write(&other, "pve2-token").unwrap();
+    let mut wrong = c.clone();
+    wrong.bearer_token_file = Some(other.clone());
+    let e = HubSource::new(wrong)
+        .unwrap()
+        .report(&report)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("401"),
+        "pve2's token wrote pve1's report: {e}"
+    );
+    let mut as_pve2 = c.clone();
+    as_pve2.host = "pve2".into();
+    let e = HubSource::new(as_pve2)
+        .unwrap()
+        .report(&report)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("401"), "{e}");
+    assert!(!hub.tree().join("hosts/pve2/report.json").exists());
+
+    // The PUT location takes nothing but report.json: the document itself is not writable.
+    hub.put("desired.toml", "revision = 1\n");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(&hub.certs.ca_pem).unwrap()).unwrap(),
+        )
+        .build();
+    if let Ok(client) = client {
+        for (method, path) in [
+            (reqwest::Method::PUT, "desired.toml"),
+            (reqwest::Method::PUT, "approvals/index.json"),
+            (reqwest::Method::DELETE, "report.json"),
+            (reqwest::Method::GET, "report.json"),
+        ] {
+            let r = client
+                .request(method.clone(), format!("{}/hosts/{HOST}/{path}", hub.url()))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body("revision = 999\n")
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                r.status().is_client_error(),
+                "{method} {path} answered {}",
+                r.status()
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(hub.host_dir.join("desired.toml")).unwrap(),
+        "revision = 1\n"
+    );
+    assert!(hub.host_dir.join("report.json").exists());
+}
+
+fn write_config(h: &Host, hub: &HubDir, token: &Path) {
+    let text = format!(
+        "host = \"{HOST}\"\nfleet = \"test-fleet-1\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n\
+         [proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\ntask_poll_interval = \"20ms\"\n\n\
+         [source]\nurl = {hub:?}\nca_file = {ca:?}\ntimeout = \"2s\"\nbearer_token_file = {token:?}\n\n\
+         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+        state = h.state(),
+        url = h.sim.base_url(),
+        tok = pve_sim::DEFAULT_TOKEN_ID,
+        secret = h.root().join("pve-token"),
+        fp = h.sim.fingerprint(),
+        hub = hub.url(),
+        ca = hub.certs.ca_pem,
+        trust = trust_file(),
+        sock = h.root().join("drover.sock"),
+    );
+    std::fs::write(h.config(), text).unwrap();
+}
+
+fn report_of(hub: &HubDir) -> Option<Report> {
+    std::fs::read(hub.host_dir.join("report.json"))
+        .ok()
+        .and_then(|b| Report::parse(&b).ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_the_agent_follows_and_a_fleet_signed_approval_runs() {
+    if skip() {
+        return;
+    }
+    let Some(hub) = HubDir::start_with(HOST, &[(HOST, TOKEN)]) else {
+        return;
+    };
+    let tree = hub.tree();
+    let hub_key = key(&hub.scratch, "TEST_hub_ed25519");
+    let token = hub.scratch.join("hub-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let h = Host::start(vec![seed(101, false, 256), seed(102, true, 256)]).await;
+    write_config(&h, &hub, &token);
+    hub.put(
+        "desired.toml",
+        &format!(
+            "revision = 1\n{}{}",
+            guest(101, "running", 256),
+            guest(102, "running", 256)
+        ),
+    );
+    // A hand-written, wrong index is replaced by the generated one.
+    hub.put("approvals/index.json", "[\"gone.txt\"]");
+    assert_eq!(publish(&tree, &hub_key, &[]).status.code(), Some(0));
+    assert_eq!(
+        std::fs::read(hub.host_dir.join("approvals/index.json")).unwrap(),
+        b"[]\n"
+    );
+    let d = h.spawn_daemon();
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "CT 101 started from the published document",
+        || h.sim.guest(101).is_some_and(|g| g.running),
+    )
+    .await;
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "a report of revision 1 via WebDAV",
+        || report_of(&hub).is_some_and(|r| r.revision_applied == Some(1)),
+    )
+    .await;
+    let st = fleet_async(&["status", p(&tree), "--output", "json"]).await;
+    let rows = json(&st);
+    assert_eq!(rows[0]["published_revision"], 1, "{rows}");
+    assert_eq!(rows[0]["revision_applied"], 1, "{rows}");
+    assert_eq!(rows[0]["trust_version"], 1, "{rows}");
+
+    // Revision 2 destroys 102: the agent holds it and reports the request.
+    hub.put(
+        "desired.toml",
+        &format!(
+            "revision = 2\n{}[[guest]]\nvmid = 102\nensure = \"absent\"\n",
+            guest(101, "running", 256)
+        ),
+    );
+    assert_eq!(publish(&tree, &hub_key, &[]).status.code(), Some(0));
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the destroy request in the report",
+        || report_of(&hub).is_some_and(|r| !r.pending_approvals.is_empty()),
+    )
+    .await;
+    assert!(h.sim.guest(102).is_some(), "destroyed without a signature");
+    let out = fleet_async(&["pending", p(&tree), "--output", "json"]).await;
+    assert_eq!(out.status.code(), Some(2), "pending work exits 2");
+    let v = json(&out);
+    let a = &v["approvals"][0];
+    assert_eq!(a["host"], HOST, "{v}");
+    assert_eq!(a["vmid"], 102, "{v}");
+    assert_eq!(a["op"], "destroy_guest", "{v}");
+    assert!(a["loses"].as_str().unwrap().contains("volumes"), "{v}");
+    assert_eq!(a["expired"], false, "{v}");
+    assert!(a["expires_at"].as_str().unwrap().ends_with('Z'), "{v}");
+    let st = json(&fleet_async(&["status", p(&tree), "--output", "json"]).await);
+    assert_eq!(st[0]["state"], "pending", "{st}");
+
+    // Extract and sign with the real ssh-keygen in one run, then place on the hub.
+    let work = hub.scratch.join("to-sign");
+    let op_key = key(&hub.scratch, "TEST_operator1_ed25519");
+    let out = fleet_async(&[
+        "pending",
+        p(&tree),
+        "--extract",
+        p(&work),
+        "--key",
+        p(&op_key),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ])
+    .await;
+    let v = json(&out);
+    assert_eq!(v["extracted"].as_array().unwrap().len(), 1, "{v}");
+    assert!(
+        v["sign_command"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("-n destructive-op-v1@{DOMAIN}")),
+        "{v}"
+    );
+    assert!(work.join(HOST).join("102-destroy_guest.txt.sig").exists());
+    let out = fleet_async(&[
+        "add-approvals",
+        p(&tree),
+        p(&work),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let v = json(&out);
+    assert_eq!(
+        v["approvals"][0]["signers"][0], "operator1@example.invalid",
+        "{v}"
+    );
+    let index: Vec<String> =
+        serde_json::from_slice(&std::fs::read(hub.host_dir.join("approvals/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index,
+        vec![
+            "102-destroy_guest.txt".to_string(),
+            "102-destroy_guest.txt.operator1@example.invalid.sig".to_string()
+        ]
+    );
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the fleet-approved destroy",
+        || h.sim.guest(102).is_none(),
+    )
+    .await;
+    assert_eq!(h.sim.count_mutations("destroy", 102), 1);
+    eventually(&d, Duration::from_secs(20), "a converged report", || {
+        report_of(&hub).is_some_and(|r| {
+            r.pending_approvals.is_empty()
+                && r.revision_applied == Some(2)
+                && r.guests().iter().all(|g| g.state == "converged")
+        })
+    })
+    .await;
+    let out = fleet_async(&["status", p(&tree)]).await;
+    assert_eq!(out.status.code(), Some(0), "everything converged");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("converged"));
+    d.stop().await;
+}
