@@ -47,13 +47,20 @@ fn key(dir: &Path, name: &str) -> PathBuf {
 
 /// `drover fleet ARGS` as a child process (blocking).
 fn fleet(args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_drover"))
-        .arg("fleet")
+    fleet_env(args, &[])
+}
+
+fn fleet_env(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+    cmd.arg("fleet")
         .args(args)
         .env_remove("DROVER_FLEET_TRUST")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("drover runs");
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("drover runs");
     eprintln!(
         "--- drover fleet {args:?} exit {:?}\n{}\n{}",
         out.status.code(),
@@ -313,6 +320,103 @@ async fn publish_refuses_what_the_agent_refuses_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("pve1") && text.contains("5 -> 6"), "{text}");
+}
+
+/// A private `ssh-agent` (killed by pid when dropped).
+struct Agent {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ssh_agent(dir: &Path) -> Agent {
+    let sock = dir.join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent runs");
+    for _ in 0..200 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Agent { child, sock }
+}
+
+#[tokio::test]
+async fn publish_signs_with_a_hub_key_held_in_ssh_agent() {
+    if skip() || common::skip_without("ssh-agent", "-h") {
+        return;
+    }
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let tree = hub.tree();
+    hub.put(
+        "desired.toml",
+        &format!("revision = 1\n{}", guest(101, "running", 256)),
+    );
+    // The private key lives elsewhere (ssh-keygen would find it beside the public key).
+    let private_dir = hub.scratch.join("private");
+    std::fs::create_dir_all(&private_dir).unwrap();
+    let private = key(&private_dir, "TEST_hub_ed25519");
+    let public = hub.scratch.join("TEST_hub_ed25519.pub");
+    std::fs::copy(repo().join("testdata/gate/TEST_hub_ed25519.pub"), &public).unwrap();
+    let trust_path = trust_file();
+    let args = [
+        "publish",
+        p(&tree),
+        "--key",
+        p(&public),
+        "--trust",
+        p(&trust_path),
+        "--output",
+        "json",
+    ];
+    // Only the public key, no agent: ssh-keygen cannot sign; nothing is written.
+    let out = fleet(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ssh_keygen_failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!tree.join("hosts/pve1/desired.toml.sig").exists());
+    // The private key in ssh-agent, the public key named with --key: signed by the agent.
+    let agent = ssh_agent(&hub.scratch);
+    let add = Command::new("ssh-add")
+        .arg(&private)
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    std::fs::remove_file(&private).unwrap();
+    let out = fleet_env(&args, &[("SSH_AUTH_SOCK", &agent.sock)]);
+    assert_eq!(out.status.code(), Some(0));
+    let trust = gate::TrustStore::parse(&std::fs::read_to_string(trust_file()).unwrap()).unwrap();
+    let f = hub_source(&hub)
+        .fetch(None, Some(&trust), now())
+        .await
+        .unwrap();
+    assert!(
+        matches!(f, HubFetch::Fresh(ref f) if f.doc.revision == 1),
+        "{f:?}"
+    );
 }
 
 #[tokio::test]
