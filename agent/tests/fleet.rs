@@ -450,7 +450,7 @@ async fn reports_land_through_nginx_webdav_and_nothing_else_can_be_written() {
     let back = Report::parse(&std::fs::read(hub.host_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(back.revision_applied, Some(10));
 
-    // fleet status shows it.
+    // fleet status shows it (read before the certificate checks below replace the report).
     let out = fleet(&["status", p(&hub.tree()), "--output", "json"]);
     let rows = json(&out);
     let row = rows
@@ -502,6 +502,43 @@ async fn reports_land_through_nginx_webdav_and_nothing_else_can_be_written() {
         .unwrap_err();
     assert!(e.to_string().contains("401"), "{e}");
     assert!(!hub.tree().join("hosts/pve2/report.json").exists());
+
+    // A client certificate whose CN is the host, without a token: accepted; another host's
+    // certificate is not.
+    for tls in [
+        HubTls::CaFile(hub.certs.ca_pem.clone()),
+        HubTls::Fingerprint(hub.certs.leaf_fingerprint()),
+    ] {
+        let mut by_cert = HubConfig::new(hub.url(), HOST);
+        by_cert.tls = tls;
+        by_cert.client_identity = Some(hub.certs.client(&hub.scratch, HOST));
+        let mut r = report.clone();
+        r.revision_applied = Some(11);
+        assert_eq!(
+            HubSource::new(by_cert.clone())
+                .unwrap()
+                .report(&r)
+                .await
+                .unwrap(),
+            ReportOutcome::Accepted
+        );
+        let back =
+            Report::parse(&std::fs::read(hub.host_dir.join("report.json")).unwrap()).unwrap();
+        assert_eq!(back.revision_applied, Some(11));
+        by_cert.client_identity = Some(hub.certs.client(&hub.scratch, "pve2"));
+        let e = HubSource::new(by_cert)
+            .unwrap()
+            .report(&report)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("401"),
+            "pve2's certificate wrote pve1's report: {e}"
+        );
+    }
+    let mut bad = HubConfig::new(hub.url(), HOST);
+    bad.client_identity = Some((hub.scratch.join("missing.pem"), hub.scratch.join("k")));
+    assert_eq!(HubSource::new(bad).unwrap_err().code(), "hub_tls");
 
     // The PUT location takes nothing but report.json: the document itself is not writable.
     hub.put("desired.toml", "revision = 1\n");

@@ -71,6 +71,9 @@ pub struct HubConfig {
     pub tls: HubTls,
     /// A file holding a bearer token; re-read on every poll so rotation needs no restart.
     pub bearer_token_file: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM files), presented in every TLS
+    /// handshake so the hub can tell hosts apart without a token (read once, at start).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Per request, from connecting to the last body byte.
     pub timeout: Duration,
     /// Total time spent retrying one request before giving up.
@@ -98,6 +101,7 @@ impl HubConfig {
             host: host.into(),
             tls: HubTls::SystemRoots,
             bearer_token_file: None,
+            client_identity: None,
             timeout: Duration::from_secs(10),
             retry_budget: Duration::from_secs(30),
             retry_initial: Duration::from_millis(500),
@@ -274,9 +278,25 @@ impl HubSource {
             .connect_timeout(cfg.timeout)
             .redirect(redirects)
             .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")));
-        let builder = match &cfg.tls {
-            HubTls::SystemRoots => builder,
-            other => builder.tls_backend_preconfigured(tls_config(other)?),
+        let identity = cfg
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| load_identity(cert, key))
+            .transpose()?;
+        let builder = match (&cfg.tls, identity) {
+            (HubTls::SystemRoots, None) => builder,
+            (HubTls::SystemRoots, Some(id)) => {
+                let mut pem = std::fs::read(&id.cert_path).unwrap_or_default();
+                pem.push(b'\n');
+                pem.extend(std::fs::read(&id.key_path).unwrap_or_default());
+                builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    HubError::Tls(format!(
+                        "client certificate {}: {e}",
+                        id.cert_path.display()
+                    ))
+                })?)
+            }
+            (other, id) => builder.tls_backend_preconfigured(tls_config(other, id)?),
         };
         let client = builder
             .build()
@@ -737,7 +757,63 @@ pub fn parse_index(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn tls_config(tls: &HubTls) -> Result<rustls::ClientConfig, HubError> {
+/// A client certificate chain and key, loaded and checked at start.
+struct Identity {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn load_identity(cert: &Path, key: &Path) -> Result<Identity, HubError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| {
+            HubError::Tls(format!(
+                "client certificate {}: {}",
+                cert.display(),
+                e.to_string().to_lowercase()
+            ))
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            HubError::Tls(format!(
+                "client certificate {}: invalid pem: {e}",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(HubError::Tls(format!(
+            "client certificate {}: no certificate in file",
+            cert.display()
+        )));
+    }
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        HubError::Tls(format!(
+            "client key {}: {}",
+            key.display(),
+            e.to_string().to_lowercase()
+        ))
+    })?;
+    Ok(Identity {
+        cert_path: cert.to_path_buf(),
+        key_path: key.to_path_buf(),
+        chain,
+        key: private,
+    })
+}
+
+fn tls_config(tls: &HubTls, identity: Option<Identity>) -> Result<rustls::ClientConfig, HubError> {
+    let finish =
+        |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| {
+            match identity {
+                None => Ok(b.with_no_client_auth()),
+                Some(id) => {
+                    let path = id.cert_path.display().to_string();
+                    b.with_client_auth_cert(id.chain, id.key)
+                        .map_err(|e| HubError::Tls(format!("client certificate {path}: {e}")))
+                }
+            }
+        };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -761,15 +837,16 @@ fn tls_config(tls: &HubTls) -> Result<rustls::ClientConfig, HubError> {
                     .add(c)
                     .map_err(|e| ctx(format!("unusable ca certificate: {e}")))?;
             }
-            Ok(builder.with_root_certificates(roots).with_no_client_auth())
+            finish(builder.with_root_certificates(roots))
         }
         HubTls::Fingerprint(text) => {
             let pin = proxmox_client::Fingerprint::from_str(text)
                 .map_err(|e| HubError::Tls(e.to_string()))?;
-            Ok(builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
-                .with_no_client_auth())
+            finish(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider })),
+            )
         }
     }
 }

@@ -118,6 +118,7 @@ impl Source {
                     (None, None) => HubTls::SystemRoots,
                 };
                 cfg.bearer_token_file = h.bearer_token_file.clone();
+                cfg.client_identity = h.client_cert_file.clone().zip(h.client_key_file.clone());
                 cfg.timeout = h.timeout;
                 cfg.report = h.report;
                 cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));

@@ -46,7 +46,7 @@ impl HubDir {
         let (http_extra, server_extra) = if report_tokens.is_empty() {
             (String::new(), String::new())
         } else {
-            nginx::report_dav_config("/drover", report_tokens)
+            nginx::report_dav_config("/drover", report_tokens, Some(&certs.ca_pem))
         };
         let nginx = Nginx::start_with(
             &bin,

@@ -128,18 +128,35 @@ impl Nginx {
     }
 }
 
-/// The WebDAV location that receives the agents' reports, exactly as deploy/HUB.md documents
-/// it: only `PUT`, only `<prefix>/hosts/<host>/report.json`, and only with that host's bearer
-/// token (`tokens`: host and token). Returns the `http` and `server` parts.
-pub fn report_dav_config(prefix: &str, tokens: &[(&str, &str)]) -> (String, String) {
-    let mut map = String::from(
-        "map \"$drover_report_host:$http_authorization\" $drover_report_allowed {\n    default 0;\n",
+/// The WebDAV location that receives the agents' reports, as deploy/HUB.md documents it:
+/// only `PUT`, only `<prefix>/hosts/<host>/report.json`, and only with that host's bearer
+/// token (`tokens`: host and token) or, with `client_ca`, a client certificate issued by that
+/// CA whose CN is the host. Returns the `http` and `server` parts.
+pub fn report_dav_config(
+    prefix: &str,
+    tokens: &[(&str, &str)],
+    client_ca: Option<&Path>,
+) -> (String, String) {
+    let mut http = String::from(
+        "map \"$drover_report_host:$http_authorization\" $drover_report_token_ok {\n    default 0;\n",
     );
     for (host, token) in tokens {
-        map.push_str(&format!("    \"{host}:Bearer {token}\" 1;\n"));
+        http.push_str(&format!("    \"{host}:Bearer {token}\" 1;\n"));
     }
-    map.push_str("}\n");
-    let location = format!(
+    http.push_str(
+        "}\n\
+         map \"$ssl_client_verify:$ssl_client_s_dn\" $drover_cert_host {\n    default \"\";\n    \"~^SUCCESS:(.*,)?CN=(?<drover_cn>[^,]+)(,|$)\" $drover_cn;\n}\n\
+         map \"$drover_report_host:$drover_cert_host\" $drover_report_cert_ok {\n    default 0;\n    \"~^([^:]+):\\1$\" 1;\n}\n\
+         map \"$drover_report_token_ok$drover_report_cert_ok\" $drover_report_allowed {\n    default 0;\n    \"~1\" 1;\n}\n",
+    );
+    let mut server = String::new();
+    if let Some(ca) = client_ca {
+        server.push_str(&format!(
+            "ssl_client_certificate {};\nssl_verify_client optional;\n",
+            ca.display()
+        ));
+    }
+    server.push_str(&format!(
         "location ~ ^{prefix}/hosts/(?<drover_report_host>[A-Za-z0-9_][A-Za-z0-9._-]*)/report\\.json$ {{\n\
          limit_except PUT {{ deny all; }}\n\
          if ($drover_report_allowed != 1) {{ return 401; }}\n\
@@ -148,8 +165,8 @@ pub fn report_dav_config(prefix: &str, tokens: &[(&str, &str)]) -> (String, Stri
          dav_access user:rw group:r;\n\
          client_max_body_size 4m;\n\
          }}\n"
-    );
-    (map, location)
+    ));
+    (http, server)
 }
 
 impl Drop for Nginx {
