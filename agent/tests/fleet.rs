@@ -753,3 +753,150 @@ async fn publish_then_the_agent_follows_and_a_fleet_signed_approval_runs() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("converged"));
     d.stop().await;
 }
+
+/// A fresh request for `host`, as an agent renders it.
+fn request(host: &str, vmid: u32, expires_in: i64) -> String {
+    let ctx = gate::GateContext {
+        fleet: "test-fleet-1".into(),
+        host: host.into(),
+        domain: DOMAIN.into(),
+        epoch: "0123456789abcdef".into(),
+    };
+    let action = gate::PlannedAction {
+        op: gate::Op::DestroyGuest,
+        vmid,
+        guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
+        params: [("purge".to_string(), "1".to_string())].into(),
+        operation: None,
+    };
+    let t = now();
+    gate::render_request(
+        &ctx,
+        &action,
+        &gate::nonce_hex([7; 16]),
+        t - 60,
+        t + expires_in,
+        gate::Role::Operational,
+        None,
+    )
+    .unwrap()
+}
+
+#[test]
+fn add_approvals_checks_each_file_and_keeps_the_others() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("hosts/pve1")).unwrap();
+    let work = tmp.path().join("work");
+    let keys = tmp.path().join("keys");
+    for d in [&work, &keys] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let ns = format!("destructive-op-v1@{DOMAIN}");
+    let put = |name: &str, text: &str, key_name: &str, namespace: &str| {
+        let f = work.join(name);
+        std::fs::write(&f, text).unwrap();
+        let sig = common::sign(key_name, namespace, &f, &keys);
+        std::fs::rename(sig, work.join(format!("{name}.sig"))).unwrap();
+    };
+    put(
+        "101-destroy_guest.txt",
+        &request("pve1", 101, 3600),
+        "gate/TEST_operator1_ed25519",
+        &ns,
+    );
+    put(
+        "102-destroy_guest.txt",
+        &request("pve1", 102, -10),
+        "gate/TEST_operator1_ed25519",
+        &ns,
+    );
+    put(
+        "103-destroy_guest.txt",
+        &request("pve9", 103, 3600),
+        "gate/TEST_operator1_ed25519",
+        &ns,
+    );
+    put(
+        "104-destroy_guest.txt",
+        &request("pve1", 104, 3600),
+        "gate/TEST_operator1_ed25519",
+        "file@example.invalid",
+    );
+    put(
+        "105-destroy_guest.txt",
+        &request("pve1", 105, 3600),
+        "gate/TEST_stranger_ed25519",
+        &ns,
+    );
+    let trust_path = trust_file();
+    let out = fleet(&[
+        "add-approvals",
+        p(&tree),
+        p(&work),
+        "--trust",
+        p(&trust_path),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "refusals exit 1");
+    let v = json(&out);
+    let code_of = |vmid: u32| {
+        v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["vmid"] == vmid)
+            .map(|a| a["refusal"]["code"].clone())
+            .unwrap()
+    };
+    assert!(code_of(101).is_null(), "{v}");
+    assert_eq!(code_of(102), "expired", "{v}");
+    assert_eq!(code_of(103), "unknown_host", "{v}");
+    assert_eq!(code_of(104), "wrong_namespace", "{v}");
+    assert_eq!(code_of(105), "unknown_signer", "{v}");
+    let approvals = tree.join("hosts/pve1/approvals");
+    let index: Vec<String> =
+        serde_json::from_slice(&std::fs::read(approvals.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index,
+        vec![
+            "101-destroy_guest.txt".to_string(),
+            "101-destroy_guest.txt.operator1@example.invalid.sig".to_string()
+        ]
+    );
+    // Without a trust document only the structure is checked; the signature file is named
+    // by its key. A renewed request under the same name replaces the old one and its
+    // signatures.
+    std::fs::remove_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let renewed = request("pve1", 101, 1800);
+    put(
+        "101-destroy_guest.txt",
+        &renewed,
+        "gate/TEST_operator2_ecdsa_p256",
+        &ns,
+    );
+    let out = fleet(&[
+        "add-approvals",
+        p(&tree),
+        p(&work.join("101-destroy_guest.txt")),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let names: Vec<String> =
+        serde_json::from_slice(&std::fs::read(approvals.join("index.json")).unwrap()).unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names[1].starts_with("101-destroy_guest.txt.k") && names[1].ends_with(".sig"));
+    assert_eq!(
+        std::fs::read_to_string(approvals.join("101-destroy_guest.txt")).unwrap(),
+        renewed
+    );
+    assert!(
+        !approvals
+            .join("101-destroy_guest.txt.operator1@example.invalid.sig")
+            .exists()
+    );
+}
