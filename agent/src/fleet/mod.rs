@@ -104,10 +104,4 @@ pub fn load_trust(path: &std::path::Path, now: i64) -> Result<gate::TrustStore, 
     Ok(trust)
 }
 
-/// Unix seconds now.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_now;

@@ -6,8 +6,10 @@
 //! for `status` and metrics.
 
 pub mod board;
+pub mod classified;
 pub mod engine;
 pub mod lanes;
 pub mod metrics;
 pub mod planner;
 pub mod pve;
+pub mod recovery;
