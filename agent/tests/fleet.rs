@@ -900,3 +900,66 @@ fn add_approvals_checks_each_file_and_keeps_the_others() {
             .exists()
     );
 }
+
+#[test]
+fn publish_adopts_a_hand_signed_tree_resigns_a_lost_signature_and_respects_index_limits() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let host = tree.join("hosts/pve1");
+    std::fs::create_dir_all(&host).unwrap();
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let doc = host.join("desired.toml");
+    std::fs::write(
+        &doc,
+        format!("revision = 7\n{}", guest(101, "running", 256)),
+    )
+    .unwrap();
+    // Signed by hand with the hub key, as before the fleet tools.
+    let sig = common::sign(
+        "gate/TEST_hub_ed25519",
+        &format!("desired-state-v1@{DOMAIN}"),
+        &doc,
+        &scratch,
+    );
+    std::fs::copy(&sig, host.join("desired.toml.sig")).unwrap();
+    let hub_key = key(&scratch, "TEST_hub_ed25519");
+    let sig_bytes = std::fs::read(host.join("desired.toml.sig")).unwrap();
+    let v = json(&publish(&tree, &hub_key, &[]));
+    assert_eq!(host_line(&v, "pve1")["action"], "unchanged", "{v}");
+    assert_eq!(
+        std::fs::read(host.join("desired.toml.sig")).unwrap(),
+        sig_bytes
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(host.join("published.json")).unwrap()).unwrap();
+    assert_eq!(record["revision"], 7, "the hand-signed revision is adopted");
+    // The signature is lost: the same bytes are signed again (same revision, no refusal).
+    std::fs::remove_file(host.join("desired.toml.sig")).unwrap();
+    let v = json(&publish(&tree, &hub_key, &[]));
+    assert_eq!(host_line(&v, "pve1")["action"], "resign", "{v}");
+    assert!(host.join("desired.toml.sig").exists());
+    // More approval files than an agent accepts in one index: refused, nothing written.
+    let approvals = host.join("approvals");
+    std::fs::create_dir_all(&approvals).unwrap();
+    for i in 0..300 {
+        std::fs::write(approvals.join(format!("{i}-stop.txt")), "x").unwrap();
+        std::fs::write(approvals.join(format!("{i}-stop.txt.sig")), "s").unwrap();
+    }
+    let index_before = std::fs::read(approvals.join("index.json")).unwrap();
+    let out = publish(&tree, &hub_key, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(
+        host_line(&v, "pve1")["refusal"]["code"],
+        "hub_approvals_invalid",
+        "{v}"
+    );
+    assert_eq!(
+        std::fs::read(approvals.join("index.json")).unwrap(),
+        index_before
+    );
+}
