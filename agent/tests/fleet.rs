@@ -119,8 +119,8 @@ fn host_line<'a>(v: &'a serde_json::Value, host: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("no line for {host}: {v}"))
 }
 
-/// Every file under `dir` with its bytes and modification time.
-fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, SystemTime)> {
+/// Every file under `dir` with the sha256 of its bytes and its modification time.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String, SystemTime)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -130,7 +130,9 @@ fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>, SystemTime)> {
                 stack.push(path);
             } else {
                 let m = e.metadata().unwrap().modified().unwrap();
-                out.push((path.clone(), std::fs::read(&path).unwrap(), m));
+                use sha2::Digest;
+                let hash = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
+                out.push((path.clone(), hash, m));
             }
         }
     }
