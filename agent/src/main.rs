@@ -204,6 +204,9 @@ enum FleetVerb {
         /// Check every signature against this trust document first (recommended).
         #[arg(long, env = "DROVER_FLEET_TRUST")]
         trust: Option<PathBuf>,
+        /// Where a signed trust rotation goes (repeatable; default: every host in the tree).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -359,8 +362,15 @@ fn fleet(verb: FleetVerb) -> anyhow::Result<ExitCode> {
             tree,
             paths,
             trust,
+            hosts,
             output,
-        } => command::add_approvals(&tree, &paths, trust.as_deref(), output == Output::Json),
+        } => command::add_approvals(
+            &tree,
+            &paths,
+            trust.as_deref(),
+            &hosts,
+            output == Output::Json,
+        ),
         FleetVerb::Status {
             tree,
             stale_after,

@@ -965,3 +965,80 @@ fn publish_adopts_a_hand_signed_tree_resigns_a_lost_signature_and_respects_index
         index_before
     );
 }
+
+#[test]
+fn add_approvals_places_a_signed_trust_rotation_for_every_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    for h in ["pve1", "pve2"] {
+        std::fs::create_dir_all(tree.join("hosts").join(h)).unwrap();
+    }
+    if skip() {
+        return;
+    }
+    let good = tmp.path().join("good");
+    let bad = tmp.path().join("bad");
+    let v1 = std::fs::read_to_string(trust_file()).unwrap();
+    let v2 = common::successor(&v1, 2, "");
+    let ns = format!("trust-rotation-v1@{DOMAIN}");
+    for d in [&good, &bad] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("trust-v2.txt"), &v2).unwrap();
+    }
+    for who in ["recovery1", "recovery2"] {
+        let keys = tmp.path().join(who);
+        std::fs::create_dir_all(&keys).unwrap();
+        let sig = common::sign(
+            &format!("gate/TEST_{who}_ed25519"),
+            &ns,
+            &good.join("trust-v2.txt"),
+            &keys,
+        );
+        std::fs::rename(sig, good.join(format!("trust-v2.txt.{who}.sig"))).unwrap();
+    }
+    let keys = tmp.path().join("op");
+    std::fs::create_dir_all(&keys).unwrap();
+    let sig = common::sign(
+        "gate/TEST_operator1_ed25519",
+        &ns,
+        &bad.join("trust-v2.txt"),
+        &keys,
+    );
+    std::fs::rename(sig, bad.join("trust-v2.txt.sig")).unwrap();
+    let trust_path = trust_file();
+    let args = |dir: &Path| {
+        fleet(&[
+            "add-approvals",
+            p(&tree),
+            p(dir),
+            "--trust",
+            p(&trust_path),
+            "--output",
+            "json",
+        ])
+    };
+    // Signed by an operator only: refused with the gate's code, nothing placed.
+    let out = args(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert!(v["approvals"][0]["refusal"]["code"].is_string(), "{v}");
+    assert!(!tree.join("hosts/pve1/approvals/trust-v2.txt").exists());
+    // Both recovery keys: placed for every host, signatures named by principal.
+    let out = args(&good);
+    assert_eq!(out.status.code(), Some(0));
+    for h in ["pve1", "pve2"] {
+        let index: Vec<String> = serde_json::from_slice(
+            &std::fs::read(tree.join("hosts").join(h).join("approvals/index.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            index,
+            vec![
+                "trust-v2.txt".to_string(),
+                "trust-v2.txt.recovery1@example.invalid.sig".to_string(),
+                "trust-v2.txt.recovery2@example.invalid.sig".to_string()
+            ],
+            "{h}"
+        );
+    }
+}

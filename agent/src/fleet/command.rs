@@ -262,6 +262,7 @@ pub fn add_approvals(
     tree: &Path,
     paths: &[PathBuf],
     trust: Option<&Path>,
+    rotation_hosts: &[String],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let now = unix_now();
@@ -271,7 +272,8 @@ pub fn add_approvals(
         .transpose()
         .map_err(fail)?;
     let (candidates, problems) = pending::find_candidates(paths);
-    let out = pending::add_approvals(&tree, &candidates, trust.as_ref(), now).map_err(fail)?;
+    let out = pending::add_approvals(&tree, &candidates, trust.as_ref(), now, rotation_hosts)
+        .map_err(fail)?;
     if json {
         json_line(&serde_json::json!({
             "approvals": out.approvals,

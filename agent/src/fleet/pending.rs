@@ -340,15 +340,22 @@ pub fn find_candidates(paths: &[PathBuf]) -> (Vec<Candidate>, Vec<String>) {
 
 /// Places each signed approval under its host's `approvals/` and regenerates those indexes.
 /// Each approval is checked on its own; a refused one is reported and the others still go in.
+/// A signed trust rotation (`drover-trust v1`) names no host: it goes to `rotation_hosts`, or
+/// to every host in the tree when that is empty.
 pub fn add_approvals(
     tree: &Tree,
     candidates: &[Candidate],
     trust: Option<&TrustStore>,
     now: i64,
+    rotation_hosts: &[String],
 ) -> Result<AddOutcome, FleetError> {
     let mut out = AddOutcome::default();
     let mut touched = std::collections::BTreeSet::new();
     for c in candidates {
+        if crate::approval::files::is_trust_document(&c.payload) {
+            add_rotation(tree, c, trust, now, rotation_hosts, &mut out, &mut touched)?;
+            continue;
+        }
         let mut a = Added {
             source: c.payload_path.display().to_string(),
             host: None,
@@ -386,6 +393,95 @@ pub fn add_approvals(
         }
     }
     Ok(out)
+}
+
+/// A signed trust rotation, for every chosen host.
+#[allow(clippy::too_many_arguments)]
+fn add_rotation(
+    tree: &Tree,
+    c: &Candidate,
+    trust: Option<&TrustStore>,
+    now: i64,
+    rotation_hosts: &[String],
+    out: &mut AddOutcome,
+    touched: &mut std::collections::BTreeSet<String>,
+) -> Result<(), FleetError> {
+    let mut a = Added {
+        source: c.payload_path.display().to_string(),
+        host: None,
+        vmid: None,
+        op: Some("trust_rotation".into()),
+        placed: None,
+        signatures: Vec::new(),
+        signers: Vec::new(),
+        refusal: None,
+    };
+    let name = file_name(c);
+    let checked = (|| -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), Refusal> {
+        if !valid_approval_name(&name) {
+            return Err(Refusal::new(
+                "bad_name",
+                format!("{name:?} is not an approval file name (NAME.txt)"),
+            ));
+        }
+        let hosts: Vec<String> = if rotation_hosts.is_empty() {
+            tree.hosts()
+                .map(|(h, _)| h)
+                .map_err(|e| Refusal::new(e.code(), e.to_string()))?
+        } else {
+            rotation_hosts.to_vec()
+        };
+        if let Some(h) = hosts.iter().find(|h| !tree.has_host(h)) {
+            return Err(Refusal::new(
+                "unknown_host",
+                format!("{h:?} has no directory in the tree"),
+            ));
+        }
+        if let Some(t) = trust {
+            let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
+            // Offline: each agent checks its own clock and chain again when it applies it.
+            gate::verify_rotation(t, &c.payload, &sigs, now, None)
+                .map_err(|r| Refusal::from_rejection(&r))?;
+        }
+        let mut names = Vec::new();
+        for (sig_name, sig) in &c.signatures {
+            let key = signer_key(sig).map_err(|r| {
+                let mut r = Refusal::from_rejection(&r);
+                r.message = format!("{sig_name}: {}", r.message);
+                r
+            })?;
+            let mut label = format!("k{}", &hex::encode(Sha256::digest(&key))[..16]);
+            if let Some(t) = trust
+                && let Ok(signer) =
+                    gate::verify_signature(t, gate::Role::Recovery, &c.payload, sig, now)
+            {
+                label = safe_label(&signer.principal).unwrap_or(label);
+                a.signers.push(signer.principal);
+            }
+            names.push((format!("{name}.{label}.sig"), sig.clone()));
+        }
+        names.sort_by(|x, y| x.0.cmp(&y.0));
+        names.dedup_by(|x, y| x.0 == y.0);
+        Ok((hosts, names))
+    })();
+    match checked {
+        Err(r) => {
+            a.refusal = Some(r);
+            out.approvals.push(a);
+        }
+        Ok((hosts, sigs)) => {
+            for host in hosts {
+                place(tree, &host, &name, c, &sigs)?;
+                let mut each = a.clone();
+                each.placed = Some(tree.name_of(&host, &format!("approvals/{name}")));
+                each.host = Some(host.clone());
+                each.signatures = sigs.iter().map(|(n, _)| n.clone()).collect();
+                out.approvals.push(each);
+                touched.insert(host);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn file_name(c: &Candidate) -> String {
