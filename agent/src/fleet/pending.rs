@@ -395,6 +395,9 @@ pub fn add_approvals(
     Ok(out)
 }
 
+/// Signature files as they go into the tree: (file name, armored bytes).
+type NamedSignatures = Vec<(String, Vec<u8>)>;
+
 /// A signed trust rotation, for every chosen host.
 #[allow(clippy::too_many_arguments)]
 fn add_rotation(
@@ -417,7 +420,7 @@ fn add_rotation(
         refusal: None,
     };
     let name = file_name(c);
-    let checked = (|| -> Result<(Vec<String>, Vec<(String, Vec<u8>)>), Refusal> {
+    let checked = (|| -> Result<(Vec<String>, NamedSignatures), Refusal> {
         if !valid_approval_name(&name) {
             return Err(Refusal::new(
                 "bad_name",
@@ -498,7 +501,7 @@ fn check(
     trust: Option<&TrustStore>,
     now: i64,
     a: &mut Added,
-) -> Result<Vec<(String, Vec<u8>)>, Refusal> {
+) -> Result<NamedSignatures, Refusal> {
     let p = ApprovalPayload::parse(&c.payload).map_err(|r| Refusal::from_rejection(&r))?;
     a.host = Some(p.host.clone());
     a.vmid = Some(p.vmid);
