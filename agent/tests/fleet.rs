@@ -682,6 +682,23 @@ async fn publish_then_the_agent_follows_and_a_fleet_signed_approval_runs() {
     let st = json(&fleet_async(&["status", p(&tree), "--output", "json"]).await);
     assert_eq!(st[0]["state"], "pending", "{st}");
 
+    // A selection that matches nothing extracts nothing.
+    let none = hub.scratch.join("none");
+    let v = json(
+        &fleet_async(&[
+            "pending",
+            p(&tree),
+            "--op",
+            "rollback_snapshot",
+            "--extract",
+            p(&none),
+            "--output",
+            "json",
+        ])
+        .await,
+    );
+    assert!(v["approvals"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["extracted"].as_array().unwrap().is_empty(), "{v}");
     // Extract and sign with the real ssh-keygen in one run, then place on the hub.
     let work = hub.scratch.join("to-sign");
     let op_key = key(&hub.scratch, "TEST_operator1_ed25519");
