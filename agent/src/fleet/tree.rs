@@ -34,6 +34,9 @@ pub struct IndexPlan {
     pub ignored: Vec<String>,
     /// `index.json` must be (re)written (its bytes differ, or it is missing).
     pub write: bool,
+    /// The directory could not be listed (other than missing): nothing may be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A local copy of the hub's tree (the directory that holds `hosts/`).
@@ -147,15 +150,20 @@ impl Tree {
     pub fn index_plan(&self, host: &str) -> IndexPlan {
         let dir = self.approvals_dir(host);
         let mut plan = IndexPlan::default();
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.') && n != "index.json")
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.') && n != "index.json")
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                // Writing an index from a listing we could not read would withdraw approvals.
+                plan.error = Some(format!("{}: cannot list: {e}", dir.display()));
+                return plan;
+            }
+        };
         names.sort();
         let mut payloads = BTreeSet::new();
         let mut sigs: Vec<(String, String)> = Vec::new();
@@ -226,6 +234,9 @@ impl Tree {
 
     /// Checks an index plan against the agent's limits (`hub_approvals_invalid` otherwise).
     pub fn check_index(&self, host: &str, plan: &IndexPlan) -> Result<(), super::Refusal> {
+        if let Some(e) = &plan.error {
+            return Err(super::Refusal::new("fleet_tree", e.clone()));
+        }
         let bytes = index_bytes(&plan.names);
         if plan.names.len() > MAX_INDEX_ENTRIES
             || bytes.len() > crate::desired::hub::MAX_INDEX_BYTES
@@ -338,5 +349,14 @@ mod tests {
             Some("a.txt")
         );
         assert_eq!(payload_of_signature("a.txt"), None);
+        // An approvals "directory" that cannot be listed is refused, never indexed as empty.
+        std::fs::create_dir_all(d.path().join("hosts/pve2")).unwrap();
+        std::fs::write(d.path().join("hosts/pve2/approvals"), "not a directory").unwrap();
+        let broken = tree.index_plan("pve2");
+        assert!(broken.error.is_some() && !broken.write);
+        assert_eq!(
+            tree.check_index("pve2", &broken).unwrap_err().code,
+            "fleet_tree"
+        );
     }
 }
