@@ -34,6 +34,12 @@ pub fn publish(
     let now = unix_now();
     let tree = Tree::open(tree).map_err(fail)?;
     let trust = load_trust(trust, now).map_err(fail)?;
+    // A dry run writes nothing, so it needs no lock.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(tree.lock().map_err(fail)?)
+    };
     let opts = publish::Options {
         key: key.to_path_buf(),
         trust,
@@ -271,6 +277,7 @@ pub fn add_approvals(
         .map(|t| load_trust(t, now))
         .transpose()
         .map_err(fail)?;
+    let _lock = tree.lock().map_err(fail)?;
     let (candidates, problems) = pending::find_candidates(paths);
     let out = pending::add_approvals(&tree, &candidates, trust.as_ref(), now, rotation_hosts)
         .map_err(fail)?;

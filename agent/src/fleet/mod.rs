@@ -35,6 +35,8 @@ pub enum FleetError {
     SshKeygen(String),
     #[error("{0}")]
     Usage(String),
+    #[error("another drover fleet command is writing this tree (it holds the lock on {0})")]
+    Busy(String),
 }
 
 impl FleetError {
@@ -45,6 +47,7 @@ impl FleetError {
             FleetError::Trust { .. } => "trust_store_invalid",
             FleetError::SshKeygen(_) => "ssh_keygen_failed",
             FleetError::Usage(_) => "fleet_usage",
+            FleetError::Busy(_) => "fleet_busy",
         }
     }
 }

@@ -64,6 +64,28 @@ impl Tree {
         &self.root
     }
 
+    /// Locks the tree's `hosts/` directory itself (flock on the directory, so no lock file
+    /// ends up in what is served) for the life of the returned handle: two writers
+    /// (`publish`, `add-approvals`) never interleave their files; a second one fails at once
+    /// with `fleet_busy`. The kernel drops the lock when the process ends.
+    pub fn lock(&self) -> Result<std::fs::File, FleetError> {
+        let path = self.root.join("hosts");
+        let f = std::fs::File::open(&path).map_err(|e| FleetError::Write {
+            path: path.display().to_string(),
+            message: e.to_string().to_lowercase(),
+        })?;
+        match f.try_lock() {
+            Ok(()) => Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(FleetError::Busy(path.display().to_string()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(FleetError::Write {
+                path: path.display().to_string(),
+                message: format!("locking: {}", e.to_string().to_lowercase()),
+            }),
+        }
+    }
+
     /// Every host directory, sorted. Directories whose name is not a valid host name are
     /// returned separately (the agent could never ask for them).
     pub fn hosts(&self) -> Result<(Vec<String>, Vec<String>), FleetError> {
@@ -342,6 +364,10 @@ mod tests {
         std::fs::remove_file(a.join("105-destroy_guest.txt.alice.sig")).unwrap();
         let gone = tree.index_plan("pve1");
         assert!(gone.names.is_empty());
+        let held = tree.lock().unwrap();
+        assert_eq!(tree.lock().unwrap_err().code(), "fleet_busy");
+        drop(held);
+        assert!(tree.lock().is_ok());
         assert_eq!(gone.removed.len(), 2);
         assert_eq!(payload_of_signature("a.txt.sig").as_deref(), Some("a.txt"));
         assert_eq!(
