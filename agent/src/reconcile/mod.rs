@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod planner;
 pub mod pve;
 pub mod recovery;
+pub mod task_estimate;
