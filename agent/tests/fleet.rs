@@ -1059,3 +1059,73 @@ fn add_approvals_places_a_signed_trust_rotation_for_every_host() {
         );
     }
 }
+
+#[test]
+fn pending_flags_requests_the_document_does_not_explain_and_never_extracts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let host = tree.join("hosts/pve1");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(
+        host.join("desired.toml"),
+        format!(
+            "revision = 4\n{}[[guest]]\nvmid = 102\nensure = \"absent\"\n",
+            guest(101, "running", 256)
+        ),
+    )
+    .unwrap();
+    // A report (anyone with the upload credential can write one) asking to destroy 101,
+    // which the document wants running, and 102, which it wants absent.
+    let pending = |vmid: u32| drover::desired::report::PendingRequest {
+        file: format!("{vmid}-destroy_guest.txt"),
+        text: request("pve1", vmid, 3600),
+        sign: format!("ssh-keygen -Y sign -f K -n destructive-op-v1@{DOMAIN} x"),
+    };
+    let report = Report::new(
+        serde_json::json!({"host": "pve1", "desired": {"revision": 4}}),
+        vec![pending(101), pending(102)],
+        serde_json::json!([]),
+        now(),
+    );
+    std::fs::write(
+        host.join("report.json"),
+        serde_json::to_vec(&report).unwrap(),
+    )
+    .unwrap();
+    let dir = tmp.path().join("to-sign");
+    let out = fleet(&[
+        "pending",
+        p(&tree),
+        "--extract",
+        p(&dir),
+        "--output",
+        "json",
+    ]);
+    let v = json(&out);
+    let by_vmid = |vmid: u32| {
+        v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["vmid"] == vmid)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        by_vmid(101)["unexplained"]
+            .as_str()
+            .unwrap()
+            .contains("wants guest 101 running"),
+        "{v}"
+    );
+    assert!(by_vmid(102)["unexplained"].is_null(), "{v}");
+    assert_eq!(v["extracted"].as_array().unwrap().len(), 1, "{v}");
+    assert!(dir.join("pve1/102-destroy_guest.txt").exists());
+    assert!(!dir.join("pve1/101-destroy_guest.txt").exists());
+    let text = fleet(&["pending", p(&tree)]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("unexplained"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+}

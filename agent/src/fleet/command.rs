@@ -190,6 +190,8 @@ pub fn pending(
             for a in &shown {
                 let state = if let Some(p) = &a.problem {
                     format!("invalid: {p}")
+                } else if let Some(u) = &a.unexplained {
+                    format!("unexplained: {u}")
                 } else if a.expired {
                     "expired".into()
                 } else if a.submitted {
@@ -239,7 +241,7 @@ pub fn pending(
         if let Some(dir) = extract {
             if extracted.is_empty() {
                 println!(
-                    "nothing extracted (expired, invalid or already submitted requests are left out)"
+                    "nothing extracted (expired, invalid, unexplained or already submitted requests are left out)"
                 );
             } else {
                 println!(
@@ -259,7 +261,9 @@ pub fn pending(
             }
         }
     }
-    let waiting = shown.iter().any(|a| !a.expired && a.problem.is_none());
+    let waiting = shown
+        .iter()
+        .any(|a| !a.expired && a.problem.is_none() && a.unexplained.is_none());
     Ok(ExitCode::from(if waiting { 2 } else { 0 }))
 }
 

@@ -40,6 +40,10 @@ pub struct PendingApproval {
     pub submitted: bool,
     /// Why this request cannot be extracted (it contradicts itself or its host).
     pub problem: Option<String>,
+    /// Why the published document does not explain this request (e.g. a destroy of a guest
+    /// the document still wants): a stale request the agent will withdraw, or a forged
+    /// report. Not extracted.
+    pub unexplained: Option<String>,
     pub text: String,
 }
 
@@ -135,19 +139,53 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
             }
         }
         let submitted = submitted_payloads(tree, &host);
+        // The document in the tree (the one published, or about to be), for cross-checking.
+        let doc = std::fs::read(tree.document(&host))
+            .ok()
+            .and_then(|b| crate::desired::parse(&b, "desired.toml").ok());
         for req in &report.pending_approvals {
-            out.approvals
-                .push(describe(&host, req, &submitted, report.time_unix, now));
+            let mut a = describe(&host, req, &submitted, now);
+            if a.problem.is_none() {
+                a.unexplained = unexplained(&a, doc.as_ref());
+            }
+            out.approvals.push(a);
         }
     }
     Ok(out)
+}
+
+/// Whether the tree's document asks for what the request would do: a destroy needs the guest
+/// listed with `ensure = "absent"`, any other step needs the guest listed at all.
+fn unexplained(a: &PendingApproval, doc: Option<&crate::desired::DesiredDoc>) -> Option<String> {
+    let (Some(vmid), Some(op)) = (a.vmid, a.op.as_deref()) else {
+        return None;
+    };
+    let Some(doc) = doc else {
+        return Some("the host has no valid desired.toml in the tree".into());
+    };
+    match doc.guests.get(&vmid) {
+        None => Some(format!(
+            "guest {vmid} is not in revision {} of the document",
+            doc.revision
+        )),
+        Some(g) if op == "destroy_guest" && g.ensure != crate::desired::Ensure::Absent => {
+            let wants = serde_json::to_value(g.ensure)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            Some(format!(
+                "revision {} wants guest {vmid} {wants}, not absent",
+                doc.revision
+            ))
+        }
+        Some(_) => None,
+    }
 }
 
 fn describe(
     host: &str,
     req: &crate::desired::report::PendingRequest,
     submitted: &[Vec<u8>],
-    _reported: i64,
     now: i64,
 ) -> PendingApproval {
     let mut a = PendingApproval {
@@ -162,6 +200,7 @@ fn describe(
         namespace: namespace_of(&req.sign),
         submitted: submitted.iter().any(|p| p == req.text.as_bytes()),
         problem: None,
+        unexplained: None,
         text: req.text.clone(),
     };
     match ApprovalPayload::parse(req.text.as_bytes()) {
@@ -211,8 +250,8 @@ fn submitted_payloads(tree: &Tree, host: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Writes the selected requests as `dir/<host>/<file>` (not expired, no problem, not yet
-/// submitted) and returns their paths.
+/// Writes the selected requests as `dir/<host>/<file>` (not expired, no problem, explained by
+/// the document, not yet submitted) and returns their paths.
 pub fn extract(
     pending: &Pending,
     selection: &Selection,
@@ -220,7 +259,12 @@ pub fn extract(
 ) -> Result<Vec<PathBuf>, FleetError> {
     let mut files = Vec::new();
     for a in &pending.approvals {
-        if a.expired || a.problem.is_some() || a.submitted || !selection.matches(a) {
+        if a.expired
+            || a.problem.is_some()
+            || a.unexplained.is_some()
+            || a.submitted
+            || !selection.matches(a)
+        {
             continue;
         }
         let path = dir.join(&a.host).join(&a.file);
