@@ -202,31 +202,74 @@ pub fn publish(tree: &Tree, opts: &Options) -> Result<Outcome, FleetError> {
         out.changes = false;
         return Ok(out);
     }
-    for (i, sig) in &signatures {
-        let h = &out.hosts[*i];
+    let sig_of: std::collections::HashMap<usize, &Vec<u8>> =
+        signatures.iter().map(|(i, s)| (*i, s)).collect();
+    // Hosts are independent: their files are written by a few threads at once, so the
+    // durable writes (fsync of each file and its directory) overlap instead of queueing.
+    let work: Vec<(usize, &HostChange)> = out.hosts.iter().enumerate().collect();
+    let workers = WRITERS.min(work.len().max(1));
+    let per = work.len().div_ceil(workers).max(1);
+    let results: Vec<Result<(), FleetError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = work
+            .chunks(per)
+            .map(|chunk| {
+                let sig_of = &sig_of;
+                scope.spawn(move || -> Result<(), FleetError> {
+                    for (i, h) in chunk {
+                        write_host(tree, h, sig_of.get(i).copied(), opts.now)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    Err(FleetError::Write {
+                        path: tree.root().display().to_string(),
+                        message: "a writer thread panicked".into(),
+                    })
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(out)
+}
+
+/// Threads writing host files at once.
+const WRITERS: usize = 8;
+
+/// One host's files: the signature first, then the record, then the approvals index.
+fn write_host(
+    tree: &Tree,
+    h: &HostChange,
+    sig: Option<&Vec<u8>>,
+    now: i64,
+) -> Result<(), FleetError> {
+    if let Some(sig) = sig {
         super::tree::write_if_changed(&tree.signature(&h.host), sig)?;
     }
-    for h in &out.hosts {
-        if matches!(h.action, Action::Sign | Action::Resign | Action::Unchanged)
-            && let Some(revision) = h.revision
-        {
-            let keep = tree
-                .record(&h.host)
-                .ok()
-                .flatten()
-                .filter(|r| r.sha256 == h.sha256);
-            let record = keep.unwrap_or(Published {
-                revision,
-                sha256: h.sha256.clone(),
-                published_unix: opts.now,
-            });
-            tree.write_record(&h.host, &record)?;
-        }
-        if h.index.write {
-            tree.write_index(&h.host, &h.index)?;
-        }
+    if matches!(h.action, Action::Sign | Action::Resign | Action::Unchanged)
+        && let Some(revision) = h.revision
+    {
+        let keep = tree
+            .record(&h.host)
+            .ok()
+            .flatten()
+            .filter(|r| r.sha256 == h.sha256);
+        let record = keep.unwrap_or(Published {
+            revision,
+            sha256: h.sha256.clone(),
+            published_unix: now,
+        });
+        tree.write_record(&h.host, &record)?;
     }
-    Ok(out)
+    if h.index.write {
+        tree.write_index(&h.host, &h.index)?;
+    }
+    Ok(())
 }
 
 /// Decides one host without writing anything.
