@@ -23,9 +23,9 @@ const DOMAIN: &str = "demo.drover.invalid";
 
 fn section(title: &str) {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!("\n\x1b[1m== {title}\x1b[0m");
+        crate::outln!("\n\x1b[1m== {title}\x1b[0m");
     } else {
-        println!("\n== {title}");
+        crate::outln!("\n== {title}");
     }
 }
 
@@ -131,12 +131,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     })
     .await
     .context("starting the PVE simulator")?;
-    println!(
+    crate::outln!(
         "PVE API simulator on {} (TLS fingerprint {})",
         sim.base_url(),
         sim.fingerprint()
     );
-    println!(
+    crate::outln!(
         "existing CTs: 101 dns-1, 102 web-1 (drifted), 103 db-1 (stopped), 105 old-app, 110 legacy (unmanaged)"
     );
 
@@ -167,23 +167,23 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 
     section("3. drover run --once (benign steps run; the destroy waits for a signature)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    println!("first pass finished: {r:?}");
+    crate::outln!("first pass finished: {r:?}");
     let approvals = crate::approval::requests::Approvals::new(&config.state_dir, None);
     let pending = approvals.pending();
     let Some((request, text)) = pending.first().cloned() else {
         anyhow::bail!("expected a pending approval request for CT 105");
     };
-    println!("pending approval request {}:\n{text}", request.display());
+    crate::outln!("pending approval request {}:\n{text}", request.display());
 
     section("4. An operator signs the request offline with ssh-keygen");
     let Some(sig) = sign(root, &request)? else {
-        println!(
+        crate::outln!(
             "ssh-keygen is not installed; skipping the signed destroy. Install OpenSSH to see it."
         );
         summary(&sim, started).await;
         return Ok(ExitCode::SUCCESS);
     };
-    println!(
+    crate::outln!(
         "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
         request.display()
     );
@@ -202,7 +202,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 
     section("5. drover run --once (the approved destroy runs)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    println!("second pass finished: {r:?}");
+    crate::outln!("second pass finished: {r:?}");
 
     section("6. drover plan (nothing left to do)");
     crate::cli::plan(&config_path, false).await?;
@@ -249,20 +249,20 @@ fn sign(root: &Path, request: &Path) -> anyhow::Result<Option<PathBuf>> {
 async fn summary(sim: &pve_sim::RunningSim, started: Instant) {
     section("Summary");
     let mutations = sim.mutations();
-    println!("PVE mutations made by the agent, from the simulator's log:");
+    crate::outln!("PVE mutations made by the agent, from the simulator's log:");
     for m in &mutations {
-        println!(
+        crate::outln!(
             "  {} {} {}",
             m.method,
             m.path,
             m.vmid.map(|v| format!("(CT {v})")).unwrap_or_default()
         );
     }
-    println!(
+    crate::outln!(
         "creates of CT 104: {}; destroys of CT 105: {}; CT 110 (unmanaged) untouched: {}",
         sim.count_mutations("create", 104),
         sim.count_mutations("destroy", 105),
         mutations.iter().all(|m| m.vmid != Some(110)),
     );
-    println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    crate::outln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -8,6 +8,7 @@
 
 mod archive;
 mod backup;
+pub mod permissions;
 mod schema;
 mod server;
 mod state;
@@ -65,6 +66,10 @@ pub enum SimTls {
 pub struct SimToken {
     pub id: String,
     pub secret: String,
+    /// Holds `VM.Backup` (with `Datastore.AllocateSpace`), as Drover's role does. Without
+    /// it backups are silently missing from content listings, vzdump fails inside its task
+    /// and archives cannot be read, changed or deleted (`safety-nets.md` §2, §3 item 14).
+    pub vm_backup: bool,
 }
 
 /// How to run the simulator.
@@ -91,6 +96,8 @@ pub struct SimConfig {
     /// state file (`<state file>.storage`), else a fresh directory under the system temp
     /// directory that is removed when the simulator is dropped.
     pub storage_dir: Option<PathBuf>,
+    /// What `GET /access/permissions` says every token holds; None: every privilege.
+    pub token_privileges: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -102,6 +109,7 @@ impl Default for SimConfig {
             tokens: vec![SimToken {
                 id: DEFAULT_TOKEN_ID.into(),
                 secret: DEFAULT_TOKEN_SECRET.into(),
+                vm_backup: true,
             }],
             task_duration: Duration::from_millis(50),
             auth_fail_delay: Duration::ZERO,
@@ -112,6 +120,7 @@ impl Default for SimConfig {
             guests: Vec::new(),
             storages: storage::default_storages(),
             storage_dir: None,
+            token_privileges: None,
         }
     }
 }
@@ -528,6 +537,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     cfg.tokens = vec![SimToken {
         id: token_id.clone(),
         secret: secret.clone(),
+        vm_backup: true,
     }];
     let sim = start(cfg).await?;
     if let Some(path) = &write_cert {

@@ -90,6 +90,29 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "drover demo                         # the whole loop in a few seconds",
     ),
     (
+        "fleet",
+        "drover fleet publish ./hub --key ~/.ssh/hub_signing.pub --trust trust --dry-run\n\
+         drover fleet status ./hub",
+    ),
+    (
+        "fleet publish",
+        "drover fleet publish ./hub --key ~/.ssh/hub_signing --trust trust --dry-run\n\
+         drover fleet publish ./hub --key ~/.ssh/hub_signing.pub --trust trust   # key in ssh-agent",
+    ),
+    (
+        "fleet pending",
+        "drover fleet pending ./hub                               # every pending approval\n\
+         drover fleet pending ./hub --op destroy_guest --extract ./to-sign --key ~/.ssh/drover_operator",
+    ),
+    (
+        "fleet add-approvals",
+        "drover fleet add-approvals ./hub ./to-sign --trust trust",
+    ),
+    (
+        "fleet status",
+        "drover fleet status ./hub                                # one row per host",
+    ),
+    (
         "completions",
         "drover completions bash > /etc/bash_completion.d/drover\n\
          drover completions --out deploy/completions       # all shells, as packaged",

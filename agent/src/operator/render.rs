@@ -121,7 +121,7 @@ impl ClassifiedPlan {
                     "  {} {}: {} ({})",
                     style.paint(YELLOW, "!"),
                     guest_label(g),
-                    n.message,
+                    crate::output::escape_controls(&n.message),
                     n.code
                 );
             }
@@ -131,7 +131,7 @@ impl ClassifiedPlan {
                 out,
                 "  {} {} ({})",
                 style.paint(YELLOW, "!"),
-                n.message,
+                crate::output::escape_controls(&n.message),
                 n.code
             );
         }
@@ -205,9 +205,10 @@ fn symbol(s: &Step) -> char {
     }
 }
 
-/// Keeps long values (descriptions) on one readable line.
+/// Keeps long values (descriptions) on one readable line, control characters escaped (the
+/// value comes from the hub's document or PVE, and is read by an operator before signing).
 fn short(s: &str) -> String {
-    let one_line = s.replace('\n', "\\n");
+    let one_line = crate::output::escape_controls(&s.replace('\n', "\\n"));
     if one_line.chars().count() > 72 {
         format!("{}…", one_line.chars().take(71).collect::<String>())
     } else {

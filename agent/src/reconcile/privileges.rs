@@ -83,6 +83,19 @@ pub const GRANTED: &[Privilege] = &[
     },
 ];
 
+/// The privileges of [`GRANTED`] that hold on the guests (`/vms`, or `/pool/<pool>` with
+/// `pve-setup.sh --pool`): what `check-config` asks PVE the token has there.
+pub const ON_GUESTS: &[&str] = &[
+    "VM.Audit",
+    "VM.PowerMgmt",
+    "VM.Allocate",
+    "VM.Config.CPU",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Disk",
+    "VM.Config.Options",
+];
+
 /// What every pass needs before it plans anything: the guest list, configs and status
 /// (`VM.Audit`), and the active tasks on the node, to re-attach and to wait (`Sys.Audit`).
 pub const READS: &[&str] = &["VM.Audit", "Sys.Audit"];
@@ -268,6 +281,16 @@ ensure = "stopped"
             .trim_end_matches('"')
             .split_whitespace()
             .collect()
+    }
+
+    #[test]
+    fn on_guests_is_the_granted_list_on_the_guests_path() {
+        let want: Vec<&str> = GRANTED
+            .iter()
+            .filter(|p| p.path.starts_with("/vms"))
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(ON_GUESTS, want.as_slice());
     }
 
     #[test]

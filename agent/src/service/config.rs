@@ -23,7 +23,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::local_file::LocalFileError,
     },
     #[error("config {path}, line {line}{key}: {message}")]
     Syntax {
@@ -100,9 +100,12 @@ pub struct HubSourceConfig {
     pub fingerprint: Option<String>,
     /// A file holding a bearer token, re-read on every poll (rotation needs no restart).
     pub bearer_token_file: Option<PathBuf>,
+    /// A client certificate (PEM chain) and its key, presented to the hub (read at start).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Per request.
     pub timeout: Duration,
-    /// POST a status report to `{url}/hosts/{host}/report` after each pass.
+    /// `PUT` the agent's report to `{url}/hosts/{host}/report.json` after each pass.
     pub report: bool,
 }
 
@@ -166,6 +169,8 @@ struct RawSource {
     ca_file: Option<PathBuf>,
     fingerprint: Option<String>,
     bearer_token_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     timeout: Option<String>,
     report: Option<bool>,
 }
@@ -189,12 +194,22 @@ fn default_max_parallel() -> usize {
     3
 }
 
+/// Largest config file read: a real one is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let bytes = crate::local_file::read_regular(path, MAX_CONFIG_BYTES).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_err(crate::local_file::LocalFileError::Io {
+                path: path.display().to_string(),
+                message: "not UTF-8 text".into(),
+            })
         })?;
         Config::parse(&text, path)
     }
@@ -355,6 +370,8 @@ fn source_config(
                 ("source.ca_file", raw.ca_file.is_some()),
                 ("source.fingerprint", raw.fingerprint.is_some()),
                 ("source.bearer_token_file", raw.bearer_token_file.is_some()),
+                ("source.client_cert_file", raw.client_cert_file.is_some()),
+                ("source.client_key_file", raw.client_key_file.is_some()),
                 ("source.timeout", raw.timeout.is_some()),
                 ("source.report", raw.report.is_some()),
             ];
@@ -377,6 +394,22 @@ fn source_config(
                     "source.fingerprint",
                     "set either fingerprint or ca_file, not both".into(),
                 ));
+            }
+            match (&raw.client_cert_file, &raw.client_key_file) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "source.client_key_file",
+                        "client_cert_file needs client_key_file (the certificate's private key)"
+                            .into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "source.client_cert_file",
+                        "client_key_file needs client_cert_file".into(),
+                    ));
+                }
+                _ => {}
             }
             if let Some(fp) = &raw.fingerprint
                 && let Err(e) = fp.parse::<proxmox_client::Fingerprint>()
@@ -402,6 +435,8 @@ fn source_config(
                 ca_file: raw.ca_file,
                 fingerprint: raw.fingerprint,
                 bearer_token_file: raw.bearer_token_file,
+                client_cert_file: raw.client_cert_file,
+                client_key_file: raw.client_key_file,
                 timeout,
                 report: raw.report.unwrap_or(true),
             }))
@@ -422,11 +457,49 @@ pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Conf
         .filter(|k| !k.is_empty() && k.len() < 80)
         .map(|k| format!(", at `{k}`"))
         .unwrap_or_default();
+    let message = e.message().trim().to_string();
+    // A value of the wrong type: name the key (with its section) in the operator's words.
+    if let Some(start) = e.span().map(|s| s.start.min(text.len()))
+        && let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((got, want)) = rest.split_once(", expected ")
+    {
+        let before = &text[..start];
+        let line_text = before.rsplit('\n').next().unwrap_or("");
+        if let Some((k, _)) = line_text.split_once('=') {
+            let section = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('[') && l.ends_with(']'))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            let k = k.trim();
+            let full = match section {
+                Some(sec) if !sec.is_empty() => format!("{sec}.{k}"),
+                _ => k.to_string(),
+            };
+            return ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                key: format!(", key {full}"),
+                message: format!("expected {}, got {got}", operator_type(want)),
+            };
+        }
+    }
     ConfigError::Syntax {
         path: path.to_path_buf(),
         line,
         key,
-        message: e.message().trim().to_string(),
+        message,
+    }
+}
+
+/// serde's type names in words an operator uses.
+fn operator_type(want: &str) -> String {
+    match want {
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number".to_string(),
+        "a boolean" | "bool" => "true or false".to_string(),
+        "a string" | "string" => "a quoted string".to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -463,6 +536,7 @@ impl Source {
                     (None, None) => HubTls::SystemRoots,
                 };
                 cfg.bearer_token_file = h.bearer_token_file.clone();
+                cfg.client_identity = h.client_cert_file.clone().zip(h.client_key_file.clone());
                 cfg.timeout = h.timeout;
                 cfg.report = h.report;
                 cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));
@@ -589,6 +663,18 @@ file = "/etc/drover/trust"
             (
                 GOOD.replace("[source]\n", "[source]\nreport = false\n"),
                 "source.report",
+            ),
+            (
+                GOOD.replace("[source]\n", "[source]\nclient_cert_file = \"/c.pem\"\n"),
+                "source.client_cert_file",
+            ),
+            (
+                hub.replace("timeout = \"5s\"", "client_cert_file = \"/c.pem\""),
+                "source.client_key_file",
+            ),
+            (
+                hub.replace("timeout = \"5s\"", "client_key_file = \"/c.key\""),
+                "source.client_cert_file",
             ),
         ] {
             let msg = Config::parse(&text, Path::new("c.toml"))

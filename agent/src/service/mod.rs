@@ -7,4 +7,5 @@ pub mod config;
 pub mod daemon;
 pub mod leftovers;
 pub mod logging;
+pub mod preflight;
 pub mod systemd;
