@@ -62,7 +62,7 @@ async fn auth_schema_lifecycle_idempotency_and_the_mutation_log() {
     // Wrong token: 401 without a body.
     let r = http()
         .get(format!("{base}/api2/json/version"))
-        .header("Authorization", "PVEAPIToken=drover@pve!agent=wrong")
+        .header("Authorization", "PVEAPIToken=drover@pve!pve1=wrong")
         .send()
         .await
         .unwrap();
@@ -106,7 +106,7 @@ async fn auth_schema_lifecycle_idempotency_and_the_mutation_log() {
     assert_eq!(s, 200, "{v}");
     let upid = v["data"].as_str().unwrap().to_string();
     assert!(
-        upid.starts_with("UPID:pve1:") && upid.ends_with(":vzcreate:105:drover@pve!agent:"),
+        upid.starts_with("UPID:pve1:") && upid.ends_with(":vzcreate:105:drover@pve!pve1:"),
         "{upid}"
     );
     let (_, list) = call(&base, reqwest::Method::GET, "/nodes/pve1/lxc", &[]).await;
@@ -420,7 +420,7 @@ async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
     .await;
     assert_eq!(s, 200, "{v}");
     let upid = v["data"].as_str().unwrap().to_string();
-    assert!(upid.contains(":vzsnapshot:101:drover@pve!agent:"), "{upid}");
+    assert!(upid.contains(":vzsnapshot:101:drover@pve!pve1:"), "{upid}");
     assert_eq!(wait_task(&base, &upid).await["exitstatus"], "OK");
     // The same name again: a UPID, and the task fails with PVE's error (Snapshot.pm forks
     // before loading the config).

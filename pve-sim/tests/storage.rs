@@ -424,7 +424,7 @@ async fn vzdump_is_a_task_that_locks_the_ct_and_writes_a_readable_archive() {
     assert_eq!(s, 200, "{v}");
     let upid = v["data"].as_str().unwrap().to_string();
     assert!(
-        upid.starts_with("UPID:pve1:") && upid.ends_with(":vzdump:101:drover@pve!agent:"),
+        upid.starts_with("UPID:pve1:") && upid.ends_with(":vzdump:101:drover@pve!pve1:"),
         "{upid}"
     );
     // While it runs: `lock: backup`, the temporary `vzdump` snapshot (lvmthin can snapshot),
@@ -638,7 +638,7 @@ async fn vzdump_modes_fallback_pbs_volids_and_the_plain_ok_answer() {
     // Several guests: one task, empty id.
     let (upid, exit, _) = vzdump(&base, &[("vmid", "110,111"), ("storage", "tank")]).await;
     assert_eq!(exit, "OK");
-    assert!(upid.ends_with(":vzdump::drover@pve!agent:"), "{upid}");
+    assert!(upid.ends_with(":vzdump::drover@pve!pve1:"), "{upid}");
     // A vmid of no guest stays and fails visibly: job errors.
     let (_, exit, log) = vzdump(&base, &[("vmid", "999"), ("storage", "local")]).await;
     assert_eq!(exit, "job errors");
@@ -1120,7 +1120,7 @@ async fn a_forced_restore_replaces_the_ct_and_empties_mount_points_outside_the_b
     .await;
     assert_eq!(s, 200, "{v}");
     let upid = v["data"].as_str().unwrap().to_string();
-    assert!(upid.ends_with(":vzrestore:140:drover@pve!agent:"), "{upid}");
+    assert!(upid.ends_with(":vzrestore:140:drover@pve!pve1:"), "{upid}");
     let (_, c) = config(&base, 140).await;
     assert_eq!(c["data"]["lock"], "create");
     let st = wait_task(&base, &upid).await;
