@@ -20,6 +20,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::approvals::{Approvals, Decision, Lookup};
 use crate::desired::{DesiredDoc, GuestSpec};
 use crate::lanes::{LaneOutcome, Lanes};
+use crate::model::{ActualGuest, Power};
 use crate::planner::{self, Plan, Step, StepKind};
 use crate::pve::{Pve, Submission};
 use crate::render::{ClassifiedPlan, StepClass};
@@ -331,22 +332,24 @@ impl Engine {
 
     /// The gate's view of a planned step.
     pub fn planned_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
-        let provenance = self.inner.store.provenance(step.vmid);
         PlannedAction {
             op: op_of(step.kind),
             vmid: step.vmid,
             guest_config_sha1: digest.filter(|d| !d.is_empty()).map(str::to_string),
             params: step.params.clone(),
-            operation: provenance
-                .filter(|p| !p.op_finished)
-                .and_then(|p| p.create_op),
         }
     }
 
-    /// Classifies a step by the journal's provenance (never by the document).
-    pub fn classify(&self, step: &Step, digest: Option<&str>) -> Classification {
-        let action = self.planned_action(step, digest);
-        let provenance = self.inner.store.provenance(step.vmid);
+    /// Classifies a step by the journal's provenance (never by the document). A guest seen
+    /// running counts as started, whoever started it: it may hold data.
+    pub fn classify(&self, step: &Step, actual: Option<&ActualGuest>) -> Classification {
+        let action = self.planned_action(step, actual.map(|a| a.digest.as_str()));
+        let mut provenance = self.inner.store.provenance(step.vmid);
+        if let Some(p) = provenance.as_mut()
+            && actual.is_some_and(|a| a.power != Power::Stopped)
+        {
+            p.ever_started = true;
+        }
         gate::classify(&action, provenance.as_ref())
     }
 
@@ -364,11 +367,11 @@ impl Engine {
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
         let mut classes = BTreeMap::new();
         for g in plan.guests.values() {
-            let digest = actual.guests.get(&g.vmid).map(|a| a.digest.as_str());
+            let guest = actual.guests.get(&g.vmid);
             let c: Vec<StepClass> = g
                 .steps
                 .iter()
-                .map(|s| match self.classify(s, digest) {
+                .map(|s| match self.classify(s, guest) {
                     Classification::Benign => StepClass::Benign,
                     Classification::Destructive { reason } => StepClass::Destructive { reason },
                 })
@@ -393,6 +396,9 @@ impl Engine {
             });
         };
         let (classified, actual) = self.plan_host(&desired.doc).await?;
+        for g in actual.guests.values() {
+            self.remember_if_running(g);
+        }
         *self
             .inner
             .elsewhere
@@ -437,7 +443,6 @@ impl Engine {
                 .get(vmid)
                 .is_some_and(|g| !g.steps.is_empty());
             if !(has_steps || in_flight.contains(vmid)) {
-                self.finish_operation_if_converged(*vmid, &classified);
                 continue;
             }
             if self.is_terminal_for(*vmid, &desired.doc) || self.inner.store.is_suspended(*vmid) {
@@ -473,20 +478,15 @@ impl Engine {
         *logged = now;
     }
 
-    /// A guest the agent created has converged: its create operation is over, so cleanup of
-    /// it is no longer "its own failed create".
-    fn finish_operation_if_converged(&self, vmid: u32, plan: &ClassifiedPlan) {
-        let notes = plan
-            .plan
-            .guests
-            .get(&vmid)
-            .map(|g| g.notes.len())
-            .unwrap_or(0);
-        if notes == 0
-            && let Some(p) = self.inner.store.provenance(vmid)
-            && !p.op_finished
+    /// A guest the journal knows, seen running (whoever started it), counts as started from
+    /// now on: it may hold data, so cleaning it up is never benign again.
+    fn remember_if_running(&self, g: &ActualGuest) {
+        if g.power != Power::Stopped
+            && let Some(p) = self.inner.store.provenance(g.vmid)
+            && !p.ever_started
+            && let Err(e) = self.inner.store.started(g.vmid)
         {
-            self.inner.store.finish_operation(vmid);
+            warn!(vmid = g.vmid, "journaling that the guest ran: {e}");
         }
     }
 
@@ -559,6 +559,9 @@ impl Engine {
             Ok(a) => a,
             Err(e) => return pve_failure(&e, "reading the guest"),
         };
+        if let Some(a) = actual.as_ref() {
+            self.remember_if_running(a);
+        }
         let elsewhere = self
             .inner
             .elsewhere
@@ -577,7 +580,7 @@ impl Engine {
         };
         let digest = actual.as_ref().map(|a| a.digest.clone());
         // 3. Classify by provenance; destructive steps need the gate.
-        let class = self.classify(&step, digest.as_deref());
+        let class = self.classify(&step, actual.as_ref());
         let mut approval = None;
         if let Classification::Destructive { reason } = &class {
             if desired.degraded {
@@ -631,15 +634,8 @@ impl Engine {
             }
         }
         // 4. Execute.
-        let operation = self.planned_action(&step, None).operation;
-        self.execute(
-            &step,
-            &class,
-            approval.as_ref(),
-            digest.as_deref(),
-            operation,
-        )
-        .await
+        self.execute(&step, &class, approval.as_ref(), digest.as_deref())
+            .await
     }
 
     async fn execute(
@@ -648,16 +644,18 @@ impl Engine {
         class: &Classification,
         approval: Option<&gate::Approved>,
         digest: Option<&str>,
-        operation: Option<String>,
     ) -> LaneOutcome {
         let vmid = step.vmid;
         let kind = step.kind;
         let intent_unix = unix_now();
-        let id = match self
-            .inner
-            .store
-            .intent(step, class, approval, operation.as_deref())
+        if matches!(kind, StepKind::Start | StepKind::Reboot)
+            && let Err(e) = self.inner.store.started(vmid)
         {
+            // Durable before the call: a crash after PVE started the guest must not leave a
+            // journal that still calls its cleanup benign.
+            return LaneOutcome::Transient(format!("journaling the start: {e}"));
+        }
+        let id = match self.inner.store.intent(step, class, approval, None) {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
         };
@@ -752,6 +750,32 @@ impl Engine {
         }
     }
 
+    /// The agent's create task ended without success. If it left a guest behind (its config
+    /// written before the failing step), the journal records it with the digest it has now:
+    /// cleaning that guest up stays benign until it is started or changed. Only a create with
+    /// a task of our own can have left it; a guest that appears without one is someone else's.
+    async fn note_failed_create(
+        &self,
+        vmid: u32,
+        id: &crate::store::StepId,
+        upid: Option<&Upid>,
+        outcome: journal::CreateEnd,
+    ) {
+        match self.inner.pve.read_guest(vmid).await {
+            Ok(Some(g)) => {
+                info!(
+                    vmid,
+                    "the failed create left the guest behind; recording it as the agent's own"
+                );
+                self.inner
+                    .store
+                    .create_left_guest(vmid, id, upid, &g.digest, outcome);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(vmid, "reading the guest after a failed create: {e}"),
+        }
+    }
+
     fn close(&self, id: &crate::store::StepId, outcome: StepOutcome) {
         if let Err(e) = self.inner.store.done(id, outcome) {
             warn!(op_id = %id, "journaling the outcome failed: {e}");
@@ -794,6 +818,10 @@ impl Engine {
                 }
                 Ok(TaskOutcome::Failed { message, log_tail }) => {
                     warn!(log = ?log_tail, "task failed: {message}");
+                    if kind == StepKind::Create {
+                        self.note_failed_create(vmid, &id, Some(&upid), journal::CreateEnd::Failed)
+                            .await;
+                    }
                     self.close(&id, StepOutcome::Failed(message.clone()));
                     if task_failure_is_transient(&message) {
                         LaneOutcome::Transient(format!("task failed: {message}"))
@@ -846,11 +874,7 @@ impl Engine {
                 }
             }
             StepKind::Destroy => self.inner.store.destroyed(vmid),
-            _ => {
-                if let Some(g) = fresh.as_ref() {
-                    self.inner.store.own_write(vmid, &g.digest);
-                }
-            }
+            _ => {}
         }
         self.close(&id, outcome);
         info!("done");
@@ -911,6 +935,9 @@ impl Engine {
                         }
                         Ok(_) => self.wait_and_finish(rec.id, rec.kind, rec.vmid, u).await,
                         Err(e) if e.is_not_found() => {
+                            if rec.kind == StepKind::Create {
+                                self.note_failed_create(rec.vmid, &rec.id, Some(&u), journal::CreateEnd::Abandoned).await;
+                            }
                             self.close(&rec.id, StepOutcome::Abandoned(format!("PVE does not know task {u}")));
                             LaneOutcome::Progressed
                         }
