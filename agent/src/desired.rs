@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::pve_format;
+
 /// What a guest entry asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +67,10 @@ impl DesiredError {
         "desired_invalid"
     }
 }
+
+/// The sub-code (in the message of a `desired_invalid` refusal) of a `template` that names a
+/// backup volume: creating from it would restore another guest's data.
+pub const TEMPLATE_IS_BACKUP: &str = "template_is_backup";
 
 /// The largest document accepted: a host has at most a few thousand guests.
 pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
@@ -267,11 +273,15 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         spec.hostname = Some(h);
     }
     if let Some(tpl) = string("template")? {
-        if !tpl.contains(':') || tpl.chars().any(|c| c.is_whitespace() || c == ',') {
-            return Err(e(
-                "template",
-                format!("{tpl:?} must be a volume id like local:vztmpl/NAME.tar.zst"),
-            ));
+        match pve_format::check_template(&tpl) {
+            Ok(()) => {}
+            Err(p @ pve_format::TemplateProblem::BackupVolume(_)) => {
+                return Err(e(
+                    "template",
+                    format!("{TEMPLATE_IS_BACKUP}: {}", p.message()),
+                ));
+            }
+            Err(p) => return Err(e("template", p.message().to_string())),
         }
         spec.template = Some(tpl);
     }
@@ -287,6 +297,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
             let s = v
                 .as_str()
                 .ok_or_else(|| e(key, "must be a string".into()))?;
+            pve_format::check_net(s).map_err(|m| e(key, m))?;
             let net = crate::model::parse_net(s).map_err(|m| e(key, m))?;
             spec.nets.insert(idx, net);
         }
@@ -320,8 +331,19 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         spec.tags = Some(crate::model::normalize_tags(tags));
     }
     if let Some(d) = string("description")? {
-        if d.len() > 8192 {
-            return Err(e("description", "longer than 8 KiB".into()));
+        if d.chars().count() > 8192 {
+            return Err(e("description", "longer than 8192 characters".into()));
+        }
+        // Line breaks and tabs are text; any other control character (escape sequences that
+        // repaint a terminal, NUL, CR) is refused.
+        if let Some(c) = d
+            .chars()
+            .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+        {
+            return Err(e(
+                "description",
+                format!("contains the control character {c:?}"),
+            ));
         }
         spec.description = Some(d);
     }
@@ -436,11 +458,49 @@ description = "managed by drover"
                 "net0",
             ),
             ("tags = [\"web\"]", "tags = [\"we b\"]", "tags"),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0;rm -rf /\"",
+                "net0",
+            ),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0,hookscript=local:snippets/x.sh\"",
+                "net0",
+            ),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0\\nlxc.hook.pre-start: /x\"",
+                "net0",
+            ),
+            (
+                "template = \"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"",
+                "template = \"local:backup/vzdump-lxc-101-2026_01_01-00_00_00.tar.zst\"",
+                "template",
+            ),
+            (
+                "template = \"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"",
+                "template = \"local:iso/x.iso\"",
+                "template",
+            ),
+            (
+                "description = \"managed by drover\"",
+                "description = \"managed \\u001b[2J by drover\"",
+                "description",
+            ),
+            (
+                "hostname = \"web-1\"",
+                "hostname = \"web-1\\n\"",
+                "hostname",
+            ),
             ("hostname = \"web-1\"", "hostname = \"-web\"", "hostname"),
         ] {
             let bad = DOC.replace(from, to);
+            assert_ne!(bad, DOC, "{from} not found");
             let e = parse(bad.as_bytes(), "d").unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert_eq!(e.vmid, Some(201), "{e}");
+            assert_eq!(e.code(), "desired_invalid");
         }
         let dup = format!("{DOC}\n[[guest]]\nvmid = 201\n");
         assert_eq!(

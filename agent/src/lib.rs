@@ -20,6 +20,7 @@ pub mod model;
 pub mod planner;
 pub mod progress;
 pub mod pve;
+pub mod pve_format;
 pub mod render;
 pub mod sim;
 pub mod source;
