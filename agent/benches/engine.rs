@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use drover::config::Config;
-use drover::daemon::{self, RunOptions};
-use drover::lanes::BackoffPolicy;
-use drover::pve::WaitPolicy;
-use drover::systemd::Systemd;
+use drover::reconcile::lanes::BackoffPolicy;
+use drover::reconcile::pve::WaitPolicy;
+use drover::service::config::Config;
+use drover::service::daemon::{self, RunOptions};
+use drover::service::systemd::Systemd;
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 
@@ -134,22 +134,22 @@ async fn main() {
         let store = drover::store::Store::open_read_only(&s.config.state_dir).unwrap();
         let pve = daemon::pve_from_config(&s.config, WaitPolicy::production()).unwrap();
         let (_tx, rx) = tokio::sync::watch::channel(false);
-        let engine = drover::engine::Engine::new(
-            drover::engine::EngineSettings {
+        let engine = drover::reconcile::engine::Engine::new(
+            drover::reconcile::engine::EngineSettings {
                 host: "pve1".into(),
                 fleet: "demo".into(),
                 step_deadline: Duration::from_secs(60),
             },
             pve,
             store,
-            drover::approvals::Approvals::new(&s.config.state_dir, None),
-            drover::trust::load_file(&s.config.trust.file),
-            drover::lanes::Lanes::new(3, BackoffPolicy::default()),
+            drover::approval::requests::Approvals::new(&s.config.state_dir, None),
+            drover::approval::trust::load_file(&s.config.trust.file),
+            drover::reconcile::lanes::Lanes::new(3, BackoffPolicy::default()),
             rx,
         );
         daemon::refresh_desired(
             &engine,
-            &drover::source::Source::from_config(&s.config).unwrap(),
+            &drover::desired::source::Source::from_config(&s.config).unwrap(),
         )
         .await;
         let plan = engine.pass().await.unwrap();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use drover::desired;
 use drover::model::{ActualConfig, ActualGuest, ActualHost, Power, RootfsState, parse_net};
-use drover::planner;
+use drover::reconcile::planner;
 
 fn main() {
     let n = 10_000u32;

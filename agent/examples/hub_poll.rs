@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use drover::hub::{HubConfig, HubFetch, HubSource, HubTls};
+use drover::desired::hub::{HubConfig, HubFetch, HubSource, HubTls};
 
 fn now() -> i64 {
     std::time::SystemTime::now()

@@ -7,16 +7,16 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::approval_files;
-use crate::approvals::Approvals;
-use crate::config::Config;
-use crate::daemon::{self, RunOptions, RunResult};
-use crate::engine::{Engine, EngineSettings, Trust, unix_now};
-use crate::lanes::{BackoffPolicy, Lanes};
-use crate::pve::WaitPolicy;
-use crate::source::Source;
+use crate::approval::files;
+use crate::approval::requests::Approvals;
+use crate::desired::source::Source;
+use crate::reconcile::engine::{Engine, EngineSettings, Trust, unix_now};
+use crate::reconcile::lanes::{BackoffPolicy, Lanes};
+use crate::reconcile::pve::WaitPolicy;
+use crate::service::config::Config;
+use crate::service::daemon::{self, RunOptions, RunResult};
+use crate::service::systemd::Systemd;
 use crate::store::Store;
-use crate::systemd::Systemd;
 
 /// `drover check-config`: the file, the token secret, the trust document and the source
 /// (a hub is asked for the document once).
@@ -45,7 +45,7 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         }
         Ok(_) => {}
     }
-    match crate::trust::load_file(&config.trust.file) {
+    match crate::approval::trust::load_file(&config.trust.file) {
         // Not fatal for the agent (benign work continues) but worth saying.
         Trust::Invalid { message, .. } => {
             eprintln!("drover: warning: {message}; destructive steps will be blocked")
@@ -62,11 +62,13 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         Err(e) => problems.push(format!("source: {e}")),
         Ok(Source::Hub { .. }) if offline => {}
         Ok(source) => {
-            let trust =
-                match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
-                    Trust::Valid(t) => Some(t),
-                    Trust::Invalid { .. } => None,
-                };
+            let trust = match crate::approval::trust::effective_read_only(
+                &config.trust.file,
+                &config.state_dir,
+            ) {
+                Trust::Valid(t) => Some(t),
+                Trust::Invalid { .. } => None,
+            };
             if let Err(e) = source.fetch(None, trust.as_deref(), unix_now()).await {
                 eprintln!("drover: warning: [{}] {e}", e.code());
             }
@@ -109,7 +111,7 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
     let pve = daemon::pve_from_config(config, WaitPolicy::production())?;
     let (_tx, rx) = watch::channel(false);
     let source = Source::from_config(config)?;
-    let trust = crate::trust::effective(&config.trust.file, &store);
+    let trust = crate::approval::trust::effective(&config.trust.file, &store);
     Ok(Engine::new(
         EngineSettings {
             host: config.host.clone(),
@@ -129,7 +131,9 @@ fn one_shot_engine(config: &Config) -> anyhow::Result<Engine> {
 pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     // The running daemon knows the document it accepted (and whether it is stale): ask it.
-    match crate::control::client::call(&config.control_socket, "GET", "/v1/plan", None).await {
+    match crate::operator::control::client::call(&config.control_socket, "GET", "/v1/plan", None)
+        .await
+    {
         Ok((200, answer)) => {
             if json {
                 println!("{}", serde_json::to_string_pretty(&answer["plan"])?);
@@ -150,7 +154,7 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         Ok((_, answer)) => {
             anyhow::bail!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]))
         }
-        Err(crate::control::client::ControlError::NotRunning(_)) => {}
+        Err(crate::operator::control::client::ControlError::NotRunning(_)) => {}
         Err(e) => return Err(e.into()),
     }
     let engine = one_shot_engine(&config)?;
@@ -244,9 +248,9 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
 pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     // One snapshot for both answers: a rotation applied in between cannot mislabel them.
-    let store = crate::trust::open_read_only(&config.state_dir);
+    let store = crate::approval::trust::open_read_only(&config.state_dir);
     let trust = match &store {
-        Ok(store) => crate::trust::effective(&config.trust.file, store),
+        Ok(store) => crate::approval::trust::effective(&config.trust.file, store),
         Err(t) => t.clone(),
     };
     let t = match trust {
@@ -359,7 +363,7 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             a.pending_dir.display()
         );
     }
-    let domain = match crate::trust::load_file(&config.trust.file) {
+    let domain = match crate::approval::trust::load_file(&config.trust.file) {
         Trust::Valid(t) => t.domain.clone(),
         Trust::Invalid { .. } => "DOMAIN".to_string(),
     };
@@ -405,11 +409,11 @@ pub async fn approve(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let payload = approval_files::read_capped(file, approval_files::MAX_PAYLOAD_BYTES)
+    let payload = files::read_capped(file, files::MAX_PAYLOAD_BYTES)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
     let mut sigs = Vec::new();
     for s in signatures {
-        let b = approval_files::read_capped(s, approval_files::MAX_SIGNATURE_BYTES)
+        let b = files::read_capped(s, files::MAX_SIGNATURE_BYTES)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", s.display()))?;
         sigs.push(String::from_utf8_lossy(&b).into_owned());
     }
@@ -423,8 +427,13 @@ pub async fn approve(
         "payload": String::from_utf8_lossy(&payload),
         "signatures": sigs,
     });
-    match crate::control::client::call(&config.control_socket, "POST", "/v1/approvals", Some(body))
-        .await
+    match crate::operator::control::client::call(
+        &config.control_socket,
+        "POST",
+        "/v1/approvals",
+        Some(body),
+    )
+    .await
     {
         Ok((200, answer)) => {
             let rotated = &answer["trust_version"];
@@ -455,12 +464,12 @@ pub async fn approve(
             }
             Ok(ExitCode::from(1))
         }
-        Err(crate::control::client::ControlError::NotRunning(_)) => {
+        Err(crate::operator::control::client::ControlError::NotRunning(_)) => {
             let approvals = config.state_dir.join("approvals");
             let inbox = approvals.join("inbox");
-            let target = approval_files::copy_into_inbox(&inbox, file, signatures)
+            let target = files::copy_into_inbox(&inbox, file, signatures)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            approval_files::give_to_state_owner(&config.state_dir, &[&approvals, &inbox]);
+            files::give_to_state_owner(&config.state_dir, &[&approvals, &inbox]);
             if json {
                 println!(
                     "{}",
@@ -487,31 +496,32 @@ pub fn verify_approval(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let trust = match crate::trust::effective_read_only(&config.trust.file, &config.state_dir) {
-        Trust::Valid(t) => t,
-        Trust::Invalid { code, message } => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"valid": false, "code": code, "message": message})
-                );
-            } else {
-                println!("{code}: {message}");
+    let trust =
+        match crate::approval::trust::effective_read_only(&config.trust.file, &config.state_dir) {
+            Trust::Valid(t) => t,
+            Trust::Invalid { code, message } => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"valid": false, "code": code, "message": message})
+                    );
+                } else {
+                    println!("{code}: {message}");
+                }
+                return Ok(ExitCode::from(1));
             }
-            return Ok(ExitCode::from(1));
-        }
-    };
-    let payload = approval_files::read_capped(file, approval_files::MAX_PAYLOAD_BYTES)
+        };
+    let payload = files::read_capped(file, files::MAX_PAYLOAD_BYTES)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
     let mut sigs = Vec::new();
     for s in signatures {
         sigs.push(
-            approval_files::read_capped(s, approval_files::MAX_SIGNATURE_BYTES)
+            files::read_capped(s, files::MAX_SIGNATURE_BYTES)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", s.display()))?,
         );
     }
     let sig_refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
-    if crate::trust::is_trust_document(&payload) {
+    if crate::approval::trust::is_trust_document(&payload) {
         // A trust rotation: checked against the document in force (the journal's, when a
         // signed rotation already moved past the file).
         return Ok(
@@ -625,7 +635,8 @@ fn describe_record(r: &journal::StepRecord) -> String {
 pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let (code, body) =
-        crate::control::client::call(&config.control_socket, "GET", "/v1/status", None).await?;
+        crate::operator::control::client::call(&config.control_socket, "GET", "/v1/status", None)
+            .await?;
     if code != 200 {
         anyhow::bail!("the daemon refused: {body}");
     }
@@ -767,7 +778,8 @@ pub async fn control(
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let (code, answer) =
-        crate::control::client::call(&config.control_socket, "POST", route, Some(body)).await?;
+        crate::operator::control::client::call(&config.control_socket, "POST", route, Some(body))
+            .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     }

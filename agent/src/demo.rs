@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::config::Config;
-use crate::daemon::{self, RunOptions};
-use crate::lanes::BackoffPolicy;
-use crate::pve::WaitPolicy;
-use crate::systemd::Systemd;
+use crate::reconcile::lanes::BackoffPolicy;
+use crate::reconcile::pve::WaitPolicy;
+use crate::service::config::Config;
+use crate::service::daemon::{self, RunOptions};
+use crate::service::systemd::Systemd;
 
 const DESIRED: &str = include_str!("../../testdata/demo/desired.toml");
 const TRUST: &str = include_str!("../../testdata/demo/trust");
@@ -168,7 +168,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     section("3. drover run --once (benign steps run; the destroy waits for a signature)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
     println!("first pass finished: {r:?}");
-    let approvals = crate::approvals::Approvals::new(&config.state_dir, None);
+    let approvals = crate::approval::requests::Approvals::new(&config.state_dir, None);
     let pending = approvals.pending();
     let Some((request, text)) = pending.first().cloned() else {
         anyhow::bail!("expected a pending approval request for CT 105");

@@ -2,29 +2,24 @@
 //!
 //! The binary (`main.rs`) is only the command line; everything it does lives here so that
 //! integration tests and benchmarks exercise the same code. See `ARCHITECTURE.md` for the map.
+//!
+//! The data's path: desired → plan → classify → gate → lane → journal → PVE, i.e.
+//! [`desired`] → [`reconcile::planner`] → [`reconcile::engine`] (classification by
+//! [`store`]'s provenance) → [`approval`] (the gate's verdict) → [`reconcile::lanes`] →
+//! [`store`] (write-ahead) → [`reconcile::pve`].
+//!
+//! Folders depend only downwards, in this order (a folder may use any folder below it):
+//! `cli`/`demo`/`sim` (the front doors) → [`service`] → [`operator`] → [`reconcile`] →
+//! [`desired`] → [`approval`] → [`store`] → [`model`], [`clock`].
 
-pub mod approval_files;
-pub mod approvals;
+pub mod approval;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod daemon;
+pub mod clock;
 pub mod demo;
 pub mod desired;
-pub mod engine;
-pub mod hub;
-pub mod lanes;
-pub mod logging;
-pub mod metrics;
 pub mod model;
-pub mod planner;
-pub mod progress;
-pub mod pve;
-pub mod pve_format;
-pub mod render;
+pub mod operator;
+pub mod reconcile;
+pub mod service;
 pub mod sim;
-pub mod source;
-pub mod status;
 pub mod store;
-pub mod systemd;
-pub mod trust;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use drover::config::{Config, DEFAULT_CONFIG_PATH};
+use drover::service::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -160,7 +160,7 @@ fn main() -> ExitCode {
         Command::Demo => "warn",
         _ => "warn",
     };
-    drover::logging::init(default_filter, cli.log_format == LogFormat::Json);
+    drover::service::logging::init(default_filter, cli.log_format == LogFormat::Json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

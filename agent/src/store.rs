@@ -13,8 +13,8 @@ use gate::{
 };
 use proxmox_client::Upid;
 
-use crate::approvals::Decision;
-use crate::planner::{Step, StepKind};
+use crate::approval::requests::Decision;
+use crate::reconcile::planner::{Step, StepKind};
 
 pub use journal::JournalError as StoreError;
 

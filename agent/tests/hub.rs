@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use drover::hub::{HubConfig, HubFetch, HubSource, HubTls, ReportOutcome};
+use drover::desired::hub::{HubConfig, HubFetch, HubSource, HubTls, ReportOutcome};
 use support::certs::TestCerts;
 use support::hub_dir::HubDir;
 use support::rawtls::{RawTls, respond};
@@ -68,7 +68,7 @@ impl HubExt for HubDir {
     }
 }
 
-fn fresh(r: HubFetch) -> drover::source::Fetched {
+fn fresh(r: HubFetch) -> drover::desired::source::Fetched {
     match r {
         HubFetch::Fresh(f) => f,
         HubFetch::NotModified => panic!("expected a fresh document, got not-modified"),
@@ -268,7 +268,7 @@ async fn nginx_approvals_index_download() {
         b"payload A\n"
     );
     // The agent's approval scan sees them as ordinary signed approvals.
-    let (cands, problems) = drover::approval_files::scan(&dir);
+    let (cands, problems) = drover::approval::files::scan(&dir);
     assert!(problems.is_empty());
     assert_eq!(cands.len(), 2);
     assert_eq!(cands[0].signatures.len(), 2);

@@ -288,7 +288,7 @@ impl Config {
             control_socket: raw
                 .control
                 .socket
-                .unwrap_or_else(|| PathBuf::from(crate::control::DEFAULT_SOCKET)),
+                .unwrap_or_else(|| PathBuf::from(crate::operator::control::DEFAULT_SOCKET)),
             metrics_listen,
             host: raw.host,
             fleet: raw.fleet,

@@ -29,9 +29,9 @@ use gate::trust::{MAX_TRUST_BYTES, TRUST_MAGIC};
 use gate::{NonceLedger, TrustStore};
 use sha2::{Digest, Sha256};
 
-use crate::approval_files::{self, Candidate};
-use crate::approvals::{Approvals, Decision};
-use crate::engine::Trust;
+use crate::approval::files::{self, Candidate};
+use crate::approval::requests::{Approvals, Decision};
+use crate::reconcile::engine::Trust;
 use crate::store::Store;
 
 /// Audit code of a rotation that was applied.
@@ -59,7 +59,7 @@ fn invalid(message: String) -> Trust {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, Trust> {
-    approval_files::read_capped(path, MAX_TRUST_BYTES as u64)
+    files::read_capped(path, MAX_TRUST_BYTES as u64)
         .map_err(|e| invalid(format!("reading trust document {}: {e}", path.display())))
 }
 
@@ -252,7 +252,7 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
         } else {
             "file".into()
         },
-        applied_ms: crate::engine::unix_now() * 1000,
+        applied_ms: crate::reconcile::engine::unix_now() * 1000,
     };
     match &record {
         None => tracing::info!(
@@ -322,7 +322,7 @@ pub fn apply_rotations(
         let mut candidates: Vec<Candidate> = approvals
             .candidate_dirs()
             .iter()
-            .flat_map(|d| approval_files::scan(d).0)
+            .flat_map(|d| files::scan(d).0)
             .filter(|c| is_trust_document(&c.payload))
             .collect();
         candidates.sort_by_key(|c| claimed_version(&c.payload));

@@ -12,14 +12,14 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
-use crate::engine::unix_now;
-use crate::engine::{Desired, Engine, EngineSettings, Trust};
-use crate::lanes::{BackoffPolicy, LaneOutcome, Lanes};
-use crate::pve::{Pve, WaitPolicy};
-use crate::source::Source;
+use crate::desired::source::Source;
+use crate::reconcile::engine::unix_now;
+use crate::reconcile::engine::{Desired, Engine, EngineSettings, Trust};
+use crate::reconcile::lanes::{BackoffPolicy, LaneOutcome, Lanes};
+use crate::reconcile::pve::{Pve, WaitPolicy};
+use crate::service::config::Config;
+use crate::service::systemd::Systemd;
 use crate::store::Store;
-use crate::systemd::Systemd;
 
 /// Knobs that tests, the demo and benchmarks turn; production uses `Default`.
 #[derive(Debug, Clone)]
@@ -230,7 +230,7 @@ pub async fn report(engine: &Engine, source: &Source) {
             serde_json::json!({
                 "file": p.file_name().map(|n| n.to_string_lossy().into_owned()),
                 "text": text,
-                "sign": crate::approvals::Approvals::sign_command(&domain, &p),
+                "sign": crate::approval::requests::Approvals::sign_command(&domain, &p),
             })
         })
         .collect();
@@ -256,8 +256,8 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     let lanes = Lanes::new(config.proxmox.max_parallel, opts.backoff);
     let source = Source::from_config(&config).context("setting up the desired-state source")?;
     let approvals =
-        crate::approvals::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
-    let trust = crate::trust::establish(&config.trust.file, &store);
+        crate::approval::requests::Approvals::new(&config.state_dir, Some(source.approvals_dir()));
+    let trust = crate::approval::trust::establish(&config.trust.file, &store);
     match &trust {
         Trust::Invalid { message, .. } => {
             warn!("{message}; destructive steps are blocked until it is fixed");
@@ -339,18 +339,21 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         }
     };
     // The operator's surface: control socket and (optionally) metrics.
-    let control_task = {
-        let engine = engine.clone();
-        let path = config.control_socket.clone();
-        tokio::spawn(async move {
-            let e2 = engine.clone();
-            if let Err(err) =
-                crate::control::serve(&path, engine, async move { e2.wait_shutdown().await }).await
-            {
-                warn!(socket = %path.display(), "control socket unavailable: {err}");
-            }
-        })
-    };
+    let control_task =
+        {
+            let engine = engine.clone();
+            let path = config.control_socket.clone();
+            tokio::spawn(async move {
+                let e2 = engine.clone();
+                if let Err(err) = crate::operator::control::serve(&path, engine, async move {
+                    e2.wait_shutdown().await
+                })
+                .await
+                {
+                    warn!(socket = %path.display(), "control socket unavailable: {err}");
+                }
+            })
+        };
     let metrics_task = config.metrics_listen.map(|addr| {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -385,7 +388,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
 
     let result = if opts.once {
         let deadline = tokio::time::Instant::now() + opts.once_timeout;
-        let mut progress = opts.progress.then(crate::progress::Progress::for_stdout);
+        let mut progress = opts
+            .progress
+            .then(crate::operator::progress::Progress::for_stdout);
         let mut last_draw = tokio::time::Instant::now();
         while !lanes.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -412,7 +417,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             .await
             .map(|p| p.plan.step_count())
             .unwrap_or(1);
-        if left == 0 && snap.count(crate::status::GuestState::Failed) == 0 {
+        if left == 0 && snap.count(crate::reconcile::board::GuestState::Failed) == 0 {
             RunResult::Converged
         } else {
             RunResult::Pending

@@ -25,9 +25,9 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::approval_files;
-use crate::approvals::Approvals;
-use crate::engine::Engine;
+use crate::approval::files;
+use crate::approval::requests::Approvals;
+use crate::reconcile::engine::Engine;
 
 /// Default socket path (systemd's `RuntimeDirectory=drover`).
 pub const DEFAULT_SOCKET: &str = "/run/drover/drover.sock";
@@ -144,26 +144,26 @@ async fn submit_approval(
             "the approval name may only hold letters, digits, '-', '_' and '.'",
         );
     }
-    if req.payload.len() as u64 > approval_files::MAX_PAYLOAD_BYTES {
+    if req.payload.len() as u64 > files::MAX_PAYLOAD_BYTES {
         return refuse(
             StatusCode::BAD_REQUEST,
             "payload_too_large",
             "the payload is too large",
         );
     }
-    if req.signatures.is_empty() || req.signatures.len() > approval_files::MAX_SIGNATURES {
+    if req.signatures.is_empty() || req.signatures.len() > files::MAX_SIGNATURES {
         return refuse(
             StatusCode::BAD_REQUEST,
             "bad_signatures",
             format!(
                 "between 1 and {} signatures are accepted",
-                approval_files::MAX_SIGNATURES
+                files::MAX_SIGNATURES
             ),
         );
     }
     // Check what can be checked without a step, so the operator hears at once why a
     // signature will not do; the gate verifies again, bound to the step, before anything runs.
-    let crate::engine::Trust::Valid(trust) = c.engine.trust() else {
+    let crate::reconcile::engine::Trust::Valid(trust) = c.engine.trust() else {
         return refuse(
             StatusCode::CONFLICT,
             "trust_store_invalid",
@@ -171,14 +171,14 @@ async fn submit_approval(
         );
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
-    let rotation = crate::trust::is_trust_document(req.payload.as_bytes());
+    let rotation = crate::approval::trust::is_trust_document(req.payload.as_bytes());
     let verdict = if rotation {
         gate::verify_rotation(
             &trust,
             req.payload.as_bytes(),
             &sigs,
-            crate::engine::unix_now(),
-            crate::trust::clock_floor(c.engine.store()),
+            crate::reconcile::engine::unix_now(),
+            crate::approval::trust::clock_floor(c.engine.store()),
         )
         .map(|_| ())
     } else {
@@ -186,7 +186,7 @@ async fn submit_approval(
             &trust,
             req.payload.as_bytes(),
             &sigs,
-            crate::engine::unix_now(),
+            crate::reconcile::engine::unix_now(),
         )
         .map(|_| ())
     };
@@ -194,7 +194,7 @@ async fn submit_approval(
         // Refused before it reached the inbox, but still a gate decision: audited, so an
         // attempt with a stranger's key is on record.
         let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
-        let d = crate::approvals::Decision {
+        let d = crate::approval::requests::Decision {
             vmid: parsed.as_ref().map(|p| p.vmid),
             op: match (&parsed, rotation) {
                 (_, true) => "rotate_trust".to_string(),
@@ -241,13 +241,13 @@ async fn submit_approval(
     if let Err(e) = write() {
         return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
     }
-    match approval_files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+    match files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
         Ok(p) if rotation => {
             // Applied now, through the same path as a rotation found on disk (journal first).
             c.engine.rotate_trust();
             let version = match c.engine.trust() {
-                crate::engine::Trust::Valid(t) => Some(t.version),
-                crate::engine::Trust::Invalid { .. } => None,
+                crate::reconcile::engine::Trust::Valid(t) => Some(t.version),
+                crate::reconcile::engine::Trust::Invalid { .. } => None,
             };
             Json(json!({"accepted_into_inbox": p, "trust_version": version})).into_response()
         }

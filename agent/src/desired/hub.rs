@@ -35,9 +35,9 @@ use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signat
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::approval_files;
+use crate::approval::files;
 use crate::desired;
-use crate::source::{Fetched, SourceError, check_revision};
+use crate::desired::source::{Fetched, SourceError, check_revision};
 
 /// Largest index.json accepted.
 pub const MAX_INDEX_BYTES: usize = 64 * 1024;
@@ -101,8 +101,8 @@ impl HubConfig {
             retry_budget: Duration::from_secs(30),
             retry_initial: Duration::from_millis(500),
             max_document_bytes: desired::MAX_DOCUMENT_BYTES,
-            max_approval_bytes: approval_files::MAX_PAYLOAD_BYTES as usize,
-            max_approval_signature_bytes: approval_files::MAX_SIGNATURE_BYTES as usize,
+            max_approval_bytes: files::MAX_PAYLOAD_BYTES as usize,
+            max_approval_signature_bytes: files::MAX_SIGNATURE_BYTES as usize,
             report: true,
             used_approvals: None,
         }
@@ -426,16 +426,16 @@ impl HubSource {
                 }
             };
             let path = dir.join(name);
-            let same = approval_files::read_capped(&path, cap as u64).is_ok_and(|old| old == bytes);
+            let same = files::read_capped(&path, cap as u64).is_ok_and(|old| old == bytes);
             let used = self.cfg.used_approvals.as_ref().is_some_and(|u| {
-                approval_files::read_capped(&u.join(name), cap as u64).is_ok_and(|old| old == bytes)
+                files::read_capped(&u.join(name), cap as u64).is_ok_and(|old| old == bytes)
             });
             if used {
                 sync.already_used += 1;
             } else if same {
                 sync.unchanged += 1;
             } else {
-                approval_files::write_atomic(&path, &bytes).map_err(local_err)?;
+                files::write_atomic(&path, &bytes).map_err(local_err)?;
                 sync.written.push(name.clone());
             }
         }
@@ -490,7 +490,7 @@ impl HubSource {
             return Ok(None);
         };
         let ctx = |m: String| HubError::Config(format!("bearer token {}: {m}", path.display()));
-        let raw = approval_files::read_capped(path, 8192).map_err(ctx)?;
+        let raw = files::read_capped(path, 8192).map_err(ctx)?;
         let text = std::str::from_utf8(&raw)
             .map_err(|_| ctx("not utf-8".into()))?
             .trim();

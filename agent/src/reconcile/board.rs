@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::desired::DesiredDoc;
-use crate::lanes::LaneOutcome;
 use crate::model::ActualHost;
-use crate::planner::{Note, Plan};
+use crate::reconcile::lanes::LaneOutcome;
+use crate::reconcile::planner::{Note, Plan};
 
 /// A guest's sync state, like `flux get`'s READY column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -171,7 +171,7 @@ impl StatusBoard {
     pub fn observe_pass(&self, doc: &DesiredDoc, _actual: &ActualHost, plan: &Plan) {
         self.with(|s| {
             s.passes += 1;
-            s.last_pass_unix = Some(crate::engine::unix_now());
+            s.last_pass_unix = Some(crate::reconcile::engine::unix_now());
             s.unmanaged = plan.unmanaged.clone();
             s.guests.retain(|v, _| doc.guests.contains_key(v));
             for vmid in doc.guests.keys() {

@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use crate::status::{GuestState, Snapshot};
+use crate::reconcile::board::{GuestState, Snapshot};
 
 const SPINNER: &[char] = &['|', '/', '-', '\\'];
 
@@ -76,7 +76,7 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::GuestStatusLine;
+    use crate::reconcile::board::GuestStatusLine;
 
     #[test]
     fn the_line_names_counts_and_running_steps() {

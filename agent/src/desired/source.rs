@@ -1,5 +1,5 @@
 //! Where the desired state comes from: a local directory (the embedded default) or an HTTPS
-//! hub ([`crate::hub`]), behind one [`Source`].
+//! hub ([`crate::desired::hub`]), behind one [`Source`].
 //!
 //! A source hands out a validated [`DesiredDoc`] plus its raw bytes (so the journal can keep a
 //! last-known-good copy). It never decides what is safe: a document from any source only ever
@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::{Config, SourceConfig};
+use crate::desired::hub::{HubConfig, HubError, HubFetch, HubSource, HubTls};
 use crate::desired::{self, DesiredDoc, DesiredError};
-use crate::hub::{HubConfig, HubError, HubFetch, HubSource, HubTls};
+use crate::service::config::{Config, SourceConfig};
 
 /// A fetched document and how much to trust it.
 #[derive(Debug, Clone)]

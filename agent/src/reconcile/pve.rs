@@ -17,7 +17,7 @@ use proxmox_client::{
 use crate::model::{
     ActualConfig, ActualGuest, ActualHost, Power, RootfsState, normalize_description, split_tags,
 };
-use crate::planner::{Step, StepKind};
+use crate::reconcile::planner::{Step, StepKind};
 
 /// How many config reads run at once during a full pass: enough to hide latency, few enough
 /// not to crowd pveproxy's workers.
@@ -75,12 +75,12 @@ pub struct Pve {
     pub client: Client,
     pub node: String,
     pub waits: WaitPolicy,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
 }
 
 /// Counts a call for `drover_pve_api_requests_total{method,code}`.
 fn counted<T>(
-    metrics: &crate::metrics::Metrics,
+    metrics: &crate::reconcile::metrics::Metrics,
     method: &str,
     r: Result<T, Error>,
 ) -> Result<T, Error> {

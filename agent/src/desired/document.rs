@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::pve_format;
+use super::pve_format;
 
 /// What a guest entry asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -16,7 +16,7 @@ use gate::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::approval_files::{self, Candidate, write_atomic};
+use crate::approval::files::{self, Candidate, write_atomic};
 
 /// Default validity of a request.
 pub const DEFAULT_TTL_SECS: i64 = 3600;
@@ -93,12 +93,12 @@ impl Approvals {
         audit: &dyn Fn(Decision),
     ) -> std::io::Result<Lookup> {
         for dir in &self.candidate_dirs() {
-            let (candidates, problems) = approval_files::scan(dir);
+            let (candidates, problems) = files::scan(dir);
             for p in problems {
                 tracing::warn!(path = %p.path.display(), "approval file ignored: {}", p.message);
             }
             for c in candidates {
-                if crate::trust::is_trust_document(&c.payload) {
+                if crate::approval::trust::is_trust_document(&c.payload) {
                     // A signed trust rotation travels the same way; `trust` applies it.
                     continue;
                 }
@@ -249,7 +249,7 @@ impl Approvals {
         now: i64,
     ) -> std::io::Result<Lookup> {
         let path = self.request_path(action);
-        if let Ok(bytes) = approval_files::read_capped(&path, approval_files::MAX_PAYLOAD_BYTES)
+        if let Ok(bytes) = files::read_capped(&path, files::MAX_PAYLOAD_BYTES)
             && let Ok(p) = ApprovalPayload::parse(&bytes)
             && p.expires_at > now + RENEW_MARGIN_SECS
             && gate::render_request(
@@ -301,8 +301,7 @@ impl Approvals {
             for e in rd.flatten() {
                 let p = e.path();
                 if p.extension().is_some_and(|x| x == "txt")
-                    && let Ok(b) =
-                        approval_files::read_capped(&p, approval_files::MAX_PAYLOAD_BYTES)
+                    && let Ok(b) = files::read_capped(&p, files::MAX_PAYLOAD_BYTES)
                 {
                     out.push((p, String::from_utf8_lossy(&b).into_owned()));
                 }

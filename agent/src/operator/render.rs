@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::planner::{Plan, Step, StepKind};
+use crate::reconcile::planner::{Plan, Step, StepKind};
 
 /// How the gate classified a step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -17,14 +17,14 @@ use proxmox_client::{AlreadyInState, Error as PveError, TaskOutcome, Upid};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::approvals::{Approvals, Decision, Lookup};
+use crate::approval::requests::{Approvals, Decision, Lookup};
 use crate::desired::{DesiredDoc, GuestSpec};
-use crate::lanes::{LaneOutcome, Lanes};
 use crate::model::{ActualGuest, Power};
-use crate::planner::{self, Plan, Step, StepKind};
-use crate::pve::{Pve, Submission};
-use crate::render::{ClassifiedPlan, StepClass};
-use crate::status::{GuestState, StatusBoard};
+use crate::operator::render::{ClassifiedPlan, StepClass};
+use crate::reconcile::board::{GuestState, StatusBoard};
+use crate::reconcile::lanes::{LaneOutcome, Lanes};
+use crate::reconcile::planner::{self, Plan, Step, StepKind};
+use crate::reconcile::pve::{Pve, Submission};
 use crate::store::{InFlight, StepOutcome, Store};
 
 /// The desired document the engine works from, and whether it is fresh.
@@ -78,7 +78,7 @@ struct Inner {
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
     pub status: StatusBoard,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
     lanes: Lanes,
     shutdown: watch::Receiver<bool>,
 }
@@ -127,7 +127,7 @@ impl Engine {
     pub fn pve(&self) -> &Pve {
         &self.inner.pve
     }
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &crate::reconcile::metrics::Metrics {
         &self.inner.metrics
     }
 
@@ -247,7 +247,7 @@ impl Engine {
                 }
             }
         };
-        match crate::trust::apply_rotations(
+        match crate::approval::trust::apply_rotations(
             &current,
             &self.inner.approvals,
             store,

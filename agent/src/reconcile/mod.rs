@@ -1,0 +1,13 @@
+//! Reconciling: read the host, plan per guest, classify each step by the journal's provenance,
+//! run it on the guest's serial lane and wait for its PVE task.
+//!
+//! The planner is pure; the engine owns the pass and the lane turn; lanes serialize per guest;
+//! `pve` is the only place that turns steps into API calls; the board records what happened
+//! for `status` and metrics.
+
+pub mod board;
+pub mod engine;
+pub mod lanes;
+pub mod metrics;
+pub mod planner;
+pub mod pve;
