@@ -65,6 +65,7 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "stop" => StepKind::Stop,
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
+        "adopt" => StepKind::Adopt,
         _ => return None,
     })
 }
@@ -227,6 +228,15 @@ impl Store {
                 config_digest,
             }),
         })
+    }
+
+    /// When the journal recorded this guest's provenance (unix ms), if it knows it.
+    pub fn known_since_ms(&self, vmid: u32) -> Option<i64> {
+        self.j
+            .provenance(vmid)
+            .ok()
+            .flatten()
+            .map(|p| p.created_at_ms)
     }
 
     /// True when the journal knows where this guest came from (created or adopted): only then

@@ -21,6 +21,7 @@ use crate::approval::requests::{Approvals, Decision, Lookup};
 use crate::desired::{DesiredDoc, GuestSpec};
 use crate::model::{ActualGuest, Power};
 use crate::operator::render::{ClassifiedPlan, StepClass};
+use crate::reconcile::adoption;
 use crate::reconcile::board::{GuestState, StatusBoard};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
 use crate::reconcile::planner::{self, Plan, Step, StepKind};
@@ -74,6 +75,9 @@ struct Inner {
     desired: RwLock<Option<Desired>>,
     /// vmids held by other nodes, from the last pass.
     elsewhere: RwLock<BTreeMap<u32, String>>,
+    /// Guests whose destroy the last host plan's fuse withheld (a lane turn plans one guest
+    /// and cannot see the whole document, so it keeps to the host's verdict).
+    fused: RwLock<std::collections::BTreeSet<u32>>,
     /// Guests that failed terminally, with the desired entry they failed on: not retried until
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
@@ -110,6 +114,7 @@ impl Engine {
                 logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
+                fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
                 lanes,
@@ -359,9 +364,55 @@ impl Engine {
         doc: &DesiredDoc,
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
-        let plan = planner::plan(doc, &actual);
+        let mut plan = planner::plan(doc, &actual);
+        for vmid in doc.guests.keys() {
+            let Some(g) = actual.guests.get(vmid) else {
+                continue;
+            };
+            let gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
+                vmid: *vmid,
+                steps: Vec::new(),
+                notes: Vec::new(),
+            });
+            let gp = adoption::require_adoption(gp, Some(g), self.inner.store.is_managed(*vmid));
+            if !gp.steps.is_empty() || !gp.notes.is_empty() {
+                plan.guests.insert(*vmid, gp);
+            }
+        }
+        *self.inner.fused.write().unwrap_or_else(|p| p.into_inner()) = plan
+            .guests
+            .values()
+            .filter(|g| g.notes.iter().any(|n| n.code == "fuse_mass_destroy"))
+            .map(|g| g.vmid)
+            .collect();
         let classified = self.classify_plan(plan, &actual);
         Ok((classified, actual))
+    }
+
+    /// The plan of one guest from fresh state, with adoption required for a guest the journal
+    /// does not know.
+    fn plan_one(
+        &self,
+        spec: &GuestSpec,
+        actual: Option<&ActualGuest>,
+        elsewhere: Option<&String>,
+    ) -> planner::GuestPlan {
+        let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        let fused = self
+            .inner
+            .fused
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&spec.vmid);
+        if fused && gp.steps.iter().any(|s| s.kind == StepKind::Destroy) {
+            gp.steps.retain(|s| s.kind != StepKind::Destroy);
+            gp.notes.push(planner::Note {
+                code: "fuse_mass_destroy",
+                vmid: Some(spec.vmid),
+                message: "destroy withheld: the document would destroy more than half of the managed guests".into(),
+            });
+        }
+        adoption::require_adoption(gp, actual, self.inner.store.is_managed(spec.vmid))
     }
 
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
@@ -395,10 +446,12 @@ impl Engine {
                 classes: BTreeMap::new(),
             });
         };
+        let read_from_ms = unix_now_ms();
         let (classified, actual) = self.plan_host(&desired.doc).await?;
         for g in actual.guests.values() {
             self.remember_if_running(g);
         }
+        self.forget_vanished(&desired.doc, &actual, read_from_ms);
         *self
             .inner
             .elsewhere
@@ -490,6 +543,37 @@ impl Engine {
         }
     }
 
+    /// A guest the journal knows that is gone from the host (and from the cluster) with no step
+    /// in flight was destroyed behind the agent's back: its provenance is forgotten, so a
+    /// guest someone creates later under that vmid is unmanaged until adopted.
+    /// Only provenance recorded before `read_from_ms` counts: a create that ended while the
+    /// host was being read is simply not in that read yet.
+    fn forget_vanished(
+        &self,
+        doc: &DesiredDoc,
+        actual: &crate::model::ActualHost,
+        read_from_ms: i64,
+    ) {
+        let in_flight: Vec<u32> = match self.inner.store.in_flight() {
+            Ok(r) => r.iter().map(|r| r.vmid).collect(),
+            Err(_) => return,
+        };
+        for vmid in doc.guests.keys() {
+            if !actual.guests.contains_key(vmid)
+                && !actual.elsewhere.contains_key(vmid)
+                && !in_flight.contains(vmid)
+                && self
+                    .inner
+                    .store
+                    .known_since_ms(*vmid)
+                    .is_some_and(|t| t < read_from_ms)
+            {
+                info!(vmid, "the guest is gone; forgetting its provenance");
+                self.inner.store.destroyed(*vmid);
+            }
+        }
+    }
+
     fn is_terminal_for(&self, vmid: u32, doc: &DesiredDoc) -> bool {
         let mut t = self
             .inner
@@ -569,7 +653,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&vmid)
             .cloned();
-        let gp = planner::plan_guest(&spec, actual.as_ref(), elsewhere.as_ref());
+        let gp = self.plan_one(&spec, actual.as_ref(), elsewhere.as_ref());
         let Some(step) = gp.steps.first().cloned() else {
             self.inner.status.set_notes(vmid, &gp.notes);
             return if gp.notes.iter().any(|n| n.code == "guest_locked") {
@@ -659,6 +743,9 @@ impl Engine {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
         };
+        if kind == StepKind::Adopt {
+            return self.adopt(&id, vmid, approval, digest);
+        }
         let span = info_span!("step", vmid, step = kind.as_str(), op_id = %id);
         async move {
             info!("starting");
@@ -748,6 +835,36 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(vmid, spec.clone());
         }
+    }
+
+    /// Records an adoption the gate approved: from now on the guest is managed, bound to the
+    /// digest the approval was verified against. Nothing is sent to PVE.
+    fn adopt(
+        &self,
+        id: &crate::store::StepId,
+        vmid: u32,
+        approval: Option<&gate::Approved>,
+        digest: Option<&str>,
+    ) -> LaneOutcome {
+        let (Some(approval), Some(digest)) = (approval, digest) else {
+            // Never without a verified approval: `adopt` always classifies destructive.
+            self.close(
+                id,
+                StepOutcome::Failed("adopt without a verified approval".into()),
+            );
+            return LaneOutcome::Terminal("adopt without a verified approval".into());
+        };
+        if let Err(e) = self
+            .inner
+            .store
+            .adopted(vmid, digest, &approval.payload_sha256)
+        {
+            self.close(id, StepOutcome::Abandoned(format!("not recorded: {e}")));
+            return LaneOutcome::Transient(format!("journaling the adoption: {e}"));
+        }
+        self.close(id, StepOutcome::Ok);
+        info!(vmid, "adopted: the guest is managed from now on");
+        LaneOutcome::Progressed
     }
 
     /// The agent's create task ended without success. If it left a guest behind (its config
@@ -892,7 +1009,7 @@ impl Engine {
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&vmid)
                     .cloned();
-                let next = planner::plan_guest(&spec, fresh.as_ref(), elsewhere.as_ref());
+                let next = self.plan_one(&spec, fresh.as_ref(), elsewhere.as_ref());
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
@@ -1019,7 +1136,15 @@ pub fn op_of(kind: StepKind) -> Op {
         StepKind::Stop => Op::Stop,
         StepKind::Reboot => Op::Reboot,
         StepKind::Destroy => Op::DestroyGuest,
+        StepKind::Adopt => Op::Adopt,
     }
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub fn unix_now() -> i64 {

@@ -24,6 +24,9 @@ pub enum StepKind {
     Stop,
     Reboot,
     Destroy,
+    /// Take over a guest Drover did not create (see `adoption`): no PVE call, the journal
+    /// records it once an operator's signed approval is verified.
+    Adopt,
 }
 
 impl StepKind {
@@ -37,6 +40,7 @@ impl StepKind {
             StepKind::Stop => "stop",
             StepKind::Reboot => "reboot",
             StepKind::Destroy => "destroy_guest",
+            StepKind::Adopt => "adopt",
         }
     }
 }
