@@ -314,6 +314,11 @@ impl Approvals {
     /// Drops requests whose destructive step is no longer planned (the document changed, or
     /// the guest converged another way), so operators are never asked to sign stale work.
     pub fn withdraw_unplanned(&self, planned: &std::collections::HashSet<(u32, String)>) {
+        // A request write cut short by a crash leaves its temp file; nobody else writes here.
+        let swept = files::sweep_interrupted_writes(&self.pending_dir);
+        if swept > 0 {
+            tracing::info!(swept, "removed request files a crash left half-written");
+        }
         for (path, _) in self.pending() {
             let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
