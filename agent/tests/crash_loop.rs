@@ -36,7 +36,11 @@ fn memory(v: u32, round: u32) -> u32 {
 
 fn running(v: u32, round: u32) -> bool {
     // Two of the base guests flip their power state every round.
-    if v % 3 == 0 { round % 2 == 0 } else { true }
+    if v.is_multiple_of(3) {
+        round.is_multiple_of(2)
+    } else {
+        true
+    }
 }
 
 fn entry(v: u32, ensure: &str, memory: u32) -> String {
