@@ -9,8 +9,10 @@ use tokio::sync::watch;
 
 use crate::approval::files;
 use crate::approval::requests::Approvals;
+use crate::approval::trust::Trust;
+use crate::clock::unix_now;
 use crate::desired::source::Source;
-use crate::reconcile::engine::{Engine, EngineSettings, Trust, unix_now};
+use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::lanes::{BackoffPolicy, Lanes};
 use crate::reconcile::pve::WaitPolicy;
 use crate::service::config::Config;
@@ -521,7 +523,7 @@ pub fn verify_approval(
         );
     }
     let sig_refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
-    if crate::approval::trust::is_trust_document(&payload) {
+    if crate::approval::files::is_trust_document(&payload) {
         // A trust rotation: checked against the document in force (the journal's, when a
         // signed rotation already moved past the file).
         return Ok(

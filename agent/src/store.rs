@@ -13,10 +13,25 @@ use gate::{
 };
 use proxmox_client::Upid;
 
-use crate::approval::requests::Decision;
-use crate::reconcile::planner::{Step, StepKind};
+use crate::model::step::{Step, StepKind};
 
+/// How the agent's own create step ended (for `create_left_guest`).
+pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
+
+/// A gate decision worth auditing: one entry of the audit log.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// None for decisions about the trust document itself (rotations).
+    pub vmid: Option<u32>,
+    pub op: String,
+    pub allowed: bool,
+    pub code: String,
+    pub message: String,
+    pub signers: Vec<String>,
+    pub authenticated: bool,
+    pub source: std::path::PathBuf,
+}
 
 /// A journaled step's id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -269,7 +284,7 @@ impl Store {
         id: &StepId,
         upid: Option<&Upid>,
         digest: &str,
-        outcome: journal::CreateEnd,
+        outcome: CreateEnd,
     ) {
         let upid = upid.map(Upid::to_string);
         self.log(

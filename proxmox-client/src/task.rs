@@ -1,6 +1,10 @@
-//! Waiting for PVE tasks: poll the status (fast at first, then slower but under pveproxy's
-//! 5 s keep-alive) until the task stops or a deadline passes. A deadline never kills the task;
-//! the caller keeps the UPID and re-attaches later.
+//! Waiting for PVE tasks: poll the status until the task stops or a deadline passes. A deadline
+//! never kills the task; the caller keeps the UPID and re-attaches later.
+//!
+//! The production schedule adapts: with the caller's estimate of how long this kind of task
+//! takes, the first poll is at the estimate and the next ones are close together around it;
+//! without one, pauses grow from 50 ms by 1.5× up to 1 s (2.5 s after the first 10 s, under
+//! pveproxy's 5 s keep-alive). A fixed 1 s poll made a 100 ms task cost a whole second.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,20 @@ pub struct WaitOptions {
     pub not_found_grace: Duration,
     /// How many log lines a failure carries.
     pub log_tail_lines: u64,
+    /// The caller's estimate of how long the task takes (learned from earlier tasks of the
+    /// same type); `None` polls on the growing schedule from the start.
+    pub expected: Option<Duration>,
+    /// A fixed interval (tests against the simulator): every poll `fast_interval` apart.
+    pub fixed: bool,
 }
+
+/// First pause of the growing schedule.
+const RAMP_START: Duration = Duration::from_millis(50);
+/// Shortest pause near an expected end.
+const MIN_NEAR_PAUSE: Duration = Duration::from_millis(10);
+/// The first poll never waits longer than this for an estimate (a task that fails early is
+/// still noticed reasonably soon).
+const MAX_FIRST_PAUSE: Duration = Duration::from_secs(30);
 
 impl WaitOptions {
     /// 1 s for the first 10 s, then 2.5 s, until `deadline`.
@@ -35,7 +52,15 @@ impl WaitOptions {
             slow_interval: Duration::from_millis(2500),
             not_found_grace: Duration::from_secs(10),
             log_tail_lines: 20,
+            expected: None,
+            fixed: false,
         }
+    }
+
+    /// The same, with an estimate of the task's duration.
+    pub fn expecting(mut self, expected: Option<Duration>) -> Self {
+        self.expected = expected.filter(|e| !e.is_zero());
+        self
     }
 
     /// A fast schedule for tests: every `interval`, until `deadline`.
@@ -44,16 +69,40 @@ impl WaitOptions {
             fast_interval: interval,
             slow_interval: interval,
             not_found_grace: deadline,
+            fixed: true,
             ..Self::with_deadline(deadline)
         }
     }
 
-    fn interval_at(&self, elapsed: Duration) -> Duration {
-        if elapsed < self.fast_phase {
+    /// How long to wait before the first status poll.
+    pub fn first_pause(&self) -> Duration {
+        if self.fixed {
+            return Duration::ZERO;
+        }
+        match self.expected {
+            Some(e) => e.min(MAX_FIRST_PAUSE),
+            None => RAMP_START,
+        }
+    }
+
+    /// The pause after a poll that found the task still running, `elapsed` since submission,
+    /// `last` the previous pause.
+    pub fn pause_after(&self, elapsed: Duration, last: Duration) -> Duration {
+        if self.fixed {
+            return self.fast_interval;
+        }
+        let cap = if elapsed < self.fast_phase {
             self.fast_interval
         } else {
             self.slow_interval
+        };
+        // Close polls for a quarter of the estimate past it (about five), then the ramp.
+        if let Some(e) = self.expected
+            && elapsed < e + e / 4
+        {
+            return (e / 20).max(MIN_NEAR_PAUSE).min(cap);
         }
+        last.mul_f64(1.5).max(RAMP_START).min(cap)
     }
 }
 
@@ -83,6 +132,10 @@ impl Client {
     /// The deadline yields [`ErrorKind::WaitDeadline`] and leaves the task running.
     pub async fn wait_task(&self, upid: &Upid, opts: &WaitOptions) -> Result<TaskOutcome, Error> {
         let started = Instant::now();
+        let mut pause = opts.first_pause().min(opts.deadline);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         loop {
             match self.task_status(upid).await {
                 Ok(st) => {
@@ -117,7 +170,9 @@ impl Client {
                     },
                 ));
             }
-            let pause = opts.interval_at(elapsed).min(opts.deadline - elapsed);
+            pause = opts
+                .pause_after(elapsed, pause)
+                .min(opts.deadline - elapsed);
             tokio::time::sleep(pause).await;
         }
     }
@@ -147,5 +202,90 @@ impl Client {
             first.lines
         };
         lines.into_iter().map(|l| l.t).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// The poll times (since submission) of a task that never ends, up to `until`.
+    fn polls(o: &WaitOptions, until: Duration) -> Vec<Duration> {
+        let mut t = o.first_pause();
+        let mut pause = t;
+        let mut out = Vec::new();
+        while t < until {
+            out.push(t);
+            pause = o.pause_after(t, pause);
+            t += pause;
+        }
+        out
+    }
+
+    #[test]
+    fn without_an_estimate_pauses_grow_from_50_ms_to_the_caps() {
+        let o = WaitOptions::with_deadline(Duration::from_secs(600));
+        let p = polls(&o, Duration::from_secs(30));
+        assert_eq!(p[0], ms(50));
+        assert_eq!(p[1], ms(125));
+        // A 1 s task is seen after at most 6 polls; pauses never exceed 1 s in the first 10 s
+        // and 2.5 s afterwards.
+        assert!(p.iter().position(|t| *t >= ms(1000)).unwrap() <= 6, "{p:?}");
+        for w in p.windows(2) {
+            let gap = w[1] - w[0];
+            let cap = if w[0] < Duration::from_secs(10) {
+                ms(1000)
+            } else {
+                ms(2500)
+            };
+            assert!(gap <= cap, "{w:?}");
+        }
+        assert_eq!(*p.last().unwrap() - p[p.len() - 2], ms(2500));
+    }
+
+    #[test]
+    fn with_an_estimate_the_first_poll_is_at_it_and_the_next_close_by() {
+        let o = WaitOptions::with_deadline(Duration::from_secs(600)).expecting(Some(ms(1500)));
+        let p = polls(&o, Duration::from_secs(4));
+        assert_eq!(p[0], ms(1500));
+        assert_eq!(p[1] - p[0], ms(75), "1/20 of the estimate");
+        // A quarter of the estimate past it, the growing schedule takes over.
+        let near = p
+            .iter()
+            .filter(|t| **t >= ms(1500) && **t < ms(1875))
+            .count();
+        assert_eq!(near, 5, "{p:?}");
+        assert!(
+            p.len() < 12,
+            "a task longer than expected costs few polls: {p:?}"
+        );
+        let short = WaitOptions::with_deadline(Duration::from_secs(60)).expecting(Some(ms(100)));
+        assert_eq!(
+            short.pause_after(ms(100), ms(100)),
+            ms(10),
+            "at least 10 ms apart"
+        );
+        let long = WaitOptions::with_deadline(Duration::from_secs(3600))
+            .expecting(Some(Duration::from_secs(600)));
+        assert_eq!(long.first_pause(), Duration::from_secs(30));
+        assert_eq!(
+            long.pause_after(Duration::from_secs(30), ms(0)),
+            ms(2500),
+            "capped"
+        );
+    }
+
+    #[test]
+    fn the_fixed_test_schedule_polls_at_once_and_evenly() {
+        let o = WaitOptions::fast(ms(10), Duration::from_secs(5));
+        assert_eq!(o.first_pause(), Duration::ZERO);
+        assert_eq!(o.pause_after(Duration::from_secs(3), ms(10)), ms(10));
+        let z = WaitOptions::with_deadline(Duration::from_secs(5)).expecting(Some(Duration::ZERO));
+        assert_eq!(z.first_pause(), ms(50), "a zero estimate is no estimate");
     }
 }

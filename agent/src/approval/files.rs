@@ -23,6 +23,14 @@ pub const MAX_SIGNATURES: usize = 8;
 /// At most this many candidate approvals are read per directory per pass.
 pub const MAX_CANDIDATES: usize = 256;
 
+/// A file holding a trust document rather than an approval (decided by its first line).
+pub fn is_trust_document(payload: &[u8]) -> bool {
+    payload.starts_with(gate::trust::TRUST_MAGIC.as_bytes())
+        && payload
+            .get(gate::trust::TRUST_MAGIC.len())
+            .is_some_and(|b| *b == b'\n')
+}
+
 /// A signed approval found on disk, not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {

@@ -17,25 +17,12 @@ use gate::{
 use sha2::{Digest, Sha256};
 
 use crate::approval::files::{self, Candidate, write_atomic};
+use crate::store::Decision;
 
 /// Default validity of a request.
 pub const DEFAULT_TTL_SECS: i64 = 3600;
 /// A request closer than this to its expiry is renewed rather than offered for signing.
 const RENEW_MARGIN_SECS: i64 = 300;
-
-/// A gate decision worth auditing.
-#[derive(Debug, Clone)]
-pub struct Decision {
-    /// None for decisions about the trust document itself (rotations).
-    pub vmid: Option<u32>,
-    pub op: String,
-    pub allowed: bool,
-    pub code: String,
-    pub message: String,
-    pub signers: Vec<String>,
-    pub authenticated: bool,
-    pub source: PathBuf,
-}
 
 /// The result of looking for an approval.
 pub enum Lookup {
@@ -98,7 +85,7 @@ impl Approvals {
                 tracing::warn!(path = %p.path.display(), "approval file ignored: {}", p.message);
             }
             for c in candidates {
-                if crate::approval::trust::is_trust_document(&c.payload) {
+                if crate::approval::files::is_trust_document(&c.payload) {
                     // A signed trust rotation travels the same way; `trust` applies it.
                     continue;
                 }

@@ -25,13 +25,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use gate::trust::{MAX_TRUST_BYTES, TRUST_MAGIC};
+use gate::trust::MAX_TRUST_BYTES;
 use gate::{NonceLedger, TrustStore};
 use sha2::{Digest, Sha256};
 
-use crate::approval::files::{self, Candidate};
-use crate::approval::requests::{Approvals, Decision};
-use crate::reconcile::engine::Trust;
+use crate::approval::files::{self, Candidate, is_trust_document};
+use crate::approval::requests::Approvals;
+use crate::store::Decision;
 use crate::store::Store;
 
 /// Audit code of a rotation that was applied.
@@ -41,10 +41,11 @@ pub const REPLACED_LOCALLY: &str = "trust_store_replaced_locally";
 /// Audit code of a local file older than the document in force (ignored).
 pub const FILE_SUPERSEDED: &str = "trust_file_superseded";
 
-/// A file holding a trust document rather than an approval (decided by its first line).
-pub fn is_trust_document(payload: &[u8]) -> bool {
-    payload.starts_with(TRUST_MAGIC.as_bytes())
-        && payload.get(TRUST_MAGIC.len()).is_some_and(|b| *b == b'\n')
+/// The trust document as loaded; an invalid one blocks every destructive step and nothing else.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    Valid(Arc<TrustStore>),
+    Invalid { code: &'static str, message: String },
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -252,7 +253,7 @@ pub fn establish(path: &Path, store: &Store) -> Trust {
         } else {
             "file".into()
         },
-        applied_ms: crate::reconcile::engine::unix_now() * 1000,
+        applied_ms: crate::clock::unix_now() * 1000,
     };
     match &record {
         None => tracing::info!(
@@ -304,6 +305,57 @@ fn claimed_version(payload: &[u8]) -> Option<u64> {
         .take(8)
         .find_map(|l| l.strip_prefix("version: "))
         .and_then(|v| v.parse().ok())
+}
+
+/// The trust document in force in a running agent: read by every destructive step, replaced
+/// only at start or by a verified rotation. Rotations are serialized: two concurrent appliers
+/// (a pass and a socket submission) starting from the same version could otherwise write an
+/// older document last.
+pub struct TrustInForce {
+    current: std::sync::RwLock<Trust>,
+    rotation: std::sync::Mutex<()>,
+}
+
+impl TrustInForce {
+    pub fn new(trust: Trust) -> TrustInForce {
+        TrustInForce {
+            current: std::sync::RwLock::new(trust),
+            rotation: std::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn get(&self) -> Trust {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set(&self, trust: Trust) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = trust;
+    }
+
+    /// Applies signed trust rotations waiting beside the approvals ([`apply_rotations`]);
+    /// true when the document in force changed. `audit` makes a decision durable (false
+    /// when it could not, and then nothing changes).
+    pub fn rotate(
+        &self,
+        approvals: &Approvals,
+        store: &Store,
+        audit: &dyn Fn(Decision) -> bool,
+    ) -> bool {
+        let _one_at_a_time = self.rotation.lock().unwrap_or_else(|p| p.into_inner());
+        let Trust::Valid(current) = self.get() else {
+            return false;
+        };
+        match apply_rotations(&current, approvals, store, crate::clock::unix_now(), audit) {
+            Some(next) => {
+                self.set(Trust::Valid(next));
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Applies signed rotations waiting in the approval directories, one version at a time.

@@ -37,7 +37,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::approval::files;
 use crate::desired;
-use crate::desired::source::{Fetched, SourceError, check_revision};
+use crate::desired::fetched::{Fetched, SourceError, check_revision};
 
 /// Largest index.json accepted.
 pub const MAX_INDEX_BYTES: usize = 64 * 1024;

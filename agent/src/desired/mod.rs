@@ -5,8 +5,21 @@
 //! with a stable code; nothing here decides what is safe (classification and the gate do).
 
 pub mod document;
+pub mod fetched;
 pub mod hub;
 pub mod pve_format;
 pub mod source;
 
 pub use document::*;
+
+use std::sync::Arc;
+
+/// The desired document the engine works from, and whether it is fresh.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub doc: Arc<DesiredDoc>,
+    pub origin: String,
+    /// True when the source failed and this is the journal's last-known-good copy: benign
+    /// convergence continues, destructive steps wait.
+    pub degraded: bool,
+}

@@ -1,50 +1,19 @@
 //! Where the desired state comes from: a local directory (the embedded default) or an HTTPS
 //! hub ([`crate::desired::hub`]), behind one [`Source`].
 //!
-//! A source hands out a validated [`DesiredDoc`] plus its raw bytes (so the journal can keep a
+//! A source hands out a validated [`crate::desired::DesiredDoc`] plus its raw bytes (so the journal can keep a
 //! last-known-good copy). It never decides what is safe: a document from any source only ever
 //! *asks*; classification and the gate decide.
+//!
+//! What every source hands out is in [`crate::desired::fetched`], so the hub does not depend on
+//! this module; `drover.toml`'s `[source]` becomes a `Source` in `service::config`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::desired::hub::{HubConfig, HubError, HubFetch, HubSource, HubTls};
-use crate::desired::{self, DesiredDoc, DesiredError};
-use crate::service::config::{Config, SourceConfig};
-
-/// A fetched document and how much to trust it.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub doc: DesiredDoc,
-    pub bytes: Vec<u8>,
-    /// Where it came from, for messages.
-    pub origin: String,
-}
-
-/// Why the source could not provide a usable document.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    #[error(transparent)]
-    Invalid(#[from] DesiredError),
-    #[error(
-        "desired state {origin}: revision {got} is lower than the last accepted revision {accepted} (refusing a rollback)"
-    )]
-    Rollback {
-        origin: String,
-        got: u64,
-        accepted: u64,
-    },
-}
-
-impl SourceError {
-    /// Stable machine-readable code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            SourceError::Invalid(e) => e.code(),
-            SourceError::Rollback { .. } => "desired_rollback",
-        }
-    }
-}
+use crate::desired;
+pub use crate::desired::fetched::{Fetched, SourceError, check_revision};
+use crate::desired::hub::{HubError, HubFetch, HubSource};
 
 /// A directory holding `desired.toml` and an `approvals/` folder.
 #[derive(Debug, Clone)]
@@ -105,34 +74,6 @@ impl FetchError {
 }
 
 impl Source {
-    /// Builds the source `[source]` names. The hub's approvals are mirrored into
-    /// `<state_dir>/hub-approvals`.
-    pub fn from_config(config: &Config) -> Result<Source, HubError> {
-        match &config.source {
-            SourceConfig::Dir { path } => Ok(Source::Dir(DirSource::new(path))),
-            SourceConfig::Hub(h) => {
-                let mut cfg = HubConfig::new(h.url.clone(), config.host.clone());
-                cfg.tls = match (&h.ca_file, &h.fingerprint) {
-                    (Some(ca), _) => HubTls::CaFile(ca.clone()),
-                    (None, Some(fp)) => HubTls::Fingerprint(fp.clone()),
-                    (None, None) => HubTls::SystemRoots,
-                };
-                cfg.bearer_token_file = h.bearer_token_file.clone();
-                cfg.timeout = h.timeout;
-                cfg.report = h.report;
-                cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));
-                // Retrying longer than half an interval would only delay benign convergence
-                // from the last verified document; the next pass tries again anyway.
-                cfg.retry_budget = (config.interval / 2)
-                    .clamp(std::time::Duration::from_secs(1), cfg.retry_budget);
-                Ok(Source::Hub {
-                    hub: Arc::new(HubSource::new(cfg)?),
-                    approvals: config.state_dir.join("hub-approvals"),
-                })
-            }
-        }
-    }
-
     /// `dir` or `hub`, for status and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -201,22 +142,6 @@ impl Source {
             Source::Dir(_) => Ok(()),
             Source::Hub { hub, .. } => hub.report(body).await.map(|_| ()),
         }
-    }
-}
-
-/// The rollback rule shared by every source.
-pub fn check_revision(
-    origin: &str,
-    got: u64,
-    last_accepted: Option<u64>,
-) -> Result<(), SourceError> {
-    match last_accepted {
-        Some(accepted) if got < accepted => Err(SourceError::Rollback {
-            origin: origin.to_string(),
-            got,
-            accepted,
-        }),
-        _ => Ok(()),
     }
 }
 

@@ -5,5 +5,6 @@
 //! and steps without depending on each other. It imports nothing else from the crate.
 
 pub mod guest;
+pub mod step;
 
 pub use guest::*;

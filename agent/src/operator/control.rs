@@ -97,7 +97,7 @@ fn router(engine: Engine) -> Router {
 }
 
 async fn status(State(c): State<Ctx>) -> Response {
-    Json(c.engine.status_json()).into_response()
+    Json(crate::operator::status::status_json(&c.engine)).into_response()
 }
 
 async fn list_approvals(State(c): State<Ctx>) -> Response {
@@ -163,7 +163,7 @@ async fn submit_approval(
     }
     // Check what can be checked without a step, so the operator hears at once why a
     // signature will not do; the gate verifies again, bound to the step, before anything runs.
-    let crate::reconcile::engine::Trust::Valid(trust) = c.engine.trust() else {
+    let crate::approval::trust::Trust::Valid(trust) = c.engine.trust() else {
         return refuse(
             StatusCode::CONFLICT,
             "trust_store_invalid",
@@ -171,13 +171,13 @@ async fn submit_approval(
         );
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
-    let rotation = crate::approval::trust::is_trust_document(req.payload.as_bytes());
+    let rotation = crate::approval::files::is_trust_document(req.payload.as_bytes());
     let verdict = if rotation {
         gate::verify_rotation(
             &trust,
             req.payload.as_bytes(),
             &sigs,
-            crate::reconcile::engine::unix_now(),
+            crate::clock::unix_now(),
             crate::approval::trust::clock_floor(c.engine.store()),
         )
         .map(|_| ())
@@ -186,7 +186,7 @@ async fn submit_approval(
             &trust,
             req.payload.as_bytes(),
             &sigs,
-            crate::reconcile::engine::unix_now(),
+            crate::clock::unix_now(),
         )
         .map(|_| ())
     };
@@ -194,7 +194,7 @@ async fn submit_approval(
         // Refused before it reached the inbox, but still a gate decision: audited, so an
         // attempt with a stranger's key is on record.
         let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
-        let d = crate::approval::requests::Decision {
+        let d = crate::store::Decision {
             vmid: parsed.as_ref().map(|p| p.vmid),
             op: match (&parsed, rotation) {
                 (_, true) => "rotate_trust".to_string(),
@@ -246,8 +246,8 @@ async fn submit_approval(
             // Applied now, through the same path as a rotation found on disk (journal first).
             c.engine.rotate_trust();
             let version = match c.engine.trust() {
-                crate::reconcile::engine::Trust::Valid(t) => Some(t.version),
-                crate::reconcile::engine::Trust::Invalid { .. } => None,
+                crate::approval::trust::Trust::Valid(t) => Some(t.version),
+                crate::approval::trust::Trust::Invalid { .. } => None,
             };
             Json(json!({"accepted_into_inbox": p, "trust_version": version})).into_response()
         }

@@ -6,3 +6,4 @@
 pub mod control;
 pub mod progress;
 pub mod render;
+pub mod status;

@@ -2,32 +2,10 @@
 
 use std::fmt::Write as _;
 
-use serde::Serialize;
-
-use crate::reconcile::planner::{Plan, Step, StepKind};
-
-/// How the gate classified a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "class", rename_all = "lowercase")]
-pub enum StepClass {
-    Benign,
-    Destructive { reason: String },
-}
-
-/// A plan with every step's class, in step order per guest.
-#[derive(Debug, Clone, Serialize)]
-pub struct ClassifiedPlan {
-    pub host: String,
-    pub plan: Plan,
-    /// Same shape as `plan.guests[vmid].steps`.
-    pub classes: std::collections::BTreeMap<u32, Vec<StepClass>>,
-}
+pub use crate::reconcile::classified::{ClassifiedPlan, StepClass};
+use crate::reconcile::planner::{Step, StepKind};
 
 impl ClassifiedPlan {
-    pub fn class_of(&self, vmid: u32, index: usize) -> Option<&StepClass> {
-        self.classes.get(&vmid).and_then(|c| c.get(index))
-    }
-
     /// The JSON form: stable field names for scripts.
     pub fn to_json(&self) -> serde_json::Value {
         let guests: Vec<serde_json::Value> = self

@@ -171,7 +171,7 @@ impl StatusBoard {
     pub fn observe_pass(&self, doc: &DesiredDoc, _actual: &ActualHost, plan: &Plan) {
         self.with(|s| {
             s.passes += 1;
-            s.last_pass_unix = Some(crate::reconcile::engine::unix_now());
+            s.last_pass_unix = Some(crate::clock::unix_now());
             s.unmanaged = plan.unmanaged.clone();
             s.guests.retain(|v, _| doc.guests.contains_key(v));
             for vmid in doc.guests.keys() {

@@ -17,33 +17,19 @@ use proxmox_client::{AlreadyInState, Error as PveError, TaskOutcome, Upid};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::approval::requests::{Approvals, Decision, Lookup};
-use crate::desired::{DesiredDoc, GuestSpec};
+use crate::approval::requests::{Approvals, Lookup};
+use crate::approval::trust::{Trust, TrustInForce};
+use crate::clock::unix_now;
+use crate::desired::{Desired, DesiredDoc, GuestSpec};
 use crate::model::{ActualGuest, Power};
-use crate::operator::render::{ClassifiedPlan, StepClass};
 use crate::reconcile::adoption;
 use crate::reconcile::board::{GuestState, StatusBoard};
+use crate::reconcile::classified::{ClassifiedPlan, StepClass};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
 use crate::reconcile::planner::{self, Plan, Step, StepKind};
 use crate::reconcile::pve::{Pve, Submission};
-use crate::store::{InFlight, StepOutcome, Store};
-
-/// The desired document the engine works from, and whether it is fresh.
-#[derive(Debug, Clone)]
-pub struct Desired {
-    pub doc: Arc<DesiredDoc>,
-    pub origin: String,
-    /// True when the source failed and this is the journal's last-known-good copy: benign
-    /// convergence continues, destructive steps wait.
-    pub degraded: bool,
-}
-
-/// The trust document as loaded; an invalid one blocks every destructive step and nothing else.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    Valid(Arc<TrustStore>),
-    Invalid { code: &'static str, message: String },
-}
+use crate::store::Decision;
+use crate::store::{StepOutcome, Store};
 
 /// Fixed settings of the engine.
 #[derive(Debug, Clone)]
@@ -57,18 +43,15 @@ pub struct EngineSettings {
 /// Shared state of a running engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     settings: EngineSettings,
-    pve: Pve,
-    store: Store,
+    pub(super) pve: Pve,
+    pub(super) store: Store,
     approvals: Approvals,
-    trust: RwLock<Trust>,
-    /// Serializes trust rotations: two concurrent appliers (a pass and a socket submission)
-    /// starting from the same version could otherwise write an older document last.
-    rotation: Mutex<()>,
+    trust: TrustInForce,
     /// Host-wide plan notes (the fuses) already logged, so a tripped fuse is logged when it
     /// trips, not on every pass.
     logged_notes: Mutex<Vec<String>>,
@@ -83,7 +66,7 @@ struct Inner {
     terminal: Mutex<HashMap<u32, GuestSpec>>,
     pub status: StatusBoard,
     metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
-    lanes: Lanes,
+    pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -109,8 +92,7 @@ impl Engine {
                 pve,
                 store,
                 approvals,
-                trust: RwLock::new(trust),
-                rotation: Mutex::new(()),
+                trust: TrustInForce::new(trust),
                 logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
@@ -193,53 +175,14 @@ impl Engine {
         }
     }
 
-    /// Everything `drover status` shows.
-    pub fn status_json(&self) -> serde_json::Value {
-        let snap = self.inner.status.snapshot();
-        let lanes = self.inner.lanes.stats();
-        let desired = self.desired();
-        serde_json::json!({
-            "host": self.inner.settings.host,
-            "desired": {
-                "revision": snap.desired_revision,
-                "origin": desired.as_ref().map(|d| d.origin.clone()),
-                "stale": snap.desired_degraded,
-            },
-            "source": snap.source,
-            "last_pass_unix": snap.last_pass_unix,
-            "passes": snap.passes,
-            "lanes": {"queued": lanes.queued, "active": lanes.active, "retries_total": lanes.retries_total},
-            "trust": match self.trust() {
-                Trust::Valid(t) => {
-                    let origin = self
-                        .inner
-                        .store
-                        .trust_record()
-                        .ok()
-                        .flatten()
-                        .filter(|r| r.sha256 == t.sha256())
-                        .map(|r| r.origin);
-                    serde_json::json!({"valid": true, "version": t.version, "sha256": t.sha256(), "origin": origin})
-                }
-                Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
-            },
-            "suspensions": self.inner.store.suspensions(),
-            "guests": snap.guests.values().collect::<Vec<_>>(),
-            "unmanaged": snap.unmanaged,
-        })
+    /// The host this engine reconciles (`drover.toml`'s `host`).
+    pub fn host(&self) -> &str {
+        &self.inner.settings.host
     }
 
-    /// Applies signed trust rotations waiting beside the approvals (see `trust`); true when
-    /// the document in force changed.
+    /// Applies signed trust rotations waiting beside the approvals (see
+    /// [`TrustInForce::rotate`]); true when the document in force changed.
     pub fn rotate_trust(&self) -> bool {
-        let _one_at_a_time = self
-            .inner
-            .rotation
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let Trust::Valid(current) = self.trust() else {
-            return false;
-        };
         let store = &self.inner.store;
         let metrics = &self.inner.metrics;
         let audit = |d: Decision| {
@@ -252,31 +195,17 @@ impl Engine {
                 }
             }
         };
-        match crate::approval::trust::apply_rotations(
-            &current,
-            &self.inner.approvals,
-            store,
-            unix_now(),
-            &audit,
-        ) {
-            Some(next) => {
-                self.set_trust(Trust::Valid(next));
-                true
-            }
-            None => false,
-        }
+        self.inner
+            .trust
+            .rotate(&self.inner.approvals, store, &audit)
     }
 
     pub fn set_trust(&self, trust: Trust) {
-        *self.inner.trust.write().unwrap_or_else(|p| p.into_inner()) = trust;
+        self.inner.trust.set(trust);
     }
 
     pub fn trust(&self) -> Trust {
-        self.inner
-            .trust
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.trust.get()
     }
 
     /// Installs a desired document (from a source or the journal's last-known-good copy).
@@ -871,12 +800,12 @@ impl Engine {
     /// written before the failing step), the journal records it with the digest it has now:
     /// cleaning that guest up stays benign until it is started or changed. Only a create with
     /// a task of our own can have left it; a guest that appears without one is someone else's.
-    async fn note_failed_create(
+    pub(super) async fn note_failed_create(
         &self,
         vmid: u32,
         id: &crate::store::StepId,
         upid: Option<&Upid>,
-        outcome: journal::CreateEnd,
+        outcome: crate::store::CreateEnd,
     ) {
         match self.inner.pve.read_guest(vmid).await {
             Ok(Some(g)) => {
@@ -893,7 +822,7 @@ impl Engine {
         }
     }
 
-    fn close(&self, id: &crate::store::StepId, outcome: StepOutcome) {
+    pub(super) fn close(&self, id: &crate::store::StepId, outcome: StepOutcome) {
         if let Err(e) = self.inner.store.done(id, outcome) {
             warn!(op_id = %id, "journaling the outcome failed: {e}");
         }
@@ -901,7 +830,7 @@ impl Engine {
 
     /// Waits for a task; on shutdown returns at once (the UPID is journaled, so the next start
     /// re-attaches).
-    async fn wait_and_finish(
+    pub(super) async fn wait_and_finish(
         &self,
         id: crate::store::StepId,
         kind: StepKind,
@@ -936,8 +865,13 @@ impl Engine {
                 Ok(TaskOutcome::Failed { message, log_tail }) => {
                     warn!(log = ?log_tail, "task failed: {message}");
                     if kind == StepKind::Create {
-                        self.note_failed_create(vmid, &id, Some(&upid), journal::CreateEnd::Failed)
-                            .await;
+                        self.note_failed_create(
+                            vmid,
+                            &id,
+                            Some(&upid),
+                            crate::store::CreateEnd::Failed,
+                        )
+                        .await;
                     }
                     self.close(&id, StepOutcome::Failed(message.clone()));
                     if task_failure_is_transient(&message) {
@@ -1019,86 +953,10 @@ impl Engine {
             _ => LaneOutcome::Progressed,
         }
     }
-
-    /// Resolves a journaled step that is still in flight (boot recovery, or a step whose wait
-    /// was interrupted): re-attach to its task, or find the task it started, or mark it
-    /// abandoned and let the plan decide. Never re-sends the call.
-    pub async fn resolve(&self, rec: InFlight, attach_running: bool) -> LaneOutcome {
-        let span =
-            info_span!("recover", vmid = rec.vmid, step = rec.kind.as_str(), op_id = %rec.id);
-        async move {
-            let upid = match &rec.upid {
-                Some(u) => Some(u.clone()),
-                None => match self.inner.pve.find_task_for(rec.kind, rec.vmid, rec.intent_unix).await {
-                    Ok(Some(u)) => {
-                        info!(upid = %u, "found the task the interrupted call started; adopting it");
-                        if let Err(e) = self.inner.store.submitted(&rec.id, &u) {
-                            return LaneOutcome::Transient(format!("journaling the adopted task: {e}"));
-                        }
-                        Some(u)
-                    }
-                    Ok(None) => None,
-                    Err(e) => return pve_failure(&e, "searching the task list"),
-                },
-            };
-            match upid {
-                Some(u) => {
-                    match self.inner.pve.client.task_status(&u).await {
-                        Ok(st) if !attach_running && st.exit().is_none() => {
-                            // Still running: its lane re-attaches, so boot is not held up.
-                            info!(upid = %u, "task still running; re-attaching in its lane");
-                            self.inner.lanes.request(rec.vmid);
-                            LaneOutcome::Waiting
-                        }
-                        Ok(_) => self.wait_and_finish(rec.id, rec.kind, rec.vmid, u).await,
-                        Err(e) if e.is_not_found() => {
-                            if rec.kind == StepKind::Create {
-                                self.note_failed_create(rec.vmid, &rec.id, Some(&u), journal::CreateEnd::Abandoned).await;
-                            }
-                            self.close(&rec.id, StepOutcome::Abandoned(format!("PVE does not know task {u}")));
-                            LaneOutcome::Progressed
-                        }
-                        Err(e) => pve_failure(&e, "reading the task status"),
-                    }
-                }
-                None => {
-                    let why = if rec.kind == StepKind::SetConfig {
-                        "interrupted before PVE answered; the next plan re-checks the config"
-                    } else {
-                        "the call never started a task"
-                    };
-                    info!("{why}");
-                    self.close(&rec.id, StepOutcome::Abandoned(why.into()));
-                    LaneOutcome::Progressed
-                }
-            }
-        }
-        .instrument(span)
-        .await
-    }
-
-    /// Boot recovery, before the first pass: every in-flight record whose task has ended (or
-    /// never started) is resolved now; records whose task still runs are re-attached in their
-    /// lane, so a 30-minute create does not hold up readiness. Returns how many were found.
-    pub async fn recover(&self) -> Result<usize, crate::store::StoreError> {
-        let records = self.inner.store.in_flight()?;
-        let n = records.len();
-        for rec in records {
-            let vmid = rec.vmid;
-            match self.resolve(rec, false).await {
-                LaneOutcome::Transient(e) | LaneOutcome::Terminal(e) => {
-                    warn!(vmid, "recovery deferred to the guest's lane: {e}");
-                    self.inner.lanes.request(vmid);
-                }
-                _ => {}
-            }
-        }
-        Ok(n)
-    }
 }
 
 /// How a failed read maps to a lane outcome.
-fn pve_failure(e: &PveError, what: &str) -> LaneOutcome {
+pub(super) fn pve_failure(e: &PveError, what: &str) -> LaneOutcome {
     if e.is_unauthorized() || e.is_permission() {
         LaneOutcome::Terminal(format!("{what}: {e}"))
     } else {
@@ -1144,12 +1002,5 @@ fn unix_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
 }

@@ -7,8 +7,11 @@
 
 pub mod adoption;
 pub mod board;
+pub mod classified;
 pub mod engine;
 pub mod lanes;
 pub mod metrics;
 pub mod planner;
 pub mod pve;
+pub mod recovery;
+pub mod task_estimate;

@@ -76,6 +76,8 @@ pub struct Pve {
     pub node: String,
     pub waits: WaitPolicy,
     pub metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
+    /// Learned task durations: the production poll schedule starts near them.
+    pub estimates: std::sync::Arc<crate::reconcile::task_estimate::TaskEstimates>,
 }
 
 /// Counts a call for `drover_pve_api_requests_total{method,code}`.
@@ -102,6 +104,7 @@ impl Pve {
             node: node.into(),
             waits,
             metrics: Default::default(),
+            estimates: Default::default(),
         }
     }
 
@@ -314,7 +317,18 @@ impl Pve {
 
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
-        self.client.wait_task(upid, &self.waits.options(kind)).await
+        let worker = upid.worker_type.as_str();
+        let opts = self
+            .waits
+            .options(kind)
+            .expecting(self.estimates.estimate(worker));
+        let started = std::time::Instant::now();
+        let outcome = self.client.wait_task(upid, &opts).await;
+        if outcome.is_ok() {
+            self.estimates
+                .observe(worker, started.elapsed(), opts.first_pause());
+        }
+        outcome
     }
 }
 

@@ -5,9 +5,13 @@
 //! the line and the key.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::desired::hub::{HubConfig, HubError, HubSource, HubTls};
+use crate::desired::source::{DirSource, Source};
 
 /// Where the config comes from when neither `--config` nor `DROVER_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/drover/drover.toml";
@@ -422,6 +426,37 @@ pub fn is_fleet_name(s: &str) -> bool {
         && s.len() <= 63
         && s.bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+}
+
+/// `[source]` as a [`Source`]: the config knows the settings, the source knows how to fetch.
+impl Source {
+    /// Builds the source `[source]` names. The hub's approvals are mirrored into
+    /// `<state_dir>/hub-approvals`.
+    pub fn from_config(config: &Config) -> Result<Source, HubError> {
+        match &config.source {
+            SourceConfig::Dir { path } => Ok(Source::Dir(DirSource::new(path))),
+            SourceConfig::Hub(h) => {
+                let mut cfg = HubConfig::new(h.url.clone(), config.host.clone());
+                cfg.tls = match (&h.ca_file, &h.fingerprint) {
+                    (Some(ca), _) => HubTls::CaFile(ca.clone()),
+                    (None, Some(fp)) => HubTls::Fingerprint(fp.clone()),
+                    (None, None) => HubTls::SystemRoots,
+                };
+                cfg.bearer_token_file = h.bearer_token_file.clone();
+                cfg.timeout = h.timeout;
+                cfg.report = h.report;
+                cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));
+                // Retrying longer than half an interval would only delay benign convergence
+                // from the last verified document; the next pass tries again anyway.
+                cfg.retry_budget = (config.interval / 2)
+                    .clamp(std::time::Duration::from_secs(1), cfg.retry_budget);
+                Ok(Source::Hub {
+                    hub: Arc::new(HubSource::new(cfg)?),
+                    approvals: config.state_dir.join("hub-approvals"),
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]

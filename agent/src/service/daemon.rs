@@ -12,9 +12,11 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
+use crate::approval::trust::Trust;
+use crate::clock::unix_now;
+use crate::desired::Desired;
 use crate::desired::source::Source;
-use crate::reconcile::engine::unix_now;
-use crate::reconcile::engine::{Desired, Engine, EngineSettings, Trust};
+use crate::reconcile::engine::{Engine, EngineSettings};
 use crate::reconcile::lanes::{BackoffPolicy, LaneOutcome, Lanes};
 use crate::reconcile::pve::{Pve, WaitPolicy};
 use crate::service::config::Config;
@@ -238,7 +240,7 @@ pub async fn report(engine: &Engine, source: &Source) {
     let body = serde_json::json!({
         "agent": concat!("drover/", env!("CARGO_PKG_VERSION")),
         "time_unix": unix_now(),
-        "status": engine.status_json(),
+        "status": crate::operator::status::status_json(engine),
         "pending_approvals": pending,
         "recent_steps": recent,
     });

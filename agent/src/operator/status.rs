@@ -1,0 +1,40 @@
+//! The document `drover status` shows (`GET /v1/status`, the hub report, `--output json`):
+//! the engine's state gathered in one place, so every surface shows the same thing.
+
+use crate::approval::trust::Trust;
+use crate::reconcile::engine::Engine;
+
+/// Everything `drover status` shows.
+pub fn status_json(engine: &Engine) -> serde_json::Value {
+    let snap = engine.status().snapshot();
+    let lanes = engine.lanes().stats();
+    let desired = engine.desired();
+    serde_json::json!({
+        "host": engine.host(),
+        "desired": {
+            "revision": snap.desired_revision,
+            "origin": desired.as_ref().map(|d| d.origin.clone()),
+            "stale": snap.desired_degraded,
+        },
+        "source": snap.source,
+        "last_pass_unix": snap.last_pass_unix,
+        "passes": snap.passes,
+        "lanes": {"queued": lanes.queued, "active": lanes.active, "retries_total": lanes.retries_total},
+        "trust": match engine.trust() {
+            Trust::Valid(t) => {
+                let origin = engine
+                    .store()
+                    .trust_record()
+                    .ok()
+                    .flatten()
+                    .filter(|r| r.sha256 == t.sha256())
+                    .map(|r| r.origin);
+                serde_json::json!({"valid": true, "version": t.version, "sha256": t.sha256(), "origin": origin})
+            }
+            Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
+        },
+        "suspensions": engine.store().suspensions(),
+        "guests": snap.guests.values().collect::<Vec<_>>(),
+        "unmanaged": snap.unmanaged,
+    })
+}
