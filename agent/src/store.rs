@@ -397,6 +397,10 @@ impl NonceLedger for Store {
     fn clock_high_water(&self) -> Option<i64> {
         self.j.clock_high_water()
     }
+    fn is_consumed(&self, nonce: &str) -> bool {
+        // Unreadable counts as used: the worst case is a fresh request to sign.
+        self.j.nonce_consumed(nonce).unwrap_or(true)
+    }
     fn consume(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
         self.j
             .consume(&journal::NonceClaim {

@@ -665,6 +665,14 @@ impl Journal {
     }
 
     /// Atomic (one winner among concurrent callers) and durable before it returns.
+    /// Whether `nonce` has been consumed (and not yet garbage-collected).
+    pub fn nonce_consumed(&self, nonce: &str) -> Result<bool, JournalError> {
+        self.inner
+            .nonces
+            .contains_key(nonce.as_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))
+    }
+
     pub fn consume(&self, claim: &NonceClaim) -> Result<(), NonceError> {
         let storage = |e: JournalError| NonceError::Storage(e.to_string());
         let _guard = self

@@ -127,7 +127,7 @@ impl Approvals {
                 }
             }
         }
-        self.ensure_request(ctx, action, now)
+        self.ensure_request(ctx, action, now, ledger)
     }
 
     /// Where signed files are looked for: the inbox, then the source's approvals directory.
@@ -234,11 +234,15 @@ impl Approvals {
         ctx: &GateContext,
         action: &PlannedAction,
         now: i64,
+        ledger: &dyn NonceLedger,
     ) -> std::io::Result<Lookup> {
         let path = self.request_path(action);
         if let Ok(bytes) = files::read_capped(&path, files::MAX_PAYLOAD_BYTES)
             && let Ok(p) = ApprovalPayload::parse(&bytes)
             && p.expires_at > now + RENEW_MARGIN_SECS
+            // A crash between consuming an approval and running its step leaves the request
+            // with a used nonce: signing it again could only ever be `replayed`.
+            && !ledger.is_consumed(&p.nonce)
             && gate::render_request(
                 ctx,
                 action,
@@ -325,5 +329,65 @@ impl Approvals {
                 let _ = std::fs::remove_file(&path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A crash between consuming an approval and running its step leaves the pending request
+    /// with a used nonce; the next lookup must offer a fresh request, not the used one again.
+    #[test]
+    fn a_request_whose_nonce_was_used_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("journal")).unwrap();
+        let trust = TrustStore::parse(include_str!("../../../testdata/demo/trust")).unwrap();
+        let approvals = Approvals::new(dir.path(), None);
+        let ctx = GateContext {
+            fleet: "demo".into(),
+            host: "pve1".into(),
+            domain: trust.domain.clone(),
+            epoch: store.state_epoch(),
+        };
+        let action = PlannedAction {
+            op: gate::Op::DestroyGuest,
+            vmid: 701,
+            guest_config_sha1: Some("a".repeat(40)),
+            params: crate::reconcile::planner::destroy_params(),
+        };
+        let now = crate::clock::unix_now();
+        let nonce_of = |r: &Lookup| match r {
+            Lookup::Pending { request, .. } => {
+                ApprovalPayload::parse(&std::fs::read(request).unwrap())
+                    .unwrap()
+                    .nonce
+            }
+            Lookup::Approved(_) => panic!("nothing was signed"),
+        };
+        let first = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        let n1 = nonce_of(&first);
+        let again = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        assert_eq!(nonce_of(&again), n1, "a valid request is kept");
+        store
+            .consume(&gate::NonceClaim {
+                nonce: n1.clone(),
+                payload_sha256: "0".repeat(64),
+                op: "destroy_guest".into(),
+                vmid: 701,
+                expires_at: now + 3600,
+                now,
+                signer_fingerprints: vec![],
+            })
+            .unwrap();
+        let renewed = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        assert_ne!(nonce_of(&renewed), n1, "the used request is replaced");
     }
 }
