@@ -111,6 +111,44 @@ async fn scrape(port: u16) -> Vec<Sample> {
     parse_exposition(&body).unwrap_or_else(|e| panic!("{e}\n{body}"))
 }
 
+/// `drover_pve_api_requests_total` counts every request the agent sends (it missed the config
+/// reads of every pass and every task poll): checked against the simulator's own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pve_request_is_counted_in_the_metric() {
+    let h = Host::start(vec![seed(141, false, 256)]).await;
+    let port = free_port();
+    h.write_config(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    h.desired(&format!(
+        "revision = 1\n{}{}{}",
+        guest(140, "running", 256),
+        guest(141, "running", 256),
+        guest(142, "stopped", 256)
+    ));
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(30), "convergence", || {
+        h.sim.guest(140).is_some_and(|g| g.running)
+            && h.sim.guest(141).is_some_and(|g| g.running)
+            && h.sim.guest(142).is_some()
+    })
+    .await;
+    // A few more passes (1 s interval), each reading every config.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = h.sim.request_count() as f64;
+    let counted = metric(&scrape(port).await, "drover_pve_api_requests_total", &[]);
+    let after = h.sim.request_count() as f64;
+    // Counted once answered: never more than the simulator saw, and short of it by at most
+    // the requests in flight at that moment (reads and lanes, a handful).
+    assert!(
+        counted <= after,
+        "counted {counted}, the simulator saw {after}"
+    );
+    assert!(
+        before - counted <= 8.0,
+        "counted {counted} of the {before} requests the simulator saw"
+    );
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() {
     // Both guests are Drover's own (created here): a seeded one would wait for adoption.

@@ -56,8 +56,15 @@ struct Inner {
     epoch: String,
     /// Audit entries held; sled's `len()` walks the whole tree, too slow for every append.
     audit_len: AtomicUsize,
-    /// `done` calls since the last automatic compaction.
+    /// `done` calls since the last automatic compaction; persisted in `meta`, so `run --once`
+    /// and restarted daemons still compact.
     done_since_compact: AtomicU64,
+    /// Ids of the records not yet done, built from one scan on first use and kept up to date
+    /// by `intent` and `done`: a lane turn asks for in-flight steps, and decoding every kept
+    /// record each time made turns slower as the journal grew.
+    in_flight_ids: std::sync::Mutex<Option<std::collections::BTreeSet<u64>>>,
+    /// Step records decoded so far (for tests and diagnostics of the index above).
+    decoded: AtomicU64,
     /// The next step id. Not sled's `generate_id`, which jumps by a million after every
     /// restart; ids are what operators read in `drover journal`, so they stay dense.
     next_step: AtomicU64,
@@ -256,6 +263,15 @@ impl Journal {
         };
         let audit_len = audit_tree_len(dir, &t("audit")?)?;
         let next_step = next_step_id(dir, &t("steps")?, &meta)?;
+        let done_since_compact = match meta.get(DONE_SINCE_COMPACT).map_err(|e| sled_err(dir, e))? {
+            Some(v) => <[u8; 8]>::try_from(v.as_ref())
+                .map(u64::from_be_bytes)
+                .map_err(|_| JournalError::Corrupt {
+                    dir: dir.to_path_buf(),
+                    detail: format!("the compaction counter is {} bytes, not 8", v.len()),
+                })?,
+            None => 0,
+        };
         let j = Journal {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -271,7 +287,9 @@ impl Journal {
                 nonce_lock: std::sync::Mutex::new(()),
                 epoch,
                 audit_len: AtomicUsize::new(audit_len),
-                done_since_compact: AtomicU64::new(0),
+                done_since_compact: AtomicU64::new(done_since_compact),
+                in_flight_ids: std::sync::Mutex::new(None),
+                decoded: AtomicU64::new(0),
                 next_step: AtomicU64::new(next_step),
                 retention: RwLock::new(Retention::default()),
                 sync_observer: RwLock::new(None),
@@ -382,7 +400,19 @@ impl Journal {
             done_at_ms: None,
         };
         self.put(&self.inner.steps, id.0.to_be_bytes(), self.enc(&rec)?)?;
+        if let Some(ids) = self.in_flight_index().as_mut() {
+            ids.insert(id.0);
+        }
         Ok(id)
+    }
+
+    fn in_flight_index(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Option<std::collections::BTreeSet<u64>>> {
+        self.inner
+            .in_flight_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn update(&self, id: StepId, f: impl FnOnce(&mut StepRecord)) -> Result<(), JournalError> {
@@ -406,18 +436,28 @@ impl Journal {
     /// Closes a record. Every `Retention::every` closes, old done records are compacted, so a
     /// host that runs for years keeps a bounded store without anyone scheduling it.
     pub fn done(&self, id: StepId, outcome: Outcome) -> Result<(), JournalError> {
-        self.update(id, |r| {
-            let upid = r.upid().map(str::to_string);
-            r.phase = Phase::Done { upid, outcome };
-            r.done_at_ms = Some(now_ms());
-        })?;
         let retention = self.retention();
         let n = self
             .inner
             .done_since_compact
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if retention.every > 0 && n >= retention.every {
+        let compact_now = retention.every > 0 && n >= retention.every;
+        // The counter only schedules compaction; it becomes durable with the record below.
+        let counted = if compact_now { 0 } else { n };
+        self.inner
+            .meta
+            .insert(DONE_SINCE_COMPACT, &counted.to_be_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.update(id, |r| {
+            let upid = r.upid().map(str::to_string);
+            r.phase = Phase::Done { upid, outcome };
+            r.done_at_ms = Some(now_ms());
+        })?;
+        if let Some(ids) = self.in_flight_index().as_mut() {
+            ids.remove(&id.0);
+        }
+        if compact_now {
             self.inner.done_since_compact.store(0, Ordering::Relaxed);
             // The close above is already durable; a failed compaction only delays retention.
             if let Err(e) = self.compact(retention.per_guest, retention.total) {
@@ -434,7 +474,10 @@ impl Journal {
             .get(id.0.to_be_bytes())
             .map_err(|e| sled_err(&self.inner.dir, e))?
         {
-            Some(b) => Ok(Some(self.dec(&format!("step {id}"), &b)?)),
+            Some(b) => {
+                self.inner.decoded.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(self.dec(&format!("step {id}"), &b)?))
+            }
             None => Ok(None),
         }
     }
@@ -448,19 +491,43 @@ impl Journal {
                 .map(u64::from_be_bytes)
                 .map(|n| format!("step {n}"))
                 .unwrap_or_else(|_| "step ?".into());
+            self.inner.decoded.fetch_add(1, Ordering::Relaxed);
             self.dec(&key, &v)
         })
     }
 
+    /// Records not yet done, oldest first. The first call scans every record (and reports a
+    /// damaged one); later calls read only the records still in flight.
     pub fn in_flight(&self) -> Result<Vec<StepRecord>, JournalError> {
+        let mut index = self.in_flight_index();
+        if index.is_none() {
+            let mut ids = std::collections::BTreeSet::new();
+            for r in self.all_steps() {
+                let r = r?;
+                if !r.is_done() {
+                    ids.insert(r.id.0);
+                }
+            }
+            *index = Some(ids);
+        }
+        let ids: Vec<u64> = index.iter().flatten().copied().collect();
+        drop(index);
         let mut out = Vec::new();
-        for r in self.all_steps() {
-            let r = r?;
-            if !r.is_done() {
+        for id in ids {
+            // Removed by compaction or closed meanwhile: not in flight.
+            if let Some(r) = self.get(StepId(id))?
+                && !r.is_done()
+            {
                 out.push(r);
             }
         }
         Ok(out)
+    }
+
+    /// How many step records this handle has decoded (the in-flight index keeps this from
+    /// growing with the journal on every lane turn).
+    pub fn records_decoded(&self) -> u64 {
+        self.inner.decoded.load(Ordering::Relaxed)
     }
 
     /// Most recent first.
@@ -896,6 +963,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Meta key: the lowest step id that may still be handed out (set by compaction).
 const STEP_ID_FLOOR: &str = "step_id_floor";
+/// `meta` key of the count of `done` calls since the last automatic compaction.
+const DONE_SINCE_COMPACT: &str = "done_since_compact";
 
 /// One past the highest step id ever used: the newest record's, or the floor compaction left.
 fn next_step_id(dir: &Path, steps: &sled::Tree, meta: &sled::Tree) -> Result<u64, JournalError> {

@@ -149,6 +149,73 @@ fn compaction_keeps_in_flight_and_the_most_recent() {
     assert_eq!(j.in_flight().unwrap()[0].id, keep);
 }
 
+/// A lane turn asks for in-flight steps: after the first scan that costs only the records in
+/// flight, however many done records are kept (it decoded all of them on every turn).
+#[test]
+fn in_flight_reads_only_records_in_flight_after_the_first_scan() {
+    let d = tempfile::tempdir().unwrap();
+    let open_one = {
+        let j = Journal::open(d.path()).unwrap();
+        j.set_retention(journal::Retention {
+            per_guest: 10_000,
+            total: 10_000,
+            every: 0,
+        });
+        for i in 0..2_000 {
+            let id = j.intent(step(i % 50, "start")).unwrap();
+            j.done(id, Outcome::Ok).unwrap();
+        }
+        j.intent(step(7, "stop")).unwrap()
+    };
+    let j = Journal::open(d.path()).unwrap();
+    let first = j.in_flight().unwrap();
+    assert_eq!(
+        first.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![open_one]
+    );
+    let after_scan = j.records_decoded();
+    assert!(
+        after_scan >= 2_001,
+        "the first call scans everything: {after_scan}"
+    );
+    let next = j.intent(step(8, "start")).unwrap();
+    for _ in 0..10 {
+        assert_eq!(j.in_flight().unwrap().len(), 2);
+    }
+    let per_call = (j.records_decoded() - after_scan) / 10;
+    assert!(per_call <= 2, "{per_call} records decoded per call");
+    j.done(next, Outcome::Ok).unwrap();
+    j.done(open_one, Outcome::Ok).unwrap();
+    assert!(
+        j.in_flight().unwrap().is_empty(),
+        "closed steps leave the index"
+    );
+}
+
+/// Automatic compaction counts closes across restarts: `run --once` and restarted daemons
+/// never reached the count within one process, so their journals grew without bound.
+#[test]
+fn automatic_compaction_counts_closes_across_reopen() {
+    let d = tempfile::tempdir().unwrap();
+    let retention = journal::Retention {
+        per_guest: 2,
+        total: 100,
+        every: 10,
+    };
+    for _ in 0..3 {
+        let j = Journal::open(d.path()).unwrap();
+        j.set_retention(retention);
+        for _ in 0..4 {
+            let id = j.intent(step(3, "start")).unwrap();
+            j.done(id, Outcome::Ok).unwrap();
+        }
+    }
+    // 12 closes over three processes passed `every = 10` once: at most 2 + 2 records remain.
+    let j = Journal::open(d.path()).unwrap();
+    let kept = j.recent_for_vmid(3, 100).unwrap().len();
+    assert!(kept <= 4, "{kept} records kept: the compaction never ran");
+}
+
 /// Operators read step ids in `drover journal`: they continue densely across restarts and are
 /// never handed out twice, even when compaction removed the newest record.
 #[test]

@@ -35,6 +35,23 @@ pub struct ClientConfig {
     /// Largest response body read; larger bodies fail with `BodyTooLarge` without being
     /// buffered.
     pub max_body_bytes: usize,
+    /// Told about every request this client sends, once it has its answer (or failed).
+    pub observer: Option<RequestObserver>,
+}
+
+/// Sees every request: the method and its result's code (the HTTP status, or the error's
+/// stable code when there was no HTTP answer). The caller counts them (the agent's
+/// `drover_pve_api_requests_total`), so no call site can forget to.
+#[derive(Clone)]
+pub struct RequestObserver(pub Arc<ObserveRequest>);
+
+/// What a [`RequestObserver`] calls: `(method, code)`.
+pub type ObserveRequest = dyn Fn(&Method, &str) + Send + Sync;
+
+impl std::fmt::Debug for RequestObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RequestObserver")
+    }
 }
 
 impl ClientConfig {
@@ -48,6 +65,7 @@ impl ClientConfig {
             request_timeout: Duration::from_secs(60),
             pool_idle_timeout: Duration::from_secs(4),
             max_body_bytes: 16 * 1024 * 1024,
+            observer: None,
         }
     }
 }
@@ -73,6 +91,7 @@ struct Inner {
     token_id: String,
     request_timeout: Duration,
     max_body_bytes: usize,
+    observer: Option<RequestObserver>,
 }
 
 /// `{"data": T, "total": n}`.
@@ -124,7 +143,7 @@ impl Client {
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
             .pool_idle_timeout(config.pool_idle_timeout.min(MAX_POOL_IDLE))
-            .pool_max_idle_per_host(4)
+            .pool_max_idle_per_host(8)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("drover-proxmox-client/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -137,6 +156,7 @@ impl Client {
                 token_id: config.token.token_id().to_owned(),
                 request_timeout: config.request_timeout,
                 max_body_bytes: config.max_body_bytes,
+                observer: config.observer,
             }),
         })
     }
@@ -155,7 +175,21 @@ impl Client {
         vmid: Option<u32>,
     ) -> Result<(T, Option<u64>), Error> {
         let span = tracing::debug_span!("pve_call", method = %method, path = %path, vmid);
-        self.call_inner(method, path, params).instrument(span).await
+        let result = self
+            .call_inner(method.clone(), path, params)
+            .instrument(span)
+            .await;
+        if let Some(observer) = &self.inner.observer {
+            let code = match &result {
+                Ok(_) => "200".to_string(),
+                Err(e) => e
+                    .status()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.code().to_string()),
+            };
+            (observer.0)(&method, &code);
+        }
+        result
     }
 
     async fn call_inner<T: DeserializeOwned>(

@@ -24,7 +24,7 @@ pub mod types;
 pub mod upid;
 
 pub use auth::ApiToken;
-pub use client::{Client, ClientConfig, MAX_POOL_IDLE};
+pub use client::{Client, ClientConfig, MAX_POOL_IDLE, RequestObserver};
 pub use error::{AlreadyInState, Error, ErrorKind};
 pub use lenient::parse_bool;
 pub use params::{

@@ -21,7 +21,7 @@ use crate::reconcile::planner::{Step, StepKind};
 
 /// How many config reads run at once during a full pass: enough to hide latency, few enough
 /// not to crowd pveproxy's workers.
-const READ_CONCURRENCY: usize = 8;
+const READ_CONCURRENCY: usize = 3;
 
 /// Timeouts applied to task waits, per step kind (`proxmox-api.md` §4 recommendations).
 #[derive(Debug, Clone)]
@@ -80,30 +80,20 @@ pub struct Pve {
     pub estimates: std::sync::Arc<crate::reconcile::task_estimate::TaskEstimates>,
 }
 
-/// Counts a call for `drover_pve_api_requests_total{method,code}`.
-fn counted<T>(
-    metrics: &crate::reconcile::metrics::Metrics,
-    method: &str,
-    r: Result<T, Error>,
-) -> Result<T, Error> {
-    let code = match &r {
-        Ok(_) => "200".to_string(),
-        Err(e) => e
-            .status()
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| e.code().to_string()),
-    };
-    metrics.pve_request(method, &code);
-    r
-}
-
 impl Pve {
-    pub fn new(client: Client, node: impl Into<String>, waits: WaitPolicy) -> Pve {
+    /// `metrics` should be the ones the client's [`proxmox_client::RequestObserver`] counts
+    /// every request into (see `service::daemon::pve_from_config`).
+    pub fn new(
+        client: Client,
+        node: impl Into<String>,
+        waits: WaitPolicy,
+        metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
+    ) -> Pve {
         Pve {
             client,
             node: node.into(),
             waits,
-            metrics: Default::default(),
+            metrics,
             estimates: Default::default(),
         }
     }
@@ -111,10 +101,9 @@ impl Pve {
     /// Reads everything the planner needs for a whole pass: the CT list, the cluster view (to
     /// know vmids on other nodes) and each CT's config. N + 2 API calls for N CTs.
     pub async fn read_host(&self) -> Result<ActualHost, Error> {
-        let m = &self.metrics;
         let (list, cluster) = tokio::try_join!(
-            async { counted(m, "GET", self.client.list_lxc(&self.node).await) },
-            async { counted(m, "GET", self.client.cluster_vm_resources().await) }
+            self.client.list_lxc(&self.node),
+            self.client.cluster_vm_resources()
         )?;
         let guests: Vec<ActualGuest> = stream::iter(list.into_iter().map(|entry| async move {
             let config = self
@@ -143,23 +132,20 @@ impl Pve {
 
     /// Reads one guest afresh, including pending changes; `None` when it does not exist here.
     pub async fn read_guest(&self, vmid: u32) -> Result<Option<ActualGuest>, Error> {
-        let m = &self.metrics;
-        let status = match counted(m, "GET", self.client.lxc_status(&self.node, vmid).await) {
+        let status = match self.client.lxc_status(&self.node, vmid).await {
             Ok(s) => s,
             Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
             Err(e) => return Err(e),
         };
-        let config = match counted(
-            m,
-            "GET",
-            self.client.lxc_config(&self.node, vmid, false).await,
-        ) {
+        let config = match self.client.lxc_config(&self.node, vmid, false).await {
             Ok(c) => c,
             Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
             Err(e) => return Err(e),
         };
         let pending: BTreeSet<String> = if status.entry.is_running() {
-            counted(m, "GET", self.client.lxc_pending(&self.node, vmid).await)?
+            self.client
+                .lxc_pending(&self.node, vmid)
+                .await?
                 .into_iter()
                 .filter(|p| p.has_pending_change())
                 .map(|p| p.key)
@@ -173,23 +159,6 @@ impl Pve {
     /// Sends exactly the call a step stands for. `digest` is the config digest the step was
     /// planned on, so a concurrent change makes PVE refuse instead of overwriting it.
     pub async fn submit(&self, step: &Step, digest: Option<&str>) -> Result<Submission, Error> {
-        let method = match step.kind {
-            StepKind::SetConfig | StepKind::Resize => "PUT",
-            StepKind::Destroy => "DELETE",
-            _ => "POST",
-        };
-        counted(
-            &self.metrics,
-            method,
-            self.submit_uncounted(step, digest).await,
-        )
-    }
-
-    async fn submit_uncounted(
-        &self,
-        step: &Step,
-        digest: Option<&str>,
-    ) -> Result<Submission, Error> {
         let node = self.node.as_str();
         let vmid = step.vmid;
         let p = &step.params;
@@ -294,11 +263,7 @@ impl Pve {
             source: TaskSource::All,
             limit: Some(50),
         };
-        let tasks = counted(
-            &self.metrics,
-            "GET",
-            self.client.list_tasks(&self.node, &filter).await,
-        )?;
+        let tasks = self.client.list_tasks(&self.node, &filter).await?;
         let me = self.client.token_id();
         let mut candidates: Vec<Upid> = tasks
             .into_iter()

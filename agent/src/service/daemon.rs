@@ -86,9 +86,14 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
     let token = ApiToken::from_secret_file(config.proxmox.token_id.clone(), &secret_path)
         .with_context(|| format!("reading the PVE token secret {}", secret_path.display()))?;
     let tls = tls_from_config(config)?;
-    let client = Client::new(ClientConfig::new(config.proxmox.url.clone(), token, tls))
-        .context("building the PVE client")?;
-    Ok(Pve::new(client, config.host.clone(), waits))
+    let metrics = std::sync::Arc::new(crate::reconcile::metrics::Metrics::default());
+    let mut client_config = ClientConfig::new(config.proxmox.url.clone(), token, tls);
+    let counted = metrics.clone();
+    client_config.observer = Some(proxmox_client::RequestObserver(std::sync::Arc::new(
+        move |method, code| counted.pve_request(method.as_str(), code),
+    )));
+    let client = Client::new(client_config).context("building the PVE client")?;
+    Ok(Pve::new(client, config.host.clone(), waits, metrics))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
