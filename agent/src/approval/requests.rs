@@ -355,7 +355,10 @@ mod tests {
             op: gate::Op::DestroyGuest,
             vmid: 701,
             guest_config_sha1: Some("a".repeat(40)),
-            params: crate::reconcile::planner::destroy_params(),
+            params: [("force", "1"), ("purge", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let now = crate::clock::unix_now();
         let nonce_of = |r: &Lookup| match r {
