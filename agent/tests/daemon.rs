@@ -49,7 +49,7 @@ async fn notify_ready_then_sigterm_exits_promptly_and_the_task_is_reattached() {
     })
     .await;
     h.desired(&format!(
-        "revision = 1\n[[guest]]\nvmid = 120\nhostname = \"slow\"\ntemplate = \"{TEMPLATE}\"\nmemory = 256\n"
+        "revision = 1\n[[guest]]\nvmid = 120\nhostname = \"slow\"\ntemplate = \"{TEMPLATE}\"\nmemory = 256\nrootfs = \"local-lvm:4\"\n"
     ));
     let sock_path = h.root().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();

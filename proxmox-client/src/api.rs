@@ -7,11 +7,13 @@ use tracing::Instrument;
 use crate::client::{Client, seg};
 use crate::error::Error;
 use crate::params::{
-    ConfigUpdate, CreateLxc, DestroyOptions, Params, ResizeSize, ShutdownOptions, TaskListFilter,
+    ConfigUpdate, ContentFilter, CreateLxc, DestroyOptions, Params, ResizeSize, RestoreLxc,
+    ShutdownOptions, TaskListFilter, VolumeUpdate, VzdumpRequest,
 };
 use crate::types::{
-    ClusterResource, InterfaceInfo, LxcConfig, LxcListEntry, LxcStatus, PendingEntry,
-    SnapshotEntry, TaskListEntry, TaskLog, TaskLogLine, TaskStatus, VersionInfo,
+    ClusterResource, InterfaceInfo, LxcConfig, LxcListEntry, LxcStatus, PendingEntry, PruneEntry,
+    SnapshotEntry, StorageContentEntry, StorageStatus, TaskListEntry, TaskLog, TaskLogLine,
+    TaskStatus, VersionInfo, VolumeInfo, VzdumpDefaults, VzdumpStarted,
 };
 use crate::upid::Upid;
 
@@ -381,5 +383,214 @@ impl Client {
         let mut p = Params::new();
         p.set("type", "vm");
         self.get("/cluster/resources", &p, None).await
+    }
+}
+
+// ---------------------------------------------------------------- storage and backups
+// (`safety-nets.md` §1, `pve-backup-api-schema.json`)
+
+fn storage_path(node: &str, storage: &str) -> String {
+    format!("/nodes/{}/storage/{}", seg(node), seg(storage))
+}
+
+fn volume_path(node: &str, storage: &str, volid: &str) -> String {
+    format!("{}/content/{}", storage_path(node, storage), seg(volid))
+}
+
+impl Client {
+    /// `GET /nodes/{node}/storage[?content=..]`: storages with free space (filtered to
+    /// those the token may audit).
+    pub async fn list_storages(
+        &self,
+        node: &str,
+        content: Option<&str>,
+    ) -> Result<Vec<StorageStatus>, Error> {
+        let mut p = Params::new();
+        if let Some(c) = content {
+            p.set("content", c);
+        }
+        self.get(&format!("/nodes/{}/storage", seg(node)), &p, None)
+            .await
+    }
+
+    /// `GET /nodes/{node}/storage/{storage}/status`.
+    pub async fn storage_status(&self, node: &str, storage: &str) -> Result<StorageStatus, Error> {
+        self.get(
+            &format!("{}/status", storage_path(node, storage)),
+            &Params::new(),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /nodes/{node}/storage/{storage}/content`. Backups are listed per item only where
+    /// the token may see them: an empty list is not proof that none exist.
+    pub async fn storage_content(
+        &self,
+        node: &str,
+        storage: &str,
+        filter: &ContentFilter,
+    ) -> Result<Vec<StorageContentEntry>, Error> {
+        self.get(
+            &format!("{}/content", storage_path(node, storage)),
+            &filter.to_params(),
+            filter.vmid,
+        )
+        .await
+    }
+
+    /// `GET .../content/{volume}`: path, size, full notes, protection.
+    pub async fn volume_info(
+        &self,
+        node: &str,
+        storage: &str,
+        volid: &str,
+    ) -> Result<VolumeInfo, Error> {
+        self.get(&volume_path(node, storage, volid), &Params::new(), None)
+            .await
+    }
+
+    /// `PUT .../content/{volume}` (synchronous): protect/unprotect, set notes. Protecting
+    /// beyond the storage's `max-protected-backups` is refused by PVE.
+    pub async fn update_volume(
+        &self,
+        node: &str,
+        storage: &str,
+        volid: &str,
+        update: &VolumeUpdate,
+    ) -> Result<(), Error> {
+        let path = volume_path(node, storage, volid);
+        let p = update
+            .to_params()
+            .map_err(|m| invalid(Method::PUT, path.clone(), m))?;
+        let _: Option<serde_json::Value> = self.call(Method::PUT, &path, &p, None).await?.0;
+        Ok(())
+    }
+
+    /// `DELETE .../content/{volume}`: an `imgdel` task (a protected backup fails inside it).
+    pub async fn delete_volume(
+        &self,
+        node: &str,
+        storage: &str,
+        volid: &str,
+    ) -> Result<Upid, Error> {
+        self.task_call(
+            Method::DELETE,
+            &volume_path(node, storage, volid),
+            &Params::new(),
+            None,
+        )
+        .await
+    }
+
+    /// `GET .../prunebackups` (dry run): what a policy would keep and remove.
+    pub async fn prune_backups_dry_run(
+        &self,
+        node: &str,
+        storage: &str,
+        prune_backups: Option<&str>,
+        vmid: Option<u32>,
+    ) -> Result<Vec<PruneEntry>, Error> {
+        let mut p = Params::new();
+        if let Some(pb) = prune_backups {
+            p.set("prune-backups", pb);
+        }
+        if let Some(v) = vmid {
+            p.set("type", "lxc");
+            p.set("vmid", v);
+        }
+        self.get(
+            &format!("{}/prunebackups", storage_path(node, storage)),
+            &p,
+            vmid,
+        )
+        .await
+    }
+
+    /// `POST /nodes/{node}/vzdump` of one CT. PVE answers a UPID, or the plain `"OK"` when
+    /// the vmid is not on this node ([`VzdumpStarted::NotOnNode`]). The archive's volid is in
+    /// the task log ([`crate::types::backup_volid_from_log`]).
+    pub async fn vzdump(&self, node: &str, req: &VzdumpRequest) -> Result<VzdumpStarted, Error> {
+        let path = format!("/nodes/{}/vzdump", seg(node));
+        let p = req
+            .to_params()
+            .map_err(|m| invalid(Method::POST, path.clone(), m))?;
+        let answer: String = self.call(Method::POST, &path, &p, Some(req.vmid)).await?.0;
+        if answer == "OK" {
+            return Ok(VzdumpStarted::NotOnNode);
+        }
+        let upid: Upid = answer.parse().map_err(|e: crate::upid::UpidParseError| {
+            Error::new(
+                Some(Method::POST),
+                path.clone(),
+                crate::error::ErrorKind::Decode {
+                    message: format!("vzdump answered neither a UPID nor \"OK\": {e}"),
+                },
+            )
+        })?;
+        tracing::debug!(upid = %upid, vmid = req.vmid, "task started");
+        Ok(VzdumpStarted::Task(upid))
+    }
+
+    /// `GET /nodes/{node}/vzdump/defaults[?storage=..]`: the effective options, including the
+    /// storage's `prune-backups`.
+    pub async fn vzdump_defaults(
+        &self,
+        node: &str,
+        storage: Option<&str>,
+    ) -> Result<VzdumpDefaults, Error> {
+        let mut p = Params::new();
+        if let Some(s) = storage {
+            p.set("storage", s);
+        }
+        self.get(&format!("/nodes/{}/vzdump/defaults", seg(node)), &p, None)
+            .await
+    }
+
+    /// `GET /nodes/{node}/vzdump/extractconfig?volume=..`: the archived `pct.conf` text.
+    pub async fn extract_config(&self, node: &str, volid: &str) -> Result<String, Error> {
+        let mut p = Params::new();
+        p.set("volume", volid);
+        self.get(
+            &format!("/nodes/{}/vzdump/extractconfig", seg(node)),
+            &p,
+            None,
+        )
+        .await
+    }
+
+    /// `POST /nodes/{node}/lxc` with `restore=1`: a `vzrestore` task.
+    pub async fn restore_lxc(&self, node: &str, req: &RestoreLxc) -> Result<Upid, Error> {
+        let path = format!("/nodes/{}/lxc", seg(node));
+        let p = req
+            .to_params()
+            .map_err(|m| invalid(Method::POST, path.clone(), m))?;
+        self.task_call(Method::POST, &path, &p, Some(req.vmid))
+            .await
+    }
+
+    /// `GET .../feature?feature=snapshot|clone|copy[&snapname=..]`: `false` e.g. with a bind
+    /// mount or a volume on dir storage.
+    pub async fn lxc_has_feature(
+        &self,
+        node: &str,
+        vmid: u32,
+        feature: &str,
+        snapname: Option<&str>,
+    ) -> Result<bool, Error> {
+        #[derive(serde::Deserialize)]
+        struct Has {
+            #[serde(rename = "hasFeature", deserialize_with = "crate::lenient::bool_")]
+            has: bool,
+        }
+        let mut p = Params::new();
+        p.set("feature", feature);
+        if let Some(s) = snapname {
+            p.set("snapname", s);
+        }
+        let h: Has = self
+            .get(&format!("{}/feature", lxc(node, vmid)), &p, Some(vmid))
+            .await?;
+        Ok(h.has)
     }
 }

@@ -5,7 +5,8 @@
 //! * TLS without an insecure mode ([`TlsTrust`]): a pinned leaf fingerprint, the node's own
 //!   certificate file (re-read on renewal), or a CA file. Handshake signatures are always
 //!   verified; rustls with aws-lc-rs only; HTTP/1.1 with a 4 s idle pool.
-//! * Endpoints for LXC lifecycle, config, snapshots and tasks ([`Client`]), typed responses
+//! * Endpoints for LXC lifecycle, config, snapshots and tasks, and for storages, backups
+//!   (vzdump, content, protection, pruning) and restore ([`Client`]), typed responses
 //!   ([`types`]), property strings parsed to values ([`property`]), UPIDs ([`Upid`]) and task
 //!   waiting ([`Client::wait_task`]).
 //! * One error type ([`Error`]) with the classification the engine needs. No business logic,
@@ -28,15 +29,17 @@ pub use client::{Client, ClientConfig, MAX_POOL_IDLE, RequestObserver};
 pub use error::{AlreadyInState, Error, ErrorKind};
 pub use lenient::parse_bool;
 pub use params::{
-    ConfigUpdate, CreateLxc, DestroyOptions, Params, ResizeSize, ShutdownOptions, TaskListFilter,
-    TaskSource,
+    BackupCompression, BackupMode, ConfigUpdate, ContentFilter, CreateLxc, DestroyOptions, Params,
+    ResizeSize, RestoreLxc, ShutdownOptions, TaskListFilter, TaskSource, VolumeUpdate,
+    VzdumpRequest,
 };
 pub use property::{DiskSize, Features, MountConfig, NetConfig, PropertyError, parse_tags};
 pub use task::{TaskOutcome, WaitOptions};
 pub use tls::{DEFAULT_NODE_CERT_PATHS, Fingerprint, TlsTrust};
 pub use types::{
     ClusterResource, GuestStatus, HaStatus, InterfaceAddress, InterfaceInfo, LxcConfig,
-    LxcListEntry, LxcStatus, PendingEntry, SnapshotEntry, TaskExit, TaskListEntry, TaskLog,
-    TaskLogLine, TaskState, TaskStatus, VersionInfo,
+    LxcListEntry, LxcStatus, PendingEntry, PruneEntry, SnapshotEntry, StorageContentEntry,
+    StorageStatus, TaskExit, TaskListEntry, TaskLog, TaskLogLine, TaskState, TaskStatus,
+    Verification, VersionInfo, VolumeInfo, VzdumpDefaults, VzdumpStarted, backup_volid_from_log,
 };
 pub use upid::{Upid, UpidParseError};

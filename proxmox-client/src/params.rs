@@ -318,3 +318,299 @@ mod tests {
         assert_eq!(p.get("vmid"), Some("101"));
     }
 }
+
+// ---------------------------------------------------------------- storage and backups
+
+/// vzdump's `mode`. A stopped CT is always backed up in `stop` mode; `snapshot` falls back to
+/// `suspend` where a volume cannot snapshot (`safety-nets.md` §3 item 7).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackupMode {
+    #[default]
+    Snapshot,
+    Suspend,
+    Stop,
+}
+
+impl fmt::Display for BackupMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupMode::Snapshot => "snapshot",
+            BackupMode::Suspend => "suspend",
+            BackupMode::Stop => "stop",
+        })
+    }
+}
+
+/// vzdump's `compress` (PVE's default is none: a plain `.tar`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupCompression {
+    None,
+    Lzo,
+    Gzip,
+    Zstd,
+}
+
+impl fmt::Display for BackupCompression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackupCompression::None => "0",
+            BackupCompression::Lzo => "lzo",
+            BackupCompression::Gzip => "gzip",
+            BackupCompression::Zstd => "zstd",
+        })
+    }
+}
+
+/// A `POST /nodes/{node}/vzdump` of one CT. `storage` is required here: PVE drops
+/// `protected` and `notes-template` without it, and its default (`local`) is rarely the
+/// place for a safety copy. `remove` is sent only when set (PVE's default `1` prunes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VzdumpRequest {
+    pub vmid: u32,
+    pub storage: String,
+    pub mode: Option<BackupMode>,
+    pub compress: Option<BackupCompression>,
+    pub protected: bool,
+    pub remove: Option<bool>,
+    /// One line, ≤ 1024 characters; variables `{{cluster}} {{guestname}} {{node}} {{vmid}}`.
+    pub notes_template: Option<String>,
+    /// Minutes to wait for the node's global vzdump lock (PVE default 180).
+    pub lockwait: Option<u32>,
+    /// Minutes to wait for the CT to stop in stop mode (PVE default 10).
+    pub stopwait: Option<u32>,
+}
+
+impl VzdumpRequest {
+    pub fn new(vmid: u32, storage: impl Into<String>) -> Self {
+        VzdumpRequest {
+            vmid,
+            storage: storage.into(),
+            mode: None,
+            compress: None,
+            protected: false,
+            remove: None,
+            notes_template: None,
+            lockwait: None,
+            stopwait: None,
+        }
+    }
+
+    pub(crate) fn to_params(&self) -> Result<Params, String> {
+        if self.storage.is_empty() || !valid_key(&self.storage) {
+            return Err(format!("{:?} is not a storage id", self.storage));
+        }
+        let mut p = Params::new();
+        p.set("vmid", self.vmid);
+        p.set("storage", &self.storage);
+        if let Some(m) = self.mode {
+            p.set("mode", m);
+        }
+        if let Some(c) = self.compress {
+            p.set("compress", c);
+        }
+        if self.protected {
+            p.set_bool("protected", true);
+        }
+        if let Some(r) = self.remove {
+            p.set_bool("remove", r);
+        }
+        if let Some(n) = &self.notes_template {
+            if n.contains(['\n', '\r']) {
+                return Err("notes-template must be a single line (escape newlines as \\n)".into());
+            }
+            if n.chars().count() > 1024 {
+                return Err("notes-template is longer than 1024 characters".into());
+            }
+            p.set("notes-template", n);
+        }
+        if let Some(w) = self.lockwait {
+            p.set("lockwait", w);
+        }
+        if let Some(w) = self.stopwait {
+            p.set("stopwait", w);
+        }
+        Ok(p)
+    }
+}
+
+/// Filters of `GET /nodes/{node}/storage/{storage}/content`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContentFilter {
+    /// `backup`, `vztmpl`, `rootdir`, `images`, `iso`, ...
+    pub content: Option<String>,
+    pub vmid: Option<u32>,
+}
+
+impl ContentFilter {
+    /// The backups of one guest.
+    pub fn backups_of(vmid: u32) -> Self {
+        ContentFilter {
+            content: Some("backup".into()),
+            vmid: Some(vmid),
+        }
+    }
+
+    pub(crate) fn to_params(&self) -> Params {
+        let mut p = Params::new();
+        if let Some(c) = &self.content {
+            p.set("content", c);
+        }
+        if let Some(v) = self.vmid {
+            p.set("vmid", v);
+        }
+        p
+    }
+}
+
+/// A `PUT .../content/{volume}`: protection and/or notes of a backup.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeUpdate {
+    pub protected: Option<bool>,
+    /// The new notes (empty removes them).
+    pub notes: Option<String>,
+}
+
+impl VolumeUpdate {
+    pub(crate) fn to_params(&self) -> Result<Params, String> {
+        let mut p = Params::new();
+        if let Some(v) = self.protected {
+            p.set_bool("protected", v);
+        }
+        if let Some(n) = &self.notes {
+            p.set("notes", n);
+        }
+        if p.is_empty() {
+            return Err("nothing to change".into());
+        }
+        Ok(p)
+    }
+}
+
+/// A restore: `POST /nodes/{node}/lxc` with `restore=1` and the backup volid as
+/// `ostemplate`. `storage` is required (PVE's default `local` usually holds no CTs). Giving
+/// `rootfs` in `params` switches PVE to advanced mode (only the given volumes are created).
+/// Like [`CreateLxc`] it always sends `start=0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreLxc {
+    pub vmid: u32,
+    /// The backup volid, e.g. `local:backup/vzdump-lxc-101-2026_01_02-03_04_05.tar.zst`.
+    pub archive: String,
+    pub storage: String,
+    /// Overwrite an existing CT: PVE destroys it (and its snapshots) before extracting, and a
+    /// failed extraction then leaves no CT (`safety-nets.md` §3 item 1).
+    pub force: bool,
+    /// New MACs for every `net[n]`: only for a copy next to the original.
+    pub unique: bool,
+    /// Config keys that override the archive's, as PVE text.
+    pub params: BTreeMap<String, String>,
+}
+
+impl RestoreLxc {
+    pub fn new(vmid: u32, archive: impl Into<String>, storage: impl Into<String>) -> Self {
+        RestoreLxc {
+            vmid,
+            archive: archive.into(),
+            storage: storage.into(),
+            force: false,
+            unique: false,
+            params: BTreeMap::new(),
+        }
+    }
+    pub fn param(mut self, key: impl Into<String>, value: impl fmt::Display) -> Self {
+        self.params.insert(key.into(), value.to_string());
+        self
+    }
+
+    pub(crate) fn to_params(&self) -> Result<Params, String> {
+        if !self.archive.contains(":backup/") {
+            return Err(format!("{:?} is not a backup volume id", self.archive));
+        }
+        if self.storage.is_empty() || !valid_key(&self.storage) {
+            return Err(format!("{:?} is not a storage id", self.storage));
+        }
+        let mut p = Params::new();
+        p.set("vmid", self.vmid);
+        p.set("ostemplate", &self.archive);
+        p.set_bool("restore", true);
+        p.set("storage", &self.storage);
+        if self.force {
+            p.set_bool("force", true);
+        }
+        if self.unique {
+            p.set_bool("unique", true);
+        }
+        for (k, v) in &self.params {
+            if matches!(
+                k.as_str(),
+                "vmid"
+                    | "ostemplate"
+                    | "restore"
+                    | "storage"
+                    | "force"
+                    | "unique"
+                    | "start"
+                    | "node"
+            ) {
+                return Err(format!(
+                    "{k:?} is set by the client and cannot be passed as a param"
+                ));
+            }
+            if !valid_key(k) {
+                return Err(format!("{k:?} is not a create parameter"));
+            }
+            p.set(k.clone(), v);
+        }
+        p.set_bool("start", false);
+        Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn vzdump_and_restore_encoding() {
+        let mut v = VzdumpRequest::new(101, "safety");
+        v.mode = Some(BackupMode::Snapshot);
+        v.compress = Some(BackupCompression::Zstd);
+        v.protected = true;
+        v.remove = Some(false);
+        v.notes_template = Some("drover:pre-destroy:{{vmid}}".into());
+        v.lockwait = Some(10);
+        let p = v.to_params().unwrap();
+        assert_eq!(
+            p.pairs()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>(),
+            [
+                "vmid=101",
+                "storage=safety",
+                "mode=snapshot",
+                "compress=zstd",
+                "protected=1",
+                "remove=0",
+                "notes-template=drover:pre-destroy:{{vmid}}",
+                "lockwait=10"
+            ]
+        );
+        v.notes_template = Some("a\nb".into());
+        assert!(v.to_params().is_err());
+        assert!(VzdumpRequest::new(1, "").to_params().is_err());
+
+        let r = RestoreLxc::new(101, "safety:backup/vzdump-lxc-101-x.tar.zst", "local-lvm");
+        let p = r.clone().to_params().unwrap();
+        assert_eq!(p.get("restore"), Some("1"));
+        assert_eq!(p.get("start"), Some("0"));
+        assert_eq!(p.get("force"), None);
+        assert!(r.clone().param("force", 1).to_params().is_err());
+        assert!(
+            RestoreLxc::new(101, "local:vztmpl/x.tar.zst", "local-lvm")
+                .to_params()
+                .is_err()
+        );
+        assert!(VolumeUpdate::default().to_params().is_err());
+    }
+}

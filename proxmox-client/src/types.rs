@@ -524,3 +524,236 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------- storage and backups
+
+/// One entry of `GET /nodes/{node}/storage`, or `GET .../storage/{storage}/status` (which
+/// has no `storage` key).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct StorageStatus {
+    #[serde(default)]
+    pub storage: Option<String>,
+    /// `dir`, `lvmthin`, `zfspool`, `rbd`, `btrfs`, `pbs`, ...
+    #[serde(rename = "type")]
+    pub storage_type: String,
+    /// Comma-separated content types (`backup,iso,vztmpl`).
+    #[serde(default)]
+    pub content: String,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub active: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub shared: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub total: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub used: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub avail: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub used_fraction: Option<f64>,
+}
+
+impl StorageStatus {
+    /// Whether the storage holds content of this type (`backup`, `rootdir`, ...).
+    pub fn supports(&self, content: &str) -> bool {
+        self.content.split(',').any(|c| c.trim() == content)
+    }
+}
+
+/// PBS's last verification of a backup.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Verification {
+    pub state: String,
+    #[serde(default)]
+    pub upid: Option<String>,
+}
+
+/// One entry of `GET /nodes/{node}/storage/{storage}/content`. For backups `ctime` is what
+/// PVE reports (node local time parsed from the file name, or PBS's UTC backup time): compare
+/// it as given, never recompute it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct StorageContentEntry {
+    pub volid: String,
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Missing where the exact size is costly (then `approximate_size`).
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub size: Option<u64>,
+    #[serde(
+        default,
+        rename = "approximate-size",
+        deserialize_with = "lenient::opt_u64"
+    )]
+    pub approximate_size: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub used: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub ctime: Option<i64>,
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    pub vmid: Option<u32>,
+    /// `lxc` or `qemu` for backups.
+    #[serde(default)]
+    pub subtype: Option<String>,
+    /// The first line of the notes only.
+    #[serde(default)]
+    pub notes: Option<String>,
+    /// Present (and true) only when set.
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub protected: Option<bool>,
+    #[serde(default)]
+    pub encrypted: Option<String>,
+    #[serde(default)]
+    pub verification: Option<Verification>,
+    #[serde(default)]
+    pub parent: Option<String>,
+}
+
+impl StorageContentEntry {
+    pub fn is_protected(&self) -> bool {
+        self.protected.unwrap_or(false)
+    }
+}
+
+/// `GET /nodes/{node}/storage/{storage}/content/{volume}`. For file storages `path` is the
+/// archive on the host (hashable by a reader of the mount); for PBS an artificial `pbs://`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct VolumeInfo {
+    pub path: String,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub size: Option<u64>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub used: Option<u64>,
+    #[serde(default)]
+    pub format: Option<String>,
+    /// The full notes.
+    #[serde(default)]
+    pub notes: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub protected: Option<bool>,
+}
+
+/// What `POST /nodes/{node}/vzdump` answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VzdumpStarted {
+    /// A `vzdump` task; its outcome is in the task status and log.
+    Task(Upid),
+    /// PVE's plain `"OK"`: none of the vmids is on this node, so nothing ran and nothing
+    /// was backed up.
+    NotOnNode,
+}
+
+/// `GET /nodes/{node}/vzdump/defaults`: the effective options for a storage (typed where the
+/// agent reads them; everything else in `other`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct VzdumpDefaults {
+    #[serde(default)]
+    pub storage: Option<String>,
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_text")]
+    pub compress: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool")]
+    pub remove: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_u64")]
+    pub lockwait: Option<u64>,
+    /// The storage's retention (`keep-all=1`, `keep-last=3,...`).
+    #[serde(default, rename = "prune-backups")]
+    pub prune_backups: Option<String>,
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// One entry of `GET .../prunebackups` (a dry run).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct PruneEntry {
+    pub volid: String,
+    #[serde(default, deserialize_with = "lenient::opt_i64")]
+    pub ctime: Option<i64>,
+    /// `keep`, `remove`, `protected` or `renamed`.
+    pub mark: String,
+    #[serde(default, deserialize_with = "lenient::opt_u32")]
+    pub vmid: Option<u32>,
+    #[serde(default, rename = "type")]
+    pub guest_type: Option<String>,
+}
+
+/// The backup volid a vzdump log names (the API does not return it, `safety-nets.md` §1.1):
+/// `<storage>:backup/<basename>` of `INFO: creating vzdump archive '<path>'`, or
+/// `<storage>:backup/<name>` of `INFO: creating Proxmox Backup Server archive '<name>'`.
+/// Confirm it in the content listing before relying on it.
+pub fn backup_volid_from_log(storage: &str, lines: &[TaskLogLine]) -> Option<String> {
+    lines.iter().find_map(|l| {
+        let t = l.t.strip_prefix("INFO: ").unwrap_or(&l.t);
+        if let Some(rest) = t.strip_prefix("creating vzdump archive '") {
+            let path = rest.strip_suffix('\'')?;
+            let base = path.rsplit('/').next().filter(|b| !b.is_empty())?;
+            return Some(format!("{storage}:backup/{base}"));
+        }
+        let name = t
+            .strip_prefix("creating Proxmox Backup Server archive '")?
+            .strip_suffix('\'')?;
+        (!name.is_empty()).then(|| format!("{storage}:backup/{name}"))
+    })
+}
+
+#[cfg(test)]
+mod storage_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn line(n: u64, t: &str) -> TaskLogLine {
+        TaskLogLine { n, t: t.into() }
+    }
+
+    #[test]
+    fn volid_from_the_log_lines_of_pve() {
+        // The lines of `safety-nets.md` §1.1.
+        let log = [
+            line(
+                1,
+                "INFO: starting new backup job: vzdump 101 --storage safety",
+            ),
+            line(
+                2,
+                "INFO: creating vzdump archive '/mnt/pve/safety/dump/vzdump-lxc-101-2026_11_22-21_00_01.tar.zst'",
+            ),
+        ];
+        assert_eq!(
+            backup_volid_from_log("safety", &log).as_deref(),
+            Some("safety:backup/vzdump-lxc-101-2026_11_22-21_00_01.tar.zst")
+        );
+        let pbs = [line(
+            1,
+            "INFO: creating Proxmox Backup Server archive 'ct/101/2026-01-02T03:04:05Z'",
+        )];
+        assert_eq!(
+            backup_volid_from_log("pbs", &pbs).as_deref(),
+            Some("pbs:backup/ct/101/2026-01-02T03:04:05Z")
+        );
+        assert_eq!(backup_volid_from_log("x", &[line(1, "TASK OK")]), None);
+        assert_eq!(
+            backup_volid_from_log("x", &[line(1, "INFO: creating vzdump archive '")]),
+            None
+        );
+    }
+
+    #[test]
+    fn content_entries_decode_as_pve_sends_them() {
+        let e: StorageContentEntry = serde_json::from_str(
+            r#"{"volid":"local:backup/vzdump-lxc-101-2026_01_02-03_04_05.tar.zst","content":"backup","format":"tar.zst","size":"1234","ctime":1767322800,"vmid":"101","subtype":"lxc","notes":"drover","protected":1}"#,
+        )
+        .unwrap();
+        assert!(e.is_protected());
+        assert_eq!(e.size, Some(1234));
+        assert_eq!(e.vmid, Some(101));
+        let s: StorageStatus = serde_json::from_str(
+            r#"{"type":"dir","content":"backup,iso,vztmpl","active":1,"total":100,"used":"40","avail":60}"#,
+        )
+        .unwrap();
+        assert!(s.supports("backup") && !s.supports("rootdir"));
+    }
+}

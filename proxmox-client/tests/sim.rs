@@ -32,6 +32,9 @@ fn client(sim: &RunningSim) -> Client {
 async fn sim_with(guests: Vec<SeedGuest>) -> RunningSim {
     pve_sim::start(SimConfig {
         guests,
+        // PVE waits 10 s for the config flock; these tests' 5 s request timeout would expire
+        // first, so they shorten the wait.
+        lock_wait: Duration::from_millis(300),
         ..SimConfig::default()
     })
     .await
@@ -287,8 +290,25 @@ async fn error_classes_from_sim_faults() {
     .await;
     let c = client(&sim);
 
-    // CT locked by a pretend backup
-    let e = c.start_lxc(NODE, 130).await.unwrap_err();
+    // CT locked by a pretend backup: PVE checks the lock inside the vzstart worker, so the
+    // call gets a UPID and the task fails with the lock message (Status.pm).
+    let upid = c.start_lxc(NODE, 130).await.unwrap();
+    match c.wait_task(&upid, &fast()).await.unwrap() {
+        proxmox_client::TaskOutcome::Failed { message, log_tail } => {
+            assert_eq!(message, "CT is locked (backup)");
+            assert_eq!(
+                log_tail.last().unwrap(),
+                "TASK ERROR: CT is locked (backup)"
+            );
+        }
+        other => panic!("expected a failed task, got {other:?}"),
+    }
+    // Synchronous calls still refuse at once: destroy and PUT config check the lock before
+    // answering.
+    let e = c
+        .destroy_lxc(NODE, 130, &Default::default())
+        .await
+        .unwrap_err();
     assert!(e.is_lock() && !e.is_transient(), "{e}");
     assert_eq!(e.code(), "pve_locked");
     let list = c.list_lxc(NODE).await.unwrap();

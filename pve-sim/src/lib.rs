@@ -6,9 +6,13 @@
 //!
 //! It depends on no other Drover crate, so it and `proxmox-client` check each other.
 
+mod archive;
+mod backup;
 mod schema;
 mod server;
 mod state;
+mod storage;
+mod storage_routes;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 
 pub use state::{Ct, Faults, Mutation, SeedGuest};
+pub use storage::{SimStorage, StorageFaults, StorageType, Volume};
 
 /// The token every default simulator accepts.
 pub const DEFAULT_TOKEN_ID: &str = "drover@pve!agent";
@@ -70,12 +75,20 @@ pub struct SimConfig {
     pub task_duration: Duration,
     /// PVE delays every 401 by about 3 s; tests use 0.
     pub auth_fail_delay: Duration,
-    /// How long a mutation waits for a CT's config flock before "got timeout" (PVE: 10 s).
+    /// How long `PUT config`, create and every worker wait for a CT's config flock before
+    /// "got timeout" (PVE's `lock_config`: 10 s, the default). Tests shorten it.
     pub lock_wait: Duration,
     pub state_file: Option<PathBuf>,
     pub faults: Faults,
     pub other_nodes: Vec<String>,
     pub guests: Vec<SeedGuest>,
+    /// The node's storages (default: `local` dir with backups and templates, `local-lvm`
+    /// LVM-thin for CT disks).
+    pub storages: Vec<SimStorage>,
+    /// Where file storages keep their archives (`<dir>/<storage>/dump`). `None`: beside the
+    /// state file (`<state file>.storage`), else a fresh directory under the system temp
+    /// directory that is removed when the simulator is dropped.
+    pub storage_dir: Option<PathBuf>,
 }
 
 impl Default for SimConfig {
@@ -90,11 +103,13 @@ impl Default for SimConfig {
             }],
             task_duration: Duration::from_millis(50),
             auth_fail_delay: Duration::ZERO,
-            lock_wait: Duration::from_millis(300),
+            lock_wait: Duration::from_secs(10),
             state_file: None,
             faults: Faults::default(),
             other_nodes: Vec::new(),
             guests: Vec::new(),
+            storages: storage::default_storages(),
+            storage_dir: None,
         }
     }
 }
@@ -122,6 +137,8 @@ pub(crate) struct Shared {
     pub config: SimConfig,
     pub requests: AtomicU64,
     pub cert: Mutex<server::CertState>,
+    /// A storage directory the simulator made itself (removed on drop).
+    pub owned_storage_dir: Option<PathBuf>,
 }
 
 impl Shared {
@@ -162,6 +179,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
             .map_err(|e| SimError::Config(format!("state file {}: {e}", path.display())))?;
         // Tasks that were running when the previous simulator stopped have finished since.
         for t in persisted.tasks.iter_mut().filter(|t| !t.done) {
+            t.started_ms = Some(0);
             t.ends_at_ms = Some(0);
         }
     }
@@ -169,14 +187,37 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         Some(s) => rand::rngs::StdRng::seed_from_u64(s),
         None => rand::rngs::StdRng::from_entropy(),
     };
+    let (storage_root, owned_storage_dir) = match (&cfg.storage_dir, &cfg.state_file) {
+        (Some(d), _) => (d.clone(), None),
+        (None, Some(f)) => (f.with_extension("storage"), None),
+        (None, None) => {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "pve-sim-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            (d.clone(), Some(d))
+        }
+    };
+    let layout = storage::Layout {
+        storages: cfg.storages.clone(),
+        root: storage_root,
+    };
+    layout
+        .prepare()
+        .map_err(|e| io_err(&format!("creating {}", layout.root.display()), e))?;
     let mut host = state::Host {
         node: cfg.node.clone(),
         p: persisted,
         epoch: Instant::now(),
         task_duration: cfg.task_duration,
+        lock_wait: cfg.lock_wait,
         faults: cfg.faults.clone(),
         rng,
+        layout,
     };
+    storage::seed_templates(&mut host);
     host.advance();
     for g in &cfg.guests {
         if !host.p.cts.contains_key(&g.vmid) {
@@ -194,6 +235,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         config: cfg,
         requests: AtomicU64::new(0),
         cert: Mutex::new(cert),
+        owned_storage_dir,
     });
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(server::serve(listener, shared.clone(), rx));
@@ -299,6 +341,41 @@ impl RunningSim {
             .filter(|m| m.kind == kind && m.vmid == Some(vmid))
             .count()
     }
+    /// Sets (or with `None` removes) one config line behind the API, as root editing
+    /// `/etc/pve/lxc/<vmid>.conf` would (e.g. a bind mount, which tokens may not add).
+    pub fn edit_config(&self, vmid: u32, key: &str, value: Option<&str>) {
+        let mut h = self.shared.lock();
+        if let Some(ct) = h.p.cts.get_mut(&vmid) {
+            match value {
+                Some(v) => ct.conf.insert(key.to_string(), v.to_string()),
+                None => ct.conf.remove(key),
+            };
+        }
+        self.shared.persist(&h);
+    }
+    /// The directory file storages write to (`<dir>/<storage>/dump/vzdump-lxc-...`).
+    pub fn storage_dir(&self) -> PathBuf {
+        self.shared.lock().layout.root.clone()
+    }
+    /// Sets the pretend contents of a CT volume (what a backup captures and a restore brings
+    /// back, or leaves empty for mount points outside the backup).
+    pub fn set_volume_data(&self, volid: &str, data: &str) {
+        let mut h = self.shared.lock();
+        h.p.storage.data.insert(volid.to_string(), data.to_string());
+        self.shared.persist(&h);
+    }
+    /// The pretend contents of a CT volume (`None`: empty, e.g. freshly allocated).
+    pub fn volume_data(&self, volid: &str) -> Option<String> {
+        let mut h = self.shared.lock();
+        h.advance();
+        h.p.storage.data.get(volid).cloned()
+    }
+    /// Backups and templates on every storage.
+    pub fn volumes(&self) -> Vec<storage::Volume> {
+        let mut h = self.shared.lock();
+        h.advance();
+        h.p.storage.volumes.values().cloned().collect()
+    }
     /// API requests served so far (all of `/api2/json`).
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
@@ -321,6 +398,14 @@ impl Drop for RunningSim {
     }
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(d) = &self.owned_storage_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// The `pve-sim` command line (also `drover sim`). Prints `listening https://ADDR` and
 /// `fingerprint AA:..` on stdout, then serves until SIGTERM/SIGINT.
 pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
@@ -333,6 +418,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     let mut secret = DEFAULT_TOKEN_SECRET.to_string();
     let mut cert = None;
     let mut key = None;
+    let mut write_cert = None;
     while let Some(a) = it.next() {
         let mut val = |name: &str| {
             it.next()
@@ -369,6 +455,13 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                         .map_err(|e| SimError::Config(format!("--task-ms {v}: {e}")))?,
                 );
             }
+            "--lock-wait-ms" => {
+                let v = val("--lock-wait-ms")?;
+                cfg.lock_wait = Duration::from_millis(
+                    v.parse()
+                        .map_err(|e| SimError::Config(format!("--lock-wait-ms {v}: {e}")))?,
+                );
+            }
             "--auth-delay-ms" => {
                 let v = val("--auth-delay-ms")?;
                 cfg.auth_fail_delay = Duration::from_millis(
@@ -377,11 +470,21 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                 );
             }
             "--seed-demo" => cfg.guests = demo_guests(),
+            "--storage-dir" => cfg.storage_dir = Some(PathBuf::from(val("--storage-dir")?)),
+            "--storages" => {
+                let p = val("--storages")?;
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| io_err(&format!("reading {p}"), e))?;
+                cfg.storages = serde_json::from_str(&text)
+                    .map_err(|e| SimError::Config(format!("storages file {p}: {e}")))?;
+            }
             "--cert" => cert = Some(PathBuf::from(val("--cert")?)),
+            // Writes the certificate in use (PEM) so clients can verify against it as a CA.
+            "--write-cert" => write_cert = Some(PathBuf::from(val("--write-cert")?)),
             "--key" => key = Some(PathBuf::from(val("--key")?)),
             "-h" | "--help" => {
                 println!(
-                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--auth-delay-ms N] [--seed-demo] [--cert PEM --key PEM]"
+                    "pve-sim [--listen ADDR] [--node NAME] [--token-id ID] [--token-secret-file F] [--state-file F] [--faults F.json] [--task-ms N] [--lock-wait-ms N] [--auth-delay-ms N] [--seed-demo] [--storage-dir DIR] [--storages F.json] [--cert PEM --key PEM] [--write-cert PEM]"
                 );
                 return Ok(());
             }
@@ -400,6 +503,10 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
         secret,
     }];
     let sim = start(cfg).await?;
+    if let Some(path) = &write_cert {
+        std::fs::write(path, sim.cert_pem())
+            .map_err(|e| io_err(&format!("writing {}", path.display()), e))?;
+    }
     println!("listening {}", sim.base_url());
     println!("fingerprint {}", sim.fingerprint());
     use std::io::Write;

@@ -78,6 +78,9 @@ impl CertState {
     }
 }
 
+/// pve-http-server's keep-alive idle timeout (`AnyEvent.pm`: `$self->{timeout} = 5`).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<crate::Shared>,
@@ -113,8 +116,11 @@ pub async fn serve(
                     Ok(handle(shared, req).await)
                 }
             });
+            // The header read timeout also bounds the idle time between keep-alive requests.
             let _ = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
                 .serve_connection(TokioIo::new(tls), svc)
                 .await;
         });
@@ -137,7 +143,18 @@ fn reply(status: u16, reason: &str, body: Value) -> Response<Full<Bytes>> {
     if let Ok(rp) = hyper::ext::ReasonPhrase::try_from(first.into_bytes()) {
         r.extensions_mut().insert(rp);
     }
+    close_if_error(&mut r);
     r
+}
+
+/// `keep_alive = 0 if $code >= 400` (AnyEvent.pm): every error response ends the connection.
+fn close_if_error(r: &mut Response<Full<Bytes>>) {
+    if r.status().as_u16() >= 400 {
+        r.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
 }
 
 fn error_reply(e: ApiError) -> Response<Full<Bytes>> {
@@ -148,20 +165,37 @@ fn error_reply(e: ApiError) -> Response<Full<Bytes>> {
     reply(e.status, &e.message, body)
 }
 
-fn ok(data: Value) -> Response<Full<Bytes>> {
-    reply(200, "OK", json!({ "data": data }))
+/// A successful answer: `data`, plus `total` where PVE adds it (task list, task log).
+pub struct Reply {
+    data: Value,
+    total: Option<usize>,
 }
 
-/// Query string plus form or JSON body, as PVE merges them.
+impl From<Value> for Reply {
+    fn from(data: Value) -> Reply {
+        Reply { data, total: None }
+    }
+}
+
+fn ok(r: Reply) -> Response<Full<Bytes>> {
+    let mut body = json!({ "data": r.data });
+    if let Some(t) = r.total {
+        body["total"] = t.into();
+    }
+    reply(200, "OK", body)
+}
+
+/// Query string plus form or JSON body, as PVE merges them, keeping repeated keys (the schema
+/// joins `-list` keys and refuses the others, as RESTHandler does).
 fn parse_params(
     query: Option<&str>,
     ctype: &str,
     body: &[u8],
-) -> Result<BTreeMap<String, String>, ApiError> {
-    let mut out = BTreeMap::new();
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out = Vec::new();
     let mut form = |s: &str| {
         for (k, v) in url::form_urlencoded::parse(s.as_bytes()) {
-            out.insert(k.into_owned(), v.into_owned());
+            out.push((k.into_owned(), v.into_owned()));
         }
     };
     if let Some(q) = query {
@@ -176,20 +210,47 @@ fn parse_params(
         let obj = v
             .as_object()
             .ok_or_else(|| ApiError::new(400, "JSON body must be an object"))?;
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        };
         for (k, v) in obj {
-            let s = match v {
-                Value::String(s) => s.clone(),
-                Value::Bool(b) => if *b { "1" } else { "0" }.to_string(),
-                Value::Null => continue,
-                other => other.to_string(),
-            };
-            out.insert(k.clone(), s);
+            match v {
+                Value::Array(items) => {
+                    out.extend(items.iter().filter_map(scalar).map(|s| (k.clone(), s)));
+                }
+                other => {
+                    if let Some(s) = scalar(other) {
+                        out.push((k.clone(), s));
+                    }
+                }
+            }
         }
     } else {
         let s = std::str::from_utf8(body).map_err(|_| ApiError::new(400, "body is not UTF-8"))?;
         form(s);
     }
     Ok(out)
+}
+
+/// PVE's 401: no body, reason `No ticket` when no credential was sent, `Authentication failed!`
+/// when one was wrong (HTTPServer.pm), after the configured delay.
+async fn unauthorized(shared: &crate::Shared, sent_credentials: bool) -> Response<Full<Bytes>> {
+    tokio::time::sleep(shared.config.auth_fail_delay).await;
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::UNAUTHORIZED;
+    let reason: &[u8] = if sent_credentials {
+        b"Authentication failed!"
+    } else {
+        b"No ticket"
+    };
+    if let Ok(rp) = hyper::ext::ReasonPhrase::try_from(reason.to_vec()) {
+        r.extensions_mut().insert(rp);
+    }
+    close_if_error(&mut r);
+    r
 }
 
 async fn handle(shared: Arc<crate::Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -213,8 +274,8 @@ async fn handle(shared: Arc<crate::Shared>, req: Request<Incoming>) -> Response<
         Err(_) => return error_reply(ApiError::new(413, "request entity too large")),
     };
     // Token auth: `PVEAPIToken=USER@REALM!TOKENID=SECRET`, split at the last '='.
-    let user = auth
-        .strip_prefix("PVEAPIToken=")
+    let token = auth.strip_prefix("PVEAPIToken=");
+    let user = token
         .and_then(|t| t.rsplit_once('='))
         .and_then(|(id, secret)| {
             shared
@@ -225,15 +286,9 @@ async fn handle(shared: Arc<crate::Shared>, req: Request<Incoming>) -> Response<
                 .map(|t| t.id.clone())
         });
     let Some(user) = user else {
-        tokio::time::sleep(shared.config.auth_fail_delay).await;
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        if let Ok(rp) = hyper::ext::ReasonPhrase::try_from(b"authentication failure".to_vec()) {
-            r.extensions_mut().insert(rp);
-        }
-        return r;
+        return unauthorized(&shared, token.is_some()).await;
     };
-    let params = match parse_params(query.as_deref(), &ctype, &body) {
+    let raw = match parse_params(query.as_deref(), &ctype, &body) {
         Ok(p) => p,
         Err(e) => return error_reply(e),
     };
@@ -251,7 +306,7 @@ async fn handle(shared: Arc<crate::Shared>, req: Request<Incoming>) -> Response<
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;
     }
-    match route(&shared, &method, api, params, &user).await {
+    match route(&shared, &method, api, raw, &user).await {
         Ok(v) => ok(v),
         Err(e) => error_reply(e),
     }
@@ -265,13 +320,13 @@ fn admin_route(
 ) -> Response<Full<Bytes>> {
     let bad = |m: String| error_reply(ApiError::new(400, m));
     match (method, path) {
-        ("GET", "mutations") => ok(json!(shared.lock().p.mutations)),
-        ("GET", "requests") => ok(json!(shared.requests.load(Ordering::Relaxed))),
-        ("GET", "faults") => ok(json!(shared.lock().faults)),
+        ("GET", "mutations") => ok(json!(shared.lock().p.mutations).into()),
+        ("GET", "requests") => ok(json!(shared.requests.load(Ordering::Relaxed)).into()),
+        ("GET", "faults") => ok(json!(shared.lock().faults).into()),
         ("PUT", "faults") => match serde_json::from_slice::<crate::Faults>(body) {
             Ok(f) => {
                 shared.lock().faults = f;
-                ok(Value::Null)
+                ok(Value::Null.into())
             }
             Err(e) => bad(format!("faults: {e}")),
         },
@@ -280,7 +335,7 @@ fn admin_route(
                 let mut h = shared.lock();
                 h.seed(&g);
                 shared.persist(&h);
-                ok(Value::Null)
+                ok(Value::Null.into())
             }
             Err(e) => bad(format!("guest: {e}")),
         },
@@ -291,9 +346,9 @@ fn admin_route(
     }
 }
 
-/// Waits for the CT's config flock like `lock_config` (`proxmox-api.md` §5): a mutation while a
-/// task holds it fails with "got timeout" after `lock_wait`.
-async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
+/// A synchronous `lock_config` (`PUT config`, create): waits for the CT's config flock up to
+/// `lock_wait` (PVE: 10 s), then "got timeout".
+pub(crate) async fn wait_flock(shared: &crate::Shared, vmid: u32) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + shared.config.lock_wait;
     loop {
         {
@@ -325,34 +380,98 @@ fn vmid_of(s: &str) -> Result<u32, ApiError> {
     })
 }
 
+fn not_implemented(method: &str, path: &str) -> ApiError {
+    ApiError::new(501, format!("Method '{method} {path}' not implemented"))
+}
+
+/// pve-common's UPID regex (UPID.pm `upid_decode`).
+fn upid_parses(upid: &str) -> bool {
+    let Some(rest) = upid.strip_prefix("UPID:") else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split(':').collect();
+    let hex = |s: &str, lens: &[usize]| {
+        lens.contains(&s.len()) && s.chars().all(|c| c.is_ascii_hexdigit())
+    };
+    let field = |s: &str, empty_ok: bool| {
+        (empty_ok || !s.is_empty()) && !s.contains(|c: char| c.is_whitespace() || c == '/')
+    };
+    f.len() == 8
+        && crate::schema::is_dns_name(f[0])
+        && !f[0].contains('.')
+        && hex(f[1], &[8])
+        && hex(f[2], &[8, 9])
+        && hex(f[3], &[8])
+        && field(f[4], false)
+        && field(f[5], true)
+        && field(f[6], false)
+        && f[7].is_empty()
+}
+
+/// Paging of a listing (`start`, `limit`) with the count before paging as `total`.
+fn page(rows: Vec<Value>, params: &BTreeMap<String, String>, default_limit: usize) -> Reply {
+    let start: usize = params
+        .get("start")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let limit: usize = params
+        .get("limit")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_limit);
+    let total = rows.len();
+    Reply {
+        data: Value::Array(rows.into_iter().skip(start).take(limit).collect()),
+        total: Some(total),
+    }
+}
+
 async fn route(
     shared: &crate::Shared,
     method: &str,
     path: &str,
-    mut params: BTreeMap<String, String>,
+    raw: Vec<(String, String)>,
     user: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Reply, ApiError> {
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     let node = shared.config.node.clone();
+    let shown = format!("/{}", path.trim_start_matches('/'));
+    let mut path_params: Vec<(String, String)> = Vec::new();
+    // Storage, backup and restore endpoints live in `storage_routes` (one value per key).
+    let flat: BTreeMap<String, String> = raw.iter().cloned().collect();
+    if let Some(r) = crate::storage_routes::route(shared, method, &seg, &flat, user).await {
+        return r.map(Reply::from);
+    }
     // Schema template and path parameters.
     let (template, vmid): (String, Option<u32>) = match seg.as_slice() {
         ["version"] => ("/version".into(), None),
+        ["nodes"] => ("/nodes".into(), None),
         ["cluster", "resources"] => ("/cluster/resources".into(), None),
         ["cluster", "nextid"] => ("/cluster/nextid".into(), None),
         ["nodes", n, rest @ ..] => {
-            if *n != node {
-                return Err(ApiError::new(595, format!("no such node '{n}'")));
+            // `proxyto` treats `localhost` as this node (HTTPServer.pm).
+            if *n != node && *n != "localhost" {
+                if shared.config.other_nodes.iter().any(|o| o == n) {
+                    return Err(ApiError::new(595, format!("no such node '{n}'")));
+                }
+                // pve-cluster remote_node_ip → get_ip_from_hostname.
+                return Err(ApiError::new(
+                    500,
+                    format!(
+                        "hostname lookup '{n}' failed - failed to get address info for: {n}: Name or service not known"
+                    ),
+                ));
             }
-            params.insert("node".into(), n.to_string());
+            path_params.push(("node".into(), node.clone()));
             match rest {
+                [] => ("/nodes/{node}".into(), None),
                 ["lxc"] => ("/nodes/{node}/lxc".into(), None),
                 ["lxc", v, tail @ ..] => {
                     let vmid = vmid_of(v)?;
-                    params.insert("vmid".into(), vmid.to_string());
+                    path_params.push(("vmid".into(), vmid.to_string()));
                     let t = if tail.is_empty() {
                         "/nodes/{node}/lxc/{vmid}".to_string()
                     } else if let ["snapshot", snap, more @ ..] = tail {
-                        params.insert("snapname".into(), snap.to_string());
+                        path_params.push(("snapname".into(), snap.to_string()));
                         let mut t = "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}".to_string();
                         for m in more {
                             t.push('/');
@@ -366,7 +485,7 @@ async fn route(
                 }
                 ["tasks"] => ("/nodes/{node}/tasks".into(), None),
                 ["tasks", upid, tail @ ..] => {
-                    params.insert("upid".into(), upid.to_string());
+                    path_params.push(("upid".into(), upid.to_string()));
                     let t = if tail.is_empty() {
                         "/nodes/{node}/tasks/{upid}".to_string()
                     } else {
@@ -374,38 +493,109 @@ async fn route(
                     };
                     (t, None)
                 }
-                _ => {
-                    return Err(ApiError::new(
-                        501,
-                        format!("Method '{method} /{path}' not implemented"),
-                    ));
-                }
+                _ => return Err(not_implemented(method, &shown)),
             }
         }
-        _ => {
-            return Err(ApiError::new(
-                501,
-                format!("Method '{method} /{path}' not implemented"),
-            ));
-        }
+        _ => return Err(not_implemented(method, &shown)),
     };
-    if template != "/version" {
-        schema::validate(method, &template, &params).map_err(ApiError::params)?;
-    }
-    let flag = |k: &str| {
-        params
-            .get(k)
-            .is_some_and(|v| matches!(v.as_str(), "1" | "true"))
+    // Path parameters win over body parameters of the same name (RESTHandler merges the URI
+    // parameters last); ansible sends `vmid` and `node` in the body of `PUT config` too.
+    let mut raw: Vec<(String, String)> = raw
+        .into_iter()
+        .filter(|(k, _)| !path_params.iter().any(|(p, _)| p == k))
+        .collect();
+    raw.extend(path_params);
+    let params = if template == "/version" || template == "/nodes" || template == "/nodes/{node}" {
+        raw.into_iter().collect::<BTreeMap<_, _>>()
+    } else {
+        schema::validate_raw(method, &template, &raw).map_err(ApiError::params)?
     };
+    let flag = |k: &str| params.get(k).is_some_and(|v| v == "1");
     let mutating = method != "GET";
-    if mutating && let Some(v) = vmid {
-        wait_flock(shared, v).await?;
+    // Only `PUT config` and create lock the config synchronously (with PVE's wait); every
+    // worker takes the flock inside its task.
+    if method == "PUT" && template == "/nodes/{node}/lxc/{vmid}/config" {
+        let options = params
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "node" | "vmid" | "digest"))
+            .count();
+        if options == 0 {
+            return Err(ApiError::new(500, "no options specified"));
+        }
+    }
+    if (method == "PUT" && template == "/nodes/{node}/lxc/{vmid}/config")
+        || (method == "POST" && template == "/nodes/{node}/lxc")
+    {
+        let v = vmid.or_else(|| params.get("vmid").and_then(|s| s.parse().ok()));
+        if let Some(v) = v {
+            wait_flock(shared, v).await?;
+        }
     }
     let mut h = shared.lock();
     h.advance();
-    let result = match (method, template.as_str()) {
+    let result: Result<Reply, ApiError> = match (method, template.as_str()) {
         ("GET", "/version") => {
-            Ok(json!({"version": "9.2.11", "release": "9.2", "repoid": "14a22df3"}))
+            Ok(json!({"version": "9.2.11", "release": "9.2", "repoid": "14a22df3"}).into())
+        }
+        ("GET", "/nodes") => {
+            let mut nodes = vec![node.clone()];
+            nodes.extend(shared.config.other_nodes.iter().cloned());
+            let fingerprint = shared
+                .cert
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .fingerprint();
+            Ok(Value::Array(
+                nodes
+                    .into_iter()
+                    .map(|n| {
+                        json!({
+                            "node": n, "id": format!("node/{n}"), "type": "node",
+                            "status": "online", "level": "", "ssl_fingerprint": fingerprint,
+                            "cpu": 0.02, "maxcpu": 2, "mem": 2_147_483_648u64,
+                            "maxmem": 8_589_934_592u64, "disk": 5_368_709_120u64,
+                            "maxdisk": 107_374_182_400u64, "uptime": 86_400,
+                        })
+                    })
+                    .collect(),
+            )
+            .into())
+        }
+        ("GET", "/nodes/{node}") => {
+            let dirs = [
+                "aplinfo",
+                "apt",
+                "capabilities",
+                "certificates",
+                "config",
+                "disks",
+                "dns",
+                "firewall",
+                "hardware",
+                "hosts",
+                "journal",
+                "lxc",
+                "netstat",
+                "network",
+                "qemu",
+                "replication",
+                "report",
+                "rrd",
+                "rrddata",
+                "scan",
+                "sdn",
+                "services",
+                "status",
+                "storage",
+                "subscription",
+                "syslog",
+                "tasks",
+                "time",
+                "version",
+                "vzdump",
+                "wakeonlan",
+            ];
+            Ok(Value::Array(dirs.iter().map(|d| json!({ "name": d })).collect()).into())
         }
         ("GET", "/nodes/{node}/lxc") => {
             let h2: &Host = &h;
@@ -415,46 +605,118 @@ async fn route(
                     .filter(|c| c.node == node)
                     .map(|c| h2.status_json(c))
                     .collect(),
-            ))
+            )
+            .into())
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}") => {
+            h.local(vmid.unwrap_or(0))?;
+            let dirs = [
+                "config",
+                "status",
+                "vncproxy",
+                "termproxy",
+                "vncwebsocket",
+                "spiceproxy",
+                "migrate",
+                "clone",
+                "rrd",
+                "rrddata",
+                "firewall",
+                "snapshot",
+                "resize",
+                "pending",
+                "interfaces",
+                "feature",
+            ];
+            Ok(Value::Array(dirs.iter().map(|d| json!({ "subdir": d })).collect()).into())
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/status") => {
+            h.local(vmid.unwrap_or(0))?;
+            let dirs = [
+                "current", "start", "stop", "shutdown", "reboot", "suspend", "resume",
+            ];
+            Ok(Value::Array(dirs.iter().map(|d| json!({ "subdir": d })).collect()).into())
         }
         ("GET", "/cluster/resources") => {
             let h2: &Host = &h;
-            Ok(Value::Array(
-                h2.p.cts
-                    .values()
-                    .map(|c| {
-                        let mut s = h2.status_json(c);
-                        s["id"] = format!("lxc/{}", c.vmid).into();
-                        s["node"] = c.node.clone().into();
-                        s["maxcpu"] = s["cpus"].clone();
-                        s
-                    })
-                    .collect(),
-            ))
-        }
-        ("GET", "/cluster/nextid") => {
-            let mut id = 100;
-            while h.p.cts.contains_key(&id) {
-                id += 1;
+            let ty = params.get("type").map(String::as_str);
+            let mut rows = Vec::new();
+            if ty.is_none() || ty == Some("node") {
+                let mut nodes = vec![node.clone()];
+                nodes.extend(shared.config.other_nodes.iter().cloned());
+                for n in nodes {
+                    rows.push(json!({
+                        "id": format!("node/{n}"), "type": "node", "node": n,
+                        "status": "online", "level": "", "cgroup-mode": 2,
+                        "cpu": 0.02, "maxcpu": 2, "mem": 2_147_483_648u64,
+                        "maxmem": 8_589_934_592u64, "disk": 5_368_709_120u64,
+                        "maxdisk": 107_374_182_400u64, "uptime": 86_400,
+                    }));
+                }
             }
-            Ok(json!(id.to_string()))
+            if ty.is_none() || ty == Some("vm") {
+                rows.extend(h2.p.cts.values().map(|c| h2.resource_json(c)));
+            }
+            Ok(Value::Array(rows).into())
         }
+        ("GET", "/cluster/nextid") => match params.get("vmid") {
+            Some(v) => {
+                let id: u32 = v.parse().unwrap_or(0);
+                if h.p.cts.contains_key(&id) {
+                    Err(ApiError::params(
+                        [("vmid".to_string(), format!("VM {id} already exists"))].into(),
+                    ))
+                } else {
+                    Ok(json!(id.to_string()).into())
+                }
+            }
+            None => {
+                let mut id = 100;
+                while h.p.cts.contains_key(&id) {
+                    id += 1;
+                }
+                Ok(json!(id.to_string()).into())
+            }
+        },
         ("GET", "/nodes/{node}/lxc/{vmid}/config") => {
-            h.config_json(vmid.unwrap_or(0), flag("current"))
+            if params.contains_key("snapshot") && flag("current") {
+                let m = "cannot use 'snapshot' parameter with 'current'".to_string();
+                return Err(ApiError::params(
+                    [
+                        ("snapshot".to_string(), m.clone()),
+                        ("current".to_string(), m),
+                    ]
+                    .into(),
+                ));
+            }
+            h.config_json(
+                vmid.unwrap_or(0),
+                flag("current"),
+                params.get("snapshot").map(String::as_str),
+            )
+            .map(Reply::from)
         }
-        ("GET", "/nodes/{node}/lxc/{vmid}/pending") => h.pending_json(vmid.unwrap_or(0)),
+        ("GET", "/nodes/{node}/lxc/{vmid}/pending") => {
+            h.pending_json(vmid.unwrap_or(0)).map(Reply::from)
+        }
         ("GET", "/nodes/{node}/lxc/{vmid}/status/current") => {
             let ct = h.local(vmid.unwrap_or(0))?.clone();
             let mut s = h.status_json(&ct);
             s["ha"] = json!({"managed": 0});
-            Ok(s)
+            Ok(s.into())
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/interfaces") => {
+            h.interfaces_json(vmid.unwrap_or(0)).map(Reply::from)
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/feature") => {
+            crate::storage::feature(&h, vmid.unwrap_or(0), &params).map(Reply::from)
         }
         ("PUT", "/nodes/{node}/lxc/{vmid}/config") => {
             let v = vmid.unwrap_or(0);
             h.maybe_fault("config", v)?;
             h.put_config(v, &params)?;
             h.record(method, path, Some(v), "config", None, &params);
-            Ok(Value::Null)
+            Ok(Value::Null.into())
         }
         ("POST", "/nodes/{node}/lxc") => {
             let v = params
@@ -464,15 +726,18 @@ async fn route(
             h.maybe_fault("vzcreate", v)?;
             let upid = h.create(&params, user)?;
             h.record(method, path, Some(v), "create", Some(upid.clone()), &params);
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("POST", t) if t.starts_with("/nodes/{node}/lxc/{vmid}/status/") => {
             let action = t.rsplit('/').next().unwrap_or("");
             let v = vmid.unwrap_or(0);
             h.maybe_fault(&format!("vz{action}"), v)?;
             let upid = h.power(v, action, user)?;
+            if action == "stop" && flag("overrule-shutdown") {
+                h.overrule_shutdowns(v, &upid);
+            }
             h.record(method, path, Some(v), action, Some(upid.clone()), &params);
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("DELETE", "/nodes/{node}/lxc/{vmid}") => {
             let v = vmid.unwrap_or(0);
@@ -486,29 +751,40 @@ async fn route(
                 Some(upid.clone()),
                 &params,
             );
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("PUT", "/nodes/{node}/lxc/{vmid}/resize") => {
             let v = vmid.unwrap_or(0);
             h.maybe_fault("resize", v)?;
             let upid = h.resize(v, &params, user)?;
             h.record(method, path, Some(v), "resize", Some(upid.clone()), &params);
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("GET", "/nodes/{node}/lxc/{vmid}/snapshot") => {
-            let ct = h.local(vmid.unwrap_or(0))?;
-            let mut list: Vec<Value> = ct
-                .snapshots
-                .iter()
-                .map(|(name, s)| {
-                    json!({"name": name, "description": s.description, "snaptime": s.snaptime})
+            h.snapshot_list_json(vmid.unwrap_or(0)).map(Reply::from)
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}") => {
+            h.local(vmid.unwrap_or(0))?;
+            Ok(json!([{"cmd": "rollback"}, {"cmd": "config"}]).into())
+        }
+        ("GET", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config") => {
+            let name = params.get("snapname").cloned().unwrap_or_default();
+            h.config_json(vmid.unwrap_or(0), false, Some(&name))
+                .map(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("digest");
+                    }
+                    v
                 })
-                .collect();
-            let running = u8::from(ct.running);
-            list.push(
-                json!({"name": "current", "description": "You are here!", "running": running}),
-            );
-            Ok(Value::Array(list))
+                .map(Reply::from)
+        }
+        ("PUT", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config") => {
+            let v = vmid.unwrap_or(0);
+            let name = params.get("snapname").cloned().unwrap_or_default();
+            let d = params.get("description").cloned().unwrap_or_default();
+            h.snapshot_set_description(v, &name, &d)?;
+            h.record(method, path, Some(v), "snapshot-config", None, &params);
+            Ok(Value::Null.into())
         }
         ("POST", "/nodes/{node}/lxc/{vmid}/snapshot") => {
             let v = vmid.unwrap_or(0);
@@ -522,7 +798,7 @@ async fn route(
                 Some(upid.clone()),
                 &params,
             );
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}")
         | ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback") => {
@@ -533,38 +809,49 @@ async fn route(
             let name = params.get("snapname").cloned().unwrap_or_default();
             let upid = h.snapshot_change(v, &name, rollback, user)?;
             h.record(method, path, Some(v), kind, Some(upid.clone()), &params);
-            Ok(json!(upid))
+            Ok(json!(upid).into())
         }
         ("GET", "/nodes/{node}/tasks") => {
+            // Tasks.pm node_tasks: filters first, then `start`/`limit`; `total` counts the
+            // matches.
             let vm = params.get("vmid").cloned();
             let tf = params.get("typefilter").cloned();
+            let uf = params.get("userfilter").map(|u| u.to_ascii_lowercase());
+            let errors = flag("errors");
             let since: u64 = params
                 .get("since")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            let until: u64 = params
+                .get("until")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(u64::MAX);
             let source = params
                 .get("source")
                 .cloned()
                 .unwrap_or_else(|| "archive".into());
-            let limit: usize = params
-                .get("limit")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(50);
             let rows: Vec<Value> =
                 h.p.tasks
                     .iter()
                     .rev()
                     .filter(|t| vm.as_ref().is_none_or(|v| *v == t.vmid.to_string()))
                     .filter(|t| tf.as_ref().is_none_or(|f| *f == t.worker_type))
-                    .filter(|t| t.starttime >= since)
+                    .filter(|t| {
+                        uf.as_ref()
+                            .is_none_or(|u| t.user.to_ascii_lowercase().contains(u.as_str()))
+                    })
+                    .filter(|t| !errors || t.exitstatus.as_deref().is_some_and(|e| e != "OK"))
+                    .filter(|t| t.starttime >= since && t.starttime <= until)
                     .filter(|t| match source.as_str() {
                         "active" => !t.done,
                         "all" => true,
                         _ => t.done,
                     })
-                    .take(limit)
                     .map(|t| {
                         let mut o = h.task_status_json(t);
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("exitstatus");
+                        }
                         o["status"] = match &t.exitstatus {
                             Some(e) => e.clone().into(),
                             None => "RUNNING".into(),
@@ -575,18 +862,30 @@ async fn route(
                         o
                     })
                     .collect();
-            Ok(Value::Array(rows))
+            Ok(page(rows, &params, 50))
         }
-        ("GET", "/nodes/{node}/tasks/{upid}/status")
+        ("GET", "/nodes/{node}/tasks/{upid}")
+        | ("GET", "/nodes/{node}/tasks/{upid}/status")
         | ("GET", "/nodes/{node}/tasks/{upid}/log") => {
             let upid = params.get("upid").cloned().unwrap_or_default();
+            if !upid_parses(&upid) {
+                return Err(ApiError::params(
+                    [(
+                        "upid".to_string(),
+                        "unable to parse worker upid".to_string(),
+                    )]
+                    .into(),
+                ));
+            }
             let Some(t) = h.p.tasks.iter().find(|t| t.upid == upid) else {
                 return Err(ApiError::params(
                     [("upid".to_string(), "no such task".to_string())].into(),
                 ));
             };
-            if template.ends_with("status") {
-                Ok(h.task_status_json(t))
+            if template.ends_with("{upid}") {
+                Ok(json!([{"name": "log"}, {"name": "status"}]).into())
+            } else if template.ends_with("status") {
+                Ok(h.task_status_json(t).into())
             } else {
                 let lines: Vec<Value> = h
                     .task_log(t)
@@ -594,13 +893,10 @@ async fn route(
                     .enumerate()
                     .map(|(i, l)| json!({"n": i + 1, "t": l}))
                     .collect();
-                Ok(Value::Array(lines))
+                Ok(page(lines, &params, 50))
             }
         }
-        _ => Err(ApiError::new(
-            501,
-            format!("Method '{method} /{path}' not implemented"),
-        )),
+        _ => Err(not_implemented(method, &shown)),
     };
     if mutating && result.is_ok() {
         shared.persist(&h);

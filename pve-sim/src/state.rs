@@ -103,6 +103,8 @@ pub struct Faults {
     /// Probability that an API request's connection is dropped without any response
     /// (the client sees a reset / unexpected EOF; the request has no effect).
     pub reset_rate: f64,
+    /// Faults of the storage tasks (vzdump, restore): failures, no space, a stuck lock.
+    pub storage: crate::storage::StorageFaults,
 }
 
 /// A container as the simulator stores it: config values as PVE text.
@@ -113,9 +115,17 @@ pub struct Ct {
     pub running: bool,
     pub conf: BTreeMap<String, String>,
     pub pending: BTreeMap<String, String>,
+    /// Keys deleted while running that wait for the next start (`[pve:pending] delete:`).
+    #[serde(default)]
+    pub pending_delete: BTreeSet<String>,
     /// Snapshots by name: the config at snapshot time (proxmox-api.md snapshot endpoints).
     #[serde(default)]
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Unix time of the last start (uptime) and the init process id of a running CT.
+    #[serde(default)]
+    pub started_at: u64,
+    #[serde(default)]
+    pub pid: u32,
 }
 
 /// One snapshot: its description, time and the config it froze.
@@ -132,6 +142,9 @@ pub enum Effect {
     Create {
         conf: BTreeMap<String, String>,
         start: bool,
+        /// The template volume (its file name appears in the worker's log).
+        #[serde(default)]
+        ostemplate: String,
     },
     Start,
     Stop,
@@ -151,6 +164,8 @@ pub enum Effect {
     SnapshotRollback {
         name: String,
     },
+    /// vzdump, vzrestore, imgdel, prunebackups: ended by `backup::finish`.
+    Storage(crate::backup::Job),
 }
 
 /// One task.
@@ -164,13 +179,37 @@ pub struct Task {
     pub starttime: u64,
     pub pid: u32,
     pub pstart: u64,
-    /// Milliseconds after the simulator's start when it ends; `None`: stuck.
+    /// Milliseconds after the simulator's start when it ends; `None`: stuck or still waiting
+    /// for the config flock.
     pub ends_at_ms: Option<u64>,
     pub fail: Option<String>,
     pub effect: Effect,
     pub done: bool,
     pub exitstatus: Option<String>,
     pub endtime: Option<u64>,
+    /// When the request forked the worker (ms after the simulator's start).
+    #[serde(default)]
+    pub created_ms: u64,
+    /// When the worker got the CT's config flock; `None` while it waits for it.
+    #[serde(default = "started_long_ago")]
+    pub started_ms: Option<u64>,
+    /// When a waiting worker gives up ("got timeout").
+    #[serde(default)]
+    pub lock_deadline_ms: u64,
+    /// How long the work takes once the flock is held; `None`: never finishes (fault).
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    /// The task log so far, without the closing `TASK ...` line.
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// The config `lock` this worker set while it runs (snapshot, rollback, ...).
+    #[serde(default)]
+    pub conf_lock: Option<String>,
+}
+
+/// Tasks persisted before the flock model had started long ago.
+fn started_long_ago() -> Option<u64> {
+    Some(0)
 }
 
 /// One mutating request, for "exactly one create of CT 105" assertions.
@@ -194,6 +233,9 @@ pub struct Persisted {
     pub tasks: Vec<Task>,
     pub mutations: Vec<Mutation>,
     pub next_pid: u32,
+    /// Backups, templates, volume data and storage task logs (`storage.rs`).
+    #[serde(default)]
+    pub storage: crate::storage::StorageState,
 }
 
 pub struct Host {
@@ -201,8 +243,12 @@ pub struct Host {
     pub p: Persisted,
     pub epoch: Instant,
     pub task_duration: Duration,
+    /// How long a worker (or `PUT config`, create) waits for the config flock (PVE: 10 s).
+    pub lock_wait: Duration,
     pub faults: Faults,
     pub rng: rand::rngs::StdRng,
+    /// The node's storages and where file storages live.
+    pub layout: crate::storage::Layout,
 }
 
 pub fn unix_now() -> u64 {
@@ -276,7 +322,7 @@ pub fn normalize_tags(v: &str) -> String {
     set.into_iter().collect::<Vec<_>>().join(";")
 }
 
-fn normalize(vmid: u32, key: &str, v: &str) -> String {
+pub(crate) fn normalize(vmid: u32, key: &str, v: &str) -> String {
     if let Some(idx) = key.strip_prefix("net")
         && !idx.is_empty()
         && idx.chars().all(|c| c.is_ascii_digit())
@@ -301,51 +347,48 @@ fn normalize(vmid: u32, key: &str, v: &str) -> String {
     }
 }
 
-/// `STORAGE:N` (create syntax) → `STORAGE:vm-VMID-disk-0,size=NG`.
-fn allocate_rootfs(vmid: u32, v: &str) -> String {
-    let (volume, rest) = v
-        .split_once(',')
-        .map(|(a, b)| (a, Some(b)))
-        .unwrap_or((v, None));
-    if let Some((storage, size)) = volume.split_once(':')
-        && let Ok(gib) = size.parse::<u64>()
-    {
-        let mut s = format!("{storage}:vm-{vmid}-disk-0,size={gib}G");
-        if let Some(r) = rest {
-            s.push(',');
-            s.push_str(r);
-        }
-        return s;
-    }
-    v.to_string()
-}
-
 pub fn rootfs_gib(v: &str) -> Option<u64> {
     v.split(',')
         .find_map(|p| p.strip_prefix("size="))
         .and_then(|s| s.trim_end_matches('G').parse().ok())
 }
 
-/// The config file text PVE would write (the digest is its SHA-1).
-pub fn config_text(ct: &Ct) -> String {
-    let mut out = String::new();
-    if let Some(d) = ct.conf.get("description") {
+fn push_section(out: &mut String, conf: &BTreeMap<String, String>) {
+    if let Some(d) = conf.get("description") {
         for line in d.trim_end_matches('\n').split('\n') {
             out.push('#');
             out.push_str(line);
             out.push('\n');
         }
     }
-    for (k, v) in &ct.conf {
+    for (k, v) in conf {
         if k != "description" {
             out.push_str(&format!("{k}: {v}\n"));
         }
     }
-    if !ct.pending.is_empty() {
+}
+
+/// The config file text PVE would write (the digest is its SHA-1): the current section with
+/// `parent`, `[pve:pending]` (with `delete:`), then one section per snapshot with `snaptime`.
+pub fn config_text(ct: &Ct) -> String {
+    let mut out = String::new();
+    push_section(&mut out, &ct.conf);
+    if !ct.pending.is_empty() || !ct.pending_delete.is_empty() {
         out.push_str("\n[pve:pending]\n");
-        for (k, v) in &ct.pending {
-            out.push_str(&format!("{k}: {v}\n"));
+        push_section(&mut out, &ct.pending);
+        if !ct.pending_delete.is_empty() {
+            let keys: Vec<&str> = ct.pending_delete.iter().map(String::as_str).collect();
+            out.push_str(&format!("delete: {}\n", keys.join(",")));
         }
+    }
+    for (name, snap) in &ct.snapshots {
+        out.push_str(&format!("\n[{name}]\n"));
+        let mut conf = snap.conf.clone();
+        if !snap.description.is_empty() {
+            conf.insert("description".into(), snap.description.clone());
+        }
+        push_section(&mut out, &conf);
+        out.push_str(&format!("snaptime: {}\n", snap.snaptime));
     }
     out
 }
@@ -361,102 +404,481 @@ fn missing(node: &str, vmid: u32) -> ApiError {
     )
 }
 
+/// A PVE permission exception (`raise_perm_exc`).
+fn perm(msg: &str) -> ApiError {
+    ApiError::new(403, format!("Permission check failed ({msg})"))
+}
+
+fn parse_features(v: &str) -> BTreeMap<String, String> {
+    crate::schema::config_format("features")
+        .and_then(|f| crate::schema::parse_property_string(f, v, "features").ok())
+        .unwrap_or_default()
+}
+
+/// `check_ct_modify_config_perm` for what an API token (never `root@pam`) can never do:
+/// feature flags other than `nesting` (any flag on a privileged CT), the hookscript, device
+/// passthrough, bind and device mount points.
+pub fn check_root_only(
+    old: Option<&BTreeMap<String, String>>,
+    new: &BTreeMap<String, String>,
+    delete: &[String],
+    unprivileged: bool,
+) -> Result<(), ApiError> {
+    let features_changed = |deleting: bool| -> (bool, bool) {
+        // (nesting changed, something else changed)
+        let old_f = old
+            .and_then(|o| o.get("features"))
+            .map(|v| parse_features(v))
+            .unwrap_or_default();
+        let only_nesting = |f: &BTreeMap<String, String>| f.len() == 1 && f.contains_key("nesting");
+        if deleting {
+            return (
+                only_nesting(&old_f),
+                !old_f.is_empty() && !only_nesting(&old_f),
+            );
+        }
+        let new_f = parse_features(new.get("features").map(String::as_str).unwrap_or(""));
+        if old_f.is_empty() {
+            return (
+                only_nesting(&new_f),
+                !new_f.is_empty() && !only_nesting(&new_f),
+            );
+        }
+        let keys: BTreeSet<&String> = old_f.keys().chain(new_f.keys()).collect();
+        let mut nesting = false;
+        for k in keys {
+            if old_f.get(k) != new_f.get(k) {
+                if k == "nesting" {
+                    nesting = true;
+                } else {
+                    return (nesting, true);
+                }
+            }
+        }
+        (nesting, false)
+    };
+    let check = |opt: &str, deleting: bool| -> Result<(), ApiError> {
+        if opt == "rootfs" || (opt.starts_with("mp") && opt[2..].parse::<u32>().is_ok()) {
+            if deleting {
+                return Ok(());
+            }
+            let vol = new
+                .get(opt)
+                .and_then(|v| {
+                    v.split(',')
+                        .find(|p| !p.contains('=') || p.starts_with("volume="))
+                })
+                .map(|p| p.trim_start_matches("volume="))
+                .unwrap_or("");
+            if vol.starts_with("/dev/") {
+                return Err(perm("mount point type device is only allowed for root@pam"));
+            }
+            if vol.starts_with('/') {
+                return Err(perm("mount point type bind is only allowed for root@pam"));
+            }
+        } else if opt.starts_with("dev") && opt[3..].parse::<u32>().is_ok() {
+            return Err(perm(
+                "configuring device passthrough is only allowed for root@pam",
+            ));
+        } else if opt == "features" {
+            if !unprivileged {
+                return Err(perm(
+                    "changing feature flags for privileged container is only allowed for root@pam",
+                ));
+            }
+            if features_changed(deleting).1 {
+                return Err(perm(
+                    "changing feature flags (except nesting) is only allowed for root@pam",
+                ));
+            }
+        } else if opt == "hookscript" {
+            return Err(perm("changing the hookscript is only allowed for root@pam"));
+        }
+        Ok(())
+    };
+    for k in new.keys() {
+        check(k, false)?;
+    }
+    for k in delete {
+        check(k, true)?;
+    }
+    Ok(())
+}
+
+/// Keys that are not config options of a CT (create/PUT control parameters).
+const CONTROL_KEYS: &[&str] = &[
+    "vmid",
+    "node",
+    "digest",
+    "delete",
+    "revert",
+    "ostemplate",
+    "start",
+    "storage",
+    "password",
+    "ssh-public-keys",
+    "pool",
+    "force",
+    "restore",
+    "unique",
+    "ignore-unpack-errors",
+    "bwlimit",
+    "ha-managed",
+];
+
+/// The ostype a template's name announces (`alpine-3.22-default_...` → `alpine`); PVE reads it
+/// from the unpacked files, which name the same distribution.
+fn ostype_of_template(ostemplate: &str) -> String {
+    let file = ostemplate.rsplit(['/', ':']).next().unwrap_or("");
+    let distro = file.split(['-', '_']).next().unwrap_or("");
+    const KNOWN: &[&str] = &[
+        "debian",
+        "devuan",
+        "ubuntu",
+        "centos",
+        "fedora",
+        "opensuse",
+        "archlinux",
+        "alpine",
+        "gentoo",
+        "nixos",
+    ];
+    match distro {
+        "rockylinux" | "almalinux" => "centos".into(),
+        d if KNOWN.contains(&d) => d.into(),
+        _ => "unmanaged".into(),
+    }
+}
+
 impl Host {
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Applies the effects of every task whose end has come.
+    /// Unix time at simulator millisecond `ms` (for tasks that ended between requests).
+    fn unix_at(&self, ms: u64) -> u64 {
+        let behind = self.now_ms().saturating_sub(ms) / 1000;
+        unix_now().saturating_sub(behind)
+    }
+
+    /// Plays every task event whose time has come, in time order: a holder ending frees the
+    /// CT's config flock for the next waiting worker, which runs its checks at that moment; a
+    /// worker that waited longer than `lock_wait` fails with PVE's "got timeout".
     pub fn advance(&mut self) {
         let now = self.now_ms();
-        let due: Vec<usize> = self
-            .p
-            .tasks
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.done && t.ends_at_ms.is_some_and(|e| e <= now))
-            .map(|(i, _)| i)
-            .collect();
-        for i in due {
-            self.finish(i);
+        loop {
+            let end = self
+                .p
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.done && t.started_ms.is_some())
+                .filter_map(|(i, t)| t.ends_at_ms.filter(|e| *e <= now).map(|e| (e, i)))
+                .min();
+            let timeout = self
+                .p
+                .tasks
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| !t.done && t.started_ms.is_none() && t.lock_deadline_ms <= now)
+                .map(|(i, t)| (t.lock_deadline_ms, i))
+                .min();
+            match (end, timeout) {
+                (Some((at, i)), t) if t.is_none_or(|(d, _)| at <= d) => {
+                    let vmid = self.p.tasks[i].vmid;
+                    self.finish(i, at);
+                    self.start_waiters(vmid, at);
+                }
+                (_, Some((at, i))) => {
+                    let vmid = self.p.tasks[i].vmid;
+                    let msg = format!(
+                        "can't lock file '/run/lock/lxc/pve-config-{vmid}.lock' - got timeout"
+                    );
+                    self.end_task(i, at, Some(msg));
+                }
+                _ => break,
+            }
         }
     }
 
-    fn finish(&mut self, i: usize) {
-        let t = self.p.tasks[i].clone();
-        let vmid = t.vmid;
-        let exit = match &t.fail {
-            Some(m) => m.clone(),
-            None => {
-                self.apply(vmid, &t.effect);
-                "OK".to_string()
-            }
-        };
-        if t.fail.is_some()
-            && let Effect::Create { conf, .. } = &t.effect
-        {
-            if self.faults.failed_create_keeps_guest {
-                // The config was written before the step that failed; the lock is released.
-                if let Some(ct) = self.p.cts.get_mut(&vmid) {
-                    ct.conf = conf.clone();
-                    ct.running = false;
-                }
-            } else {
-                // A failed create removes what it made, freeing the vmid.
-                self.p.cts.remove(&vmid);
-            }
+    /// Gives the flock to waiting workers of `vmid` in the order they were forked, as long as
+    /// nobody holds it (a snapshot worker releases it after its checks).
+    fn start_waiters(&mut self, vmid: u32, at: u64) {
+        while self.holder(vmid).is_none() {
+            let Some(i) = self
+                .p
+                .tasks
+                .iter()
+                .position(|t| t.vmid == vmid && !t.done && t.started_ms.is_none())
+            else {
+                return;
+            };
+            self.start_task(i, at);
         }
-        if let Some(ct) = self.p.cts.get_mut(&vmid)
-            && matches!(
-                ct.conf.get("lock").map(String::as_str),
-                Some("create") | Some("destroyed")
-            )
-            && t.fail.is_some()
+    }
+
+    /// The worker has the flock: it loads the config and runs its checks (`check_lock`, ...),
+    /// failing at once with PVE's message, or sets its config lock and starts working.
+    fn start_task(&mut self, i: usize, at: u64) {
+        let waited = at > self.p.tasks[i].created_ms;
+        let t = self.p.tasks[i].clone();
+        if waited {
+            self.p.tasks[i]
+                .log
+                .push("trying to acquire lock... OK".into());
+        }
+        self.p.tasks[i].started_ms = Some(at);
+        if let Err(msg) = self.worker_checks(&t) {
+            self.end_task(i, at, Some(msg));
+            return;
+        }
+        let conf_lock = match &t.effect {
+            Effect::SnapshotCreate { .. } => Some("snapshot"),
+            Effect::SnapshotDelete { .. } => Some("snapshot-delete"),
+            Effect::SnapshotRollback { .. } => Some("rollback"),
+            Effect::Destroy => Some("destroyed"),
+            _ => None,
+        };
+        if let Some(l) = conf_lock
+            && let Some(ct) = self.p.cts.get_mut(&t.vmid)
+        {
+            ct.conf.insert("lock".into(), l.into());
+            self.p.tasks[i].conf_lock = Some(l.into());
+        }
+        self.p.tasks[i].ends_at_ms = t.duration_ms.map(|d| at + d);
+    }
+
+    /// What a worker checks once it holds the flock (Status.pm / AbstractConfig.pm
+    /// snapshot_*): these failures end the task, they are never HTTP errors.
+    fn worker_checks(&self, t: &Task) -> Result<(), String> {
+        let Some(ct) = self.p.cts.get(&t.vmid) else {
+            return Err(format!(
+                "Configuration file 'nodes/{}/lxc/{}.conf' does not exist",
+                self.node, t.vmid
+            ));
+        };
+        let lock = ct.conf.get("lock");
+        let locked = || match lock {
+            Some(l) => Err(format!("CT is locked ({l})")),
+            None => Ok(()),
+        };
+        match &t.effect {
+            Effect::Start => {
+                if ct.conf.get("template").is_some_and(|v| v == "1") {
+                    return Err("you can't start a CT if it's a template".into());
+                }
+                if lock.is_some_and(|l| l != "mounted") {
+                    locked()?;
+                }
+            }
+            Effect::Stop | Effect::Reboot => {
+                if lock.is_some_and(|l| l != "mounted") {
+                    locked()?;
+                }
+            }
+            Effect::SnapshotCreate { name, .. } => {
+                if ct.conf.get("template").is_some_and(|v| v == "1") {
+                    return Err("you can't take a snapshot if it's a template".into());
+                }
+                locked()?;
+                if ct.snapshots.contains_key(name) {
+                    return Err(format!("snapshot name '{name}' already used"));
+                }
+                // Storage decides (`snapshot_prepare` → `has_feature`): dir/lvm volumes or a
+                // bind mount make it fail.
+                if !crate::storage::can_snapshot(self, &ct.conf, false) {
+                    return Err("snapshot feature is not available".into());
+                }
+            }
+            Effect::SnapshotDelete { name } => {
+                locked()?;
+                if !ct.snapshots.contains_key(name) {
+                    return Err(format!("snapshot '{name}' does not exist"));
+                }
+            }
+            Effect::SnapshotRollback { name } => {
+                if !ct.snapshots.contains_key(name) {
+                    return Err(format!("snapshot '{name}' does not exist"));
+                }
+                locked()?;
+                // ZFS rolls back only to its newest snapshot.
+                if let Some(msg) = crate::storage::rollback_blocker(self, ct, name) {
+                    return Err(msg);
+                }
+            }
+            Effect::Create { .. }
+            | Effect::Destroy
+            | Effect::Resize { .. }
+            | Effect::Storage(_) => {}
+        }
+        Ok(())
+    }
+
+    /// A task ends at `at`: with `fail` (or its injected failure) it has no effect, otherwise
+    /// its effect is applied; the config lock it set is released either way.
+    fn end_task(&mut self, i: usize, at: u64, fail: Option<String>) {
+        let t = self.p.tasks[i].clone();
+        if let Effect::Storage(job) = &t.effect {
+            let exit = crate::backup::finish(self, &t, job);
+            let task = &mut self.p.tasks[i];
+            task.done = true;
+            task.exitstatus = Some(exit);
+            task.endtime = Some(unix_now());
+            return;
+        }
+        let vmid = t.vmid;
+        let fail = fail.or(t.fail.clone());
+        if let Some(l) = &t.conf_lock
+            && let Some(ct) = self.p.cts.get_mut(&vmid)
+            && ct.conf.get("lock") == Some(l)
         {
             ct.conf.remove("lock");
         }
+        let exit = match &fail {
+            Some(m) => m.clone(),
+            None => {
+                let lines = self.apply(vmid, &t.effect);
+                self.p.tasks[i].log.extend(lines);
+                "OK".to_string()
+            }
+        };
+        if fail.is_some() {
+            if let Effect::Create { conf, .. } = &t.effect {
+                if self.faults.failed_create_keeps_guest {
+                    // The config was written before the step that failed; no lock is left.
+                    if let Some(ct) = self.p.cts.get_mut(&vmid) {
+                        ct.conf = conf.clone();
+                        ct.running = false;
+                    }
+                } else {
+                    // A failed create removes what it made, freeing the vmid.
+                    self.p.cts.remove(&vmid);
+                }
+            }
+            if let Some(ct) = self.p.cts.get_mut(&vmid)
+                && matches!(
+                    ct.conf.get("lock").map(String::as_str),
+                    Some("create") | Some("destroyed")
+                )
+            {
+                ct.conf.remove("lock");
+            }
+        }
+        let endtime = self.unix_at(at);
         let task = &mut self.p.tasks[i];
         task.done = true;
         task.exitstatus = Some(exit);
-        task.endtime = Some(unix_now());
+        task.endtime = Some(endtime.max(task.starttime));
+        task.ends_at_ms = Some(at);
     }
 
-    fn apply(&mut self, vmid: u32, effect: &Effect) {
+    fn finish(&mut self, i: usize, at: u64) {
+        self.end_task(i, at, None);
+    }
+
+    /// Applies a task's effect; returns the log lines PVE's worker prints for it.
+    fn apply(&mut self, vmid: u32, effect: &Effect) -> Vec<String> {
+        let now = unix_now();
+        let mut log = Vec::new();
         match effect {
-            Effect::Create { conf, start } => {
+            Effect::Create {
+                conf,
+                start,
+                ostemplate,
+            } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid) {
                     ct.conf = conf.clone();
                     ct.running = *start;
+                    if *start {
+                        ct.started_at = now;
+                        ct.pid = 100_000 + vmid;
+                    }
                 }
+                for (k, v) in conf {
+                    if (k == "rootfs" || k.starts_with("mp"))
+                        && let Some(vol) = v.split(',').next()
+                        && let Some((_, name)) = vol.split_once(':')
+                        && self.is_lvm(vol)
+                    {
+                        log.push(format!("  Logical volume \"{name}\" created."));
+                    }
+                }
+                log.push("Creating filesystem with 2097152 4k blocks and 524288 inodes".into());
+                // `local:vztmpl/X` lives in the storage's template cache directory.
+                let file = ostemplate.rsplit('/').next().unwrap_or("template.tar.zst");
+                log.push(format!(
+                    "extracting archive '/var/lib/vz/template/cache/{file}'"
+                ));
+                log.push("Total bytes read: 529643520 (506MiB, 211MiB/s)".into());
+                log.push(format!(
+                    "Detected container architecture: {}",
+                    conf.get("arch").map(String::as_str).unwrap_or("amd64")
+                ));
             }
             Effect::Start | Effect::Reboot => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid) {
                     ct.running = true;
+                    ct.started_at = now;
+                    ct.pid = 100_000 + vmid;
                     let pending = std::mem::take(&mut ct.pending);
                     ct.conf.extend(pending);
+                    for k in std::mem::take(&mut ct.pending_delete) {
+                        ct.conf.remove(&k);
+                    }
                 }
             }
             Effect::Stop => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid) {
                     ct.running = false;
+                    ct.pid = 0;
                 }
             }
             Effect::Destroy => {
-                self.p.cts.remove(&vmid);
+                if let Some(ct) = self.p.cts.remove(&vmid) {
+                    for (k, v) in &ct.conf {
+                        if (k == "rootfs" || k.starts_with("mp") || k.starts_with("unused"))
+                            && let Some(vol) = v.split(',').next()
+                            && let Some((_, name)) = vol.split_once(':')
+                            && self.is_lvm(vol)
+                        {
+                            log.push(format!("  Logical volume \"{name}\" successfully removed."));
+                        }
+                    }
+                }
             }
             Effect::SnapshotCreate { name, description } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid) {
+                    let mut frozen = ct.conf.clone();
+                    frozen.remove("lock");
+                    frozen.remove("description");
                     let snap = Snapshot {
                         description: description.clone(),
-                        snaptime: unix_now(),
-                        conf: ct.conf.clone(),
+                        snaptime: now,
+                        conf: frozen,
                     };
                     ct.snapshots.insert(name.clone(), snap);
+                    ct.conf.insert("parent".into(), name.clone());
                 }
             }
             Effect::SnapshotDelete { name } => {
-                if let Some(ct) = self.p.cts.get_mut(&vmid) {
-                    ct.snapshots.remove(name);
+                if let Some(ct) = self.p.cts.get_mut(&vmid)
+                    && let Some(gone) = ct.snapshots.remove(name)
+                {
+                    // Children of the deleted snapshot (and the current state) now descend
+                    // from its parent (AbstractConfig.pm snapshot_delete).
+                    let grand = gone.conf.get("parent").cloned();
+                    let fix = |c: &mut BTreeMap<String, String>| {
+                        if c.get("parent") == Some(name) {
+                            match &grand {
+                                Some(g) => c.insert("parent".into(), g.clone()),
+                                None => c.remove("parent"),
+                            };
+                        }
+                    };
+                    fix(&mut ct.conf);
+                    for s in ct.snapshots.values_mut() {
+                        fix(&mut s.conf);
+                    }
                 }
             }
             Effect::SnapshotRollback { name } => {
@@ -464,15 +886,27 @@ impl Host {
                 if let Some(ct) = self.p.cts.get_mut(&vmid)
                     && let Some(snap) = ct.snapshots.get(name)
                 {
+                    let description = ct.conf.get("description").cloned();
                     ct.conf = snap.conf.clone();
+                    if let Some(d) = description {
+                        ct.conf.insert("description".into(), d);
+                    }
+                    ct.conf.insert("parent".into(), name.clone());
                     ct.pending.clear();
+                    ct.pending_delete.clear();
+                    if ct.running {
+                        log.push(format!("stopping CT {vmid}"));
+                    }
                     ct.running = false;
+                    ct.pid = 0;
                 }
             }
+            Effect::Storage(_) => {}
             Effect::Resize { disk, size_gib } => {
                 if let Some(ct) = self.p.cts.get_mut(&vmid)
                     && let Some(v) = ct.conf.get(disk).cloned()
                 {
+                    let old = rootfs_gib(&v).unwrap_or(0);
                     let parts: Vec<String> = v
                         .split(',')
                         .map(|p| {
@@ -484,17 +918,48 @@ impl Host {
                         })
                         .collect();
                     ct.conf.insert(disk.clone(), parts.join(","));
+                    let lv = v
+                        .split(',')
+                        .next()
+                        .and_then(|x| x.split_once(':'))
+                        .map(|(_, n)| n.to_string())
+                        .unwrap_or_default();
+                    log.push(format!(
+                        "  Size of logical volume pve/{lv} changed from {old}.00 GiB ({} extents) to {size_gib}.00 GiB ({} extents).",
+                        old * 256,
+                        size_gib * 256
+                    ));
+                    log.push(format!("  Logical volume pve/{lv} successfully resized."));
                 }
             }
         }
+        log
     }
 
-    /// The task holding this CT's config flock, if any.
+    /// Whether a volume lives on LVM (its worker prints `Logical volume ...` lines).
+    fn is_lvm(&self, vol: &str) -> bool {
+        crate::storage::storage_of(self, vol)
+            .is_some_and(|s| matches!(s.kind.as_str(), "lvm" | "lvmthin"))
+    }
+
+    /// The task holding this CT's config flock, if any (a snapshot worker only holds it for its
+    /// checks; its `lock: snapshot` keeps others out meanwhile).
     pub fn holder(&self, vmid: u32) -> Option<&Task> {
-        self.p
-            .tasks
-            .iter()
-            .find(|t| t.vmid == vmid && !t.done && t.node == self.node)
+        self.p.tasks.iter().find(|t| {
+            t.vmid == vmid
+                && !t.done
+                && t.node == self.node
+                && t.started_ms.is_some()
+                // Storage workers (vzdump, restore, imgdel) guard the CT with its config
+                // `lock` (`backup`, `create`), not by holding the flock (`backup.rs`).
+                && !matches!(t.effect, Effect::Storage(_))
+                && !matches!(
+                    t.effect,
+                    Effect::SnapshotCreate { .. }
+                        | Effect::SnapshotDelete { .. }
+                        | Effect::SnapshotRollback { .. }
+                )
+        })
     }
 
     pub fn local(&self, vmid: u32) -> Result<&Ct, ApiError> {
@@ -576,12 +1041,23 @@ impl Host {
                 running: g.running,
                 conf,
                 pending: BTreeMap::new(),
+                pending_delete: BTreeSet::new(),
                 snapshots: BTreeMap::new(),
+                started_at: if g.running { unix_now() } else { 0 },
+                pid: if g.running { 100_000 + g.vmid } else { 0 },
             },
         );
     }
 
-    fn new_task(&mut self, worker_type: &str, vmid: u32, user: &str, effect: Effect) -> String {
+    /// Forks a worker: it gets a UPID at once and waits (inside the task) for the CT's config
+    /// flock, like `fork_worker(... lock_config ...)`.
+    pub(crate) fn new_task(
+        &mut self,
+        worker_type: &str,
+        vmid: u32,
+        user: &str,
+        effect: Effect,
+    ) -> String {
         self.p.next_pid = self.p.next_pid.wrapping_add(1).max(1000);
         let pid = self.p.next_pid;
         let pstart = 4_000_000 + u64::from(pid);
@@ -597,11 +1073,12 @@ impl Host {
         } else {
             None
         };
-        let ends_at_ms = if self.faults.stuck_tasks.contains(worker_type) {
+        let duration_ms = if self.faults.stuck_tasks.contains(worker_type) {
             None
         } else {
-            Some(self.now_ms() + self.task_duration.as_millis() as u64)
+            Some(self.task_duration.as_millis() as u64)
         };
+        let now = self.now_ms();
         self.p.tasks.push(Task {
             upid: upid.clone(),
             node: self.node.clone(),
@@ -611,13 +1088,30 @@ impl Host {
             starttime,
             pid,
             pstart,
-            ends_at_ms,
+            ends_at_ms: None,
             fail,
             effect,
             done: false,
             exitstatus: None,
             endtime: None,
+            created_ms: now,
+            started_ms: None,
+            lock_deadline_ms: now + self.lock_wait.as_millis() as u64,
+            duration_ms,
+            log: Vec::new(),
+            conf_lock: None,
         });
+        if matches!(
+            self.p.tasks.last().map(|t| &t.effect),
+            Some(Effect::Storage(_))
+        ) {
+            // Storage workers run at once (they lock the CT through its config `lock`).
+            let i = self.p.tasks.len() - 1;
+            self.p.tasks[i].started_ms = Some(now);
+            self.p.tasks[i].ends_at_ms = duration_ms.map(|d| now + d);
+        } else {
+            self.start_waiters(vmid, now);
+        }
         // Keep the task list bounded on long runs.
         if self.p.tasks.len() > 5000 {
             let keep_from = self.p.tasks.len() - 4000;
@@ -628,6 +1122,14 @@ impl Host {
             });
         }
         upid
+    }
+
+    /// Makes a task that has not ended fail with `msg` (decided by the storage layer).
+    #[allow(dead_code)] // storage checks now run inside the worker (`worker_checks`)
+    pub(crate) fn fail_task(&mut self, upid: &str, msg: &str) {
+        if let Some(t) = self.p.tasks.iter_mut().find(|t| t.upid == upid && !t.done) {
+            t.fail = Some(msg.to_string());
+        }
     }
 
     pub fn record(
@@ -673,36 +1175,43 @@ impl Host {
                 format!("CT {vmid} already exists on node '{}'", ct.node),
             ));
         }
+        let options: BTreeMap<String, String> = params
+            .iter()
+            .filter(|(k, _)| !CONTROL_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let unprivileged = params.get("unprivileged").is_none_or(|u| u == "1");
+        check_root_only(None, &options, &[], unprivileged)?;
+        let storage = params
+            .get("storage")
+            .cloned()
+            .unwrap_or_else(|| "local".into());
         let mut conf = BTreeMap::new();
         conf.insert("arch".into(), "amd64".into());
-        conf.insert("ostype".into(), "debian".into());
-        conf.insert("unprivileged".into(), "1".into());
+        conf.insert(
+            "ostype".into(),
+            ostype_of_template(params.get("ostemplate").map(String::as_str).unwrap_or("")),
+        );
+        conf.insert("unprivileged".into(), u8::from(unprivileged).to_string());
         conf.insert("hostname".into(), format!("CT{vmid}"));
         conf.insert("memory".into(), "512".into());
         conf.insert("swap".into(), "512".into());
-        conf.insert("cores".into(), "1".into());
-        conf.insert("rootfs".into(), format!("local:vm-{vmid}-disk-0,size=4G"));
-        for (k, v) in params {
-            if matches!(
-                k.as_str(),
-                "vmid"
-                    | "ostemplate"
-                    | "start"
-                    | "node"
-                    | "storage"
-                    | "password"
-                    | "ssh-public-keys"
-                    | "pool"
-                    | "force"
-                    | "restore"
-                    | "unique"
-                    | "ignore-unpack-errors"
-                    | "bwlimit"
-            ) {
-                continue;
+        // Disks get their own volumes on their storages (`storage.rs`); without `rootfs`
+        // PVE allocates `<storage>:4` on `storage` (default `local`).
+        let mut disks: BTreeMap<String, String> = BTreeMap::new();
+        let mut allocated: Vec<String> = Vec::new();
+        let default_rootfs = format!("{storage}:4");
+        for (k, v) in crate::storage::disks_in_order(params, &default_rootfs) {
+            let also: Vec<&str> = allocated.iter().map(String::as_str).collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, &v, &also)? {
+                allocated.push(a.split(',').next().unwrap_or("").to_string());
+                disks.insert(k, a);
             }
-            let v = if k == "rootfs" || k.starts_with("mp") {
-                allocate_rootfs(vmid, v)
+        }
+        conf.extend(disks.clone());
+        for (k, v) in &options {
+            let v = if let Some(a) = disks.get(k) {
+                a.clone()
             } else {
                 normalize(vmid, k, v)
             };
@@ -720,22 +1229,65 @@ impl Host {
                 running: false,
                 conf: placeholder,
                 pending: BTreeMap::new(),
+                pending_delete: BTreeSet::new(),
                 snapshots: BTreeMap::new(),
+                started_at: 0,
+                pid: 0,
             },
         );
-        Ok(self.new_task("vzcreate", vmid, user, Effect::Create { conf, start }))
+        let ostemplate = params.get("ostemplate").cloned().unwrap_or_default();
+        Ok(self.new_task(
+            "vzcreate",
+            vmid,
+            user,
+            Effect::Create {
+                conf,
+                start,
+                ostemplate,
+            },
+        ))
     }
 
-    fn check_lock(ct: &Ct) -> Result<(), ApiError> {
+    pub(crate) fn check_lock(ct: &Ct) -> Result<(), ApiError> {
         match ct.conf.get("lock") {
             Some(l) => Err(ApiError::new(500, format!("CT is locked ({l})"))),
             None => Ok(()),
         }
     }
 
+    /// `stop overrule-shutdown=1`: the stop worker first aborts the CT's running `vzshutdown`
+    /// tasks (`abort_guest_tasks`), which frees the flock for it.
+    pub fn overrule_shutdowns(&mut self, vmid: u32, stop_upid: &str) {
+        let now = self.now_ms();
+        let victims: Vec<usize> = self
+            .p
+            .tasks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.vmid == vmid && !t.done && t.worker_type == "vzshutdown")
+            .map(|(i, _)| i)
+            .collect();
+        let mut names = Vec::new();
+        for i in victims {
+            names.push(self.p.tasks[i].upid.clone());
+            self.end_task(i, now, Some("interrupted by signal".into()));
+        }
+        if let Some(i) = self.p.tasks.iter().position(|t| t.upid == stop_upid) {
+            if !names.is_empty() {
+                self.p.tasks[i]
+                    .log
+                    .push(format!("overruled vzshutdown tasks: {}", names.join(", ")));
+            }
+            if self.p.tasks[i].started_ms.is_none() {
+                self.start_waiters(vmid, now);
+            }
+        }
+    }
+
+    /// Power actions: only the running state is checked before forking (Status.pm); the lock
+    /// and template checks run inside the worker.
     pub fn power(&mut self, vmid: u32, action: &str, user: &str) -> Result<String, ApiError> {
         let ct = self.local(vmid)?.clone();
-        Self::check_lock(&ct)?;
         let (wt, effect) = match action {
             "start" => {
                 if ct.running {
@@ -758,7 +1310,8 @@ impl Host {
             }
             "reboot" => {
                 if !ct.running {
-                    return Err(ApiError::new(500, format!("CT {vmid} not running")));
+                    // Status.pm vm_reboot says "VM".
+                    return Err(ApiError::new(500, format!("VM {vmid} not running")));
                 }
                 ("vzreboot", Effect::Reboot)
             }
@@ -796,20 +1349,20 @@ impl Host {
         Ok(self.new_task("vzdestroy", vmid, user, Effect::Destroy))
     }
 
-    /// `POST .../snapshot`: a `vzsnapshot` task that freezes the current config.
+    /// `POST .../snapshot`: only the reserved names are refused before forking (Snapshot.pm);
+    /// the lock and an existing name fail the `vzsnapshot` task.
     pub fn snapshot_create(
         &mut self,
         vmid: u32,
         params: &BTreeMap<String, String>,
         user: &str,
     ) -> Result<String, ApiError> {
-        let ct = self.local(vmid)?.clone();
-        Self::check_lock(&ct)?;
+        self.local(vmid)?;
         let name = params.get("snapname").cloned().unwrap_or_default();
-        if ct.snapshots.contains_key(&name) || name == "current" {
+        if name == "current" || name == "vzdump" {
             return Err(ApiError::new(
                 500,
-                format!("snapshot name '{name}' already used"),
+                format!("unable to use snapshot name '{name}' (reserved name)"),
             ));
         }
         let description = params.get("description").cloned().unwrap_or_default();
@@ -821,7 +1374,8 @@ impl Host {
         ))
     }
 
-    /// `DELETE .../snapshot/{snapname}` (`vzdelsnapshot`) or `POST .../rollback` (`vzrollback`).
+    /// `DELETE .../snapshot/{snapname}` (`vzdelsnapshot`) or `POST .../rollback` (`vzrollback`):
+    /// a missing snapshot or a lock fails the task.
     pub fn snapshot_change(
         &mut self,
         vmid: u32,
@@ -829,14 +1383,7 @@ impl Host {
         rollback: bool,
         user: &str,
     ) -> Result<String, ApiError> {
-        let ct = self.local(vmid)?.clone();
-        Self::check_lock(&ct)?;
-        if !ct.snapshots.contains_key(name) {
-            return Err(ApiError::new(
-                500,
-                format!("snapshot '{name}' does not exist"),
-            ));
-        }
+        self.local(vmid)?;
         let name = name.to_string();
         Ok(if rollback {
             self.new_task("vzrollback", vmid, user, Effect::SnapshotRollback { name })
@@ -853,6 +1400,14 @@ impl Host {
     ) -> Result<String, ApiError> {
         let ct = self.local(vmid)?.clone();
         Self::check_lock(&ct)?;
+        if let Some(d) = params.get("digest")
+            && *d != digest(&ct)
+        {
+            return Err(ApiError::new(
+                500,
+                "detected modified configuration - file changed by other user? Try again.",
+            ));
+        }
         let disk = params
             .get("disk")
             .cloned()
@@ -888,12 +1443,16 @@ impl Host {
         ))
     }
 
+    /// `PUT config` (API2/LXC/Config.pm update_vm + Config.pm update_pct_config), run while the
+    /// caller holds the flock: check_lock, digest, root-only options, delete/revert, then each
+    /// key applied, or left pending on a running CT.
     pub fn put_config(
         &mut self,
         vmid: u32,
         params: &BTreeMap<String, String>,
     ) -> Result<(), ApiError> {
         let ct = self.local(vmid)?.clone();
+        Self::check_lock(&ct)?;
         if let Some(d) = params.get("digest")
             && *d != digest(&ct)
         {
@@ -902,52 +1461,201 @@ impl Host {
                 "detected modified configuration - file changed by other user? Try again.",
             ));
         }
-        let only_lock_change = params.keys().all(|k| k == "lock" || k == "digest");
-        if !only_lock_change {
-            Self::check_lock(&ct)?;
+        let list = |k: &str| -> Vec<String> {
+            params
+                .get(k)
+                .map(|v| crate::schema::split_list(v).map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        let delete = list("delete");
+        let revert = list("revert");
+        let options: BTreeMap<String, String> = params
+            .iter()
+            .filter(|(k, _)| !CONTROL_KEYS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let unprivileged = ct.conf.get("unprivileged").is_some_and(|u| u == "1");
+        check_root_only(Some(&ct.conf), &BTreeMap::new(), &delete, unprivileged)?;
+        check_root_only(Some(&ct.conf), &BTreeMap::new(), &revert, unprivileged)?;
+        let schema_has = |k: &str| {
+            crate::schema::param_schema("PUT", "/nodes/{node}/lxc/{vmid}/config", k).is_some()
+        };
+        for opt in &revert {
+            if !schema_has(opt) {
+                return Err(ApiError::params(
+                    [("revert".into(), format!("unknown option '{opt}'"))].into(),
+                ));
+            }
+            if options.contains_key(opt) {
+                return Err(ApiError::params(
+                    [(
+                        "revert".into(),
+                        format!("you can't use '-{opt}' and '-revert {opt}' at the same time"),
+                    )]
+                    .into(),
+                ));
+            }
         }
-        let ct = self.p.cts.get_mut(&vmid).ok_or_else(|| missing("", vmid))?;
-        for (k, v) in params {
-            if matches!(k.as_str(), "digest" | "delete" | "revert" | "node" | "vmid") {
+        for opt in &delete {
+            if !schema_has(opt) {
+                return Err(ApiError::params(
+                    [("delete".into(), format!("unknown option '{opt}'"))].into(),
+                ));
+            }
+            if options.contains_key(opt) {
+                return Err(ApiError::params(
+                    [(
+                        "delete".into(),
+                        format!("you can't use '-{opt}' and -delete {opt}' at the same time"),
+                    )]
+                    .into(),
+                ));
+            }
+            if revert.contains(opt) {
+                return Err(ApiError::params(
+                    [(
+                        "delete".into(),
+                        format!(
+                            "you can't use '-delete {opt}' and '-revert {opt}' at the same time"
+                        ),
+                    )]
+                    .into(),
+                ));
+            }
+        }
+        check_root_only(Some(&ct.conf), &options, &[], unprivileged)?;
+        // New mount point volumes get their own disk numbers (`storage.rs`); a replaced or
+        // deleted volume mount point stays as `unusedN`.
+        let mut allocated: BTreeMap<String, String> = BTreeMap::new();
+        for (k, v) in options.iter().filter(|(k, _)| crate::storage::is_mp_key(k)) {
+            let also: Vec<&str> = allocated
+                .values()
+                .map(|a| a.split(',').next().unwrap_or(""))
+                .collect();
+            if let Some(a) = crate::storage::allocate(self, vmid, v, &also)? {
+                allocated.insert(k.clone(), a);
+            }
+        }
+        let detached = crate::storage::detach_volumes(&ct, params);
+        // Work on a copy: an error leaves the config file untouched.
+        let mut next = ct.clone();
+        for opt in &revert {
+            next.pending.remove(opt);
+            next.pending_delete.remove(opt);
+        }
+        let protected = ct.conf.get("protection").is_some_and(|p| p == "1");
+        for opt in &delete {
+            if !next.conf.contains_key(opt) && !next.pending.contains_key(opt) {
+                // PVE warns "cannot delete '...' - not set in current configuration!".
                 continue;
             }
-            let v = if k.starts_with("mp") && !v.contains("vm-") {
-                allocate_rootfs(vmid, v)
+            if matches!(opt.as_str(), "memory" | "rootfs" | "ostype") {
+                return Err(ApiError::new(
+                    500,
+                    format!("unable to delete required option '{opt}'"),
+                ));
+            }
+            if opt == "unprivileged" {
+                return Err(ApiError::new(
+                    500,
+                    format!("unable to delete read-only option: '{opt}'"),
+                ));
+            }
+            if protected && (opt.starts_with("mp") || opt.starts_with("unused")) {
+                return Err(ApiError::new(
+                    500,
+                    format!("can't remove CT {vmid} drive '{opt}' - protection mode enabled"),
+                ));
+            }
+            next.pending.remove(opt);
+            if next.running && !is_hot(opt) {
+                next.pending_delete.insert(opt.clone());
             } else {
-                normalize(vmid, k, v)
+                next.conf.remove(opt);
+            }
+        }
+        for (k, v) in &options {
+            if k == "unprivileged" {
+                return Err(ApiError::new(
+                    500,
+                    format!("unable to modify read-only option: '{k}'"),
+                ));
+            }
+            if protected && (k == "rootfs" || k.starts_with("mp")) {
+                return Err(ApiError::new(
+                    500,
+                    format!("can't update CT {vmid} drive '{k}' - protection mode enabled"),
+                ));
+            }
+            let v = match allocated.get(k) {
+                Some(a) => a.clone(),
+                None => normalize(vmid, k, v),
             };
-            if ct.running && !is_hot(k) {
-                ct.pending.insert(k.clone(), v);
+            next.pending_delete.remove(k);
+            if next.running && !is_hot(k) {
+                next.pending.insert(k.clone(), v);
             } else {
-                ct.conf.insert(k.clone(), v);
+                next.conf.insert(k.clone(), v);
             }
         }
-        if let Some(del) = params.get("delete") {
-            for k in del.split([',', ';', ' ']).filter(|k| !k.is_empty()) {
-                ct.conf.remove(k);
-                ct.pending.remove(k);
-            }
+        for (k, vol) in detached {
+            next.conf.insert(k, vol);
         }
+        self.p.cts.insert(vmid, next);
         Ok(())
     }
 
-    /// The merged (default) or current view of a config, with `digest`.
-    pub fn config_json(&self, vmid: u32, current: bool) -> Result<serde_json::Value, ApiError> {
-        let ct = self.local(vmid)?;
-        let mut m = serde_json::Map::new();
-        let mut conf = ct.conf.clone();
-        if !current {
-            conf.extend(ct.pending.clone());
+    /// A config value typed as PVE returns it: integers and booleans as JSON numbers, `number`
+    /// keys (`cpulimit`) and everything else as strings.
+    fn typed(key: &str, v: &str) -> serde_json::Value {
+        let ty = crate::schema::param_schema("PUT", "/nodes/{node}/lxc/{vmid}/config", key)
+            .or_else(|| crate::schema::param_schema("GET", "/nodes/{node}/lxc/{vmid}/config", key))
+            .and_then(|p| p.get("type"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("string");
+        match ty {
+            "integer" | "boolean" => v
+                .parse::<i64>()
+                .map(serde_json::Value::from)
+                .unwrap_or_else(|_| v.into()),
+            _ => v.into(),
         }
+    }
+
+    /// The merged (default) or current view of a config, with `digest`; `snapshot` reads a
+    /// snapshot's section instead.
+    pub fn config_json(
+        &self,
+        vmid: u32,
+        current: bool,
+        snapshot: Option<&str>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let ct = self.local(vmid)?;
+        let mut conf = ct.conf.clone();
+        if let Some(name) = snapshot {
+            let snap = ct
+                .snapshots
+                .get(name)
+                .ok_or_else(|| ApiError::new(500, format!("snapshot '{name}' does not exist")))?;
+            conf = snap.conf.clone();
+            if !snap.description.is_empty() {
+                conf.insert("description".into(), snap.description.clone());
+            }
+            conf.insert("snaptime".into(), snap.snaptime.to_string());
+        } else if !current {
+            conf.extend(ct.pending.clone());
+            for k in &ct.pending_delete {
+                conf.remove(k);
+            }
+        }
+        let mut m = serde_json::Map::new();
         for (k, v) in conf {
-            let val = match k.as_str() {
-                "cores" | "memory" | "swap" | "cpuunits" | "onboot" | "protection"
-                | "unprivileged" | "tty" => v
-                    .parse::<i64>()
-                    .map(serde_json::Value::from)
-                    .unwrap_or(serde_json::Value::String(v)),
-                // `number` keys come back as strings, as PVE does.
-                _ => serde_json::Value::String(v),
+            let val = if k == "snaptime" {
+                v.parse::<u64>()
+                    .map(Into::into)
+                    .unwrap_or_else(|_| v.clone().into())
+            } else {
+                Self::typed(&k, &v)
             };
             m.insert(k, val);
         }
@@ -955,27 +1663,37 @@ impl Host {
         Ok(serde_json::Value::Object(m))
     }
 
+    /// `GET pending` (`config_with_pending_array`): every key with its typed value, pending
+    /// value and `delete: 1`, and the config's `digest` as a row.
     pub fn pending_json(&self, vmid: u32) -> Result<serde_json::Value, ApiError> {
         let ct = self.local(vmid)?;
         let mut keys: BTreeSet<&String> = ct.conf.keys().collect();
         keys.extend(ct.pending.keys());
-        let rows: Vec<serde_json::Value> = keys
+        keys.extend(ct.pending_delete.iter());
+        let mut rows: Vec<serde_json::Value> = keys
             .into_iter()
+            .filter(|k| k.as_str() != "lock" || ct.conf.contains_key("lock"))
             .map(|k| {
                 let mut o = serde_json::Map::new();
                 o.insert("key".into(), k.clone().into());
                 if let Some(v) = ct.conf.get(k) {
-                    o.insert("value".into(), v.clone().into());
+                    o.insert("value".into(), Self::typed(k, v));
                 }
                 if let Some(v) = ct.pending.get(k) {
-                    o.insert("pending".into(), v.clone().into());
+                    o.insert("pending".into(), Self::typed(k, v));
+                }
+                if ct.pending_delete.contains(k) {
+                    o.insert("delete".into(), 1.into());
                 }
                 serde_json::Value::Object(o)
             })
             .collect();
+        rows.push(serde_json::json!({"key": "digest", "value": digest(ct)}));
         Ok(serde_json::Value::Array(rows))
     }
 
+    /// `vmstatus` of one CT: always the base fields; `pid` and the pressure stall figures only
+    /// while it runs; `lock`, `tags`, `template` only when set.
     pub fn status_json(&self, ct: &Ct) -> serde_json::Value {
         let mem: u64 = ct
             .conf
@@ -992,6 +1710,11 @@ impl Host {
             .get("rootfs")
             .and_then(|r| rootfs_gib(r))
             .unwrap_or(0);
+        let uptime = if ct.running {
+            unix_now().saturating_sub(ct.started_at)
+        } else {
+            0
+        };
         let mut o = serde_json::json!({
             "vmid": ct.vmid,
             "type": "lxc",
@@ -1002,16 +1725,155 @@ impl Host {
             "maxswap": swap * 1024 * 1024,
             "maxdisk": disk * 1024 * 1024 * 1024,
             "mem": if ct.running { mem * 1024 * 300 } else { 0 },
-            "swap": 0, "disk": 0, "cpu": 0, "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
-            "uptime": if ct.running { 100 } else { 0 },
+            "swap": 0,
+            "disk": if ct.running { disk * 1024 * 1024 * 150 } else { 0 },
+            "cpu": if ct.running { 0.0123 } else { 0.0 },
+            "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
+            "uptime": uptime,
         });
+        if ct.running {
+            o["pid"] = ct.pid.max(1).into();
+            for k in [
+                "pressurecpusome",
+                "pressurecpufull",
+                "pressureiosome",
+                "pressureiofull",
+                "pressurememorysome",
+                "pressurememoryfull",
+            ] {
+                o[k] = 0.into();
+            }
+        }
         if let Some(l) = ct.conf.get("lock") {
             o["lock"] = l.clone().into();
         }
         if let Some(t) = ct.conf.get("tags") {
             o["tags"] = t.clone().into();
         }
+        if ct.conf.get("template").is_some_and(|t| t == "1") {
+            o["template"] = 1.into();
+        }
         o
+    }
+
+    /// An entry of `cluster/resources` (`API2Tools.pm extract_vm_stats`): `maxcpu` instead of
+    /// `cpus`, `template` always, no swap figures.
+    pub fn resource_json(&self, ct: &Ct) -> serde_json::Value {
+        let s = self.status_json(ct);
+        let mut o = serde_json::json!({
+            "id": format!("lxc/{}", ct.vmid),
+            "type": "lxc",
+            "vmid": ct.vmid,
+            "node": ct.node,
+            "status": s["status"],
+            "name": s["name"],
+            "template": u8::from(ct.conf.get("template").is_some_and(|t| t == "1")),
+            "uptime": s["uptime"],
+            "maxcpu": s["cpus"],
+            "cpu": s["cpu"],
+            "maxmem": s["maxmem"],
+            "mem": s["mem"],
+            "maxdisk": s["maxdisk"],
+            "disk": s["disk"],
+            "netin": 0, "netout": 0, "diskread": 0, "diskwrite": 0,
+        });
+        for k in ["tags", "lock"] {
+            if let Some(v) = s.get(k) {
+                o[k] = v.clone();
+            }
+        }
+        o
+    }
+
+    /// `GET .../snapshot`: the snapshots (with `parent` when they have one) and the synthetic
+    /// `current` entry with `digest`, `running` and `parent`.
+    pub fn snapshot_list_json(&self, vmid: u32) -> Result<serde_json::Value, ApiError> {
+        let ct = self.local(vmid)?;
+        let mut list: Vec<serde_json::Value> = ct
+            .snapshots
+            .iter()
+            .map(|(name, s)| {
+                let mut o = serde_json::json!({
+                    "name": name,
+                    "description": s.description,
+                    "snaptime": s.snaptime,
+                });
+                if let Some(p) = s.conf.get("parent") {
+                    o["parent"] = p.clone().into();
+                }
+                o
+            })
+            .collect();
+        let mut current = serde_json::json!({
+            "name": "current",
+            "description": "You are here!",
+            "running": u8::from(ct.running),
+            "digest": digest(ct),
+        });
+        if let Some(p) = ct.conf.get("parent") {
+            current["parent"] = p.clone().into();
+        }
+        list.push(current);
+        Ok(serde_json::Value::Array(list))
+    }
+
+    /// `PUT .../snapshot/{name}/config`: only the description changes.
+    pub fn snapshot_set_description(
+        &mut self,
+        vmid: u32,
+        name: &str,
+        description: &str,
+    ) -> Result<(), ApiError> {
+        self.local(vmid)?;
+        let ct = self.p.cts.get_mut(&vmid).ok_or_else(|| missing("", vmid))?;
+        let snap = ct
+            .snapshots
+            .get_mut(name)
+            .ok_or_else(|| ApiError::new(500, format!("snapshot '{name}' does not exist")))?;
+        snap.description = description.to_string();
+        Ok(())
+    }
+
+    /// `GET .../interfaces` of a running CT: `lo` and one entry per `net[n]` with its address.
+    pub fn interfaces_json(&self, vmid: u32) -> Result<serde_json::Value, ApiError> {
+        let ct = self.local(vmid)?;
+        if !ct.running {
+            return Err(ApiError::new(500, format!("CT {vmid} not running")));
+        }
+        let mut out = vec![serde_json::json!({
+            "name": "lo", "hwaddr": "00:00:00:00:00:00", "hardware-address": "00:00:00:00:00:00",
+            "inet": "127.0.0.1/8", "inet6": "::1/128",
+            "ip-addresses": [
+                {"ip-address": "127.0.0.1", "ip-address-type": "inet", "prefix": 8},
+                {"ip-address": "::1", "ip-address-type": "inet6", "prefix": 128},
+            ],
+        })];
+        for (k, v) in &ct.conf {
+            if !(k.starts_with("net") && k[3..].parse::<u32>().is_ok()) {
+                continue;
+            }
+            let field = |name: &str| {
+                v.split(',')
+                    .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                    .map(str::to_string)
+            };
+            let hw = field("hwaddr").unwrap_or_default().to_ascii_lowercase();
+            let mut o = serde_json::json!({
+                "name": field("name").unwrap_or_else(|| "eth0".into()),
+                "hwaddr": hw, "hardware-address": hw, "ip-addresses": [],
+            });
+            if let Some(ip) = field("ip").filter(|i| i.contains('/'))
+                && let Some((addr, prefix)) = ip.split_once('/')
+            {
+                o["inet"] = ip.clone().into();
+                o["ip-addresses"] = serde_json::json!([{
+                    "ip-address": addr, "ip-address-type": "inet",
+                    "prefix": prefix.parse::<u32>().unwrap_or(24),
+                }]);
+            }
+            out.push(o);
+        }
+        Ok(serde_json::Value::Array(out))
     }
 
     pub fn task_status_json(&self, t: &Task) -> serde_json::Value {
@@ -1021,7 +1883,9 @@ impl Host {
         };
         let mut o = serde_json::json!({
             "upid": t.upid, "node": t.node, "pid": t.pid, "pstart": t.pstart,
-            "starttime": t.starttime, "type": t.worker_type, "id": t.vmid.to_string(),
+            "starttime": t.starttime, "type": t.worker_type,
+            // The UPID's id field (`101`, `101@local`, or empty for a multi-guest vzdump).
+            "id": t.upid.split(':').nth(6).unwrap_or_default(),
             "user": user, "status": if t.done { "stopped" } else { "running" },
         });
         if let Some(tok) = tokenid {
@@ -1033,12 +1897,25 @@ impl Host {
         o
     }
 
+    /// The task log: what the worker printed, a waiting worker's "trying to acquire lock...",
+    /// and the closing `TASK OK` / `TASK ERROR: ...` once it ended.
     pub fn task_log(&self, t: &Task) -> Vec<String> {
-        let mut lines = vec![format!("starting {} for CT {}", t.worker_type, t.vmid)];
+        if let Some(lines) = crate::backup::task_log(self, t) {
+            return lines;
+        }
+        let mut lines = t.log.clone();
+        if t.started_ms.is_none() && !t.done {
+            lines.push("trying to acquire lock...".into());
+        }
         if t.done {
             match t.exitstatus.as_deref() {
                 Some("OK") => lines.push("TASK OK".into()),
-                Some(e) => lines.push(format!("TASK ERROR: {e}")),
+                Some(e) => {
+                    if e.ends_with("got timeout") && t.log.is_empty() {
+                        lines.push("trying to acquire lock...".into());
+                    }
+                    lines.push(format!("TASK ERROR: {e}"));
+                }
                 None => {}
             }
         }

@@ -422,7 +422,8 @@ async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
     let upid = v["data"].as_str().unwrap().to_string();
     assert!(upid.contains(":vzsnapshot:101:drover@pve!agent:"), "{upid}");
     assert_eq!(wait_task(&base, &upid).await["exitstatus"], "OK");
-    // The same name again: PVE's error.
+    // The same name again: a UPID, and the task fails with PVE's error (Snapshot.pm forks
+    // before loading the config).
     let (s, v) = call(
         &base,
         post.clone(),
@@ -430,7 +431,24 @@ async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
         &[("snapname", "before")],
     )
     .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_task(&base, v["data"].as_str().unwrap()).await["exitstatus"],
+        "snapshot name 'before' already used"
+    );
+    // The reserved name is refused before forking.
+    let (s, v) = call(
+        &base,
+        post.clone(),
+        "/nodes/pve1/lxc/101/snapshot",
+        &[("snapname", "current")],
+    )
+    .await;
     assert_eq!(s, 500, "{v}");
+    assert_eq!(
+        v["message"],
+        "unable to use snapshot name 'current' (reserved name)\n"
+    );
     // Bad snapshot name: schema error.
     let (s, _) = call(
         &base,
@@ -483,9 +501,13 @@ async fn snapshots_are_created_listed_rolled_back_and_deleted_as_tasks() {
     .await;
     assert_eq!(s, 200, "{v}");
     wait_task(&base, v["data"].as_str().unwrap()).await;
-    let (s, _) = call(&base, del, "/nodes/pve1/lxc/101/snapshot/before", &[]).await;
-    assert_eq!(s, 500);
-    assert_eq!(sim.count_mutations("snapshot", 101), 1);
+    let (s, v) = call(&base, del, "/nodes/pve1/lxc/101/snapshot/before", &[]).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_task(&base, v["data"].as_str().unwrap()).await["exitstatus"],
+        "snapshot 'before' does not exist"
+    );
+    assert_eq!(sim.count_mutations("snapshot", 101), 2);
     assert_eq!(sim.count_mutations("rollback", 101), 1);
     sim.shutdown().await;
 }
