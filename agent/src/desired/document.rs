@@ -369,12 +369,10 @@ pub fn parse_rootfs_spec(s: &str) -> Result<(String, u64), String> {
     let (storage, size) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?} must be STORAGE:SIZE_GIB, e.g. local-lvm:8"))?;
-    if storage.is_empty()
-        || !storage
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!("{storage:?} is not a storage id"));
+    if !pve_format::is_storage_id(storage) {
+        return Err(format!(
+            "{storage:?} is not a storage id (lower-case letters, digits, '-', '_', '.')"
+        ));
     }
     let gib: u64 = size
         .parse()
@@ -492,6 +490,16 @@ description = "managed by drover"
                 "hostname = \"web-1\"",
                 "hostname = \"web-1\\n\"",
                 "hostname",
+            ),
+            (
+                "rootfs = \"local-lvm:8\"",
+                "rootfs = \"Local-LVM:8\"",
+                "rootfs",
+            ),
+            (
+                "rootfs = \"local-lvm:8\"",
+                "rootfs = \"local-lvm:8\\n\"",
+                "rootfs",
             ),
             ("hostname = \"web-1\"", "hostname = \"-web\"", "hostname"),
         ] {

@@ -130,7 +130,7 @@ pub fn check_net(s: &str) -> Result<(), String> {
 }
 
 /// PVE's `pve-storage-id`: `[a-z][a-z0-9\-_.]*[a-z0-9]`.
-fn is_storage_id(s: &str) -> bool {
+pub fn is_storage_id(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() >= 2
         && b[0].is_ascii_lowercase()
