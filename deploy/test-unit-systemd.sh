@@ -162,6 +162,7 @@ grep -q $'^CapEff:\t0000000000000000' <<< "$status" || fail "has capabilities"
 grep -q $'^NoNewPrivs:\t1' <<< "$status" || fail "NoNewPrivs not set"
 grep -q $'^Seccomp:\t2' <<< "$status" || fail "no seccomp filter"
 grep -q "^Groups:.*\b$(getent group www-data | cut -d: -f3)\b" <<< "$status" || fail "not in www-data"
+ns cat "/proc/$pid/limits" | grep -q "^Max open files *16384 " || fail "LimitNOFILE not applied"
 echo "ok   process: uid drover, groups $(grep '^Groups:' <<< "$status" | cut -f2), no capabilities, NoNewPrivs, seccomp"
 
 [ "$(ns stat -c '%a %U:%G' /run/drover/drover.sock)" = "660 drover:drover" ] || fail "socket mode"

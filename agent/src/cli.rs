@@ -25,27 +25,44 @@ use crate::store::Store;
 pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
-    let secret = daemon::resolve_credential(&config.proxmox.token_secret_file, &config.path);
-    if let Err(e) = std::fs::metadata(&secret) {
-        problems.push(format!("token secret {}: {e}", secret.display()));
+    // The secret and id exactly as `run` will read them.
+    let (token_problems, token_warnings) = crate::service::preflight::check_token(&config);
+    for w in &token_warnings {
+        eprintln!("drover: warning: {w}");
     }
+    problems.extend(token_problems.iter().map(ToString::to_string));
+    const MAX_PEM: u64 = 1024 * 1024;
+    let mut tls_ok = true;
     match daemon::tls_from_config(&config) {
-        Err(e) => problems.push(format!("{e:#}")),
+        Err(e) => {
+            tls_ok = false;
+            problems.push(format!("{e:#}"))
+        }
         Ok(proxmox_client::TlsTrust::CaFile(p)) => {
-            if let Err(e) = std::fs::read(&p) {
-                problems.push(format!("proxmox.ca_file {}: {e}", p.display()));
+            if let Err(e) = crate::local_file::read_regular(&p, MAX_PEM) {
+                tls_ok = false;
+                problems.push(format!("[{}] proxmox.ca_file {e}", e.code()));
             }
         }
         Ok(proxmox_client::TlsTrust::NodeCertificate { paths, .. })
             if config.proxmox.node_cert_file.is_some() =>
         {
             for p in paths {
-                if let Err(e) = std::fs::read(&p) {
-                    problems.push(format!("proxmox.node_cert_file {}: {e}", p.display()));
+                if let Err(e) = crate::local_file::read_regular(&p, MAX_PEM) {
+                    tls_ok = false;
+                    problems.push(format!("[{}] proxmox.node_cert_file {e}", e.code()));
                 }
             }
         }
         Ok(_) => {}
+    }
+    // Without --offline, PVE itself: the pin, the token, the privileges.
+    let mut pve_checked = None;
+    if !offline && tls_ok && token_problems.is_empty() {
+        match crate::service::preflight::check_pve(&config).await {
+            Ok(line) => pve_checked = Some(line),
+            Err(found) => problems.extend(found.iter().map(ToString::to_string)),
+        }
     }
     match crate::approval::trust::load_file(&config.trust.file) {
         // Not fatal for the agent (benign work continues) but worth saying.
@@ -77,14 +94,24 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         }
     }
     if !problems.is_empty() {
-        anyhow::bail!("config {}: {}", path.display(), problems.join("; "));
+        for p in &problems {
+            eprintln!("drover: {p}");
+        }
+        anyhow::bail!(
+            "config {}: {} problem(s) above would stop a start",
+            path.display(),
+            problems.len()
+        );
     }
-    println!(
+    crate::outln!(
         "config {} is valid: host {}, fleet {}",
         path.display(),
         config.host,
         config.fleet
     );
+    if let Some(line) = pve_checked {
+        crate::outln!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -103,6 +130,7 @@ pub async fn run(path: &Path, once: bool) -> anyhow::Result<ExitCode> {
     Ok(match result {
         RunResult::Converged => ExitCode::SUCCESS,
         RunResult::Pending => ExitCode::from(2),
+        RunResult::NoDocument => ExitCode::from(1),
     })
 }
 
@@ -138,11 +166,11 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     {
         Ok((200, answer)) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&answer["plan"])?);
+                crate::outln!("{}", serde_json::to_string_pretty(&answer["plan"])?);
             } else {
-                print!("{}", answer["text"].as_str().unwrap_or_default());
+                crate::out!("{}", answer["text"].as_str().unwrap_or_default());
                 if answer["stale"] == true {
-                    println!(
+                    crate::outln!(
                         "(the desired state is stale: the source is failing; destructive steps are held)"
                     );
                 }
@@ -188,9 +216,9 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .await
         .context("reading the host from PVE")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan.to_json())?);
+        crate::outln!("{}", serde_json::to_string_pretty(&plan.to_json())?);
     } else {
-        print!("{}", plan.to_text());
+        crate::out!("{}", plan.to_text());
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS
@@ -202,7 +230,7 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 /// `drover journal check`: 0 healthy, 1 damaged (with a report and what to do).
 pub fn journal_check(state_dir: &Path) -> anyhow::Result<ExitCode> {
     let report = Store::check(state_dir);
-    print!("{report}");
+    crate::out!("{report}");
     Ok(if report.is_healthy() {
         ExitCode::SUCCESS
     } else {
@@ -213,7 +241,7 @@ pub fn journal_check(state_dir: &Path) -> anyhow::Result<ExitCode> {
 /// `drover journal move-aside`: 0 moved, 1 refused (e.g. the daemon holds the store).
 pub fn journal_move_aside(state_dir: &Path) -> anyhow::Result<ExitCode> {
     let moved = Store::move_aside(state_dir)?;
-    println!(
+    crate::outln!(
         "moved the journal aside to {}; the next start begins a new store with a new state epoch (outstanding approvals must be signed again)",
         moved.display()
     );
@@ -226,9 +254,9 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
         .with_context(|| format!("opening the journal in {}", state_dir.display()))?;
     let rows = store.listing(in_flight, 200)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!(
+        crate::outln!(
             "{}",
             if in_flight {
                 "no step in flight"
@@ -238,7 +266,7 @@ pub fn journal_show(state_dir: &Path, in_flight: bool, json: bool) -> anyhow::Re
         );
     } else {
         for r in rows {
-            println!("{}", describe_record(&r));
+            crate::outln!("{}", describe_record(&r));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -259,7 +287,7 @@ pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         Trust::Valid(t) => t,
         Trust::Invalid { code, message } => {
             if json {
-                println!("{}", serde_json::json!({"code": code, "message": message}));
+                crate::outln!("{}", serde_json::json!({"code": code, "message": message}));
             } else {
                 eprintln!("drover: {code}: {message}");
             }
@@ -275,7 +303,7 @@ pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         None => "file".to_string(),
     };
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "version": t.version,
@@ -292,7 +320,7 @@ pub fn trust(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
             t.version,
             t.sha256()
         );
-        print!("{}", t.text());
+        crate::out!("{}", t.text());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -306,12 +334,12 @@ pub fn journal_audit(state_dir: &Path, json: bool) -> anyhow::Result<ExitCode> {
         .audit_tail(200)
         .with_context(|| format!("reading the audit log in {}", state_dir.display()))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else if rows.is_empty() {
-        println!("the audit log is empty");
+        crate::outln!("the audit log is empty");
     } else {
         for r in rows {
-            println!("{}", describe_audit(&r));
+            crate::outln!("{}", describe_audit(&r));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -381,12 +409,12 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&rows)?);
     } else if pending.is_empty() {
-        println!("no approval requests are pending");
+        crate::outln!("no approval requests are pending");
     } else {
         for (p, text) in &pending {
-            println!(
+            crate::outln!(
                 "== {}\n{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
                 p.display(),
                 Approvals::sign_command(&domain, p),
@@ -444,25 +472,25 @@ pub async fn approve(
                 if rotated.is_u64() {
                     out["trust_version"] = rotated.clone();
                 }
-                println!("{out}");
+                crate::outln!("{out}");
             } else if rotated.is_u64() {
-                println!(
+                crate::outln!(
                     "trust rotation accepted; the running agent now uses trust document v{}",
                     s_or(rotated)
                 );
             } else {
-                println!("approval submitted to the running agent");
+                crate::outln!("approval submitted to the running agent");
             }
             Ok(ExitCode::SUCCESS)
         }
         Ok((_, answer)) => {
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::json!({"accepted": false, "code": answer["code"], "message": answer["message"]})
                 );
             } else {
-                println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+                crate::outln!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
             }
             Ok(ExitCode::from(1))
         }
@@ -473,12 +501,12 @@ pub async fn approve(
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             files::give_to_state_owner(&config.state_dir, &[&approvals, &inbox]);
             if json {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::json!({"accepted": true, "via": "inbox", "path": target})
                 );
             } else {
-                println!(
+                crate::outln!(
                     "the agent is not running; approval placed in its inbox: {}",
                     target.display()
                 );
@@ -503,12 +531,12 @@ pub fn verify_approval(
             Trust::Valid(t) => t,
             Trust::Invalid { code, message } => {
                 if json {
-                    println!(
+                    crate::outln!(
                         "{}",
                         serde_json::json!({"valid": false, "code": code, "message": message})
                     );
                 } else {
-                    println!("{code}: {message}");
+                    crate::outln!("{code}: {message}");
                 }
                 return Ok(ExitCode::from(1));
             }
@@ -537,36 +565,85 @@ pub fn verify_approval(
             ) {
                 Ok(next) => {
                     if json {
-                        println!(
+                        crate::outln!(
                             "{}",
                             serde_json::json!({"valid": true, "rotation": {"from": trust.version, "to": next.version}})
                         );
                     } else {
-                        println!(
+                        crate::outln!(
                             "ok: a valid rotation of trust document v{} to v{}",
-                            trust.version, next.version
+                            trust.version,
+                            next.version
                         );
                     }
                     ExitCode::SUCCESS
                 }
                 Err(r) => {
                     if json {
-                        println!(
+                        crate::outln!(
                             "{}",
                             serde_json::json!({"valid": false, "code": r.code.as_str(), "message": r.message})
                         );
                     } else {
-                        println!("{}: {}", r.code.as_str(), r.message);
+                        crate::outln!("{}: {}", r.code.as_str(), r.message);
                     }
                     ExitCode::from(1)
                 }
             },
         );
     }
-    match gate::verify_offline(&trust, &payload, &sig_refs, unix_now()) {
+    // Would the running agent accept it now? Its state (journal, pending requests) answers
+    // what signatures cannot: already used, no longer matching the guest, no such step.
+    let verdict = gate::verify_offline(&trust, &payload, &sig_refs, unix_now());
+    if let Ok(signers) = &verdict
+        && let Ok(p) = gate::ApprovalPayload::parse(&payload)
+    {
+        let names: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
+        let source = Source::from_config(&config)?;
+        let pending = Approvals::new(&config.state_dir, Some(source.approvals_dir())).pending();
+        let name = file.file_name().and_then(|n| n.to_str());
+        let consumed = Store::open_read_only(&config.state_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.nonce_consumed(&p.nonce).map_err(|e| e.to_string()));
+        let refusal = match &consumed {
+            Ok(c) => crate::approval::standing::replay(&p, *c),
+            Err(_) => None,
+        }
+        .or_else(|| crate::approval::standing::binding(&p, name, &pending));
+        if let Some(r) = refusal {
+            if json {
+                crate::outln!(
+                    "{}",
+                    serde_json::json!({"valid": false, "code": r.code, "message": r.message, "signers": names})
+                );
+            } else {
+                crate::outln!("{}: {} (signed by {})", r.code, r.message, names.join(", "));
+            }
+            return Ok(ExitCode::from(1));
+        }
+        let request = crate::approval::standing::request_for(&p, name, &pending)
+            .map(|(path, _)| path.display().to_string())
+            .unwrap_or_default();
+        let checked = match &consumed {
+            Ok(_) => format!("matches the pending request {request} and its nonce is unused"),
+            Err(e) => format!(
+                "matches the pending request {request}; NOT checked whether it was already used (the journal is unreadable: {e})"
+            ),
+        };
+        if json {
+            crate::outln!(
+                "{}",
+                serde_json::json!({"valid": true, "signers": names, "request": request, "nonce_checked": consumed.is_ok(), "checked": checked})
+            );
+        } else {
+            crate::outln!("ok: signed by {}; {checked}", names.join(", "));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    match verdict {
         Ok(signers) if json => {
             let names: Vec<&str> = signers.iter().map(|s| s.principal.as_str()).collect();
-            println!("{}", serde_json::json!({"valid": true, "signers": names}));
+            crate::outln!("{}", serde_json::json!({"valid": true, "signers": names}));
             Ok(ExitCode::SUCCESS)
         }
         Err(r) if json => {
@@ -575,14 +652,14 @@ pub fn verify_approval(
                 .iter()
                 .map(|p| serde_json::json!({"signature": p.index + 1, "code": p.code.as_str(), "message": p.message}))
                 .collect();
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::json!({"valid": false, "code": r.code.as_str(), "message": r.message, "per_signature": per})
             );
             Ok(ExitCode::from(1))
         }
         Ok(signers) => {
-            println!(
+            crate::outln!(
                 "ok: signed by {}",
                 signers
                     .iter()
@@ -593,9 +670,9 @@ pub fn verify_approval(
             Ok(ExitCode::SUCCESS)
         }
         Err(r) => {
-            println!("{}: {}", r.code.as_str(), r.message);
+            crate::outln!("{}: {}", r.code.as_str(), r.message);
             for p in &r.per_signature {
-                println!(
+                crate::outln!(
                     "  signature {}: {}: {}",
                     p.index + 1,
                     p.code.as_str(),
@@ -643,9 +720,9 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the daemon refused: {body}");
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&body)?);
     } else {
-        print!("{}", status_table(&body));
+        crate::out!("{}", status_table(&body));
     }
     let all_converged = body["guests"]
         .as_array()
@@ -661,9 +738,10 @@ pub async fn status(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
 pub fn status_table(body: &serde_json::Value) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    // Every value may carry text from the hub or an operator: control characters escaped.
     let s = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "-".to_string(),
-        serde_json::Value::String(x) => x.clone(),
+        serde_json::Value::String(x) => crate::output::escape_controls(x),
         other => other.to_string(),
     };
     let _ = writeln!(
@@ -783,11 +861,11 @@ pub async fn control(
         crate::operator::control::client::call(&config.control_socket, "POST", route, Some(body))
             .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&answer)?);
     }
     if code != 200 {
         if !json {
-            println!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
+            crate::outln!("{}: {}", s_or(&answer["code"]), s_or(&answer["message"]));
         }
         return Ok(ExitCode::from(1));
     }
@@ -813,13 +891,15 @@ pub async fn control(
             "/v1/resume" => format!("{} resumed", host_or(&answer["resumed"])),
             _ => answer.to_string(),
         };
-        println!("{line}");
+        crate::outln!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// A JSON value as one line of text, control characters escaped (it may be an operator's
+/// reason or a daemon message quoting hub text).
 fn s_or(v: &serde_json::Value) -> String {
     v.as_str()
-        .map(str::to_string)
+        .map(crate::output::escape_controls)
         .unwrap_or_else(|| v.to_string())
 }

@@ -23,9 +23,9 @@ const DOMAIN: &str = "demo.drover.invalid";
 
 fn section(title: &str) {
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!("\n\x1b[1m== {title}\x1b[0m");
+        crate::outln!("\n\x1b[1m== {title}\x1b[0m");
     } else {
-        println!("\n== {title}");
+        crate::outln!("\n== {title}");
     }
 }
 
@@ -131,12 +131,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     })
     .await
     .context("starting the PVE simulator")?;
-    println!(
+    crate::outln!(
         "PVE API simulator on {} (TLS fingerprint {})",
         sim.base_url(),
         sim.fingerprint()
     );
-    println!(
+    crate::outln!(
         "existing CTs: 101 dns-1, 102 web-1 (drifted), 103 db-1 (stopped), 105 old-app, 110 legacy (unmanaged)"
     );
 
@@ -167,7 +167,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
 
     section("3. drover run --once (CT 104 is created; the existing CTs wait for adoption)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    println!("first pass finished: {r:?}");
+    crate::outln!("first pass finished: {r:?}");
     let approvals = crate::approval::requests::Approvals::new(&config.state_dir, None);
     let adopt: Vec<PathBuf> = approvals
         .pending()
@@ -178,22 +178,22 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     if adopt.is_empty() {
         anyhow::bail!("expected adopt requests for the existing CTs 101, 102, 103 and 105");
     }
-    println!(
+    crate::outln!(
         "Drover did not create 101, 102, 103 and 105: nothing on them changes until an operator adopts them."
     );
     for p in &adopt {
-        println!("  pending: {}", p.display());
+        crate::outln!("  pending: {}", p.display());
     }
 
     section("4. An operator signs all adopt requests with one ssh-keygen call");
     let Some(signed) = sign(root, &adopt)? else {
-        println!(
+        crate::outln!(
             "ssh-keygen is not installed; skipping the signed steps. Install OpenSSH to see them."
         );
         summary(&sim, started).await;
         return Ok(ExitCode::SUCCESS);
     };
-    println!(
+    crate::outln!(
         "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
         signed
             .iter()
@@ -213,17 +213,17 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         "5. drover run --once (adopted; drift corrected; the destroy waits for its own signature)",
     );
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    println!("second pass finished: {r:?}");
+    crate::outln!("second pass finished: {r:?}");
     let pending = approvals.pending();
     let Some((request, text)) = pending.first().cloned() else {
         anyhow::bail!("expected a pending approval request for CT 105");
     };
-    println!("pending approval request {}:\n{text}", request.display());
+    crate::outln!("pending approval request {}:\n{text}", request.display());
     let Some(signed) = sign(root, std::slice::from_ref(&request))? else {
         anyhow::bail!("ssh-keygen stopped working");
     };
     let (signed_copy, sig) = signed[0].clone();
-    println!(
+    crate::outln!(
         "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
         request.display()
     );
@@ -235,7 +235,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     )?;
     crate::cli::approve(&config_path, &signed_copy, &[sig], false).await?;
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    println!("third pass finished (the approved destroy ran): {r:?}");
+    crate::outln!("third pass finished (the approved destroy ran): {r:?}");
 
     section("6. drover plan (nothing left to do)");
     crate::cli::plan(&config_path, false).await?;
@@ -297,20 +297,20 @@ fn sign(root: &Path, requests: &[PathBuf]) -> anyhow::Result<Option<Vec<(PathBuf
 async fn summary(sim: &pve_sim::RunningSim, started: Instant) {
     section("Summary");
     let mutations = sim.mutations();
-    println!("PVE mutations made by the agent, from the simulator's log:");
+    crate::outln!("PVE mutations made by the agent, from the simulator's log:");
     for m in &mutations {
-        println!(
+        crate::outln!(
             "  {} {} {}",
             m.method,
             m.path,
             m.vmid.map(|v| format!("(CT {v})")).unwrap_or_default()
         );
     }
-    println!(
+    crate::outln!(
         "creates of CT 104: {}; destroys of CT 105: {}; CT 110 (unmanaged) untouched: {}",
         sim.count_mutations("create", 104),
         sim.count_mutations("destroy", 105),
         mutations.iter().all(|m| m.vmid != Some(110)),
     );
-    println!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    crate::outln!("demo finished in {:.1} s", started.elapsed().as_secs_f64());
 }

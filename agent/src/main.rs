@@ -1,13 +1,17 @@
 //! `drover`: the reconcile agent for Proxmox VE hosts (command line).
 //!
 //! Exit codes follow the convention `terraform plan -detailed-exitcode` made familiar:
-//! 0 success / nothing to do, 1 error, 2 success with changes (or work left pending).
+//! 0 success / nothing to do, 1 error, 2 success with changes (or work left pending), 64 a
+//! usage error (EX_USAGE from sysexits.h: an unknown verb, option or a malformed argument).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+
+/// sysexits.h EX_USAGE: the command line was wrong.
+const EX_USAGE: u8 = 64;
 
 use drover::service::config::{Config, DEFAULT_CONFIG_PATH};
 
@@ -154,7 +158,19 @@ enum JournalAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            // Help and version are answers; every other parse failure is a usage error, 64
+            // (EX_USAGE): never 0 ("nothing to do") nor 2 ("changes").
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(EX_USAGE),
+            };
+        }
+    };
     let default_filter = match cli.command {
         Command::Run { .. } | Command::Sim { .. } => "info",
         Command::Demo => "warn",

@@ -390,6 +390,13 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Whether a nonce was already consumed (answers only; the gate's `consume` decides).
+    pub fn nonce_consumed(&self, nonce: &str) -> Result<bool, StoreError> {
+        self.j.nonce_consumed(nonce)
+    }
+}
+
 impl NonceLedger for Store {
     fn state_epoch(&self) -> String {
         self.j.state_epoch()

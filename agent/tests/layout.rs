@@ -7,7 +7,8 @@ use std::path::Path;
 
 /// Top-level modules of `agent/src`, lowest first.
 const LAYERS: &[&[&str]] = &[
-    &["clock"],
+    // `out!`/`outln!` are `output`'s macros (exported at the crate root).
+    &["clock", "local_file", "output", "out", "outln"],
     &["model"],
     &["store"],
     &["approval"],

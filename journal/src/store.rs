@@ -731,8 +731,8 @@ impl Journal {
         self.meta_i64("clock_high_water")
     }
 
-    /// Atomic (one winner among concurrent callers) and durable before it returns.
-    /// Whether `nonce` has been consumed (and not yet garbage-collected).
+    /// True when `nonce` was consumed (and not yet garbage-collected). Read-only: for answers
+    /// such as `drover verify-approval`, never for deciding (only `consume` decides).
     pub fn nonce_consumed(&self, nonce: &str) -> Result<bool, JournalError> {
         self.inner
             .nonces
@@ -740,6 +740,7 @@ impl Journal {
             .map_err(|e| sled_err(&self.inner.dir, e))
     }
 
+    /// Atomic (one winner among concurrent callers) and durable before it returns.
     pub fn consume(&self, claim: &NonceClaim) -> Result<(), NonceError> {
         let storage = |e: JournalError| NonceError::Storage(e.to_string());
         let _guard = self

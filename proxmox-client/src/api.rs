@@ -64,6 +64,21 @@ impl Client {
         self.get("/version", &Params::new(), None).await
     }
 
+    /// `GET /access/permissions?path=PATH`: the privileges the token holds on `path` (PVE:
+    /// a map of ACL path to privilege → propagate flag; for a privilege-separated token the
+    /// intersection of the user's and the token's).
+    pub async fn permissions(
+        &self,
+        path: &str,
+    ) -> Result<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>>,
+        Error,
+    > {
+        let mut p = Params::new();
+        p.set("path", path);
+        self.get("/access/permissions", &p, None).await
+    }
+
     /// `GET /nodes/{node}/lxc`: every CT on the node (filtered to those the token may audit).
     pub async fn list_lxc(&self, node: &str) -> Result<Vec<LxcListEntry>, Error> {
         self.get(&format!("/nodes/{}/lxc", seg(node)), &Params::new(), None)

@@ -47,12 +47,11 @@ impl ApiToken {
     /// and surrounding whitespace.
     pub fn from_secret_file(token_id: impl Into<String>, path: &Path) -> Result<Self, Error> {
         let token_id = token_id.into();
-        let raw = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(
-                format!("reading the api token secret from {}", path.display()),
-                e.to_string().to_lowercase(),
-            )
-        })?;
+        let ctx = || format!("reading the api token secret from {}", path.display());
+        let raw = crate::local_file::read_regular(path, crate::local_file::MAX_SECRET_BYTES)
+            .map_err(|e| Error::config(ctx(), e.to_string()))?;
+        let raw = String::from_utf8(raw)
+            .map_err(|_| Error::config(ctx(), "the secret is not text (binary data)"))?;
         Self::new(token_id, raw.trim())
     }
 

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod error;
 mod lenient;
+mod local_file;
 pub mod params;
 pub mod property;
 pub mod task;

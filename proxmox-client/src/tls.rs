@@ -70,8 +70,8 @@ impl Fingerprint {
     /// Fingerprint of the first certificate in a PEM file, as `get_certificate_fingerprint`.
     pub fn of_pem_file(path: &Path) -> Result<Self, Error> {
         let ctx = || format!("reading certificate {}", path.display());
-        let data =
-            std::fs::read(path).map_err(|e| Error::config(ctx(), e.to_string().to_lowercase()))?;
+        let data = crate::local_file::read_regular(path, crate::local_file::MAX_PEM_BYTES)
+            .map_err(|e| Error::config(ctx(), e.to_string()))?;
         Self::of_pem(&data).map_err(|m| Error::config(ctx(), m))
     }
 
@@ -152,8 +152,10 @@ pub(crate) fn client_config(trust: &TlsTrust) -> Result<rustls::ClientConfig, Er
         TlsTrust::CaFile(path) => {
             let ctx = || format!("reading ca file {}", path.display());
             let mut roots = rustls::RootCertStore::empty();
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| Error::config(ctx(), e.to_string().to_lowercase()))?
+            let pem = crate::local_file::read_regular(path, crate::local_file::MAX_PEM_BYTES)
+                .map_err(|e| Error::config(ctx(), e.to_string()))?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .map(|c| c.map(|c| c.into_owned()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| Error::config(ctx(), format!("invalid pem: {e}")))?;
             if certs.is_empty() {
@@ -228,12 +230,12 @@ impl NodeCertPin {
 /// `get_node_fingerprint` (pveproxy-ssl.pem if present, else pve-ssl.pem).
 fn read_first_existing(paths: &[PathBuf]) -> Result<Fingerprint, String> {
     for p in paths {
-        match std::fs::read(p) {
+        match crate::local_file::read_regular(p, crate::local_file::MAX_PEM_BYTES) {
             Ok(data) => {
                 return Fingerprint::of_pem(&data).map_err(|m| format!("{}: {m}", p.display()));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(format!("{}: {}", p.display(), e.to_string().to_lowercase())),
+            Err(crate::local_file::ReadError::NotFound) => continue,
+            Err(e) => return Err(format!("{}: {e}", p.display())),
         }
     }
     let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();

@@ -670,3 +670,28 @@ fn plain_http_and_bad_urls_are_refused_at_setup() {
     .unwrap();
     assert_eq!(c.token_id(), "drover@pve!agent");
 }
+
+/// vzdump answers a UPID or the plain "OK"; anything else is a decode error naming both,
+/// never a panic or a made-up task.
+#[tokio::test]
+async fn vzdump_answers_other_than_a_upid_or_ok_are_decode_errors() {
+    let server = common::start(|r| {
+        if r.target.starts_with("/api2/json/nodes/pve1/vzdump") {
+            Reply::json(r#"{"data":"queued"}"#)
+        } else {
+            Reply::json(
+                r#"{"data":[{"storage":"local","type":"dir","content":"backup","avail":"5"}]}"#,
+            )
+        }
+    })
+    .await;
+    let c = pinned(&server);
+    let e = c
+        .vzdump("pve1", &VzdumpRequest::new(101, "local"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::Decode { .. }), "{e}");
+    assert!(e.to_string().contains("neither a UPID nor \"OK\""), "{e}");
+    let s = c.list_storages("pve1", Some("backup")).await.unwrap();
+    assert_eq!(s[0].avail, Some(5));
+}

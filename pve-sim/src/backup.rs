@@ -48,6 +48,39 @@ pub struct VzdumpJob {
     pub lock_timeout: bool,
     /// CTs this run set `lock: backup` on (and removes it from at the end).
     pub locked: Vec<u32>,
+    /// The caller holds `VM.Backup` (checked per guest inside the task, `exec_backup`).
+    #[serde(default = "yes")]
+    pub may_backup: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Whether the calling token holds `VM.Backup` ([`crate::SimToken::vm_backup`]).
+pub fn may_backup(shared: &crate::Shared, user: &str) -> bool {
+    shared
+        .config
+        .tokens
+        .iter()
+        .find(|t| t.id == user)
+        .is_none_or(|t| t.vm_backup)
+}
+
+/// `check_volume_access` for a backup archive: its owner's `VM.Backup`.
+pub fn check_archive_access(
+    shared: &crate::Shared,
+    user: &str,
+    volid: &str,
+) -> Result<(), ApiError> {
+    let Some((_, volname)) = volid.split_once(':') else {
+        return Ok(());
+    };
+    if volname.starts_with("backup/") && !may_backup(shared, user) {
+        let owner = owner_from_name(volname).unwrap_or(0);
+        return Err(perm(&format!("/vms/{owner}"), "VM.Backup"));
+    }
+    Ok(())
 }
 
 /// One `vzrestore`.
@@ -96,7 +129,7 @@ pub async fn route(
                 .get("vmid")
                 .and_then(|v| v.split([',', ' ', ';']).next()?.parse().ok());
             h.maybe_fault("vzdump", v.unwrap_or(0))?;
-            let r = vzdump(&mut h, params, user)?;
+            let r = vzdump(&mut h, params, user, may_backup(shared, user))?;
             if let Some(upid) = r.as_str().filter(|u| u.starts_with("UPID:")) {
                 h.record(method, path, v, "vzdump", Some(upid.to_string()), params);
             }
@@ -109,11 +142,13 @@ pub async fn route(
             defaults(&h, params)
         }
         ("GET", "/nodes/{node}/vzdump/extractconfig") => {
+            check_archive_access(shared, user, &volume)?;
             let mut h = shared.lock();
             h.advance();
             extractconfig(&h, &volume)
         }
         ("PUT", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            check_archive_access(shared, user, &volume)?;
             let mut h = shared.lock();
             h.advance();
             update_attributes(&mut h, &sid, &volume, params)?;
@@ -122,6 +157,7 @@ pub async fn route(
             Ok(Value::Null)
         }
         ("DELETE", "/nodes/{node}/storage/{storage}/content/{volume}") => {
+            check_archive_access(shared, user, &volume)?;
             let upid = {
                 let mut h = shared.lock();
                 h.advance();
@@ -191,6 +227,14 @@ pub async fn route(
         }
         ("POST", "/nodes/{node}/lxc") => {
             let vmid: u32 = params.get("vmid").and_then(|v| v.parse().ok()).unwrap_or(0);
+            // An archive of another guest needs `VM.Backup` on its owner.
+            let archive = params.get("ostemplate").cloned().unwrap_or_default();
+            let owner = archive
+                .split_once(':')
+                .and_then(|(_, n)| owner_from_name(n));
+            if owner != Some(vmid) {
+                check_archive_access(shared, user, &archive)?;
+            }
             crate::server::wait_flock(shared, vmid).await?;
             let mut h = shared.lock();
             h.advance();
@@ -786,7 +830,12 @@ fn volume_of(v: &str) -> String {
 
 // ---------------------------------------------------------------- vzdump
 
-fn vzdump(h: &mut Host, params: &BTreeMap<String, String>, user: &str) -> Result<Value, ApiError> {
+fn vzdump(
+    h: &mut Host,
+    params: &BTreeMap<String, String>,
+    user: &str,
+    may_backup: bool,
+) -> Result<Value, ApiError> {
     if ["bwlimit", "ionice", "performance"]
         .iter()
         .any(|k| params.contains_key(*k))
@@ -859,8 +908,15 @@ fn vzdump(h: &mut Host, params: &BTreeMap<String, String>, user: &str) -> Result
             .filter(|t| !t.done && t.node == h.node && t.worker_type == "vzdump")
             .map(|t| t.ends_at_ms)
             .collect::<Vec<_>>();
-    let lock_timeout = other.iter().any(Option::is_none);
-    let behind = other.iter().flatten().max().copied();
+    // A vzdump that never ends outlasts any `lockwait`; with `lockwait=0` any running one does.
+    let no_wait = params.get("lockwait").is_some_and(|w| w == "0");
+    let lock_timeout = other.iter().any(Option::is_none) || (no_wait && !other.is_empty());
+    let behind = other
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .filter(|_| !lock_timeout);
     let mode = params
         .get("mode")
         .cloned()
@@ -878,6 +934,7 @@ fn vzdump(h: &mut Host, params: &BTreeMap<String, String>, user: &str) -> Result
         notes_template: params.get("notes-template").cloned(),
         lock_timeout,
         locked: Vec::new(),
+        may_backup,
     };
     let (vmid, id) = match local.as_slice() {
         [one] => (*one, one.to_string()),
@@ -1057,6 +1114,9 @@ fn backup_one(h: &mut Host, t: &Task, job: &VzdumpJob, vmid: u32) -> GuestOutcom
     if !job.locked.contains(&vmid) {
         let l = ct.conf.get("lock").cloned().unwrap_or_default();
         return GuestOutcome::Failed(format!("CT is locked ({l})"));
+    }
+    if !job.may_backup {
+        return GuestOutcome::Failed(format!("Permission check failed (/vms/{vmid}, VM.Backup)"));
     }
     if let Some(m) = &t.fail {
         return GuestOutcome::Failed(m.clone());
@@ -1323,11 +1383,22 @@ fn backup_one(h: &mut Host, t: &Task, job: &VzdumpJob, vmid: u32) -> GuestOutcom
                 .unwrap_or_default();
         let _ = std::fs::write(lp, lines.join("\n") + "\n");
     }
-    let warnings = 0;
+    let mut warnings = 0;
     if let Some(tmpl) = &job.notes_template {
         log(h, &upid, "INFO: adding notes to backup");
-        let notes = render_notes(tmpl, &ct, vmid, &h.node.clone());
-        set_notes(h, &volid, &notes);
+        if h.faults.storage.notes_fail.contains(&vmid) {
+            warnings += 1;
+            log(
+                h,
+                &upid,
+                format!(
+                    "WARN: unable to add notes - unable to open file '{volid}.notes' - Permission denied"
+                ),
+            );
+        } else {
+            let notes = render_notes(tmpl, &ct, vmid, &h.node.clone());
+            set_notes(h, &volid, &notes);
+        }
     }
     if job.protected {
         log(h, &upid, "INFO: marking backup as protected");
@@ -1431,12 +1502,11 @@ fn restore(
         .cloned()
         .unwrap_or_else(|| "local".into());
     let mut targets = vec![sid.clone()];
-    for (k, v) in params
+    for (_, v) in params
         .iter()
         .filter(|(k, _)| k.as_str() == "rootfs" || storage::is_mp_key(k))
     {
         if let Some((s, _)) = volume_of(v).split_once(':') {
-            let _ = k;
             targets.push(s.to_string());
         }
     }
@@ -1623,6 +1693,9 @@ fn finish_restore(h: &mut Host, t: &Task, job: &RestoreJob) -> String {
             ct.snapshots.clear();
         }
     }
+    if h.faults.storage.restore_crash.contains(&vmid) {
+        return "unexpected status".into();
+    }
     log(h, &upid, format!("restoring '{}' now..", job.archive));
     let shown =
         h.p.storage
@@ -1764,14 +1837,13 @@ pub fn finish(h: &mut Host, t: &Task, job: &Job) -> String {
             exit
         }
         Job::Restore(j) => {
-            if let Some(m) = &t.fail {
+            if t.fail.is_some() {
                 // An injected task failure hits the extraction (after the old CT is gone).
                 let mut faults = h.faults.storage.clone();
                 faults.restore_fail.insert(j.vmid);
                 let saved = std::mem::replace(&mut h.faults.storage, faults);
                 let exit = finish_restore(h, t, j);
                 h.faults.storage = saved;
-                let _ = m;
                 return exit;
             }
             finish_restore(h, t, j)

@@ -8,6 +8,7 @@
 
 mod archive;
 mod backup;
+pub mod permissions;
 mod schema;
 mod server;
 mod state;
@@ -63,6 +64,10 @@ pub enum SimTls {
 pub struct SimToken {
     pub id: String,
     pub secret: String,
+    /// Holds `VM.Backup` (with `Datastore.AllocateSpace`), as Drover's role does. Without
+    /// it backups are silently missing from content listings, vzdump fails inside its task
+    /// and archives cannot be read, changed or deleted (`safety-nets.md` §2, §3 item 14).
+    pub vm_backup: bool,
 }
 
 /// How to run the simulator.
@@ -89,6 +94,8 @@ pub struct SimConfig {
     /// state file (`<state file>.storage`), else a fresh directory under the system temp
     /// directory that is removed when the simulator is dropped.
     pub storage_dir: Option<PathBuf>,
+    /// What `GET /access/permissions` says every token holds; None: every privilege.
+    pub token_privileges: Option<Vec<String>>,
 }
 
 impl Default for SimConfig {
@@ -100,6 +107,7 @@ impl Default for SimConfig {
             tokens: vec![SimToken {
                 id: DEFAULT_TOKEN_ID.into(),
                 secret: DEFAULT_TOKEN_SECRET.into(),
+                vm_backup: true,
             }],
             task_duration: Duration::from_millis(50),
             auth_fail_delay: Duration::ZERO,
@@ -110,6 +118,7 @@ impl Default for SimConfig {
             guests: Vec::new(),
             storages: storage::default_storages(),
             storage_dir: None,
+            token_privileges: None,
         }
     }
 }
@@ -136,6 +145,8 @@ pub(crate) struct Shared {
     pub host: Mutex<state::Host>,
     pub config: SimConfig,
     pub requests: AtomicU64,
+    /// TLS connections accepted (a client that does not reuse connections shows here).
+    pub connections: AtomicU64,
     pub cert: Mutex<server::CertState>,
     /// A storage directory the simulator made itself (removed on drop).
     pub owned_storage_dir: Option<PathBuf>,
@@ -234,6 +245,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         host: Mutex::new(host),
         config: cfg,
         requests: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         cert: Mutex::new(cert),
         owned_storage_dir,
     });
@@ -380,6 +392,10 @@ impl RunningSim {
     pub fn request_count(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
     }
+    /// TLS connections accepted so far.
+    pub fn tls_connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
     pub async fn shutdown(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -501,6 +517,7 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
     cfg.tokens = vec![SimToken {
         id: token_id,
         secret,
+        vm_backup: true,
     }];
     let sim = start(cfg).await?;
     if let Some(path) = &write_cert {

@@ -105,6 +105,9 @@ pub async fn serve(
             let Ok(tls) = acceptor.accept(tcp).await else {
                 return;
             };
+            shared
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let svc = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move {
@@ -330,6 +333,20 @@ fn admin_route(
             }
             Err(e) => bad(format!("faults: {e}")),
         },
+        // Pretend contents of CT volumes (`storage.rs`): `{"volid": "...", "data": "..."}`.
+        ("GET", "volume-data") => reply(200, "OK", json!({ "data": shared.lock().p.storage.data })),
+        ("PUT", "volume-data") => match serde_json::from_slice::<BTreeMap<String, String>>(body) {
+            Ok(m) => match (m.get("volid"), m.get("data")) {
+                (Some(v), Some(d)) => {
+                    let mut h = shared.lock();
+                    h.p.storage.data.insert(v.clone(), d.clone());
+                    shared.persist(&h);
+                    reply(200, "OK", json!({ "data": null }))
+                }
+                _ => bad("volume-data: needs \"volid\" and \"data\"".into()),
+            },
+            Err(e) => bad(format!("volume-data: {e}")),
+        },
         ("POST", "guests") => match serde_json::from_slice::<crate::SeedGuest>(body) {
             Ok(g) => {
                 let mut h = shared.lock();
@@ -445,6 +462,7 @@ async fn route(
     let (template, vmid): (String, Option<u32>) = match seg.as_slice() {
         ["version"] => ("/version".into(), None),
         ["nodes"] => ("/nodes".into(), None),
+        ["access", "permissions"] => ("/access/permissions".into(), None),
         ["cluster", "resources"] => ("/cluster/resources".into(), None),
         ["cluster", "nextid"] => ("/cluster/nextid".into(), None),
         ["nodes", n, rest @ ..] => {
@@ -505,11 +523,23 @@ async fn route(
         .filter(|(k, _)| !path_params.iter().any(|(p, _)| p == k))
         .collect();
     raw.extend(path_params);
-    let params = if template == "/version" || template == "/nodes" || template == "/nodes/{node}" {
+    let params = if template == "/version"
+        || template == "/nodes"
+        || template == "/nodes/{node}"
+        || template == "/access/permissions"
+    {
         raw.into_iter().collect::<BTreeMap<_, _>>()
     } else {
         schema::validate_raw(method, &template, &raw).map_err(ApiError::params)?
     };
+    if method == "GET" && template == "/access/permissions" {
+        // Outside the LXC schema the simulator validates against; answered without state.
+        return Ok(crate::permissions::answer(
+            shared.config.token_privileges.as_deref(),
+            params.get("path").map(String::as_str),
+        )
+        .into());
+    }
     let flag = |k: &str| params.get(k).is_some_and(|v| v == "1");
     let mutating = method != "GET";
     // Only `PUT config` and create lock the config synchronously (with PVE's wait); every

@@ -233,6 +233,13 @@ pub struct StorageFaults {
     pub vzdump_crash: BTreeSet<u32>,
     /// Restores of these vmids fail while extracting (after the old CT is destroyed).
     pub restore_fail: BTreeSet<u32>,
+    /// The node dies while restoring these vmids, after the old volumes are freed: the task
+    /// ends `unexpected status` and the config holds only `lock: create` (which the API
+    /// cannot clear, `safety-nets.md` §1.5).
+    pub restore_crash: BTreeSet<u32>,
+    /// Notes cannot be written for backups of these vmids: only a warning, the task ends
+    /// `WARNINGS: 1` and the archive has no notes (`exec_backup_task`).
+    pub notes_fail: BTreeSet<u32>,
 }
 
 /// A volume id `storage:volname` split in two.
@@ -437,10 +444,13 @@ fn volume_json(v: &Volume) -> Value {
 }
 
 /// `GET /nodes/{node}/storage/{storage}/content[?content=..][&vmid=..]`, sorted by volid.
+/// Backups are listed only to a caller holding `VM.Backup` on their owner (`see_backups`):
+/// `check_volume_access` filters them out silently.
 pub fn content(
     host: &Host,
     storage: &str,
     params: &BTreeMap<String, String>,
+    see_backups: bool,
 ) -> Result<Value, ApiError> {
     host.layout.require(storage)?;
     let want = params.get("content").map(String::as_str);
@@ -448,6 +458,7 @@ pub fn content(
     let mut rows: BTreeMap<String, Value> = BTreeMap::new();
     for v in host.p.storage.volumes.values() {
         if v.storage == storage
+            && (see_backups || v.content != "backup")
             && want.is_none_or(|w| w == v.content)
             && vmid.is_none_or(|id| v.vmid == Some(id))
         {

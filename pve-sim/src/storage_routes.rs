@@ -35,6 +35,16 @@ pub async fn route(
         return None;
     }
     let restore = params.get("restore").is_some_and(|r| r == "1");
+    // Most requests are LXC ones: decide before copying anything.
+    let mine = match rest {
+        ["storage", ..] | ["vzdump", ..] => true,
+        ["lxc"] => method == "POST" && restore,
+        ["lxc", _, "feature"] => true,
+        _ => false,
+    };
+    if !mine {
+        return None;
+    }
     let mut params = params.clone();
     params.insert("node".into(), shared.config.node.clone());
     let path = seg.join("/");
@@ -96,13 +106,14 @@ pub async fn route(
         ("GET", "/nodes/{node}/storage/{storage}/content") => {
             let mut h = shared.lock();
             h.advance();
-            storage::content(&h, &sid, &params)
+            storage::content(&h, &sid, &params, backup::may_backup(shared, user))
         }
         ("GET", "/nodes/{node}/storage/{storage}/content/{volume}") => {
             let mut h = shared.lock();
             h.advance();
             let vol = params.get("volume").cloned().unwrap_or_default();
-            storage::volume_info(&h, &sid, &vol)
+            backup::check_archive_access(shared, user, &vol)
+                .and_then(|()| storage::volume_info(&h, &sid, &vol))
         }
         ("GET", "/nodes/{node}/lxc/{vmid}/feature") => {
             let mut h = shared.lock();

@@ -1202,6 +1202,41 @@ async fn a_forced_restore_replaces_the_ct_and_empties_mount_points_outside_the_b
     let (_, c) = config(&base, 141).await;
     assert_eq!(c["data"]["hostname"], "ct140");
     assert_eq!(c["data"]["rootfs"], "local-lvm:vm-141-disk-0,size=8G");
+
+    // Advanced mode (`rootfs` given): only the given volumes, at the given size; and a token's
+    // restore drops raw `lxc.*` keys with a warning (§3 item 4).
+    sim.edit_config(141, "lxc.apparmor.profile", Some("unconfined"));
+    let (_, exit, log) = vzdump(&base, &[("vmid", "141"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK");
+    let v141 = volid_from_log("local", &log);
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "142"),
+            ("ostemplate", &v141),
+            ("storage", "local-lvm"),
+            ("rootfs", "local-lvm:16"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(wait_task(&base, &upid).await["exitstatus"], "WARNINGS: 1");
+    let log = task_log(&base, &upid).await;
+    assert!(
+        log.iter()
+            .any(|l| l.contains("skipping custom lxc options, restore manually as root:")),
+        "{log:#?}"
+    );
+    assert_eq!(log.last().unwrap(), "TASK WARNINGS: 1");
+    let (_, c) = config(&base, 142).await;
+    assert_eq!(c["data"]["rootfs"], "local-lvm:vm-142-disk-0,size=16G");
+    assert!(c["data"].get("mp0").is_none(), "{c}");
+    assert!(c["data"].get("lxc.apparmor.profile").is_none(), "{c}");
+    assert_eq!(
+        sim.volume_data("local-lvm:vm-142-disk-0").as_deref(),
+        Some("root v1")
+    );
 }
 
 /// §3 item 1 / §7 pitfall 1: a forced restore that fails in extraction leaves no CT; one
@@ -1394,6 +1429,29 @@ async fn snapshot_support_follows_the_storage_and_zfs_rolls_back_only_to_the_new
         ),
         "{log:#?}"
     );
+    // Restoring that archive through a token stops early: the old CT is untouched.
+    let v160 = volid_from_log("local", &log);
+    let (_, v) = call(&base, Method::POST, "/nodes/pve1/lxc/160/status/stop", &[]).await;
+    wait_task(&base, v["data"].as_str().unwrap()).await;
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "160"),
+            ("ostemplate", &v160),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let st = wait_task(&base, v["data"].as_str().unwrap()).await;
+    assert_eq!(
+        st["exitstatus"],
+        "unable to restore CT 160 - restoring 'mp0' to bind mount is only possible for root"
+    );
+    let (_, c) = config(&base, 160).await;
+    assert_eq!(c["data"]["mp0"], "/mnt/host,mp=/mnt/x");
+    assert!(c["data"].get("lock").is_none(), "{c}");
 
     // ZFS: rollback to an older snapshot fails inside the task; to the newest it works.
     for name in ["snap_a", "snap_b"] {
@@ -1550,6 +1608,36 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
     let st = get(&base, &format!("/nodes/pve1/tasks/{stuck}/status"), &[]).await;
     assert_eq!(st["status"], "running");
 
+    // Behind a vzdump that does end, the next one waits its turn; with lockwait=0 it cannot.
+    let sim3 = sim_with(full_layout(), 150).await;
+    let base3 = sim3.base_url();
+    create_ct(&base3, 173, &[]).await;
+    create_ct(&base3, 174, &[]).await;
+    let (_, v) = call(
+        &base3,
+        Method::POST,
+        "/nodes/pve1/vzdump",
+        &[("vmid", "173"), ("storage", "local")],
+    )
+    .await;
+    let first = v["data"].as_str().unwrap().to_string();
+    let (_, v) = call(
+        &base3,
+        Method::POST,
+        "/nodes/pve1/vzdump",
+        &[("vmid", "174"), ("storage", "local"), ("lockwait", "0")],
+    )
+    .await;
+    let impatient = v["data"].as_str().unwrap().to_string();
+    let (_, exit, log) = vzdump(&base3, &[("vmid", "174"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK", "{log:#?}");
+    assert!(log.contains(&"INFO: trying to get global lock - waiting...".to_string()));
+    assert_eq!(wait_task(&base3, &first).await["exitstatus"], "OK");
+    assert_eq!(
+        wait_task(&base3, &impatient).await["exitstatus"],
+        "unexpected status"
+    );
+
     // A crash, on a simulator of its own (the stuck vzdump above holds the global lock).
     let sim2 = sim_with(full_layout(), 10).await;
     let base2 = sim2.base_url();
@@ -1578,6 +1666,34 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
         "{names:?}"
     );
     assert_eq!(backups(&base2, "local", 172).await.len(), 0);
+    // Notes that cannot be written are only a warning: the archive exists, without notes.
+    sim2.set_faults(Faults {
+        storage: StorageFaults {
+            notes_fail: [173].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    create_ct(&base2, 173, &[]).await;
+    let (_, exit, log) = vzdump(
+        &base2,
+        &[
+            ("vmid", "173"),
+            ("storage", "local"),
+            ("notes-template", "drover:{{vmid}}"),
+        ],
+    )
+    .await;
+    assert_eq!(exit, "WARNINGS: 1", "{log:#?}");
+    assert_eq!(log.last().unwrap(), "TASK WARNINGS: 1");
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("WARN: unable to add notes")),
+        "{log:#?}"
+    );
+    let list = backups(&base2, "local", 173).await;
+    assert_eq!(list.len(), 1);
+    assert!(list[0].get("notes").is_none(), "{list:?}");
 }
 
 /// The command line takes a storage layout and a storage directory.
@@ -1641,4 +1757,238 @@ fn the_binary_takes_a_storage_layout_and_directory() {
         err.contains("storages file") && err.contains("unknown variant"),
         "{err}"
     );
+}
+
+/// A separately running simulator keeps its backups across a restart (state file beside the
+/// storage directory), and the admin endpoint sets volume data for such a process.
+#[tokio::test]
+async fn backups_survive_a_restart_and_volume_data_is_set_through_the_admin_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = || SimConfig {
+        task_duration: Duration::from_millis(10),
+        state_file: Some(dir.path().join("state.json")),
+        ..SimConfig::default()
+    };
+    let sim = pve_sim::start(cfg()).await.unwrap();
+    let base = sim.base_url();
+    create_ct(&base, 180, &[]).await;
+    let r = http()
+        .put(format!("{base}/_sim/volume-data"))
+        .header(
+            "Authorization",
+            format!("PVEAPIToken={DEFAULT_TOKEN_ID}={DEFAULT_TOKEN_SECRET}"),
+        )
+        .body(r#"{"volid":"local-lvm:vm-180-disk-0","data":"etc and home"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, exit, log) = vzdump(&base, &[("vmid", "180"), ("storage", "local")]).await;
+    assert_eq!(exit, "OK");
+    let volid = volid_from_log("local", &log);
+    assert!(sim.storage_dir().starts_with(dir.path()));
+    sim.shutdown().await;
+
+    let sim = pve_sim::start(cfg()).await.unwrap();
+    let base = sim.base_url();
+    let list = backups(&base, "local", 180).await;
+    assert_eq!(list[0]["volid"], volid);
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "180"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        wait_task(&base, v["data"].as_str().unwrap()).await["exitstatus"],
+        "OK"
+    );
+    assert_eq!(
+        sim.volume_data("local-lvm:vm-180-disk-1").as_deref(),
+        Some("etc and home")
+    );
+}
+
+/// §2 and §3 item 14: without `VM.Backup` the backup list is silently empty, vzdump fails
+/// inside its task and archives cannot be read; §1.5/§3 item 18: a node that dies
+/// mid-restore leaves only `lock: create`, which blocks every retry; ENOSPC while allocating
+/// the new volumes loses the CT.
+#[tokio::test]
+async fn privileges_a_crash_mid_restore_and_no_space_for_the_new_volumes() {
+    let mut cfg = SimConfig {
+        task_duration: Duration::from_millis(10),
+        storages: full_layout(),
+        ..SimConfig::default()
+    };
+    cfg.tokens.push(pve_sim::SimToken {
+        id: "audit@pve!ro".into(),
+        secret: "ro-secret".into(),
+        vm_backup: false,
+    });
+    let sim = pve_sim::start(cfg).await.unwrap();
+    let base = sim.base_url();
+    create_ct(&base, 190, &[]).await;
+    let (_, _, log) = vzdump(&base, &[("vmid", "190"), ("storage", "local")]).await;
+    let volid = volid_from_log("local", &log);
+
+    let ro = |method: Method, path: String, form: Vec<(&'static str, String)>| {
+        let base = base.clone();
+        async move {
+            let mut req = http()
+                .request(method.clone(), format!("{base}/api2/json{path}"))
+                .header("Authorization", "PVEAPIToken=audit@pve!ro=ro-secret");
+            req = if method == Method::GET || method == Method::DELETE {
+                req.query(&form)
+            } else {
+                req.form(&form)
+            };
+            let r = req.send().await.unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, v) = ro(
+        Method::GET,
+        "/nodes/pve1/storage/local/content".into(),
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 200);
+    let vols: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["volid"].as_str().unwrap())
+        .collect();
+    assert!(!vols.contains(&volid.as_str()), "{vols:?}");
+    assert!(vols.iter().any(|x| x.starts_with("local:vztmpl/")));
+    let (s, v) = ro(
+        Method::GET,
+        "/nodes/pve1/vzdump/extractconfig".into(),
+        vec![("volume", volid.clone())],
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(
+        v["message"],
+        "Permission check failed (/vms/190, VM.Backup)\n"
+    );
+    let (s, _) = ro(
+        Method::DELETE,
+        format!("/nodes/pve1/storage/local/content/{}", enc(&volid)),
+        vec![],
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, v) = ro(
+        Method::POST,
+        "/nodes/pve1/lxc".into(),
+        vec![
+            ("vmid", "191".into()),
+            ("restore", "1".into()),
+            ("ostemplate", volid.clone()),
+            ("storage", "local-lvm".into()),
+        ],
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = ro(
+        Method::POST,
+        "/nodes/pve1/vzdump".into(),
+        vec![("vmid", "190".into()), ("storage", "local".into())],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(wait_task(&base, &upid).await["exitstatus"], "job errors");
+    assert!(
+        task_log(&base, &upid).await.contains(
+            &"ERROR: Backup of VM 190 failed - Permission check failed (/vms/190, VM.Backup)"
+                .to_string()
+        )
+    );
+
+    // The node dies mid-restore.
+    sim.set_faults(Faults {
+        storage: StorageFaults {
+            restore_crash: [190].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "190"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let upid = v["data"].as_str().unwrap().to_string();
+    assert_eq!(
+        wait_task(&base, &upid).await["exitstatus"],
+        "unexpected status"
+    );
+    assert!(
+        !task_log(&base, &upid)
+            .await
+            .iter()
+            .any(|l| l.starts_with("TASK "))
+    );
+    let (_, c) = config(&base, 190).await;
+    let keys: Vec<&String> = c["data"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["digest", "lock"], "{c}");
+    assert_eq!(c["data"]["lock"], "create");
+    sim.set_faults(Faults::default());
+    let (s, v) = restore(
+        &base,
+        &[
+            ("vmid", "190"),
+            ("ostemplate", &volid),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 500);
+    assert_eq!(v["message"], "CT is locked (create)\n");
+
+    // No space for the new volumes: the CT is gone.
+    create_ct(&base, 192, &[]).await;
+    let (_, _, log) = vzdump(&base, &[("vmid", "192"), ("storage", "local")]).await;
+    let v192 = volid_from_log("local", &log);
+    sim.set_faults(Faults {
+        storage: StorageFaults {
+            no_space: ["local-lvm".to_string()].into(),
+            ..StorageFaults::default()
+        },
+        ..Faults::default()
+    });
+    let (_, v) = restore(
+        &base,
+        &[
+            ("vmid", "192"),
+            ("ostemplate", &v192),
+            ("force", "1"),
+            ("storage", "local-lvm"),
+        ],
+    )
+    .await;
+    let st = wait_task(&base, v["data"].as_str().unwrap()).await;
+    assert!(
+        st["exitstatus"]
+            .as_str()
+            .unwrap()
+            .contains("Insufficient free space"),
+        "{st}"
+    );
+    assert_eq!(config(&base, 192).await.0, 500);
 }

@@ -10,7 +10,6 @@
 //! same directory), so a half-written file is never picked up.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// Largest payload read from disk: a signed trust rotation travels the same way as an approval
@@ -44,39 +43,77 @@ pub struct Candidate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileProblem {
     pub path: PathBuf,
+    /// Stable code (`not_a_regular_file`, `file_too_large`, `file_unreadable`, ...).
+    pub code: &'static str,
     pub message: String,
 }
 
-/// Reads a file with a size cap; a larger file is refused without reading it whole.
-pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let mut buf = Vec::new();
-    f.take(cap + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if buf.len() as u64 > cap {
-        return Err(format!("larger than {cap} bytes"));
+impl FileProblem {
+    fn of(path: PathBuf, e: crate::local_file::LocalFileError) -> FileProblem {
+        FileProblem {
+            path,
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
-    Ok(buf)
+}
+
+/// Reads a regular file with a size cap; a larger file is refused without reading it, and a
+/// FIFO or device is refused without blocking (see `local_file`).
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>, String> {
+    crate::local_file::read_regular(path, cap).map_err(|e| match e {
+        crate::local_file::LocalFileError::NotRegular { kind, .. } => {
+            format!("not a regular file (it is {kind})")
+        }
+        crate::local_file::LocalFileError::TooLarge { cap, .. } => {
+            format!("larger than {cap} bytes")
+        }
+        crate::local_file::LocalFileError::NotFound { .. } => "cannot open: not found".into(),
+        crate::local_file::LocalFileError::Io { message, .. } => message,
+    })
 }
 
 /// Finds every `NAME.txt` in `dir` that has at least one signature beside it.
 pub fn scan(dir: &Path) -> (Vec<Candidate>, Vec<FileProblem>) {
-    let mut problems = Vec::new();
+    scan_preferring(dir, &[])
+}
+
+/// As [`scan`], but the payloads named in `first` (the pending requests' file names) are read
+/// before any other and do not count against [`MAX_CANDIDATES`]: however many junk files sort
+/// before it, the approval an operator signed for a pending request is always found.
+pub fn scan_preferring(dir: &Path, first: &[String]) -> (Vec<Candidate>, Vec<FileProblem>) {
+    let (mut out, mut problems) = (Vec::new(), Vec::new());
+    visit(dir, first, MAX_CANDIDATES, &mut |c| out.push(c), &mut |p| {
+        problems.push(p)
+    });
+    (out, problems)
+}
+
+/// Reads the candidates of `dir` one at a time (the payloads named in `first`, then at most
+/// `limit` others in name order), so a caller that looks at every file holds one in memory.
+pub fn visit(
+    dir: &Path,
+    first: &[String],
+    limit: usize,
+    on_candidate: &mut dyn FnMut(Candidate),
+    on_problem: &mut dyn FnMut(FileProblem),
+) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Vec::new(), problems),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
-            problems.push(FileProblem {
+            on_problem(FileProblem {
                 path: dir.to_path_buf(),
+                code: "approvals_unreadable",
                 message: format!("cannot list approvals: {e}"),
             });
-            return (Vec::new(), problems);
+            return;
         }
     };
+    // Names only: the type is checked on the opened file (a FIFO or device is refused there,
+    // without blocking), so a race between listing and opening changes nothing.
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.starts_with('.'))
         .collect();
@@ -95,36 +132,38 @@ pub fn scan(dir: &Path) -> (Vec<Candidate>, Vec<FileProblem>) {
             sigs_of.entry(payload).or_default().push(n.clone());
         }
     }
-    let mut out = Vec::new();
-    for (payload_name, sig_names) in sigs_of.into_iter().take(MAX_CANDIDATES) {
+    let mut ordered: Vec<(String, Vec<String>)> = Vec::new();
+    for f in first {
+        if let Some(sigs) = sigs_of.remove(f) {
+            ordered.push((f.clone(), sigs));
+        }
+    }
+    ordered.extend(sigs_of.into_iter().take(limit));
+    for (payload_name, sig_names) in ordered {
         let payload_path = dir.join(&payload_name);
-        let payload = match read_capped(&payload_path, MAX_PAYLOAD_BYTES) {
+        let payload = match crate::local_file::read_regular(&payload_path, MAX_PAYLOAD_BYTES) {
             Ok(p) => p,
-            Err(message) => {
-                problems.push(FileProblem {
-                    path: payload_path,
-                    message,
-                });
+            Err(e) => {
+                on_problem(FileProblem::of(payload_path, e));
                 continue;
             }
         };
         let mut signatures = Vec::new();
         for s in sig_names.into_iter().take(MAX_SIGNATURES) {
             let p = dir.join(&s);
-            match read_capped(&p, MAX_SIGNATURE_BYTES) {
+            match crate::local_file::read_regular(&p, MAX_SIGNATURE_BYTES) {
                 Ok(b) => signatures.push((s, b)),
-                Err(message) => problems.push(FileProblem { path: p, message }),
+                Err(e) => on_problem(FileProblem::of(p, e)),
             }
         }
         if !signatures.is_empty() {
-            out.push(Candidate {
+            on_candidate(Candidate {
                 payload_path,
                 payload,
                 signatures,
             });
         }
     }
-    (out, problems)
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.

@@ -7,4 +7,5 @@
 
 pub mod files;
 pub mod requests;
+pub mod standing;
 pub mod trust;

@@ -40,13 +40,81 @@ pub struct Approvals {
     /// `<source>/approvals`, when the source is a directory.
     pub source_dir: Option<PathBuf>,
     pub ttl_secs: i64,
-    /// Refusals already reported, by candidate hash, so a bad file is audited once, not every
-    /// pass.
-    reported: Mutex<HashMap<[u8; 32], String>>,
+    /// Refusals already reported, by file and content, so a bad file is audited once, not
+    /// every pass; kept in `reported_file` so a restart does not audit them all again.
+    reported: Mutex<Reported>,
+    reported_file: PathBuf,
 }
 
 /// Distinct refused files remembered (see `first_report`).
 const MAX_REPORTED: usize = 4096;
+
+/// The refusals already on record: key (hex sha256 of file name and content) → code, oldest
+/// first so the bound drops the oldest.
+#[derive(Default)]
+struct Reported {
+    codes: HashMap<String, String>,
+    order: std::collections::VecDeque<String>,
+    dirty: bool,
+}
+
+impl Reported {
+    fn load(path: &Path) -> Reported {
+        let mut r = Reported::default();
+        let Ok(bytes) = files::read_capped(path, 1024 * 1024) else {
+            return r;
+        };
+        let Ok(rows) = serde_json::from_slice::<Vec<(String, String)>>(&bytes) else {
+            tracing::warn!(path = %path.display(), "ignoring an unreadable list of reported refusals");
+            return r;
+        };
+        for (k, c) in rows.into_iter().take(MAX_REPORTED) {
+            r.order.push_back(k.clone());
+            r.codes.insert(k, c);
+        }
+        r
+    }
+
+    /// True when `key` was not yet reported with `code` (and records it).
+    fn first(&mut self, key: String, code: &str) -> bool {
+        if self.codes.get(&key).map(String::as_str) == Some(code) {
+            return false;
+        }
+        if !self.codes.contains_key(&key) {
+            self.order.push_back(key.clone());
+        }
+        self.codes.insert(key, code.to_string());
+        while self.order.len() > MAX_REPORTED {
+            // Bounded memory against a directory flooded with bad files: forgetting only
+            // means a refusal may be audited again.
+            if let Some(old) = self.order.pop_front() {
+                self.codes.remove(&old);
+            }
+        }
+        self.dirty = true;
+        true
+    }
+
+    fn save(&mut self, path: &Path) {
+        if !self.dirty {
+            return;
+        }
+        let rows: Vec<(&String, &String)> = self
+            .order
+            .iter()
+            .filter_map(|k| self.codes.get(k).map(|c| (k, c)))
+            .collect();
+        match serde_json::to_vec(&rows)
+            .map_err(std::io::Error::other)
+            .and_then(|b| write_atomic(path, &b))
+        {
+            Ok(()) => self.dirty = false,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "keeping the list of reported refusals: {e}")
+            }
+        }
+    }
+}
 
 impl Approvals {
     pub fn new(state_dir: &Path, source_dir: Option<PathBuf>) -> Approvals {
@@ -57,7 +125,8 @@ impl Approvals {
             used_dir: base.join("used"),
             source_dir,
             ttl_secs: DEFAULT_TTL_SECS,
-            reported: Mutex::new(HashMap::new()),
+            reported: Mutex::new(Reported::load(&base.join("reported.json"))),
+            reported_file: base.join("reported.json"),
         }
     }
 
@@ -69,6 +138,12 @@ impl Approvals {
 
     /// Looks for an approval of `action`; if none is accepted, makes sure a valid request is
     /// pending. `audit` sees every decision (once per distinct file).
+    ///
+    /// A file is verified against `action` when it is named after the step's request
+    /// (`<vmid>-<op>.txt`), carries the pending request's nonce, or names the step's guest and
+    /// op; so an approval whose `guest:` line was edited is refused as the gate's order says
+    /// (`binding_mismatch`), not silently skipped. Every other file is
+    /// [`Approvals::report_unclaimed`]'s.
     #[allow(clippy::too_many_arguments)]
     pub fn lookup(
         &self,
@@ -79,23 +154,38 @@ impl Approvals {
         ledger: &dyn NonceLedger,
         audit: &dyn Fn(Decision),
     ) -> std::io::Result<Lookup> {
+        let own_name = Self::request_name(action);
+        let pending_nonce =
+            files::read_capped(&self.request_path(action), files::MAX_PAYLOAD_BYTES)
+                .ok()
+                .and_then(|b| ApprovalPayload::parse(&b).ok())
+                .map(|p| p.nonce);
         for dir in &self.candidate_dirs() {
-            let (candidates, problems) = files::scan(dir);
-            for p in problems {
-                tracing::warn!(path = %p.path.display(), "approval file ignored: {}", p.message);
+            let (candidates, problems) =
+                files::scan_preferring(dir, std::slice::from_ref(&own_name));
+            for p in &problems {
+                self.report_problem(p, audit);
             }
             for c in candidates {
                 if crate::approval::files::is_trust_document(&c.payload) {
                     // A signed trust rotation travels the same way; `trust` applies it.
                     continue;
                 }
-                // Only approvals naming this step are verified; others wait for their own step
-                // (verifying them here would only produce binding mismatches).
-                let Ok(parsed) = ApprovalPayload::parse(&c.payload) else {
-                    self.report_once(&c, action, None, audit);
-                    continue;
+                let named_for_it = c
+                    .payload_path
+                    .file_name()
+                    .is_some_and(|n| n.to_str() == Some(own_name.as_str()));
+                let for_it = match ApprovalPayload::parse(&c.payload) {
+                    Ok(p) => {
+                        named_for_it
+                            || (p.vmid == action.vmid && p.op == action.op)
+                            || pending_nonce.as_deref() == Some(p.nonce.as_str())
+                    }
+                    Err(_) => named_for_it,
                 };
-                if parsed.vmid != action.vmid || parsed.op != action.op {
+                if !for_it {
+                    // Waits for its own step; refused (and audited) by `report_unclaimed` when
+                    // no such step is planned.
                     continue;
                 }
                 let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
@@ -130,6 +220,107 @@ impl Approvals {
         self.ensure_request(ctx, action, now, ledger)
     }
 
+    /// The file name of a step's request (`<vmid>-<op>.txt`).
+    pub fn request_name(action: &PlannedAction) -> String {
+        format!("{}-{}.txt", action.vmid, action.op.as_str())
+    }
+
+    /// Refuses (logs and audits, once per file) every approval file that no planned step can
+    /// use: it does not parse, or it names a guest and op with no destructive step planned and
+    /// is not named after a pending request. What the payload names is an unverified claim, so
+    /// the audit entry carries no guest; the claim is in its detail.
+    pub fn report_unclaimed(
+        &self,
+        planned: &std::collections::HashSet<(u32, String)>,
+        audit: &dyn Fn(Decision),
+    ) {
+        let pending: Vec<String> = self
+            .pending()
+            .into_iter()
+            .filter_map(|(p, _)| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect();
+        for dir in &self.candidate_dirs() {
+            files::visit(
+                dir,
+                &pending,
+                MAX_REPORTED,
+                &mut |c| self.refuse_unclaimed(&c, &pending, planned, audit),
+                &mut |p| self.report_problem(&p, audit),
+            );
+        }
+    }
+
+    fn refuse_unclaimed(
+        &self,
+        c: &Candidate,
+        pending: &[String],
+        planned: &std::collections::HashSet<(u32, String)>,
+        audit: &dyn Fn(Decision),
+    ) {
+        if files::is_trust_document(&c.payload) {
+            return;
+        }
+        let named = c
+            .payload_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| pending.iter().any(|p| p == n));
+        if named {
+            // The pending step's lane verifies it (and reports the exact reason).
+            return;
+        }
+        let (code, message) = match ApprovalPayload::parse(&c.payload) {
+            Err(r) => (r.code.as_str().to_string(), r.message),
+            Ok(p) if planned.contains(&(p.vmid, p.op.as_str().to_string())) => return,
+            Ok(p) => (
+                gate::RejectionCode::BindingMismatch.as_str().to_string(),
+                format!(
+                    "the file claims {} of CT {} (unverified), but no such destructive step is planned",
+                    p.op.as_str(),
+                    p.vmid
+                ),
+            ),
+        };
+        if !self.first_report(c, &code) {
+            return;
+        }
+        tracing::warn!(
+            code = code.as_str(),
+            path = %c.payload_path.display(),
+            "approval refused: {message}"
+        );
+        audit(Decision {
+            vmid: None,
+            op: "approval".into(),
+            allowed: false,
+            code,
+            message,
+            signers: Vec::new(),
+            authenticated: false,
+            source: c.payload_path.clone(),
+        });
+    }
+
+    /// A file that could not be read as an approval (a FIFO, a device, too large): logged and
+    /// audited once with its code.
+    fn report_problem(&self, p: &files::FileProblem, audit: &dyn Fn(Decision)) {
+        let name = p.path.display().to_string();
+        if !self.first_report_keyed(name.as_bytes(), p.message.as_bytes(), &[], p.code) {
+            return;
+        }
+        tracing::warn!(path = %p.path.display(), code = p.code, "approval file ignored: {}", p.message);
+        audit(Decision {
+            vmid: None,
+            op: "approval".into(),
+            allowed: false,
+            code: p.code.to_string(),
+            message: p.message.clone(),
+            signers: Vec::new(),
+            authenticated: false,
+            source: p.path.clone(),
+        });
+    }
+
     /// Where signed files are looked for: the inbox, then the source's approvals directory.
     pub fn candidate_dirs(&self) -> Vec<PathBuf> {
         let mut dirs = vec![self.inbox_dir.clone()];
@@ -139,32 +330,39 @@ impl Approvals {
         dirs
     }
 
-    /// True the first time a candidate (by content) is refused with `code`: a bad file is
-    /// audited once, not on every pass.
+    /// True the first time a candidate (by file and content) is refused with `code`: a bad
+    /// file is audited once, not on every pass nor after every restart.
     pub fn first_report(&self, c: &Candidate, code: &str) -> bool {
         let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, s)| s.as_slice()).collect();
-        self.first_report_of(&c.payload, &sigs, code)
+        let name = c.payload_path.display().to_string();
+        self.first_report_keyed(name.as_bytes(), &c.payload, &sigs, code)
     }
 
     /// As [`Approvals::first_report`], for an approval that is not a file (the socket).
     pub fn first_report_of(&self, payload: &[u8], signatures: &[&[u8]], code: &str) -> bool {
+        self.first_report_keyed(b"socket", payload, signatures, code)
+    }
+
+    fn first_report_keyed(
+        &self,
+        origin: &[u8],
+        payload: &[u8],
+        signatures: &[&[u8]],
+        code: &str,
+    ) -> bool {
         let mut h = Sha256::new();
-        for part in std::iter::once(payload).chain(signatures.iter().copied()) {
+        for part in [origin, payload]
+            .into_iter()
+            .chain(signatures.iter().copied())
+        {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }
-        let key: [u8; 32] = h.finalize().into();
+        let key = hex::encode(h.finalize());
         let mut seen = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.get(&key).map(String::as_str) == Some(code) {
-            return false;
-        }
-        if seen.len() >= MAX_REPORTED {
-            // Bounded memory against a directory flooded with bad files: forgetting only means
-            // a refusal may be audited again.
-            seen.clear();
-        }
-        seen.insert(key, code.to_string());
-        true
+        let first = seen.first(key, code);
+        seen.save(&self.reported_file);
+        first
     }
 
     /// Moves a used approval out of the way (the nonce is consumed; keeping it would only

@@ -80,11 +80,14 @@ const MAX_GUESTS: usize = 10_000;
 pub fn load_dir(dir: &Path) -> Result<(DesiredDoc, Vec<u8>), DesiredError> {
     let path: PathBuf = dir.join("desired.toml");
     let name = path.display().to_string();
-    let bytes = std::fs::read(&path).map_err(|e| DesiredError {
-        source_name: name.clone(),
-        vmid: None,
-        field: None,
-        message: format!("cannot read: {e}"),
+    // A FIFO or device here must not hang the agent; the cap comes before any allocation.
+    let bytes = crate::local_file::read_regular(&path, MAX_DOCUMENT_BYTES as u64).map_err(|e| {
+        DesiredError {
+            source_name: name.clone(),
+            vmid: None,
+            field: None,
+            message: format!("cannot read: {e}"),
+        }
     })?;
     let doc = parse(&bytes, &name)?;
     Ok((doc, bytes))

@@ -26,6 +26,10 @@ pub enum SourceError {
         got: u64,
         accepted: u64,
     },
+    /// The file could not be read at all (missing, not a regular file, too large, out of file
+    /// handles): not the document's fault, so not `desired_invalid`.
+    #[error("desired state {origin}: {message}")]
+    Unreadable { origin: String, message: String },
 }
 
 impl SourceError {
@@ -34,6 +38,7 @@ impl SourceError {
         match self {
             SourceError::Invalid(e) => e.code(),
             SourceError::Rollback { .. } => "desired_rollback",
+            SourceError::Unreadable { .. } => "desired_unreadable",
         }
     }
 }

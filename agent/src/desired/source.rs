@@ -28,8 +28,15 @@ impl DirSource {
 
     /// Reads and validates the document; refuses a revision lower than `last_accepted`.
     pub fn fetch(&self, last_accepted: Option<u64>) -> Result<Fetched, SourceError> {
-        let (doc, bytes) = desired::load_dir(&self.dir)?;
-        let origin = self.dir.join("desired.toml").display().to_string();
+        let path = self.dir.join("desired.toml");
+        let origin = path.display().to_string();
+        // A FIFO or device here must not hang the agent; the cap comes before any allocation.
+        let bytes = crate::local_file::read_regular(&path, desired::MAX_DOCUMENT_BYTES as u64)
+            .map_err(|e| SourceError::Unreadable {
+                origin: origin.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+        let doc = desired::parse(&bytes, &origin)?;
         check_revision(&origin, doc.revision, last_accepted)?;
         Ok(Fetched { doc, bytes, origin })
     }
@@ -107,7 +114,19 @@ impl Source {
         now: i64,
     ) -> Result<Option<Fetched>, FetchError> {
         match self {
-            Source::Dir(d) => Ok(Some(d.fetch(last_accepted)?)),
+            Source::Dir(d) => {
+                // Blocking file I/O, off the async workers.
+                let d = d.clone();
+                let fetched = tokio::task::spawn_blocking(move || d.fetch(last_accepted))
+                    .await
+                    .map_err(|e| {
+                        FetchError::from(SourceError::Unreadable {
+                            origin: "desired.toml".into(),
+                            message: format!("reading the document: {e}"),
+                        })
+                    })??;
+                Ok(Some(fetched))
+            }
             Source::Hub { hub, .. } => match hub.fetch(last_accepted, trust, now).await? {
                 HubFetch::NotModified => Ok(None),
                 HubFetch::Fresh(f) => Ok(Some(f)),

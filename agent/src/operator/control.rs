@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::approval::files;
 use crate::approval::requests::Approvals;
+use crate::approval::standing;
 use crate::reconcile::engine::Engine;
 
 /// Default socket path (systemd's `RuntimeDirectory=drover`).
@@ -47,12 +48,26 @@ struct Ctx {
     engine: Engine,
 }
 
-/// Serves the control API on `path` until `shutdown` resolves.
+/// At most this many connections are served at once; more are answered `busy` and closed at
+/// once, so a flood of idle clients can never take the file handles PVE calls and the journal
+/// need.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request head within this time (an idle connection is closed).
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// No connection lives longer (a plan reads PVE, which takes seconds, not minutes).
+pub const CONNECTION_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Largest request head (request line and headers) read.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Serves the control API on `path` until `shutdown` resolves: one request per connection,
+/// at most [`MAX_CONNECTIONS`] at once, [`HEADER_TIMEOUT`] to send the head, bodies capped at
+/// 256 KiB.
 pub async fn serve(
     path: &Path,
     engine: Engine,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -64,9 +79,54 @@ pub async fn serve(
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     }
     let app = router(engine);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file handles (EMFILE) or similar: wait for some to be freed
+                    // rather than spinning.
+                    tracing::warn!(socket = %path.display(), "control socket accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Over the cap: say so without waiting for the client, and free the handle.
+            let body = json!({
+                "code": "busy",
+                "message": format!("the control socket already serves {MAX_CONNECTIONS} connections; try again"),
+            })
+            .to_string();
+            let reply = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.try_write(reply.as_bytes());
+            tracing::debug!("control socket busy: connection refused");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            if tokio::time::timeout(CONNECTION_DEADLINE, conn)
+                .await
+                .is_err()
+            {
+                tracing::debug!("control connection closed at its deadline");
+            }
+            drop(slot);
+        });
+    }
 }
 
 fn router(engine: Engine) -> Router {
@@ -172,7 +232,9 @@ async fn submit_approval(
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
     let rotation = crate::approval::files::is_trust_document(req.payload.as_bytes());
-    let verdict = if rotation {
+    let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
+    // (code, message, authenticated)
+    let verdict: Result<(), (String, String, bool)> = if rotation {
         gate::verify_rotation(
             &trust,
             req.payload.as_bytes(),
@@ -181,31 +243,61 @@ async fn submit_approval(
             crate::approval::trust::clock_floor(c.engine.store()),
         )
         .map(|_| ())
+        .map_err(|r| (r.code.as_str().to_string(), r.message, r.authenticated))
     } else {
-        gate::verify_offline(
-            &trust,
-            req.payload.as_bytes(),
-            &sigs,
-            crate::clock::unix_now(),
-        )
-        .map(|_| ())
+        // The gate's order: the binding to the agent's own (pending) step comes before any
+        // signature is looked at, and a used nonce is never accepted again.
+        let standing = match parsed.clone() {
+            None => None,
+            Some(p) => {
+                let engine = c.engine.clone();
+                let name = format!("{stem}.txt");
+                tokio::task::spawn_blocking(move || {
+                    let consumed = engine.store().nonce_consumed(&p.nonce).unwrap_or(false);
+                    let pending = engine.approvals().pending();
+                    standing::replay(&p, consumed)
+                        .or_else(|| standing::binding(&p, Some(&name), &pending))
+                })
+                .await
+                .unwrap_or(None)
+            }
+        };
+        match standing {
+            Some(r) => Err((r.code.to_string(), r.message, false)),
+            None => gate::verify_offline(
+                &trust,
+                req.payload.as_bytes(),
+                &sigs,
+                crate::clock::unix_now(),
+            )
+            .map(|_| ())
+            .map_err(|r| (r.code.as_str().to_string(), r.message, r.authenticated)),
+        }
     };
-    if let Err(r) = verdict {
+    if let Err((code, message, authenticated)) = verdict {
         // Refused before it reached the inbox, but still a gate decision: audited, so an
-        // attempt with a stranger's key is on record.
-        let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
+        // attempt with a stranger's key is on record. What an unauthenticated payload names
+        // is only a claim: it is filed under no guest, and the claim goes into the detail.
+        let detail = match (&parsed, authenticated) {
+            (Some(p), false) if !message.contains("unverified") => format!(
+                "{message} (the approval claims {} of CT {}, unverified)",
+                p.op.as_str(),
+                p.vmid
+            ),
+            _ => message.clone(),
+        };
         let d = crate::store::Decision {
-            vmid: parsed.as_ref().map(|p| p.vmid),
+            vmid: parsed.as_ref().filter(|_| authenticated).map(|p| p.vmid),
             op: match (&parsed, rotation) {
                 (_, true) => "rotate_trust".to_string(),
                 (Some(p), false) => p.op.as_str().to_string(),
                 (None, false) => "approval".to_string(),
             },
             allowed: false,
-            code: r.code.as_str().to_string(),
-            message: r.message.clone(),
+            code: code.clone(),
+            message: detail,
             signers: Vec::new(),
-            authenticated: r.authenticated,
+            authenticated,
             source: PathBuf::from(format!("submitted on the control socket as {stem}.txt")),
         };
         c.engine.metrics().gate_decision(&d.code);
@@ -216,11 +308,8 @@ async fn submit_approval(
         {
             c.engine.store().audit(&d);
         }
-        return refuse(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            r.code.as_str(),
-            r.to_string(),
-        );
+        // The code travels in its own field; the message is the sentence alone.
+        return refuse(StatusCode::UNPROCESSABLE_ENTITY, &code, message);
     }
     let inbox = c.engine.approvals().inbox_dir.clone();
     let tmp = match tempfile::tempdir() {
@@ -330,6 +419,19 @@ async fn reconcile(
         Ok(t) => t,
         Err(r) => return *r,
     };
+    if let Some(vmid) = t.vmid {
+        let managed = c
+            .engine
+            .desired()
+            .is_some_and(|d| d.doc.guests.contains_key(&vmid));
+        if !managed {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "unknown_guest",
+                format!("CT {vmid} is not in the desired document; there is nothing to reconcile"),
+            );
+        }
+    }
     c.engine.trigger(t.vmid);
     Json(json!({"triggered": t.vmid})).into_response()
 }

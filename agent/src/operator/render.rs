@@ -86,11 +86,22 @@ impl ClassifiedPlan {
                 }
             }
             for n in &g.notes {
-                let _ = writeln!(out, "  ! CT {}: {} ({})", g.vmid, n.message, n.code);
+                let _ = writeln!(
+                    out,
+                    "  ! CT {}: {} ({})",
+                    g.vmid,
+                    crate::output::escape_controls(&n.message),
+                    n.code
+                );
             }
         }
         for n in &self.plan.notes {
-            let _ = writeln!(out, "  ! {} ({})", n.message, n.code);
+            let _ = writeln!(
+                out,
+                "  ! {} ({})",
+                crate::output::escape_controls(&n.message),
+                n.code
+            );
         }
         if self.plan.is_empty() {
             let _ = writeln!(out, "No changes. The host matches the desired state.");
@@ -118,9 +129,10 @@ fn symbol(s: &Step) -> char {
     }
 }
 
-/// Keeps long values (descriptions) on one readable line.
+/// Keeps long values (descriptions) on one readable line, control characters escaped (the
+/// value comes from the hub's document or PVE, and is read by an operator before signing).
 fn short(s: &str) -> String {
-    let one_line = s.replace('\n', "\\n");
+    let one_line = crate::output::escape_controls(&s.replace('\n', "\\n"));
     if one_line.chars().count() > 72 {
         format!("{}…", one_line.chars().take(71).collect::<String>())
     } else {

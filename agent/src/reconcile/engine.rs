@@ -415,9 +415,20 @@ impl Engine {
                     .map(|(_, s)| (g.vmid, op_of(s.kind).as_str().to_string()))
             })
             .collect();
-        self.inner
-            .approvals
-            .withdraw_unplanned(&planned_destructive);
+        // Blocking file I/O (requests and approval files), off the async workers.
+        let engine = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let inner = &engine.inner;
+            inner.approvals.withdraw_unplanned(&planned_destructive);
+            let audit = |d: Decision| {
+                inner.metrics.gate_decision(&d.code);
+                inner.store.audit(&d)
+            };
+            inner
+                .approvals
+                .report_unclaimed(&planned_destructive, &audit);
+        })
+        .await;
         for vmid in desired.doc.guests.keys() {
             let has_steps = classified
                 .plan
@@ -614,17 +625,23 @@ impl Engine {
             let action = self.planned_action(&step, digest.as_deref());
             let ctx = self.gate_context(&trust);
             let now = unix_now();
-            let store = &self.inner.store;
-            let metrics = &self.inner.metrics;
-            let audit = |d: Decision| {
-                metrics.gate_decision(&d.code);
-                store.audit(&d)
-            };
-            match self
-                .inner
-                .approvals
-                .lookup(&ctx, &trust, &action, now, store, &audit)
-            {
+            // Reading approval files is blocking file I/O: off the async workers, so a slow
+            // or hostile directory never holds up other lanes, the socket or SIGTERM.
+            let engine = self.clone();
+            let domain = trust.domain.clone();
+            let found = tokio::task::spawn_blocking(move || {
+                let inner = &engine.inner;
+                let audit = |d: Decision| {
+                    inner.metrics.gate_decision(&d.code);
+                    inner.store.audit(&d)
+                };
+                inner
+                    .approvals
+                    .lookup(&ctx, &trust, &action, now, &inner.store, &audit)
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("approval lookup: {e}"))));
+            match found {
                 Ok(Lookup::Approved(a)) => approval = Some(*a),
                 Ok(Lookup::Pending { request, new }) => {
                     if new {
@@ -633,7 +650,7 @@ impl Engine {
                             step = step.kind.as_str(),
                             request = %request.display(),
                             "destructive step needs a signed approval ({reason}); sign with: {}",
-                            Approvals::sign_command(&trust.domain, &request)
+                            Approvals::sign_command(&domain, &request)
                         );
                     }
                     self.inner

@@ -23,7 +23,7 @@ pub enum ConfigError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::local_file::LocalFileError,
     },
     #[error("config {path}, line {line}{key}: {message}")]
     Syntax {
@@ -185,12 +185,22 @@ fn default_max_parallel() -> usize {
     3
 }
 
+/// Largest config file read: a real one is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        };
+        let bytes = crate::local_file::read_regular(path, MAX_CONFIG_BYTES).map_err(read_err)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            read_err(crate::local_file::LocalFileError::Io {
+                path: path.display().to_string(),
+                message: "not UTF-8 text".into(),
+            })
         })?;
         Config::parse(&text, path)
     }
@@ -402,11 +412,49 @@ pub(crate) fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> Conf
         .filter(|k| !k.is_empty() && k.len() < 80)
         .map(|k| format!(", at `{k}`"))
         .unwrap_or_default();
+    let message = e.message().trim().to_string();
+    // A value of the wrong type: name the key (with its section) in the operator's words.
+    if let Some(start) = e.span().map(|s| s.start.min(text.len()))
+        && let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((got, want)) = rest.split_once(", expected ")
+    {
+        let before = &text[..start];
+        let line_text = before.rsplit('\n').next().unwrap_or("");
+        if let Some((k, _)) = line_text.split_once('=') {
+            let section = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('[') && l.ends_with(']'))
+                .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+            let k = k.trim();
+            let full = match section {
+                Some(sec) if !sec.is_empty() => format!("{sec}.{k}"),
+                _ => k.to_string(),
+            };
+            return ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                key: format!(", key {full}"),
+                message: format!("expected {}, got {got}", operator_type(want)),
+            };
+        }
+    }
     ConfigError::Syntax {
         path: path.to_path_buf(),
         line,
         key,
-        message: e.message().trim().to_string(),
+        message,
+    }
+}
+
+/// serde's type names in words an operator uses.
+fn operator_type(want: &str) -> String {
+    match want {
+        "usize" | "u64" | "u32" | "u16" | "u8" | "i64" | "i32" => "a whole number".to_string(),
+        "a boolean" | "bool" => "true or false".to_string(),
+        "a string" | "string" => "a quoted string".to_string(),
+        other => other.to_string(),
     }
 }
 

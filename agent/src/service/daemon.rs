@@ -55,8 +55,105 @@ impl Default for RunOptions {
 pub enum RunResult {
     /// Everything converged (`--once`) or a clean shutdown.
     Converged,
-    /// `--once` left something pending, waiting for approval, or failed.
+    /// `--once` left something managed not converged: pending, waiting for approval, locked,
+    /// held by a fuse, failed, or the source's newest document refused (exit 2).
     Pending,
+    /// `--once` had no valid desired document in force at all (exit 1).
+    NoDocument,
+}
+
+/// Why `--once` did not converge, one line per reason with its stable code (printed to
+/// stderr so a script's log says why the exit code is not 0).
+fn print_reasons(reasons: &[(String, String)]) {
+    for (code, message) in reasons {
+        eprintln!("drover: not converged: [{code}] {message}");
+    }
+}
+
+/// Everything that keeps the host from matching a valid, fresh document after `--once`.
+fn once_reasons(
+    engine: &Engine,
+    plan: Option<&crate::operator::render::ClassifiedPlan>,
+) -> Vec<(String, String)> {
+    use crate::reconcile::board::GuestState;
+    let mut out = Vec::new();
+    let snap = engine.status().snapshot();
+    if let (Some(code), Some(message)) = (&snap.source.error_code, &snap.source.error) {
+        out.push((code.clone(), message.clone()));
+    }
+    if engine.desired().is_some_and(|d| d.degraded) && snap.source.error_code.is_none() {
+        out.push((
+            "desired_stale".to_string(),
+            "the document in force could not be verified".to_string(),
+        ));
+    }
+    let Some(plan) = plan else {
+        out.push((
+            "pve_unavailable".to_string(),
+            "the host could not be read again after the pass".to_string(),
+        ));
+        return out;
+    };
+    for n in &plan.plan.notes {
+        if n.code != "unmanaged_guests" {
+            out.push((n.code.to_string(), n.message.clone()));
+        }
+    }
+    for g in plan.plan.guests.values() {
+        for n in &g.notes {
+            out.push((n.code.to_string(), n.message.clone()));
+        }
+        if let Some(step) = g.steps.first() {
+            let line = snap.guests.get(&g.vmid);
+            let (code, why) = match line.map(|l| l.state) {
+                Some(GuestState::AwaitingApproval) => (
+                    "approval_pending".to_string(),
+                    "waits for a signed approval (drover approvals)".to_string(),
+                ),
+                Some(GuestState::Blocked) => (
+                    line.and_then(|l| l.blocked_code.clone())
+                        .unwrap_or_else(|| "blocked".into()),
+                    line.and_then(|l| l.last_error.clone())
+                        .unwrap_or_else(|| "blocked".into()),
+                ),
+                Some(GuestState::Failed) => (
+                    "step_failed".to_string(),
+                    line.and_then(|l| l.last_error.clone())
+                        .unwrap_or_else(|| "a step failed".into()),
+                ),
+                Some(GuestState::Suspended) => (
+                    "suspended".to_string(),
+                    "reconciling is suspended".to_string(),
+                ),
+                _ => ("not_converged".to_string(), "steps are left".to_string()),
+            };
+            out.push((
+                code,
+                format!("CT {}: {} ({})", g.vmid, step.kind.as_str(), why),
+            ));
+        }
+    }
+    for g in snap.guests.values() {
+        if g.state == GuestState::Failed
+            && plan
+                .plan
+                .guests
+                .get(&g.vmid)
+                .is_none_or(|p| p.steps.is_empty())
+        {
+            out.push((
+                "step_failed".to_string(),
+                format!(
+                    "CT {}: {}",
+                    g.vmid,
+                    g.last_error
+                        .clone()
+                        .unwrap_or_else(|| "a step failed".into())
+                ),
+            ));
+        }
+    }
+    out
 }
 
 /// How the PVE API's certificate is trusted (`check-config` checks the same).
@@ -328,20 +425,56 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         _ = refresh_desired(&engine, &source) => {}
         _ = engine.wait_shutdown() => return Ok(stopped_early),
     }
+    if opts.once && engine.desired().is_none() {
+        // Nothing to converge to: the source's document was refused and the journal has no
+        // verified copy. Not a success, whatever PVE says.
+        let snap = engine.status().snapshot();
+        print_reasons(&[(
+            snap.source
+                .error_code
+                .clone()
+                .unwrap_or_else(|| "desired_missing".into()),
+            snap.source
+                .error
+                .clone()
+                .unwrap_or_else(|| "no desired document".into()),
+        )]);
+        return Ok(RunResult::NoDocument);
+    }
+    let mut delay = Duration::from_secs(2);
+    let mut attempts = 0u32;
     let first = loop {
         match engine.pass().await {
             Ok(p) => break p,
             Err(e) if e.is_unauthorized() => {
                 return Err(anyhow::anyhow!(e)).context(
-                    "the PVE token was refused (401); check token_id and the secret file",
+                    "[pve_unauthorized] the PVE token was refused (401); check token_id and the secret file",
                 );
             }
             Err(e) => {
-                warn!("first read of PVE failed, retrying: {e}");
+                attempts += 1;
+                // `--once` is a script's question: a wrong pin or any other error that will
+                // not go away by itself is answered at once, a passing one after a few tries.
+                if opts.once && (!e.is_transient() || attempts >= 4) {
+                    return Err(anyhow::anyhow!("[{}] reading PVE: {e}", e.code()));
+                }
+                warn!(
+                    code = e.code(),
+                    "first read of PVE failed, retrying in {delay:?}: {e}"
+                );
+                systemd.status(&format!(
+                    "waiting for PVE: [{}] {e}; retrying in {}s",
+                    e.code(),
+                    delay.as_secs()
+                ));
                 if engine.is_shutting_down() {
                     return Ok(stopped_early);
                 }
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = engine.wait_shutdown() => return Ok(stopped_early),
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
     };
@@ -419,14 +552,13 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         if let Some(p) = progress.as_mut() {
             p.finish(&snap);
         }
-        let left = engine
-            .pass_plan_only()
-            .await
-            .map(|p| p.plan.step_count())
-            .unwrap_or(1);
-        if left == 0 && snap.count(crate::reconcile::board::GuestState::Failed) == 0 {
+        let _ = snap;
+        let plan = engine.pass_plan_only().await.ok();
+        let reasons = once_reasons(&engine, plan.as_ref());
+        if reasons.is_empty() {
             RunResult::Converged
         } else {
+            print_reasons(&reasons);
             RunResult::Pending
         }
     } else {

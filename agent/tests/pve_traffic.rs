@@ -1,0 +1,31 @@
+//! What the agent costs pveproxy on a host where nothing changes: a full read is N + 2
+//! requests over a handful of reused TLS connections (pveproxy has 3 workers and every new
+//! connection is a handshake for them). Measured with the simulator's own counters.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Host, code, guest, seed, stdout};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_over_200_guests_is_n_plus_2_requests_over_few_connections() {
+    let n = 200u32;
+    let h = Host::start((0..n).map(|i| seed(1000 + i, true, 256)).collect()).await;
+    let doc: String = (0..n).map(|i| guest(1000 + i, "running", 256)).collect();
+    h.desired(&format!("revision = 1\n{doc}"));
+    let requests = h.sim.request_count();
+    let connections = h.sim.tls_connections();
+    let o = h.drover_async(&["plan", "--output", "json"]).await;
+    assert!(code(&o) == 0 || code(&o) == 2, "{}", stdout(&o));
+    let requests = h.sim.request_count() - requests;
+    let connections = h.sim.tls_connections() - connections;
+    assert_eq!(
+        requests,
+        u64::from(n) + 2,
+        "the CT list, the cluster view and one config read per guest"
+    );
+    assert!(
+        connections <= 10,
+        "{connections} TLS connections for {requests} requests"
+    );
+}
