@@ -337,17 +337,8 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         if d.chars().count() > 8192 {
             return Err(e("description", "longer than 8192 characters".into()));
         }
-        // Line breaks and tabs are text; any other control character (escape sequences that
-        // repaint a terminal, NUL, CR) is refused.
-        if let Some(c) = d
-            .chars()
-            .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-        {
-            return Err(e(
-                "description",
-                format!("contains the control character {c:?}"),
-            ));
-        }
+        // Free text for PVE (any character); `plan` and `status` show control characters
+        // escaped.
         spec.description = Some(d);
     }
     if spec.ensure != Ensure::Absent && spec.template.is_none() {
@@ -483,11 +474,6 @@ description = "managed by drover"
                 "template = \"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"",
                 "template = \"local:iso/x.iso\"",
                 "template",
-            ),
-            (
-                "description = \"managed by drover\"",
-                "description = \"managed \\u001b[2J by drover\"",
-                "description",
             ),
             (
                 "hostname = \"web-1\"",
