@@ -13,7 +13,6 @@ use common::{Host, code, guest, seed};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
     let h = Host::start_with(pve_sim::SimConfig {
-        guests: vec![seed(601, true, 256)],
         other_nodes: vec!["pve2".into()],
         task_duration: std::time::Duration::from_millis(50),
         ..pve_sim::SimConfig::default()
@@ -21,7 +20,8 @@ async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
     .await;
     h.desired(&format!("revision = 1\n{}", guest(601, "running", 256)));
     let run = h.drover_async(&["run", "--once"]).await;
-    assert_eq!(code(&run), 0, "converged on pve1");
+    assert_eq!(code(&run), 0, "created and converged on pve1");
+    assert_eq!(h.sim.count_mutations("create", 601), 1);
 
     // HA moves it to pve2, and someone changes its memory there.
     let mut moved = seed(601, true, 512);
@@ -66,7 +66,7 @@ async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
     h.sim.seed(seed(601, true, 512));
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0);
-    assert_eq!(h.sim.count_mutations("create", 601), 0, "never re-created");
+    assert_eq!(h.sim.count_mutations("create", 601), 1, "never re-created");
     assert_eq!(h.sim.guest(601).unwrap().memory, 256);
 }
 

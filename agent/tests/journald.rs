@@ -13,7 +13,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Host, guest, seed};
+use common::{Host, guest};
 
 const JOURNALD: &str = "/usr/lib/systemd/systemd-journald";
 
@@ -21,7 +21,6 @@ const JOURNALD: &str = "/usr/lib/systemd/systemd-journald";
 /// (info lines inside the step's span, with its UPID).
 async fn host() -> Host {
     let h = Host::start_with(pve_sim::SimConfig {
-        guests: vec![seed(701, true, 256)],
         task_duration: std::time::Duration::from_millis(50),
         ..pve_sim::SimConfig::default()
     })
@@ -142,7 +141,10 @@ kill $jpid
         .find(|e| e["VMID"].is_string() && e["OP_ID"].is_string() && e["UPID"].is_string())
         .unwrap_or_else(|| panic!("no entry with VMID, OP_ID and UPID:\n{}", dump()));
     assert_eq!(in_step["PRIORITY"], "6", "{in_step}");
-    assert_eq!(in_step["VMID"], "702");
+    assert!(
+        in_step["VMID"] == "701" || in_step["VMID"] == "702",
+        "{in_step}"
+    );
     assert!(
         in_step["UPID"].as_str().unwrap().starts_with("UPID:pve1:"),
         "{in_step}"

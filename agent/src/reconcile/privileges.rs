@@ -126,6 +126,8 @@ pub fn for_step(step: &Step) -> Vec<&'static str> {
             vec!["VM.PowerMgmt"]
         }
         StepKind::Destroy => vec!["VM.Allocate"],
+        // Recorded in the journal only: no PVE call.
+        StepKind::Adopt => vec![],
     };
     if matches!(step.kind, StepKind::Create | StepKind::SetConfig) {
         for k in step.params.keys() {
