@@ -63,7 +63,7 @@ async fn a_guest_drover_did_not_create_is_untouched_until_an_operator_adopts_it(
         "{g}"
     );
     let text = stdout(&h.drover_async(&["plan"]).await);
-    assert!(text.contains("CT 301: adopt"), "{text}");
+    assert!(text.contains("CT 301 (ct-301): adopt"), "{text}");
     assert!(text.contains("1 to adopt"), "{text}");
 
     // run: no mutation at all, one pending adopt request bound to the guest's digest.

@@ -59,7 +59,7 @@ impl ClassifiedPlan {
         if !self.plan.is_empty() {
             let _ = writeln!(
                 out,
-                "Steps are marked: {} create, {} change in place, {} destroy, {} a note (nothing is done)\n",
+                "Steps are marked: {} create, {} change in place, {} destroy, = adopt, {} a note (nothing is done)\n",
                 style.paint(GREEN, "+"),
                 style.paint(YELLOW, "~"),
                 style.paint(RED, "-"),
