@@ -324,6 +324,9 @@ async fn classic() {
 
 /// Runs `drover run --once` at the production poll schedule; returns (seconds, requests, result).
 async fn converge_production(s: &Setup) -> (f64, u64, daemon::RunResult) {
+    // A previous run's aborted tasks drop their handles on the journal (its process lock)
+    // shortly after it returned; a process running `drover run --once` again would have exited.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let requests_before = s.sim.request_count();
     let t = Instant::now();
     let mut opts = once(Duration::from_millis(10));
