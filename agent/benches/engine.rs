@@ -355,7 +355,9 @@ async fn pveproxy() {
     let mut reqs = Vec::new();
     for _ in 0..3 {
         let (took, requests, r) = converge_production(&s).await;
-        println!("  no-change run --once, {n} guests, pveproxy model: {took:.2} s, {requests} requests ({r:?})");
+        println!(
+            "  no-change run --once, {n} guests, pveproxy model: {took:.2} s, {requests} requests ({r:?})"
+        );
         times.push(took);
         reqs.push(requests as f64);
     }
@@ -439,8 +441,7 @@ async fn peer() {
             "peer failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let report: serde_json::Value =
-            serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
         let peer = report["seconds"].as_f64().unwrap();
         assert!(
             (0..n).all(|i| s.sim.guest(1000 + i).is_some_and(|g| g.running))

@@ -61,12 +61,7 @@ async fn run_once_with_work_still_verifies_the_host_after_its_steps() {
     // One stopped guest among converged ones: the step runs, and the final read must see
     // the result (a second full read), so the exit code is about the host as it is after.
     let n = 20u32;
-    let h = Host::start(
-        (0..n)
-            .map(|i| seed(1000 + i, i != 0, 256))
-            .collect(),
-    )
-    .await;
+    let h = Host::start((0..n).map(|i| seed(1000 + i, i != 0, 256)).collect()).await;
     let doc: String = (0..n).map(|i| guest(1000 + i, "running", 256)).collect();
     h.desired(&format!("revision = 1\n{doc}"));
     let requests = h.sim.request_count();
