@@ -9,7 +9,7 @@
 //! [`store`] (write-ahead) → [`reconcile::pve`].
 //!
 //! Folders depend only downwards, in this order (a folder may use any folder below it):
-//! `cli`/`demo`/`sim` (the front doors) → [`service`] → [`operator`] → [`reconcile`] →
+//! `cli`/`demo`/`sim`/[`fleet`] (the front doors) → [`service`] → [`operator`] → [`reconcile`] →
 //! [`desired`] → [`approval`] → [`store`] → [`model`], [`clock`].
 
 pub mod approval;
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod demo;
 pub mod desired;
+pub mod fleet;
 pub mod local_file;
 pub mod model;
 pub mod operator;

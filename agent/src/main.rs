@@ -146,6 +146,84 @@ enum Command {
     },
     /// A self-contained demonstration against an in-process simulator.
     Demo,
+    /// The hub team's tools, working on a local copy of the hub's tree (the directory served
+    /// at the agents' `[source] url`, holding `hosts/<host>/`).
+    Fleet {
+        #[command(subcommand)]
+        verb: FleetVerb,
+    },
+}
+
+#[derive(Subcommand)]
+enum FleetVerb {
+    /// Validate every host's desired.toml as the agent will, sign the changed ones with the
+    /// hub key (ssh-keygen -Y sign), regenerate every approvals index (0 done, 1 refused:
+    /// nothing written; with --dry-run 2 when something would change).
+    Publish {
+        tree: PathBuf,
+        /// The hub key for `ssh-keygen -f`: a private key file, or the public key of a key
+        /// held in ssh-agent (or on a token behind it).
+        #[arg(long)]
+        key: PathBuf,
+        /// The trust document the agents use (its domain and hub key).
+        #[arg(long, env = "DROVER_FLEET_TRUST")]
+        trust: PathBuf,
+        /// Show what would change, host by host; write nothing, sign nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Every pending approval and job across the fleet, from the agents' reports; --extract
+    /// writes the chosen requests for one ssh-keygen run (0 nothing pending, 2 pending).
+    Pending {
+        tree: PathBuf,
+        /// Only these hosts (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Only these guests (repeatable).
+        #[arg(long = "guest")]
+        guests: Vec<u32>,
+        /// Only these ops, e.g. destroy_guest (repeatable).
+        #[arg(long = "op")]
+        ops: Vec<String>,
+        /// Write the chosen requests as DIR/<host>/<file> and print the signing command.
+        #[arg(long)]
+        extract: Option<PathBuf>,
+        /// With --extract: also run that ssh-keygen command with this key.
+        #[arg(long, requires = "extract")]
+        key: Option<PathBuf>,
+        /// The trust document (gives the namespace; otherwise taken from the reports).
+        #[arg(long, env = "DROVER_FLEET_TRUST")]
+        trust: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Place signed approvals (files or directories, as --extract lays them out) under
+    /// hosts/<host>/approvals/ and regenerate those indexes (0 all placed, 1 any refused).
+    AddApprovals {
+        tree: PathBuf,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Check every signature against this trust document first (recommended).
+        #[arg(long, env = "DROVER_FLEET_TRUST")]
+        trust: Option<PathBuf>,
+        /// Where a signed trust rotation goes (repeatable; default: every host in the tree).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// One row per host: revision published and applied, last report, state, trust and agent
+    /// version (0 all converged, 2 not).
+    Status {
+        tree: PathBuf,
+        /// A report older than this makes the host `stale`.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        stale_after: std::time::Duration,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -265,5 +343,54 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .context("running the simulator"),
         Command::Demo => drover::demo::run().await,
+        Command::Fleet { verb } => fleet(verb),
+    }
+}
+
+fn fleet(verb: FleetVerb) -> anyhow::Result<ExitCode> {
+    use drover::fleet::command;
+    match verb {
+        FleetVerb::Publish {
+            tree,
+            key,
+            trust,
+            dry_run,
+            output,
+        } => command::publish(&tree, &key, &trust, dry_run, output == Output::Json),
+        FleetVerb::Pending {
+            tree,
+            hosts,
+            guests,
+            ops,
+            extract,
+            key,
+            trust,
+            output,
+        } => command::pending(
+            &tree,
+            &drover::fleet::pending::Selection { hosts, guests, ops },
+            extract.as_deref(),
+            key.as_deref(),
+            trust.as_deref(),
+            output == Output::Json,
+        ),
+        FleetVerb::AddApprovals {
+            tree,
+            paths,
+            trust,
+            hosts,
+            output,
+        } => command::add_approvals(
+            &tree,
+            &paths,
+            trust.as_deref(),
+            &hosts,
+            output == Output::Json,
+        ),
+        FleetVerb::Status {
+            tree,
+            stale_after,
+            output,
+        } => command::status(&tree, stale_after, output == Output::Json),
     }
 }

@@ -143,3 +143,67 @@ async fn config_type_errors_name_the_key() {
     assert!(err.contains("proxmox.max_parallel"), "{err}");
     assert!(err.contains("whole number"), "{err}");
 }
+
+/// The daemon with a wrong pin keeps trying (it must not exit: the pin may be fixed by a
+/// certificate renewal), with the code in `STATUS=`, and stops on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_shows_a_pin_mismatch_in_status_and_keeps_trying() {
+    use std::os::unix::net::UnixDatagram;
+    let h = Host::start(vec![]).await;
+    h.desired("revision = 1\n");
+    let cfg = std::fs::read_to_string(h.config()).unwrap();
+    let cfg: Vec<String> = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("fingerprint = ") {
+                format!("fingerprint = \"{}\"", ["AB"; 32].join(":"))
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(h.config(), cfg.join("\n")).unwrap();
+    let sock_path = h.root().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let mut cmd = h.command(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path);
+    let mut child = cmd.spawn().unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut buf = [0u8; 4096];
+        let mut msgs = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(n) = sock.recv(&mut buf) {
+                let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let done = m.contains("pve_tls_untrusted");
+                msgs.push(m);
+                if done {
+                    break;
+                }
+            }
+        }
+        msgs
+    })
+    .await
+    .unwrap();
+    assert!(
+        got.iter()
+            .any(|m| m.contains("STATUS=waiting for PVE: [pve_tls_untrusted]")),
+        "{got:?}"
+    );
+    assert!(!got.iter().any(|m| m.contains("READY=1")), "{got:?}");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the daemon keeps trying"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}

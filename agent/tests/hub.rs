@@ -307,12 +307,19 @@ async fn nginx_report_on_a_static_hub_is_fine() {
     let Some(hub) = HubDir::start(HOST) else {
         return;
     };
-    let r = hub
-        .source()
-        .report(&serde_json::json!({"pending": []}))
-        .await
-        .unwrap();
+    // No WebDAV location: nginx refuses the PUT (405), which a static hub may do.
+    let r = hub.source().report(&sample_report()).await.unwrap();
     assert_eq!(r, ReportOutcome::NotSupported);
+    assert!(!hub.host_dir.join("report.json").exists());
+}
+
+fn sample_report() -> drover::desired::report::Report {
+    drover::desired::report::Report::new(
+        serde_json::json!({"host": HOST, "desired": {"revision": 3, "stale": false}}),
+        vec![],
+        serde_json::json!([]),
+        now(),
+    )
 }
 
 // ---- hostile answers from the small rustls server ----
@@ -484,12 +491,12 @@ async fn persistent_server_errors_give_up_after_the_budget() {
 }
 
 #[tokio::test]
-async fn report_is_posted_and_405_is_tolerated() {
+async fn report_is_put_and_405_is_tolerated() {
     let (_t, certs) = certs();
     let srv = RawTls::start(
         &certs,
         Box::new(|_, r, w| {
-            if r.method == "POST" && r.path == "/drover/hosts/pve1/report" {
+            if r.method == "PUT" && r.path == "/drover/hosts/pve1/report.json" {
                 respond(w, "204 No Content", "", b"")
             } else {
                 respond(w, "404 Not Found", "", b"")
@@ -497,13 +504,14 @@ async fn report_is_posted_and_405_is_tolerated() {
         }),
     );
     let src = HubSource::new(raw_config(&certs, &srv)).unwrap();
-    let status = serde_json::json!({"pending": [{"vmid": 101, "op": "destroy"}], "errors": []});
+    let status = sample_report();
     assert_eq!(src.report(&status).await.unwrap(), ReportOutcome::Accepted);
     let reqs = srv.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].header("content-type"), Some("application/json"));
-    let got: serde_json::Value = serde_json::from_slice(&reqs[0].body).unwrap();
-    assert_eq!(got, status);
+    let got = drover::desired::report::Report::parse(&reqs[0].body).unwrap();
+    assert_eq!(got.revision_applied, Some(3));
+    assert_eq!(got.time_unix, status.time_unix);
 
     let srv405 = RawTls::start(
         &certs,

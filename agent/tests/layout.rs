@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["reconcile"],
     &["operator"],
     &["service"],
-    &["cli"],
+    &["cli", "fleet"],
     &["demo", "sim"],
 ];
 

@@ -10,7 +10,8 @@
 //!   `["stop-101.txt", "stop-101.txt.sig", "destroy-102.txt", "destroy-102.txt.alice.sig"]`.
 //!   Names are `NAME.txt`, `NAME.txt.sig` or `NAME.txt.<signer>.sig` (ASCII letters, digits and
 //!   `._-+@`, no leading dot, at most [`MAX_NAME_LEN`] bytes, at most [`MAX_INDEX_ENTRIES`]).
-//! - `report` (optional): `POST` of the agent's status JSON; 404/405 means "static hub".
+//! - `report.json` (optional): the agent's report ([`crate::desired::report`]), stored with a `PUT`
+//!   (nginx's WebDAV module, an object store); 404/405 means a hub that takes no uploads.
 //!
 //! Nothing from the hub is trusted for what it is: the document only asks (classification and
 //! the gate decide), its signature is checked by the gate, approvals are verified by the gate
@@ -70,6 +71,9 @@ pub struct HubConfig {
     pub tls: HubTls,
     /// A file holding a bearer token; re-read on every poll so rotation needs no restart.
     pub bearer_token_file: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM files), presented in every TLS
+    /// handshake so the hub can tell hosts apart without a token (read once, at start).
+    pub client_identity: Option<(PathBuf, PathBuf)>,
     /// Per request, from connecting to the last body byte.
     pub timeout: Duration,
     /// Total time spent retrying one request before giving up.
@@ -81,7 +85,7 @@ pub struct HubConfig {
     pub max_approval_bytes: usize,
     /// Per approval signature file.
     pub max_approval_signature_bytes: usize,
-    /// Send `POST .../report` at all.
+    /// Send `PUT .../report.json` at all.
     pub report: bool,
     /// Where the agent moves approvals it has used: a listed file identical to one there is
     /// not mirrored again (it would only be refused as replayed on every index change).
@@ -97,6 +101,7 @@ impl HubConfig {
             host: host.into(),
             tls: HubTls::SystemRoots,
             bearer_token_file: None,
+            client_identity: None,
             timeout: Duration::from_secs(10),
             retry_budget: Duration::from_secs(30),
             retry_initial: Duration::from_millis(500),
@@ -273,9 +278,25 @@ impl HubSource {
             .connect_timeout(cfg.timeout)
             .redirect(redirects)
             .user_agent(concat!("drover/", env!("CARGO_PKG_VERSION")));
-        let builder = match &cfg.tls {
-            HubTls::SystemRoots => builder,
-            other => builder.tls_backend_preconfigured(tls_config(other)?),
+        let identity = cfg
+            .client_identity
+            .as_ref()
+            .map(|(cert, key)| load_identity(cert, key))
+            .transpose()?;
+        let builder = match (&cfg.tls, identity) {
+            (HubTls::SystemRoots, None) => builder,
+            (HubTls::SystemRoots, Some(id)) => {
+                let mut pem = std::fs::read(&id.cert_path).unwrap_or_default();
+                pem.push(b'\n');
+                pem.extend(std::fs::read(&id.key_path).unwrap_or_default());
+                builder.identity(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    HubError::Tls(format!(
+                        "client certificate {}: {e}",
+                        id.cert_path.display()
+                    ))
+                })?)
+            }
+            (other, id) => builder.tls_backend_preconfigured(tls_config(other, id)?),
         };
         let client = builder
             .build()
@@ -353,16 +374,10 @@ impl HubSource {
                 }
                 Err(e) => return Err(e),
             };
-            let signer = gate::verify_signature(trust, Role::Hub, &bytes, &sig, now).map_err(
-                |rejection| HubError::SignatureInvalid {
-                    url: url.clone(),
-                    rejection,
-                },
-            )?;
-            tracing::debug!(%url, principal = %signer.principal, "hub document signature verified");
+            let principal = verify_document_signature(trust, &url, &bytes, &sig, now)?;
+            tracing::debug!(%url, %principal, "hub document signature verified");
         }
-        let doc = desired::parse(&bytes, &url).map_err(SourceError::from)?;
-        check_revision(&url, doc.revision, last_accepted)?;
+        let doc = accept_document(&url, &bytes, self.cfg.max_document_bytes, last_accepted)?;
         *lock(&self.doc_etag) = new_etag.map(|etag| Remembered {
             etag,
             verified: required,
@@ -458,15 +473,30 @@ impl HubSource {
         Ok(sync)
     }
 
-    /// Sends the agent's status to `{url}/hosts/{host}/report` (one attempt, no retry: the
-    /// next cycle sends a newer one). 404 and 405 mean a static hub and are fine.
-    pub async fn report(&self, status_json: &serde_json::Value) -> Result<ReportOutcome, HubError> {
+    /// `{url}/hosts/{host}/report.json`.
+    pub fn report_url(&self) -> String {
+        format!("{}/report.json", self.base)
+    }
+
+    /// Stores the agent's report as `{url}/hosts/{host}/report.json` with a plain `PUT` (one
+    /// attempt, no retry: the next cycle sends a newer one), which nginx's WebDAV module or an
+    /// object store accept. 404 and 405 mean a hub that takes no uploads and are fine.
+    pub async fn report(
+        &self,
+        report: &crate::desired::report::Report,
+    ) -> Result<ReportOutcome, HubError> {
         if !self.cfg.report {
             return Ok(ReportOutcome::Disabled);
         }
         let token = self.token()?;
-        let url = format!("{}/report", self.base);
-        let mut req = self.client.post(&url).json(status_json);
+        let url = self.report_url();
+        let body = serde_json::to_vec(report)
+            .map_err(|e| HubError::Config(format!("encoding the report: {e}")))?;
+        let mut req = self
+            .client
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(t) = &token {
             req = req.header(AUTHORIZATION, t.clone());
         }
@@ -589,6 +619,44 @@ impl HubSource {
     }
 }
 
+/// The checks a hub document gets once its bytes are in (the signature aside): the size cap,
+/// the whole-document validation and the rollback rule. `drover fleet publish` runs this same
+/// function on every host's file, so it refuses exactly what the agents would, with the same
+/// codes (`hub_document_too_large`, `desired_invalid`, `desired_rollback`).
+pub fn accept_document(
+    url: &str,
+    bytes: &[u8],
+    cap: usize,
+    last_accepted: Option<u64>,
+) -> Result<desired::DesiredDoc, HubError> {
+    if bytes.len() > cap {
+        return Err(HubError::TooLarge {
+            url: url.to_string(),
+            cap,
+        });
+    }
+    let doc = desired::parse(bytes, url).map_err(SourceError::from)?;
+    check_revision(url, doc.revision, last_accepted)?;
+    Ok(doc)
+}
+
+/// The hub key's signature over a document, checked by the gate as the agent checks it
+/// (`hub_signature_invalid` with the gate's code); the signer's principal on success.
+pub fn verify_document_signature(
+    trust: &TrustStore,
+    url: &str,
+    bytes: &[u8],
+    sig: &[u8],
+    now: i64,
+) -> Result<String, HubError> {
+    gate::verify_signature(trust, Role::Hub, bytes, sig, now)
+        .map(|signer| signer.principal)
+        .map_err(|rejection| HubError::SignatureInvalid {
+            url: url.to_string(),
+            rejection,
+        })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock only means another poll panicked; the remembered value is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -631,7 +699,8 @@ fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a ru
     rustls_error(inner)
 }
 
-fn valid_host_name(h: &str) -> bool {
+/// A host name usable as one path segment of the hub (`hosts/<host>/`).
+pub fn valid_host_name(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 64
         && !h.starts_with('.')
@@ -688,7 +757,63 @@ pub fn parse_index(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn tls_config(tls: &HubTls) -> Result<rustls::ClientConfig, HubError> {
+/// A client certificate chain and key, loaded and checked at start.
+struct Identity {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    chain: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+}
+
+fn load_identity(cert: &Path, key: &Path) -> Result<Identity, HubError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| {
+            HubError::Tls(format!(
+                "client certificate {}: {}",
+                cert.display(),
+                e.to_string().to_lowercase()
+            ))
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            HubError::Tls(format!(
+                "client certificate {}: invalid pem: {e}",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(HubError::Tls(format!(
+            "client certificate {}: no certificate in file",
+            cert.display()
+        )));
+    }
+    let private = rustls::pki_types::PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        HubError::Tls(format!(
+            "client key {}: {}",
+            key.display(),
+            e.to_string().to_lowercase()
+        ))
+    })?;
+    Ok(Identity {
+        cert_path: cert.to_path_buf(),
+        key_path: key.to_path_buf(),
+        chain,
+        key: private,
+    })
+}
+
+fn tls_config(tls: &HubTls, identity: Option<Identity>) -> Result<rustls::ClientConfig, HubError> {
+    let finish =
+        |b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>| {
+            match identity {
+                None => Ok(b.with_no_client_auth()),
+                Some(id) => {
+                    let path = id.cert_path.display().to_string();
+                    b.with_client_auth_cert(id.chain, id.key)
+                        .map_err(|e| HubError::Tls(format!("client certificate {path}: {e}")))
+                }
+            }
+        };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -712,15 +837,16 @@ fn tls_config(tls: &HubTls) -> Result<rustls::ClientConfig, HubError> {
                     .add(c)
                     .map_err(|e| ctx(format!("unusable ca certificate: {e}")))?;
             }
-            Ok(builder.with_root_certificates(roots).with_no_client_auth())
+            finish(builder.with_root_certificates(roots))
         }
         HubTls::Fingerprint(text) => {
             let pin = proxmox_client::Fingerprint::from_str(text)
                 .map_err(|e| HubError::Tls(e.to_string()))?;
-            Ok(builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider }))
-                .with_no_client_auth())
+            finish(
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(PinVerifier { pin, provider })),
+            )
         }
     }
 }

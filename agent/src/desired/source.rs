@@ -236,7 +236,7 @@ impl Source {
     }
 
     /// Sends a status report to the hub (a directory source has nobody to tell).
-    pub async fn report(&self, body: &serde_json::Value) -> Result<(), HubError> {
+    pub async fn report(&self, body: &crate::desired::report::Report) -> Result<(), HubError> {
         match self {
             Source::Dir(_) => Ok(()),
             Source::Hub { hub, .. } => hub.report(body).await.map(|_| ()),

@@ -162,10 +162,12 @@ async fn status(State(c): State<Ctx>) -> Response {
 
 async fn list_approvals(State(c): State<Ctx>) -> Response {
     let domain = c.engine.trust_domain();
-    let rows: Vec<Value> = c
-        .engine
-        .approvals()
-        .pending()
+    // Reading the request files is blocking file I/O: off the async workers.
+    let engine = c.engine.clone();
+    let pending = tokio::task::spawn_blocking(move || engine.approvals().pending())
+        .await
+        .unwrap_or_default();
+    let rows: Vec<Value> = pending
         .into_iter()
         .map(|(p, text)| {
             json!({"file": p, "text": text, "sign": Approvals::sign_command(&domain, &p)})

@@ -97,9 +97,12 @@ pub struct HubSourceConfig {
     pub fingerprint: Option<String>,
     /// A file holding a bearer token, re-read on every poll (rotation needs no restart).
     pub bearer_token_file: Option<PathBuf>,
+    /// A client certificate (PEM chain) and its key, presented to the hub (read at start).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Per request.
     pub timeout: Duration,
-    /// POST a status report to `{url}/hosts/{host}/report` after each pass.
+    /// `PUT` the agent's report to `{url}/hosts/{host}/report.json` after each pass.
     pub report: bool,
 }
 
@@ -162,6 +165,8 @@ struct RawSource {
     ca_file: Option<PathBuf>,
     fingerprint: Option<String>,
     bearer_token_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     timeout: Option<String>,
     report: Option<bool>,
 }
@@ -345,6 +350,8 @@ fn source_config(
                 ("source.ca_file", raw.ca_file.is_some()),
                 ("source.fingerprint", raw.fingerprint.is_some()),
                 ("source.bearer_token_file", raw.bearer_token_file.is_some()),
+                ("source.client_cert_file", raw.client_cert_file.is_some()),
+                ("source.client_key_file", raw.client_key_file.is_some()),
                 ("source.timeout", raw.timeout.is_some()),
                 ("source.report", raw.report.is_some()),
             ];
@@ -367,6 +374,22 @@ fn source_config(
                     "source.fingerprint",
                     "set either fingerprint or ca_file, not both".into(),
                 ));
+            }
+            match (&raw.client_cert_file, &raw.client_key_file) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "source.client_key_file",
+                        "client_cert_file needs client_key_file (the certificate's private key)"
+                            .into(),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "source.client_cert_file",
+                        "client_key_file needs client_cert_file".into(),
+                    ));
+                }
+                _ => {}
             }
             if let Some(fp) = &raw.fingerprint
                 && let Err(e) = fp.parse::<proxmox_client::Fingerprint>()
@@ -392,6 +415,8 @@ fn source_config(
                 ca_file: raw.ca_file,
                 fingerprint: raw.fingerprint,
                 bearer_token_file: raw.bearer_token_file,
+                client_cert_file: raw.client_cert_file,
+                client_key_file: raw.client_key_file,
                 timeout,
                 report: raw.report.unwrap_or(true),
             }))
@@ -491,6 +516,7 @@ impl Source {
                     (None, None) => HubTls::SystemRoots,
                 };
                 cfg.bearer_token_file = h.bearer_token_file.clone();
+                cfg.client_identity = h.client_cert_file.clone().zip(h.client_key_file.clone());
                 cfg.timeout = h.timeout;
                 cfg.report = h.report;
                 cfg.used_approvals = Some(config.state_dir.join("approvals").join("used"));
@@ -617,6 +643,18 @@ file = "/etc/drover/trust"
             (
                 GOOD.replace("[source]\n", "[source]\nreport = false\n"),
                 "source.report",
+            ),
+            (
+                GOOD.replace("[source]\n", "[source]\nclient_cert_file = \"/c.pem\"\n"),
+                "source.client_cert_file",
+            ),
+            (
+                hub.replace("timeout = \"5s\"", "client_cert_file = \"/c.pem\""),
+                "source.client_key_file",
+            ),
+            (
+                hub.replace("timeout = \"5s\"", "client_key_file = \"/c.key\""),
+                "source.client_cert_file",
             ),
         ] {
             let msg = Config::parse(&text, Path::new("c.toml"))

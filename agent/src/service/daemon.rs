@@ -323,33 +323,34 @@ pub async fn refresh_desired(engine: &Engine, source: &Source) {
     }
 }
 
-/// Sends the hub a status report (pending approvals with their text, recent steps, errors).
-/// Best effort: a failure is logged and the next pass sends a newer one.
+/// Sends the hub a status report (`report::Report`: revision applied, trust version, pending
+/// approvals with their text, recent steps). Best effort: a failure is logged and the next
+/// pass sends a newer one.
 pub async fn report(engine: &Engine, source: &Source) {
     if !matches!(source, Source::Hub { .. }) {
         return;
     }
     let domain = engine.trust_domain();
-    let pending: Vec<serde_json::Value> = engine
+    let pending: Vec<crate::desired::report::PendingRequest> = engine
         .approvals()
         .pending()
         .into_iter()
-        .map(|(p, text)| {
-            serde_json::json!({
-                "file": p.file_name().map(|n| n.to_string_lossy().into_owned()),
-                "text": text,
-                "sign": crate::approval::requests::Approvals::sign_command(&domain, &p),
-            })
+        .map(|(p, text)| crate::desired::report::PendingRequest {
+            file: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text,
+            sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
-    let body = serde_json::json!({
-        "agent": concat!("drover/", env!("CARGO_PKG_VERSION")),
-        "time_unix": unix_now(),
-        "status": crate::operator::status::status_json(engine),
-        "pending_approvals": pending,
-        "recent_steps": recent,
-    });
+    let body = crate::desired::report::Report::new(
+        crate::operator::status::status_json(engine),
+        pending,
+        serde_json::to_value(recent).unwrap_or_default(),
+        unix_now(),
+    );
     if let Err(e) = source.report(&body).await {
         debug!(code = e.code(), "status report to the hub failed: {e}");
     }

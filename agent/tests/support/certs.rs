@@ -89,6 +89,67 @@ impl TestCerts {
         }
     }
 
+    /// A client certificate with `CN=<cn>` (clientAuth) issued by the test CA, written as
+    /// `<dir>/<cn>-client.pem` and `.key`.
+    pub fn client(&self, dir: &Path, cn: &str) -> (PathBuf, PathBuf) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ext = dir.join(format!("{cn}-client.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        let (pem, key, csr) = (
+            dir.join(format!("{cn}-client.pem")),
+            dir.join(format!("{cn}-client.key")),
+            dir.join(format!("{cn}-client.csr")),
+        );
+        let s = |p: &Path| p.to_str().unwrap().to_string();
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &s(&key),
+            "-out",
+            &s(&csr),
+            "-subj",
+            &format!("/O=drover test/CN={cn}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &s(&csr),
+            "-CA",
+            &s(&self.ca_pem),
+            "-CAkey",
+            &s(&self.ca_pem.with_file_name("ca.key")),
+            "-CAcreateserial",
+            "-out",
+            &s(&pem),
+            "-days",
+            "30",
+            "-extfile",
+            &s(&ext),
+        ]);
+        (pem, key)
+    }
+
     /// The leaf's SHA-256 as `AA:BB:...`.
     pub fn leaf_fingerprint(&self) -> String {
         use rustls::pki_types::CertificateDer;

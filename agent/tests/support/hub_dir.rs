@@ -20,6 +20,11 @@ pub struct HubDir {
 impl HubDir {
     /// nginx serving the hub for `host`, or None (with a message) when nginx is missing.
     pub fn start(host: &str) -> Option<HubDir> {
+        HubDir::start_with(host, &[])
+    }
+
+    /// As [`HubDir::start`], with the WebDAV report location for these hosts and tokens.
+    pub fn start_with(host: &str, report_tokens: &[(&str, &str)]) -> Option<HubDir> {
         let Some(bin) = nginx::binary() else {
             // CI must never pass by skipping (see `common::skip_without`).
             assert!(
@@ -38,7 +43,19 @@ impl HubDir {
         std::fs::create_dir_all(host_dir.join("approvals")).unwrap();
         let scratch = tmp.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap();
-        let nginx = Nginx::start(&bin, &tmp.path().join("nginx"), &root, &certs);
+        let (http_extra, server_extra) = if report_tokens.is_empty() {
+            (String::new(), String::new())
+        } else {
+            nginx::report_dav_config("/drover", report_tokens, Some(&certs.ca_pem))
+        };
+        let nginx = Nginx::start_with(
+            &bin,
+            &tmp.path().join("nginx"),
+            &root,
+            &certs,
+            &http_extra,
+            &server_extra,
+        );
         Some(HubDir {
             _tmp: tmp,
             nginx: Some(nginx),
@@ -46,6 +63,16 @@ impl HubDir {
             host_dir,
             scratch,
         })
+    }
+
+    /// The hub's tree on disk (`<root>/drover`, holding `hosts/`): what `drover fleet` works on.
+    pub fn tree(&self) -> PathBuf {
+        self.host_dir
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf()
     }
 
     /// `https://127.0.0.1:PORT/drover`: the `[source] url`.

@@ -35,6 +35,19 @@ impl Nginx {
     /// Starts nginx serving `root` (a directory) with the leaf certificate in `certs`.
     /// `dir` holds the config, logs and temp paths.
     pub fn start(bin: &Path, dir: &Path, root: &Path, certs: &TestCerts) -> Nginx {
+        Nginx::start_with(bin, dir, root, certs, "", "")
+    }
+
+    /// As [`Nginx::start`], with extra directives for the `http` block (maps) and the
+    /// `server` block (locations): see [`report_dav_config`].
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        root: &Path,
+        certs: &TestCerts,
+        http_extra: &str,
+        server_extra: &str,
+    ) -> Nginx {
         let mut last_err = String::new();
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -55,10 +68,10 @@ impl Nginx {
                      default_type application/octet-stream;\n\
                      client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
                      fastcgi_temp_path {d}/tmp/fcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
-                     keepalive_requests 100000;\n\
+                     keepalive_requests 100000;\n{http_extra}\n\
                      server {{\n    listen 127.0.0.1:{port} ssl;\n\
                      ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
-                     root {root};\n    etag on;\n  }}\n}}\n",
+                     root {root};\n    etag on;\n{server_extra}\n  }}\n}}\n",
                     d = dir.display(),
                     cert = certs.leaf_pem.display(),
                     key = certs.leaf_key.display(),
@@ -113,6 +126,47 @@ impl Nginx {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// The WebDAV location that receives the agents' reports, as deploy/HUB.md documents it:
+/// only `PUT`, only `<prefix>/hosts/<host>/report.json`, and only with that host's bearer
+/// token (`tokens`: host and token) or, with `client_ca`, a client certificate issued by that
+/// CA whose CN is the host. Returns the `http` and `server` parts.
+pub fn report_dav_config(
+    prefix: &str,
+    tokens: &[(&str, &str)],
+    client_ca: Option<&Path>,
+) -> (String, String) {
+    let mut http = String::from(
+        "map \"$drover_report_host:$http_authorization\" $drover_report_token_ok {\n    default 0;\n",
+    );
+    for (host, token) in tokens {
+        http.push_str(&format!("    \"{host}:Bearer {token}\" 1;\n"));
+    }
+    http.push_str(
+        "}\n\
+         map \"$ssl_client_verify:$ssl_client_s_dn\" $drover_cert_host {\n    default \"\";\n    \"~^SUCCESS:(.*,)?CN=(?<drover_cn>[^,]+)(,|$)\" $drover_cn;\n}\n\
+         map \"$drover_report_host:$drover_cert_host\" $drover_report_cert_ok {\n    default 0;\n    \"~^([^:]+):\\1$\" 1;\n}\n\
+         map \"$drover_report_token_ok$drover_report_cert_ok\" $drover_report_allowed {\n    default 0;\n    \"~1\" 1;\n}\n",
+    );
+    let mut server = String::new();
+    if let Some(ca) = client_ca {
+        server.push_str(&format!(
+            "ssl_client_certificate {};\nssl_verify_client optional;\n",
+            ca.display()
+        ));
+    }
+    server.push_str(&format!(
+        "location ~ ^{prefix}/hosts/(?<drover_report_host>[A-Za-z0-9_][A-Za-z0-9._-]*)/report\\.json$ {{\n\
+         limit_except PUT {{ deny all; }}\n\
+         if ($drover_report_allowed != 1) {{ return 401; }}\n\
+         dav_methods PUT;\n\
+         create_full_put_path off;\n\
+         dav_access user:rw group:r;\n\
+         client_max_body_size 4m;\n\
+         }}\n"
+    ));
+    (http, server)
 }
 
 impl Drop for Nginx {
