@@ -341,7 +341,7 @@ async fn converge_production(s: &Setup) -> (f64, u64, daemon::RunResult) {
     )
 }
 
-/// 4. Against the simulator shaped like pveproxy (3 workers, 10 ms per request, 5 s
+/// Section 4, against the simulator shaped like pveproxy (3 workers, 10 ms per request, 5 s
 /// keep-alive): a no-change `run --once` over 1,000 guests and the 200 × 100 ms converge at the
 /// production poll schedule, each next to the ideal that model implies.
 async fn pveproxy() {
@@ -404,7 +404,7 @@ async fn pveproxy() {
     );
 }
 
-/// 5. Drover against the peer (agent/benches/peer: proxmoxer, bpg-style 1 s task polling, 3
+/// Section 5, Drover against the peer (agent/benches/peer: proxmoxer, bpg-style 1 s task polling, 3
 /// in parallel) on 50 guests that need a start, 100 ms tasks, the same simulator setup for
 /// both, alternating in one run. Goal: Drover / peer ≤ 0.25.
 async fn peer() {
@@ -465,7 +465,7 @@ async fn peer() {
     );
 }
 
-/// 6. Peak RSS of the `drover run` daemon (the release binary) over converged hosts of 1,000
+/// Section 6, peak RSS of the `drover run` daemon (the release binary) over converged hosts of 1,000
 /// and 5,000 guests, after 30 s of passes (interval 1 s).
 async fn rss_scale() {
     let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover");
