@@ -124,6 +124,24 @@ ns systemctl start drover.service || fail "systemctl start drover failed"
 [ "$(show ActiveState)" = active ] || fail "not active after start: $(show ActiveState)"
 echo "ok   started: ExecStartPre check-config passed, READY=1 received ($(show StatusText))"
 
+# The simulator's guests exist already and Drover did not create them: nothing on them changes
+# until they are adopted. Both adopt requests are signed with one ssh-keygen call.
+install -m 0600 "$repo/testdata/demo/TEST_demo_operator_ed25519" "$work/key"
+for _ in $(seq 60); do
+    [ -f /var/lib/drover/approvals/pending/101-adopt.txt ] &&
+        [ -f /var/lib/drover/approvals/pending/102-adopt.txt ] && break
+    sleep 0.5
+done
+[ -f /var/lib/drover/approvals/pending/102-adopt.txt ] || fail "no adopt requests appeared"
+cp /var/lib/drover/approvals/pending/101-adopt.txt /var/lib/drover/approvals/pending/102-adopt.txt "$work/"
+ssh-keygen -q -Y sign -f "$work/key" -n destructive-op-v1@demo.drover.invalid \
+    "$work/101-adopt.txt" "$work/102-adopt.txt"
+for v in 101 102; do
+    ns drover approve "$work/$v-adopt.txt" "$work/$v-adopt.txt.sig" | grep -q 'submitted to the running agent' ||
+        fail "drover approve (adopt $v)"
+done
+echo "ok   existing guests adopted (two requests, one ssh-keygen call)"
+
 ok=0
 for _ in $(seq 60); do
     if [ "$(show StatusText)" = "rev 1: 2 converged, 0 pending, 0 awaiting approval, 0 failed" ]; then
@@ -166,7 +184,6 @@ done
 ns drover approvals > "$work/approvals.out" && fail "drover approvals should exit 2"
 grep -q 'destructive-op-v1@demo.drover.invalid' "$work/approvals.out" || fail "no sign command"
 cp "$req" "$work/"
-install -m 0600 "$repo/testdata/demo/TEST_demo_operator_ed25519" "$work/key"
 ssh-keygen -q -Y sign -f "$work/key" -n destructive-op-v1@demo.drover.invalid "$work/102-destroy_guest.txt"
 /usr/bin/drover --config /etc/drover/drover.toml verify-approval "$work/102-destroy_guest.txt" \
     "$work/102-destroy_guest.txt.sig" | grep -q '^ok: signed by' || fail "verify-approval"

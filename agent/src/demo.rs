@@ -165,33 +165,68 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     section("2. drover plan");
     crate::cli::plan(&config_path, false).await?;
 
-    section("3. drover run --once (benign steps run; the destroy waits for a signature)");
+    section("3. drover run --once (CT 104 is created; the existing CTs wait for adoption)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
     crate::outln!("first pass finished: {r:?}");
     let approvals = crate::approval::requests::Approvals::new(&config.state_dir, None);
-    let pending = approvals.pending();
-    let Some((request, text)) = pending.first().cloned() else {
-        anyhow::bail!("expected a pending approval request for CT 105");
-    };
-    crate::outln!("pending approval request {}:\n{text}", request.display());
+    let adopt: Vec<PathBuf> = approvals
+        .pending()
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.to_string_lossy().ends_with("-adopt.txt"))
+        .collect();
+    if adopt.is_empty() {
+        anyhow::bail!("expected adopt requests for the existing CTs 101, 102, 103 and 105");
+    }
+    crate::outln!(
+        "Drover did not create 101, 102, 103 and 105: nothing on them changes until an operator adopts them."
+    );
+    for p in &adopt {
+        crate::outln!("  pending: {}", p.display());
+    }
 
-    section("4. An operator signs the request offline with ssh-keygen");
-    let Some(sig) = sign(root, &request)? else {
+    section("4. An operator signs all adopt requests with one ssh-keygen call");
+    let Some(signed) = sign(root, &adopt)? else {
         crate::outln!(
-            "ssh-keygen is not installed; skipping the signed destroy. Install OpenSSH to see it."
+            "ssh-keygen is not installed; skipping the signed steps. Install OpenSSH to see them."
         );
         summary(&sim, started).await;
         return Ok(ExitCode::SUCCESS);
     };
     crate::outln!(
         "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
+        signed
+            .iter()
+            .map(|(c, _)| c
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for (copy, sig) in &signed {
+        crate::cli::approve(&config_path, copy, std::slice::from_ref(sig), false).await?;
+    }
+
+    section(
+        "5. drover run --once (adopted; drift corrected; the destroy waits for its own signature)",
+    );
+    let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
+    crate::outln!("second pass finished: {r:?}");
+    let pending = approvals.pending();
+    let Some((request, text)) = pending.first().cloned() else {
+        anyhow::bail!("expected a pending approval request for CT 105");
+    };
+    crate::outln!("pending approval request {}:\n{text}", request.display());
+    let Some(signed) = sign(root, std::slice::from_ref(&request))? else {
+        anyhow::bail!("ssh-keygen stopped working");
+    };
+    let (signed_copy, sig) = signed[0].clone();
+    crate::outln!(
+        "ssh-keygen -Y sign -f TEST_demo_operator_ed25519 -n destructive-op-v1@{DOMAIN} {}",
         request.display()
     );
-    let signed_copy = root
-        .join("signed")
-        .join(request.file_name().unwrap_or_default());
-    std::fs::create_dir_all(root.join("signed"))?;
-    std::fs::copy(&request, &signed_copy)?;
     crate::cli::verify_approval(
         &config_path,
         &signed_copy,
@@ -199,10 +234,8 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         false,
     )?;
     crate::cli::approve(&config_path, &signed_copy, &[sig], false).await?;
-
-    section("5. drover run --once (the approved destroy runs)");
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    crate::outln!("second pass finished: {r:?}");
+    crate::outln!("third pass finished (the approved destroy ran): {r:?}");
 
     section("6. drover plan (nothing left to do)");
     crate::cli::plan(&config_path, false).await?;
@@ -212,8 +245,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Signs `request` with the TEST operator key; `None` when ssh-keygen is missing.
-fn sign(root: &Path, request: &Path) -> anyhow::Result<Option<PathBuf>> {
+/// Signs `requests` with the TEST operator key in one `ssh-keygen -Y sign` call; returns
+/// (signed copy, signature) pairs, or `None` when ssh-keygen is missing.
+fn sign(root: &Path, requests: &[PathBuf]) -> anyhow::Result<Option<Vec<(PathBuf, PathBuf)>>> {
     let keydir = root.join("operator");
     std::fs::create_dir_all(&keydir)?;
     let key = keydir.join("TEST_demo_operator_ed25519");
@@ -224,13 +258,19 @@ fn sign(root: &Path, request: &Path) -> anyhow::Result<Option<PathBuf>> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
     }
-    let copy = keydir.join("request.txt");
-    std::fs::copy(request, &copy)?;
+    let mut copies = Vec::new();
+    for r in requests {
+        let copy = keydir.join(r.file_name().unwrap_or_default());
+        // A signature of an earlier round would make ssh-keygen ask before overwriting.
+        let _ = std::fs::remove_file(format!("{}.sig", copy.display()));
+        std::fs::copy(r, &copy)?;
+        copies.push(copy);
+    }
     let out = match std::process::Command::new("ssh-keygen")
         .args(["-q", "-Y", "sign", "-f"])
         .arg(&key)
         .args(["-n", &format!("destructive-op-v1@{DOMAIN}")])
-        .arg(&copy)
+        .args(&copies)
         .output()
     {
         Ok(o) => o,
@@ -243,7 +283,15 @@ fn sign(root: &Path, request: &Path) -> anyhow::Result<Option<PathBuf>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(Some(keydir.join("request.txt.sig")))
+    Ok(Some(
+        copies
+            .into_iter()
+            .map(|c| {
+                let sig = PathBuf::from(format!("{}.sig", c.display()));
+                (c, sig)
+            })
+            .collect(),
+    ))
 }
 
 async fn summary(sim: &pve_sim::RunningSim, started: Instant) {

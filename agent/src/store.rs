@@ -8,13 +8,15 @@ use std::fmt;
 use std::path::Path;
 
 use gate::{
-    Approved, Classification, GuestProvenance, Incarnation, NonceClaim, NonceLedger, NonceRefusal,
-    ProvenanceSource,
+    Approved, Classification, CreateOutcome, GuestProvenance, Incarnation, NonceClaim, NonceLedger,
+    NonceRefusal, Origin, ProvenanceSource,
 };
 use proxmox_client::Upid;
 
 use crate::model::step::{Step, StepKind};
 
+/// How the agent's own create step ended (for `create_left_guest`).
+pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
 
 /// A gate decision worth auditing: one entry of the audit log.
@@ -78,6 +80,7 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "stop" => StepKind::Stop,
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
+        "adopt" => StepKind::Adopt,
         _ => return None,
     })
 }
@@ -222,19 +225,39 @@ impl Store {
 
     pub fn provenance(&self, vmid: u32) -> Option<GuestProvenance> {
         let p = self.j.provenance(vmid).ok().flatten()?;
+        let origin = if p.created_by_agent && p.adopted_by.is_none() {
+            Origin::Created(match p.create_outcome {
+                // Older records only ever recorded successful creates.
+                None | Some(journal::CreateEnd::Ok) => CreateOutcome::Succeeded,
+                Some(journal::CreateEnd::Failed) => CreateOutcome::Failed,
+                Some(journal::CreateEnd::Abandoned) => CreateOutcome::Abandoned,
+            })
+        } else {
+            Origin::Adopted
+        };
         Some(GuestProvenance {
-            created_by_agent: p.created_by_agent,
-            create_op: p.create_op,
-            op_finished: p.op_finished,
-            incarnation: match (p.create_upid, p.config_digest) {
-                (Some(create_upid), Some(config_digest)) => Some(Incarnation {
-                    create_upid,
-                    config_digest,
-                }),
-                _ => None,
-            },
-            scratch: p.scratch,
+            origin,
+            ever_started: p.started,
+            incarnation: p.config_digest.map(|config_digest| Incarnation {
+                create_upid: p.create_upid,
+                config_digest,
+            }),
         })
+    }
+
+    /// When the journal recorded this guest's provenance (unix ms), if it knows it.
+    pub fn known_since_ms(&self, vmid: u32) -> Option<i64> {
+        self.j
+            .provenance(vmid)
+            .ok()
+            .flatten()
+            .map(|p| p.created_at_ms)
+    }
+
+    /// True when the journal knows where this guest came from (created or adopted): only then
+    /// does Drover manage it.
+    pub fn is_managed(&self, vmid: u32) -> bool {
+        self.j.provenance(vmid).ok().flatten().is_some()
     }
 
     fn log(&self, what: &str, r: Result<(), StoreError>) {
@@ -243,7 +266,8 @@ impl Store {
         }
     }
 
-    /// The agent created this incarnation; its create step's id is the operation.
+    /// The agent's create task ended OK: this incarnation is the agent's and may hold data from
+    /// now on (destroying it needs a signature).
     pub fn created(&self, vmid: u32, id: &StepId, upid: &Upid, digest: &str) {
         self.log(
             "recording provenance",
@@ -252,17 +276,37 @@ impl Store {
         );
     }
 
-    pub fn own_write(&self, vmid: u32, digest: &str) {
-        if self.j.provenance(vmid).ok().flatten().is_some() {
-            self.log(
-                "recording an own write",
-                self.j.record_own_write(vmid, digest),
-            );
-        }
+    /// The agent's create step ended `outcome` (failed or abandoned) and left a guest with
+    /// `digest`: cleaning it up stays benign until it is started or its config changes.
+    pub fn create_left_guest(
+        &self,
+        vmid: u32,
+        id: &StepId,
+        upid: Option<&Upid>,
+        digest: &str,
+        outcome: CreateEnd,
+    ) {
+        let upid = upid.map(Upid::to_string);
+        self.log(
+            "recording provenance",
+            self.j
+                .record_create_ended(vmid, &id.to_string(), upid.as_deref(), digest, outcome),
+        );
     }
 
-    pub fn finish_operation(&self, vmid: u32) {
-        self.log("finishing an operation", self.j.finish_operation(vmid));
+    /// The agent is about to start the guest (or saw it running): durable before the call.
+    pub fn started(&self, vmid: u32) -> Result<(), StoreError> {
+        self.j.record_started(vmid)
+    }
+
+    /// An operator's signed `adopt` approval made this guest managed.
+    pub fn adopted(
+        &self,
+        vmid: u32,
+        digest: &str,
+        approval_sha256: &str,
+    ) -> Result<(), StoreError> {
+        self.j.record_adopted(vmid, digest, approval_sha256)
     }
 
     pub fn destroyed(&self, vmid: u32) {
@@ -359,6 +403,10 @@ impl NonceLedger for Store {
     }
     fn clock_high_water(&self) -> Option<i64> {
         self.j.clock_high_water()
+    }
+    fn is_consumed(&self, nonce: &str) -> bool {
+        // Unreadable counts as used: the worst case is a fresh request to sign.
+        self.j.nonce_consumed(nonce).unwrap_or(true)
     }
     fn consume(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
         self.j

@@ -23,6 +23,8 @@ async fn host_with_request() -> (Host, PathBuf) {
         "revision = 1\n[[guest]]\nvmid = 801\nensure = \"absent\"\n{}",
         guest(802, "running", 256)
     ));
+    // Drover did not create them: adopted first (callers need ssh-keygen anyway).
+    h.adopt_all().await;
     let first = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&first), 2);
     let request = h.pending_requests()[0].clone();
@@ -161,7 +163,8 @@ async fn verify_approval_says_whether_the_agent_would_accept_it_now() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn printing_verbs_survive_a_closed_pipe() {
-    let h = Host::start(vec![seed(801, true, 256)]).await;
+    // Created by Drover (a seeded guest would wait for adoption).
+    let h = Host::start(vec![]).await;
     h.desired(&format!("revision = 1\n{}", guest(801, "running", 512)));
     assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
     for args in [
@@ -189,7 +192,8 @@ async fn printing_verbs_survive_a_closed_pipe() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_and_operator_text_is_shown_escaped() {
-    let h = Host::start(vec![seed(801, true, 256)]).await;
+    // Created by Drover (a seeded guest would wait for adoption).
+    let h = Host::start(vec![]).await;
     let evil = "ok\\u001b[2J\\u001b[1;1Hall clear\\u0007";
     h.desired(&format!(
         "revision = 1\n{}",

@@ -1,6 +1,13 @@
-//! Crash loop: `drover run` is killed with SIGKILL at random moments and restarted; the
-//! simulator's mutation log must show no CT created twice and no destroy without an approval,
-//! and the host must converge in the end.
+//! Crash loop: `drover run` is killed with SIGKILL at random moments and restarted, while the
+//! desired document changes every round, so that kills land with steps in flight: every round
+//! creates a new scratch guest, changes the memory and the power state of the base guests, and
+//! asks to destroy the scratch guests of earlier rounds, whose destroy requests the operator
+//! signs between rounds (real ssh-keygen). After each kill the journal is read to count the
+//! kills that hit a step in flight (intent or submitted, not done); the test prints the count
+//! and requires most kills to hit one.
+//!
+//! The simulator's mutation log must show no CT created twice, no destroy of a guest whose
+//! destroy was never signed, and the host must converge in the end.
 //!
 //! `DROVER_CRASH_ROUNDS` sets the number of kills (default 30, as in CI); the script
 //! `agent/tests/crash-loop.sh` runs thousands.
@@ -8,88 +15,242 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Host, code};
+use common::{DOMAIN, Host, code, sign_all};
 
 const TEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+const BASE: std::ops::Range<u32> = 900..906;
+/// A seeded guest the document marks absent: never adopted, so never destroyed.
+const CANARY: u32 = 950;
+/// Scratch guests: one new vmid per round, never reused.
+const SCRATCH_FROM: u32 = 10_000;
+/// How many rounds a scratch guest lives before the document asks to destroy it.
+const SCRATCH_LIFE: u32 = 3;
+
+fn memory(v: u32, round: u32) -> u32 {
+    256 + ((v + round) % 4) * 128
+}
+
+fn running(v: u32, round: u32) -> bool {
+    // Two of the base guests flip their power state every round.
+    if v.is_multiple_of(3) {
+        round.is_multiple_of(2)
+    } else {
+        true
+    }
+}
+
+fn entry(v: u32, ensure: &str, memory: u32) -> String {
+    format!(
+        "[[guest]]\nvmid = {v}\nensure = \"{ensure}\"\nhostname = \"ct-{v}\"\ntemplate = \"{TEMPLATE}\"\nmemory = {memory}\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\n"
+    )
+}
+
+/// The document of `round`: base guests with this round's memory and power, the scratch
+/// guests of the last rounds (the newest is new this round), every older scratch guest absent
+/// (so a destroy that waits for its signature is still asked for in later rounds).
+fn document(round: u32) -> String {
+    let mut d = format!("revision = {}\n", round + 1);
+    for v in BASE {
+        let ensure = if running(v, round) {
+            "running"
+        } else {
+            "stopped"
+        };
+        d.push_str(&entry(v, ensure, memory(v, round)));
+    }
+    for r in 0..=round {
+        let v = SCRATCH_FROM + r;
+        if r + SCRATCH_LIFE < round {
+            d.push_str(&format!("[[guest]]\nvmid = {v}\nensure = \"absent\"\n"));
+        } else {
+            d.push_str(&entry(v, "running", 256));
+        }
+    }
+    d.push_str(&format!(
+        "[[guest]]\nvmid = {CANARY}\nensure = \"absent\"\n"
+    ));
+    d
+}
+
+/// Signs every pending destroy request (one ssh-keygen call) and hands each to the agent's
+/// inbox with `drover approve`; returns the vmids signed.
+async fn sign_pending_destroys(h: &Host, round: u32) -> Vec<u32> {
+    let pending: Vec<(u32, PathBuf)> = h
+        .pending_requests()
+        .into_iter()
+        .filter_map(|p| {
+            let name = p.file_name()?.to_str()?.to_string();
+            let v = name.strip_suffix("-destroy_guest.txt")?.parse().ok()?;
+            Some((v, p))
+        })
+        .collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let files: Vec<PathBuf> = pending.iter().map(|(_, p)| p.clone()).collect();
+    let signed = sign_all(
+        "demo/TEST_demo_operator_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &files,
+        &h.root().join(format!("signing-{round}")),
+    );
+    for (copy, sig) in &signed {
+        let out = h.submit("approve", copy, &[sig.as_path()]).await;
+        assert_eq!(code(&out), 0);
+    }
+    pending.into_iter().map(|(v, _)| v).collect()
+}
+
+/// Steps the journal holds as not done: (intent only, submitted).
+fn in_flight(h: &Host) -> (usize, usize) {
+    let j = journal::Journal::open_read_only(&h.state()).expect("journal opens read-only");
+    let recs = j.in_flight().expect("journal reads");
+    let submitted = recs.iter().filter(|r| r.upid().is_some()).count();
+    (recs.len() - submitted, submitted)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_never_runs_a_step_twice() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let rounds: u32 = std::env::var("DROVER_CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    let mut seeds = Vec::new();
-    for v in [950u32, 951, 952] {
-        seeds.push(pve_sim::SeedGuest {
-            vmid: v,
-            hostname: format!("old-{v}"),
+    let h = Host::start_with(pve_sim::SimConfig {
+        task_duration: Duration::from_millis(250),
+        guests: vec![pve_sim::SeedGuest {
+            vmid: CANARY,
+            hostname: "customer".into(),
             running: true,
             cores: 1,
             memory: 128,
             rootfs_gib: 4,
             ..pve_sim::SeedGuest::default()
-        });
-    }
-    let h = Host::start_with(pve_sim::SimConfig {
-        task_duration: Duration::from_millis(250),
-        guests: seeds,
+        }],
         ..pve_sim::SimConfig::default()
     })
     .await;
-    let mut doc = String::from("revision = 1\n");
-    for v in 900..912u32 {
-        doc.push_str(&format!(
-            "[[guest]]\nvmid = {v}\nensure = \"{}\"\nhostname = \"ct-{v}\"\ntemplate = \"{TEMPLATE}\"\nmemory = {}\nrootfs = \"local-lvm:4\"\nnet0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"\n",
-            if v % 3 == 0 { "stopped" } else { "running" },
-            256 + (v % 4) * 128
-        ));
-    }
-    // Destroying 950 needs an approval that never comes; 951 and 952 stay.
-    doc.push_str("[[guest]]\nvmid = 950\nensure = \"absent\"\n[[guest]]\nvmid = 951\n[[guest]]\nvmid = 952\n");
-    h.desired(&doc);
 
+    let mut signed: BTreeMap<u32, usize> = BTreeMap::new();
+    let (mut hit, mut hit_submitted) = (0u32, 0u32);
     for round in 0..rounds {
+        h.desired(&document(round));
+        for v in sign_pending_destroys(&h, round).await {
+            *signed.entry(v).or_default() += 1;
+        }
         let mut child = h.command(&["run"]).spawn().expect("drover starts");
-        let wait_ms = 30 + (rand_u64(round) % 700);
+        let wait_ms = 150 + (rand_u64(round) % 600);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
         let _ = child.wait();
+        let (intent, submitted) = in_flight(&h);
+        if intent + submitted > 0 {
+            hit += 1;
+        }
+        if submitted > 0 {
+            hit_submitted += 1;
+        }
     }
-    // Let it finish: a few clean passes.
+    println!(
+        "crash loop: {rounds} SIGKILLs, {hit} with a step in flight ({hit_submitted} with a PVE task submitted); {} mutations, {} creates, {} destroys",
+        h.sim.mutations().len(),
+        h.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.kind == "create")
+            .count(),
+        h.sim
+            .mutations()
+            .iter()
+            .filter(|m| m.kind == "destroy")
+            .count(),
+    );
+    // The point of the loop: kills land while steps run, not on an idle agent.
+    assert!(
+        hit * 2 >= rounds,
+        "only {hit} of {rounds} kills hit a step in flight"
+    );
+
+    // Let it finish on the last document: clean passes, signing what it asks for.
+    let last = rounds.saturating_sub(1);
     let mut converged = false;
-    for _ in 0..10 {
+    for i in 0..15 {
+        for v in sign_pending_destroys(&h, rounds + i).await {
+            *signed.entry(v).or_default() += 1;
+        }
         let out = h.drover_async(&["run", "--once"]).await;
-        // 2: the unapproved destroy stays pending, everything else converges.
-        if code(&out) == 2 && all_converged(&h) {
+        // 2: the canary's adoption stays pending, everything else converges.
+        if code(&out) == 2 && all_converged(&h, last) {
             converged = true;
             break;
         }
     }
     assert!(converged, "the host did not converge after {rounds} kills");
-    for v in 900..912u32 {
-        assert_eq!(
-            h.sim.count_mutations("create", v),
-            1,
-            "CT {v} created more than once"
+
+    let mut creates: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut destroys: BTreeMap<u32, usize> = BTreeMap::new();
+    for m in h.sim.mutations() {
+        let Some(v) = m.vmid else { continue };
+        match m.kind.as_str() {
+            "create" => *creates.entry(v).or_default() += 1,
+            "destroy" => *destroys.entry(v).or_default() += 1,
+            _ => {}
+        }
+    }
+    for (v, n) in &creates {
+        assert_eq!(*n, 1, "CT {v} created {n} times");
+    }
+    for v in BASE {
+        assert_eq!(creates.get(&v), Some(&1), "CT {v} never created");
+    }
+    for (v, n) in &destroys {
+        assert_eq!(*n, 1, "CT {v} destroyed {n} times");
+        assert!(
+            signed.contains_key(v),
+            "CT {v} destroyed without a signed approval"
         );
     }
-    assert_eq!(
-        h.sim.count_mutations("destroy", 950),
-        0,
-        "destroy without approval"
+    assert_eq!(destroys.get(&CANARY), None, "the canary was destroyed");
+    assert!(h.sim.guest(CANARY).is_some());
+    let destroyed: BTreeSet<u32> = destroys.keys().copied().collect();
+    println!(
+        "crash loop: {} scratch guests destroyed with a signature, {} destroy approvals signed",
+        destroyed.len(),
+        signed.values().sum::<usize>()
     );
-    assert!(h.sim.guest(950).is_some());
     let journal = h.drover_async(&["journal", "--in-flight"]).await;
     assert_eq!(code(&journal), 0);
 }
 
-fn all_converged(h: &Host) -> bool {
-    (900..912u32).all(|v| match h.sim.guest(v) {
-        Some(g) => g.running == (v % 3 != 0) && g.memory == u64::from(256 + (v % 4) * 128),
+fn all_converged(h: &Host, round: u32) -> bool {
+    let base = BASE.clone().all(|v| match h.sim.guest(v) {
+        Some(g) => g.running == running(v, round) && g.memory == u64::from(memory(v, round)),
         None => false,
-    })
+    });
+    let scratch = (0..=round).all(|r| {
+        let v = SCRATCH_FROM + r;
+        let exists = h.sim.guest(v).is_some_and(|g| g.running);
+        if r + SCRATCH_LIFE < round {
+            h.sim.guest(v).is_none()
+        } else {
+            exists
+        }
+    });
+    let requests = h.pending_requests();
+    let only_the_canary = requests.iter().all(|p| {
+        p.to_string_lossy()
+            .ends_with(&format!("{CANARY}-adopt.txt"))
+    });
+    if !(base && scratch && only_the_canary) {
+        eprintln!("not converged yet: base {base}, scratch {scratch}, requests {requests:?}");
+    }
+    base && scratch && only_the_canary
 }
 
 /// A small deterministic spread of kill moments without a dependency.

@@ -81,6 +81,9 @@ async fn progress_redraws_one_line_on_a_terminal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrects_drift_and_leaves_unmanaged_guests_alone() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let mut drifted = seed(301, true, 256);
     drifted.net0 = Some("name=eth0,bridge=vmbr9,ip=dhcp".into());
     let h = Host::start(vec![drifted, seed(302, false, 512), seed(399, true, 128)]).await;
@@ -90,6 +93,9 @@ async fn corrects_drift_and_leaves_unmanaged_guests_alone() {
         guest(302, "running", 512)
     ));
     let mac_before = h.sim.guest(301).unwrap().net0.unwrap();
+    // Seeded guests have no provenance: nothing changes until they are adopted.
+    h.adopt_all().await;
+    assert!(h.sim.mutations().is_empty(), "changed before adoption");
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0);
     let g = h.sim.guest(301).unwrap();
@@ -130,8 +136,12 @@ async fn guest_on_another_node_is_reported_never_created() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mass_destroy_fuse_plans_no_destroy() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(501, true, 256), seed(502, true, 256)]).await;
     h.desired("revision = 1\n[[guest]]\nvmid = 501\nensure = \"absent\"\n[[guest]]\nvmid = 502\nensure = \"absent\"\n");
+    h.adopt_all().await;
     let plan = h.drover_async(&["plan"]).await;
     assert!(
         stdout(&plan).contains("fuse_mass_destroy"),
@@ -162,7 +172,16 @@ async fn mass_destroy_fuse_plans_no_destroy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_through_lock_timeouts_and_596() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(601, false, 256), seed(602, false, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n{}{}",
+        guest(601, "running", 512),
+        guest(602, "running", 512),
+    ));
+    h.adopt_all().await;
     h.sim.set_faults(pve_sim::Faults {
         seed: Some(7),
         error_rate: 0.3,
@@ -207,6 +226,7 @@ async fn destroy_waits_for_a_valid_signature_and_runs_once() {
         guest(702, "running", 256),
         guest(703, "running", 256)
     ));
+    h.adopt_all().await;
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 2, "a destroy is pending");
     assert!(h.sim.guest(701).is_some(), "destroyed without approval");
@@ -274,6 +294,7 @@ async fn vmid_reuse_makes_the_approval_stale() {
         guest(802, "running", 256),
         guest(803, "running", 256)
     ));
+    h.adopt_all().await;
     h.drover_async(&["run", "--once"]).await;
     let request = h.pending_requests()[0].clone();
     let work = h.root().join("op");
@@ -301,8 +322,12 @@ async fn vmid_reuse_makes_the_approval_stale() {
 /// (vmid, step, op id, UPID) a log shipper needs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_vmid_step_and_upid() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start(vec![seed(221, false, 256)]).await;
     h.desired(&format!("revision = 1\n{}", guest(221, "running", 256)));
+    h.adopt_all().await;
     let run = h
         .drover_async(&["--log-format", "json", "run", "--once"])
         .await;
@@ -323,18 +348,29 @@ async fn json_logs_carry_vmid_step_and_upid() {
             .any(|s| s["vmid"] == 221 && s["step"] == "start"),
         "{step_line}"
     );
-    assert!(spans.iter().any(|s| s["op_id"] == "1"), "{step_line}");
+    // Step 1 is the adoption (no task), step 2 the start.
+    assert!(spans.iter().any(|s| s["op_id"] == "2"), "{step_line}");
 }
 
 /// Junk in the approvals directory (garbage, oversized, a symlink, a real request with a
 /// garbage signature) is refused with reasons and destroys nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_approval_files_are_refused_and_change_nothing() {
-    let h = Host::start(vec![seed(711, true, 256), seed(712, true, 256)]).await;
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start(vec![
+        seed(711, true, 256),
+        seed(712, true, 256),
+        seed(713, true, 256),
+    ])
+    .await;
     h.desired(&format!(
-        "revision = 1\n[[guest]]\nvmid = 711\nensure = \"absent\"\n{}",
-        guest(712, "running", 256)
+        "revision = 1\n[[guest]]\nvmid = 711\nensure = \"absent\"\n{}{}",
+        guest(712, "running", 256),
+        guest(713, "running", 256)
     ));
+    h.adopt_all().await;
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 2);
     let request = h.pending_requests()[0].clone();

@@ -70,6 +70,9 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
         guest(102, "running", 256),
         guest(103, "running", 256)
     ));
+    // The seeded guests are adopted first (one signature run over all requests).
+    h.adopt_all_with("gate/TEST_operator1_ed25519", DOMAIN)
+        .await;
     let d = h.spawn_daemon();
     eventually(
         &d,

@@ -115,7 +115,9 @@ async fn scrape(port: u16) -> Vec<Sample> {
 /// reads of every pass and every task poll): checked against the simulator's own count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_pve_request_is_counted_in_the_metric() {
-    let h = Host::start(vec![seed(141, false, 256)]).await;
+    // All three created by Drover: a seeded guest would wait for adoption, and adopting it
+    // here would add requests of another process to the simulator's count.
+    let h = Host::start(vec![]).await;
     let port = free_port();
     h.write_config(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     h.desired(&format!(
@@ -151,7 +153,8 @@ async fn every_pve_request_is_counted_in_the_metric() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_suspend_resume_reconcile_and_metrics_against_a_running_daemon() {
-    let h = Host::start(vec![seed(131, false, 256)]).await;
+    // Both guests are Drover's own (created here): a seeded one would wait for adoption.
+    let h = Host::start(vec![]).await;
     let port = free_port();
     h.write_config(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     h.desired(&format!(
@@ -275,10 +278,18 @@ async fn approvals_are_listed_and_approved_through_the_socket() {
         "revision = 1\n[[guest]]\nvmid = 701\nensure = \"absent\"\n{}",
         guest(702, "running", 256)
     ));
+    // Seeded guests are adopted first (signed requests in the inbox, used by the daemon).
+    h.adopt_all().await;
     let d = h.spawn_daemon();
-    eventually(&d, Duration::from_secs(20), "an approval request", || {
-        !h.pending_requests().is_empty()
-    })
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "a destroy approval request",
+        || {
+            let p = h.pending_requests();
+            p.len() == 1 && p[0].to_string_lossy().ends_with("701-destroy_guest.txt")
+        },
+    )
     .await;
     let a = h.drover_async(&["approvals", "--output", "json"]).await;
     assert_eq!(code(&a), 2, "pending approvals exit 2");
@@ -381,7 +392,8 @@ fn post(path: &str, body: &str) -> Vec<u8> {
 /// Every malformed request on the socket gets a 4xx with a stable code and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_socket_requests_are_refused_with_a_code_and_change_nothing() {
-    let h = Host::start(vec![seed(140, true, 256)]).await;
+    // Created by Drover itself: a seeded guest would leave an adopt request pending.
+    let h = Host::start(vec![]).await;
     h.desired(&format!("revision = 1\n{}", guest(140, "running", 256)));
     let d = h.spawn_daemon();
     let before = h.status_json(Duration::from_secs(20)).await;

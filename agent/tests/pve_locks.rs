@@ -37,6 +37,9 @@ async fn converge(h: &Host) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn steps_blocked_by_another_workers_flock_are_retried_until_they_converge() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
     let h = Host::start_with(pve_sim::SimConfig {
         // Tasks hold the flock for 2 s; waiters give up after 200 ms (PVE: 10 s).
         task_duration: Duration::from_secs(2),
@@ -45,10 +48,6 @@ async fn steps_blocked_by_another_workers_flock_are_retried_until_they_converge(
         ..pve_sim::SimConfig::default()
     })
     .await;
-    // The operator reboots both CTs; their vzreboot workers hold the flocks meanwhile.
-    let op = operator(&h);
-    op.reboot_lxc("pve1", 701, None).await.unwrap();
-    op.reboot_lxc("pve1", 702, None).await.unwrap();
     // 701: a config change (synchronous PUT, waits for the flock); 702: a stop (its worker
     // waits for the flock inside the task).
     h.desired(&format!(
@@ -56,6 +55,12 @@ async fn steps_blocked_by_another_workers_flock_are_retried_until_they_converge(
         guest(701, "running", 1024),
         guest(702, "stopped", 512)
     ));
+    // The seeded CTs are adopted first (signed requests in the inbox; no PVE call).
+    h.adopt_all().await;
+    // The operator reboots both CTs; their vzreboot workers hold the flocks meanwhile.
+    let op = operator(&h);
+    op.reboot_lxc("pve1", 701, None).await.unwrap();
+    op.reboot_lxc("pve1", 702, None).await.unwrap();
     assert!(
         converge(&h).await,
         "did not converge once the reboots ended"

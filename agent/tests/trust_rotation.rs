@@ -45,10 +45,18 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         "revision = 1\n[[guest]]\nvmid = 801\nensure = \"absent\"\n{}",
         guest(802, "running", 256)
     ));
+    // The seeded guests are adopted first (signed requests in the inbox).
+    h.adopt_all().await;
     let d = h.spawn_daemon();
-    eventually(&d, Duration::from_secs(20), "an approval request", || {
-        !h.pending_requests().is_empty()
-    })
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "a destroy approval request",
+        || {
+            let p = h.pending_requests();
+            p.len() == 1 && p[0].to_string_lossy().ends_with("801-destroy_guest.txt")
+        },
+    )
     .await;
     let t = trust_of(&h).await;
     assert_eq!(
@@ -237,9 +245,12 @@ async fn a_signed_rotation_is_applied_kept_and_a_local_replacement_is_audited() 
         pos("refused unknown_signer") < pos("allowed trust_rotated"),
         "{text}"
     );
-    assert!(pos("v1 -> v2") < pos("allowed approved"), "{text}");
+    // (The adoptions of 801 and 802 are approved before anything else; the destroy's
+    // approval is the one that follows the rotation.)
+    let destroy_approved = "allowed approved                       CT 801 destroy_guest";
+    assert!(pos("v1 -> v2") < pos(destroy_approved), "{text}");
     assert!(
-        pos("allowed approved") < pos("trust_store_replaced_locally"),
+        pos(destroy_approved) < pos("trust_store_replaced_locally"),
         "{text}"
     );
     assert!(

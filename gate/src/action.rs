@@ -23,12 +23,14 @@ pub enum Op {
     DeleteSnapshot,
     RestoreOverwrite,
     RemoveMountpoint,
+    /// Take over a guest the agent did not create (no PVE call: the journal records it).
+    Adopt,
     Unknown(String),
 }
 
 impl Op {
     /// Every known op, in a fixed order.
-    pub const KNOWN: [Op; 13] = [
+    pub const KNOWN: [Op; 14] = [
         Op::Create,
         Op::Start,
         Op::Stop,
@@ -42,6 +44,7 @@ impl Op {
         Op::DeleteSnapshot,
         Op::RestoreOverwrite,
         Op::RemoveMountpoint,
+        Op::Adopt,
     ];
 
     /// The payload's `op` spelling (the same names as the agent's step kinds).
@@ -60,6 +63,7 @@ impl Op {
             Op::DeleteSnapshot => "delete_snapshot",
             Op::RestoreOverwrite => "restore_overwrite",
             Op::RemoveMountpoint => "remove_mountpoint",
+            Op::Adopt => "adopt",
             Op::Unknown(s) => s,
         }
     }
@@ -90,9 +94,6 @@ pub struct PlannedAction {
     pub guest_config_sha1: Option<String>,
     /// API parameters, exactly as they will be sent.
     pub params: BTreeMap<String, String>,
-    /// The journal's id of the operation this step belongs to; classification uses it to
-    /// recognise cleanup of the agent's own failed create. Never rendered into a payload.
-    pub operation: Option<String>,
 }
 
 /// The agent's own identity and state epoch: local configuration, never from the hub.

@@ -1,34 +1,54 @@
 //! Benign or destructive, decided by what a step does and by provenance from the agent's own
 //! journal, never by tags, names or flags in the desired document.
 //!
-//! Destroying or overwriting data is destructive unless the journal shows the agent created
-//! this very incarnation of the guest in the same, still unfinished operation (cleanup of its
-//! own failed create) or marked that incarnation scratch. Unknown kinds and unknown config keys
-//! are destructive.
+//! Destroying or overwriting data is destructive unless it cleans up the agent's own create that
+//! did **not** succeed (signing-gate.md §6 rows 54-56): the journal shows that the create step of
+//! this very incarnation ended failed or abandoned, the guest was never started, and its config
+//! digest is still the one that create left. From the moment a create task ends OK the guest may
+//! hold data, and destroying it needs a signature whatever happens later. Taking over a guest
+//! the agent did not create (`adopt`) always needs a signature. Unknown kinds and unknown config
+//! keys are destructive.
 
 use crate::action::{Op, PlannedAction};
 
-/// What the journal knows about a guest (the agent implements [`ProvenanceSource`]).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct GuestProvenance {
-    /// The agent's journal records creating this vmid.
-    pub created_by_agent: bool,
-    /// Journal id of the operation that created it.
-    pub create_op: Option<String>,
-    /// Whether that operation has finished (successfully or not).
-    pub op_finished: bool,
-    /// Which incarnation the journal means.
-    pub incarnation: Option<Incarnation>,
-    /// The agent marked this incarnation as scratch (its own throwaway guest).
-    pub scratch: bool,
+/// How the agent's own create step of an incarnation ended, as its journal recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The create task ended OK (or with warnings): the guest may hold data from then on.
+    Succeeded,
+    /// The create task (or the call) failed, yet a guest was left behind.
+    Failed,
+    /// The create step was abandoned (the call never started a task the agent could find),
+    /// yet a guest exists.
+    Abandoned,
 }
 
-/// One incarnation of a vmid: the create task and the config digest the journal last recorded
-/// after the agent's own writes. A vmid destroyed and re-created by anyone else has another
-/// digest.
+/// Where a guest the journal knows came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The agent's own create step made this incarnation.
+    Created(CreateOutcome),
+    /// An operator signed an `adopt` approval for a guest the agent did not create.
+    Adopted,
+}
+
+/// What the journal knows about a guest (the agent implements [`ProvenanceSource`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestProvenance {
+    pub origin: Origin,
+    /// The agent started (or tried to start) this incarnation, or saw it running.
+    pub ever_started: bool,
+    /// Which incarnation the journal means.
+    pub incarnation: Option<Incarnation>,
+}
+
+/// One incarnation of a vmid: the create task and the config digest that create (or the
+/// adoption) left. A vmid destroyed and re-created by anyone else, or a config changed since,
+/// has another digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Incarnation {
-    pub create_upid: String,
+    /// None when the create never got a task id (abandoned) or the guest was adopted.
+    pub create_upid: Option<String>,
     pub config_digest: String,
 }
 
@@ -88,20 +108,19 @@ fn destructive(reason: impl Into<String>) -> Classification {
     }
 }
 
-/// The journal says the agent created exactly the incarnation the step would touch, in the same
-/// unfinished operation, or marked it scratch.
-fn own_incarnation(action: &PlannedAction, prov: Option<&GuestProvenance>) -> bool {
+/// The step cleans up the agent's own create that did not succeed: every clause of the rule in
+/// the module doc must hold, and each one missing makes the step destructive.
+fn cleanup_of_own_failed_create(action: &PlannedAction, prov: Option<&GuestProvenance>) -> bool {
     let Some(p) = prov else { return false };
-    let same_incarnation = match (&p.incarnation, &action.guest_config_sha1) {
+    let create_did_not_succeed = matches!(
+        p.origin,
+        Origin::Created(CreateOutcome::Failed | CreateOutcome::Abandoned)
+    );
+    let digest_the_create_left = match (&p.incarnation, &action.guest_config_sha1) {
         (Some(i), Some(d)) => &i.config_digest == d,
         _ => false,
     };
-    if !p.created_by_agent || !same_incarnation {
-        return false;
-    }
-    let same_unfinished_op =
-        !p.op_finished && p.create_op.is_some() && p.create_op == action.operation;
-    same_unfinished_op || p.scratch
+    create_did_not_succeed && !p.ever_started && digest_the_create_left
 }
 
 fn set_config(action: &PlannedAction) -> Result<(), String> {
@@ -160,11 +179,15 @@ pub fn classify(action: &PlannedAction, provenance: Option<&GuestProvenance>) ->
         Op::DeleteSnapshot => Err("it deletes a snapshot".into()),
         Op::RestoreOverwrite => Err("it restores a backup over the guest".into()),
         Op::RemoveMountpoint => Err("it removes a mount point".into()),
+        Op::Adopt => Err("it takes over a guest Drover did not create".into()),
         Op::Unknown(k) => Err(format!("step kind {k:?} is unknown to the gate")),
     };
     match verdict {
         Ok(()) => Classification::Benign,
-        Err(_) if !matches!(action.op, Op::Unknown(_)) && own_incarnation(action, provenance) => {
+        Err(_)
+            if !matches!(action.op, Op::Unknown(_) | Op::Adopt)
+                && cleanup_of_own_failed_create(action, provenance) =>
+        {
             Classification::Benign
         }
         Err(why) => destructive(format!(
@@ -188,7 +211,6 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
-            operation: None,
         }
     }
 
@@ -252,5 +274,83 @@ mod tests {
         ] {
             assert!(classify(&a, None).is_destructive(), "{a:?}");
         }
+    }
+
+    fn prov(origin: Origin, started: bool, digest: &str) -> GuestProvenance {
+        GuestProvenance {
+            origin,
+            ever_started: started,
+            incarnation: Some(Incarnation {
+                create_upid: None,
+                config_digest: digest.to_string(),
+            }),
+        }
+    }
+
+    const FAILED: Origin = Origin::Created(CreateOutcome::Failed);
+
+    /// Every data-destroying op, as the agent would plan it against a guest with digest `a..`.
+    fn data_destroying() -> Vec<PlannedAction> {
+        vec![
+            step(Op::DestroyGuest, &[("force", "1"), ("purge", "1")]),
+            step(Op::DeleteVolume, &[]),
+            step(Op::RollbackSnapshot, &[]),
+            step(Op::DeleteSnapshot, &[]),
+            step(Op::RestoreOverwrite, &[]),
+            step(Op::RemoveMountpoint, &[]),
+            step(Op::SetConfig, &[("delete", "mp0")]),
+            step(Op::Resize, &[("size", "-1G")]),
+        ]
+    }
+
+    #[test]
+    fn cleanup_of_an_own_create_that_failed_or_was_abandoned_is_benign() {
+        let a = "a".repeat(40);
+        for origin in [FAILED, Origin::Created(CreateOutcome::Abandoned)] {
+            for s in data_destroying() {
+                assert_eq!(
+                    classify(&s, Some(&prov(origin, false, &a))),
+                    Classification::Benign,
+                    "{s:?} {origin:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_clause_of_the_cleanup_rule_is_needed() {
+        let a = "a".repeat(40);
+        for s in data_destroying() {
+            // The create task ended OK: the guest may hold data, whatever happens later.
+            let ok = prov(Origin::Created(CreateOutcome::Succeeded), false, &a);
+            assert!(classify(&s, Some(&ok)).is_destructive(), "{s:?}");
+            // Adopted guests were never the agent's create.
+            let adopted = prov(Origin::Adopted, false, &a);
+            assert!(classify(&s, Some(&adopted)).is_destructive(), "{s:?}");
+            // Started once: it may have written data.
+            assert!(classify(&s, Some(&prov(FAILED, true, &a))).is_destructive());
+            // Another digest: another incarnation, or the config changed since the create.
+            let other = prov(FAILED, false, &"b".repeat(40));
+            assert!(classify(&s, Some(&other)).is_destructive(), "{s:?}");
+            let mut none = prov(FAILED, false, &a);
+            none.incarnation = None;
+            assert!(classify(&s, Some(&none)).is_destructive(), "{s:?}");
+            let mut no_digest = s.clone();
+            no_digest.guest_config_sha1 = None;
+            assert!(classify(&no_digest, Some(&prov(FAILED, false, &a))).is_destructive());
+            // Nothing in the journal.
+            assert!(classify(&s, None).is_destructive(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn adopt_always_needs_a_signature() {
+        let a = "a".repeat(40);
+        let adopt = step(Op::Adopt, &[]);
+        assert!(classify(&adopt, None).is_destructive());
+        for origin in [FAILED, Origin::Adopted] {
+            assert!(classify(&adopt, Some(&prov(origin, false, &a))).is_destructive());
+        }
+        assert_eq!(Op::from_name("adopt"), Op::Adopt);
     }
 }

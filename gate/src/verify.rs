@@ -49,6 +49,13 @@ pub trait NonceLedger {
     /// Latest agent clock ever committed, if any.
     fn clock_high_water(&self) -> Option<i64>;
     fn consume(&self, claim: &NonceClaim) -> Result<(), NonceRefusal>;
+    /// Whether `nonce` was already consumed. Never part of verification (`consume` alone
+    /// decides, atomically); the agent uses it to replace a pending request whose nonce a
+    /// crash between consumption and execution used up, which could otherwise only ever be
+    /// answered with `replayed`.
+    fn is_consumed(&self, _nonce: &str) -> bool {
+        false
+    }
 }
 
 /// Clock policy (signing-gate.md §5.9).

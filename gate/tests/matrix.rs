@@ -4,11 +4,13 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+
 use common::*;
 use gate::{
-    Approved, Classification, DenyList, GuestProvenance, Incarnation, Op, PlannedAction, Rejection,
-    RejectionCode as C, Role, TrustStore, classify, render_request, select_planned,
-    verify_approval, verify_rotation, verify_signature,
+    Approved, Classification, CreateOutcome, DenyList, GuestProvenance, Incarnation, Op, Origin,
+    PlannedAction, Rejection, RejectionCode as C, Role, TrustStore, classify, render_request,
+    select_planned, verify_approval, verify_rotation, verify_signature,
 };
 
 fn run_with(
@@ -849,16 +851,14 @@ fn m52_crash_after_consume_before_execute() {
     assert_eq!(code(file_verify(&path)), C::Replayed);
 }
 
-fn prov(op: &str, finished: bool, digest: &str, scratch: bool) -> GuestProvenance {
+fn prov(outcome: CreateOutcome, started: bool, digest: &str) -> GuestProvenance {
     GuestProvenance {
-        created_by_agent: true,
-        create_op: Some(op.into()),
-        op_finished: finished,
+        origin: Origin::Created(outcome),
+        ever_started: started,
         incarnation: Some(Incarnation {
-            create_upid: "UPID:pve-test-01:0001:0002:0003:vzcreate:9101:root@pam:".into(),
+            create_upid: Some("UPID:pve-test-01:0001:0002:0003:vzcreate:9101:root@pam:".into()),
             config_digest: digest.into(),
         }),
-        scratch,
     }
 }
 
@@ -869,33 +869,97 @@ fn m53_hub_tags_a_customer_guest_scratch() {
         .insert("tags".into(), "scratch;agent-created=true".into());
     a.params.insert("description".into(), "scratch".into());
     assert!(classify(&a, None).is_destructive());
-    let unknown = GuestProvenance::default();
-    assert!(classify(&a, Some(&unknown)).is_destructive());
+    let adopted = GuestProvenance {
+        origin: Origin::Adopted,
+        ever_started: false,
+        incarnation: None,
+    };
+    assert!(classify(&a, Some(&adopted)).is_destructive());
 }
 
+/// Row 54: a guest whose create task ended OK (in an earlier transaction, or just now) may hold
+/// data; destroying it needs a signature whatever happened since.
 #[test]
 fn m54_guest_created_in_an_earlier_operation() {
-    assert!(classify(&action(), Some(&prov("op-1", true, DIG, false))).is_destructive());
-    assert!(classify(&action(), Some(&prov("op-1", false, DIG, false))).is_destructive());
+    let ok = prov(CreateOutcome::Succeeded, false, DIG);
+    assert!(classify(&action(), Some(&ok)).is_destructive());
+    let started = prov(CreateOutcome::Succeeded, true, DIG);
+    assert!(classify(&action(), Some(&started)).is_destructive());
 }
 
+/// Row 55: cleanup of the agent's own create that did not succeed, never started, with the
+/// digest that create left.
 #[test]
 fn m55_cleanup_of_own_failed_create_in_the_same_operation() {
-    assert_eq!(
-        classify(&action(), Some(&prov("op-7", false, DIG, false))),
-        Classification::Benign
-    );
-    // A scratch incarnation the agent marked itself is benign too.
-    assert_eq!(
-        classify(&action(), Some(&prov("op-1", true, DIG, true))),
-        Classification::Benign
-    );
+    for outcome in [CreateOutcome::Failed, CreateOutcome::Abandoned] {
+        assert_eq!(
+            classify(&action(), Some(&prov(outcome, false, DIG))),
+            Classification::Benign
+        );
+        // Started once (by the agent or anyone it saw): it may hold data.
+        assert!(classify(&action(), Some(&prov(outcome, true, DIG))).is_destructive());
+    }
 }
 
 #[test]
 fn m56_journal_names_another_incarnation() {
-    assert!(classify(&action(), Some(&prov("op-7", false, DIG2, false))).is_destructive());
-    assert!(classify(&action(), Some(&prov("op-1", true, DIG2, true))).is_destructive());
+    assert!(classify(&action(), Some(&prov(CreateOutcome::Failed, false, DIG2))).is_destructive());
+    assert!(
+        classify(
+            &action(),
+            Some(&prov(CreateOutcome::Abandoned, false, DIG2))
+        )
+        .is_destructive()
+    );
+}
+
+/// `adopt` (taking over a guest with no provenance) always needs a signature and is bound
+/// like any approval: host, guest, config digest, nonce.
+#[test]
+fn m70_adopt_needs_a_signature_bound_to_the_guest() {
+    let adopt = PlannedAction {
+        op: Op::Adopt,
+        vmid: 9101,
+        guest_config_sha1: Some(DIG.into()),
+        params: BTreeMap::new(),
+    };
+    assert!(classify(&adopt, None).is_destructive());
+    assert!(classify(&adopt, Some(&prov(CreateOutcome::Failed, false, DIG))).is_destructive());
+    let text = render_request(
+        &ctx(),
+        &adopt,
+        "7f3c9a1e5b2d4f6081a2c3d4e5f60718",
+        NB,
+        EXP,
+        Role::Operational,
+        None,
+    )
+    .unwrap();
+    assert!(text.contains("op: adopt\nguest: lxc/9101\n"), "{text}");
+    assert!(
+        text.contains(&format!("guest-config-sha1: {DIG}\n")),
+        "{text}"
+    );
+    let parsed = gate::ApprovalPayload::parse(text.as_bytes()).unwrap();
+    assert_eq!(parsed.op, Op::Adopt);
+    // An adopt approval is bound to its guest's digest: a changed guest is stale.
+    let ledger = MemLedger::new();
+    let changed = PlannedAction {
+        guest_config_sha1: Some(DIG2.into()),
+        ..adopt.clone()
+    };
+    let e =
+        verify_approval(&ctx(), &v1(), &changed, text.as_bytes(), &[], NOW, &ledger).unwrap_err();
+    assert_eq!(e.code, C::StaleState);
+    // And to its op: an adopt approval never approves a destroy.
+    let destroy = PlannedAction {
+        op: Op::DestroyGuest,
+        params: destroy_params("1"),
+        ..adopt
+    };
+    let e =
+        verify_approval(&ctx(), &v1(), &destroy, text.as_bytes(), &[], NOW, &ledger).unwrap_err();
+    assert_eq!(e.code, C::BindingMismatch);
 }
 
 #[test]
@@ -904,7 +968,7 @@ fn m57_unknown_op_is_destructive_and_unapprovable() {
         op: Op::Unknown("migrate_storage".into()),
         ..action()
     };
-    assert!(classify(&a, Some(&prov("op-7", false, DIG, true))).is_destructive());
+    assert!(classify(&a, Some(&prov(CreateOutcome::Failed, false, DIG))).is_destructive());
     let e = render_request(
         &ctx(),
         &a,

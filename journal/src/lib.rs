@@ -126,12 +126,34 @@ pub struct Provenance {
     pub created_by_agent: bool,
     /// Operation id of the create (the agent uses the create step's id).
     pub create_op: Option<String>,
+    /// Kept for records written by older versions; classification no longer reads it.
     pub op_finished: bool,
     pub create_upid: Option<String>,
-    /// Config digest after the agent's last own write to this incarnation.
+    /// Config digest the create (or the adoption) left; the agent's later writes do not move
+    /// it, so "still the digest the create left" stays checkable.
     pub config_digest: Option<String>,
+    /// Kept for records written by older versions; classification no longer reads it.
     pub scratch: bool,
     pub created_at_ms: i64,
+    /// How the create step ended: `ok`, `failed` or `abandoned`. Absent in records of older
+    /// versions, which only recorded successful creates: absent means `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_outcome: Option<CreateEnd>,
+    /// The agent started (or tried to start) this incarnation, or saw it running.
+    #[serde(default)]
+    pub started: bool,
+    /// An operator's signed `adopt` approval (its payload sha256) made this guest managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_by: Option<String>,
+}
+
+/// How the agent's own create step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateEnd {
+    Ok,
+    Failed,
+    Abandoned,
 }
 
 /// A nonce consumption (signing-gate.md §5.8).

@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, JournalError, NewStep, NonceClaim, NonceError, Outcome, Phase,
-    Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
+    AuditEntry, CheckReport, CreateEnd, JournalError, NewStep, NonceClaim, NonceError, Outcome,
+    Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
 };
 
 const VERSION: u32 = 1;
@@ -597,6 +597,7 @@ impl Journal {
         self.put(&self.inner.prov, p.vmid.to_be_bytes(), self.enc(p)?)
     }
 
+    /// The agent's create task ended OK: this incarnation is the agent's, and may hold data.
     pub fn record_created(
         &self,
         vmid: u32,
@@ -604,16 +605,65 @@ impl Journal {
         create_upid: &str,
         config_digest: &str,
     ) -> Result<(), JournalError> {
+        self.record_create_ended(vmid, op, Some(create_upid), config_digest, CreateEnd::Ok)
+    }
+
+    /// The agent's create step ended (`outcome`) and left a guest with `config_digest`.
+    pub fn record_create_ended(
+        &self,
+        vmid: u32,
+        op: &str,
+        create_upid: Option<&str>,
+        config_digest: &str,
+        outcome: CreateEnd,
+    ) -> Result<(), JournalError> {
         self.put_prov(&Provenance {
             vmid,
             created_by_agent: true,
             create_op: Some(op.to_string()),
             op_finished: false,
-            create_upid: Some(create_upid.to_string()),
+            create_upid: create_upid.map(str::to_string),
             config_digest: Some(config_digest.to_string()),
             scratch: false,
             created_at_ms: now_ms(),
+            create_outcome: Some(outcome),
+            started: false,
+            adopted_by: None,
         })
+    }
+
+    /// An operator's signed approval adopted a guest the agent did not create.
+    pub fn record_adopted(
+        &self,
+        vmid: u32,
+        config_digest: &str,
+        approval_sha256: &str,
+    ) -> Result<(), JournalError> {
+        self.put_prov(&Provenance {
+            vmid,
+            created_by_agent: false,
+            create_op: None,
+            op_finished: true,
+            create_upid: None,
+            config_digest: Some(config_digest.to_string()),
+            scratch: false,
+            created_at_ms: now_ms(),
+            create_outcome: None,
+            started: false,
+            adopted_by: Some(approval_sha256.to_string()),
+        })
+    }
+
+    /// The agent is about to start this incarnation (or saw it running): from now on it may hold
+    /// data, so cleaning it up is no longer benign.
+    pub fn record_started(&self, vmid: u32) -> Result<(), JournalError> {
+        if let Some(mut p) = self.provenance(vmid)?
+            && !p.started
+        {
+            p.started = true;
+            self.put_prov(&p)?;
+        }
+        Ok(())
     }
 
     pub fn record_own_write(&self, vmid: u32, config_digest: &str) -> Result<(), JournalError> {

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 
-pub use state::{Faults, Mutation, SeedGuest};
+pub use state::{Ct, Faults, Mutation, SeedGuest};
 pub use storage::{SimStorage, StorageFaults, StorageType, Volume};
 
 /// The token every default simulator accepts.
@@ -343,6 +343,18 @@ impl RunningSim {
         let mut h = self.shared.lock();
         h.p.cts.remove(&vmid);
         self.shared.persist(&h);
+    }
+    /// Changes a guest behind the agent's back (an operator's `pct start`, `pct set`, ...);
+    /// false when there is no such guest.
+    pub fn alter(&self, vmid: u32, f: impl FnOnce(&mut Ct)) -> bool {
+        let mut h = self.shared.lock();
+        h.advance();
+        let Some(ct) = h.p.cts.get_mut(&vmid) else {
+            return false;
+        };
+        f(ct);
+        self.shared.persist(&h);
+        true
     }
     pub fn guest(&self, vmid: u32) -> Option<GuestView> {
         let mut h = self.shared.lock();

@@ -94,6 +94,12 @@ pub struct Faults {
     pub task_failure_rate: f64,
     /// Tasks of these worker types never finish.
     pub stuck_tasks: BTreeSet<String>,
+    /// Tasks of these worker types always end in `TASK ERROR` (e.g. `resize`, `vzstart`).
+    pub failing_tasks: BTreeSet<String>,
+    /// A failed `vzcreate` leaves the guest behind, stopped and unlocked, as PVE's create does
+    /// when a step after writing the config fails (e.g. adding the guest to a pool). Without
+    /// it a failed create removes what it made, as PVE's error path does.
+    pub failed_create_keeps_guest: bool,
     /// Probability that an API request's connection is dropped without any response
     /// (the client sees a reset / unexpected EOF; the request has no effect).
     pub reset_rate: f64,
@@ -737,9 +743,17 @@ impl Host {
             }
         };
         if fail.is_some() {
-            if let Effect::Create { .. } = t.effect {
-                // A failed create removes what it made, freeing the vmid.
-                self.p.cts.remove(&vmid);
+            if let Effect::Create { conf, .. } = &t.effect {
+                if self.faults.failed_create_keeps_guest {
+                    // The config was written before the step that failed; no lock is left.
+                    if let Some(ct) = self.p.cts.get_mut(&vmid) {
+                        ct.conf = conf.clone();
+                        ct.running = false;
+                    }
+                } else {
+                    // A failed create removes what it made, freeing the vmid.
+                    self.p.cts.remove(&vmid);
+                }
             }
             if let Some(ct) = self.p.cts.get_mut(&vmid)
                 && matches!(
@@ -1052,7 +1066,9 @@ impl Host {
             "UPID:{}:{:08X}:{:08X}:{:08X}:{}:{}:{}:",
             self.node, pid, pstart, starttime, worker_type, vmid, user
         );
-        let fail = if self.dice(self.faults.task_failure_rate) {
+        let fail = if self.faults.failing_tasks.contains(worker_type) {
+            Some(format!("{worker_type} of CT {vmid} failed: exit code 1"))
+        } else if self.dice(self.faults.task_failure_rate) {
             Some(format!("command 'lxc-start -n {vmid}' failed: exit code 1"))
         } else {
             None

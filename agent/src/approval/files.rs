@@ -189,6 +189,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes what `write_atomic` calls of another process left behind in `dir` (`.NAME.tmp-PID`
+/// of a process killed between create and rename). Only for directories this process alone
+/// writes (the pending requests: one agent per state directory); returns how many were removed.
+pub fn sweep_interrupted_writes(dir: &Path) -> usize {
+    let mine = format!(".tmp-{}", std::process::id());
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.')
+            && name.contains(".tmp-")
+            && !name.ends_with(&mine)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Copies an approval and its signatures into `inbox` atomically (`drover approve` without a
 /// running daemon). Signatures are written first, so the payload appears only with them.
 pub fn copy_into_inbox(
@@ -293,6 +316,19 @@ mod tests {
         let (c, problems) = scan(p);
         assert!(c.is_empty());
         assert!(problems[0].message.contains("larger than"));
+    }
+
+    #[test]
+    fn interrupted_writes_of_other_processes_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join(".701-destroy_guest.txt.tmp-1"), "half").unwrap();
+        let mine = format!(".702-adopt.txt.tmp-{}", std::process::id());
+        std::fs::write(d.join(&mine), "in progress").unwrap();
+        std::fs::write(d.join("701-destroy_guest.txt"), "kept").unwrap();
+        assert_eq!(sweep_interrupted_writes(d), 1);
+        assert!(d.join(&mine).exists() && d.join("701-destroy_guest.txt").exists());
+        assert!(!d.join(".701-destroy_guest.txt.tmp-1").exists());
     }
 
     #[test]

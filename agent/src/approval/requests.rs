@@ -217,7 +217,7 @@ impl Approvals {
                 }
             }
         }
-        self.ensure_request(ctx, action, now)
+        self.ensure_request(ctx, action, now, ledger)
     }
 
     /// The file name of a step's request (`<vmid>-<op>.txt`).
@@ -432,11 +432,15 @@ impl Approvals {
         ctx: &GateContext,
         action: &PlannedAction,
         now: i64,
+        ledger: &dyn NonceLedger,
     ) -> std::io::Result<Lookup> {
         let path = self.request_path(action);
         if let Ok(bytes) = files::read_capped(&path, files::MAX_PAYLOAD_BYTES)
             && let Ok(p) = ApprovalPayload::parse(&bytes)
             && p.expires_at > now + RENEW_MARGIN_SECS
+            // A crash between consuming an approval and running its step leaves the request
+            // with a used nonce: signing it again could only ever be `replayed`.
+            && !ledger.is_consumed(&p.nonce)
             && gate::render_request(
                 ctx,
                 action,
@@ -499,6 +503,11 @@ impl Approvals {
     /// Drops requests whose destructive step is no longer planned (the document changed, or
     /// the guest converged another way), so operators are never asked to sign stale work.
     pub fn withdraw_unplanned(&self, planned: &std::collections::HashSet<(u32, String)>) {
+        // A request write cut short by a crash leaves its temp file; nobody else writes here.
+        let swept = files::sweep_interrupted_writes(&self.pending_dir);
+        if swept > 0 {
+            tracing::info!(swept, "removed request files a crash left half-written");
+        }
         for (path, _) in self.pending() {
             let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
@@ -518,5 +527,68 @@ impl Approvals {
                 let _ = std::fs::remove_file(&path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A crash between consuming an approval and running its step leaves the pending request
+    /// with a used nonce; the next lookup must offer a fresh request, not the used one again.
+    #[test]
+    fn a_request_whose_nonce_was_used_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("journal")).unwrap();
+        let trust = TrustStore::parse(include_str!("../../../testdata/demo/trust")).unwrap();
+        let approvals = Approvals::new(dir.path(), None);
+        let ctx = GateContext {
+            fleet: "demo".into(),
+            host: "pve1".into(),
+            domain: trust.domain.clone(),
+            epoch: store.state_epoch(),
+        };
+        let action = PlannedAction {
+            op: gate::Op::DestroyGuest,
+            vmid: 701,
+            guest_config_sha1: Some("a".repeat(40)),
+            params: [("force", "1"), ("purge", "1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let now = crate::clock::unix_now();
+        let nonce_of = |r: &Lookup| match r {
+            Lookup::Pending { request, .. } => {
+                ApprovalPayload::parse(&std::fs::read(request).unwrap())
+                    .unwrap()
+                    .nonce
+            }
+            Lookup::Approved(_) => panic!("nothing was signed"),
+        };
+        let first = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        let n1 = nonce_of(&first);
+        let again = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        assert_eq!(nonce_of(&again), n1, "a valid request is kept");
+        store
+            .consume(&gate::NonceClaim {
+                nonce: n1.clone(),
+                payload_sha256: "0".repeat(64),
+                op: "destroy_guest".into(),
+                vmid: 701,
+                expires_at: now + 3600,
+                now,
+                signer_fingerprints: vec![],
+            })
+            .unwrap();
+        let renewed = approvals
+            .lookup(&ctx, &trust, &action, now, &store, &|_| {})
+            .unwrap();
+        assert_ne!(nonce_of(&renewed), n1, "the used request is replaced");
     }
 }

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::pve_format;
+
 /// What a guest entry asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +67,10 @@ impl DesiredError {
         "desired_invalid"
     }
 }
+
+/// The sub-code (in the message of a `desired_invalid` refusal) of a `template` that names a
+/// backup volume: creating from it would restore another guest's data.
+pub const TEMPLATE_IS_BACKUP: &str = "template_is_backup";
 
 /// The largest document accepted: a host has at most a few thousand guests.
 pub const MAX_DOCUMENT_BYTES: usize = 4 * 1024 * 1024;
@@ -270,11 +276,15 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         spec.hostname = Some(h);
     }
     if let Some(tpl) = string("template")? {
-        if !tpl.contains(':') || tpl.chars().any(|c| c.is_whitespace() || c == ',') {
-            return Err(e(
-                "template",
-                format!("{tpl:?} must be a volume id like local:vztmpl/NAME.tar.zst"),
-            ));
+        match pve_format::check_template(&tpl) {
+            Ok(()) => {}
+            Err(p @ pve_format::TemplateProblem::BackupVolume(_)) => {
+                return Err(e(
+                    "template",
+                    format!("{TEMPLATE_IS_BACKUP}: {}", p.message()),
+                ));
+            }
+            Err(p) => return Err(e("template", p.message().to_string())),
         }
         spec.template = Some(tpl);
     }
@@ -290,6 +300,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
             let s = v
                 .as_str()
                 .ok_or_else(|| e(key, "must be a string".into()))?;
+            pve_format::check_net(s).map_err(|m| e(key, m))?;
             let net = crate::model::parse_net(s).map_err(|m| e(key, m))?;
             spec.nets.insert(idx, net);
         }
@@ -323,9 +334,11 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         spec.tags = Some(crate::model::normalize_tags(tags));
     }
     if let Some(d) = string("description")? {
-        if d.len() > 8192 {
-            return Err(e("description", "longer than 8 KiB".into()));
+        if d.chars().count() > 8192 {
+            return Err(e("description", "longer than 8192 characters".into()));
         }
+        // Free text for PVE (any character); `plan` and `status` show control characters
+        // escaped.
         spec.description = Some(d);
     }
     if spec.ensure != Ensure::Absent && spec.template.is_none() {
@@ -350,12 +363,10 @@ pub fn parse_rootfs_spec(s: &str) -> Result<(String, u64), String> {
     let (storage, size) = s
         .split_once(':')
         .ok_or_else(|| format!("{s:?} must be STORAGE:SIZE_GIB, e.g. local-lvm:8"))?;
-    if storage.is_empty()
-        || !storage
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return Err(format!("{storage:?} is not a storage id"));
+    if !pve_format::is_storage_id(storage) {
+        return Err(format!(
+            "{storage:?} is not a storage id (lower-case letters, digits, '-', '_', '.')"
+        ));
     }
     let gib: u64 = size
         .parse()
@@ -439,11 +450,54 @@ description = "managed by drover"
                 "net0",
             ),
             ("tags = [\"web\"]", "tags = [\"we b\"]", "tags"),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0;rm -rf /\"",
+                "net0",
+            ),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0,hookscript=local:snippets/x.sh\"",
+                "net0",
+            ),
+            (
+                "net0 = \"name=eth0,bridge=vmbr0,ip=dhcp\"",
+                "net0 = \"name=eth0,bridge=vmbr0\\nlxc.hook.pre-start: /x\"",
+                "net0",
+            ),
+            (
+                "template = \"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"",
+                "template = \"local:backup/vzdump-lxc-101-2026_01_01-00_00_00.tar.zst\"",
+                "template",
+            ),
+            (
+                "template = \"local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst\"",
+                "template = \"local:iso/x.iso\"",
+                "template",
+            ),
+            (
+                "hostname = \"web-1\"",
+                "hostname = \"web-1\\n\"",
+                "hostname",
+            ),
+            (
+                "rootfs = \"local-lvm:8\"",
+                "rootfs = \"Local-LVM:8\"",
+                "rootfs",
+            ),
+            (
+                "rootfs = \"local-lvm:8\"",
+                "rootfs = \"local-lvm:8\\n\"",
+                "rootfs",
+            ),
             ("hostname = \"web-1\"", "hostname = \"-web\"", "hostname"),
         ] {
             let bad = DOC.replace(from, to);
+            assert_ne!(bad, DOC, "{from} not found");
             let e = parse(bad.as_bytes(), "d").unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "{e}");
+            assert_eq!(e.vmid, Some(201), "{e}");
+            assert_eq!(e.code(), "desired_invalid");
         }
         let dup = format!("{DOC}\n[[guest]]\nvmid = 201\n");
         assert_eq!(

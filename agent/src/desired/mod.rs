@@ -7,6 +7,7 @@
 pub mod document;
 pub mod fetched;
 pub mod hub;
+pub mod pve_format;
 pub mod report;
 pub mod source;
 

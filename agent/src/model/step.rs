@@ -18,6 +18,9 @@ pub enum StepKind {
     Stop,
     Reboot,
     Destroy,
+    /// Take over a guest Drover did not create (see `reconcile::adoption`): no PVE call, the
+    /// journal records it once an operator's signed approval is verified.
+    Adopt,
 }
 
 impl StepKind {
@@ -31,6 +34,7 @@ impl StepKind {
             StepKind::Stop => "stop",
             StepKind::Reboot => "reboot",
             StepKind::Destroy => "destroy_guest",
+            StepKind::Adopt => "adopt",
         }
     }
 }

@@ -49,7 +49,7 @@ impl ClassifiedPlan {
             "Drover plan for host {} (desired revision {})\n",
             self.host, self.plan.revision
         );
-        let (mut create, mut change, mut destroy, mut approval) = (0, 0, 0, 0);
+        let (mut create, mut change, mut destroy, mut adopt, mut approval) = (0, 0, 0, 0, 0);
         for g in self.plan.guests.values() {
             for (i, s) in g.steps.iter().enumerate() {
                 let class = self.class_of(g.vmid, i);
@@ -57,6 +57,7 @@ impl ClassifiedPlan {
                 match s.kind {
                     StepKind::Create => create += 1,
                     StepKind::Destroy => destroy += 1,
+                    StepKind::Adopt => adopt += 1,
                     _ => change += 1,
                 }
                 if destructive {
@@ -107,7 +108,12 @@ impl ClassifiedPlan {
         } else {
             let _ = writeln!(
                 out,
-                "\nPlan: {create} to create, {change} to change, {destroy} to destroy ({approval} need a signed approval)."
+                "\nPlan: {create} to create, {change} to change, {destroy} to destroy{} ({approval} need a signed approval).",
+                if adopt > 0 {
+                    format!(", {adopt} to adopt")
+                } else {
+                    String::new()
+                }
             );
         }
         out
@@ -118,6 +124,7 @@ fn symbol(s: &Step) -> char {
     match s.kind {
         StepKind::Create => '+',
         StepKind::Destroy => '-',
+        StepKind::Adopt => '=',
         _ => '~',
     }
 }

@@ -21,6 +21,8 @@ use crate::approval::requests::{Approvals, Lookup};
 use crate::approval::trust::{Trust, TrustInForce};
 use crate::clock::unix_now;
 use crate::desired::{Desired, DesiredDoc, GuestSpec};
+use crate::model::{ActualGuest, Power};
+use crate::reconcile::adoption;
 use crate::reconcile::board::{GuestState, StatusBoard};
 use crate::reconcile::classified::{ClassifiedPlan, StepClass};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
@@ -56,6 +58,9 @@ pub(super) struct Inner {
     desired: RwLock<Option<Desired>>,
     /// vmids held by other nodes, from the last pass.
     elsewhere: RwLock<BTreeMap<u32, String>>,
+    /// Guests whose destroy the last host plan's fuse withheld (a lane turn plans one guest
+    /// and cannot see the whole document, so it keeps to the host's verdict).
+    fused: RwLock<std::collections::BTreeSet<u32>>,
     /// Guests that failed terminally, with the desired entry they failed on: not retried until
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
@@ -91,6 +96,7 @@ impl Engine {
                 logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
+                fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
                 lanes,
@@ -260,22 +266,24 @@ impl Engine {
 
     /// The gate's view of a planned step.
     pub fn planned_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
-        let provenance = self.inner.store.provenance(step.vmid);
         PlannedAction {
             op: op_of(step.kind),
             vmid: step.vmid,
             guest_config_sha1: digest.filter(|d| !d.is_empty()).map(str::to_string),
             params: step.params.clone(),
-            operation: provenance
-                .filter(|p| !p.op_finished)
-                .and_then(|p| p.create_op),
         }
     }
 
-    /// Classifies a step by the journal's provenance (never by the document).
-    pub fn classify(&self, step: &Step, digest: Option<&str>) -> Classification {
-        let action = self.planned_action(step, digest);
-        let provenance = self.inner.store.provenance(step.vmid);
+    /// Classifies a step by the journal's provenance (never by the document). A guest seen
+    /// running counts as started, whoever started it: it may hold data.
+    pub fn classify(&self, step: &Step, actual: Option<&ActualGuest>) -> Classification {
+        let action = self.planned_action(step, actual.map(|a| a.digest.as_str()));
+        let mut provenance = self.inner.store.provenance(step.vmid);
+        if let Some(p) = provenance.as_mut()
+            && actual.is_some_and(|a| a.power != Power::Stopped)
+        {
+            p.ever_started = true;
+        }
         gate::classify(&action, provenance.as_ref())
     }
 
@@ -285,19 +293,65 @@ impl Engine {
         doc: &DesiredDoc,
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
-        let plan = planner::plan(doc, &actual);
+        let mut plan = planner::plan(doc, &actual);
+        for vmid in doc.guests.keys() {
+            let Some(g) = actual.guests.get(vmid) else {
+                continue;
+            };
+            let gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
+                vmid: *vmid,
+                steps: Vec::new(),
+                notes: Vec::new(),
+            });
+            let gp = adoption::require_adoption(gp, Some(g), self.inner.store.is_managed(*vmid));
+            if !gp.steps.is_empty() || !gp.notes.is_empty() {
+                plan.guests.insert(*vmid, gp);
+            }
+        }
+        *self.inner.fused.write().unwrap_or_else(|p| p.into_inner()) = plan
+            .guests
+            .values()
+            .filter(|g| g.notes.iter().any(|n| n.code == "fuse_mass_destroy"))
+            .map(|g| g.vmid)
+            .collect();
         let classified = self.classify_plan(plan, &actual);
         Ok((classified, actual))
+    }
+
+    /// The plan of one guest from fresh state, with adoption required for a guest the journal
+    /// does not know.
+    fn plan_one(
+        &self,
+        spec: &GuestSpec,
+        actual: Option<&ActualGuest>,
+        elsewhere: Option<&String>,
+    ) -> planner::GuestPlan {
+        let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        let fused = self
+            .inner
+            .fused
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&spec.vmid);
+        if fused && gp.steps.iter().any(|s| s.kind == StepKind::Destroy) {
+            gp.steps.retain(|s| s.kind != StepKind::Destroy);
+            gp.notes.push(planner::Note {
+                code: "fuse_mass_destroy",
+                vmid: Some(spec.vmid),
+                message: "destroy withheld: the document would destroy more than half of the managed guests".into(),
+            });
+        }
+        adoption::require_adoption(gp, actual, self.inner.store.is_managed(spec.vmid))
     }
 
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
         let mut classes = BTreeMap::new();
         for g in plan.guests.values() {
-            let digest = actual.guests.get(&g.vmid).map(|a| a.digest.as_str());
+            let guest = actual.guests.get(&g.vmid);
             let c: Vec<StepClass> = g
                 .steps
                 .iter()
-                .map(|s| match self.classify(s, digest) {
+                .map(|s| match self.classify(s, guest) {
                     Classification::Benign => StepClass::Benign,
                     Classification::Destructive { reason } => StepClass::Destructive { reason },
                 })
@@ -321,7 +375,12 @@ impl Engine {
                 classes: BTreeMap::new(),
             });
         };
+        let read_from_ms = unix_now_ms();
         let (classified, actual) = self.plan_host(&desired.doc).await?;
+        for g in actual.guests.values() {
+            self.remember_if_running(g);
+        }
+        self.forget_vanished(&desired.doc, &actual, read_from_ms);
         *self
             .inner
             .elsewhere
@@ -377,7 +436,6 @@ impl Engine {
                 .get(vmid)
                 .is_some_and(|g| !g.steps.is_empty());
             if !(has_steps || in_flight.contains(vmid)) {
-                self.finish_operation_if_converged(*vmid, &classified);
                 continue;
             }
             if self.is_terminal_for(*vmid, &desired.doc) || self.inner.store.is_suspended(*vmid) {
@@ -413,20 +471,46 @@ impl Engine {
         *logged = now;
     }
 
-    /// A guest the agent created has converged: its create operation is over, so cleanup of
-    /// it is no longer "its own failed create".
-    fn finish_operation_if_converged(&self, vmid: u32, plan: &ClassifiedPlan) {
-        let notes = plan
-            .plan
-            .guests
-            .get(&vmid)
-            .map(|g| g.notes.len())
-            .unwrap_or(0);
-        if notes == 0
-            && let Some(p) = self.inner.store.provenance(vmid)
-            && !p.op_finished
+    /// A guest the journal knows, seen running (whoever started it), counts as started from
+    /// now on: it may hold data, so cleaning it up is never benign again.
+    fn remember_if_running(&self, g: &ActualGuest) {
+        if g.power != Power::Stopped
+            && let Some(p) = self.inner.store.provenance(g.vmid)
+            && !p.ever_started
+            && let Err(e) = self.inner.store.started(g.vmid)
         {
-            self.inner.store.finish_operation(vmid);
+            warn!(vmid = g.vmid, "journaling that the guest ran: {e}");
+        }
+    }
+
+    /// A guest the journal knows that is gone from the host (and from the cluster) with no step
+    /// in flight was destroyed behind the agent's back: its provenance is forgotten, so a
+    /// guest someone creates later under that vmid is unmanaged until adopted.
+    /// Only provenance recorded before `read_from_ms` counts: a create that ended while the
+    /// host was being read is simply not in that read yet.
+    fn forget_vanished(
+        &self,
+        doc: &DesiredDoc,
+        actual: &crate::model::ActualHost,
+        read_from_ms: i64,
+    ) {
+        let in_flight: Vec<u32> = match self.inner.store.in_flight() {
+            Ok(r) => r.iter().map(|r| r.vmid).collect(),
+            Err(_) => return,
+        };
+        for vmid in doc.guests.keys() {
+            if !actual.guests.contains_key(vmid)
+                && !actual.elsewhere.contains_key(vmid)
+                && !in_flight.contains(vmid)
+                && self
+                    .inner
+                    .store
+                    .known_since_ms(*vmid)
+                    .is_some_and(|t| t < read_from_ms)
+            {
+                info!(vmid, "the guest is gone; forgetting its provenance");
+                self.inner.store.destroyed(*vmid);
+            }
         }
     }
 
@@ -499,6 +583,9 @@ impl Engine {
             Ok(a) => a,
             Err(e) => return pve_failure(&e, "reading the guest"),
         };
+        if let Some(a) = actual.as_ref() {
+            self.remember_if_running(a);
+        }
         let elsewhere = self
             .inner
             .elsewhere
@@ -506,7 +593,7 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .get(&vmid)
             .cloned();
-        let gp = planner::plan_guest(&spec, actual.as_ref(), elsewhere.as_ref());
+        let gp = self.plan_one(&spec, actual.as_ref(), elsewhere.as_ref());
         let Some(step) = gp.steps.first().cloned() else {
             self.inner.status.set_notes(vmid, &gp.notes);
             return if gp.notes.iter().any(|n| n.code == "guest_locked") {
@@ -517,7 +604,7 @@ impl Engine {
         };
         let digest = actual.as_ref().map(|a| a.digest.clone());
         // 3. Classify by provenance; destructive steps need the gate.
-        let class = self.classify(&step, digest.as_deref());
+        let class = self.classify(&step, actual.as_ref());
         let mut approval = None;
         if let Classification::Destructive { reason } = &class {
             if desired.degraded {
@@ -577,15 +664,8 @@ impl Engine {
             }
         }
         // 4. Execute.
-        let operation = self.planned_action(&step, None).operation;
-        self.execute(
-            &step,
-            &class,
-            approval.as_ref(),
-            digest.as_deref(),
-            operation,
-        )
-        .await
+        self.execute(&step, &class, approval.as_ref(), digest.as_deref())
+            .await
     }
 
     async fn execute(
@@ -594,19 +674,24 @@ impl Engine {
         class: &Classification,
         approval: Option<&gate::Approved>,
         digest: Option<&str>,
-        operation: Option<String>,
     ) -> LaneOutcome {
         let vmid = step.vmid;
         let kind = step.kind;
         let intent_unix = unix_now();
-        let id = match self
-            .inner
-            .store
-            .intent(step, class, approval, operation.as_deref())
+        if matches!(kind, StepKind::Start | StepKind::Reboot)
+            && let Err(e) = self.inner.store.started(vmid)
         {
+            // Durable before the call: a crash after PVE started the guest must not leave a
+            // journal that still calls its cleanup benign.
+            return LaneOutcome::Transient(format!("journaling the start: {e}"));
+        }
+        let id = match self.inner.store.intent(step, class, approval, None) {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
         };
+        if kind == StepKind::Adopt {
+            return self.adopt(&id, vmid, approval, digest);
+        }
         let span = info_span!("step", vmid, step = kind.as_str(), op_id = %id);
         async move {
             info!("starting");
@@ -698,6 +783,62 @@ impl Engine {
         }
     }
 
+    /// Records an adoption the gate approved: from now on the guest is managed, bound to the
+    /// digest the approval was verified against. Nothing is sent to PVE.
+    fn adopt(
+        &self,
+        id: &crate::store::StepId,
+        vmid: u32,
+        approval: Option<&gate::Approved>,
+        digest: Option<&str>,
+    ) -> LaneOutcome {
+        let (Some(approval), Some(digest)) = (approval, digest) else {
+            // Never without a verified approval: `adopt` always classifies destructive.
+            self.close(
+                id,
+                StepOutcome::Failed("adopt without a verified approval".into()),
+            );
+            return LaneOutcome::Terminal("adopt without a verified approval".into());
+        };
+        if let Err(e) = self
+            .inner
+            .store
+            .adopted(vmid, digest, &approval.payload_sha256)
+        {
+            self.close(id, StepOutcome::Abandoned(format!("not recorded: {e}")));
+            return LaneOutcome::Transient(format!("journaling the adoption: {e}"));
+        }
+        self.close(id, StepOutcome::Ok);
+        info!(vmid, "adopted: the guest is managed from now on");
+        LaneOutcome::Progressed
+    }
+
+    /// The agent's create task ended without success. If it left a guest behind (its config
+    /// written before the failing step), the journal records it with the digest it has now:
+    /// cleaning that guest up stays benign until it is started or changed. Only a create with
+    /// a task of our own can have left it; a guest that appears without one is someone else's.
+    pub(super) async fn note_failed_create(
+        &self,
+        vmid: u32,
+        id: &crate::store::StepId,
+        upid: Option<&Upid>,
+        outcome: crate::store::CreateEnd,
+    ) {
+        match self.inner.pve.read_guest(vmid).await {
+            Ok(Some(g)) => {
+                info!(
+                    vmid,
+                    "the failed create left the guest behind; recording it as the agent's own"
+                );
+                self.inner
+                    .store
+                    .create_left_guest(vmid, id, upid, &g.digest, outcome);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(vmid, "reading the guest after a failed create: {e}"),
+        }
+    }
+
     pub(super) fn close(&self, id: &crate::store::StepId, outcome: StepOutcome) {
         if let Err(e) = self.inner.store.done(id, outcome) {
             warn!(op_id = %id, "journaling the outcome failed: {e}");
@@ -740,6 +881,15 @@ impl Engine {
                 }
                 Ok(TaskOutcome::Failed { message, log_tail }) => {
                     warn!(log = ?log_tail, "task failed: {message}");
+                    if kind == StepKind::Create {
+                        self.note_failed_create(
+                            vmid,
+                            &id,
+                            Some(&upid),
+                            crate::store::CreateEnd::Failed,
+                        )
+                        .await;
+                    }
                     self.close(&id, StepOutcome::Failed(message.clone()));
                     if task_failure_is_transient(&message) {
                         LaneOutcome::Transient(format!("task failed: {message}"))
@@ -792,11 +942,7 @@ impl Engine {
                 }
             }
             StepKind::Destroy => self.inner.store.destroyed(vmid),
-            _ => {
-                if let Some(g) = fresh.as_ref() {
-                    self.inner.store.own_write(vmid, &g.digest);
-                }
-            }
+            _ => {}
         }
         self.close(&id, outcome);
         info!("done");
@@ -814,7 +960,7 @@ impl Engine {
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&vmid)
                     .cloned();
-                let next = planner::plan_guest(&spec, fresh.as_ref(), elsewhere.as_ref());
+                let next = self.plan_one(&spec, fresh.as_ref(), elsewhere.as_ref());
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
@@ -865,5 +1011,13 @@ pub fn op_of(kind: StepKind) -> Op {
         StepKind::Stop => Op::Stop,
         StepKind::Reboot => Op::Reboot,
         StepKind::Destroy => Op::DestroyGuest,
+        StepKind::Adopt => Op::Adopt,
     }
+}
+
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

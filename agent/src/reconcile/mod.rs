@@ -5,6 +5,7 @@
 //! `pve` is the only place that turns steps into API calls; the board records what happened
 //! for `status` and metrics.
 
+pub mod adoption;
 pub mod board;
 pub mod classified;
 pub mod engine;

@@ -44,7 +44,7 @@ impl WaitPolicy {
             StepKind::Reboot => Duration::from_secs(5 * 60),
             StepKind::Shutdown => Duration::from_secs(SHUTDOWN_TIMEOUT_SECS as u64 + 30),
             StepKind::Start | StepKind::Stop => Duration::from_secs(120),
-            StepKind::SetConfig => Duration::from_secs(60),
+            StepKind::SetConfig | StepKind::Adopt => Duration::from_secs(60),
         }
     }
 
@@ -164,6 +164,8 @@ impl Pve {
         let p = &step.params;
         let flag = |k: &str| p.get(k).is_some_and(|v| v == "1");
         match step.kind {
+            // Adoption is journaled, never sent (the engine never submits it).
+            StepKind::Adopt => Ok(Submission::Done),
             StepKind::Create => {
                 let template = p.get("ostemplate").cloned().unwrap_or_default();
                 let mut create = CreateLxc::new(vmid, template);
@@ -305,7 +307,7 @@ pub fn worker_type(kind: StepKind) -> Option<&'static str> {
         StepKind::Reboot => "vzreboot",
         StepKind::Destroy => "vzdestroy",
         StepKind::Resize => "resize",
-        StepKind::SetConfig => return None,
+        StepKind::SetConfig | StepKind::Adopt => return None,
     })
 }
 

@@ -43,6 +43,9 @@ impl Engine {
                         }
                         Ok(_) => self.wait_and_finish(rec.id, rec.kind, rec.vmid, u).await,
                         Err(e) if e.is_not_found() => {
+                            if rec.kind == StepKind::Create {
+                                self.note_failed_create(rec.vmid, &rec.id, Some(&u), crate::store::CreateEnd::Abandoned).await;
+                            }
                             self.close(&rec.id, StepOutcome::Abandoned(format!("PVE does not know task {u}")));
                             LaneOutcome::Progressed
                         }

@@ -327,3 +327,96 @@ pub fn successor(previous: &str, version: u64, extra: &str) -> String {
     out.push_str(extra);
     out
 }
+
+/// Signs several files with ONE `ssh-keygen -Y sign -f KEY -n NS a.txt b.txt ...` call (as
+/// the operator guide shows for hosts with many existing guests); returns the signature paths
+/// in the same order. The files are copied into `out_dir` first.
+pub fn sign_all(
+    key_in_testdata: &str,
+    namespace: &str,
+    files: &[PathBuf],
+    out_dir: &Path,
+) -> Vec<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(out_dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("testdata")
+        .join(key_in_testdata);
+    let key = out_dir.join(src.file_name().unwrap());
+    std::fs::copy(&src, &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let copies: Vec<PathBuf> = files
+        .iter()
+        .map(|f| {
+            let copy = out_dir.join(f.file_name().unwrap());
+            std::fs::copy(f, &copy).unwrap();
+            copy
+        })
+        .collect();
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-Y", "sign", "-f"])
+        .arg(&key)
+        .args(["-n", namespace])
+        .args(&copies)
+        .output()
+        .expect("running ssh-keygen (install openssh-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    copies
+        .into_iter()
+        .map(|c| {
+            let sig = PathBuf::from(format!("{}.sig", c.display()));
+            assert!(sig.exists(), "no signature for {}", c.display());
+            (c, sig)
+        })
+        .collect()
+}
+
+impl Host {
+    /// The pending `adopt` requests, by vmid.
+    pub fn pending_adoptions(&self) -> Vec<(u32, PathBuf)> {
+        self.pending_requests()
+            .into_iter()
+            .filter_map(|p| {
+                let name = p.file_name()?.to_str()?.to_string();
+                let vmid = name.strip_suffix("-adopt.txt")?.parse().ok()?;
+                Some((vmid, p))
+            })
+            .collect()
+    }
+
+    /// Adopts the guests seeded in the simulator the legitimate way (a guest with no
+    /// provenance is unmanaged until adopted): `drover run --once` writes one adopt request
+    /// per unmanaged guest the document lists, the demo operator signs them all with one
+    /// ssh-keygen call, and `drover approve` hands each to the agent (its inbox when no daemon
+    /// runs). The next `run` records the adoptions, then manages the guests. Tests that call
+    /// it start with `skip_without("ssh-keygen", "-?")`. Returns the vmids submitted.
+    pub async fn adopt_all(&self) -> Vec<u32> {
+        self.adopt_all_with("demo/TEST_demo_operator_ed25519", DOMAIN)
+            .await
+    }
+
+    /// [`Host::adopt_all`] signed by another key (in testdata) for another namespace domain.
+    pub async fn adopt_all_with(&self, key_in_testdata: &str, domain: &str) -> Vec<u32> {
+        let run = self.drover_async(&["run", "--once"]).await;
+        assert_eq!(code(&run), 2, "adoptions are pending");
+        let pending = self.pending_adoptions();
+        assert!(!pending.is_empty(), "no adopt request was written");
+        let files: Vec<PathBuf> = pending.iter().map(|(_, p)| p.clone()).collect();
+        let signed = sign_all(
+            key_in_testdata,
+            &format!("destructive-op-v1@{domain}"),
+            &files,
+            &self.root().join("adopt-signing"),
+        );
+        for (copy, sig) in &signed {
+            let out = self.submit("approve", copy, &[sig.as_path()]).await;
+            assert_eq!(code(&out), 0, "{}", stdout(&out));
+        }
+        pending.into_iter().map(|(v, _)| v).collect()
+    }
+}

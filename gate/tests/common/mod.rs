@@ -68,7 +68,6 @@ pub fn action() -> PlannedAction {
         vmid: 9101,
         guest_config_sha1: Some(DIG.into()),
         params: destroy_params("1"),
-        operation: Some("op-7".into()),
     }
 }
 
