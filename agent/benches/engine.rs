@@ -6,7 +6,15 @@
 //! 3. peak RSS of `drover run` over 100 passes of 200 guests (goal < 30 MiB) — only with
 //!    `--rss` (it takes ~100 s).
 //!
-//! Run: `cargo bench -p drover --bench engine [-- --rss]`.
+//! 4. `--pveproxy`: against the simulator shaped like pveproxy (3 workers, 10 ms per request):
+//!    a no-change `run --once` over 1,000 guests and the 200 × 100 ms converge at the
+//!    production poll schedule, next to the ideal the model implies;
+//! 5. `--peer`: Drover against the proxmoxer peer (`benches/peer/`, 1 s task polling, 3 in
+//!    parallel) on 50 × 100 ms tasks (goal Drover / peer ≤ 0.25);
+//! 6. `--rss-scale`: the daemon's peak RSS at 1,000 and 5,000 guests (release binary).
+//!
+//! Run: `cargo bench -p drover --bench engine [-- --rss | --production-only | --pveproxy |
+//! --peer | --rss-scale]`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -52,9 +60,21 @@ struct Setup {
 }
 
 async fn setup(n: u32, running: bool, task_ms: u64, poll_ms: u64) -> Setup {
+    setup_model(n, running, task_ms, poll_ms, None).await
+}
+
+/// `setup` against a simulator shaped like pveproxy (`model`), or the ideal one (None).
+async fn setup_model(
+    n: u32,
+    running: bool,
+    task_ms: u64,
+    poll_ms: u64,
+    model: Option<pve_sim::PveProxyModel>,
+) -> Setup {
     let sim = pve_sim::start(pve_sim::SimConfig {
         task_duration: Duration::from_millis(task_ms),
         guests: (0..n).map(|i| seed(1000 + i, running)).collect(),
+        pveproxy: model,
         ..pve_sim::SimConfig::default()
     })
     .await
@@ -140,6 +160,23 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() {
     let rss = std::env::args().any(|a| a == "--rss");
     let production_only = std::env::args().any(|a| a == "--production-only");
+    let only = |flag: &str| std::env::args().any(|a| a == flag);
+
+    // Single sections: `--peer` (Drover against the proxmoxer peer), `--pveproxy` (against
+    // the simulator shaped like pveproxy), `--rss-scale` (the daemon's RSS at 1,000 and 5,000
+    // guests; needs `cargo build --release -p drover`).
+    if only("--peer") || only("--pveproxy") || only("--rss-scale") {
+        if only("--pveproxy") {
+            pveproxy().await;
+        }
+        if only("--peer") {
+            peer().await;
+        }
+        if only("--rss-scale") {
+            rss_scale().await;
+        }
+        return;
+    }
 
     if !production_only {
         classic().await;
@@ -292,4 +329,184 @@ async fn classic() {
         median(ratios),
         median(windows)
     );
+}
+
+/// Runs `drover run --once` at the production poll schedule; returns (seconds, requests, result).
+async fn converge_production(s: &Setup) -> (f64, u64, daemon::RunResult) {
+    // A previous run's aborted tasks drop their handles on the journal (its process lock)
+    // shortly after it returned; a process running `drover run --once` again would have exited.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let requests_before = s.sim.request_count();
+    let t = Instant::now();
+    let mut opts = once(Duration::from_millis(10));
+    opts.waits = WaitPolicy::production();
+    let r = daemon::run(s.config.clone(), opts, Systemd::default())
+        .await
+        .unwrap();
+    (
+        t.elapsed().as_secs_f64(),
+        s.sim.request_count() - requests_before,
+        r,
+    )
+}
+
+/// Section 4, against the simulator shaped like pveproxy (3 workers, 10 ms per request, 5 s
+/// keep-alive): a no-change `run --once` over 1,000 guests and the 200 × 100 ms converge at the
+/// production poll schedule, each next to the ideal that model implies.
+async fn pveproxy() {
+    let model = pve_sim::PveProxyModel::pveproxy();
+    let ms = model.service_time.as_millis();
+    // No-change: the host read once, N + 2 requests, 3 workers at a time.
+    let n = 1000u32;
+    let s = setup_model(n, true, 10, 10, Some(model)).await;
+    converge_production(&s).await; // journals the document
+    let mut times = Vec::new();
+    let mut reqs = Vec::new();
+    for _ in 0..3 {
+        let (took, requests, r) = converge_production(&s).await;
+        println!(
+            "  no-change run --once, {n} guests, pveproxy model: {took:.2} s, {requests} requests ({r:?})"
+        );
+        times.push(took);
+        reqs.push(requests as f64);
+    }
+    let ideal = model.ideal(u64::from(n) + 2).as_secs_f64();
+    let t = median(times);
+    println!(
+        "no-change run --once over {n} guests against pveproxy ({} workers, {ms} ms per request): median {t:.2} s, {} requests; ideal {ideal:.2} s ({} requests / {} workers × {ms} ms); ratio {:.3}",
+        model.workers,
+        median(reqs),
+        n + 2,
+        model.workers,
+        t / ideal
+    );
+    drop(s);
+
+    // Converge: 200 stopped guests, 100 ms tasks, max_parallel 3.
+    let (n, task_ms) = (200u32, 100u64);
+    let mut ratios = Vec::new();
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        let s = setup_model(n, false, task_ms, 10, Some(model)).await;
+        let (took, requests, r) = converge_production(&s).await;
+        // The least this model allows: two full reads (boot, verification) through 3 workers,
+        // and per guest on its lane the start call, the task, and one status poll that sees
+        // it stopped (3 lanes side by side).
+        let read = model.ideal(u64::from(n) + 2).as_secs_f64();
+        let per_guest = (task_ms as f64 + 2.0 * ms as f64) / 1000.0;
+        let ideal = 2.0 * read + (f64::from(n) / 3.0).ceil() * per_guest;
+        let task_ideal = (f64::from(n) / 3.0).ceil() * task_ms as f64 / 1000.0;
+        println!(
+            "  converge {n} × {task_ms} ms, pveproxy model, production polling: {took:.2} s ({r:?}), {requests} requests ({:.1} per guest), model ideal {ideal:.2} s (ratio {:.3}), task-only ideal {task_ideal:.2} s (ratio {:.3})",
+            requests as f64 / f64::from(n),
+            took / ideal,
+            took / task_ideal
+        );
+        ratios.push(took / ideal);
+        lines.push(took / task_ideal);
+    }
+    println!(
+        "converge {n} × {task_ms} ms against pveproxy ({} workers, {ms} ms per request), production polling: median ratio {:.3} × the model's ideal, {:.3} × the task-only ideal",
+        model.workers,
+        median(ratios),
+        median(lines)
+    );
+}
+
+/// Section 5, Drover against the peer (agent/benches/peer: proxmoxer, bpg-style 1 s task polling, 3
+/// in parallel) on 50 guests that need a start, 100 ms tasks, the same simulator setup for
+/// both, alternating in one run. Goal: Drover / peer ≤ 0.25.
+async fn peer() {
+    let (n, task_ms, rounds) = (50u32, 100u64, 3usize);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer/run.sh");
+    let mut ratios = Vec::new();
+    let mut drovers = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..rounds {
+        let s = setup(n, false, task_ms, 10).await;
+        let (drover, drover_requests, r) = converge_production(&s).await;
+        assert!(
+            (0..n).all(|i| s.sim.guest(1000 + i).is_some_and(|g| g.running)),
+            "drover converged: {r:?}"
+        );
+        drop(s);
+
+        let s = setup(n, false, task_ms, 10).await;
+        let ca = s._dir.path().join("sim-ca.pem");
+        std::fs::write(&ca, s.sim.cert_pem()).unwrap();
+        let before = s.sim.request_count();
+        let out = tokio::process::Command::new(&script)
+            .arg(s.sim.addr().port().to_string())
+            .arg(&ca)
+            .arg("pve1")
+            .arg(pve_sim::DEFAULT_TOKEN_ID)
+            .arg(pve_sim::DEFAULT_TOKEN_SECRET)
+            .arg("3")
+            .output()
+            .await
+            .expect("running agent/benches/peer/run.sh");
+        assert!(
+            out.status.success(),
+            "peer failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(out.stdout.trim_ascii()).unwrap();
+        let peer = report["seconds"].as_f64().unwrap();
+        assert!(
+            (0..n).all(|i| s.sim.guest(1000 + i).is_some_and(|g| g.running))
+                && report["failed"] == 0,
+            "the peer converged: {report}"
+        );
+        let peer_requests = s.sim.request_count() - before;
+        println!(
+            "  {n} × {task_ms} ms: drover {drover:.2} s ({drover_requests} requests), peer {peer:.2} s ({peer_requests} requests), drover / peer {:.3}",
+            drover / peer
+        );
+        ratios.push(drover / peer);
+        drovers.push(drover);
+        peers.push(peer);
+    }
+    println!(
+        "drover vs the proxmoxer peer (1 s polling, 3 in parallel), {n} × {task_ms} ms tasks: drover median {:.2} s, peer median {:.2} s, median ratio drover / peer {:.3} (goal ≤ 0.25)",
+        median(drovers),
+        median(peers),
+        median(ratios)
+    );
+}
+
+/// Section 6, peak RSS of the `drover run` daemon (the release binary) over converged hosts of 1,000
+/// and 5,000 guests, after 30 s of passes (interval 1 s).
+async fn rss_scale() {
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover");
+    for n in [1000u32, 5000] {
+        let s = setup(n, true, 10, 10).await;
+        let mut child = std::process::Command::new(&exe)
+            .arg("--config")
+            .arg(&s.config_path)
+            .arg("run")
+            .env("DROVER_LOG", "warn")
+            .spawn()
+            .expect("build the release binary first: cargo build --release -p drover");
+        let before = s.sim.request_count();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 1024.0
+        };
+        let passes = (s.sim.request_count() - before) as f64 / f64::from(n + 2);
+        let _ = child.kill();
+        let _ = child.wait();
+        println!(
+            "drover run, {n} guests, 30 s (~{passes:.0} full reads): peak RSS (VmHWM) {:.1} MiB, RSS now {:.1} MiB (goal ≤ {} MiB)",
+            field("VmHWM:"),
+            field("VmRSS:"),
+            if n == 1000 { 30 } else { 60 }
+        );
+    }
 }

@@ -29,3 +29,57 @@ async fn a_plan_over_200_guests_is_n_plus_2_requests_over_few_connections() {
         "{connections} TLS connections for {requests} requests"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_on_a_converged_host_is_one_read_of_n_plus_2_requests() {
+    let n = 200u32;
+    let h = Host::start((0..n).map(|i| seed(1000 + i, true, 256)).collect()).await;
+    let doc: String = (0..n).map(|i| guest(1000 + i, "running", 256)).collect();
+    h.desired(&format!("revision = 1\n{doc}"));
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    // Seeded guests are adopted first; the next run records that and journals the document;
+    // the one after it is the steady state.
+    h.adopt_all().await;
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    let requests = h.sim.request_count();
+    let connections = h.sim.tls_connections();
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "a converged host exits 0: {}", stdout(&o));
+    let requests = h.sim.request_count() - requests;
+    let connections = h.sim.tls_connections() - connections;
+    assert_eq!(
+        requests,
+        u64::from(n) + 2,
+        "one full read: nothing ran, so nothing needs verifying again"
+    );
+    assert!(
+        connections <= 10,
+        "{connections} TLS connections for {requests} requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_with_work_still_verifies_the_host_after_its_steps() {
+    // One stopped guest among converged ones: the step runs, and the final read must see
+    // the result (a second full read), so the exit code is about the host as it is after.
+    let n = 20u32;
+    let h = Host::start((0..n).map(|i| seed(1000 + i, i != 0, 256)).collect()).await;
+    let doc: String = (0..n).map(|i| guest(1000 + i, "running", 256)).collect();
+    h.desired(&format!("revision = 1\n{doc}"));
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    h.adopt_all().await;
+    let requests = h.sim.request_count();
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(h.sim.guest(1000).is_some_and(|g| g.running));
+    let requests = h.sim.request_count() - requests;
+    assert!(
+        requests >= 2 * (u64::from(n) + 2),
+        "two full reads around the step, got {requests} requests"
+    );
+}

@@ -98,6 +98,37 @@ pub struct SimConfig {
     pub storage_dir: Option<PathBuf>,
     /// What `GET /access/permissions` says every token holds; None: every privilege.
     pub token_privileges: Option<Vec<String>>,
+    /// Serve the API like pveproxy does ([`PveProxyModel`]); None: as fast as possible, with
+    /// no limit on concurrent requests (the default for tests).
+    pub pveproxy: Option<PveProxyModel>,
+}
+
+/// pveproxy's shape, for benchmarks against a realistic PVE: a fixed pool of worker
+/// processes (3 by default, `max_workers` in pveproxy) that each execute one API request at a
+/// time, and a service time per request (a config read costs pveproxy 5-20 ms: perl, the
+/// cluster filesystem, JSON). Requests beyond the workers wait in line, as they wait for a
+/// free worker on PVE. Task workers (forked on PVE) are not limited by it. The 5 s keep-alive
+/// idle timeout applies with or without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PveProxyModel {
+    pub workers: usize,
+    pub service_time: Duration,
+}
+
+impl PveProxyModel {
+    /// 3 workers, 10 ms per request.
+    pub fn pveproxy() -> PveProxyModel {
+        PveProxyModel {
+            workers: 3,
+            service_time: Duration::from_millis(10),
+        }
+    }
+
+    /// The fastest `requests` API requests can be served: in rounds of `workers`.
+    pub fn ideal(&self, requests: u64) -> Duration {
+        let workers = self.workers.max(1) as u64;
+        self.service_time * u32::try_from(requests.div_ceil(workers)).unwrap_or(u32::MAX)
+    }
 }
 
 impl Default for SimConfig {
@@ -121,6 +152,7 @@ impl Default for SimConfig {
             storages: storage::default_storages(),
             storage_dir: None,
             token_privileges: None,
+            pveproxy: None,
         }
     }
 }
@@ -150,6 +182,9 @@ pub(crate) struct Shared {
     /// TLS connections accepted (a client that does not reuse connections shows here).
     pub connections: AtomicU64,
     pub cert: Mutex<server::CertState>,
+    /// pveproxy's workers when [`SimConfig::pveproxy`] is set: one permit per API request
+    /// being executed.
+    pub workers: Option<tokio::sync::Semaphore>,
     /// A storage directory the simulator made itself (removed on drop).
     pub owned_storage_dir: Option<PathBuf>,
 }
@@ -243,6 +278,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
     let addr = listener
         .local_addr()
         .map_err(|e| io_err("reading the address", e))?;
+    let cfg_workers = cfg.pveproxy.map(|m| m.workers.max(1));
     let shared = Arc::new(Shared {
         host: Mutex::new(host),
         config: cfg,
@@ -250,6 +286,7 @@ pub async fn start(cfg: SimConfig) -> Result<RunningSim, SimError> {
         connections: AtomicU64::new(0),
         cert: Mutex::new(cert),
         owned_storage_dir,
+        workers: cfg_workers.map(tokio::sync::Semaphore::new),
     });
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(server::serve(listener, shared.clone(), rx));
@@ -442,6 +479,7 @@ Options:
   --task-ms N               how long a task runs (milliseconds)
   --lock-wait-ms N          how long a mutation waits for a guest's config lock
   --auth-delay-ms N         delay of a refused authentication (PVE: about 3 s)
+  --pveproxy WORKERS:MS     model pveproxy: WORKERS requests at once, MS each
   --seed-demo               start with two demo guests (101 dns-1, 102 web-1)
   --storage-dir DIR         back the storages' volumes by files under DIR
   --storages F.json         the storages to offer
@@ -517,6 +555,21 @@ pub async fn run_cli(args: Vec<String>) -> Result<(), SimError> {
                     v.parse()
                         .map_err(|e| SimError::Config(format!("--auth-delay-ms {v}: {e}")))?,
                 );
+            }
+            // pveproxy's shape: `--pveproxy 3:10` is 3 workers, 10 ms per request.
+            "--pveproxy" => {
+                let v = val("--pveproxy")?;
+                let parsed = v.split_once(':').and_then(|(w, ms)| {
+                    Some(PveProxyModel {
+                        workers: w.parse().ok().filter(|w| *w > 0)?,
+                        service_time: Duration::from_millis(ms.parse().ok()?),
+                    })
+                });
+                cfg.pveproxy = Some(parsed.ok_or_else(|| {
+                    SimError::Config(format!(
+                        "--pveproxy {v}: expected WORKERS:MILLISECONDS, e.g. 3:10"
+                    ))
+                })?);
             }
             "--seed-demo" => cfg.guests = demo_guests(),
             "--storage-dir" => cfg.storage_dir = Some(PathBuf::from(val("--storage-dir")?)),

@@ -305,6 +305,14 @@ async fn handle(shared: Arc<crate::Shared>, req: Request<Incoming>) -> Response<
         ));
     };
     shared.requests.fetch_add(1, Ordering::Relaxed);
+    // pveproxy's workers: wait for a free one, which is busy for the service time.
+    let _worker = match &shared.workers {
+        Some(w) => w.acquire().await.ok(),
+        None => None,
+    };
+    if let Some(model) = shared.config.pveproxy {
+        tokio::time::sleep(model.service_time).await;
+    }
     let latency = shared.lock().faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(latency)).await;

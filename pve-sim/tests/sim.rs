@@ -548,3 +548,45 @@ async fn a_reset_fault_drops_the_connection_without_effect() {
     assert_eq!(sim.count_mutations("start", 101), 1);
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pveproxy_model_serves_at_most_its_workers_at_once() {
+    let sim = pve_sim::start(SimConfig {
+        pveproxy: Some(pve_sim::PveProxyModel {
+            workers: 3,
+            service_time: Duration::from_millis(150),
+        }),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let base = sim.base_url();
+    // 7 requests at once on 7 connections: 3 workers serve them in three rounds (3 + 3 + 1),
+    // so the last answer cannot come before 3 service times.
+    let t = std::time::Instant::now();
+    let calls: Vec<_> = (0..7)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let (s, _) = call(&base, reqwest::Method::GET, "/version", &[]).await;
+                (s, t.elapsed())
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for c in calls {
+        let (s, at) = c.await.unwrap();
+        assert_eq!(s, 200);
+        done.push(at);
+    }
+    done.sort();
+    assert!(done[6] >= Duration::from_millis(450), "{done:?}");
+    assert!(
+        done[3] >= Duration::from_millis(300),
+        "the 4th answer waits for a second round: {done:?}"
+    );
+    assert_eq!(
+        pve_sim::PveProxyModel::pveproxy().ideal(1002),
+        Duration::from_millis(3340)
+    );
+}

@@ -255,6 +255,8 @@ pub async fn refresh_desired(engine: &Engine, source: &Source) {
                 .is_none_or(|d| d.doc.revision != f.doc.revision || d.degraded || *d.doc != f.doc);
             if let Err(e) = store.accept_desired(f.doc.revision, &f.bytes) {
                 warn!("keeping the desired state in the journal failed: {e}");
+                // Hand the same document out again next pass, so the journal write is retried.
+                source.forget_last();
             }
             if changed {
                 info!(revision = f.doc.revision, origin = %f.origin, "desired state accepted");
@@ -272,11 +274,13 @@ pub async fn refresh_desired(engine: &Engine, source: &Source) {
             });
         }
         Ok(None) => {
-            // 304: the document this process accepted is still the hub's current one.
+            // 304, or a directory's file with the bytes already in force: the document this
+            // process accepted is still the source's current one (nothing parsed, nothing
+            // journaled). A hub's document is verifiable again only with a trust document.
             if let Some(mut d) = engine.desired()
                 && d.degraded
                 && d.origin == source.location()
-                && trust.is_some()
+                && (trust.is_some() || !matches!(source, Source::Hub { .. }))
             {
                 info!(origin = %d.origin, "desired-state source is healthy again");
                 d.degraded = false;
@@ -508,15 +512,20 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     info!(steps = first.plan.step_count(), "ready");
     systemd.ready(&engine.status().snapshot().summary());
 
+    // How many lane turns ran: `--once` re-reads the host only if one did (a converged host
+    // costs one full read, N + 2 requests, not two).
+    let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let runner = {
         let engine = engine.clone();
         let lanes = lanes.clone();
+        let turns = turns.clone();
         tokio::spawn(async move {
             let e2 = engine.clone();
             lanes
                 .run(
                     move |vmid| {
                         let e = e2.clone();
+                        turns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         Box::pin(async move { e.turn(vmid).await })
                     },
                     |vmid, outcome| {
@@ -556,7 +565,14 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             p.finish(&snap);
         }
         let _ = snap;
-        let plan = engine.pass_plan_only().await.ok();
+        // No turn ran (nothing was due, or everything due was suspended or terminal): the
+        // first pass's read is the host as it is now, as far as this agent is concerned.
+        // Otherwise read it again to verify what the steps did.
+        let plan = if turns.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            Some(first)
+        } else {
+            engine.pass_plan_only().await.ok()
+        };
         let reasons = once_reasons(&engine, plan.as_ref());
         if reasons.is_empty() {
             RunResult::Converged
