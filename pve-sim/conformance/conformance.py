@@ -70,6 +70,8 @@ def start_sim(binary, workdir):
         [
             binary,
             "--listen", "127.0.0.1:0",
+            # Named here, so the expectations do not depend on the simulator's default token.
+            "--token-id", f"{TOKEN_USER}!{TOKEN_NAME}",
             "--token-secret-file", secret_file,
             "--write-cert", cert_file,
             "--task-ms", "150",
