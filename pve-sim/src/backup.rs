@@ -337,11 +337,12 @@ fn datetime(t: u64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp(t as i64).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// `YYYY_MM_DD-HH_MM_SS` of vzdump file names (node local time; the sim's node runs in UTC).
-fn file_stamp(t: u64) -> String {
+/// `t` as `Y<d>M<d>D<mid>h<c>m<c>s<end>`: the three spellings PVE uses differ only in
+/// their separators.
+fn stamp(t: u64, date_sep: char, mid: char, time_sep: char, end: &str) -> String {
     let d = datetime(t);
     format!(
-        "{:04}_{:02}_{:02}-{:02}_{:02}_{:02}",
+        "{:04}{date_sep}{:02}{date_sep}{:02}{mid}{:02}{time_sep}{:02}{time_sep}{:02}{end}",
         d.year(),
         u8::from(d.month()),
         d.day(),
@@ -349,33 +350,21 @@ fn file_stamp(t: u64) -> String {
         d.minute(),
         d.second()
     )
+}
+
+/// `YYYY_MM_DD-HH_MM_SS` of vzdump file names (node local time; the sim's node runs in UTC).
+fn file_stamp(t: u64) -> String {
+    stamp(t, '_', '-', '_', "")
 }
 
 /// `2026-01-02T03:04:05Z` of PBS snapshot names.
 fn pbs_stamp(t: u64) -> String {
-    let d = datetime(t);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second()
-    )
+    stamp(t, '-', 'T', ':', "Z")
 }
 
+/// `2026-01-02 03:04:05` of task log lines.
 fn log_stamp(t: u64) -> String {
-    let d = datetime(t);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-        d.year(),
-        u8::from(d.month()),
-        d.day(),
-        d.hour(),
-        d.minute(),
-        d.second()
-    )
+    stamp(t, '-', ' ', ':', "")
 }
 
 // ---------------------------------------------------------------- retention
