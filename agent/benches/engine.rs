@@ -165,6 +165,18 @@ async fn main() {
     // Single sections: `--peer` (Drover against the proxmoxer peer), `--pveproxy` (against
     // the simulator shaped like pveproxy), `--rss-scale` (the daemon's RSS at 1,000 and 5,000
     // guests; needs `cargo build --release -p drover`).
+    // `--hold N`: a converged host of N guests in the in-process simulator, its drover.toml
+    // printed, kept for 10 minutes: for profiling the daemon by hand (heaptrack, perf).
+    if let Some(n) = std::env::args()
+        .skip_while(|a| a != "--hold")
+        .nth(1)
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        let s = setup(n, true, 10, 10).await;
+        println!("config {}", s.config_path.display());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return;
+    }
     if only("--peer") || only("--pveproxy") || only("--rss-scale") {
         if only("--pveproxy") {
             pveproxy().await;

@@ -235,7 +235,24 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 doc.revision
             ))
         );
-        crate::out!("{}", plan.to_text_styled(style));
+        let approvals = crate::operator::render::ApprovalPath {
+            pending_dir: engine.approvals().pending_dir.clone(),
+            domain: trust
+                .as_ref()
+                .map(|t| t.domain.clone())
+                .unwrap_or_else(|| "DOMAIN".into()),
+            elsewhere: Some(match &source {
+                Source::Dir(d) => format!(
+                    "{}/ (the desired directory's approvals)",
+                    d.approvals_dir().display()
+                ),
+                Source::Hub { .. } => format!(
+                    "hosts/{}/approvals/ on the hub, listed in its index.json (drover fleet add-approvals)",
+                    config.host
+                ),
+            }),
+        };
+        crate::out!("{}", plan.to_text_with(style, Some(&approvals)));
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS

@@ -171,8 +171,10 @@ mod tests {
             r.take_handed_over(102).is_none(),
             "the read a step was planned on is never a next turn's read"
         );
-        r.lock()
-            .insert(103, Kept::Confirmed(Instant::now() - 2 * HANDOVER_MAX_AGE, None));
+        r.lock().insert(
+            103,
+            Kept::Confirmed(Instant::now() - 2 * HANDOVER_MAX_AGE, None),
+        );
         assert!(r.take_handed_over(103).is_none(), "too old");
         assert!(r.lock().is_empty(), "nothing is kept after a take");
     }
