@@ -4,7 +4,7 @@
 //! Everything PVE-shaped stops here; the planner, gate and lanes see only `model` and `planner`
 //! types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -348,10 +348,10 @@ fn power_of(status: &GuestStatus) -> Power {
 
 /// Brings a CT as PVE reports it into the planner's model.
 pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>) -> ActualGuest {
-    let nets: BTreeMap<u8, proxmox_client::NetConfig> = c
+    let nets: crate::model::Nets = c
         .net
         .iter()
-        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, n.clone())))
+        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, Box::new(n.clone()))))
         .collect();
     ActualGuest {
         vmid: entry.vmid,
