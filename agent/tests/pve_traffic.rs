@@ -87,8 +87,9 @@ async fn run_once_with_work_still_verifies_the_host_after_its_steps() {
 /// What one step costs on its lane (tasks end at once here, so every wait is one poll): a
 /// start is 5 requests (the fresh read: status and `pending` together; the call; one poll; a
 /// status read to confirm, since a start changes nothing else), and a new guest's create and
-/// start are 9 (the create's confirmation read serves as the start's fresh read). Before:
-/// 7 and 12 (status, config and pending read before and after every step).
+/// start are 9 (the create's confirmation read serves as the start's fresh read). Before
+/// (counted from that code): 7 and 12 (status and config before every step; status, config
+/// and pending after it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_costs_few_requests_on_its_lane() {
     if common::skip_without("ssh-keygen", "-?") {
