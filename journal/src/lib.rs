@@ -118,6 +118,46 @@ impl StepRecord {
     }
 }
 
+/// A signed job (snapshot, rollback, backup, restore, reboot) as the agent runs it: written
+/// when the gate accepted it (its nonce consumed) and rewritten, durably, at every phase, so a
+/// restart continues exactly where the job was and never runs a phase's PVE call twice. The
+/// journal keeps the phases as the agent names them; it does not interpret them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    /// The job's nonce (unique: the gate consumed it).
+    pub id: String,
+    pub vmid: u32,
+    /// `snapshot`, `rollback_snapshot`, ... (the job's `job:` line).
+    pub kind: String,
+    /// The signed text, verbatim.
+    pub payload: String,
+    pub payload_sha256: String,
+    /// `principal SHA256:fp` of each counted signer.
+    pub signers: Vec<String>,
+    /// The phase reached (durable before the next PVE call).
+    pub phase: String,
+    /// The task of the phase in `phase`, journaled before the agent waits on it.
+    pub upid: Option<String>,
+    /// When the current phase's call was about to be sent (unix seconds): a lost answer's task
+    /// is looked for from here.
+    pub phase_at: i64,
+    /// Facts the phases gathered (`was_running`, `copy`, ...).
+    pub facts: BTreeMap<String, String>,
+    /// Every phase reached, oldest first: (phase, unix ms, detail).
+    pub history: Vec<(String, i64, String)>,
+    /// None while the job runs.
+    pub end: Option<JobEnd>,
+    pub accepted_at_ms: i64,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum JobEnd {
+    Done { detail: String },
+    Failed { code: String, message: String },
+}
+
 /// What the journal knows of a guest's origin. Only the journal writes this; nothing from the
 /// hub can.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
