@@ -18,6 +18,8 @@ use crate::model::step::{Step, StepKind};
 /// How the agent's own create step ended (for `create_left_guest`).
 pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
+/// A signed job's journal record and how it ended (see `jobs`).
+pub use journal::{JobEnd, JobRecord};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -394,6 +396,30 @@ impl Store {
     /// Whether a nonce was already consumed (answers only; the gate's `consume` decides).
     pub fn nonce_consumed(&self, nonce: &str) -> Result<bool, StoreError> {
         self.j.nonce_consumed(nonce)
+    }
+}
+
+impl Store {
+    /// Writes a signed job's record (a phase reached), durably.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.j.put_job(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.j.job(id)
+    }
+
+    /// Every job record, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.j.jobs()
+    }
+
+    /// The job of `vmid` that has not ended, if any (at most one runs per guest).
+    pub fn active_job(&self, vmid: u32) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .find(|j| j.vmid == vmid && j.end.is_none()))
     }
 }
 

@@ -14,9 +14,10 @@ const LAYERS: &[&[&str]] = &[
     &["approval"],
     &["desired"],
     &["reconcile"],
+    &["jobs"],
     &["operator"],
     &["service"],
-    &["cli", "fleet"],
+    &["cli", "fleet", "job_cli"],
     &["demo", "sim"],
 ];
 

@@ -167,8 +167,11 @@ impl Approvals {
                 self.report_problem(p, audit);
             }
             for c in candidates {
-                if crate::approval::files::is_trust_document(&c.payload) {
-                    // A signed trust rotation travels the same way; `trust` applies it.
+                if crate::approval::files::is_trust_document(&c.payload)
+                    || gate::is_job_document(&c.payload)
+                {
+                    // A signed trust rotation or job travels the same way; `trust` applies
+                    // the one, `jobs` runs the other.
                     continue;
                 }
                 let named_for_it = c
@@ -257,7 +260,7 @@ impl Approvals {
         planned: &std::collections::HashSet<(u32, String)>,
         audit: &dyn Fn(Decision),
     ) {
-        if files::is_trust_document(&c.payload) {
+        if files::is_trust_document(&c.payload) || gate::is_job_document(&c.payload) {
             return;
         }
         let named = c

@@ -68,6 +68,8 @@ pub(super) struct Inner {
     metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
     pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
+    /// Signed jobs, asked first in every lane turn (see `job_slot`).
+    jobs: RwLock<Option<Arc<dyn crate::reconcile::job_slot::GuestJobs>>>,
 }
 
 impl Engine {
@@ -101,8 +103,14 @@ impl Engine {
                 status: StatusBoard::default(),
                 lanes,
                 shutdown,
+                jobs: RwLock::new(None),
             }),
         }
+    }
+
+    /// Installs the signed-job runner the lanes ask before planning a guest.
+    pub fn set_jobs(&self, jobs: Arc<dyn crate::reconcile::job_slot::GuestJobs>) {
+        *self.inner.jobs.write().unwrap_or_else(|p| p.into_inner()) = Some(jobs);
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -143,6 +151,12 @@ impl Engine {
             },
             Trust::Invalid { .. } => crate::reconcile::metrics::TrustGauges::default(),
         });
+        if let Ok(jobs) = self.inner.store.jobs() {
+            m.jobs_running.store(
+                jobs.iter().filter(|j| j.end.is_none()).count() as u64,
+                Relaxed,
+            );
+        }
         if let Ok(n) = self.inner.store.in_flight_count() {
             m.journal_inflight_steps.store(n as u64, Relaxed);
         }
@@ -580,6 +594,18 @@ impl Engine {
             Ok(Some(rec)) => return self.resolve(rec, true).await,
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        // 1b. A signed job of this guest owns the lane until it ends (`job_slot`).
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(jobs) = jobs
+            && let Some(outcome) = jobs.turn(vmid).await
+        {
+            return outcome;
         }
         if self.inner.store.is_suspended(vmid) {
             self.inner.status.set_state(vmid, GuestState::Suspended);

@@ -393,6 +393,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         shutdown_rx,
     );
 
+    // Signed jobs run on the guests' lanes (asked first in every turn).
+    let jobs = crate::jobs::JobRunner::install(&engine, &config.state_dir);
+
     // Signals: the first one stops taking steps; the second exits at once.
     let signal_task = {
         let lanes = lanes.clone();
@@ -419,6 +422,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             "re-attaching to in-flight steps from the journal"
         );
     }
+    // Jobs the journal has in progress continue in their lanes (recovery is their own code:
+    // each phase re-attaches or resolves); signed jobs waiting are looked at there too.
+    jobs.request_lanes().await;
     // SIGTERM while a hub hangs (timeouts and retries can take a minute) stops at once: a
     // refresh and a pass only read and plan; steps run on the lanes, which journal first.
     // A stop before the first pass is a clean shutdown for the service; `--once` did not
@@ -603,6 +609,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
                         Ok(_) => systemd.status(&engine.status().snapshot().summary()),
                         Err(e) => warn!("pass failed: {e}"),
                     }
+                    jobs.request_lanes().await;
                     systemd.watchdog_ping();
                     // Off the loop: a slow hub must not delay the next pass or the watchdog.
                     let (engine, source) = (engine.clone(), source.clone());
