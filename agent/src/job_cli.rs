@@ -34,6 +34,13 @@ pub async fn job_new(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
+    if !config.state_dir.join("db").exists() {
+        // A request binds the journal's state epoch; without a journal there is none yet.
+        anyhow::bail!(
+            "[no_journal] there is no journal in {} yet: start the agent once (`drover run --once` or the service) before rendering a job",
+            config.state_dir.display()
+        );
+    }
     let store = Store::open_read_only(&config.state_dir)
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
     let domain =

@@ -31,6 +31,9 @@ pub struct JobRow {
     /// Unix ms the job was accepted or refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<i64>,
+    /// Every phase reached: (phase, unix ms, detail such as the task's UPID).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<(String, i64, String)>,
 }
 
 /// Every job the agent knows of, newest last.
@@ -59,6 +62,7 @@ pub fn rows(store: &Store, dirs: &JobDirs) -> Vec<JobRow> {
             )),
             file: Some(path.display().to_string()),
             at_ms: None,
+            history: Vec::new(),
         });
     }
     for c in dirs.signed() {
@@ -79,6 +83,7 @@ pub fn rows(store: &Store, dirs: &JobDirs) -> Vec<JobRow> {
             message: None,
             file: Some(c.payload_path.display().to_string()),
             at_ms: None,
+            history: Vec::new(),
         });
     }
     for r in records {
@@ -98,7 +103,7 @@ pub fn rows(store: &Store, dirs: &JobDirs) -> Vec<JobRow> {
             .unwrap_or("")
             .to_string();
         out.push(JobRow {
-            id: r.id,
+            id: r.id.clone(),
             vmid: r.vmid,
             kind: r.kind,
             state: state.into(),
@@ -107,6 +112,7 @@ pub fn rows(store: &Store, dirs: &JobDirs) -> Vec<JobRow> {
             message,
             file: None,
             at_ms: Some(r.accepted_at_ms),
+            history: r.history,
         });
     }
     out

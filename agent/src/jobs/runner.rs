@@ -294,7 +294,9 @@ impl JobRunner {
         if let Err(e) = self.engine.store().put_job(&rec) {
             warn!("journaling the refused job: {e}");
         }
-        self.dirs.retire(c, &self.dirs.refused, None);
+        // Its request is of no use any more either: a new one must be rendered.
+        self.dirs
+            .retire(c, &self.dirs.refused, p.map(|p| p.nonce.as_str()));
     }
 
     async fn accept(&self, c: Candidate, p: JobPayload) -> LaneOutcome {
@@ -435,6 +437,8 @@ impl JobRunner {
                 let next = self.phase(&mut rec, &p).await;
                 match next {
                     Next::Phase(ph) => {
+                        // A new phase has no task yet (a task phase journals its own).
+                        rec.upid = None;
                         if let Err(o) = self.save(&mut rec, ph, "") {
                             return o;
                         }
@@ -652,6 +656,7 @@ impl JobRunner {
                     }
                     Ok(_) => Next::End(end_with(rec, None)),
                     Err(Stop::Call(e)) if e.already_in_state().is_some() => {
+                        info!("the guest runs already ({e})");
                         Next::End(end_with(rec, None))
                     }
                     Err(Stop::Wait(o)) => Next::Wait(o),
@@ -815,7 +820,9 @@ impl JobRunner {
             .await;
         match outcome {
             Ok(o) if o.is_success() => {
-                rec.facts.insert("task".into(), "ok".into());
+                if let Some(u) = &rec.upid {
+                    rec.facts.insert("call_upid".into(), u.clone());
+                }
                 Next::Phase("task_done")
             }
             Ok(o) => {
@@ -893,7 +900,11 @@ impl JobRunner {
                 Err(e) => transient("reading the guest's status", e),
             },
             JobKind::Backup => {
-                let Some(upid) = rec.upid.as_deref().and_then(|u| u.parse::<Upid>().ok()) else {
+                let Some(upid) = rec
+                    .facts
+                    .get("call_upid")
+                    .and_then(|u| u.parse::<Upid>().ok())
+                else {
                     return Next::Phase("verified");
                 };
                 let storage = p.params.get("storage").cloned().unwrap_or_default();
