@@ -306,9 +306,10 @@ async fn a_failed_restore_is_undone_from_the_pre_restore_copy() {
     let volid = row["message"].as_str().unwrap()[7..].to_string();
     h.sim.edit_config(101, "memory", Some("768"));
     let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
-    // The extraction fails after PVE destroyed the old CT: no CT is left.
+    // The archive is corrupt: the extraction fails after PVE destroyed the old CT, so no CT
+    // is left (restores from other archives, such as the pre-restore copy, still work).
     let mut faults = pve_sim::Faults::default();
-    faults.storage.restore_fail.insert(101);
+    faults.storage.restore_fail_archives.insert(volid.clone());
     h.sim.set_faults(faults.clone());
     let row = run_job(&h, &d, &file, "restore").await;
     assert_eq!(row["state"], "failed", "{row}");
