@@ -202,6 +202,21 @@ pub fn verify_approval_with(
             ));
         }
     }
+    let binds: std::collections::BTreeSet<&String> =
+        p.bind.keys().chain(action.bind.keys()).collect();
+    for k in binds {
+        let (got, want) = (p.bind.get(k), action.bind.get(k));
+        if got != want {
+            return Err(Rejection::binding(
+                &format!("bind.{k}"),
+                format!(
+                    "bind.{k} is {} in the approval and {} for the planned step",
+                    got.map_or("absent".to_string(), |v| format!("{v:?}")),
+                    want.map_or("absent".to_string(), |v| format!("{v:?}"))
+                ),
+            ));
+        }
+    }
     if p.guest_config_sha1 != action.guest_config_sha1 {
         return Err(Rejection::new(
             RejectionCode::StaleState,
