@@ -180,7 +180,11 @@ impl SafetyCopies {
         if let Method::Vzdump { storage } = &method {
             let st = match self.client.storage_status(node, storage).await {
                 Ok(s) => s,
-                Err(e) if e.is_not_found() || e.is_permission() => {
+                Err(e)
+                    if e.is_not_found()
+                        || e.is_permission()
+                        || e.to_string().contains("does not exist") =>
+                {
                     return Err(CopyError::new(
                         "safety_storage_unusable",
                         format!("safety storage {storage:?} cannot be used on node {node}: {e}"),
