@@ -124,6 +124,13 @@ enum Command {
         #[command(subcommand)]
         action: Option<JournalAction>,
     },
+    /// The safety copies Drover took before destructive steps (its manifests): volid, state,
+    /// protection window, sha256, what they do not hold.
+    Copies {
+        vmid: Option<u32>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Print the trust document in force byte for byte (it may be a signed rotation newer
     /// than the file); its version and sha256 go to stderr (0 valid, 1 none in force).
     Trust {
@@ -450,6 +457,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Approvals { output } => cli::approvals(&cli.config, output == Output::Json),
+        Command::Copies { vmid, output } => cli::copies(&cli.config, vmid, output == Output::Json),
         Command::Trust { output } => cli::trust(&cli.config, output == Output::Json),
         Command::Approve {
             file,

@@ -458,3 +458,46 @@ impl ProvenanceSource for Store {
         Store::provenance(self, vmid)
     }
 }
+
+/// Safety-copy manifests (`safety/`): the journal's record, under the agent's names.
+pub use journal::{CopyState, MANIFEST_VERSION, SafetyCopy as CopyManifest};
+
+impl Store {
+    /// Writes a manifest durably (before the PVE call it describes).
+    pub fn put_copy(&self, m: &CopyManifest) -> Result<(), StoreError> {
+        self.j.put_copy(m)
+    }
+
+    pub fn copy(&self, id: &str) -> Result<Option<CopyManifest>, StoreError> {
+        self.j.copy_record(id)
+    }
+
+    /// Every manifest, oldest first.
+    pub fn copies(&self) -> Result<Vec<CopyManifest>, StoreError> {
+        self.j.copy_records()
+    }
+
+    /// Forgets manifests of deleted/failed copies beyond the newest `keep` per guest.
+    pub fn prune_copies(&self, keep: usize) -> Result<u64, StoreError> {
+        self.j.prune_copy_records(keep)
+    }
+
+    /// A journaled step's record: kind, outcome, end time (for a copy's protection).
+    pub fn step_end(&self, id: u64) -> Result<Option<(bool, Option<i64>)>, StoreError> {
+        Ok(self.j.get(journal::StepId(id))?.map(|r| {
+            let ok = matches!(
+                &r.phase,
+                journal::Phase::Done {
+                    outcome: journal::Outcome::Ok | journal::Outcome::Warnings(_),
+                    ..
+                }
+            );
+            (ok, r.is_done().then_some(r.done_at_ms).flatten())
+        }))
+    }
+
+    /// Consumes a nonce the gate verified through a deferred ledger (`safety::deferred`).
+    pub fn consume_deferred(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
+        NonceLedger::consume(self, claim)
+    }
+}

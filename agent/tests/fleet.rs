@@ -788,6 +788,7 @@ fn request(host: &str, vmid: u32, expires_in: i64) -> String {
         vmid,
         guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
         params: [("purge".to_string(), "1".to_string())].into(),
+        bind: Default::default(),
     };
     let t = now();
     gate::render_request(

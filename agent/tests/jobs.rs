@@ -70,9 +70,12 @@ fn nonce_of(file: &Path) -> String {
 
 /// Waits until job `id` has ended; returns its row.
 async fn ended(h: &Host, d: &Daemon, id: &str) -> serde_json::Value {
-    eventually(d, Duration::from_secs(30), &format!("job {id} to end"), || {
-        job_state(h, id).is_some_and(|j| j["state"] == "done" || j["state"] == "failed")
-    })
+    eventually(
+        d,
+        Duration::from_secs(30),
+        &format!("job {id} to end"),
+        || job_state(h, id).is_some_and(|j| j["state"] == "done" || j["state"] == "failed"),
+    )
     .await;
     job_state(h, id).unwrap()
 }
@@ -94,11 +97,16 @@ async fn run_job(h: &Host, d: &Daemon, file: &Path, tag: &str) -> serde_json::Va
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     let refused = format!("refused-{}", refused_id(&copy));
     let done = |j: &serde_json::Value| j["state"] == "done" || j["state"] == "failed";
-    eventually(d, Duration::from_secs(30), &format!("job {id} to end"), || {
-        jobs_json(h)
-            .iter()
-            .any(|j| (j["id"] == id.as_str() || j["id"] == refused.as_str()) && done(j))
-    })
+    eventually(
+        d,
+        Duration::from_secs(30),
+        &format!("job {id} to end"),
+        || {
+            jobs_json(h)
+                .iter()
+                .any(|j| (j["id"] == id.as_str() || j["id"] == refused.as_str()) && done(j))
+        },
+    )
     .await;
     jobs_json(h)
         .into_iter()
@@ -172,20 +180,37 @@ async fn snapshot_rollback_delete_backup_and_reboot_run_once_each() {
     assert_eq!(row["state"], "done", "{row}");
     eprintln!("{row}");
     assert!(
-        row["message"].as_str().unwrap().contains("pre-job copy local:backup/vzdump-lxc-101-"),
+        row["message"]
+            .as_str()
+            .unwrap()
+            .contains("pre-job copy local:backup/vzdump-lxc-101-"),
         "{row}"
     );
     assert_eq!(h.sim.count_mutations("rollback", 101), 1);
     assert_eq!(h.sim.count_mutations("shutdown", 101), 1);
     assert_eq!(h.sim.count_mutations("vzdump", 101), 1);
-    assert!(h.sim.guest(101).unwrap().running, "started again: {:?}", h.sim.mutations().iter().map(|m| m.kind.clone()).collect::<Vec<_>>());
+    assert!(
+        h.sim.guest(101).unwrap().running,
+        "started again: {:?}",
+        h.sim
+            .mutations()
+            .iter()
+            .map(|m| m.kind.clone())
+            .collect::<Vec<_>>()
+    );
     let status = h.status_json(Duration::from_secs(10)).await;
     assert!(status.to_string().contains("held after job"), "{status}");
 
     // delete the snapshot (destructive: the operational threshold, one here).
     let file = job_new(
         &h,
-        &["delete-snapshot", "--vmid", "101", "--snapshot", "pre-upgrade"],
+        &[
+            "delete-snapshot",
+            "--vmid",
+            "101",
+            "--snapshot",
+            "pre-upgrade",
+        ],
     )
     .await;
     let row = run_job(&h, &d, &file, "delsnap").await;
@@ -195,13 +220,23 @@ async fn snapshot_rollback_delete_backup_and_reboot_run_once_each() {
     // backup to a named storage, protected.
     let file = job_new(
         &h,
-        &["backup", "--vmid", "101", "--storage", "local", "--protected"],
+        &[
+            "backup",
+            "--vmid",
+            "101",
+            "--storage",
+            "local",
+            "--protected",
+        ],
     )
     .await;
     let row = run_job(&h, &d, &file, "backup").await;
     assert_eq!(row["state"], "done", "{row}");
     let msg = row["message"].as_str().unwrap().to_string();
-    assert!(msg.starts_with("backup local:backup/vzdump-lxc-101-"), "{row}");
+    assert!(
+        msg.starts_with("backup local:backup/vzdump-lxc-101-"),
+        "{row}"
+    );
     assert_eq!(h.sim.count_mutations("vzdump", 101), 2);
 
     // reboot.
@@ -218,7 +253,13 @@ async fn snapshot_rollback_delete_backup_and_reboot_run_once_each() {
         "{all:?}"
     );
     let text = stdout(&h.drover_async(&["jobs"]).await);
-    for kind in ["snapshot", "rollback_snapshot", "delete_snapshot", "backup", "reboot"] {
+    for kind in [
+        "snapshot",
+        "rollback_snapshot",
+        "delete_snapshot",
+        "backup",
+        "reboot",
+    ] {
         assert!(text.contains(kind), "{kind} missing in {text}");
     }
     d.stop().await;
@@ -231,7 +272,8 @@ async fn restore_over_the_guest_and_onto_a_free_vmid() {
     }
     let h = Host::start_with(host(vec![seed(101, true, 512)], 100)).await;
     h.desired("revision = 1\n");
-    h.sim.set_volume_data("local-lvm:vm-101-disk-0", "nightly data");
+    h.sim
+        .set_volume_data("local-lvm:vm-101-disk-0", "nightly data");
     let d = h.spawn_daemon();
     h.status_json(Duration::from_secs(20)).await;
     let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
@@ -245,7 +287,8 @@ async fn restore_over_the_guest_and_onto_a_free_vmid() {
 
     // The guest changes after the backup: more memory, other data.
     h.sim.edit_config(101, "memory", Some("1024"));
-    h.sim.set_volume_data("local-lvm:vm-101-disk-0", "newer data");
+    h.sim
+        .set_volume_data("local-lvm:vm-101-disk-0", "newer data");
 
     let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
     let text = std::fs::read_to_string(&file).unwrap();
@@ -288,7 +331,10 @@ async fn restore_over_the_guest_and_onto_a_free_vmid() {
     assert!(!text.contains("bind.safety"), "{text}");
     let row = run_job(&h, &d, &file, "restore-new").await;
     assert_eq!(row["state"], "done", "{row}");
-    assert_eq!(h.sim.guest(150).unwrap().hostname.as_deref(), Some("ct-101"));
+    assert_eq!(
+        h.sim.guest(150).unwrap().hostname.as_deref(),
+        Some("ct-101")
+    );
     d.stop().await;
 }
 
@@ -315,8 +361,15 @@ async fn a_failed_restore_is_undone_from_the_pre_restore_copy() {
     assert_eq!(row["state"], "failed", "{row}");
     assert_eq!(row["code"], "restore_undone", "{row}");
     let g = h.sim.guest(101).expect("the guest is back");
-    assert_eq!(g.memory, 768, "from the pre-restore copy, not the old backup");
-    assert_eq!(h.sim.count_mutations("restore", 101), 2, "the restore and its undo");
+    assert_eq!(
+        g.memory, 768,
+        "from the pre-restore copy, not the old backup"
+    );
+    assert_eq!(
+        h.sim.count_mutations("restore", 101),
+        2,
+        "the restore and its undo"
+    );
     d.stop().await;
 }
 
@@ -325,15 +378,17 @@ async fn adversarial_jobs_are_refused_with_their_codes() {
     if common::skip_without("ssh-keygen", "-?") {
         return;
     }
-    let h = Host::start_with(host(vec![seed(101, true, 512), seed(102, false, 512)], 100))
-        .await;
+    let h = Host::start_with(host(vec![seed(101, true, 512), seed(102, false, 512)], 100)).await;
     h.desired("revision = 1\n");
     let d = h.spawn_daemon();
     h.status_json(Duration::from_secs(20)).await;
 
     // Refused already when rendering: a guest that is not here, a snapshot that is not there,
     // a restore with no room, the backup of another guest over this one.
-    assert_eq!(job_new_refused(&h, &["reboot", "--vmid", "999"]).await, "guest_missing");
+    assert_eq!(
+        job_new_refused(&h, &["reboot", "--vmid", "999"]).await,
+        "guest_missing"
+    );
     assert_eq!(
         job_new_refused(&h, &["rollback", "--vmid", "101", "--snapshot", "nope"]).await,
         "snapshot_not_found"
@@ -354,7 +409,11 @@ async fn adversarial_jobs_are_refused_with_their_codes() {
     let f = job_new(&h, &["rollback", "--vmid", "101", "--snapshot", "base"]).await;
     h.sim.edit_config(101, "cores", Some("2"));
     let row = run_job(&h, &d, &f, "stale").await;
-    assert_eq!((row["state"].as_str(), row["code"].as_str()), (Some("failed"), Some("stale_state")), "{row}");
+    assert_eq!(
+        (row["state"].as_str(), row["code"].as_str()),
+        (Some("failed"), Some("stale_state")),
+        "{row}"
+    );
     assert_eq!(h.sim.count_mutations("rollback", 101), 0);
 
     // An edited bind line (after signing): refused before any signature counts.
@@ -373,7 +432,9 @@ async fn adversarial_jobs_are_refused_with_their_codes() {
     let other = h.root().join("other-host.txt");
     std::fs::write(
         &other,
-        std::fs::read_to_string(&f).unwrap().replace("host: pve1\n", "host: pve2\n"),
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("host: pve1\n", "host: pve2\n"),
     )
     .unwrap();
     let (copy, sig) = signed(&h, &other, "otherhost");
@@ -389,7 +450,9 @@ async fn adversarial_jobs_are_refused_with_their_codes() {
     let other = h.root().join("other-guest.txt");
     std::fs::write(
         &other,
-        std::fs::read_to_string(&f).unwrap().replace("guest: lxc/101\n", "guest: lxc/102\n"),
+        std::fs::read_to_string(&f)
+            .unwrap()
+            .replace("guest: lxc/101\n", "guest: lxc/102\n"),
     )
     .unwrap();
     let (copy, sig) = signed(&h, &other, "otherguest");
@@ -397,7 +460,10 @@ async fn adversarial_jobs_are_refused_with_their_codes() {
     let row = ended(&h, &d, &format!("refused-{}", refused_id(&copy))).await;
     // CT 102 is stopped: its reboot is refused (and its digest differs from 101's anyway).
     assert!(
-        matches!(row["code"].as_str(), Some("guest_not_running" | "stale_state")),
+        matches!(
+            row["code"].as_str(),
+            Some("guest_not_running" | "stale_state")
+        ),
         "{row}"
     );
 
@@ -450,7 +516,12 @@ async fn a_restore_with_no_room_is_refused() {
             templates: vec!["debian-12-standard_12.7-1_amd64.tar.zst".into()],
             ..pve_sim::SimStorage::new("local", pve_sim::StorageType::Dir, "backup,iso,vztmpl", 100)
         },
-        pve_sim::SimStorage::new("local-lvm", pve_sim::StorageType::Lvmthin, "images,rootdir", 6),
+        pve_sim::SimStorage::new(
+            "local-lvm",
+            pve_sim::StorageType::Lvmthin,
+            "images,rootdir",
+            6,
+        ),
     ];
     let h = Host::start_with(cfg).await;
     h.desired("revision = 1\n");

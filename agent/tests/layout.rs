@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["approval"],
     &["desired"],
+    &["safety"],
     &["reconcile"],
     &["jobs"],
     &["operator"],

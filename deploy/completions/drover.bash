@@ -28,6 +28,9 @@ _drover() {
             drover,completions)
                 cmd="drover__subcmd__completions"
                 ;;
+            drover,copies)
+                cmd="drover__subcmd__copies"
+                ;;
             drover,demo)
                 cmd="drover__subcmd__demo"
                 ;;
@@ -111,6 +114,9 @@ _drover() {
                 ;;
             drover__subcmd__help,completions)
                 cmd="drover__subcmd__help__subcmd__completions"
+                ;;
+            drover__subcmd__help,copies)
+                cmd="drover__subcmd__help__subcmd__copies"
                 ;;
             drover__subcmd__help,demo)
                 cmd="drover__subcmd__help__subcmd__demo"
@@ -197,7 +203,7 @@ _drover() {
 
     case "${cmd}" in
         drover)
-            opts="-h -V --config --log-format --help --version completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo fleet help"
+            opts="-h -V --config --log-format --help --version completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval sim demo fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -301,6 +307,32 @@ _drover() {
             case "${prev}" in
                 --out)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__copies)
+            opts="-h --output --config --log-format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
                     return 0
                     ;;
                 --config)
@@ -595,7 +627,7 @@ _drover() {
             return 0
             ;;
         drover__subcmd__help)
-            opts="completions man run plan check-config status reconcile suspend resume journal trust approvals approve verify-approval sim demo fleet help"
+            opts="completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval sim demo fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -651,6 +683,20 @@ _drover() {
             return 0
             ;;
         drover__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__help__subcmd__copies)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -156,6 +156,7 @@ pub fn verify_approval_with(
         &p.params,
         &action.params,
     )?;
+    compare_lines("bind", "approval", "planned step", &p.bind, &action.bind)?;
     if p.guest_config_sha1 != action.guest_config_sha1 {
         return Err(stale(
             action.vmid,

@@ -922,6 +922,7 @@ fn m70_adopt_needs_a_signature_bound_to_the_guest() {
         vmid: 9101,
         guest_config_sha1: Some(DIG.into()),
         params: BTreeMap::new(),
+        bind: BTreeMap::new(),
     };
     assert!(classify(&adopt, None).is_destructive());
     assert!(classify(&adopt, Some(&prov(CreateOutcome::Failed, false, DIG))).is_destructive());
@@ -1693,4 +1694,96 @@ mod jobs {
             .unwrap_err();
         assert_eq!(e.code, C::BadSignature);
     }
+}
+
+/// safety-nets.md §6.1: volumes the safety copy cannot cover are bound as `bind.uncovered`.
+/// A validly signed approval that does not name them does not approve the step.
+#[test]
+fn m70_uncovered_volumes_not_acknowledged() {
+    let mut planned = action();
+    planned
+        .bind
+        .insert("uncovered".into(), "mp1,unused0".into());
+    let e = run_with(
+        &v1(),
+        &planned,
+        &read("approval.txt"),
+        &sigs(&["operator1"]),
+        NOW,
+        &MemLedger::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, C::BindingMismatch);
+    assert_eq!(e.field.as_deref(), Some("bind.uncovered"));
+}
+
+/// An approval that acknowledges a different set of uncovered volumes (one was added since it
+/// was signed) is a binding mismatch, checked before any signature and without spending the
+/// nonce.
+#[test]
+fn m71_uncovered_volumes_changed_since_signing() {
+    let mut signed_for = action();
+    signed_for.bind.insert("uncovered".into(), "mp1".into());
+    let text = render_request(
+        &ctx(),
+        &signed_for,
+        "7f3c9a1e5b2d4f6081a2c3d4e5f60718",
+        NB,
+        EXP,
+        Role::Operational,
+        None,
+    )
+    .unwrap();
+    assert!(
+        text.contains("\nbind.uncovered: mp1\nrole: operational\n"),
+        "{text}"
+    );
+    let mut planned = action();
+    planned
+        .bind
+        .insert("uncovered".into(), "mp1,unused0".into());
+    let ledger = MemLedger::new();
+    let e =
+        verify_approval(&ctx(), &v1(), &planned, text.as_bytes(), &[], NOW, &ledger).unwrap_err();
+    assert_eq!(e.code, C::BindingMismatch);
+    assert_eq!(e.field.as_deref(), Some("bind.uncovered"));
+    // The reverse: an acknowledgement for volumes that are no longer there is no approval
+    // either (the operator signed a different state).
+    let e =
+        verify_approval(&ctx(), &v1(), &action(), text.as_bytes(), &[], NOW, &ledger).unwrap_err();
+    assert_eq!(e.code, C::BindingMismatch);
+    assert_eq!(e.field.as_deref(), Some("bind.uncovered"));
+}
+
+/// `bind.*` lines are part of the canonical form: an extra one inserted into a signed payload
+/// makes it a different payload (the signature no longer matches), and a misspelled or
+/// misplaced one is malformed before any signature work.
+#[test]
+fn m72_bind_lines_are_canonical() {
+    let text = String::from_utf8(read("approval.txt")).unwrap();
+    let injected = text.replace("role: ", "bind.uncovered: mp1\nrole: ");
+    let e = run_with(
+        &v1(),
+        &action(),
+        injected.as_bytes(),
+        &sigs(&["operator1"]),
+        NOW,
+        &MemLedger::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, C::BindingMismatch, "{e}");
+    let misplaced = text.replace(
+        "guest-config-sha1: ",
+        "bind.uncovered: mp1\nguest-config-sha1: ",
+    );
+    let e = run_with(
+        &v1(),
+        &action(),
+        misplaced.as_bytes(),
+        &sigs(&["operator1"]),
+        NOW,
+        &MemLedger::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.code, C::MalformedPayload, "{e}");
 }

@@ -16,7 +16,10 @@ fn payload() -> impl Strategy<Value = ApprovalPayload> {
         0usize..13,
         100u32..=999_999_999,
         proptest::option::of("[0-9a-f]{40}"),
-        proptest::collection::btree_map("[a-z0-9-]{1,12}", "[A-Za-z0-9._:/,=@+-]{0,20}", 0..6),
+        (
+            proptest::collection::btree_map("[a-z0-9-]{1,12}", "[A-Za-z0-9._:/,=@+-]{0,20}", 0..6),
+            proptest::collection::btree_map("[a-z0-9-]{1,12}", "[A-Za-z0-9._:/,=@+-]{1,20}", 0..4),
+        ),
         any::<bool>(),
         "[0-9a-f]{32}",
         0i64..4_000_000_000,
@@ -24,7 +27,7 @@ fn payload() -> impl Strategy<Value = ApprovalPayload> {
         proptest::option::of("[A-Za-z0-9._/-]{1,20}"),
     )
         .prop_map(
-            |(fleet, host, epoch, op, vmid, dig, params, rec, nonce, nb, len, ticket)| {
+            |(fleet, host, epoch, op, vmid, dig, (params, bind), rec, nonce, nb, len, ticket)| {
                 ApprovalPayload {
                     fleet,
                     host,
@@ -33,6 +36,7 @@ fn payload() -> impl Strategy<Value = ApprovalPayload> {
                     vmid,
                     guest_config_sha1: dig,
                     params: params.into_iter().collect::<BTreeMap<_, _>>(),
+                    bind: bind.into_iter().collect::<BTreeMap<_, _>>(),
                     role: if rec {
                         Role::Recovery
                     } else {

@@ -298,6 +298,8 @@ pub struct CheckReport {
     pub provenance: u64,
     pub nonces: u64,
     pub audit: u64,
+    /// Safety-copy manifests.
+    pub copies: u64,
     /// Keys of records that do not decode, with the reason.
     pub undecodable: Vec<(String, String)>,
 }
@@ -327,8 +329,8 @@ impl fmt::Display for CheckReport {
         }
         writeln!(
             f,
-            "  steps: {} ({} in flight); provenance: {}; nonces: {}; audit entries: {}",
-            self.steps, self.in_flight, self.provenance, self.nonces, self.audit
+            "  steps: {} ({} in flight); provenance: {}; nonces: {}; audit entries: {}; safety copies: {}",
+            self.steps, self.in_flight, self.provenance, self.nonces, self.audit, self.copies
         )?;
         for (k, why) in &self.undecodable {
             writeln!(f, "  undecodable record {k}: {why}")?;
@@ -344,4 +346,5 @@ impl fmt::Display for CheckReport {
 }
 
 mod store;
+pub use store::copies::{CopyState, MANIFEST_VERSION, SafetyCopy};
 pub use store::{Journal, check, move_aside};

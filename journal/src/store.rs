@@ -3,7 +3,8 @@
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
 //! (vmid or "host" → suspension), `jobs` (nonce → signed job record) and `meta` (epoch, clock high-water, gc horizon, desired
-//! revision and last-known-good document, trust). Every value is JSON wrapped as
+//! revision and last-known-good document, trust) and `copies` (copy id → safety-copy
+//! manifest, see `copies`). Every value is JSON wrapped as
 //! `{"v":1,"r":...}` so a future format is detected, never misread.
 
 use std::collections::BTreeMap;
@@ -20,6 +21,8 @@ use crate::{
     AuditEntry, CheckReport, CreateEnd, JobRecord, JournalError, NewStep, NonceClaim, NonceError,
     Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
 };
+
+pub mod copies;
 
 const VERSION: u32 = 1;
 /// Audit entries kept (oldest dropped first).
@@ -1132,6 +1135,11 @@ pub fn check(dir: &Path) -> CheckReport {
     count(&j.inner.jobs, "job", &mut report, &|b| {
         decode::<JobRecord>(dir, "job", b).map(|_| true)
     });
+    if let Ok(tree) = j.copies_tree() {
+        report.copies = count(&tree, "safety copy", &mut report, &|b| {
+            decode::<copies::SafetyCopy>(dir, "safety copy", b).map(|_| true)
+        });
+    }
     if let Err(e) = j.trust() {
         report
             .undecodable

@@ -1695,7 +1695,10 @@ fn finish_restore(h: &mut Host, t: &Task, job: &RestoreJob) -> String {
             .unwrap_or_else(|| job.archive.clone());
     log(h, &upid, format!("extracting archive '{shown}'"));
     if h.faults.storage.restore_fail.contains(&vmid)
-        || h.faults.storage.restore_fail_archives.contains(&job.archive)
+        || h.faults
+            .storage
+            .restore_fail_archives
+            .contains(&job.archive)
     {
         return fail_late(
             h,

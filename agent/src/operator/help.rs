@@ -68,6 +68,11 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "drover trust > trust-v1.txt         # the document the next rotation starts from",
     ),
     (
+        "copies",
+        "drover copies                       # every safety copy: volid, state, sha256\n\
+         drover copies 105 --output json     # one guest's manifests as data",
+    ),
+    (
         "approvals",
         "drover approvals                    # pending requests and the command to sign each",
     ),

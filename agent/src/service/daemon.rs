@@ -379,6 +379,18 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         ),
         Trust::Valid(_) => {}
     }
+    let safety = crate::safety::SafetyCopies::new(
+        pve.client.clone(),
+        config.host.clone(),
+        store.clone(),
+        config.safety.clone(),
+        opts.waits.poll_interval,
+    );
+    if config.safety.storage.is_none() {
+        warn!(
+            "[safety] storage is not set: destructive steps are refused (safety_storage_unset) until a storage for safety copies is configured"
+        );
+    }
     let engine = Engine::new(
         EngineSettings {
             host: config.host.clone(),
@@ -392,6 +404,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         lanes.clone(),
         shutdown_rx,
     );
+    engine.set_safety(safety);
 
     // Signed jobs run on the guests' lanes (asked first in every turn).
     let jobs = crate::jobs::JobRunner::install(&engine, &config.state_dir);
@@ -515,6 +528,8 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             }
         })
     });
+    // Copies a crash left are resolved (adopted, failed, reported) before any lane runs.
+    engine.safety_housekeeping().await;
     info!(steps = first.plan.step_count(), "ready");
     systemd.ready(&engine.status().snapshot().summary());
 
@@ -593,6 +608,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         );
         let ping = systemd.ping_interval().unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(ping);
+        let housekeeping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         loop {
             tokio::select! {
                 _ = interval.tick() => {
@@ -610,6 +626,14 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
                         Err(e) => warn!("pass failed: {e}"),
                     }
                     jobs.request_lanes().await;
+                    // Retention and late sweeps of safety copies, one at a time, off the loop.
+                    if !housekeeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        let (engine, busy) = (engine.clone(), housekeeping.clone());
+                        tokio::spawn(async move {
+                            engine.safety_housekeeping().await;
+                            busy.store(false, std::sync::atomic::Ordering::Release);
+                        });
+                    }
                     systemd.watchdog_ping();
                     // Off the loop: a slow hub must not delay the next pass or the watchdog.
                     let (engine, source) = (engine.clone(), source.clone());
