@@ -53,7 +53,14 @@ pub async fn job_new(
             }
         };
     let pve = crate::service::daemon::pve_from_config(&config, WaitPolicy::production())?;
-    let (planned, _) = match plan_job(&pve, &ask).await {
+    let safety = crate::safety::SafetyCopies::new(
+        pve.client.clone(),
+        config.host.clone(),
+        store.clone(),
+        config.safety.clone(),
+        None,
+    );
+    let (planned, _) = match plan_job(&pve, Some(&safety), &ask).await {
         Ok(x) => x,
         Err(r) => {
             if json {

@@ -224,9 +224,6 @@ enum JobVerb {
         /// restore: the backup's volume id (a free vmid restores beside the original).
         #[arg(long)]
         backup: Option<String>,
-        /// restore over a guest, rollback: where the pre-job safety copy goes.
-        #[arg(long)]
-        safety_storage: Option<String>,
         /// Hold the guest after the job (suspended until `drover resume`); the default for
         /// restore and rollback.
         #[arg(long, conflicts_with = "no_hold")]
@@ -484,7 +481,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     storage,
                     protected,
                     backup,
-                    safety_storage,
                     hold,
                     no_hold,
                     ticket,
@@ -509,7 +505,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 protected,
                 volid: backup,
                 hold: (hold || drover::jobs::plan::default_hold(kind)) && !no_hold,
-                safety_storage,
             };
             drover::job_cli::job_new(
                 &cli.config,

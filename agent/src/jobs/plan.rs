@@ -34,9 +34,6 @@ pub struct JobAsk {
     pub volid: Option<String>,
     /// Keep the desired state's hands off the guest after the job until `drover resume`.
     pub hold: bool,
-    /// restore over a guest, rollback: where the pre-job safety copy goes (default: the
-    /// backup's storage for a restore, the first backup storage with room for a rollback).
-    pub safety_storage: Option<String>,
 }
 
 /// The default of `hold` for a kind: a restore or rollback deliberately goes back in time, so
@@ -59,11 +56,6 @@ impl JobAsk {
             protected: param("protected").as_deref() == Some("1"),
             volid: param("ostemplate"),
             hold: p.binds.get("hold").map(String::as_str) == Some("1"),
-            safety_storage: p
-                .binds
-                .get("safety")
-                .and_then(|v| v.strip_prefix("vzdump@"))
-                .map(str::to_string),
         }
     }
 }
@@ -127,7 +119,11 @@ fn value_ok(v: &str) -> bool {
 
 /// Reads the host and renders the job `ask` stands for now, or the first reason it would be
 /// refused. Nothing is changed.
-pub async fn plan_job(pve: &Pve, ask: &JobAsk) -> Result<(PlannedJob, Facts), JobRefusal> {
+pub async fn plan_job(
+    pve: &Pve,
+    safety: Option<&crate::safety::SafetyCopies>,
+    ask: &JobAsk,
+) -> Result<(PlannedJob, Facts), JobRefusal> {
     let node = pve.node.as_str();
     let vmid = ask.vmid;
     let client = &pve.client;
@@ -443,39 +439,10 @@ pub async fn plan_job(pve: &Pve, ask: &JobAsk) -> Result<(PlannedJob, Facts), Jo
         }
     }
     if crate::jobs::safety::needs_copy(ask.kind, facts.exists) {
-        let storage = match (&ask.safety_storage, ask.kind, &ask.volid) {
-            (Some(s), _, _) => s.clone(),
-            (None, JobKind::RestoreBackup, Some(v)) => storage_of(v).unwrap_or_default(),
-            _ => first_backup_storage(pve).await?,
-        };
-        let st = client.storage_status(node, &storage).await.map_err(|e| {
-            refuse(
-                "storage_unusable",
-                format!("safety copy storage {storage}: {e}"),
-            )
-        })?;
-        if !st.supports("backup") {
-            return Err(refuse(
-                "storage_unusable",
-                format!("the safety copy storage {storage} does not hold backups"),
-            ));
-        }
-        let need = config
-            .as_ref()
-            .and_then(|c| c.rootfs.as_ref())
-            .and_then(|r| r.size)
-            .map(|s| s.bytes())
-            .unwrap_or(0);
-        if st.avail.is_some_and(|a| a < need) {
-            return Err(refuse(
-                "no_room",
-                format!(
-                    "the safety copy storage {storage} has {} bytes free; the pre-job copy of CT {vmid} may need {need}",
-                    st.avail.unwrap_or(0)
-                ),
-            ));
-        }
-        binds.insert("safety".into(), crate::jobs::safety::bind_value(&storage));
+        // Every refusal of the copy now, before anything is signed or stopped; what it binds
+        // (`bind.safety`, `bind.uncovered`) goes into the signed text.
+        let pre = crate::jobs::safety::preflight(safety, vmid, ask.kind).await?;
+        binds.extend(pre.binding());
     }
     Ok((
         PlannedJob {
@@ -487,25 +454,6 @@ pub async fn plan_job(pve: &Pve, ask: &JobAsk) -> Result<(PlannedJob, Facts), Jo
         },
         facts,
     ))
-}
-
-/// The first storage of this node that holds backups and reports free space.
-async fn first_backup_storage(pve: &Pve) -> Result<String, JobRefusal> {
-    let list = pve
-        .client
-        .list_storages(&pve.node, Some("backup"))
-        .await
-        .map_err(|e| pve_err("listing the storages", e))?;
-    list.into_iter()
-        .filter(|s| s.supports("backup") && s.active != Some(false))
-        .filter_map(|s| s.storage)
-        .next()
-        .ok_or_else(|| {
-            refuse(
-                "storage_unusable",
-                "no storage on this node holds backups, so no safety copy can be taken (name one with --safety-storage)",
-            )
-        })
 }
 
 #[cfg(test)]

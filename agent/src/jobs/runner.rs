@@ -38,10 +38,10 @@ use crate::clock::unix_now;
 use crate::jobs::inbox::JobDirs;
 use crate::jobs::plan::{JobAsk, config_lines, plan_job};
 use crate::jobs::refusal::JobRefusal;
-use crate::jobs::safety;
 use crate::reconcile::engine::Engine;
 use crate::reconcile::job_slot::GuestJobs;
 use crate::reconcile::lanes::LaneOutcome;
+use crate::safety::CopyManifest;
 use crate::store::{Decision, JobEnd, JobRecord};
 
 /// Runs the signed jobs of one agent (installed into the engine as its [`GuestJobs`]).
@@ -309,16 +309,17 @@ impl JobRunner {
             }
         };
         let ask = JobAsk::from_payload(&p);
-        let (planned, facts) = match plan_job(self.engine.pve(), &ask).await {
-            Ok(x) => x,
-            Err(r) if r.code == "pve_unavailable" => {
-                return LaneOutcome::Transient(r.message);
-            }
-            Err(r) => {
-                self.refuse(&c, Some(&p), r);
-                return LaneOutcome::Progressed;
-            }
-        };
+        let (planned, facts) =
+            match plan_job(self.engine.pve(), self.engine.safety().as_ref(), &ask).await {
+                Ok(x) => x,
+                Err(r) if r.code == "pve_unavailable" => {
+                    return LaneOutcome::Transient(r.message);
+                }
+                Err(r) => {
+                    self.refuse(&c, Some(&p), r);
+                    return LaneOutcome::Progressed;
+                }
+            };
         let ctx = self.engine.gate_context(&trust);
         let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
         let verdict = gate::verify_job(
@@ -463,6 +464,12 @@ impl JobRunner {
             return o;
         }
         self.engine.metrics().job_ended(&rec.kind, label);
+        // The copy stays protected for its grace period from now on.
+        if let (Some(safety), Some(id)) = (self.engine.safety(), rec.facts.get("copy_id")) {
+            if let Err(e) = safety.step_done(id, now_ms()) {
+                warn!("marking the safety copy's job done: {e}");
+            }
+        }
         match &end {
             JobEnd::Done { .. } => info!("job done: {detail}"),
             JobEnd::Failed { .. } => warn!("job failed: {detail}"),
@@ -508,7 +515,7 @@ impl JobRunner {
             "accepted" => {
                 // Pre-flight again from the current config: nothing has been done yet, so a
                 // change since acceptance refuses cleanly.
-                match plan_job(pve, &JobAsk::from_payload(p)).await {
+                match plan_job(pve, self.engine.safety().as_ref(), &JobAsk::from_payload(p)).await {
                     Ok((planned, _)) if planned == p.planned() => Next::Phase("preflight_ok"),
                     Ok(_) => Next::End(JobEnd::Failed {
                         code: "stale_state".into(),
@@ -557,21 +564,28 @@ impl JobRunner {
                 }
             }
             "quiesced" | "copying" => {
-                let Some(storage) = safety::copy_storage(p) else {
+                let existed = rec.facts.get("existed").map(String::as_str) == Some("1");
+                if !crate::jobs::safety::needs_copy(p.kind, existed) {
                     return Next::Phase("copied");
-                };
-                match self.copy(rec, &storage).await {
-                    Ok(volid) => {
-                        info!(copy = volid.as_str(), "pre-job safety copy taken");
-                        rec.facts.insert("copy".into(), volid);
+                }
+                match self.copy(rec, p).await {
+                    Ok(m) => {
+                        let r = crate::jobs::safety::copy_ref(&m);
+                        info!(copy = r.as_str(), "pre-job safety copy taken");
+                        rec.facts.insert("copy".into(), r);
+                        rec.facts.insert("copy_id".into(), m.id.clone());
+                        if let Some(v) = &m.volid {
+                            rec.facts.insert("copy_volid".into(), v.clone());
+                        }
                         Next::Phase("copied")
                     }
-                    Err(Stop::Wait(o)) => Next::Wait(o),
-                    Err(Stop::Lost) => unreachable_lost(),
-                    Err(Stop::Call(e)) => self.fail_after_quiesce(
+                    Err(r) if r.code == "transient" => {
+                        Next::Wait(LaneOutcome::Transient(r.message))
+                    }
+                    Err(r) => self.fail_after_quiesce(
                         rec,
-                        "safety_copy_failed",
-                        format!("the safety copy to {storage} could not be taken: {e}; nothing was changed"),
+                        &r.code,
+                        format!("{}; nothing was changed", r.message),
                     ),
                 }
             }
@@ -583,7 +597,12 @@ impl JobRunner {
                         "guest_locked",
                         format!("CT {vmid} became locked ({}) before the job's call; nothing was changed", c.lock.unwrap_or_default()),
                     ),
-                    Ok(c) if p.guest_config_sha1.is_some() && c.digest != p.guest_config_sha1 => {
+                    Ok(c) if p.guest_config_sha1.is_some()
+                        && c.digest != p.guest_config_sha1
+                        // A snapshot copy adds a snapshot section (a new digest); the guest's
+                        // own config must be what it was before the copy.
+                        && rec.facts.get("config_before_copy") != Some(&fingerprint(&c)) =>
+                    {
                         self.fail_after_quiesce(
                             rec,
                             "stale_state",
@@ -705,33 +724,51 @@ impl JobRunner {
         s
     }
 
-    /// The pre-job safety copy (see `safety`): a task phase, re-sent when its answer was lost
-    /// (a backup is benign).
-    async fn copy(&self, rec: &mut JobRecord, storage: &str) -> Result<String, Stop> {
-        let pve = self.engine.pve();
-        let (c, n, vmid) = (pve.client.clone(), pve.node.clone(), rec.vmid);
-        let req = safety::copy_request(vmid, storage, &rec.id);
-        let outcome = self
-            .task_phase(rec, "copying", "vzdump", true, move || async move {
-                match c.vzdump(&n, &req).await.map_err(CallError::Pve)? {
-                    VzdumpStarted::Task(u) => Ok(u),
-                    VzdumpStarted::NotOnNode => Err(CallError::Other(format!(
-                        "vzdump answered OK: CT {vmid} is not on this node"
-                    ))),
-                }
-            })
-            .await?;
-        let upid = rec
-            .upid
-            .as_deref()
-            .and_then(|u| u.parse::<Upid>().ok())
-            .ok_or(Stop::Lost)?;
-        if !outcome.is_success() {
-            return Err(Stop::Call(task_error(&outcome)));
+    /// The pre-job safety copy through the safety-copy machinery (see `jobs::safety`). A
+    /// restart in this phase uses the copy already verified for this job, or takes it again
+    /// (a copy destroys nothing; an interrupted one is resolved by the boot sweep).
+    async fn copy(&self, rec: &mut JobRecord, p: &JobPayload) -> Result<CopyManifest, JobRefusal> {
+        let vmid = rec.vmid;
+        let Some(safety) = self.engine.safety() else {
+            return Err(JobRefusal::new(
+                "safety_storage_unset",
+                "restores and rollbacks need a storage for safety copies: set [safety] storage in drover.toml",
+            ));
+        };
+        if rec.phase != "copying" {
+            self.save(rec, "copying", "")
+                .map_err(|_| JobRefusal::new("transient", "journaling the copy phase"))?;
         }
-        self.backup_volid(&upid, storage, vmid)
+        if let Some(m) = crate::jobs::safety::existing(&safety, vmid, &rec.id) {
+            return Ok(m);
+        }
+        if !rec.facts.contains_key("config_before_copy") {
+            let pve = self.engine.pve();
+            let c = pve
+                .client
+                .lxc_config(&pve.node, vmid, false)
+                .await
+                .map_err(|e| JobRefusal::new("transient", format!("reading the config: {e}")))?;
+            if c.digest != p.guest_config_sha1 {
+                return Err(JobRefusal::new(
+                    "stale_state",
+                    format!("CT {vmid}'s config changed before the safety copy"),
+                ));
+            }
+            rec.facts
+                .insert("config_before_copy".into(), fingerprint(&c));
+            self.save(rec, "copying", "")
+                .map_err(|_| JobRefusal::new("transient", "journaling the copy phase"))?;
+        }
+        let pre = crate::jobs::safety::preflight(Some(&safety), vmid, p.kind).await?;
+        match safety
+            .take(&pre, &rec.id, &crate::jobs::safety::signed_binding(p))
             .await
-            .map_err(Stop::Call)
+        {
+            Ok(m) => Ok(m),
+            Err(e) if e.transient => Err(JobRefusal::new("transient", e.to_string())),
+            Err(e) => Err(JobRefusal::from(e)),
+        }
     }
 
     /// The volid a vzdump task wrote, read from its log and confirmed in the listing.
@@ -979,7 +1016,7 @@ impl JobRunner {
         let pve = self.engine.pve();
         let (node, vmid) = (pve.node.clone(), rec.vmid);
         let why = rec.facts.get("task_error").cloned().unwrap_or_default();
-        let Some(copy) = rec.facts.get("copy").cloned() else {
+        let Some(copy) = rec.facts.get("copy_volid").cloned() else {
             return Next::End(JobEnd::Failed {
                 code: "task_failed".into(),
                 message: format!(
@@ -1167,6 +1204,15 @@ impl JobRunner {
         c.sort_by_key(|u| u.starttime);
         Ok(c.into_iter().next())
     }
+}
+
+/// The guest's own config, without what a snapshot changes (its digest and `parent`), as
+/// a comparable text.
+fn fingerprint(c: &proxmox_client::LxcConfig) -> String {
+    let mut c = c.clone();
+    c.digest = None;
+    c.parent = None;
+    sha256_hex(format!("{c:?}").as_bytes())
 }
 
 fn unreachable_lost() -> Next {

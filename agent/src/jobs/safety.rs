@@ -1,45 +1,75 @@
-//! The pre-job safety copy of a restore over a guest or a rollback: where it goes (signed as
-//! `bind.safety: vzdump@<storage>`, so the operator sees it) and the request that takes it.
-//!
-//! This is the seam to the safety-copy machinery (`safety/`, issue 17a: verified copies with a
-//! journaled manifest and retention). Until that lands, the copy is a protected vzdump
-//! (`protected=1 remove=0`, safety-nets.md §7 item 3) to the signed storage, taken and
-//! awaited as a journaled job phase; its volid is journaled with the job and never deleted by
-//! Drover, so it outlives any failure. Wiring the real API replaces [`copy_request`] and the
-//! phase's call, nothing else.
+//! The pre-job safety copy of a restore over a guest or a rollback, through the safety-copy
+//! machinery (`safety/`): its preflight gives the `bind.safety` (and `bind.uncovered`) lines
+//! the job must carry, and `take` makes the verified copy, journaled as a manifest whose
+//! `step_id` is the job's id. The copy is never deleted by the job; once the job ends it stays
+//! protected for the operation's grace period (`[safety.grace]`), after which retention may
+//! release it.
+
+use std::collections::BTreeMap;
 
 use gate::{JobKind, JobPayload};
-use proxmox_client::VzdumpRequest;
 
-/// The `bind.safety` value for a copy to `storage`.
-pub fn bind_value(storage: &str) -> String {
-    format!("vzdump@{storage}")
-}
+use crate::jobs::refusal::JobRefusal;
+use crate::safety::{CopyError, CopyManifest, CopyOp, CopyState, Preflight, SafetyCopies};
 
 /// Whether a job of `kind` over an existing guest needs a safety copy first.
 pub fn needs_copy(kind: JobKind, guest_exists: bool) -> bool {
-    guest_exists && matches!(kind, JobKind::RestoreBackup | JobKind::RollbackSnapshot)
+    guest_exists && copy_op(kind).is_some()
 }
 
-/// The storage a signed job's copy goes to, if it takes one.
-pub fn copy_storage(p: &JobPayload) -> Option<String> {
+/// The copy's operation for a job kind.
+pub fn copy_op(kind: JobKind) -> Option<CopyOp> {
+    match kind {
+        JobKind::RestoreBackup => Some(CopyOp::Restore),
+        JobKind::RollbackSnapshot => Some(CopyOp::Rollback),
+        _ => None,
+    }
+}
+
+impl From<CopyError> for JobRefusal {
+    fn from(e: CopyError) -> Self {
+        JobRefusal::new(e.code, e.to_string())
+    }
+}
+
+/// The refusals of the copy and the lines it binds, before anything is done.
+pub async fn preflight(
+    safety: Option<&SafetyCopies>,
+    vmid: u32,
+    kind: JobKind,
+) -> Result<Preflight, JobRefusal> {
+    let Some(safety) = safety else {
+        return Err(JobRefusal::new(
+            "safety_storage_unset",
+            "restores and rollbacks need a storage for safety copies: set [safety] storage in drover.toml",
+        ));
+    };
+    let op = copy_op(kind).ok_or_else(|| JobRefusal::new("bad_request", "no copy for this job"))?;
+    safety.preflight(vmid, op).await.map_err(JobRefusal::from)
+}
+
+/// The `bind.*` lines of a signed job that belong to its copy.
+pub fn signed_binding(p: &JobPayload) -> BTreeMap<String, String> {
     p.binds
-        .get("safety")
-        .and_then(|v| v.strip_prefix("vzdump@"))
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
+        .iter()
+        .filter(|(k, _)| matches!(k.as_str(), "safety" | "uncovered"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
-/// The vzdump that takes the copy (the notes name the job, so an operator can tell it apart).
-pub fn copy_request(vmid: u32, storage: &str, job_id: &str) -> VzdumpRequest {
-    let mut r = VzdumpRequest::new(vmid, storage);
-    r.mode = Some(proxmox_client::BackupMode::Snapshot);
-    r.compress = Some(proxmox_client::BackupCompression::Zstd);
-    r.protected = true;
-    r.remove = Some(false);
-    r.notes_template = Some(format!(
-        "drover pre-job safety copy of {{{{vmid}}}} (job {})",
-        &job_id[..job_id.len().min(12)]
-    ));
-    r
+/// A verified copy already taken for job `job_id` (a restart after the copy finished).
+pub fn existing(safety: &SafetyCopies, vmid: u32, job_id: &str) -> Option<CopyManifest> {
+    safety
+        .list(Some(vmid))
+        .ok()?
+        .into_iter()
+        .find(|m| m.step_id == job_id && m.state == CopyState::Complete)
+}
+
+/// What the job journals of its copy: the volid (a vzdump) or the snapshot's name.
+pub fn copy_ref(m: &CopyManifest) -> String {
+    m.volid
+        .clone()
+        .or_else(|| m.snapname.clone().map(|s| format!("snapshot {s}")))
+        .unwrap_or_else(|| m.id.clone())
 }
