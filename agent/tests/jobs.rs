@@ -563,3 +563,76 @@ async fn a_second_job_for_a_guest_with_one_in_progress_is_refused() {
     assert_eq!(h.sim.count_mutations("reboot", 101), 0);
     d.stop().await;
 }
+
+/// The phase a job's row shows and whether that phase's task is journaled (its UPID).
+fn phase_of(h: &Host, id: &str) -> Option<(String, bool)> {
+    let row = job_state(h, id)?;
+    let hist = row["history"].as_array()?.clone();
+    let last = hist.last()?;
+    let phase = last[0].as_str()?.to_string();
+    let upid = last[2].as_str().is_some_and(|d| d.starts_with("UPID:"));
+    Some((phase, upid))
+}
+
+/// SIGKILL of a real `drover run` child in every task phase of a restore over a running
+/// guest (the shutdown, the safety copy, the restore, the start again): each restart
+/// re-attaches to the journaled task and the job ends once, every call sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_in_every_phase_of_a_restore_runs_each_call_once() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, true, 512)], 1500)).await;
+    h.desired("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    h.sim.edit_config(101, "memory", Some("1024"));
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    let id = nonce_of(&file);
+    let (copy, sig) = signed(&h, &file, "restore");
+    assert_eq!(code(&approve(&h, &copy, &sig).await), 0);
+    let mut d = d;
+    let mut killed = Vec::new();
+    for phase in ["quiescing", "copying", "calling", "starting"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = phase_of(&h, &id);
+            // Kill once the phase's task is journaled (the copying phase's task is in the
+            // copy's manifest, so there the phase itself is enough).
+            if now
+                .as_ref()
+                .is_some_and(|(p, upid)| p == phase && (*upid || phase == "copying"))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "phase {phase} never reached: {now:?}\n{}",
+                d.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        d.child.kill().unwrap();
+        let _ = d.child.wait();
+        killed.push(phase);
+        d = h.spawn_daemon();
+    }
+    let row = ended(&h, &d, &id).await;
+    assert_eq!(row["state"], "done", "{row}");
+    assert_eq!(killed.len(), 4);
+    assert_eq!(h.sim.count_mutations("shutdown", 101), 1, "one shutdown");
+    assert_eq!(h.sim.count_mutations("restore", 101), 1, "one restore");
+    assert_eq!(h.sim.count_mutations("start", 101), 1, "one start");
+    assert_eq!(
+        h.sim.count_mutations("vzdump", 101),
+        2,
+        "the backup and one safety copy (the interrupted copy was re-attached, not re-taken)"
+    );
+    let g = h.sim.guest(101).unwrap();
+    assert_eq!(g.memory, 512);
+    assert!(g.running);
+    d.stop().await;
+}

@@ -739,8 +739,24 @@ impl JobRunner {
             self.save(rec, "copying", "")
                 .map_err(|_| JobRefusal::new("transient", "journaling the copy phase"))?;
         }
-        if let Some(m) = crate::jobs::safety::existing(&safety, vmid, &rec.id) {
-            return Ok(m);
+        match crate::jobs::safety::existing(&safety, vmid, &rec.id) {
+            crate::jobs::safety::Existing::Complete(m) => return Ok(m),
+            crate::jobs::safety::Existing::Creating => {
+                // Interrupted by a crash: the boot sweep resolves it (re-attaching to its
+                // vzdump) before the job goes on.
+                let _ = safety.sweep().await;
+                match crate::jobs::safety::existing(&safety, vmid, &rec.id) {
+                    crate::jobs::safety::Existing::Complete(m) => return Ok(m),
+                    crate::jobs::safety::Existing::Creating => {
+                        return Err(JobRefusal::new(
+                            "transient",
+                            "the interrupted safety copy is not resolved yet",
+                        ));
+                    }
+                    crate::jobs::safety::Existing::None => {}
+                }
+            }
+            crate::jobs::safety::Existing::None => {}
         }
         if !rec.facts.contains_key("config_before_copy") {
             let pve = self.engine.pve();

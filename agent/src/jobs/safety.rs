@@ -28,7 +28,11 @@ pub fn copy_op(kind: JobKind) -> Option<CopyOp> {
 
 impl From<CopyError> for JobRefusal {
     fn from(e: CopyError) -> Self {
-        JobRefusal::new(e.code, e.to_string())
+        let message = match e.reason {
+            Some(r) => format!("{} ({r})", e.message),
+            None => e.message.clone(),
+        };
+        JobRefusal::new(e.code, message)
     }
 }
 
@@ -57,13 +61,33 @@ pub fn signed_binding(p: &JobPayload) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// A verified copy already taken for job `job_id` (a restart after the copy finished).
-pub fn existing(safety: &SafetyCopies, vmid: u32, job_id: &str) -> Option<CopyManifest> {
-    safety
+/// The copy already started for job `job_id` (a restart during or after the copy).
+pub enum Existing {
+    /// Verified: use it.
+    Complete(CopyManifest),
+    /// Its task may still run: the safety machinery's sweep resolves it first.
+    Creating,
+    /// None, or only failed ones: take it (again).
+    None,
+}
+
+pub fn existing(safety: &SafetyCopies, vmid: u32, job_id: &str) -> Existing {
+    let mine: Vec<CopyManifest> = safety
         .list(Some(vmid))
-        .ok()?
+        .unwrap_or_default()
         .into_iter()
-        .find(|m| m.step_id == job_id && m.state == CopyState::Complete)
+        .filter(|m| m.step_id == job_id)
+        .collect();
+    if let Some(m) = mine.iter().find(|m| m.state == CopyState::Complete) {
+        return Existing::Complete(m.clone());
+    }
+    if mine
+        .iter()
+        .any(|m| m.state == CopyState::Creating && !safety.is_busy(&m.id))
+    {
+        return Existing::Creating;
+    }
+    Existing::None
 }
 
 /// What the job journals of its copy: the volid (a vzdump) or the snapshot's name.
