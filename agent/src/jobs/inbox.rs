@@ -19,6 +19,8 @@ use crate::approval::files::{self, Candidate};
 /// The job directories of one agent.
 #[derive(Debug, Clone)]
 pub struct JobDirs {
+    /// The hub's mirror: its files are the hub's to remove (never moved by the agent).
+    pub mirror: PathBuf,
     pub pending: PathBuf,
     pub used: PathBuf,
     pub refused: PathBuf,
@@ -37,6 +39,7 @@ impl JobDirs {
         let mut incoming = approval_dirs;
         incoming.push(hub_jobs_dir(state_dir));
         JobDirs {
+            mirror: hub_jobs_dir(state_dir),
             pending: base.join("pending"),
             used: base.join("used"),
             refused: base.join("refused"),
@@ -92,9 +95,19 @@ impl JobDirs {
         Ok(path)
     }
 
+    /// Whether `path` is in the hub's mirror.
+    pub fn is_mirror(&self, path: &Path) -> bool {
+        path.starts_with(&self.mirror)
+    }
+
     /// Moves a job's files (and the pending request with its nonce) out of the way: into
-    /// `used` or `refused`. A read-only source keeps its files; the journal remembers them.
+    /// `used` or `refused`. A read-only source and the hub's mirror keep their files; the
+    /// journal remembers them.
     pub fn retire(&self, c: &Candidate, to: &Path, nonce: Option<&str>) {
+        if self.is_mirror(&c.payload_path) {
+            self.remove_pending(nonce);
+            return;
+        }
         let _ = std::fs::create_dir_all(to);
         let dir = c.payload_path.parent().map(Path::to_path_buf);
         let mut moved = vec![c.payload_path.clone()];
@@ -108,6 +121,10 @@ impl JobDirs {
                 tracing::debug!(path = %f.display(), "job file left in place");
             }
         }
+        self.remove_pending(nonce);
+    }
+
+    fn remove_pending(&self, nonce: Option<&str>) {
         if let Some(n) = nonce {
             for (p, text) in self.pending() {
                 if JobPayload::parse(text.as_bytes()).is_ok_and(|j| j.nonce == n) {

@@ -208,6 +208,10 @@ impl JobRunner {
                 continue;
             }
             match store.job(&p.nonce) {
+                // The hub keeps listing a job after it ran; its mirror is not a resubmission.
+                Ok(Some(rec))
+                    if rec.payload_sha256 == sha256_hex(&c.payload)
+                        && self.dirs.is_mirror(&c.payload_path) => {}
                 Ok(Some(rec)) if rec.payload_sha256 == sha256_hex(&c.payload) => {
                     if rec.end.is_none() {
                         self.dirs.retire(&c, &self.dirs.used, Some(&p.nonce));
