@@ -900,6 +900,23 @@ pub fn status_table(body: &serde_json::Value) -> String {
             }
         );
     }
+    // Signed jobs that are not over yet (`drover jobs` lists them all).
+    for j in body["jobs"].as_array().into_iter().flatten() {
+        let state = s(&j["state"]);
+        if matches!(state.as_str(), "pending_signature" | "queued" | "running") {
+            let _ = writeln!(
+                out,
+                "job {} of CT {}: {state}{}",
+                s(&j["kind"]),
+                s(&j["vmid"]),
+                if state == "running" {
+                    format!(" ({})", s(&j["phase"]))
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     if body["trust"]["valid"] == false {
         let _ = writeln!(
             out,

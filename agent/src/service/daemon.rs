@@ -347,12 +347,33 @@ pub async fn report(engine: &Engine, source: &Source) {
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
-    let body = crate::desired::report::Report::new(
+    let job_dirs = crate::jobs::inbox::JobDirs::new(
+        engine.store().journal().dir(),
+        engine.approvals().candidate_dirs(),
+    );
+    let pending_jobs: Vec<crate::desired::report::PendingRequest> = job_dirs
+        .pending()
+        .into_iter()
+        .filter(|(_, text)| {
+            gate::JobPayload::parse(text.as_bytes())
+                .is_ok_and(|p| !engine.store().nonce_consumed(&p.nonce).unwrap_or(true))
+        })
+        .map(|(p, text)| crate::desired::report::PendingRequest {
+            file: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text,
+            sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+        })
+        .collect();
+    let mut body = crate::desired::report::Report::new(
         crate::operator::status::status_json(engine),
         pending,
         serde_json::to_value(recent).unwrap_or_default(),
         unix_now(),
     );
+    body.pending_jobs = pending_jobs;
     if let Err(e) = source.report(&body).await {
         debug!(code = e.code(), "status report to the hub failed: {e}");
     }
