@@ -636,3 +636,80 @@ async fn sigkill_in_every_phase_of_a_restore_runs_each_call_once() {
     assert!(g.running);
     d.stop().await;
 }
+
+/// After a restore, what the desired state does: with `hold` (the default for a restore) the
+/// guest keeps what the backup brought back until `drover resume`; with `--no-hold` benign
+/// drift from the document is converged again right away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restore_hold_keeps_the_guest_and_no_hold_converges_it() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, false, 512)], 100)).await;
+    h.desired(&format!(
+        "revision = 1\n{}",
+        common::guest(101, "stopped", 512)
+    ));
+    h.adopt_all().await;
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    // The document now wants more memory; the agent converges it (benign).
+    h.desired(&format!(
+        "revision = 2\n{}",
+        common::guest(101, "stopped", 1024)
+    ));
+    eventually(&d, Duration::from_secs(20), "memory 1024", || {
+        h.sim.guest(101).is_some_and(|g| g.memory == 1024)
+    })
+    .await;
+
+    // Restore with the default hold: the backup's 512 MiB stay.
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    assert_eq!(run_job(&h, &d, &file, "held").await["state"], "done");
+    assert_eq!(h.sim.guest(101).unwrap().memory, 512);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        h.sim.guest(101).unwrap().memory,
+        512,
+        "a held guest was corrected right after its restore"
+    );
+    let status = h.status_json(Duration::from_secs(10)).await;
+    assert!(
+        status["suspensions"].to_string().contains("held after job"),
+        "{status}"
+    );
+    // The operator hands it back: the document applies again.
+    let out = h.drover_async(&["resume", "101"]).await;
+    assert_eq!(code(&out), 0);
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "memory 1024 after resume",
+        || h.sim.guest(101).is_some_and(|g| g.memory == 1024),
+    )
+    .await;
+
+    // Restore with --no-hold: converged again right after the job.
+    let file = job_new(
+        &h,
+        &["restore", "--vmid", "101", "--backup", &volid, "--no-hold"],
+    )
+    .await;
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("bind.hold: 0\n")
+    );
+    assert_eq!(run_job(&h, &d, &file, "nohold").await["state"], "done");
+    eventually(
+        &d,
+        Duration::from_secs(20),
+        "memory 1024 after a no-hold restore",
+        || h.sim.guest(101).is_some_and(|g| g.memory == 1024),
+    )
+    .await;
+    d.stop().await;
+}
