@@ -123,7 +123,9 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let h = Host::start_with(pve_sim::SimConfig {
-        task_duration: Duration::from_millis(250),
+        // A destroy is three tasks (shutdown, the safety vzdump, the destroy) plus the copy's
+        // verification: short tasks let destroys keep up with one new absent guest per round.
+        task_duration: Duration::from_millis(120),
         guests: vec![pve_sim::SeedGuest {
             vmid: CANARY,
             hostname: "customer".into(),
@@ -145,7 +147,7 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
             *signed.entry(v).or_default() += 1;
         }
         let mut child = h.command(&["run"]).spawn().expect("drover starts");
-        let wait_ms = 150 + (rand_u64(round) % 600);
+        let wait_ms = 200 + (rand_u64(round) % 900);
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
         let _ = child.wait();
@@ -226,6 +228,56 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
     );
     let journal = h.drover_async(&["journal", "--in-flight"]).await;
     assert_eq!(code(&journal), 0);
+
+    // Never a destroy without a verified copy, never an untracked copy: every destroy came
+    // after a vzdump of that guest whose manifest is complete (or released later) with a
+    // sha256, and every backup carrying Drover's marker is a manifest's volid.
+    let copies = h.drover_async(&["copies", "--output", "json"]).await;
+    assert_eq!(code(&copies), 0);
+    let manifests: Vec<serde_json::Value> = serde_json::from_slice(&copies.stdout).unwrap();
+    let muts = h.sim.mutations();
+    for (i, m) in muts.iter().enumerate() {
+        if m.kind != "destroy" {
+            continue;
+        }
+        let v = m.vmid.unwrap();
+        assert!(
+            muts[..i]
+                .iter()
+                .any(|d| d.kind == "vzdump" && d.vmid == Some(v)),
+            "CT {v} destroyed without a vzdump before it"
+        );
+        assert!(
+            manifests.iter().any(|c| c["vmid"] == v
+                && c["sha256"].is_string()
+                && matches!(
+                    c["state"].as_str(),
+                    Some("complete" | "released" | "deleted")
+                )),
+            "CT {v} destroyed without a verified copy in the journal"
+        );
+    }
+    for vol in h.sim.volumes() {
+        if vol
+            .notes
+            .as_deref()
+            .is_some_and(|n| n.starts_with("drover:"))
+        {
+            assert!(
+                manifests
+                    .iter()
+                    .any(|c| c["volid"].as_str() == Some(vol.volid.as_str())
+                        && c["state"] != "orphan"),
+                "untracked copy {}",
+                vol.volid
+            );
+        }
+    }
+    assert!(
+        manifests.iter().all(|c| c["state"] != "creating"),
+        "a copy left creating after convergence"
+    );
+    println!("crash loop: {} safety copies journaled", manifests.len());
 }
 
 fn all_converged(h: &Host, round: u32) -> bool {
