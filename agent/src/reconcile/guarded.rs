@@ -160,12 +160,13 @@ impl Engine {
         .await
     }
 
-    /// Sweep and retention of safety copies: at boot before the lanes run, then after passes.
-    pub async fn safety_housekeeping(&self) {
+    /// Sweep and retention of safety copies: at boot before the lanes run (`scan`: also look
+    /// for marked backups no manifest knows), then after passes.
+    pub async fn safety_housekeeping(&self, scan: bool) {
         let Some(safety) = self.safety() else {
             return;
         };
-        let swept = safety.sweep().await;
+        let swept = safety.sweep(scan).await;
         for (id, state) in &swept.resolved {
             info!(copy = %id, state = %state, "safety copy resolved by the sweep");
         }
