@@ -482,18 +482,20 @@ impl Store {
         self.j.prune_copy_records(keep)
     }
 
-    /// A journaled step's record: kind, outcome, end time (for a copy's protection).
-    pub fn step_end(&self, id: u64) -> Result<Option<(bool, Option<i64>)>, StoreError> {
-        Ok(self.j.get(journal::StepId(id))?.map(|r| {
-            let ok = matches!(
-                &r.phase,
-                journal::Phase::Done {
-                    outcome: journal::Outcome::Ok | journal::Outcome::Warnings(_),
-                    ..
+    /// How a journaled step ended, for a safety copy's protection window: `None` while it
+    /// is not done; `Some((done_at_ms, reached_pve))`, where `reached_pve` says whether its
+    /// destructive call was submitted (an abandoned step that never was destroyed nothing).
+    /// `Err` only for an unreadable journal; a step compacted away reads as done now.
+    pub fn step_end(&self, id: u64) -> Result<Option<(i64, bool)>, StoreError> {
+        Ok(match self.j.get(journal::StepId(id))? {
+            None => Some((now_ms(), true)),
+            Some(r) => match &r.phase {
+                journal::Phase::Done { upid, .. } => {
+                    Some((r.done_at_ms.unwrap_or_else(now_ms), upid.is_some()))
                 }
-            );
-            (ok, r.is_done().then_some(r.done_at_ms).flatten())
-        }))
+                _ => None,
+            },
+        })
     }
 
     /// Consumes a nonce the gate verified through a deferred ledger (`safety::deferred`).

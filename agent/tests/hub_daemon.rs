@@ -35,7 +35,7 @@ fn write_config(h: &Host, hub: &HubDir) {
         "host = \"{HOST}\"\nfleet = \"test-fleet-1\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n\
          [proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\ntask_poll_interval = \"20ms\"\n\n\
          [source]\nurl = {hub:?}\nca_file = {ca:?}\ntimeout = \"2s\"\n\n\
-         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n\n[safety]\nstorage = \"local\"\n",
         state = h.state(),
         url = h.sim.base_url(),
         tok = pve_sim::DEFAULT_TOKEN_ID,

@@ -472,7 +472,7 @@ async fn the_sweep_adopts_finished_copies_and_reports_orphans() {
         )
         .await
         .unwrap();
-    let report = s.sweep().await;
+    let report = s.sweep(true).await;
     assert!(report.errors.is_empty(), "{report:?}");
     let adopted = r.store.copy(&done.id).unwrap().unwrap();
     assert_eq!(adopted.state, CopyState::Complete);
@@ -497,7 +497,7 @@ async fn the_sweep_adopts_finished_copies_and_reports_orphans() {
     );
     assert_eq!(r.backups(102).len(), 1, "the orphan is kept");
     // Idempotent.
-    let again = s.sweep().await;
+    let again = s.sweep(true).await;
     assert!(
         again.resolved.is_empty() && again.errors.is_empty(),
         "{again:?}"

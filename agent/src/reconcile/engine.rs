@@ -855,7 +855,7 @@ impl Engine {
         LaneOutcome::Terminal(e.to_string())
     }
 
-    fn mark_terminal(&self, vmid: u32) {
+    pub(super) fn mark_terminal(&self, vmid: u32) {
         if let Some(d) = self.desired()
             && let Some(spec) = d.doc.guests.get(&vmid)
         {

@@ -84,8 +84,16 @@ impl Engine {
                             "no verified safety copy, nothing destroyed, approval not spent: {e}"
                         )),
                     );
-                    inner.status.set_blocked(vmid, e.code, &e.to_string());
-                    return LaneOutcome::Transient(format!("safety copy: {e}"));
+                    if e.transient {
+                        return LaneOutcome::Transient(format!("safety copy: {e}"));
+                    }
+                    // Parked until the operator fixes the cause and asks again (`drover
+                    // reconcile VMID`) or the desired entry changes: retrying by itself would
+                    // stop and start the guest again and again.
+                    self.mark_terminal(vmid);
+                    return LaneOutcome::Terminal(format!(
+                        "{e}; fix it, then `drover reconcile {vmid}` (the approval is still valid)"
+                    ));
                 }
             };
             let copy_id = manifest.id.clone();
@@ -103,7 +111,7 @@ impl Engine {
                         &id,
                         StepOutcome::Abandoned(format!("re-reading the config: {e}")),
                     );
-                    let _ = safety.step_done(&copy_id, unix_now_ms());
+                    let _ = safety.step_abandoned(&copy_id);
                     return LaneOutcome::Transient(format!("re-reading the config: {e}"));
                 }
             };
@@ -115,7 +123,7 @@ impl Engine {
                         "stale_state: the config changed during the safety copy".into(),
                     ),
                 );
-                let _ = safety.step_done(&copy_id, unix_now_ms());
+                let _ = safety.step_abandoned(&copy_id);
                 return LaneOutcome::Progressed;
             }
             // Only now is the approval spent.
@@ -124,7 +132,7 @@ impl Engine {
                     &id,
                     StepOutcome::Abandoned(format!("the approval could not be consumed: {r:?}")),
                 );
-                let _ = safety.step_done(&copy_id, unix_now_ms());
+                let _ = safety.step_abandoned(&copy_id);
                 return LaneOutcome::Transient(format!("consuming the nonce: {r:?}"));
             }
             if let Some(c) = &candidate {
@@ -152,12 +160,13 @@ impl Engine {
         .await
     }
 
-    /// Sweep and retention of safety copies: at boot before the lanes run, then after passes.
-    pub async fn safety_housekeeping(&self) {
+    /// Sweep and retention of safety copies: at boot before the lanes run (`scan`: also look
+    /// for marked backups no manifest knows), then after passes.
+    pub async fn safety_housekeeping(&self, scan: bool) {
         let Some(safety) = self.safety() else {
             return;
         };
-        let swept = safety.sweep().await;
+        let swept = safety.sweep(scan).await;
         for (id, state) in &swept.resolved {
             info!(copy = %id, state = %state, "safety copy resolved by the sweep");
         }

@@ -444,12 +444,18 @@ impl SafetyCopies {
                     .find(|l| l.contains("ERROR") || l.contains("can't acquire lock"))
                     .cloned()
                     .unwrap_or_default();
-                return Err(CopyError::failed(
+                let err = CopyError::failed(
                     reason,
                     format!("vzdump task {upid} ended {message:?} {why}")
                         .trim_end()
                         .to_string(),
-                ));
+                );
+                // Another backup held the node's vzdump lock: it ends by itself.
+                return Err(if reason == "lock_timeout" {
+                    err.transient()
+                } else {
+                    err
+                });
             }
         }
         let evidence = super::verify::vzdump_archive(self, m, upid, current).await?;

@@ -21,6 +21,12 @@ pub struct RetentionReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// PVE says the volume is not there (500 "volume ... does not exist", or a 404): a release
+/// that an earlier, interrupted one finished.
+fn gone(e: &proxmox_client::Error) -> bool {
+    e.is_not_found() || e.to_string().contains("does not exist")
+}
+
 fn expired(c: &CopyManifest, now: i64) -> bool {
     c.protect_until_ms.is_some_and(|t| t <= now)
 }
@@ -89,6 +95,23 @@ impl SafetyCopies {
         self.store.put_copy(&m).map_err(|e| CopyError::journal(&e))
     }
 
+    /// The copy's step ended without its destructive call (a refusal after the copy, a
+    /// crash before the call): nothing was destroyed, so the copy expires now and the next
+    /// retention pass (or the next copy of the guest) releases it.
+    pub fn step_abandoned(&self, copy_id: &str) -> Result<(), CopyError> {
+        let Some(mut m) = self
+            .store
+            .copy(copy_id)
+            .map_err(|e| CopyError::journal(&e))?
+        else {
+            return Ok(());
+        };
+        m.protect_until_ms = Some(now_ms());
+        m.warnings
+            .push("its step ended without the destructive call; not kept".into());
+        self.store.put_copy(&m).map_err(|e| CopyError::journal(&e))
+    }
+
     /// Unprotects and deletes one of Drover's own copies (its manifest must exist). A copy
     /// without a manifest is never touched: the operator's backups are not Drover's business.
     pub async fn release(&self, copy_id: &str) -> Result<(), CopyError> {
@@ -125,7 +148,7 @@ impl SafetyCopies {
                         },
                     )
                     .await
-                    .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+                    .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
                     .map_err(|e| CopyError::pve(&format!("unprotecting {volid}"), &e))?;
                 let upid = match self
                     .client
@@ -133,7 +156,7 @@ impl SafetyCopies {
                     .await
                 {
                     Ok(u) => Some(u),
-                    Err(e) if e.is_not_found() => None,
+                    Err(e) if gone(&e) => None,
                     Err(e) => {
                         // Unprotected but not deleted: record it, so the next pass retries.
                         m.state = CopyState::Released { delete_upid: None };
@@ -213,22 +236,23 @@ impl SafetyCopies {
                 && c.protect_until_ms.is_none()
                 && !self.is_busy(&c.id)
             {
-                // The step's end decides the window; a step that never ran (abandoned) or
-                // is gone from the journal dates the copy from now.
+                // The step's end decides the window. A step that ended without reaching
+                // PVE destroyed nothing: the guest still holds the data, so its copy is not
+                // kept (released by the next pass, freeing the slot for the next attempt).
                 let end = c
                     .step_id
                     .parse::<u64>()
                     .ok()
-                    .and_then(|id| self.store.step_end(id).ok().flatten());
-                let done_at = match end {
-                    Some((_, Some(at))) => Some(at),
-                    Some((_, None)) => None,
-                    None => Some(now),
+                    .map(|id| self.store.step_end(id));
+                let dated = match end {
+                    Some(Ok(Some((at, true)))) => self.step_done(&c.id, at),
+                    Some(Ok(Some((_, false)))) => self.step_abandoned(&c.id),
+                    Some(Ok(None)) | Some(Err(_)) => continue,
+                    // Not an engine step (a job's id): from now.
+                    None => self.step_done(&c.id, now),
                 };
-                if let Some(at) = done_at {
-                    if self.step_done(&c.id, at).is_ok() {
-                        report.dated.push(c.id.clone());
-                    }
+                if dated.is_ok() {
+                    report.dated.push(c.id.clone());
                 }
                 continue;
             }

@@ -29,8 +29,10 @@ pub struct SweepReport {
 }
 
 impl SafetyCopies {
-    /// Resolves what a crash left (see the module doc). Safe to run repeatedly.
-    pub async fn sweep(&self) -> SweepReport {
+    /// Resolves what a crash left (see the module doc). Safe to run repeatedly. `scan`
+    /// also lists the safety storage for marked backups no manifest knows (one request; the
+    /// daemon does it at boot, and whenever a manifest could be adopted from its marker).
+    pub async fn sweep(&self, scan: bool) -> SweepReport {
         let mut report = SweepReport::default();
         let copies = match self.store.copies() {
             Ok(c) => c,
@@ -58,6 +60,11 @@ impl SafetyCopies {
                 Ok(None) => report.running.push(id),
                 Err(e) => report.errors.push(format!("{id}: {e}")),
             }
+        }
+        // A crash left something to resolve: its archive may carry only the marker.
+        let candidates = !report.resolved.is_empty();
+        if !(scan || candidates) {
+            return report;
         }
         if let Err(e) = self.adopt_marked(&mut report).await {
             report.errors.push(e.to_string());

@@ -550,7 +550,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         })
     });
     // Copies a crash left are resolved (adopted, failed, reported) before any lane runs.
-    engine.safety_housekeeping().await;
+    engine.safety_housekeeping(!opts.once).await;
     info!(steps = first.plan.step_count(), "ready");
     systemd.ready(&engine.status().snapshot().summary());
 
@@ -651,7 +651,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
                     if !housekeeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
                         let (engine, busy) = (engine.clone(), housekeeping.clone());
                         tokio::spawn(async move {
-                            engine.safety_housekeeping().await;
+                            engine.safety_housekeeping(!opts.once).await;
                             busy.store(false, std::sync::atomic::Ordering::Release);
                         });
                     }
