@@ -748,7 +748,7 @@ impl JobRunner {
             crate::jobs::safety::Existing::Creating => {
                 // Interrupted by a crash: the boot sweep resolves it (re-attaching to its
                 // vzdump) before the job goes on.
-                let _ = safety.sweep().await;
+                let _ = safety.sweep(false).await;
                 match crate::jobs::safety::existing(&safety, vmid, &rec.id) {
                     crate::jobs::safety::Existing::Complete(m) => return Ok(m),
                     crate::jobs::safety::Existing::Creating => {
