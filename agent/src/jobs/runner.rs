@@ -469,10 +469,10 @@ impl JobRunner {
         }
         self.engine.metrics().job_ended(&rec.kind, label);
         // The copy stays protected for its grace period from now on.
-        if let (Some(safety), Some(id)) = (self.engine.safety(), rec.facts.get("copy_id")) {
-            if let Err(e) = safety.step_done(id, now_ms()) {
-                warn!("marking the safety copy's job done: {e}");
-            }
+        if let (Some(safety), Some(id)) = (self.engine.safety(), rec.facts.get("copy_id"))
+            && let Err(e) = safety.step_done(id, now_ms())
+        {
+            warn!("marking the safety copy's job done: {e}");
         }
         match &end {
             JobEnd::Done { .. } => info!("job done: {detail}"),
@@ -744,13 +744,13 @@ impl JobRunner {
                 .map_err(|_| JobRefusal::new("transient", "journaling the copy phase"))?;
         }
         match crate::jobs::safety::existing(&safety, vmid, &rec.id) {
-            crate::jobs::safety::Existing::Complete(m) => return Ok(m),
+            crate::jobs::safety::Existing::Complete(m) => return Ok(*m),
             crate::jobs::safety::Existing::Creating => {
                 // Interrupted by a crash: the boot sweep resolves it (re-attaching to its
                 // vzdump) before the job goes on.
                 let _ = safety.sweep(false).await;
                 match crate::jobs::safety::existing(&safety, vmid, &rec.id) {
-                    crate::jobs::safety::Existing::Complete(m) => return Ok(m),
+                    crate::jobs::safety::Existing::Complete(m) => return Ok(*m),
                     crate::jobs::safety::Existing::Creating => {
                         return Err(JobRefusal::new(
                             "transient",

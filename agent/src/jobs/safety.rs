@@ -64,7 +64,7 @@ pub fn signed_binding(p: &JobPayload) -> BTreeMap<String, String> {
 /// The copy already started for job `job_id` (a restart during or after the copy).
 pub enum Existing {
     /// Verified: use it.
-    Complete(CopyManifest),
+    Complete(Box<CopyManifest>),
     /// Its task may still run: the safety machinery's sweep resolves it first.
     Creating,
     /// None, or only failed ones: take it (again).
@@ -79,7 +79,7 @@ pub fn existing(safety: &SafetyCopies, vmid: u32, job_id: &str) -> Existing {
         .filter(|m| m.step_id == job_id)
         .collect();
     if let Some(m) = mine.iter().find(|m| m.state == CopyState::Complete) {
-        return Existing::Complete(m.clone());
+        return Existing::Complete(Box::new(m.clone()));
     }
     if mine
         .iter()
