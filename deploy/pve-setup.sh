@@ -42,10 +42,13 @@ DRY_RUN=0
 #   VM.PowerMgmt                  start/stop/shutdown/reboot
 #   VM.Allocate                   create/destroy
 #   VM.Config.CPU/Memory/Network/Disk/Options   PUT config per key, resize
+#   VM.Backup                     backups, safety copies, extractconfig, restore over a guest
+#   VM.Snapshot                   snapshot / delete_snapshot jobs, snapshot safety copies
+#   VM.Snapshot.Rollback          rollback_snapshot jobs
 #   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access
 #   SDN.Use                       net[n] on a bridge (/sdn/zones/localnetwork/<bridge>)
 #   Sys.Audit                     read tasks on /nodes/<node>
-PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options Datastore.AllocateSpace Datastore.Audit"
+PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Backup VM.Snapshot VM.Snapshot.Rollback Datastore.AllocateSpace Datastore.Audit"
 PRIV_SDN="SDN.Use"
 PRIV_SYS_AUDIT="Sys.Audit"
 

@@ -9,6 +9,8 @@ pub mod adoption;
 pub mod board;
 pub mod classified;
 pub mod engine;
+pub mod guarded;
+pub mod job_slot;
 pub mod lane_reads;
 pub mod lanes;
 pub mod metrics;

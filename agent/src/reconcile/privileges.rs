@@ -62,6 +62,21 @@ pub const GRANTED: &[Privilege] = &[
         used_for: "onboot, tags, description",
     },
     Privilege {
+        name: "VM.Backup",
+        path: "/vms (or /pool/<pool>)",
+        used_for: "backups and safety copies (vzdump), reading a backup's config, restores over a guest",
+    },
+    Privilege {
+        name: "VM.Snapshot",
+        path: "/vms (or /pool/<pool>)",
+        used_for: "snapshot and delete_snapshot jobs, snapshot safety copies",
+    },
+    Privilege {
+        name: "VM.Snapshot.Rollback",
+        path: "/vms (or /pool/<pool>)",
+        used_for: "rollback_snapshot jobs",
+    },
+    Privilege {
         name: "Datastore.AllocateSpace",
         path: "/storage/<storage>",
         used_for: "new volumes and resizes",
@@ -94,7 +109,46 @@ pub const ON_GUESTS: &[&str] = &[
     "VM.Config.Network",
     "VM.Config.Disk",
     "VM.Config.Options",
+    "VM.Backup",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
 ];
+
+/// The privileges a signed job of `kind` needs (`restore_to_free`: a restore onto a vmid that
+/// does not exist, which allocates a new guest), besides [`READS`]. Storage listings and
+/// status need `Datastore.Audit`; the safety copy of a restore or rollback needs `VM.Backup`
+/// (vzdump) or `VM.Snapshot` (a snapshot copy) and the guest's power management.
+pub fn for_job(kind: gate::JobKind, restore_to_free: bool) -> Vec<&'static str> {
+    use gate::JobKind as K;
+    let mut out: Vec<&'static str> = match kind {
+        K::Snapshot | K::DeleteSnapshot => vec!["VM.Snapshot"],
+        K::RollbackSnapshot => vec![
+            "VM.Snapshot.Rollback",
+            "VM.PowerMgmt",
+            "VM.Backup",
+            "VM.Snapshot",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::Backup => vec!["VM.Backup", "Datastore.AllocateSpace", "Datastore.Audit"],
+        K::RestoreBackup if restore_to_free => vec![
+            "VM.Allocate",
+            "VM.Backup",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::RestoreBackup => vec![
+            "VM.Backup",
+            "VM.PowerMgmt",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::Reboot => vec!["VM.PowerMgmt"],
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
 
 /// What every pass needs before it plans anything: the guest list, configs and status
 /// (`VM.Audit`), and the active tasks on the node, to re-attach and to wait (`Sys.Audit`).
@@ -241,6 +295,11 @@ ensure = "stopped"
                 params: BTreeMap::new(),
                 changes: vec![],
             }));
+        }
+        // Signed jobs of every kind (restores both over a guest and onto a free vmid).
+        for kind in gate::JobKind::ALL {
+            used.extend(for_job(kind, false));
+            used.extend(for_job(kind, true));
         }
         for kind in [
             StepKind::Create,

@@ -56,6 +56,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Where Prometheus metrics are served, if anywhere (loopback only).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[safety]`: safety copies before destructive steps (no storage: they are refused).
+    pub safety: crate::safety::SafetyPolicy,
     /// The file this config was read from (for messages).
     pub path: PathBuf,
 }
@@ -131,6 +133,8 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    safety: crate::safety::config::RawSafety,
 }
 
 #[derive(Deserialize, Default)]
@@ -322,7 +326,10 @@ impl Config {
                 Some(addr)
             }
         };
+        let safety = crate::safety::SafetyPolicy::from_raw(raw.safety)
+            .map_err(|(key, message)| invalid(key, message))?;
         Ok(Config {
+            safety,
             control_socket: raw
                 .control
                 .socket
