@@ -40,6 +40,8 @@ pub struct GuestSpec {
     /// Normalized as PVE stores them (lower-case, deduplicated, sorted).
     pub tags: Option<Vec<String>>,
     pub description: Option<String>,
+    /// Mount points, features, DNS, boot order, ... (`desired::vocabulary`).
+    pub more: super::vocabulary::Vocabulary,
 }
 
 /// A validated desired-state document.
@@ -238,8 +240,12 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         onboot: None,
         tags: None,
         description: None,
+        more: Default::default(),
     };
     for key in t.keys() {
+        if let Some(why) = super::vocabulary::refused_key(key) {
+            return Err(e(key, why));
+        }
         let known = matches!(
             key.as_str(),
             "vmid"
@@ -253,7 +259,8 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 | "onboot"
                 | "tags"
                 | "description"
-        ) || net_index(key).is_some();
+        ) || net_index(key).is_some()
+            || super::vocabulary::is_vocabulary_key(key);
         if !known {
             return Err(e(key, "unknown field".into()));
         }
@@ -341,10 +348,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         // escaped.
         spec.description = Some(d);
     }
-    if spec.ensure != Ensure::Absent && spec.template.is_none() {
-        // Without a template the guest can only be managed if it already exists; that is
-        // allowed, and the planner reports it if it does not.
-    }
+    spec.more = super::vocabulary::parse(t, &e)?;
     Ok(spec)
 }
 

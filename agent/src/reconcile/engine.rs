@@ -27,7 +27,7 @@ use crate::reconcile::board::{GuestState, StatusBoard};
 use crate::reconcile::classified::{ClassifiedPlan, StepClass};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
 use crate::reconcile::planner::{self, Plan, Step, StepKind};
-use crate::reconcile::pve::{Pve, Submission};
+use crate::reconcile::pve::{Pve, Submission, worker_type};
 use crate::store::Decision;
 use crate::store::{StepOutcome, Store};
 
@@ -302,7 +302,8 @@ impl Engine {
         doc: &DesiredDoc,
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
-        let mut plan = planner::plan(doc, &actual);
+        let ctx = self.plan_context(doc.guests.keys().copied());
+        let mut plan = planner::plan_with(doc, &actual, &ctx);
         for vmid in doc.guests.keys() {
             let Some(g) = actual.guests.get(vmid) else {
                 continue;
@@ -328,6 +329,19 @@ impl Engine {
         Ok((classified, actual))
     }
 
+    /// The host's rules, the clock and the journal's detached volumes for these guests.
+    fn plan_context(&self, vmids: impl IntoIterator<Item = u32>) -> planner::PlanContext {
+        planner::PlanContext {
+            rules: self.inner.pve.rules.clone(),
+            now: unix_now(),
+            detached: vmids
+                .into_iter()
+                .map(|v| (v, self.inner.store.detached(v)))
+                .filter(|(_, d)| !d.is_empty())
+                .collect(),
+        }
+    }
+
     /// The plan of one guest from fresh state, with adoption required for a guest the journal
     /// does not know.
     fn plan_one(
@@ -336,7 +350,8 @@ impl Engine {
         actual: Option<&ActualGuest>,
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
-        let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        let ctx = self.plan_context([spec.vmid]);
+        let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
         let fused = self
             .inner
             .fused
@@ -698,6 +713,13 @@ impl Engine {
             // journal that still calls its cleanup benign.
             return LaneOutcome::Transient(format!("journaling the start: {e}"));
         }
+        if kind == StepKind::Detach
+            && let Err(e) = self.journal_detach(step)
+        {
+            // Durable before the call: the volume's deletion waits out the grace period from
+            // here, and is only ever planned for a detach the journal knows.
+            return LaneOutcome::Transient(format!("journaling the detach: {e}"));
+        }
         let id = match self.inner.store.intent(step, class, approval, None) {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
@@ -719,6 +741,12 @@ impl Engine {
                     self.wait_and_finish(id, kind, vmid, upid).await
                 }
                 Ok(Submission::Done) => {
+                    if kind == StepKind::DeleteVolume
+                        && let Some(v) = step.params.get("volume")
+                    {
+                        // A later volume with the same id is not one Drover detached.
+                        self.inner.store.forget_detached(vmid, v);
+                    }
                     self.confirm_and_close(id, kind, vmid, None, StepOutcome::Ok)
                         .await
                 }
@@ -756,7 +784,7 @@ impl Engine {
                         return self.wait_and_finish(id, kind, vmid, upid).await;
                     }
                 }
-                Ok(None) if kind != StepKind::SetConfig => {
+                Ok(None) if worker_type(kind).is_some() => {
                     self.close(
                         &id,
                         StepOutcome::Abandoned(format!("no task was started: {e}")),
@@ -794,6 +822,26 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(vmid, spec.clone());
         }
+    }
+
+    /// Journals a detach before its call (see `execute`).
+    fn journal_detach(&self, step: &Step) -> Result<(), crate::store::StoreError> {
+        let key = step.params.get("delete").cloned().unwrap_or_default();
+        let volume = step.params.get("volume").cloned().unwrap_or_default();
+        let mount = step
+            .changes
+            .first()
+            .and_then(|c| c.old.clone())
+            .unwrap_or_default();
+        self.inner
+            .store
+            .detaching(&crate::model::vocabulary::DetachedVolume {
+                vmid: step.vmid,
+                key,
+                volume,
+                mount,
+                detached_at: unix_now(),
+            })
     }
 
     /// Records an adoption the gate approved: from now on the guest is managed, bound to the
@@ -1025,6 +1073,8 @@ pub fn op_of(kind: StepKind) -> Op {
         StepKind::Reboot => Op::Reboot,
         StepKind::Destroy => Op::DestroyGuest,
         StepKind::Adopt => Op::Adopt,
+        StepKind::Detach => Op::RemoveMountpoint,
+        StepKind::DeleteVolume => Op::DeleteVolume,
     }
 }
 

@@ -13,6 +13,8 @@ use crate::desired::{DesiredDoc, Ensure, GuestSpec, parse_rootfs_spec};
 use crate::model::{
     ActualGuest, ActualHost, Power, normalize_description, render_net_keeping_hwaddr,
 };
+pub use crate::reconcile::vocabulary::{HostRules, PlanContext};
+use crate::reconcile::vocabulary;
 
 /// The plan for one guest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -58,14 +60,24 @@ pub fn destroy_params() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Plans the whole host.
+/// Plans the whole host with no host rules and no journal (tests, benchmarks).
 pub fn plan(desired: &DesiredDoc, actual: &ActualHost) -> Plan {
+    plan_with(desired, actual, &PlanContext::default())
+}
+
+/// Plans the whole host with the host's rules and what the journal knows.
+pub fn plan_with(desired: &DesiredDoc, actual: &ActualHost, ctx: &PlanContext) -> Plan {
     let mut out = Plan {
         revision: desired.revision,
         ..Plan::default()
     };
     for (vmid, spec) in &desired.guests {
-        let gp = plan_guest(spec, actual.guests.get(vmid), actual.elsewhere.get(vmid));
+        let gp = plan_guest_with(
+            spec,
+            actual.guests.get(vmid),
+            actual.elsewhere.get(vmid),
+            ctx,
+        );
         if !gp.steps.is_empty() || !gp.notes.is_empty() {
             out.guests.insert(*vmid, gp);
         }
@@ -153,11 +165,21 @@ fn note(code: &'static str, vmid: u32, message: String) -> Note {
     }
 }
 
-/// Plans one guest.
+/// Plans one guest with no host rules and no journal.
 pub fn plan_guest(
     spec: &GuestSpec,
     actual: Option<&ActualGuest>,
     elsewhere: Option<&String>,
+) -> GuestPlan {
+    plan_guest_with(spec, actual, elsewhere, &PlanContext::default())
+}
+
+/// Plans one guest.
+pub fn plan_guest_with(
+    spec: &GuestSpec,
+    actual: Option<&ActualGuest>,
+    elsewhere: Option<&String>,
+    ctx: &PlanContext,
 ) -> GuestPlan {
     let vmid = spec.vmid;
     let mut gp = GuestPlan {
@@ -184,6 +206,7 @@ pub fn plan_guest(
             Ensure::Absent => {}
             _ => match create_step(spec) {
                 Ok(step) => {
+                    gp.notes.extend(vocabulary::notes(spec, None, ctx));
                     gp.steps.push(step);
                     if spec.ensure == Ensure::Running {
                         gp.steps
@@ -241,6 +264,7 @@ pub fn plan_guest(
         return gp;
     }
 
+    gp.notes.extend(vocabulary::notes(spec, Some(actual), ctx));
     let running = actual.power == Power::Running;
     let want_running = spec.ensure == Ensure::Running;
     // Stop first when the guest should be stopped: config changes then apply directly.
@@ -262,6 +286,7 @@ pub fn plan_guest(
         Ok(None) => {}
         Err(n) => gp.notes.push(n),
     }
+    gp.steps.extend(vocabulary::mount_resizes(spec, actual));
     if want_running && !running {
         gp.steps
             .push(simple(vmid, StepKind::Start, "stopped", "running"));
@@ -279,6 +304,10 @@ pub fn plan_guest(
             }],
         });
     }
+    // Destructive removals come last: benign convergence is never held up by a signature.
+    let (removals, notes) = vocabulary::removals(spec, actual, ctx);
+    gp.steps.extend(removals);
+    gp.notes.extend(notes);
     gp
 }
 
@@ -353,6 +382,7 @@ fn create_step(spec: &GuestSpec) -> Result<Step, String> {
     if let Some(d) = &spec.description {
         put("description", d.clone());
     }
+    vocabulary::create_params(spec, &mut put);
     Ok(Step {
         vmid,
         kind: StepKind::Create,
@@ -466,6 +496,9 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
             );
         }
     }
+    for (key, old, new, send) in vocabulary::config_changes(spec, actual) {
+        diff(key, old, new, send);
+    }
     (set, changes)
 }
 
@@ -570,6 +603,8 @@ description = "managed by drover"
                 tags: vec!["prod".into(), "web".into()],
                 description: Some("managed by drover\n".into()),
                 protection: false,
+                unprivileged: true,
+                ..ActualConfig::default()
             },
             digest: "0".repeat(40),
             pending: BTreeSet::new(),

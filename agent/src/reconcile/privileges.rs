@@ -128,6 +128,8 @@ pub fn for_step(step: &Step) -> Vec<&'static str> {
         StepKind::Destroy => vec!["VM.Allocate"],
         // Recorded in the journal only: no PVE call.
         StepKind::Adopt => vec![],
+        // `PUT config delete=mpN` / `delete=unusedN` (check_ct_modify_config_perm: disks).
+        StepKind::Detach | StepKind::DeleteVolume => vec!["VM.Config.Disk"],
     };
     if matches!(step.kind, StepKind::Create | StepKind::SetConfig) {
         for k in step.params.keys() {

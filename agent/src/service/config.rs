@@ -58,6 +58,8 @@ pub struct Config {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The file this config was read from (for messages).
     pub path: PathBuf,
+    /// `[guests]` host paths and devices a document may name, and `[safety] detach_grace`.
+    pub rules: crate::reconcile::vocabulary::HostRules,
 }
 
 #[derive(Debug, Clone)]
@@ -131,6 +133,27 @@ struct RawConfig {
     control: RawControl,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    guests: RawGuests,
+    #[serde(default)]
+    safety: RawSafety,
+}
+
+/// `[guests]`: what this host lets a document expose of itself (the hub can never widen it).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGuests {
+    #[serde(default)]
+    host_paths: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSafety {
+    /// How long a detached mount point volume is kept before its deletion is planned.
+    detach_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -305,6 +328,7 @@ impl Config {
             p => p,
         };
         let source = source_config(raw.source, &invalid)?;
+        let rules = host_rules(&raw.guests, &raw.safety, &invalid)?;
         let metrics_listen = match &raw.metrics.listen {
             None => None,
             Some(l) => {
@@ -328,6 +352,7 @@ impl Config {
                 .socket
                 .unwrap_or_else(|| PathBuf::from(crate::operator::control::DEFAULT_SOCKET)),
             metrics_listen,
+            rules,
             host: raw.host,
             fleet: raw.fleet,
             state_dir: raw.state_dir,
@@ -551,6 +576,55 @@ impl Source {
             }
         }
     }
+}
+
+/// `[guests]` and `[safety] detach_grace` as the planner's host rules. Paths must be absolute
+/// and canonical, devices under `/dev/`. The grace defaults to 7 days; the deletion after it
+/// needs its own signature anyway.
+fn host_rules(
+    g: &RawGuests,
+    s: &RawSafety,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<crate::reconcile::vocabulary::HostRules, ConfigError> {
+    let canonical = |p: &str| {
+        p.starts_with('/')
+            && p.len() > 1
+            && !p.ends_with('/')
+            && !p.chars().any(|c| c.is_control() || matches!(c, ',' | ';' | '=' | ' '))
+            && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+    };
+    for p in &g.host_paths {
+        if !canonical(p) {
+            return Err(invalid(
+                "guests.host_paths",
+                format!("{p:?} must be an absolute path without '.', '..' or a trailing '/'"),
+            ));
+        }
+    }
+    for d in &g.devices {
+        if !canonical(d) || !d.starts_with("/dev/") {
+            return Err(invalid(
+                "guests.devices",
+                format!("{d:?} must be a device path under /dev/"),
+            ));
+        }
+    }
+    let detach_grace_secs = match &s.detach_grace {
+        None => crate::reconcile::vocabulary::DEFAULT_DETACH_GRACE_SECS,
+        Some(t) => {
+            let d = humantime::parse_duration(t)
+                .map_err(|e| invalid("safety.detach_grace", format!("{t:?}: {e}")))?;
+            if d < Duration::from_secs(1) {
+                return Err(invalid("safety.detach_grace", "must be at least 1s".into()));
+            }
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+        }
+    };
+    Ok(crate::reconcile::vocabulary::HostRules {
+        host_paths: g.host_paths.clone(),
+        devices: g.devices.clone(),
+        detach_grace_secs,
+    })
 }
 
 #[cfg(test)]

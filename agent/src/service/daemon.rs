@@ -192,7 +192,8 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
     let client = Client::new(client_config).context("building the PVE client")?;
     Ok(
         Pve::new(client, config.host.clone(), waits, metrics)
-            .with_pool(config.proxmox.pool.clone()),
+            .with_pool(config.proxmox.pool.clone())
+            .with_rules(config.rules.clone()),
     )
 }
 
