@@ -1568,7 +1568,9 @@ impl Host {
                 ));
             }
             next.pending.remove(opt);
-            if next.running && !is_hot(opt) {
+            // A detached volume (`unusedN`) is deleted at once even on a running CT
+            // (`vmconfig_hotplug_pending`: `delete_mountpoint_volume`).
+            if next.running && !is_hot(opt) && !opt.starts_with("unused") {
                 next.pending_delete.insert(opt.clone());
             } else {
                 next.conf.remove(opt);
@@ -1592,7 +1594,11 @@ impl Host {
                 None => normalize(vmid, k, v),
             };
             next.pending_delete.remove(k);
-            if next.running && !is_hot(k) {
+            // A *new* mount point is hot-plugged into a running CT; changing an existing one
+            // waits for the reboot (`vmconfig_hotplug_pending`: "don't try to hotplug over
+            // existing mp").
+            let new_mount_point = crate::storage::is_mp_key(k) && !ct.conf.contains_key(k);
+            if next.running && !is_hot(k) && !new_mount_point {
                 next.pending.insert(k.clone(), v);
             } else {
                 next.conf.insert(k.clone(), v);

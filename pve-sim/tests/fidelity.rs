@@ -385,3 +385,39 @@ async fn unauthorized_reason_phrases() {
         (401, Some("Authentication failed!"))
     );
 }
+
+/// A running CT hot-plugs a *new* mount point, keeps a change to an existing one pending until
+/// the reboot, and deletes a detached volume (`unusedN`) at once (`LXC/Config.pm
+/// vmconfig_hotplug_pending`; `proxmox-api.md` "Hot-plug and pending changes").
+#[tokio::test]
+async fn running_cts_hot_plug_new_mount_points_and_delete_unused_volumes_at_once() {
+    let s = Sim::start(
+        vec![SeedGuest {
+            running: true,
+            ..SeedGuest::default()
+        }],
+        Duration::from_millis(400),
+    )
+    .await;
+    let put = |form: &'static [(&'static str, &'static str)]| {
+        let s = &s;
+        async move { s.call("PUT", "/nodes/pve1/lxc/100/config", form).await }
+    };
+    let a = put(&[("mp0", "local-lvm:2,mp=/srv/data,backup=1")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let g = s.sim.guest(100).unwrap();
+    let mp0 = g.config.get("mp0").cloned().unwrap_or_default();
+    assert!(mp0.starts_with("local-lvm:vm-100-disk-"), "{g:?}");
+    assert!(g.pending.is_empty(), "a new mount point is hot-plugged: {g:?}");
+    let changed = format!("{mp0},ro=1");
+    let a = s
+        .call("PUT", "/nodes/pve1/lxc/100/config", &[("mp0", changed.as_str())])
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let g = s.sim.guest(100).unwrap();
+    assert!(g.pending.contains_key("mp0"), "an existing mp waits: {g:?}");
+    s.sim.edit_config(100, "unused3", Some("local-lvm:vm-100-disk-9"));
+    assert_eq!(put(&[("delete", "unused3")]).await.status, 200);
+    let g = s.sim.guest(100).unwrap();
+    assert!(!g.config.contains_key("unused3"), "{g:?}");
+}

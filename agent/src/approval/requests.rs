@@ -211,6 +211,7 @@ impl Approvals {
                         });
                         self.retire(&c);
                         let _ = std::fs::remove_file(self.request_path(action));
+                        let _ = std::fs::remove_file(Self::words_path(&self.request_path(action)));
                         return Ok(Lookup::Approved(Box::new(approved)));
                     }
                     Err(rejection) => self.report_once(&c, action, Some(rejection), audit),
@@ -475,6 +476,28 @@ impl Approvals {
         })
     }
 
+    /// Where the words about what a request's step loses are kept: beside the request, never
+    /// in the signed bytes (`<vmid>-<op>.loses`).
+    pub fn words_path(request: &Path) -> PathBuf {
+        request.with_extension("loses")
+    }
+
+    /// Writes (atomically) the words about what a pending request's step loses.
+    pub fn describe(&self, request: &Path, words: &str) -> std::io::Result<()> {
+        let path = Self::words_path(request);
+        if std::fs::read_to_string(&path).is_ok_and(|w| w == words) {
+            return Ok(());
+        }
+        write_atomic(&path, words.as_bytes())
+    }
+
+    /// The words about what a pending request's step loses, when the agent wrote them.
+    pub fn words(request: &Path) -> Option<String> {
+        files::read_capped(&Self::words_path(request), files::MAX_PAYLOAD_BYTES)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// The command an operator runs to sign a request.
     pub fn sign_command(domain: &str, request: &Path) -> String {
         format!(
@@ -525,6 +548,7 @@ impl Approvals {
                     "withdrawing an approval request: the step is no longer planned"
                 );
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(Self::words_path(&path));
             }
         }
     }

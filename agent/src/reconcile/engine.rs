@@ -283,6 +283,16 @@ impl Engine {
         }
     }
 
+    /// The step as an approval binds it: [`Engine::planned_action`] with free-text values
+    /// (spaces, `;`) replaced by their SHA-256, which the payload grammar can hold.
+    pub fn bound_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
+        let mut a = self.planned_action(step, digest);
+        for v in a.params.values_mut() {
+            *v = bound_value(v);
+        }
+        a
+    }
+
     /// Classifies a step by the journal's provenance (never by the document). A guest seen
     /// running counts as started, whoever started it: it may hold data.
     pub fn classify(&self, step: &Step, actual: Option<&ActualGuest>) -> Classification {
@@ -650,7 +660,7 @@ impl Engine {
                     return LaneOutcome::Waiting;
                 }
             };
-            let action = self.planned_action(&step, digest.as_deref());
+            let action = self.bound_action(&step, digest.as_deref());
             let ctx = self.gate_context(&trust);
             let now = unix_now();
             // Reading approval files is blocking file I/O: off the async workers, so a slow
@@ -672,12 +682,19 @@ impl Engine {
             match found {
                 Ok(Lookup::Approved(a)) => approval = Some(*a),
                 Ok(Lookup::Pending { request, new }) => {
+                    let grace =
+                        crate::reconcile::vocabulary::grace_words(self.inner.pve.rules.detach_grace_secs);
+                    let words = crate::reconcile::loss::describe(&step, actual.as_ref(), &grace);
+                    if let Err(e) = self.inner.approvals.describe(&request, &words) {
+                        warn!(vmid, "writing what the step loses beside its request: {e}");
+                    }
                     if new {
                         info!(
                             vmid,
                             step = step.kind.as_str(),
                             request = %request.display(),
-                            "destructive step needs a signed approval ({reason}); sign with: {}",
+                            "destructive step needs a signed approval ({reason}); it {}; sign with: {}",
+                            words.lines().next().unwrap_or(""),
                             Approvals::sign_command(&domain, &request)
                         );
                     }
@@ -1030,6 +1047,19 @@ impl Engine {
             }
             _ => LaneOutcome::Progressed,
         }
+    }
+}
+
+/// A parameter value as an approval binds it: as sent when the payload grammar can hold it,
+/// otherwise (free text with spaces: a description, SSH keys, a DNS list) its SHA-256, so the
+/// signature still covers exactly those bytes. The gate classifies keys and simple values,
+/// which are never hashed.
+fn bound_value(v: &str) -> String {
+    if gate::payload::is_param_value(v) {
+        v.to_string()
+    } else {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(v.as_bytes())))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod board;
 pub mod classified;
 pub mod engine;
 pub mod lanes;
+pub mod loss;
 pub mod metrics;
 pub mod planner;
 pub mod privileges;
