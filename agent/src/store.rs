@@ -312,7 +312,10 @@ impl Store {
     }
 
     /// Journals (durably, before the call) that Drover detaches a volume from a mount point.
-    pub fn detaching(&self, d: &crate::model::vocabulary::DetachedVolume) -> Result<(), StoreError> {
+    pub fn detaching(
+        &self,
+        d: &crate::model::vocabulary::DetachedVolume,
+    ) -> Result<(), StoreError> {
         self.j.record_detached(&journal::DetachRecord {
             vmid: d.vmid,
             key: d.key.clone(),
@@ -345,7 +348,10 @@ impl Store {
 
     /// A detached volume was deleted: nothing is left to plan for it.
     pub fn forget_detached(&self, vmid: u32, volume: &str) {
-        self.log("forgetting a deleted volume", self.j.forget_detached(vmid, volume));
+        self.log(
+            "forgetting a deleted volume",
+            self.j.forget_detached(vmid, volume),
+        );
     }
 
     pub fn destroyed(&self, vmid: u32) {

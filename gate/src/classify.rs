@@ -119,32 +119,166 @@ pub struct KeyRisk {
 /// Every key the desired document can set, and the keys it refuses, with the class of each
 /// change. `config_value_class` is the code of this table; the tests check they agree.
 pub const KEY_TABLE: &[KeyRisk] = &[
-    KeyRisk { key: "hostname, description, tags", change: "set", class: KeyClass::Benign, why: "names and labels; no data is touched" },
-    KeyRisk { key: "cores, cpulimit, cpuunits, memory, swap", change: "set", class: KeyClass::Benign, why: "sizing; applied live or at the next reboot" },
-    KeyRisk { key: "net[n], nameserver, searchdomain", change: "set", class: KeyClass::Benign, why: "addressing and DNS; no data is touched (a bad address is fixed by the next document)" },
-    KeyRisk { key: "onboot, startup, timezone, console, tty, cmode", change: "set", class: KeyClass::Benign, why: "boot order and console behaviour" },
-    KeyRisk { key: "protection", change: "set to 1", class: KeyClass::Benign, why: "only adds a guard against destroy and volume removal" },
-    KeyRisk { key: "protection", change: "set to 0 or delete", class: KeyClass::Destructive("it clears protection"), why: "clearing it unblocks destroy and volume removal" },
-    KeyRisk { key: "features", change: "nesting only", class: KeyClass::Benign, why: "the one flag PVE lets a token change; needed for systemd and Docker inside unprivileged guests" },
-    KeyRisk { key: "features", change: "keyctl, fuse, mknod, mount, force_rw_sys", class: KeyClass::Refused("feature_root_only"), why: "root-only in PVE: they widen what the guest may do to the host kernel" },
-    KeyRisk { key: "mp[n]", change: "a new volume (STORAGE:SIZE)", class: KeyClass::Benign, why: "adds an empty volume; nothing existing is touched (a replaced volume stays as unused[n])" },
-    KeyRisk { key: "mp[n]", change: "options of the guest's own volume", class: KeyClass::Benign, why: "path, backup, ro, acl, quota, replicate, shared, mountoptions; the volume and its data stay" },
-    KeyRisk { key: "mp[n]", change: "another guest's volume", class: KeyClass::Destructive("it attaches a volume that is not this guest's, exposing its data"), why: "exposes another guest's data" },
-    KeyRisk { key: "mp[n]", change: "a host path (bind or device mount)", class: KeyClass::Refused("host_path_not_allowed"), why: "exposes the host; root-only in PVE, declared only for paths the host's drover.toml lists" },
-    KeyRisk { key: "resize", change: "grow", class: KeyClass::Benign, why: "adds space; PVE cannot shrink" },
-    KeyRisk { key: "resize", change: "anything but growth", class: KeyClass::Destructive("the resize size is not a plain growth"), why: "shrinking loses data" },
-    KeyRisk { key: "mp[n]", change: "remove (remove_mountpoint)", class: KeyClass::Destructive("it removes a mount point"), why: "the guest loses the volume; PVE keeps it as unused[n] (reversible until deleted)" },
-    KeyRisk { key: "unused[n]", change: "delete (delete_volume)", class: KeyClass::Destructive("it deletes a volume"), why: "the data is gone; planned only after the detach grace period" },
-    KeyRisk { key: "rootfs", change: "set", class: KeyClass::Destructive("it changes rootfs, which may hold or move data"), why: "replaces or moves the root volume" },
-    KeyRisk { key: "unprivileged", change: "0 at create", class: KeyClass::Destructive("it creates a privileged container: root in the guest is root on the host"), why: "a privileged guest is a host risk" },
-    KeyRisk { key: "unprivileged", change: "change on an existing guest", class: KeyClass::Refused("unprivileged_is_create_only"), why: "read-only in PVE after create; reported, never acted on" },
-    KeyRisk { key: "ostemplate, ssh-public-keys, ostype, arch, vmid, start=0", change: "at create", class: KeyClass::Benign, why: "describe the new guest; nothing exists yet" },
-    KeyRisk { key: "password", change: "any", class: KeyClass::Refused("password_refused"), why: "a secret in a document served by the hub" },
-    KeyRisk { key: "hookscript", change: "any", class: KeyClass::Refused("hookscript_refused"), why: "host code run as root on every start; root-only in PVE" },
-    KeyRisk { key: "lxc.*", change: "any", class: KeyClass::Refused("raw_lxc_refused"), why: "raw LXC keys can grant any host capability; not in PVE's API" },
-    KeyRisk { key: "dev[n]", change: "any", class: KeyClass::Refused("device_not_allowed"), why: "device passthrough exposes the host; root-only in PVE" },
-    KeyRisk { key: "pool", change: "any", class: KeyClass::Refused("pool_is_host_setting"), why: "membership changes who may act on the guest; the host's [proxmox] pool decides" },
-    KeyRisk { key: "anything else", change: "any", class: KeyClass::Destructive("it changes a key the gate does not know"), why: "unknown keys are never assumed safe" },
+    KeyRisk {
+        key: "hostname, description, tags",
+        change: "set",
+        class: KeyClass::Benign,
+        why: "names and labels; no data is touched",
+    },
+    KeyRisk {
+        key: "cores, cpulimit, cpuunits, memory, swap",
+        change: "set",
+        class: KeyClass::Benign,
+        why: "sizing; applied live or at the next reboot",
+    },
+    KeyRisk {
+        key: "net[n], nameserver, searchdomain",
+        change: "set",
+        class: KeyClass::Benign,
+        why: "addressing and DNS; no data is touched (a bad address is fixed by the next document)",
+    },
+    KeyRisk {
+        key: "onboot, startup, timezone, console, tty, cmode",
+        change: "set",
+        class: KeyClass::Benign,
+        why: "boot order and console behaviour",
+    },
+    KeyRisk {
+        key: "protection",
+        change: "set to 1",
+        class: KeyClass::Benign,
+        why: "only adds a guard against destroy and volume removal",
+    },
+    KeyRisk {
+        key: "protection",
+        change: "set to 0 or delete",
+        class: KeyClass::Destructive("it clears protection"),
+        why: "clearing it unblocks destroy and volume removal",
+    },
+    KeyRisk {
+        key: "features",
+        change: "nesting only",
+        class: KeyClass::Benign,
+        why: "the one flag PVE lets a token change; needed for systemd and Docker inside unprivileged guests",
+    },
+    KeyRisk {
+        key: "features",
+        change: "keyctl, fuse, mknod, mount, force_rw_sys",
+        class: KeyClass::Refused("feature_root_only"),
+        why: "root-only in PVE: they widen what the guest may do to the host kernel",
+    },
+    KeyRisk {
+        key: "mp[n]",
+        change: "a new volume (STORAGE:SIZE)",
+        class: KeyClass::Benign,
+        why: "adds an empty volume; nothing existing is touched (a replaced volume stays as unused[n])",
+    },
+    KeyRisk {
+        key: "mp[n]",
+        change: "options of the guest's own volume",
+        class: KeyClass::Benign,
+        why: "path, backup, ro, acl, quota, replicate, shared, mountoptions; the volume and its data stay",
+    },
+    KeyRisk {
+        key: "mp[n]",
+        change: "another guest's volume",
+        class: KeyClass::Destructive(
+            "it attaches a volume that is not this guest's, exposing its data",
+        ),
+        why: "exposes another guest's data",
+    },
+    KeyRisk {
+        key: "mp[n]",
+        change: "a host path (bind or device mount)",
+        class: KeyClass::Refused("host_path_not_allowed"),
+        why: "exposes the host; root-only in PVE, declared only for paths the host's drover.toml lists",
+    },
+    KeyRisk {
+        key: "resize",
+        change: "grow",
+        class: KeyClass::Benign,
+        why: "adds space; PVE cannot shrink",
+    },
+    KeyRisk {
+        key: "resize",
+        change: "anything but growth",
+        class: KeyClass::Destructive("the resize size is not a plain growth"),
+        why: "shrinking loses data",
+    },
+    KeyRisk {
+        key: "mp[n]",
+        change: "remove (remove_mountpoint)",
+        class: KeyClass::Destructive("it removes a mount point"),
+        why: "the guest loses the volume; PVE keeps it as unused[n] (reversible until deleted)",
+    },
+    KeyRisk {
+        key: "unused[n]",
+        change: "delete (delete_volume)",
+        class: KeyClass::Destructive("it deletes a volume"),
+        why: "the data is gone; planned only after the detach grace period",
+    },
+    KeyRisk {
+        key: "rootfs",
+        change: "set",
+        class: KeyClass::Destructive("it changes rootfs, which may hold or move data"),
+        why: "replaces or moves the root volume",
+    },
+    KeyRisk {
+        key: "unprivileged",
+        change: "0 at create",
+        class: KeyClass::Destructive(
+            "it creates a privileged container: root in the guest is root on the host",
+        ),
+        why: "a privileged guest is a host risk",
+    },
+    KeyRisk {
+        key: "unprivileged",
+        change: "change on an existing guest",
+        class: KeyClass::Refused("unprivileged_is_create_only"),
+        why: "read-only in PVE after create; reported, never acted on",
+    },
+    KeyRisk {
+        key: "ostemplate, ssh-public-keys, ostype, arch, vmid, start=0",
+        change: "at create",
+        class: KeyClass::Benign,
+        why: "describe the new guest; nothing exists yet",
+    },
+    KeyRisk {
+        key: "password",
+        change: "any",
+        class: KeyClass::Refused("password_refused"),
+        why: "a secret in a document served by the hub",
+    },
+    KeyRisk {
+        key: "hookscript",
+        change: "any",
+        class: KeyClass::Refused("hookscript_refused"),
+        why: "host code run as root on every start; root-only in PVE",
+    },
+    KeyRisk {
+        key: "lxc.*",
+        change: "any",
+        class: KeyClass::Refused("raw_lxc_refused"),
+        why: "raw LXC keys can grant any host capability; not in PVE's API",
+    },
+    KeyRisk {
+        key: "dev[n]",
+        change: "any",
+        class: KeyClass::Refused("device_not_allowed"),
+        why: "device passthrough exposes the host; root-only in PVE",
+    },
+    KeyRisk {
+        key: "pool",
+        change: "any",
+        class: KeyClass::Refused("pool_is_host_setting"),
+        why: "membership changes who may act on the guest; the host's [proxmox] pool decides",
+    },
+    KeyRisk {
+        key: "anything else",
+        change: "any",
+        class: KeyClass::Destructive("it changes a key the gate does not know"),
+        why: "unknown keys are never assumed safe",
+    },
 ];
 
 /// Parameters that steer the API call without describing the guest.
@@ -184,9 +318,7 @@ fn indexed(k: &str, prefix: &str) -> bool {
 /// file storage's `V/vm-V-disk-N.raw` (and `.qcow2`, `.subvol`).
 fn is_own_volume(vmid: u32, volname: &str) -> bool {
     let v = vmid.to_string();
-    let name = volname
-        .strip_prefix(&format!("{v}/"))
-        .unwrap_or(volname);
+    let name = volname.strip_prefix(&format!("{v}/")).unwrap_or(volname);
     let name = [".raw", ".qcow2", ".subvol"]
         .iter()
         .find_map(|e| name.strip_suffix(e))
@@ -200,7 +332,16 @@ fn is_own_volume(vmid: u32, volname: &str) -> bool {
 }
 
 const MP_OPTIONS: &[&str] = &[
-    "mp", "backup", "ro", "acl", "quota", "replicate", "shared", "mountoptions", "size", "keepattrs",
+    "mp",
+    "backup",
+    "ro",
+    "acl",
+    "quota",
+    "replicate",
+    "shared",
+    "mountoptions",
+    "size",
+    "keepattrs",
 ];
 
 fn mount_point_class(vmid: u32, v: &str) -> KeyClass {
@@ -242,9 +383,10 @@ pub fn config_value_class(vmid: u32, key: &str, value: &str) -> KeyClass {
         "protection" if value == "1" => KeyClass::Benign,
         "protection" => KeyClass::Destructive("it clears protection"),
         "features" => {
-            let only_nesting = value.split(',').filter(|p| !p.is_empty()).all(|p| {
-                p.split_once('=').is_some_and(|(k, _)| k == "nesting")
-            });
+            let only_nesting = value
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .all(|p| p.split_once('=').is_some_and(|(k, _)| k == "nesting"));
             if only_nesting {
                 KeyClass::Benign
             } else {
@@ -305,6 +447,8 @@ fn create(action: &PlannedAction) -> Result<(), String> {
     for (k, v) in &action.params {
         match k.as_str() {
             "vmid" | "ostemplate" | "start" | "ssh-public-keys" | "ostype" | "arch" => {}
+            // Nothing to clear yet: a new guest starts with or without protection.
+            "protection" => {}
             "force" => {}
             "restore" if v == "0" => {}
             "restore" => return Err("it restores a backup".into()),

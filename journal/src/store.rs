@@ -17,8 +17,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, CreateEnd, JournalError, NewStep, NonceClaim, NonceError, Outcome,
-    DetachRecord, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
+    AuditEntry, CheckReport, CreateEnd, DetachRecord, JournalError, NewStep, NonceClaim,
+    NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
     TrustRecord,
 };
 
@@ -901,7 +901,11 @@ impl Journal {
     /// Remembers (durably) that Drover detached `r.volume` from a mount point at `r.at`, so
     /// its deletion can wait out the grace period and is only ever planned for its own detach.
     pub fn record_detached(&self, r: &DetachRecord) -> Result<(), JournalError> {
-        self.put(&self.inner.meta, Self::detach_key(r.vmid, &r.volume), self.enc(r)?)
+        self.put(
+            &self.inner.meta,
+            Self::detach_key(r.vmid, &r.volume),
+            self.enc(r)?,
+        )
     }
 
     /// The volumes Drover detached from `vmid`'s mount points.

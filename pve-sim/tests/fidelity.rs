@@ -408,15 +408,23 @@ async fn running_cts_hot_plug_new_mount_points_and_delete_unused_volumes_at_once
     let g = s.sim.guest(100).unwrap();
     let mp0 = g.config.get("mp0").cloned().unwrap_or_default();
     assert!(mp0.starts_with("local-lvm:vm-100-disk-"), "{g:?}");
-    assert!(g.pending.is_empty(), "a new mount point is hot-plugged: {g:?}");
+    assert!(
+        g.pending.is_empty(),
+        "a new mount point is hot-plugged: {g:?}"
+    );
     let changed = format!("{mp0},ro=1");
     let a = s
-        .call("PUT", "/nodes/pve1/lxc/100/config", &[("mp0", changed.as_str())])
+        .call(
+            "PUT",
+            "/nodes/pve1/lxc/100/config",
+            &[("mp0", changed.as_str())],
+        )
         .await;
     assert_eq!(a.status, 200, "{}", a.body);
     let g = s.sim.guest(100).unwrap();
     assert!(g.pending.contains_key("mp0"), "an existing mp waits: {g:?}");
-    s.sim.edit_config(100, "unused3", Some("local-lvm:vm-100-disk-9"));
+    s.sim
+        .edit_config(100, "unused3", Some("local-lvm:vm-100-disk-9"));
     assert_eq!(put(&[("delete", "unused3")]).await.status, 200);
     let g = s.sim.guest(100).unwrap();
     assert!(!g.config.contains_key("unused3"), "{g:?}");

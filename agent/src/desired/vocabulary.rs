@@ -123,11 +123,20 @@ type Fail<'a> = dyn Fn(&str, String) -> super::DesiredError + 'a;
 
 fn boolean(t: &toml::Table, key: &str, e: &Fail<'_>) -> Result<Option<bool>, super::DesiredError> {
     t.get(key)
-        .map(|v| v.as_bool().ok_or_else(|| e(key, "must be true or false".into())))
+        .map(|v| {
+            v.as_bool()
+                .ok_or_else(|| e(key, "must be true or false".into()))
+        })
         .transpose()
 }
 
-fn int(t: &toml::Table, key: &str, min: i64, max: i64, e: &Fail<'_>) -> Result<Option<i64>, super::DesiredError> {
+fn int(
+    t: &toml::Table,
+    key: &str,
+    min: i64,
+    max: i64,
+    e: &Fail<'_>,
+) -> Result<Option<i64>, super::DesiredError> {
     t.get(key)
         .map(|v| {
             v.as_integer()
@@ -137,7 +146,11 @@ fn int(t: &toml::Table, key: &str, min: i64, max: i64, e: &Fail<'_>) -> Result<O
         .transpose()
 }
 
-fn string<'t>(t: &'t toml::Table, key: &str, e: &Fail<'_>) -> Result<Option<&'t str>, super::DesiredError> {
+fn string<'t>(
+    t: &'t toml::Table,
+    key: &str,
+    e: &Fail<'_>,
+) -> Result<Option<&'t str>, super::DesiredError> {
     t.get(key)
         .map(|v| v.as_str().ok_or_else(|| e(key, "must be a string".into())))
         .transpose()
@@ -155,17 +168,34 @@ fn check_abs_path(p: &str) -> Result<(), String> {
         return Err(format!("{p:?} must not end with '/'"));
     }
     if p.contains([',', ';', '=', ' ', '"', '\'', '\\']) {
-        return Err(format!("{p:?} contains a character PVE's property strings cannot hold"));
+        return Err(format!(
+            "{p:?} contains a character PVE's property strings cannot hold"
+        ));
     }
-    if p[1..].split('/').any(|c| c.is_empty() || c == "." || c == "..") && p != "/" {
+    if p[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+        && p != "/"
+    {
         return Err(format!("{p:?} must not contain empty, '.' or '..' parts"));
     }
     Ok(())
 }
 
-const MOUNT_OPTIONS: &[&str] = &["discard", "lazytime", "noatime", "nodev", "noexec", "nosuid"];
+const MOUNT_OPTIONS: &[&str] = &[
+    "discard", "lazytime", "noatime", "nodev", "noexec", "nosuid",
+];
 const MP_KEYS: &[&str] = &[
-    "storage", "size", "host_path", "path", "backup", "ro", "acl", "quota", "replicate", "shared",
+    "storage",
+    "size",
+    "host_path",
+    "path",
+    "backup",
+    "ro",
+    "acl",
+    "quota",
+    "replicate",
+    "shared",
     "mountoptions",
 ];
 
@@ -173,7 +203,8 @@ fn parse_mount(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<MountSpec, su
     let t = v.as_table().ok_or_else(|| {
         e(
             key,
-            "must be a table, e.g. { storage = \"local-lvm\", size = 8, path = \"/srv/data\" }".into(),
+            "must be a table, e.g. { storage = \"local-lvm\", size = 8, path = \"/srv/data\" }"
+                .into(),
         )
     })?;
     for k in t.keys() {
@@ -193,21 +224,30 @@ fn parse_mount(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<MountSpec, su
     }
     let storage = string(t, "storage", &|_, m| sub("storage", m))?;
     let host = string(t, "host_path", &|_, m| sub("host_path", m))?;
-    let size = int(t, "size", 1, 1 << 20, &|_, m| sub("size", format!("{m} (GiB)")))?;
+    let size = int(t, "size", 1, 1 << 20, &|_, m| {
+        sub("size", format!("{m} (GiB)"))
+    })?;
     let source = match (storage, host) {
         (Some(s), None) => {
             if !pve_format::is_storage_id(s) {
                 return Err(sub("storage", format!("{s:?} is not a storage id")));
             }
-            let size_gib = size.ok_or_else(|| sub("size", "missing: the size in GiB to allocate".into()))? as u64;
-            MountSource::Volume { storage: s.to_string(), size_gib }
+            let size_gib = size
+                .ok_or_else(|| sub("size", "missing: the size in GiB to allocate".into()))?
+                as u64;
+            MountSource::Volume {
+                storage: s.to_string(),
+                size_gib,
+            }
         }
         (None, Some(h)) => {
             check_abs_path(h).map_err(|m| sub("host_path", m))?;
             if size.is_some() {
                 return Err(sub("size", "a host path has no size".into()));
             }
-            MountSource::Host { path: h.to_string() }
+            MountSource::Host {
+                path: h.to_string(),
+            }
         }
         _ => {
             return Err(e(
@@ -225,9 +265,15 @@ fn parse_mount(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<MountSpec, su
                 .ok_or_else(|| sub("mountoptions", "must be an array of strings".into()))?;
             let mut opts = Vec::new();
             for o in arr {
-                let s = o.as_str().filter(|s| MOUNT_OPTIONS.contains(s)).ok_or_else(|| {
-                    sub("mountoptions", format!("each must be one of {}", MOUNT_OPTIONS.join(", ")))
-                })?;
+                let s = o
+                    .as_str()
+                    .filter(|s| MOUNT_OPTIONS.contains(s))
+                    .ok_or_else(|| {
+                        sub(
+                            "mountoptions",
+                            format!("each must be one of {}", MOUNT_OPTIONS.join(", ")),
+                        )
+                    })?;
                 opts.push(s.to_string());
             }
             opts.sort();
@@ -249,13 +295,19 @@ fn parse_mount(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<MountSpec, su
 }
 
 fn parse_dev(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<DevSpec, super::DesiredError> {
-    let t = v
-        .as_table()
-        .ok_or_else(|| e(key, "must be a table, e.g. { path = \"/dev/dri/renderD128\", gid = 44 }".into()))?;
+    let t = v.as_table().ok_or_else(|| {
+        e(
+            key,
+            "must be a table, e.g. { path = \"/dev/dri/renderD128\", gid = 44 }".into(),
+        )
+    })?;
     const KEYS: &[&str] = &["path", "mode", "uid", "gid", "deny_write"];
     for k in t.keys() {
         if !KEYS.contains(&k.as_str()) {
-            return Err(e(&format!("{key}.{k}"), format!("unknown field (known: {})", KEYS.join(", "))));
+            return Err(e(
+                &format!("{key}.{k}"),
+                format!("unknown field (known: {})", KEYS.join(", ")),
+            ));
         }
     }
     let sub = |k: &str, m: String| e(&format!("{key}.{k}"), m);
@@ -271,7 +323,8 @@ fn parse_dev(key: &str, v: &toml::Value, e: &Fail<'_>) -> Result<DevSpec, super:
     {
         return Err(sub("mode", format!("{m:?} is not an octal mode like 0660")));
     }
-    let id = |k: &str| int(t, k, 0, i64::from(u32::MAX), &|_, m| sub(k, m)).map(|v| v.map(|n| n as u32));
+    let id =
+        |k: &str| int(t, k, 0, i64::from(u32::MAX), &|_, m| sub(k, m)).map(|v| v.map(|n| n as u32));
     Ok(DevSpec {
         path: path.to_string(),
         mode: mode.map(str::to_string),
@@ -349,7 +402,9 @@ fn check_timezone(s: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("{s:?} is not `host` or a zone name like Europe/Berlin"))
+        Err(format!(
+            "{s:?} is not `host` or a zone name like Europe/Berlin"
+        ))
     }
 }
 
@@ -415,13 +470,19 @@ pub fn parse(t: &toml::Table, e: &Fail<'_>) -> Result<Vocabulary, super::Desired
     let mut paths = std::collections::BTreeSet::new();
     for (i, m) in &v.mounts {
         if !paths.insert(m.path.as_str()) {
-            return Err(e(&format!("mp{i}.path"), format!("{:?} is mounted twice", m.path)));
+            return Err(e(
+                &format!("mp{i}.path"),
+                format!("{:?} is mounted twice", m.path),
+            ));
         }
     }
     if let Some(f) = t.get("features") {
-        let ft = f
-            .as_table()
-            .ok_or_else(|| e("features", "must be a table, e.g. { nesting = true }".into()))?;
+        let ft = f.as_table().ok_or_else(|| {
+            e(
+                "features",
+                "must be a table, e.g. { nesting = true }".into(),
+            )
+        })?;
         for k in ft.keys() {
             match k.as_str() {
                 "nesting" => {}
@@ -444,8 +505,17 @@ pub fn parse(t: &toml::Table, e: &Fail<'_>) -> Result<Vocabulary, super::Desired
         v.ssh_public_keys = Some(k.to_string());
     }
     const OSTYPES: &[&str] = &[
-        "debian", "devuan", "ubuntu", "centos", "fedora", "opensuse", "archlinux", "alpine",
-        "gentoo", "nixos", "unmanaged",
+        "debian",
+        "devuan",
+        "ubuntu",
+        "centos",
+        "fedora",
+        "opensuse",
+        "archlinux",
+        "alpine",
+        "gentoo",
+        "nixos",
+        "unmanaged",
     ];
     const ARCHES: &[&str] = &["amd64", "i386", "arm64", "armhf", "riscv32", "riscv64"];
     const CMODES: &[&str] = &["shell", "console", "tty"];
@@ -453,28 +523,47 @@ pub fn parse(t: &toml::Table, e: &Fail<'_>) -> Result<Vocabulary, super::Desired
         match string(t, key, e)? {
             None => Ok(None),
             Some(s) if allowed.contains(&s) => Ok(Some(s.to_string())),
-            Some(s) => Err(e(key, format!("{s:?} is not one of {}", allowed.join(", ")))),
+            Some(s) => Err(e(
+                key,
+                format!("{s:?} is not one of {}", allowed.join(", ")),
+            )),
         }
     };
     v.ostype = one_of("ostype", OSTYPES)?;
     v.arch = one_of("arch", ARCHES)?;
     v.cmode = one_of("cmode", CMODES)?;
-    v.nameserver = list(t, "nameserver", 8, |s| s.parse::<IpAddr>().is_ok(), "IP address", e)?;
+    v.nameserver = list(
+        t,
+        "nameserver",
+        8,
+        |s| s.parse::<IpAddr>().is_ok(),
+        "IP address",
+        e,
+    )?;
     v.searchdomain = list(t, "searchdomain", 8, is_dns_name, "DNS name", e)?;
     if let Some(tz) = string(t, "timezone", e)? {
         check_timezone(tz).map_err(|m| e("timezone", m))?;
         v.timezone = Some(tz.to_string());
     }
     if let Some(s) = t.get("startup") {
-        let st = s
-            .as_table()
-            .ok_or_else(|| e("startup", "must be a table, e.g. { order = 1, up = 30, down = 60 }".into()))?;
+        let st = s.as_table().ok_or_else(|| {
+            e(
+                "startup",
+                "must be a table, e.g. { order = 1, up = 30, down = 60 }".into(),
+            )
+        })?;
         for k in st.keys() {
             if !matches!(k.as_str(), "order" | "up" | "down") {
-                return Err(e(&format!("startup.{k}"), "unknown field (known: order, up, down)".into()));
+                return Err(e(
+                    &format!("startup.{k}"),
+                    "unknown field (known: order, up, down)".into(),
+                ));
             }
         }
-        let n = |k: &str| int(st, k, 0, 1_000_000, &|_, m| e(&format!("startup.{k}"), m)).map(|v| v.map(|n| n as u32));
+        let n = |k: &str| {
+            int(st, k, 0, 1_000_000, &|_, m| e(&format!("startup.{k}"), m))
+                .map(|v| v.map(|n| n as u32))
+        };
         v.startup = Some(Startup {
             order: n("order")?,
             up: n("up")?,
@@ -486,7 +575,12 @@ pub fn parse(t: &toml::Table, e: &Fail<'_>) -> Result<Vocabulary, super::Desired
             .as_float()
             .or_else(|| c.as_integer().map(|i| i as f64))
             .filter(|f| f.is_finite() && (0.0..=8192.0).contains(f))
-            .ok_or_else(|| e("cpulimit", "must be a number in 0..=8192 (0: no limit)".into()))?;
+            .ok_or_else(|| {
+                e(
+                    "cpulimit",
+                    "must be a number in 0..=8192 (0: no limit)".into(),
+                )
+            })?;
         // PVE stores what it is sent; two decimals are all the kernel's quota uses.
         v.cpulimit = Some((f * 100.0).round() / 100.0);
     }
@@ -509,7 +603,11 @@ mod tests {
         assert_eq!(mp_index("mp01"), None);
         assert_eq!(dev_index("dev7"), Some(7));
         assert_eq!(dev_index("dev256"), None);
-        assert!(refused_key("lxc.apparmor.profile").unwrap().starts_with(RAW_LXC_REFUSED));
+        assert!(
+            refused_key("lxc.apparmor.profile")
+                .unwrap()
+                .starts_with(RAW_LXC_REFUSED)
+        );
     }
 
     #[test]
@@ -517,7 +615,9 @@ mod tests {
         for p in ["/srv/data", "/a/b.c", "/x-y_z"] {
             assert_eq!(check_abs_path(p), Ok(()), "{p}");
         }
-        for p in ["srv", "/srv/", "/a//b", "/a/../b", "/a/./b", "/a,b", "/a b", "/a\nb"] {
+        for p in [
+            "srv", "/srv/", "/a//b", "/a/../b", "/a/./b", "/a,b", "/a b", "/a\nb",
+        ] {
             assert!(check_abs_path(p).is_err(), "{p:?}");
         }
     }
@@ -525,7 +625,9 @@ mod tests {
     #[test]
     fn ssh_keys_and_timezones() {
         assert!(check_ssh_keys("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx me@host\n").is_ok());
-        assert!(check_ssh_keys("command=\"/bin/sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx").is_err());
+        assert!(
+            check_ssh_keys("command=\"/bin/sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKx").is_err()
+        );
         assert!(check_ssh_keys("\n\n").is_err());
         assert!(check_timezone("Europe/Berlin").is_ok());
         assert!(check_timezone("host").is_ok());

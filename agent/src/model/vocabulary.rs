@@ -186,7 +186,10 @@ impl DevSpec {
         };
         for part in s.split(',').filter(|p| !p.is_empty()) {
             let (k, v) = part.split_once('=').unwrap_or(("path", part));
-            let num = |v: &str| v.parse::<u32>().map_err(|_| format!("{k}={v:?} is not a number"));
+            let num = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("{k}={v:?} is not a number"))
+            };
             match k {
                 "path" => d.path = v.to_string(),
                 "mode" => d.mode = Some(v.to_string()),
@@ -206,7 +209,10 @@ impl DevSpec {
     /// `deny-write` absent means 0).
     pub fn matches(&self, actual: &DevSpec) -> bool {
         self.path == actual.path
-            && self.mode.as_ref().is_none_or(|m| actual.mode.as_ref() == Some(m))
+            && self
+                .mode
+                .as_ref()
+                .is_none_or(|m| actual.mode.as_ref() == Some(m))
             && self.uid.is_none_or(|u| actual.uid == Some(u))
             && self.gid.is_none_or(|g| actual.gid == Some(g))
             && self
@@ -329,9 +335,10 @@ mod tests {
             "local-lvm:8,mp=/srv/data,backup=1,mountoptions=noatime,replicate=1,ro=0"
         );
         // What PVE stores: a volume id, size appended, absent defaults.
-        let actual: MountConfig = "local-lvm:vm-101-disk-1,mp=/srv/data,backup=1,mountoptions=noatime,size=8G"
-            .parse()
-            .unwrap();
+        let actual: MountConfig =
+            "local-lvm:vm-101-disk-1,mp=/srv/data,backup=1,mountoptions=noatime,size=8G"
+                .parse()
+                .unwrap();
         assert!(s.options_match(&actual));
         let mut other = s.clone();
         other.ro = Some(true);
@@ -352,6 +359,9 @@ mod tests {
         let st = Startup::parse("order=2,up=30").unwrap();
         assert_eq!(st.to_string(), "order=2,up=30");
         assert_eq!(Startup::parse("3").unwrap().order, Some(3));
-        assert_eq!(split_list("1.1.1.1 8.8.8.8,9.9.9.9"), ["1.1.1.1", "8.8.8.8", "9.9.9.9"]);
+        assert_eq!(
+            split_list("1.1.1.1 8.8.8.8,9.9.9.9"),
+            ["1.1.1.1", "8.8.8.8", "9.9.9.9"]
+        );
     }
 }

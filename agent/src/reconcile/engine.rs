@@ -682,8 +682,9 @@ impl Engine {
             match found {
                 Ok(Lookup::Approved(a)) => approval = Some(*a),
                 Ok(Lookup::Pending { request, new }) => {
-                    let grace =
-                        crate::reconcile::vocabulary::grace_words(self.inner.pve.rules.detach_grace_secs);
+                    let grace = crate::reconcile::vocabulary::grace_words(
+                        self.inner.pve.rules.detach_grace_secs,
+                    );
                     let words = crate::reconcile::loss::describe(&step, actual.as_ref(), &grace);
                     if let Err(e) = self.inner.approvals.describe(&request, &words) {
                         warn!(vmid, "writing what the step loses beside its request: {e}");

@@ -5,10 +5,10 @@
 //! payload: the payload binds the exact step, the words explain it. They are computed from
 //! PVE's view of the guest at planning time, the same view the step's digest binds.
 
-use crate::model::step::{Step, StepKind};
-use crate::model::vocabulary::is_host_mount;
 use crate::model::ActualGuest;
+use crate::model::step::{Step, StepKind};
 use crate::model::vocabulary::MountConfig;
+use crate::model::vocabulary::is_host_mount;
 
 fn size_of(m: &MountConfig) -> String {
     m.size
@@ -184,7 +184,9 @@ mod tests {
                 }),
                 mounts: [(
                     0u8,
-                    "local-lvm:vm-201-disk-1,mp=/srv/data,size=32G".parse().unwrap(),
+                    "local-lvm:vm-201-disk-1,mp=/srv/data,size=32G"
+                        .parse()
+                        .unwrap(),
                 )]
                 .into(),
                 ..ActualConfig::default()
@@ -206,7 +208,10 @@ mod tests {
         let w = describe(&step, Some(&guest()), "7d");
         assert!(w.contains("CT 201 (web-1)"), "{w}");
         assert!(w.contains("rootfs: volume on local-lvm (8G)"), "{w}");
-        assert!(w.contains("mp0: volume local-lvm:vm-201-disk-1 (32G) at /srv/data"), "{w}");
+        assert!(
+            w.contains("mp0: volume local-lvm:vm-201-disk-1 (32G) at /srv/data"),
+            "{w}"
+        );
     }
 
     #[test]
@@ -218,7 +223,10 @@ mod tests {
             changes: vec![],
         };
         let w = describe(&step, Some(&guest()), "7d");
-        assert!(w.contains("local-lvm:vm-201-disk-1 (32G) at /srv/data"), "{w}");
+        assert!(
+            w.contains("local-lvm:vm-201-disk-1 (32G) at /srv/data"),
+            "{w}"
+        );
         assert!(w.contains("re-attached") && w.contains("7d"), "{w}");
     }
 }

@@ -13,8 +13,8 @@ use crate::desired::{DesiredDoc, Ensure, GuestSpec, parse_rootfs_spec};
 use crate::model::{
     ActualGuest, ActualHost, Power, normalize_description, render_net_keeping_hwaddr,
 };
-pub use crate::reconcile::vocabulary::{HostRules, PlanContext};
 use crate::reconcile::vocabulary;
+pub use crate::reconcile::vocabulary::{HostRules, PlanContext};
 
 /// The plan for one guest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -272,6 +272,10 @@ pub fn plan_guest_with(
         gp.steps
             .push(simple(vmid, StepKind::Shutdown, "running", "stopped"));
     }
+    // A mount point grows before its options change: the option change re-prints the volume
+    // with its size, and on a running guest it waits (pending) until the reboot, so it must
+    // not carry the old size past the resize.
+    gp.steps.extend(vocabulary::mount_resizes(spec, actual));
     let (set, changes) = config_diff(spec, actual);
     if !set.is_empty() {
         gp.steps.push(Step {
@@ -286,7 +290,6 @@ pub fn plan_guest_with(
         Ok(None) => {}
         Err(n) => gp.notes.push(n),
     }
-    gp.steps.extend(vocabulary::mount_resizes(spec, actual));
     if want_running && !running {
         gp.steps
             .push(simple(vmid, StepKind::Start, "stopped", "running"));

@@ -44,10 +44,9 @@ impl WaitPolicy {
             StepKind::Reboot => Duration::from_secs(5 * 60),
             StepKind::Shutdown => Duration::from_secs(SHUTDOWN_TIMEOUT_SECS as u64 + 30),
             StepKind::Start | StepKind::Stop => Duration::from_secs(120),
-            StepKind::SetConfig
-            | StepKind::Adopt
-            | StepKind::Detach
-            | StepKind::DeleteVolume => Duration::from_secs(60),
+            StepKind::SetConfig | StepKind::Adopt | StepKind::Detach | StepKind::DeleteVolume => {
+                Duration::from_secs(60)
+            }
         }
     }
 

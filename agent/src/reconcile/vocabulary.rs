@@ -40,7 +40,10 @@ impl HostRules {
     /// `path` is an allowed host path or lies beneath one.
     pub fn allows_host_path(&self, path: &str) -> bool {
         self.host_paths.iter().any(|a| {
-            path == a || path.strip_prefix(a.as_str()).is_some_and(|r| r.starts_with('/'))
+            path == a
+                || path
+                    .strip_prefix(a.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
         })
     }
     pub fn allows_device(&self, path: &str) -> bool {
@@ -128,7 +131,10 @@ fn scalar_values(spec: &GuestSpec, put: &mut dyn FnMut(&str, String)) {
 }
 
 /// The vocabulary's in-place changes: `(key, old shown, new shown, value sent)`.
-pub fn config_changes(spec: &GuestSpec, actual: &ActualGuest) -> Vec<(String, Option<String>, String, String)> {
+pub fn config_changes(
+    spec: &GuestSpec,
+    actual: &ActualGuest,
+) -> Vec<(String, Option<String>, String, String)> {
     let m = &spec.more;
     let a = &actual.config;
     let mut out = Vec::new();
@@ -210,7 +216,12 @@ pub fn config_changes(spec: &GuestSpec, actual: &ActualGuest) -> Vec<(String, Op
             }
             Some(have) if !is_host_mount(have) && have.storage() == Some(storage.as_str()) => {
                 if !want.options_match(have) {
-                    out.push((key, Some(have.to_string()), want.changed_value(have), want.changed_value(have)));
+                    out.push((
+                        key,
+                        Some(have.to_string()),
+                        want.changed_value(have),
+                        want.changed_value(have),
+                    ));
                 }
             }
             Some(_) => {}
@@ -289,7 +300,10 @@ pub fn notes(spec: &GuestSpec, actual: Option<&ActualGuest>, ctx: &PlanContext) 
         out.push(note(
             "feature_root_only",
             vmid,
-            format!("CT {vmid} is privileged: PVE lets only root@pam change its features (nesting={})", u8::from(w)),
+            format!(
+                "CT {vmid} is privileged: PVE lets only root@pam change its features (nesting={})",
+                u8::from(w)
+            ),
         ));
     }
     for (i, want) in &m.mounts {
@@ -358,7 +372,11 @@ pub fn notes(spec: &GuestSpec, actual: Option<&ActualGuest>, ctx: &PlanContext) 
 /// Detaches the mount points a document that lists its mount points no longer has, and
 /// deletes volumes Drover detached once their grace period is over. Both are destructive
 /// steps an operator signs; the detach is reversible while `unusedN` exists.
-pub fn removals(spec: &GuestSpec, actual: &ActualGuest, ctx: &PlanContext) -> (Vec<Step>, Vec<Note>) {
+pub fn removals(
+    spec: &GuestSpec,
+    actual: &ActualGuest,
+    ctx: &PlanContext,
+) -> (Vec<Step>, Vec<Note>) {
     let vmid = spec.vmid;
     let a = &actual.config;
     let mut steps = Vec::new();
@@ -391,7 +409,10 @@ pub fn removals(spec: &GuestSpec, actual: &ActualGuest, ctx: &PlanContext) -> (V
                     new: if is_host_mount(have) {
                         None
                     } else {
-                        Some(format!("unused (kept {})", grace_words(ctx.rules.detach_grace_secs)))
+                        Some(format!(
+                            "unused (kept {})",
+                            grace_words(ctx.rules.detach_grace_secs)
+                        ))
                     },
                 }],
             });

@@ -590,8 +590,12 @@ fn host_rules(
         p.starts_with('/')
             && p.len() > 1
             && !p.ends_with('/')
-            && !p.chars().any(|c| c.is_control() || matches!(c, ',' | ';' | '=' | ' '))
-            && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+            && !p
+                .chars()
+                .any(|c| c.is_control() || matches!(c, ',' | ';' | '=' | ' '))
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
     };
     for p in &g.host_paths {
         if !canonical(p) {

@@ -190,11 +190,9 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
         move |method, code| counted.pve_request(method.as_str(), code),
     )));
     let client = Client::new(client_config).context("building the PVE client")?;
-    Ok(
-        Pve::new(client, config.host.clone(), waits, metrics)
-            .with_pool(config.proxmox.pool.clone())
-            .with_rules(config.rules.clone()),
-    )
+    Ok(Pve::new(client, config.host.clone(), waits, metrics)
+        .with_pool(config.proxmox.pool.clone())
+        .with_rules(config.rules.clone()))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
