@@ -567,7 +567,8 @@ mod tests {
             step(Op::SetConfig, &[("delete", "cores mp1")]),
             step(
                 Op::SetConfig,
-                &[("mp0", "local-lvm:vm-101-disk-1,mp=/data")],
+                // Another guest's volume: exposes its data (the guest's own is benign).
+                &[("mp0", "local-lvm:vm-999-disk-1,mp=/data")],
             ),
             step(
                 Op::SetConfig,
@@ -664,5 +665,99 @@ mod tests {
             assert!(classify(&adopt, Some(&prov(origin, false, &a))).is_destructive());
         }
         assert_eq!(Op::from_name("adopt"), Op::Adopt);
+    }
+
+    #[test]
+    fn the_key_table_per_class() {
+        let c = |k: &str, v: &str| config_value_class(101, k, v);
+        // Benign: sizing, names, DNS, boot order, adding a volume, the guest's own volume.
+        for (k, v) in [
+            ("cpulimit", "1.5"),
+            ("cpuunits", "200"),
+            ("nameserver", "10.0.0.53 fd00::53"),
+            ("searchdomain", "lan.example"),
+            ("timezone", "Europe/Berlin"),
+            ("startup", "order=2,up=30"),
+            ("console", "0"),
+            ("tty", "4"),
+            ("cmode", "shell"),
+            ("protection", "1"),
+            ("features", "nesting=1"),
+            ("features", "nesting=0"),
+            ("mp0", "local-lvm:8,mp=/srv/data,backup=1"),
+            ("mp3", "local-lvm:vm-101-disk-3,mp=/srv,ro=1,size=8G,mountoptions=noatime;nodev"),
+            ("mp4", "local-zfs:subvol-101-disk-1,mp=/x,size=2G"),
+            ("mp5", "local:101/vm-101-disk-2.raw,mp=/y,size=1G"),
+        ] {
+            assert_eq!(c(k, v), KeyClass::Benign, "{k}={v}");
+        }
+        // Destructive: clearing protection, another guest's volume, rootfs, unknown keys.
+        for (k, v) in [
+            ("protection", "0"),
+            ("mp0", "local-lvm:vm-999-disk-0,mp=/steal"),
+            ("mp0", "local-lvm:vm-1010-disk-0,mp=/steal"),
+            ("mp0", "local-lvm:8,mp=/x,evil=1"),
+            ("rootfs", "local-lvm:vm-101-disk-0,size=4G"),
+            ("future", "1"),
+        ] {
+            assert!(matches!(c(k, v), KeyClass::Destructive(_)), "{k}={v}");
+        }
+        // Refused: root-only or a host takeover.
+        for (k, v, code) in [
+            ("features", "keyctl=1,nesting=1", "feature_root_only"),
+            ("features", "fuse=1", "feature_root_only"),
+            ("mp0", "/srv/host,mp=/x", "host_path_not_allowed"),
+            ("mp0", "/dev/sdb,mp=/x", "host_path_not_allowed"),
+            ("dev0", "/dev/dri/renderD128", "device_not_allowed"),
+            ("hookscript", "local:snippets/x.sh", "hookscript_refused"),
+            ("lxc.apparmor.profile", "unconfined", "raw_lxc_refused"),
+            ("password", "x", "password_refused"),
+            ("unprivileged", "0", "unprivileged_is_create_only"),
+            ("pool", "p", "pool_is_host_setting"),
+        ] {
+            assert_eq!(c(k, v), KeyClass::Refused(code), "{k}={v}");
+        }
+        // Every refusal code of the table is one `config_value_class` gives, and back.
+        for row in KEY_TABLE {
+            if let KeyClass::Refused(code) = row.class {
+                assert!(!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code}");
+            }
+        }
+    }
+
+    #[test]
+    fn steps_per_class() {
+        // A create is benign with its first volumes and settings, destructive when privileged.
+        let create = step(
+            Op::Create,
+            &[
+                ("ostemplate", "local:vztmpl/x.tar.zst"),
+                ("rootfs", "local-lvm:8"),
+                ("mp0", "local-lvm:4,mp=/srv"),
+                ("unprivileged", "1"),
+                ("features", "nesting=1"),
+                ("protection", "0"),
+                ("ssh-public-keys", "sha256:00"),
+                ("nameserver", "sha256:00"),
+            ],
+        );
+        assert_eq!(classify(&create, None), Classification::Benign);
+        let mut privileged = create.clone();
+        privileged.params.insert("unprivileged".into(), "0".into());
+        assert!(classify(&privileged, None).is_destructive());
+        let mut keyctl = create.clone();
+        keyctl.params.insert("features".into(), "keyctl=1".into());
+        assert!(classify(&keyctl, None).is_destructive());
+        // In place: adding a volume is benign, a bind mount or a hookscript never runs unsigned.
+        assert_eq!(
+            classify(&step(Op::SetConfig, &[("mp1", "local-lvm:2,mp=/x")]), None),
+            Classification::Benign
+        );
+        for p in [("mp1", "/srv,mp=/x"), ("hookscript", "local:snippets/x.sh"), ("dev0", "/dev/kvm")] {
+            assert!(classify(&step(Op::SetConfig, &[p]), None).is_destructive(), "{p:?}");
+        }
+        // Removing a mount point and deleting its volume are each signed.
+        assert!(classify(&step(Op::RemoveMountpoint, &[("delete", "mp1")]), None).is_destructive());
+        assert!(classify(&step(Op::DeleteVolume, &[("delete", "unused0")]), None).is_destructive());
     }
 }

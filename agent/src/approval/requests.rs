@@ -476,10 +476,16 @@ impl Approvals {
         })
     }
 
-    /// Where the words about what a request's step loses are kept: beside the request, never
-    /// in the signed bytes (`<vmid>-<op>.loses`).
+    /// Where the words about what a request's step loses are kept: beside the pending
+    /// requests, in `approvals/loses/<vmid>-<op>.txt`, never in the signed bytes (and never in
+    /// `pending/`, which holds exactly the requests to sign).
     pub fn words_path(request: &Path) -> PathBuf {
-        request.with_extension("loses")
+        let base = request
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        base.join("loses")
+            .join(request.file_name().unwrap_or_default())
     }
 
     /// Writes (atomically) the words about what a pending request's step loses.
@@ -487,6 +493,9 @@ impl Approvals {
         let path = Self::words_path(request);
         if std::fs::read_to_string(&path).is_ok_and(|w| w == words) {
             return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
         write_atomic(&path, words.as_bytes())
     }
