@@ -685,7 +685,10 @@ mod tests {
             ("features", "nesting=1"),
             ("features", "nesting=0"),
             ("mp0", "local-lvm:8,mp=/srv/data,backup=1"),
-            ("mp3", "local-lvm:vm-101-disk-3,mp=/srv,ro=1,size=8G,mountoptions=noatime;nodev"),
+            (
+                "mp3",
+                "local-lvm:vm-101-disk-3,mp=/srv,ro=1,size=8G,mountoptions=noatime;nodev",
+            ),
             ("mp4", "local-zfs:subvol-101-disk-1,mp=/x,size=2G"),
             ("mp5", "local:101/vm-101-disk-2.raw,mp=/y,size=1G"),
         ] {
@@ -720,7 +723,10 @@ mod tests {
         // Every refusal code of the table is one `config_value_class` gives, and back.
         for row in KEY_TABLE {
             if let KeyClass::Refused(code) = row.class {
-                assert!(!code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{code}");
+                assert!(
+                    !code.is_empty() && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{code}"
+                );
             }
         }
     }
@@ -753,8 +759,15 @@ mod tests {
             classify(&step(Op::SetConfig, &[("mp1", "local-lvm:2,mp=/x")]), None),
             Classification::Benign
         );
-        for p in [("mp1", "/srv,mp=/x"), ("hookscript", "local:snippets/x.sh"), ("dev0", "/dev/kvm")] {
-            assert!(classify(&step(Op::SetConfig, &[p]), None).is_destructive(), "{p:?}");
+        for p in [
+            ("mp1", "/srv,mp=/x"),
+            ("hookscript", "local:snippets/x.sh"),
+            ("dev0", "/dev/kvm"),
+        ] {
+            assert!(
+                classify(&step(Op::SetConfig, &[p]), None).is_destructive(),
+                "{p:?}"
+            );
         }
         // Removing a mount point and deleting its volume are each signed.
         assert!(classify(&step(Op::RemoveMountpoint, &[("delete", "mp1")]), None).is_destructive());

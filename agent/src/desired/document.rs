@@ -529,7 +529,12 @@ description = "managed by drover"
         assert!(m.mounts_managed);
         assert_eq!(m.startup.unwrap().order, Some(2));
         assert_eq!(m.cpulimit, Some(1.5));
-        assert!(m.ssh_public_keys.as_deref().unwrap().starts_with("ssh-ed25519 "));
+        assert!(
+            m.ssh_public_keys
+                .as_deref()
+                .unwrap()
+                .starts_with("ssh-ed25519 ")
+        );
         assert_eq!(m.nameserver.as_deref().unwrap().len(), 2);
     }
 
@@ -537,14 +542,35 @@ description = "managed by drover"
     fn vocabulary_values_are_checked_with_file_guest_and_field() {
         let base = "revision = 1\n[[guest]]\nvmid = 201\n";
         for (line, field) in [
-            ("mp0 = { storage = \"local-lvm\", path = \"/srv\" }", "mp0.size"),
-            ("mp0 = { storage = \"local-lvm\", size = 2, path = \"srv\" }", "mp0.path"),
-            ("mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/\" }", "mp0.path"),
-            ("mp0 = { storage = \"local-lvm\", size = 2, path = \"/a/../b\" }", "mp0.path"),
+            (
+                "mp0 = { storage = \"local-lvm\", path = \"/srv\" }",
+                "mp0.size",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"srv\" }",
+                "mp0.path",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/\" }",
+                "mp0.path",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/a/../b\" }",
+                "mp0.path",
+            ),
             ("mp0 = { size = 2, path = \"/srv\" }", "mp0"),
-            ("mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", bogus = 1 }", "mp0.bogus"),
-            ("mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", mountoptions = [\"exec\"] }", "mp0.mountoptions"),
-            ("mp0 = { host_path = \"/srv\", size = 2, path = \"/srv\" }", "mp0.size"),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", bogus = 1 }",
+                "mp0.bogus",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", mountoptions = [\"exec\"] }",
+                "mp0.mountoptions",
+            ),
+            (
+                "mp0 = { host_path = \"/srv\", size = 2, path = \"/srv\" }",
+                "mp0.size",
+            ),
             ("mp = [1]", "mp"),
             ("dev0 = { path = \"/etc/passwd\" }", "dev0.path"),
             ("features = { nesting = 1 }", "features.nesting"),
@@ -560,10 +586,16 @@ description = "managed by drover"
             ("cmode = \"serial\"", "cmode"),
             ("ostype = \"windows\"", "ostype"),
             ("arch = \"sparc\"", "arch"),
-            ("ssh-public-keys = \"from=\\\"x\\\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\"", "ssh-public-keys"),
+            (
+                "ssh-public-keys = \"from=\\\"x\\\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\"",
+                "ssh-public-keys",
+            ),
             ("password = \"x\"", "password"),
             ("hookscript = \"local:snippets/a.sh\"", "hookscript"),
-            ("\"lxc.cgroup2.devices.allow\" = \"a\"", "lxc.cgroup2.devices.allow"),
+            (
+                "\"lxc.cgroup2.devices.allow\" = \"a\"",
+                "lxc.cgroup2.devices.allow",
+            ),
             ("pool = \"p\"", "pool"),
             ("mp256 = {}", "mp256"),
             ("dev256 = {}", "dev256"),
@@ -576,9 +608,14 @@ description = "managed by drover"
         let two = format!(
             "{base}mp0 = {{ storage = \"a1\", size = 1, path = \"/x\" }}\nmp1 = {{ storage = \"a1\", size = 1, path = \"/x\" }}\n"
         );
-        assert_eq!(parse(two.as_bytes(), "d").unwrap_err().field.as_deref(), Some("mp1.path"));
+        assert_eq!(
+            parse(two.as_bytes(), "d").unwrap_err().field.as_deref(),
+            Some("mp1.path")
+        );
         let empty = parse(format!("{base}mp = []\n").as_bytes(), "d").unwrap();
-        assert!(empty.guests[&201].more.mounts_managed && empty.guests[&201].more.mounts.is_empty());
+        assert!(
+            empty.guests[&201].more.mounts_managed && empty.guests[&201].more.mounts.is_empty()
+        );
     }
 
     #[test]
