@@ -208,6 +208,10 @@ pub fn config_changes(
         let MountSource::Volume { storage, .. } = &want.source else {
             continue;
         };
+        if a.protection {
+            // PVE refuses drive changes on a protected guest (note `mp_protected`).
+            continue;
+        }
         match a.mounts.get(i) {
             None => {
                 if let Some(v) = want.new_volume_value() {
@@ -325,7 +329,23 @@ pub fn notes(spec: &GuestSpec, actual: Option<&ActualGuest>, ctx: &PlanContext) 
                 }
             }
             MountSource::Volume { storage, size_gib } => {
-                let Some(h) = have else { continue };
+                let Some(h) = have else {
+                    if actual.is_some_and(|a| a.config.protection) {
+                        out.push(note(
+                            "mp_protected",
+                            vmid,
+                            format!("mp{i} is not added: CT {vmid} has protection=1, and PVE refuses drive changes while it is set"),
+                        ));
+                    }
+                    continue;
+                };
+                if actual.is_some_and(|a| a.config.protection) && !want.options_match(h) {
+                    out.push(note(
+                        "mp_protected",
+                        vmid,
+                        format!("mp{i} is not changed: CT {vmid} has protection=1, and PVE refuses drive changes while it is set"),
+                    ));
+                }
                 if is_host_mount(h) {
                     out.push(note(
                         "mp_kind_differs",
