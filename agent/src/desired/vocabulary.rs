@@ -593,6 +593,7 @@ pub fn parse(t: &toml::Table, e: &Fail<'_>) -> Result<Vocabulary, super::Desired
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

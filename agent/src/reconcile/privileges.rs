@@ -106,6 +106,8 @@ pub fn for_config_key(key: &str) -> &'static [&'static str] {
         "cores" | "cpulimit" | "cpuunits" => &["VM.Config.CPU"],
         "memory" | "swap" => &["VM.Config.Memory"],
         "hostname" | "nameserver" | "searchdomain" => &["VM.Config.Network"],
+        // Sent at create only, with the create's own privileges.
+        "ssh-public-keys" | "ostype" | "arch" | "unprivileged" => &["VM.Allocate"],
         k if k.starts_with("net") => &["VM.Config.Network", "SDN.Use"],
         k if k == "rootfs" || k.starts_with("mp") => &["VM.Config.Disk", "Datastore.AllocateSpace"],
         "ostemplate" => &["Datastore.Audit"],
@@ -181,6 +183,18 @@ net0 = "name=eth0,bridge=vmbr1,ip=dhcp"
 onboot = true
 tags = ["db"]
 description = "changed"
+features = { nesting = true }
+nameserver = ["10.0.0.53"]
+searchdomain = ["lan.example"]
+timezone = "UTC"
+startup = { order = 1 }
+cpulimit = 2
+cpuunits = 200
+console = true
+tty = 2
+cmode = "tty"
+protection = true
+mp0 = { storage = "local-lvm", size = 2, path = "/srv/data", backup = true }
 
 [[guest]]
 vmid = 103
