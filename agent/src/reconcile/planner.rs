@@ -786,4 +786,87 @@ description = "managed by drover"
         assert!(p.guests[&201].steps.is_empty());
         assert_eq!(p.guests[&201].notes[0].code, "guest_locked");
     }
+
+    fn with_mounts(doc_extra: &str) -> (DesiredDoc, ActualHost) {
+        let text = format!("{DOC}{doc_extra}");
+        let d = desired::parse(text.as_bytes(), "d").unwrap();
+        let mut g = converged();
+        g.config.mounts.insert(
+            0,
+            "local-lvm:vm-201-disk-1,mp=/srv/a,size=2G".parse().unwrap(),
+        );
+        g.config.mounts.insert(
+            1,
+            "local-lvm:vm-201-disk-2,mp=/srv/b,backup=1,size=3G"
+                .parse()
+                .unwrap(),
+        );
+        (d, host(g))
+    }
+
+    #[test]
+    fn mount_points_are_left_alone_unless_listed_and_removal_is_a_detach() {
+        // No mpN in the entry: mount points are not managed.
+        let (d, h) = with_mounts("");
+        assert!(plan(&d, &h).is_empty());
+        // mp0 listed (as it is), mp1 not: mp1 is detached, nothing else.
+        let (d, h) =
+            with_mounts("mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/a\" }\n");
+        let p = plan(&d, &h);
+        let steps = &p.guests[&201].steps;
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].kind, StepKind::Detach);
+        assert_eq!(steps[0].params["delete"], "mp1");
+        assert_eq!(steps[0].params["volume"], "local-lvm:vm-201-disk-2");
+        // `mp = []`: both go; a protected guest keeps them (a note).
+        let (d, mut h) = with_mounts("mp = []\n");
+        assert_eq!(plan(&d, &h).guests[&201].steps.len(), 2);
+        h.guests.get_mut(&201).unwrap().config.protection = true;
+        let p = plan(&d, &h);
+        assert!(p.guests[&201].steps.is_empty());
+        assert!(p.guests[&201].notes.iter().all(|n| n.code == "protected"));
+        // Growing is a resize; shrinking a note.
+        let (d, h) = with_mounts(
+            "mp0 = { storage = \"local-lvm\", size = 4, path = \"/srv/a\" }\nmp1 = { storage = \"local-lvm\", size = 1, path = \"/srv/b\" }\n",
+        );
+        let p = plan(&d, &h);
+        assert_eq!(p.guests[&201].steps[0].kind, StepKind::Resize);
+        assert_eq!(p.guests[&201].steps[0].params["disk"], "mp0");
+        assert_eq!(p.guests[&201].notes[0].code, "mp_shrink_refused");
+    }
+
+    #[test]
+    fn a_detached_volume_is_deleted_only_after_the_grace_period_and_only_if_drover_detached_it() {
+        let d = desired::parse(DOC.as_bytes(), "d").unwrap();
+        let mut g = converged();
+        g.config.unused.insert(0, "local-lvm:vm-201-disk-2".into());
+        g.config.unused.insert(1, "local-lvm:vm-201-disk-7".into());
+        let h = host(g);
+        let detached = crate::model::vocabulary::DetachedVolume {
+            vmid: 201,
+            key: "mp1".into(),
+            volume: "local-lvm:vm-201-disk-2".into(),
+            mount: "local-lvm:vm-201-disk-2,mp=/srv/b,size=3G".into(),
+            detached_at: 1_000,
+        };
+        let mut ctx = PlanContext {
+            now: 1_000 + 3600,
+            detached: [(201, vec![detached])].into(),
+            ..PlanContext::default()
+        };
+        assert!(
+            plan_with(&d, &h, &ctx).is_empty(),
+            "within the grace period"
+        );
+        ctx.now = 1_000 + ctx.rules.detach_grace_secs;
+        let p = plan_with(&d, &h, &ctx);
+        let steps = &p.guests[&201].steps;
+        assert_eq!(
+            steps.len(),
+            1,
+            "unused1 was not detached by Drover: {steps:?}"
+        );
+        assert_eq!(steps[0].kind, StepKind::DeleteVolume);
+        assert_eq!(steps[0].params["delete"], "unused0");
+    }
 }

@@ -73,8 +73,10 @@ fn fmt_f64(f: f64) -> String {
 /// default is a privileged container.
 pub fn create_params(spec: &GuestSpec, put: &mut dyn FnMut(&str, String)) {
     let m = &spec.more;
-    put("unprivileged", bool01(m.unprivileged.unwrap_or(true)));
-    if let Some(n) = m.nesting {
+    let unprivileged = m.unprivileged.unwrap_or(true);
+    put("unprivileged", bool01(unprivileged));
+    // PVE lets only root set features on a privileged guest (a note says so).
+    if let Some(n) = m.nesting.filter(|_| unprivileged) {
         put("features", format!("nesting={}", u8::from(n)));
     }
     if let Some(k) = &m.ssh_public_keys {
@@ -297,9 +299,13 @@ pub fn notes(spec: &GuestSpec, actual: Option<&ActualGuest>, ctx: &PlanContext) 
             ),
         ));
     }
-    if let (Some(a), Some(w)) = (actual, m.nesting)
-        && !a.config.unprivileged
-        && a.config.features.nesting() != w
+    let privileged = match actual {
+        Some(a) => !a.config.unprivileged,
+        None => m.unprivileged == Some(false),
+    };
+    if let Some(w) = m.nesting
+        && privileged
+        && actual.is_none_or(|a| a.config.features.nesting() != w)
     {
         out.push(note(
             "feature_root_only",
