@@ -665,6 +665,38 @@ file = "/etc/drover/trust"
     }
 
     #[test]
+    fn host_rules_come_from_guests_and_safety() {
+        let c = Config::parse(GOOD, Path::new("d.toml")).unwrap();
+        assert!(c.rules.host_paths.is_empty() && c.rules.devices.is_empty());
+        assert_eq!(c.rules.detach_grace_secs, 7 * 24 * 3600);
+        let text = format!(
+            "{GOOD}\n[guests]\nhost_paths = [\"/srv/shared\"]\ndevices = [\"/dev/dri/renderD128\"]\n\n[safety]\ndetach_grace = \"36h\"\n"
+        );
+        let c = Config::parse(&text, Path::new("d.toml")).unwrap();
+        assert!(c.rules.allows_host_path("/srv/shared/x"));
+        assert!(c.rules.allows_device("/dev/dri/renderD128"));
+        assert_eq!(c.rules.detach_grace_secs, 36 * 3600);
+        for (extra, key) in [
+            ("[guests]\nhost_paths = [\"srv\"]\n", "guests.host_paths"),
+            (
+                "[guests]\nhost_paths = [\"/srv/../etc\"]\n",
+                "guests.host_paths",
+            ),
+            ("[guests]\ndevices = [\"/etc/passwd\"]\n", "guests.devices"),
+            ("[safety]\ndetach_grace = \"soon\"\n", "safety.detach_grace"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n{extra}"), Path::new("d.toml")).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        let e = Config::parse(
+            &format!("{GOOD}\n[guests]\nhost_path = []\n"),
+            Path::new("d.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("host_path"), "{e}");
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = GOOD.replace("max_parallel = 3", "max_paralel = 3");
         let e = Config::parse(&text, Path::new("/etc/drover/drover.toml")).unwrap_err();

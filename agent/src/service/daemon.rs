@@ -343,6 +343,7 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: crate::approval::requests::Approvals::words(&p),
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
