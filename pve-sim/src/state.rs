@@ -1180,7 +1180,9 @@ impl Host {
             .filter(|(k, _)| !CONTROL_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let unprivileged = params.get("unprivileged").is_none_or(|u| u == "1");
+        // The API's default is a privileged container (`unprivileged` default 0 in the
+        // schema; the GUI and pct send 1).
+        let unprivileged = params.get("unprivileged").is_some_and(|u| u == "1");
         check_root_only(None, &options, &[], unprivileged)?;
         let storage = params
             .get("storage")

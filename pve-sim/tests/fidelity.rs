@@ -429,3 +429,60 @@ async fn running_cts_hot_plug_new_mount_points_and_delete_unused_volumes_at_once
     let g = s.sim.guest(100).unwrap();
     assert!(!g.config.contains_key("unused3"), "{g:?}");
 }
+
+/// PVE's API creates a privileged container unless `unprivileged=1` is sent (the schema's
+/// default is 0), and a privileged create needs `Sys.Modify` on `/` (API2/LXC.pm create_vm).
+#[tokio::test]
+async fn a_create_without_unprivileged_is_privileged_and_needs_sys_modify() {
+    let s = Sim::start(vec![], Duration::from_millis(400)).await;
+    let template = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+    let form = [
+        ("vmid", "160"),
+        ("ostemplate", template),
+        ("rootfs", "local-lvm:4"),
+    ];
+    let a = s.call("POST", "/nodes/pve1/lxc", &form).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    for _ in 0..50 {
+        if s.sim.guest(160).is_some_and(|g| g.lock.is_none()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let g = s.sim.guest(160).unwrap();
+    assert_eq!(
+        g.config.get("unprivileged").map(String::as_str),
+        Some("0"),
+        "{g:?}"
+    );
+
+    let limited = pve_sim::start(SimConfig {
+        token_privileges: Some(vec!["VM.Allocate".into(), "Datastore.AllocateSpace".into()]),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let post = |extra: Option<(&'static str, &'static str)>| {
+        let mut f: Vec<(&str, &str)> = vec![
+            ("vmid", "161"),
+            ("ostemplate", template),
+            ("rootfs", "local-lvm:4"),
+        ];
+        f.extend(extra);
+        http.post(format!("{}/api2/json/nodes/pve1/lxc", limited.base_url()))
+            .header(
+                "Authorization",
+                format!("PVEAPIToken={DEFAULT_TOKEN_ID}={DEFAULT_TOKEN_SECRET}"),
+            )
+            .form(&f)
+            .send()
+    };
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = post(Some(("unprivileged", "1"))).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
