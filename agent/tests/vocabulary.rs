@@ -47,6 +47,8 @@ fn full_guest(vmid: u32, v: u32) -> String {
                 "mp2 = { storage = \"local-lvm\", size = 1, path = \"/var/cache/app\" }\n",
             )
         };
+    // Create-only keys change too: they are never compared with an existing guest.
+    let ostype = if v == 1 { "debian" } else { "ubuntu" };
     format!(
         r#"[[guest]]
 vmid = {vmid}
@@ -60,7 +62,7 @@ rootfs = "local-lvm:4"
 net0 = "name=eth0,bridge=vmbr0,ip=dhcp"
 unprivileged = true
 ssh-public-keys = "{KEY}"
-ostype = "debian"
+ostype = "{ostype}"
 arch = "amd64"
 features = {{ nesting = {nesting} }}
 nameserver = {ns}
@@ -192,6 +194,11 @@ async fn every_field_is_created_changed_and_never_drifts() {
     let mp0 = conf(&h, 301, "mp0").unwrap();
     assert!(mp0.contains("ro=1") && mp0.contains("size=3G"), "{mp0}");
     assert!(conf(&h, 301, "mp2").unwrap().contains("mp=/var/cache/app"));
+    assert_eq!(
+        conf(&h, 301, "ostype").as_deref(),
+        Some("debian"),
+        "create only"
+    );
     assert_eq!(
         h.sim.count_mutations("create", 301),
         1,
