@@ -476,8 +476,9 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
     );
     let shown = stdout(&h.drover_async(&["approvals"]).await);
     assert!(
-        shown.contains(&format!("deletes the detached volume {volume}"))
-            && shown.contains("data is lost"),
+        shown.contains(&format!(
+            "deletes the detached volume {volume} (unused0, 3G)"
+        )) && shown.contains("data is lost"),
         "{shown}"
     );
     sign_and_submit_all(&h, "op2");

@@ -1607,6 +1607,21 @@ impl Host {
             }
         }
         for (k, vol) in detached {
+            if let Some(size) = ct
+                .conf
+                .values()
+                .find(|v| v.split(',').next() == Some(vol.as_str()))
+                .map(|v| {
+                    crate::storage::parse_size(
+                        v.split(',')
+                            .find_map(|p| p.strip_prefix("size="))
+                            .unwrap_or("0"),
+                    )
+                })
+                .filter(|s| *s > 0)
+            {
+                self.p.storage.detached_sizes.insert(vol.clone(), size);
+            }
             next.conf.insert(k, vol);
         }
         self.p.cts.insert(vmid, next);

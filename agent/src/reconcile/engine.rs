@@ -685,7 +685,12 @@ impl Engine {
                     let grace = crate::reconcile::vocabulary::grace_words(
                         self.inner.pve.rules.detach_grace_secs,
                     );
-                    let words = crate::reconcile::loss::describe(&step, actual.as_ref(), &grace);
+                    let size = match (step.kind, step.params.get("volume")) {
+                        (StepKind::DeleteVolume, Some(v)) => self.inner.pve.volume_size(v).await,
+                        _ => None,
+                    };
+                    let words =
+                        crate::reconcile::loss::describe(&step, actual.as_ref(), &grace, size);
                     if let Err(e) = self.inner.approvals.describe(&request, &words) {
                         warn!(vmid, "writing what the step loses beside its request: {e}");
                     }

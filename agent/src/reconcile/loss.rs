@@ -60,8 +60,14 @@ fn all_volumes(actual: &ActualGuest) -> Vec<String> {
     out
 }
 
-/// The words for `step`; `grace` is how the detach grace period reads (`7d`).
-pub fn describe(step: &Step, actual: Option<&ActualGuest>, grace: &str) -> String {
+/// The words for `step`; `grace` is how the detach grace period reads (`7d`); `volume_bytes`
+/// the size of the volume a `delete_volume` deletes, when its storage told.
+pub fn describe(
+    step: &Step,
+    actual: Option<&ActualGuest>,
+    grace: &str,
+    volume_bytes: Option<u64>,
+) -> String {
     let vmid = step.vmid;
     let who = guest_words(vmid, actual);
     let param = |k: &str| step.params.get(k).map(String::as_str).unwrap_or("?");
@@ -98,9 +104,12 @@ pub fn describe(step: &Step, actual: Option<&ActualGuest>, grace: &str) -> Strin
         }
         StepKind::DeleteVolume => {
             let key = param("delete");
+            let size = volume_bytes
+                .map(|b| format!(", {}", crate::model::vocabulary::DiskSize(b)))
+                .unwrap_or_default();
             vec![
                 format!(
-                    "deletes the detached volume {} ({key}) of {who}: its data is lost and cannot be undone",
+                    "deletes the detached volume {} ({key}{size}) of {who}: its data is lost and cannot be undone",
                     param("volume")
                 ),
                 "snapshots that still reference it keep it on the storage (PVE)".into(),
@@ -205,7 +214,7 @@ mod tests {
             params: BTreeMap::new(),
             changes: vec![],
         };
-        let w = describe(&step, Some(&guest()), "7d");
+        let w = describe(&step, Some(&guest()), "7d", None);
         assert!(w.contains("CT 201 (web-1)"), "{w}");
         assert!(w.contains("rootfs: volume on local-lvm (8G)"), "{w}");
         assert!(
@@ -222,7 +231,7 @@ mod tests {
             params: [("delete".to_string(), "mp0".to_string())].into(),
             changes: vec![],
         };
-        let w = describe(&step, Some(&guest()), "7d");
+        let w = describe(&step, Some(&guest()), "7d", None);
         assert!(
             w.contains("local-lvm:vm-201-disk-1 (32G) at /srv/data"),
             "{w}"

@@ -318,6 +318,19 @@ impl Pve {
         Ok(candidates.into_iter().next())
     }
 
+    /// A volume's size in bytes, as its storage reports it (`Datastore.Audit`), for the words
+    /// beside a `delete_volume` request: `unusedN` carries no size. `None` when PVE cannot say.
+    pub async fn volume_size(&self, volid: &str) -> Option<u64> {
+        let (storage, _) = volid.split_once(':')?;
+        match self.client.volume_info(&self.node, storage, volid).await {
+            Ok(v) => v.size,
+            Err(e) => {
+                tracing::debug!(volid, "reading the size of a detached volume: {e}");
+                None
+            }
+        }
+    }
+
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
         let worker = upid.worker_type.as_str();
