@@ -69,7 +69,7 @@ pub const GRANTED: &[Privilege] = &[
     Privilege {
         name: "Datastore.Audit",
         path: "/storage/<storage>",
-        used_for: "reading a template from its storage",
+        used_for: "reading a template from its storage, and the size of a detached volume",
     },
     Privilege {
         name: "SDN.Use",
