@@ -384,7 +384,7 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
     h.write_config("\n[safety]\ndetach_grace = \"2s\"\n");
     let entry = |unpriv: bool, mps: &str| {
         format!(
-            "[[guest]]\nvmid = 341\nensure = \"running\"\nhostname = \"data-1\"\ntemplate = \"{TEMPLATE}\"\nrootfs = \"local-lvm:4\"\nunprivileged = {unpriv}\n{mps}"
+            "[[guest]]\nvmid = 341\nensure = \"running\"\nhostname = \"data-1\"\ntemplate = \"{TEMPLATE}\"\nrootfs = \"local-lvm:4\"\nunprivileged = {unpriv}\ndescription = \"data store, do not touch\"\nssh-public-keys = \"{KEY}\"\n{mps}"
         )
     };
     let two = "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/a\" }\nmp1 = { storage = \"local-lvm\", size = 3, path = \"/srv/b\", backup = true }\n";
@@ -412,6 +412,13 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
     assert!(
         !signed.contains("PRIVILEGED"),
         "the words are not in the signed text"
+    );
+    // Free text (spaces) is bound by its hash, which the payload grammar can hold.
+    assert!(signed.contains("param.unprivileged: 0\n"), "{signed}");
+    assert!(signed.contains("param.description: sha256:"), "{signed}");
+    assert!(
+        signed.contains("param.ssh-public-keys: sha256:"),
+        "{signed}"
     );
 
     // Back to unprivileged: a benign create, the request is withdrawn.
