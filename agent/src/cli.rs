@@ -492,6 +492,7 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "file": p,
                     "text": text,
+                    "loses": Approvals::words(p),
                     "sign": Approvals::sign_command(&domain, p),
                 })
             })
@@ -501,8 +502,11 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         crate::outln!("no approval requests are pending");
     } else {
         for (p, text) in &pending {
+            let words = Approvals::words(p)
+                .map(|w| format!("what this step loses (not part of the signed text):\n{w}\n\n"))
+                .unwrap_or_default();
             crate::outln!(
-                "== {}\n{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
+                "== {}\n{words}{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
                 p.display(),
                 Approvals::sign_command(&domain, p),
                 p.display(),

@@ -83,6 +83,8 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
         "adopt" => StepKind::Adopt,
+        "remove_mountpoint" => StepKind::Detach,
+        "delete_volume" => StepKind::DeleteVolume,
         _ => return None,
     })
 }
@@ -309,6 +311,49 @@ impl Store {
         approval_sha256: &str,
     ) -> Result<(), StoreError> {
         self.j.record_adopted(vmid, digest, approval_sha256)
+    }
+
+    /// Journals (durably, before the call) that Drover detaches a volume from a mount point.
+    pub fn detaching(
+        &self,
+        d: &crate::model::vocabulary::DetachedVolume,
+    ) -> Result<(), StoreError> {
+        self.j.record_detached(&journal::DetachRecord {
+            vmid: d.vmid,
+            key: d.key.clone(),
+            volume: d.volume.clone(),
+            mount: d.mount.clone(),
+            at: d.detached_at,
+        })
+    }
+
+    /// The volumes Drover detached from `vmid`; empty when the journal cannot say (then no
+    /// deletion is planned: the safe side).
+    pub fn detached(&self, vmid: u32) -> Vec<crate::model::vocabulary::DetachedVolume> {
+        match self.j.detached(vmid) {
+            Ok(v) => v
+                .into_iter()
+                .map(|r| crate::model::vocabulary::DetachedVolume {
+                    vmid: r.vmid,
+                    key: r.key,
+                    volume: r.volume,
+                    mount: r.mount,
+                    detached_at: r.at,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(vmid, "reading detached volumes from the journal: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A detached volume was deleted: nothing is left to plan for it.
+    pub fn forget_detached(&self, vmid: u32, volume: &str) {
+        self.log(
+            "forgetting a deleted volume",
+            self.j.forget_detached(vmid, volume),
+        );
     }
 
     pub fn destroyed(&self, vmid: u32) {

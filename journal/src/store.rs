@@ -18,8 +18,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, CreateEnd, JobRecord, JournalError, NewStep, NonceClaim, NonceError,
-    Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
+    AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep,
+    NonceClaim, NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord,
+    Suspension, SyncTiming, TrustRecord,
 };
 
 pub mod copies;
@@ -907,6 +908,40 @@ impl Journal {
             (Some(d), _) => Some(d),
             (None, f) => f,
         })
+    }
+
+    /// `meta` key of a detached volume: `detach/<vmid>/<volume>`.
+    fn detach_key(vmid: u32, volume: &str) -> String {
+        format!("detach/{vmid}/{volume}")
+    }
+
+    /// Remembers (durably) that Drover detached `r.volume` from a mount point at `r.at`, so
+    /// its deletion can wait out the grace period and is only ever planned for its own detach.
+    pub fn record_detached(&self, r: &DetachRecord) -> Result<(), JournalError> {
+        self.put(
+            &self.inner.meta,
+            Self::detach_key(r.vmid, &r.volume),
+            self.enc(r)?,
+        )
+    }
+
+    /// The volumes Drover detached from `vmid`'s mount points.
+    pub fn detached(&self, vmid: u32) -> Result<Vec<DetachRecord>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.meta.scan_prefix(format!("detach/{vmid}/")) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec("detached volume", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a detached volume (deleted, or re-attached).
+    pub fn forget_detached(&self, vmid: u32, volume: &str) -> Result<(), JournalError> {
+        self.inner
+            .meta
+            .remove(Self::detach_key(vmid, volume))
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()
     }
 
     fn susp_key(vmid: Option<u32>) -> String {

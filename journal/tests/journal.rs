@@ -522,3 +522,40 @@ fn move_aside_keeps_the_damaged_store_and_starts_a_new_epoch() {
     assert_ne!(again, moved);
     assert!(moved.exists() && again.exists());
 }
+
+/// Volumes Drover detached survive a reopen, per guest, and are forgotten one by one.
+#[test]
+fn detached_volumes_survive_reopen_and_are_forgotten_one_by_one() {
+    let d = tempfile::tempdir().unwrap();
+    let rec = |vmid: u32, volume: &str, at: i64| journal::DetachRecord {
+        vmid,
+        key: "mp1".into(),
+        volume: volume.into(),
+        mount: format!("{volume},mp=/srv/b,size=3G"),
+        at,
+    };
+    {
+        let j = Journal::open(d.path()).unwrap();
+        j.record_detached(&rec(101, "local-lvm:vm-101-disk-1", 10))
+            .unwrap();
+        j.record_detached(&rec(101, "local-lvm:vm-101-disk-2", 20))
+            .unwrap();
+        j.record_detached(&rec(1010, "local-lvm:vm-1010-disk-1", 30))
+            .unwrap();
+    }
+    let j = Journal::open(d.path()).unwrap();
+    let mine = j.detached(101).unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0], rec(101, "local-lvm:vm-101-disk-1", 10));
+    assert_eq!(
+        j.detached(1010).unwrap().len(),
+        1,
+        "vmid 101 is not a prefix of 1010"
+    );
+    j.forget_detached(101, "local-lvm:vm-101-disk-1").unwrap();
+    assert_eq!(
+        j.detached(101).unwrap(),
+        vec![rec(101, "local-lvm:vm-101-disk-2", 20)]
+    );
+    assert!(j.detached(102).unwrap().is_empty());
+}

@@ -27,7 +27,7 @@ use crate::reconcile::board::{GuestState, StatusBoard};
 use crate::reconcile::classified::{ClassifiedPlan, StepClass};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
 use crate::reconcile::planner::{self, Plan, Step, StepKind};
-use crate::reconcile::pve::{Pve, Submission};
+use crate::reconcile::pve::{Pve, Submission, worker_type};
 use crate::store::Decision;
 use crate::store::{StepOutcome, Store};
 
@@ -305,6 +305,16 @@ impl Engine {
         }
     }
 
+    /// The step as an approval binds it: [`Engine::planned_action`] with free-text values
+    /// (spaces, `;`) replaced by their SHA-256, which the payload grammar can hold.
+    pub fn bound_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
+        let mut a = self.planned_action(step, digest);
+        for v in a.params.values_mut() {
+            *v = bound_value(v);
+        }
+        a
+    }
+
     /// Classifies a step by the journal's provenance (never by the document). A guest seen
     /// running counts as started, whoever started it: it may hold data.
     pub fn classify(&self, step: &Step, actual: Option<&ActualGuest>) -> Classification {
@@ -324,7 +334,8 @@ impl Engine {
         doc: &DesiredDoc,
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
-        let mut plan = planner::plan(doc, &actual);
+        let ctx = self.plan_context(doc.guests.keys().copied());
+        let mut plan = planner::plan_with(doc, &actual, &ctx);
         for vmid in doc.guests.keys() {
             let Some(g) = actual.guests.get(vmid) else {
                 continue;
@@ -350,6 +361,19 @@ impl Engine {
         Ok((classified, actual))
     }
 
+    /// The host's rules, the clock and the journal's detached volumes for these guests.
+    fn plan_context(&self, vmids: impl IntoIterator<Item = u32>) -> planner::PlanContext {
+        planner::PlanContext {
+            rules: self.inner.pve.rules.clone(),
+            now: unix_now(),
+            detached: vmids
+                .into_iter()
+                .map(|v| (v, self.inner.store.detached(v)))
+                .filter(|(_, d)| !d.is_empty())
+                .collect(),
+        }
+    }
+
     /// The plan of one guest from fresh state, with adoption required for a guest the journal
     /// does not know.
     fn plan_one(
@@ -358,7 +382,8 @@ impl Engine {
         actual: Option<&ActualGuest>,
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
-        let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        let ctx = self.plan_context([spec.vmid]);
+        let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
         let fused = self
             .inner
             .fused
@@ -677,7 +702,7 @@ impl Engine {
                     return LaneOutcome::Waiting;
                 }
             };
-            let mut action = self.planned_action(&step, digest.as_deref());
+            let mut action = self.bound_action(&step, digest.as_deref());
             // A destroy needs a verified safety copy first: every refusal is checked now,
             // before anything is stopped, and what the copy cannot hold is bound into the
             // approval (`bind.safety`, `bind.uncovered`).
@@ -739,12 +764,25 @@ impl Engine {
                     approval = Some(*a)
                 }
                 Ok((Lookup::Pending { request, new }, _, _)) => {
+                    let grace = crate::reconcile::vocabulary::grace_words(
+                        self.inner.pve.rules.detach_grace_secs,
+                    );
+                    let size = match (step.kind, step.params.get("volume")) {
+                        (StepKind::DeleteVolume, Some(v)) => self.inner.pve.volume_size(v).await,
+                        _ => None,
+                    };
+                    let words =
+                        crate::reconcile::loss::describe(&step, actual.as_ref(), &grace, size);
+                    if let Err(e) = self.inner.approvals.describe(&request, &words) {
+                        warn!(vmid, "writing what the step loses beside its request: {e}");
+                    }
                     if new {
                         info!(
                             vmid,
                             step = step.kind.as_str(),
                             request = %request.display(),
-                            "destructive step needs a signed approval ({reason}); sign with: {}",
+                            "destructive step needs a signed approval ({reason}); it {}; sign with: {}",
+                            words.lines().next().unwrap_or(""),
                             Approvals::sign_command(&domain, &request)
                         );
                     }
@@ -780,6 +818,13 @@ impl Engine {
             // journal that still calls its cleanup benign.
             return LaneOutcome::Transient(format!("journaling the start: {e}"));
         }
+        if kind == StepKind::Detach
+            && let Err(e) = self.journal_detach(step)
+        {
+            // Durable before the call: the volume's deletion waits out the grace period from
+            // here, and is only ever planned for a detach the journal knows.
+            return LaneOutcome::Transient(format!("journaling the detach: {e}"));
+        }
         let id = match self.inner.store.intent(step, class, approval, None) {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
@@ -801,6 +846,12 @@ impl Engine {
                     self.wait_and_finish(id, kind, vmid, upid).await
                 }
                 Ok(Submission::Done) => {
+                    if kind == StepKind::DeleteVolume
+                        && let Some(v) = step.params.get("volume")
+                    {
+                        // A later volume with the same id is not one Drover detached.
+                        self.inner.store.forget_detached(vmid, v);
+                    }
                     self.confirm_and_close(id, kind, vmid, None, StepOutcome::Ok)
                         .await
                 }
@@ -838,7 +889,7 @@ impl Engine {
                         return self.wait_and_finish(id, kind, vmid, upid).await;
                     }
                 }
-                Ok(None) if kind != StepKind::SetConfig => {
+                Ok(None) if worker_type(kind).is_some() => {
                     self.close(
                         &id,
                         StepOutcome::Abandoned(format!("no task was started: {e}")),
@@ -876,6 +927,26 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(vmid, spec.clone());
         }
+    }
+
+    /// Journals a detach before its call (see `execute`).
+    fn journal_detach(&self, step: &Step) -> Result<(), crate::store::StoreError> {
+        let key = step.params.get("delete").cloned().unwrap_or_default();
+        let volume = step.params.get("volume").cloned().unwrap_or_default();
+        let mount = step
+            .changes
+            .first()
+            .and_then(|c| c.old.clone())
+            .unwrap_or_default();
+        self.inner
+            .store
+            .detaching(&crate::model::vocabulary::DetachedVolume {
+                vmid: step.vmid,
+                key,
+                volume,
+                mount,
+                detached_at: unix_now(),
+            })
     }
 
     /// Records an adoption the gate approved: from now on the guest is managed, bound to the
@@ -1075,6 +1146,19 @@ impl Engine {
     }
 }
 
+/// A parameter value as an approval binds it: as sent when the payload grammar can hold it,
+/// otherwise (free text with spaces: a description, SSH keys, a DNS list) its SHA-256, so the
+/// signature still covers exactly those bytes. The gate classifies keys and simple values,
+/// which are never hashed.
+fn bound_value(v: &str) -> String {
+    if gate::payload::is_param_value(v) {
+        v.to_string()
+    } else {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(v.as_bytes())))
+    }
+}
+
 /// How a failed read maps to a lane outcome.
 pub(super) fn pve_failure(e: &PveError, what: &str) -> LaneOutcome {
     if e.is_unauthorized() || e.is_permission() {
@@ -1115,6 +1199,8 @@ pub fn op_of(kind: StepKind) -> Op {
         StepKind::Reboot => Op::Reboot,
         StepKind::Destroy => Op::DestroyGuest,
         StepKind::Adopt => Op::Adopt,
+        StepKind::Detach => Op::RemoveMountpoint,
+        StepKind::DeleteVolume => Op::DeleteVolume,
     }
 }
 

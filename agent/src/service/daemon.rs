@@ -190,10 +190,9 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
         move |method, code| counted.pve_request(method.as_str(), code),
     )));
     let client = Client::new(client_config).context("building the PVE client")?;
-    Ok(
-        Pve::new(client, config.host.clone(), waits, metrics)
-            .with_pool(config.proxmox.pool.clone()),
-    )
+    Ok(Pve::new(client, config.host.clone(), waits, metrics)
+        .with_pool(config.proxmox.pool.clone())
+        .with_rules(config.rules.clone()))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
@@ -344,6 +343,7 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: crate::approval::requests::Approvals::words(&p),
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
@@ -365,6 +365,7 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: None,
         })
         .collect();
     let mut body = crate::desired::report::Report::new(
