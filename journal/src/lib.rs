@@ -304,4 +304,6 @@ impl fmt::Display for CheckReport {
 }
 
 mod store;
+pub mod verify;
 pub use store::{Journal, check, move_aside};
+pub use verify::{VerifyPhase, VerifyTransition, VerifyWindow};

@@ -2,9 +2,10 @@
 //!
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
-//! (vmid or "host" → suspension) and `meta` (epoch, clock high-water, gc horizon, desired
-//! revision and last-known-good document, trust). Every value is JSON wrapped as
-//! `{"v":1,"r":...}` so a future format is detected, never misread.
+//! (vmid or "host" → suspension), `meta` (epoch, clock high-water, gc horizon, desired
+//! revision and last-known-good document, trust) and `verify` (`ct/<vmid>` → verify window,
+//! in `store/verify.rs`). Every value is JSON wrapped as `{"v":1,"r":...}` so a future format
+//! is detected, never misread.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,6 +21,8 @@ use crate::{
     AuditEntry, CheckReport, CreateEnd, JournalError, NewStep, NonceClaim, NonceError, Outcome,
     Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
 };
+
+mod verify;
 
 const VERSION: u32 = 1;
 /// Audit entries kept (oldest dropped first).
@@ -1075,6 +1078,7 @@ pub fn check(dir: &Path) -> CheckReport {
             .undecodable
             .push(("trust record".into(), e.to_string()));
     }
+    j.check_verify(&mut report);
     report
 }
 

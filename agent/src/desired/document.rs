@@ -40,6 +40,8 @@ pub struct GuestSpec {
     /// Normalized as PVE stores them (lower-case, deduplicated, sorted).
     pub tags: Option<Vec<String>>,
     pub description: Option<String>,
+    /// How a risky change proves itself (`desired::verify_spec`); `None`: not verified.
+    pub verify: Option<super::verify_spec::VerifySpec>,
 }
 
 /// A validated desired-state document.
@@ -238,6 +240,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         onboot: None,
         tags: None,
         description: None,
+        verify: None,
     };
     for key in t.keys() {
         let known = matches!(
@@ -253,6 +256,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 | "onboot"
                 | "tags"
                 | "description"
+                | "verify"
         ) || net_index(key).is_some();
         if !known {
             return Err(e(key, "unknown field".into()));
@@ -340,6 +344,9 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         // Free text for PVE (any character); `plan` and `status` show control characters
         // escaped.
         spec.description = Some(d);
+    }
+    if let Some(v) = t.get("verify") {
+        spec.verify = Some(super::verify_spec::parse(v).map_err(|(f, m)| e(&f, m))?);
     }
     if spec.ensure != Ensure::Absent && spec.template.is_none() {
         // Without a template the guest can only be managed if it already exists; that is

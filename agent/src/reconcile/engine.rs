@@ -303,16 +303,17 @@ impl Engine {
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
         let mut plan = planner::plan(doc, &actual);
-        for vmid in doc.guests.keys() {
+        for (vmid, spec) in &doc.guests {
             let Some(g) = actual.guests.get(vmid) else {
                 continue;
             };
-            let gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
+            let mut gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
                 vmid: *vmid,
                 name: g.config.hostname.clone(),
                 steps: Vec::new(),
                 notes: Vec::new(),
             });
+            self.shape_for_verify(&mut gp, spec, Some(g));
             let gp = adoption::require_adoption(gp, Some(g), self.inner.store.is_managed(*vmid));
             if !gp.steps.is_empty() || !gp.notes.is_empty() {
                 plan.guests.insert(*vmid, gp);
@@ -337,6 +338,7 @@ impl Engine {
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
         let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        self.shape_for_verify(&mut gp, spec, actual);
         let fused = self
             .inner
             .fused
@@ -352,6 +354,39 @@ impl Engine {
             });
         }
         adoption::require_adoption(gp, actual, self.inner.store.is_managed(spec.vmid))
+    }
+
+    /// Risky keys of a verified guest become a step of their own, withheld while a reverted
+    /// change is parked (`verify::risk::shape_plan`).
+    fn shape_for_verify(
+        &self,
+        gp: &mut planner::GuestPlan,
+        spec: &GuestSpec,
+        actual: Option<&ActualGuest>,
+    ) {
+        if spec.verify.is_none() {
+            return;
+        }
+        let window = self.inner.store.verify_window(spec.vmid).ok().flatten();
+        crate::reconcile::verify::risk::shape_plan(gp, spec, actual, window.as_ref());
+    }
+
+    /// A resolved step of a guest whose verify window is still open keeps its lane going.
+    fn keep_verify_lane(&self, vmid: u32, outcome: LaneOutcome) -> LaneOutcome {
+        let open = matches!(outcome, LaneOutcome::Converged | LaneOutcome::Waiting)
+            && !self.is_shutting_down()
+            && self
+                .inner
+                .store
+                .verify_window(vmid)
+                .ok()
+                .flatten()
+                .is_some_and(|w| !w.phase.is_terminal());
+        if open {
+            LaneOutcome::RecheckAt(tokio::time::Instant::now())
+        } else {
+            outcome
+        }
     }
 
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
@@ -564,6 +599,7 @@ impl Engine {
             LaneOutcome::Waiting => "waiting",
             LaneOutcome::Transient(_) => "transient_error",
             LaneOutcome::Terminal(_) => "terminal_error",
+            LaneOutcome::RecheckAt(_) => "verifying",
         };
         self.inner
             .metrics
@@ -577,9 +613,16 @@ impl Engine {
         }
         // 1. A step still in flight is resolved before anything new is planned.
         match self.inner.store.in_flight_for(vmid) {
-            Ok(Some(rec)) => return self.resolve(rec, true).await,
+            Ok(Some(rec)) => {
+                let outcome = self.resolve(rec, true).await;
+                return self.keep_verify_lane(vmid, outcome);
+            }
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        // An open verify window of a risky change decides the turn (`reconcile::verify`).
+        if let Some(outcome) = self.verify_turn(vmid).await {
+            return outcome;
         }
         if self.inner.store.is_suspended(vmid) {
             self.inner.status.set_state(vmid, GuestState::Suspended);
@@ -676,7 +719,13 @@ impl Engine {
                 }
             }
         }
-        // 4. Execute.
+        // 4. Execute: a risky change of a verified guest inside its verify window.
+        if approval.is_none()
+            && let (Some(vspec), Some(a)) = (&spec.verify, actual.as_ref())
+            && crate::reconcile::verify::risk::needs_window(&step, &spec, Some(a))
+        {
+            return self.execute_verified(&step, &spec, vspec, a).await;
+        }
         self.execute(&step, &class, approval.as_ref(), digest.as_deref())
             .await
     }
@@ -730,7 +779,7 @@ impl Engine {
     }
 
     /// The call failed: decide between "already done", "maybe happened", retry later and stop.
-    async fn submit_failed(
+    pub(super) async fn submit_failed(
         &self,
         id: crate::store::StepId,
         step: &Step,

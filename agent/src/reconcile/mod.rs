@@ -16,3 +16,4 @@ pub mod privileges;
 pub mod pve;
 pub mod recovery;
 pub mod task_estimate;
+pub mod verify;
