@@ -541,6 +541,12 @@ async fn a_third_party_edit_during_the_window_is_a_conflict_and_nothing_is_touch
     ));
     let d = h.spawn_daemon();
     until_phase(&h, &d, 316, "settling").await;
+    let status = h.drover_async(&["status"]).await;
+    assert!(
+        stdout(&status).contains("verify settling net0"),
+        "{}",
+        stdout(&status)
+    );
     let theirs = "name=eth0,bridge=vmbr7,hwaddr=BC:24:11:00:00:07,ip=dhcp,type=veth";
     h.sim.edit_config(316, "net0", Some(theirs));
     until_phase(&h, &d, 316, "conflict").await;

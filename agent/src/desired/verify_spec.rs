@@ -147,6 +147,16 @@ mod tests {
     }
 
     #[test]
+    fn the_example_document_verifies_its_web_guest() {
+        let doc = include_str!("../../../deploy/desired.example/desired.toml");
+        let d = crate::desired::parse(doc.as_bytes(), "desired.example").unwrap();
+        let v = d.guests[&102].verify.as_ref().unwrap();
+        assert_eq!(v.tcp, vec!["10.0.10.12:443".parse::<SocketAddr>().unwrap()]);
+        assert!(v.interfaces);
+        assert!(d.guests[&101].verify.is_none());
+    }
+
+    #[test]
     fn refusals_name_the_field() {
         for (doc, field) in [
             ("tcp = [\"web:22\"]", "verify.tcp"),
