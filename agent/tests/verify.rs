@@ -80,6 +80,11 @@ fn window(h: &Host, vmid: u32) -> Option<journal::VerifyWindow> {
     j.verify_window(vmid).ok().flatten()
 }
 
+fn previous(h: &Host, vmid: u32) -> Option<journal::VerifyWindow> {
+    let j = journal::Journal::open_read_only(&h.state()).ok()?;
+    j.previous_verify_window(vmid).ok().flatten()
+}
+
 fn phases(w: &journal::VerifyWindow) -> Vec<String> {
     w.history.iter().map(|t| t.phase.clone()).collect()
 }
@@ -100,10 +105,11 @@ fn pushes(h: &Host, vmid: u32, bridge: &str) -> usize {
 }
 
 async fn created(h: &Arc<Host>, vmid: u32, verify: &str) {
-    h.desired(&format!(
-        "revision = 1\n{}",
-        entry(vmid, VMBR0, 512, verify)
-    ));
+    created_with(h, vmid, VMBR0, verify).await
+}
+
+async fn created_with(h: &Arc<Host>, vmid: u32, net0: &str, verify: &str) {
+    h.desired(&format!("revision = 1\n{}", entry(vmid, net0, 512, verify)));
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0, "the guest is created and started");
     assert!(h.sim.guest(vmid).unwrap().running);
@@ -118,6 +124,23 @@ async fn until_phase(h: &Host, d: &common::Daemon, vmid: u32, phase: &str) {
         || window(h, vmid).is_some_and(|w| w.phase.as_str() == phase),
     )
     .await;
+}
+
+/// `GET /metrics` from the daemon's listener.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..100 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut body = String::new();
+            s.read_to_string(&mut body).await.unwrap();
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no metrics listener on {port}");
 }
 
 async fn sigkill(mut d: common::Daemon) {
@@ -205,10 +228,12 @@ async fn a_failing_probe_reverts_parks_without_a_loop_and_a_document_change_unpa
 async fn a_passing_probe_commits_a_memory_decrease_and_benign_keys_go_first() {
     let h = Arc::new(Host::start(vec![]).await);
     let net = GuestNet::follow(h.clone(), 302).await;
-    let verify = net.verify("settle_s = 1\nrevert_after_s = 20\nsuccesses = 2");
-    created(&h, 302, &verify).await;
+    let verify = net.verify("settle_s = 1\nrevert_after_s = 20\nsuccesses = 2\ninterfaces = true");
+    // A static address: the interfaces probe finds it inside the CT.
+    let net0 = "name=eth0,bridge=vmbr0,ip=10.0.0.5/24,gw=10.0.0.1";
+    created_with(&h, 302, net0, &verify).await;
     // A memory decrease is risky, a hostname is not: the hostname is sent on its own first.
-    let doc = entry(302, VMBR0, 256, &verify).replace("ct-302", "web-302");
+    let doc = entry(302, net0, 256, &verify).replace("ct-302", "web-302");
     h.desired(&format!("revision = 2\n{doc}"));
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0, "committed");
@@ -232,7 +257,7 @@ async fn a_passing_probe_commits_a_memory_decrease_and_benign_keys_go_first() {
     // A memory increase is not risky: no window.
     h.desired(&format!(
         "revision = 3\n{}",
-        entry(302, VMBR0, 1024, &verify).replace("ct-302", "web-302")
+        entry(302, net0, 1024, &verify).replace("ct-302", "web-302")
     ));
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0);
@@ -324,8 +349,21 @@ async fn restart_while_settling_resumes_and_commits() {
     let d = h.spawn_daemon();
     until_phase(&h, &d, 311, "settling").await;
     sigkill(d).await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    h.write_config(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let d = h.spawn_daemon();
     until_phase(&h, &d, 311, "committed").await;
+    let metrics = scrape(port).await;
+    for line in [
+        "drover_verify_total{outcome=\"committed\"} 1",
+        "drover_verify_total{outcome=\"reverted\"} 0",
+        "drover_verify_phase_total{phase=\"probing\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
     let status = h.status_json(Duration::from_secs(10)).await;
     let line = status["guests"]
         .as_array()
@@ -348,7 +386,8 @@ async fn restart_while_settling_resumes_and_commits() {
 }
 
 /// SIGKILL while settling, the agent back only after the deadline: the change was never
-/// confirmed, so it is reverted (`agent_restart`) and parked, whatever the probe says now.
+/// confirmed, so it is reverted (`agent_restart`) whatever the probe says now, then pushed
+/// once more in a new window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_after_the_deadline_reverts_even_a_reachable_guest() {
     let h = Arc::new(Host::start(vec![]).await);
@@ -361,32 +400,80 @@ async fn restart_after_the_deadline_reverts_even_a_reachable_guest() {
     until_phase(&h, &d, 312, "settling").await;
     sigkill(d).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Reverted at once; the probes never judged it, so it is pushed once more (a new window)
+    // and this time it proves itself.
     let d = h.spawn_daemon();
-    until_phase(&h, &d, 312, "reverted").await;
+    common::eventually(
+        &d,
+        Duration::from_secs(30),
+        "the re-applied change committed",
+        || window(&h, 312).is_some_and(|w| w.phase.as_str() == "committed" && w.reapplied == 1),
+    )
+    .await;
     let log = d.log_text();
     d.stop().await;
-    let w = window(&h, 312).unwrap();
-    assert_eq!(w.code.as_deref(), Some("agent_restart"), "{w:?}");
+    let prev = previous(&h, 312).unwrap();
+    assert_eq!(prev.code.as_deref(), Some("agent_restart"), "{prev:?}");
+    assert_eq!(
+        phases(&prev),
+        ["armed", "settling", "reverting", "reverted"],
+        "decided at start from the live values, without probing"
+    );
+    assert!(log.contains("verify window reverted"), "{log}");
     assert!(
-        !h.sim
+        h.sim
             .guest(312)
             .unwrap()
             .net0
             .unwrap()
             .contains("firewall=1")
     );
-    assert!(log.contains("verify window reverted"), "{log}");
-    // Parked: the next run leaves it alone.
-    let run = h.drover_async(&["run", "--once"]).await;
-    assert_eq!(code(&run), 2);
     assert_eq!(
-        h.sim
-            .mutations()
-            .iter()
-            .filter(|m| m.kind == "config" && m.vmid == Some(312))
-            .count(),
-        2,
-        "one push, one revert"
+        pushes(&h, 312, "vmbr0"),
+        3,
+        "push, revert, the one re-apply"
+    );
+}
+
+/// The re-apply after an `agent_restart` revert happens once: reverted that way again, the
+/// change stays parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restart_revert_of_the_same_change_parks_it() {
+    let h = Arc::new(Host::start(vec![]).await);
+    let net = GuestNet::follow(h.clone(), 317).await;
+    let verify = net.verify("settle_s = 1\nrevert_after_s = 2\nsuccesses = 1");
+    created(&h, 317, &verify).await;
+    let fw = "name=eth0,bridge=vmbr0,firewall=1,ip=dhcp";
+    h.desired(&format!("revision = 2\n{}", entry(317, fw, 512, &verify)));
+    let settling = |round: u32| {
+        window(&h, 317).is_some_and(|w| w.phase.as_str() == "settling" && w.reapplied == round)
+    };
+    let d = h.spawn_daemon();
+    common::eventually(&d, Duration::from_secs(30), "the first window", || {
+        settling(0)
+    })
+    .await;
+    sigkill(d).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d = h.spawn_daemon();
+    common::eventually(&d, Duration::from_secs(30), "the re-applied window", || {
+        settling(1)
+    })
+    .await;
+    sigkill(d).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let d = h.spawn_daemon();
+    until_phase(&h, &d, 317, "reverted").await;
+    d.stop().await;
+    let w = window(&h, 317).unwrap();
+    assert_eq!((w.code.as_deref(), w.reapplied), (Some("agent_restart"), 1));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 2, "parked after the second unjudged revert");
+    assert!(String::from_utf8_lossy(&run.stderr).contains("[verify_reverted]"));
+    assert_eq!(
+        pushes(&h, 317, "vmbr0"),
+        4,
+        "push, revert, re-apply, revert"
     );
 }
 

@@ -114,13 +114,25 @@ pub struct VerifyWindow {
     pub code: Option<String>,
     /// The outcome in a sentence.
     pub reason: Option<String>,
+    /// Automatic re-applies of this same change so far: a change reverted only because the
+    /// agent was down past its deadline was never judged, so it is pushed once more.
+    #[serde(default)]
+    pub reapplied: u32,
     pub history: Vec<VerifyTransition>,
 }
 
 impl VerifyWindow {
     /// A reverted change or a conflict holds the guest's risky keys until the document changes.
     pub fn is_parked(&self) -> bool {
-        matches!(self.phase, VerifyPhase::Reverted | VerifyPhase::Conflict)
+        matches!(self.phase, VerifyPhase::Reverted | VerifyPhase::Conflict) && !self.may_reapply()
+    }
+
+    /// Reverted only because the deadline passed while the agent was down (`agent_restart`),
+    /// for the first time: the probes never judged the change, so it may be pushed once more.
+    pub fn may_reapply(&self) -> bool {
+        self.phase == VerifyPhase::Reverted
+            && self.code.as_deref() == Some("agent_restart")
+            && self.reapplied == 0
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `verify` tree: one verify window per guest (`ct/<vmid>`), rewritten durably on every
-//! phase so a restart finds exactly the phase the agent reached.
+//! phase so a restart finds exactly the phase the agent reached; the window it replaced is kept
+//! as `prev/<vmid>` (a re-applied change still shows why it was reverted).
 
 use super::{Journal, now_ms, sled_err};
 use crate::JournalError;
@@ -7,6 +8,10 @@ use crate::verify::{MAX_HISTORY, VerifyPhase, VerifyTransition, VerifyWindow};
 
 fn key(vmid: u32) -> String {
     format!("ct/{vmid}")
+}
+
+fn prev_key(vmid: u32) -> String {
+    format!("prev/{vmid}")
 }
 
 impl Journal {
@@ -39,7 +44,28 @@ impl Journal {
         }
         window.phase = phase;
         let tree = self.verify_tree()?;
+        if let Some(stored) = tree
+            .get(key(window.vmid))
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+            && let Ok(old) = self.dec::<VerifyWindow>("verify window", &stored)
+            && (old.armed_at_ms, old.step_id) != (window.armed_at_ms, window.step_id)
+        {
+            tree.insert(prev_key(window.vmid), stored)
+                .map_err(|e| sled_err(&self.inner.dir, e))?;
+        }
         self.put(&tree, key(window.vmid), self.enc(window)?)
+    }
+
+    /// The window the guest's current one replaced, if any.
+    pub fn previous_verify_window(&self, vmid: u32) -> Result<Option<VerifyWindow>, JournalError> {
+        let tree = self.verify_tree()?;
+        match tree
+            .get(prev_key(vmid))
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+        {
+            Some(v) => Ok(Some(self.dec("verify window", &v)?)),
+            None => Ok(None),
+        }
     }
 
     /// The guest's window, open or closed.
@@ -58,7 +84,7 @@ impl Journal {
     pub fn verify_windows(&self) -> Result<Vec<VerifyWindow>, JournalError> {
         let tree = self.verify_tree()?;
         let mut out = Vec::new();
-        for kv in tree.iter() {
+        for kv in tree.scan_prefix("ct/") {
             let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
             out.push(self.dec("verify window", &v)?);
         }
@@ -68,8 +94,9 @@ impl Journal {
     /// Forgets a guest's window (the guest is gone).
     pub fn remove_verify(&self, vmid: u32) -> Result<(), JournalError> {
         let tree = self.verify_tree()?;
-        tree.remove(key(vmid))
-            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        for k in [key(vmid), prev_key(vmid)] {
+            tree.remove(k).map_err(|e| sled_err(&self.inner.dir, e))?;
+        }
         self.durable()
     }
 

@@ -610,8 +610,21 @@ impl Engine {
                 spec_fingerprint: risk::fingerprint(spec),
                 code: None,
                 reason: None,
+                reapplied: 0,
                 history: Vec::new(),
             };
+            // The one automatic re-apply of a change the agent's downtime reverted unjudged.
+            // A window that never reached PVE passes its count on, so no restart resets it.
+            if let Ok(Some(prev)) = self.inner.store.verify_window(vmid)
+                && prev.spec_fingerprint == w.spec_fingerprint
+            {
+                if prev.may_reapply() {
+                    w.reapplied = prev.reapplied + 1;
+                    info!("re-applying once: the last window was reverted unjudged (agent_restart)");
+                } else if prev.phase == VerifyPhase::NeverApplied {
+                    w.reapplied = prev.reapplied;
+                }
+            }
             let detail = format!(
                 "old {}; baseline {}",
                 w.old
