@@ -29,13 +29,28 @@ struct GuestNet {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What the guest's service looks like from the host while it is cut off.
+#[derive(Clone, Copy, PartialEq)]
+enum Down {
+    /// Nothing listens: a connect is refused at once.
+    Refused,
+    /// A listener whose accept queue (backlog 0) is full: a connect hangs, as to a guest whose
+    /// packets are dropped.
+    BlackHole,
+}
+
 impl GuestNet {
     async fn follow(h: Arc<Host>, vmid: u32) -> GuestNet {
+        GuestNet::follow_with(h, vmid, Down::Refused).await
+    }
+
+    async fn follow_with(h: Arc<Host>, vmid: u32, down: Down) -> GuestNet {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
         let task = tokio::spawn(async move {
             let mut listener: Option<tokio::net::TcpListener> = None;
+            let mut hole: Option<(tokio::net::TcpListener, std::net::TcpStream)> = None;
             loop {
                 let up = h.sim.guest(vmid).is_some_and(|g| {
                     g.running
@@ -44,11 +59,24 @@ impl GuestNet {
                             .is_some_and(|n| n.contains("bridge=vmbr0"))
                 });
                 if up && listener.is_none() {
+                    hole = None;
                     listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
                         .await
                         .ok();
                 } else if !up {
                     listener = None;
+                    if down == Down::BlackHole && hole.is_none() {
+                        let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+                        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                        sock.set_reuseaddr(true).unwrap();
+                        if sock.bind(addr).is_ok()
+                            && let Ok(l) = sock.listen(0)
+                        {
+                            // One queued connection fills it; every later SYN is dropped.
+                            let filler = std::net::TcpStream::connect(addr).unwrap();
+                            hole = Some((l, filler));
+                        }
+                    }
                 }
                 if let Some(l) = &listener {
                     // Accept whatever is waiting, so the backlog never fills.
@@ -696,4 +724,41 @@ async fn an_open_window_does_not_hold_up_other_guests() {
     until_phase(&h, &d, 321, "committed").await;
     d.stop().await;
     assert!(still_open, "CT 322 had to wait for CT 321's window");
+}
+
+/// A probe whose connect hangs (the guest's packets are dropped) fails at its timeout; the
+/// agent keeps answering meanwhile, and the change is reverted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_probe_fails_at_its_timeout_and_the_agent_keeps_answering() {
+    let h = Arc::new(Host::start(vec![]).await);
+    let net = GuestNet::follow_with(h.clone(), 331, Down::BlackHole).await;
+    let verify = net.verify("settle_s = 1\nrevert_after_s = 30\nsuccesses = 1\ntimeout_s = 2");
+    created(&h, 331, &verify).await;
+    h.desired(&format!(
+        "revision = 2\n{}",
+        entry(331, VMBR1, 512, &verify)
+    ));
+    let d = h.spawn_daemon();
+    until_phase(&h, &d, 331, "probing").await;
+    // The probe hangs now; the control socket answers all the same.
+    let status = h.drover_async(&["status"]).await;
+    assert!(
+        stdout(&status).contains("verify probing net0"),
+        "{}",
+        stdout(&status)
+    );
+    until_phase(&h, &d, 331, "reverted").await;
+    d.stop().await;
+    let w = window(&h, 331).unwrap();
+    assert_eq!(w.code.as_deref(), Some("probe_failed"));
+    let reason = w.reason.unwrap_or_default();
+    assert!(reason.contains("no answer within 2s"), "{reason}");
+    assert!(
+        h.sim
+            .guest(331)
+            .unwrap()
+            .net0
+            .unwrap()
+            .contains("bridge=vmbr0")
+    );
 }

@@ -129,8 +129,12 @@ impl Snapshot {
 
     /// One line for systemd's STATUS=.
     pub fn summary(&self) -> String {
+        let verifying = match self.count(GuestState::Verifying) {
+            0 => String::new(),
+            n => format!(", {n} verifying"),
+        };
         format!(
-            "rev {}{}: {} converged, {} pending, {} awaiting approval, {} failed",
+            "rev {}{}: {} converged, {} pending, {} awaiting approval, {} failed{verifying}",
             self.desired_revision
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),

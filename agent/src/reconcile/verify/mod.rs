@@ -527,7 +527,13 @@ impl Engine {
         if let Err(e) = self.inner.store.submitted(&id, &upid) {
             return Err(LaneOutcome::Transient(format!("journaling {upid}: {e}")));
         }
-        match self.inner.pve.wait(&upid, StepKind::Reboot).await {
+        let outcome = tokio::select! {
+            o = self.inner.pve.wait(&upid, StepKind::Reboot) => o,
+            // The reboot's UPID is journaled: the next start re-attaches, and the window (still
+            // `reverting`) finds the old values live.
+            _ = self.wait_shutdown() => return Err(LaneOutcome::Waiting),
+        };
+        match outcome {
             Ok(TaskOutcome::Ok | TaskOutcome::Warnings(_)) => {
                 self.close(&id, StepOutcome::Ok);
                 Ok(())
