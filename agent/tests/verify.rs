@@ -762,3 +762,26 @@ async fn a_hanging_probe_fails_at_its_timeout_and_the_agent_keeps_answering() {
             .contains("bridge=vmbr0")
     );
 }
+
+/// A stopped guest cannot be cut off: its change is applied directly, without a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_guest_changes_without_a_window() {
+    let h = Arc::new(Host::start(vec![]).await);
+    let stopped = |net0: &str| {
+        entry(341, net0, 512, "settle_s = 1\nrevert_after_s = 5")
+            .replace("ensure = \"running\"", "ensure = \"stopped\"")
+    };
+    h.desired(&format!("revision = 1\n{}", stopped(VMBR0)));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    h.desired(&format!("revision = 2\n{}", stopped(VMBR1)));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    assert!(
+        h.sim
+            .guest(341)
+            .unwrap()
+            .net0
+            .unwrap()
+            .contains("bridge=vmbr1")
+    );
+    assert!(window(&h, 341).is_none());
+}

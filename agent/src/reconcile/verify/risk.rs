@@ -5,7 +5,7 @@
 use sha2::Digest;
 
 use crate::desired::GuestSpec;
-use crate::model::ActualGuest;
+use crate::model::{ActualGuest, Power};
 use crate::reconcile::planner::{GuestPlan, Note, Step, StepKind};
 use crate::store::VerifyWindow;
 
@@ -83,6 +83,10 @@ pub fn shape_plan(
     let (Some(_), Some(actual)) = (&spec.verify, actual) else {
         return;
     };
+    if actual.power != Power::Running {
+        // A stopped guest cannot be cut off: its change takes effect when it starts.
+        return;
+    }
     let Some(i) = gp.steps.iter().position(|s| s.kind == StepKind::SetConfig) else {
         return;
     };
@@ -119,6 +123,7 @@ pub fn shape_plan(
 pub fn needs_window(step: &Step, spec: &GuestSpec, actual: Option<&ActualGuest>) -> bool {
     let Some(actual) = actual else { return false };
     spec.verify.is_some()
+        && actual.power == Power::Running
         && step.kind == StepKind::SetConfig
         && !step.params.is_empty()
         && step.params.iter().all(|(k, v)| is_risky(k, actual, v))
@@ -128,7 +133,7 @@ pub fn needs_window(step: &Step, spec: &GuestSpec, actual: Option<&ActualGuest>)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::model::{ActualConfig, Power};
+    use crate::model::ActualConfig;
     use std::collections::BTreeMap;
 
     fn actual() -> ActualGuest {
