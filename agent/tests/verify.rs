@@ -785,3 +785,77 @@ async fn a_stopped_guest_changes_without_a_window() {
     );
     assert!(window(&h, 341).is_none());
 }
+
+/// Crash loop for verify windows: `drover run` is SIGKILLed at random moments while the
+/// document moves the guest's network every round, a third of the rounds onto a bridge the
+/// host cannot reach. Whatever phase a kill hits, a change that cut the guest off is never
+/// committed (the outcome comes from the probes and the live values, not from a restart), and
+/// the host ends on the last document's change, committed. `DROVER_VERIFY_CRASH_ROUNDS` sets
+/// the number of kills (default 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_never_commits_a_change_that_cut_the_guest_off() {
+    let rounds: u32 = std::env::var("DROVER_VERIFY_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let h = Arc::new(Host::start(vec![]).await);
+    let net = GuestNet::follow(h.clone(), 351).await;
+    let verify = net.verify("settle_s = 1\nrevert_after_s = 3\nsuccesses = 1");
+    created(&h, 351, &verify).await;
+    let net0 = |r: u32| match r % 3 {
+        0 => "name=eth0,bridge=vmbr0,firewall=1,ip=dhcp",
+        1 => VMBR1,
+        _ => VMBR0,
+    };
+    let never_committed_unreachable = |h: &Host, when: &str| {
+        for w in [window(h, 351), previous(h, 351)].into_iter().flatten() {
+            let new = w.new["net0"].clone().unwrap_or_default();
+            assert!(
+                !(w.phase.as_str() == "committed" && new.contains("bridge=vmbr1")),
+                "{when}: a change that cut the guest off was committed: {w:?}"
+            );
+        }
+    };
+    let mut phases_hit = std::collections::BTreeSet::new();
+    for r in 0..rounds {
+        h.desired(&format!(
+            "revision = {}\n{}",
+            r + 2,
+            entry(351, net0(r), 512, &verify)
+        ));
+        let mut child = h.command(&["run"]).spawn().expect("drover starts");
+        let wait_ms = 300 + (r as u64 * 7919) % 2600;
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        if let Some(w) = window(&h, 351) {
+            phases_hit.insert(w.phase.as_str().to_string());
+        }
+        never_committed_unreachable(&h, &format!("after kill {r}"));
+    }
+    println!("verify crash loop: {rounds} SIGKILLs; windows found in {phases_hit:?}");
+    // The last document's change is reachable: the host converges on it.
+    let last = (0..rounds).rev().find(|r| r % 3 != 1).unwrap_or(0);
+    h.desired(&format!(
+        "revision = {}\n{}",
+        rounds + 2,
+        entry(351, net0(last), 512, &verify)
+    ));
+    let mut converged = false;
+    for _ in 0..10 {
+        let run = h.drover_async(&["run", "--once"]).await;
+        never_committed_unreachable(&h, "while converging");
+        if code(&run) == 0 {
+            converged = true;
+            break;
+        }
+    }
+    assert!(converged, "the host did not converge after {rounds} kills");
+    let live = h.sim.guest(351).unwrap().net0.unwrap();
+    assert!(live.contains("bridge=vmbr0"), "{live}");
+    assert_eq!(
+        live.contains("firewall=1"),
+        net0(last).contains("firewall=1"),
+        "{live}"
+    );
+}
