@@ -859,3 +859,32 @@ async fn sigkill_at_random_moments_never_commits_a_change_that_cut_the_guest_off
         "{live}"
     );
 }
+
+/// Suspending a guest does not cancel its open window: the safety net still ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_guest_still_ends_its_window() {
+    let h = Arc::new(Host::start(vec![]).await);
+    let net = GuestNet::follow(h.clone(), 361).await;
+    let verify = net.verify("settle_s = 2\nrevert_after_s = 30\nsuccesses = 1");
+    created(&h, 361, &verify).await;
+    h.desired(&format!(
+        "revision = 2\n{}",
+        entry(361, VMBR1, 512, &verify)
+    ));
+    let d = h.spawn_daemon();
+    until_phase(&h, &d, 361, "settling").await;
+    let out = h
+        .drover_async(&["suspend", "361", "--reason", "looking at it"])
+        .await;
+    assert_eq!(code(&out), 0);
+    until_phase(&h, &d, 361, "reverted").await;
+    d.stop().await;
+    assert!(
+        h.sim
+            .guest(361)
+            .unwrap()
+            .net0
+            .unwrap()
+            .contains("bridge=vmbr0")
+    );
+}
