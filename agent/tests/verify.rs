@@ -45,6 +45,21 @@ impl GuestNet {
     }
 
     async fn follow_with(h: Arc<Host>, vmid: u32, down: Down) -> GuestNet {
+        GuestNet::follow_rule(h, vmid, down, |g| {
+            g.net0
+                .as_deref()
+                .is_some_and(|n| n.contains("bridge=vmbr0"))
+        })
+        .await
+    }
+
+    /// Reachable while the CT runs and `rule` holds for it as PVE runs it.
+    async fn follow_rule(
+        h: Arc<Host>,
+        vmid: u32,
+        down: Down,
+        rule: fn(&pve_sim::GuestView) -> bool,
+    ) -> GuestNet {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
@@ -52,12 +67,7 @@ impl GuestNet {
             let mut listener: Option<tokio::net::TcpListener> = None;
             let mut hole: Option<(tokio::net::TcpListener, std::net::TcpStream)> = None;
             loop {
-                let up = h.sim.guest(vmid).is_some_and(|g| {
-                    g.running
-                        && g.net0
-                            .as_deref()
-                            .is_some_and(|n| n.contains("bridge=vmbr0"))
-                });
+                let up = h.sim.guest(vmid).is_some_and(|g| g.running && rule(&g));
                 if up && listener.is_none() {
                     hole = None;
                     listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
