@@ -411,6 +411,17 @@ async fn restart_while_settling_resumes_and_commits() {
         .cloned()
         .unwrap();
     assert_eq!(line["verify"]["phase"], "committed", "{line}");
+    let shown: Vec<&str> = line["verify"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        shown,
+        ["armed", "settling", "probing", "committed"],
+        "{line}"
+    );
     d.stop().await;
     let configs = h
         .sim

@@ -94,6 +94,8 @@ pub struct VerifyLine {
     pub message: String,
     /// A reverted change waits for the desired entry to change.
     pub parked: bool,
+    /// Every phase of the window: `(phase, unix ms, detail)`, oldest first.
+    pub history: Vec<(String, i64, String)>,
 }
 
 /// The whole board.

@@ -80,6 +80,11 @@ pub fn status_line(w: &VerifyWindow) -> VerifyLine {
             .map(|t| t.detail.clone())
             .unwrap_or_default(),
         parked: w.is_parked(),
+        history: w
+            .history
+            .iter()
+            .map(|t| (t.phase.clone(), t.at_ms, t.detail.clone()))
+            .collect(),
     }
 }
 
