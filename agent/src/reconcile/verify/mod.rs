@@ -223,6 +223,10 @@ impl Engine {
             };
             match self.inner.pve.client.task_status(&upid).await {
                 Ok(st) if st.exit().is_none() => return recheck_at(now_ms() + 1000),
+                Err(e) if !e.is_not_found() => {
+                    return pve_failure(&e, "reading the reboot of a verify window");
+                }
+                // Ended (however: the probes judge the guest), or PVE no longer knows it.
                 Ok(_) | Err(_) => {
                     w.settle_until_ms = now_ms() + w.settle_ms as i64;
                     let detail = format!("rebooted ({upid}); settling");
