@@ -11,6 +11,7 @@ pub mod pve_format;
 pub mod report;
 pub mod source;
 pub mod vocabulary;
+pub mod verify_spec;
 
 pub use document::*;
 

@@ -21,3 +21,4 @@ pub mod pve;
 pub mod recovery;
 pub mod task_estimate;
 pub mod vocabulary;
+pub mod verify;
