@@ -19,9 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep,
-    NonceClaim, NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord,
-    Suspension, SyncTiming, TrustRecord,
+    AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep, NonceClaim,
+    NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
+    TrustRecord,
 };
 
 pub mod copies;

@@ -254,7 +254,8 @@ impl Approvals {
                         if retire {
                             self.retire(&c);
                             let _ = std::fs::remove_file(self.request_path(action));
-                            let _ = std::fs::remove_file(Self::words_path(&self.request_path(action)));
+                            let _ =
+                                std::fs::remove_file(Self::words_path(&self.request_path(action)));
                         }
                         return Ok((Lookup::Approved(Box::new(approved)), Some(c)));
                     }

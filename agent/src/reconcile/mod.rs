@@ -20,5 +20,5 @@ pub mod privileges;
 pub mod pve;
 pub mod recovery;
 pub mod task_estimate;
-pub mod vocabulary;
 pub mod verify;
+pub mod vocabulary;
