@@ -909,3 +909,54 @@ async fn a_suspended_guest_still_ends_its_window() {
             .contains("bridge=vmbr0")
     );
 }
+
+/// The DNS the guest's service depends on, as the CT runs it: reachable unless its running
+/// `nameserver` is the broken resolver.
+const BROKEN_DNS: &str = "10.0.0.66";
+
+fn with_nameserver(e: String, ns: &str) -> String {
+    e.replace("net0 = ", &format!("nameserver = [\"{ns}\"]\nnet0 = "))
+}
+
+/// A key a running CT only picks up at its next start (`nameserver`): the window reboots the
+/// guest to apply it and judges it then; the revert puts the old value back with a reboot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_applied_at_reboot_is_judged_after_a_reboot_and_reverted_with_one() {
+    let h = Arc::new(Host::start(vec![]).await);
+    let net = GuestNet::follow_rule(h.clone(), 371, Down::Refused, |g| {
+        g.config.get("nameserver").is_none_or(|n| n != BROKEN_DNS)
+    })
+    .await;
+    let verify = net.verify("settle_s = 1\nrevert_after_s = 30\nsuccesses = 1");
+    let doc = |ns: &str| with_nameserver(entry(371, VMBR0, 512, &verify), ns);
+    h.desired(&format!("revision = 1\n{}", doc("10.0.0.53")));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    // A working resolver: rebooted in, probed, committed.
+    h.desired(&format!("revision = 2\n{}", doc("10.0.0.54")));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    let w = window(&h, 371).unwrap();
+    assert_eq!(
+        phases(&w),
+        ["armed", "rebooting", "settling", "probing", "committed"]
+    );
+    let g = h.sim.guest(371).unwrap();
+    assert_eq!(
+        g.config.get("nameserver").map(String::as_str),
+        Some("10.0.0.54")
+    );
+    assert!(g.pending.is_empty(), "{g:?}");
+    assert_eq!(h.sim.count_mutations("reboot", 371), 1);
+    // A broken one: rebooted in, the probe fails, the old value goes back with a reboot.
+    h.desired(&format!("revision = 3\n{}", doc(BROKEN_DNS)));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 2);
+    let w = window(&h, 371).unwrap();
+    assert_eq!(w.phase.as_str(), "reverted");
+    assert_eq!(w.code.as_deref(), Some("probe_failed"));
+    let g = h.sim.guest(371).unwrap();
+    assert_eq!(
+        g.config.get("nameserver").map(String::as_str),
+        Some("10.0.0.54")
+    );
+    assert!(g.pending.is_empty(), "{g:?}");
+    assert_eq!(h.sim.count_mutations("reboot", 371), 3);
+}
