@@ -77,6 +77,37 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         ),
         Trust::Valid(_) => {}
     }
+    match &config.safety.storage {
+        None => eprintln!(
+            "drover: warning: [safety_storage_unset] [safety] storage is not set: destructive steps will be refused (no safety copy, no destruction)"
+        ),
+        Some(storage) if pve_checked.is_some() => {
+            // The storage must exist here, be active and hold backups.
+            let checked = match daemon::pve_from_config(&config, WaitPolicy::production()) {
+                Ok(pve) => pve
+                    .client
+                    .storage_status(&config.host, storage)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|st| {
+                        if !st.supports("backup") {
+                            Err(format!("its content is {:?}, without `backup`", st.content))
+                        } else if st.active == Some(false) {
+                            Err("it is not active".to_string())
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = checked {
+                eprintln!(
+                    "drover: warning: [safety_storage_unusable] safety storage {storage:?}: {why}; destructive steps will be refused"
+                );
+            }
+        }
+        Some(_) => {}
+    }
     match Source::from_config(&config) {
         Err(e) => problems.push(format!("source: {e}")),
         Ok(Source::Hub { .. }) if offline => {}
@@ -235,7 +266,24 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 doc.revision
             ))
         );
-        crate::out!("{}", plan.to_text_styled(style));
+        let approvals = crate::operator::render::ApprovalPath {
+            pending_dir: engine.approvals().pending_dir.clone(),
+            domain: trust
+                .as_ref()
+                .map(|t| t.domain.clone())
+                .unwrap_or_else(|| "DOMAIN".into()),
+            elsewhere: Some(match &source {
+                Source::Dir(d) => format!(
+                    "{}/ (the desired directory's approvals)",
+                    d.approvals_dir().display()
+                ),
+                Source::Hub { .. } => format!(
+                    "hosts/{}/approvals/ on the hub, listed in its index.json (drover fleet add-approvals)",
+                    config.host
+                ),
+            }),
+        };
+        crate::out!("{}", plan.to_text_with(style, Some(&approvals)));
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS
@@ -394,6 +442,28 @@ fn rfc3339(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| ms.to_string())
+}
+
+/// `drover copies [VMID]`: the journal's safety-copy manifests (read-only snapshot, so it
+/// works while the daemon runs).
+pub fn copies(path: &Path, vmid: Option<u32>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let store = Store::open_read_only(&config.state_dir)
+        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let copies: Vec<_> = store
+        .copies()?
+        .into_iter()
+        .filter(|c| vmid.is_none_or(|v| c.vmid == v))
+        .collect();
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&crate::operator::copies::render_json(&copies))?
+        );
+    } else {
+        crate::out!("{}", crate::operator::copies::render_text(&copies));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `drover approvals`.
@@ -882,6 +952,23 @@ pub fn status_table(body: &serde_json::Value) -> String {
             }
         );
     }
+    // Signed jobs that are not over yet (`drover jobs` lists them all).
+    for j in body["jobs"].as_array().into_iter().flatten() {
+        let state = s(&j["state"]);
+        if matches!(state.as_str(), "pending_signature" | "queued" | "running") {
+            let _ = writeln!(
+                out,
+                "job {} of CT {}: {state}{}",
+                s(&j["kind"]),
+                s(&j["vmid"]),
+                if state == "running" {
+                    format!(" ({})", s(&j["phase"]))
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     if body["trust"]["valid"] == false {
         let _ = writeln!(
             out,
@@ -900,6 +987,42 @@ pub fn status_table(body: &serde_json::Value) -> String {
             s(&body["trust"]["version"]),
             s(&body["trust"]["sha256"]).get(..12).unwrap_or("?")
         );
+    }
+    match body["safety"]["storage"].as_str() {
+        Some(storage) => {
+            let counts: Vec<String> = body["safety"]["copies"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{} {k}", s(v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "safety copies on {storage}: {}",
+                if counts.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    counts.join(", ")
+                }
+            );
+            for c in body["safety"]["live"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  CT {} {} {} {}",
+                    s(&c["vmid"]),
+                    s(&c["kind"]),
+                    s(&c["state"]),
+                    c["volid"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        None if body["safety"].is_object() => {
+            let _ = writeln!(
+                out,
+                "safety copies: [safety] storage not set; destructive steps are refused (safety_storage_unset)"
+            );
+        }
+        None => {}
     }
     for sus in body["suspensions"].as_array().into_iter().flatten() {
         let _ = writeln!(

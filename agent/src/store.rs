@@ -18,6 +18,8 @@ use crate::model::step::{Step, StepKind};
 /// How the agent's own create step ended (for `create_left_guest`).
 pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
+/// A signed job's journal record and how it ended (see `jobs`).
+pub use journal::{JobEnd, JobRecord};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -442,6 +444,30 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes a signed job's record (a phase reached), durably.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.j.put_job(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.j.job(id)
+    }
+
+    /// Every job record, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.j.jobs()
+    }
+
+    /// The job of `vmid` that has not ended, if any (at most one runs per guest).
+    pub fn active_job(&self, vmid: u32) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .find(|j| j.vmid == vmid && j.end.is_none()))
+    }
+}
+
 impl NonceLedger for Store {
     fn state_epoch(&self) -> String {
         self.j.state_epoch()
@@ -475,5 +501,50 @@ impl NonceLedger for Store {
 impl ProvenanceSource for Store {
     fn provenance(&self, vmid: u32) -> Option<GuestProvenance> {
         Store::provenance(self, vmid)
+    }
+}
+
+/// Safety-copy manifests (`safety/`): the journal's record, under the agent's names.
+pub use journal::{CopyState, MANIFEST_VERSION, SafetyCopy as CopyManifest};
+
+impl Store {
+    /// Writes a manifest durably (before the PVE call it describes).
+    pub fn put_copy(&self, m: &CopyManifest) -> Result<(), StoreError> {
+        self.j.put_copy(m)
+    }
+
+    pub fn copy(&self, id: &str) -> Result<Option<CopyManifest>, StoreError> {
+        self.j.copy_record(id)
+    }
+
+    /// Every manifest, oldest first.
+    pub fn copies(&self) -> Result<Vec<CopyManifest>, StoreError> {
+        self.j.copy_records()
+    }
+
+    /// Forgets manifests of deleted/failed copies beyond the newest `keep` per guest.
+    pub fn prune_copies(&self, keep: usize) -> Result<u64, StoreError> {
+        self.j.prune_copy_records(keep)
+    }
+
+    /// How a journaled step ended, for a safety copy's protection window: `None` while it
+    /// is not done; `Some((done_at_ms, reached_pve))`, where `reached_pve` says whether its
+    /// destructive call was submitted (an abandoned step that never was destroyed nothing).
+    /// `Err` only for an unreadable journal; a step compacted away reads as done now.
+    pub fn step_end(&self, id: u64) -> Result<Option<(i64, bool)>, StoreError> {
+        Ok(match self.j.get(journal::StepId(id))? {
+            None => Some((now_ms(), true)),
+            Some(r) => match &r.phase {
+                journal::Phase::Done { upid, .. } => {
+                    Some((r.done_at_ms.unwrap_or_else(now_ms), upid.is_some()))
+                }
+                _ => None,
+            },
+        })
+    }
+
+    /// Consumes a nonce the gate verified through a deferred ledger (`safety::deferred`).
+    pub fn consume_deferred(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
+        NonceLedger::consume(self, claim)
     }
 }

@@ -523,6 +523,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            bind: BTreeMap::new(),
         }
     }
 

@@ -236,6 +236,10 @@ pub struct StorageFaults {
     pub vzdump_crash: BTreeSet<u32>,
     /// Restores of these vmids fail while extracting (after the old CT is destroyed).
     pub restore_fail: BTreeSet<u32>,
+    /// Restores *from* these archives (volids) fail while extracting, as a corrupt archive
+    /// does; restores from other archives onto the same vmid work (an undo from a copy).
+    #[serde(default)]
+    pub restore_fail_archives: BTreeSet<String>,
     /// The node dies while restoring these vmids, after the old volumes are freed: the task
     /// ends `unexpected status` and the config holds only `lock: create` (which the API
     /// cannot clear, `safety-nets.md` §1.5).

@@ -56,6 +56,10 @@ pub struct Report {
     /// The trust document in force.
     pub trust_version: Option<u64>,
     pub pending_approvals: Vec<PendingRequest>,
+    /// Signed-job requests rendered on this host and waiting for a signature (`drover job
+    /// new`); the jobs themselves, queued, running and ended, are in `status.jobs`.
+    #[serde(default)]
+    pub pending_jobs: Vec<PendingRequest>,
     /// As `drover status --output json`.
     pub status: serde_json::Value,
     pub recent_steps: serde_json::Value,
@@ -80,6 +84,7 @@ impl Report {
             source_error_code: status["source"]["error_code"].as_str().map(str::to_string),
             trust_version: status["trust"]["version"].as_u64(),
             pending_approvals,
+            pending_jobs: Vec::new(),
             status,
             recent_steps,
         }

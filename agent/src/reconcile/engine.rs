@@ -50,7 +50,7 @@ pub(super) struct Inner {
     settings: EngineSettings,
     pub(super) pve: Pve,
     pub(super) store: Store,
-    approvals: Approvals,
+    pub(super) approvals: Approvals,
     trust: TrustInForce,
     /// Host-wide plan notes (the fuses) already logged, so a tripped fuse is logged when it
     /// trips, not on every pass.
@@ -65,9 +65,16 @@ pub(super) struct Inner {
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
     pub status: StatusBoard,
+    /// What each lane turn read of its guest (`lane_reads`: fewer requests per step).
+    pub(super) lane_reads: crate::reconcile::lane_reads::LaneReads,
     metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
     pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
+    /// Signed jobs, asked first in every lane turn (see `job_slot`).
+    jobs: RwLock<Option<Arc<dyn crate::reconcile::job_slot::GuestJobs>>>,
+    /// Safety copies before destructive steps (`safety/`); `None` refuses every step that
+    /// needs one (`safety_storage_unset`).
+    pub(super) safety: RwLock<Option<crate::safety::SafetyCopies>>,
 }
 
 impl Engine {
@@ -99,10 +106,18 @@ impl Engine {
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
+                lane_reads: Default::default(),
                 lanes,
                 shutdown,
+                jobs: RwLock::new(None),
+                safety: RwLock::new(None),
             }),
         }
+    }
+
+    /// Installs the signed-job runner the lanes ask before planning a guest.
+    pub fn set_jobs(&self, jobs: Arc<dyn crate::reconcile::job_slot::GuestJobs>) {
+        *self.inner.jobs.write().unwrap_or_else(|p| p.into_inner()) = Some(jobs);
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -143,6 +158,12 @@ impl Engine {
             },
             Trust::Invalid { .. } => crate::reconcile::metrics::TrustGauges::default(),
         });
+        if let Ok(jobs) = self.inner.store.jobs() {
+            m.jobs_running.store(
+                jobs.iter().filter(|j| j.end.is_none()).count() as u64,
+                Relaxed,
+            );
+        }
         if let Ok(n) = self.inner.store.in_flight_count() {
             m.journal_inflight_steps.store(n as u64, Relaxed);
         }
@@ -280,6 +301,7 @@ impl Engine {
             vmid: step.vmid,
             guest_config_sha1: digest.filter(|d| !d.is_empty()).map(str::to_string),
             params: step.params.clone(),
+            bind: Default::default(),
         }
     }
 
@@ -583,6 +605,10 @@ impl Engine {
             )),
         };
         self.inner.status.record_outcome(vmid, &outcome);
+        if outcome != LaneOutcome::Progressed {
+            // Only a turn that continues right away may use what this one read.
+            self.inner.lane_reads.forget(vmid);
+        }
         let label = match &outcome {
             LaneOutcome::Converged => "converged",
             LaneOutcome::Progressed => "progressed",
@@ -602,9 +628,25 @@ impl Engine {
         }
         // 1. A step still in flight is resolved before anything new is planned.
         match self.inner.store.in_flight_for(vmid) {
-            Ok(Some(rec)) => return self.resolve(rec, true).await,
+            Ok(Some(rec)) => {
+                // Resolved from fresh reads, never from what an earlier turn kept.
+                self.inner.lane_reads.forget(vmid);
+                return self.resolve(rec, true).await;
+            }
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        // 1b. A signed job of this guest owns the lane until it ends (`job_slot`).
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(jobs) = jobs
+            && let Some(outcome) = jobs.turn(vmid).await
+        {
+            return outcome;
         }
         if self.inner.store.is_suspended(vmid) {
             self.inner.status.set_state(vmid, GuestState::Suspended);
@@ -616,8 +658,8 @@ impl Engine {
         let Some(spec) = desired.doc.guests.get(&vmid).cloned() else {
             return LaneOutcome::Converged;
         };
-        // 2. Fresh state, fresh plan.
-        let actual = match self.inner.pve.read_guest(vmid).await {
+        // 2. Fresh state (or the previous turn's confirmation read of a moment ago), fresh plan.
+        let actual = match self.read_for_turn(vmid).await {
             Ok(a) => a,
             Err(e) => return pve_failure(&e, "reading the guest"),
         };
@@ -660,28 +702,68 @@ impl Engine {
                     return LaneOutcome::Waiting;
                 }
             };
-            let action = self.bound_action(&step, digest.as_deref());
+            let mut action = self.bound_action(&step, digest.as_deref());
+            // A destroy needs a verified safety copy first: every refusal is checked now,
+            // before anything is stopped, and what the copy cannot hold is bound into the
+            // approval (`bind.safety`, `bind.uncovered`).
+            let guard = if step.kind == StepKind::Destroy {
+                match self.safety_preflight(vmid).await {
+                    Ok(pre) => {
+                        action.bind = pre.binding();
+                        Some(pre)
+                    }
+                    Err(e) => {
+                        self.inner.status.set_blocked(vmid, e.code, &e.to_string());
+                        return if e.transient {
+                            LaneOutcome::Transient(e.to_string())
+                        } else {
+                            LaneOutcome::Waiting
+                        };
+                    }
+                }
+            } else {
+                None
+            };
             let ctx = self.gate_context(&trust);
             let now = unix_now();
             // Reading approval files is blocking file I/O: off the async workers, so a slow
             // or hostile directory never holds up other lanes, the socket or SIGTERM.
             let engine = self.clone();
             let domain = trust.domain.clone();
+            let deferred = guard.is_some();
+            let looked_up = action.clone();
             let found = tokio::task::spawn_blocking(move || {
                 let inner = &engine.inner;
                 let audit = |d: Decision| {
                     inner.metrics.gate_decision(&d.code);
                     inner.store.audit(&d)
                 };
-                inner
-                    .approvals
-                    .lookup(&ctx, &trust, &action, now, &inner.store, &audit)
+                if deferred {
+                    // The nonce is consumed only after the copy is verified.
+                    let ledger = crate::safety::deferred::DeferredLedger::new(&inner.store);
+                    let (lookup, candidate) = inner
+                        .approvals
+                        .lookup_deferred(&ctx, &trust, &looked_up, now, &ledger, &audit)?;
+                    Ok((lookup, candidate, ledger.take_claim()))
+                } else {
+                    inner
+                        .approvals
+                        .lookup(&ctx, &trust, &looked_up, now, &inner.store, &audit)
+                        .map(|l| (l, None, None))
+                }
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("approval lookup: {e}"))));
             match found {
-                Ok(Lookup::Approved(a)) => approval = Some(*a),
-                Ok(Lookup::Pending { request, new }) => {
+                Ok((Lookup::Approved(a), candidate, claim)) => {
+                    if let Some(pre) = guard {
+                        return self
+                            .execute_guarded(&step, &class, *a, candidate, claim, action, pre)
+                            .await;
+                    }
+                    approval = Some(*a)
+                }
+                Ok((Lookup::Pending { request, new }, _, _)) => {
                     let grace = crate::reconcile::vocabulary::grace_words(
                         self.inner.pve.rules.detach_grace_secs,
                     );
@@ -781,7 +863,7 @@ impl Engine {
     }
 
     /// The call failed: decide between "already done", "maybe happened", retry later and stop.
-    async fn submit_failed(
+    pub(super) async fn submit_failed(
         &self,
         id: crate::store::StepId,
         step: &Step,
@@ -835,7 +917,7 @@ impl Engine {
         LaneOutcome::Terminal(e.to_string())
     }
 
-    fn mark_terminal(&self, vmid: u32) {
+    pub(super) fn mark_terminal(&self, vmid: u32) {
         if let Some(d) = self.desired()
             && let Some(spec) = d.doc.guests.get(&vmid)
         {
@@ -999,8 +1081,8 @@ impl Engine {
         upid: Option<&Upid>,
         outcome: StepOutcome,
     ) -> LaneOutcome {
-        let fresh = match self.inner.pve.read_guest(vmid).await {
-            Ok(f) => f,
+        let (fresh, full_read) = match self.confirmation_read(kind, vmid).await {
+            Ok(c) => (c.guest, c.full),
             // Leave the record in flight; the next turn confirms.
             Err(e) => return pve_failure(&e, "confirming the result"),
         };
@@ -1048,10 +1130,18 @@ impl Engine {
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
+                    if full_read {
+                        self.inner.lane_reads.hand_over(vmid, fresh);
+                    }
                     LaneOutcome::Progressed
                 }
             }
-            _ => LaneOutcome::Progressed,
+            _ => {
+                if full_read {
+                    self.inner.lane_reads.hand_over(vmid, fresh);
+                }
+                LaneOutcome::Progressed
+            }
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct Metrics {
     pve_task_duration: Mutex<BTreeMap<String, Histogram>>,
     pve_api_requests: Mutex<BTreeMap<(String, String), u64>>,
     gate_decisions: Mutex<BTreeMap<String, u64>>,
+    /// Signed jobs that ended, by (kind, outcome: done, failed, refused).
+    jobs_total: Mutex<BTreeMap<(String, String), u64>>,
+    /// Signed jobs accepted and not ended yet.
+    pub jobs_running: AtomicU64,
     guests: Mutex<BTreeMap<String, u64>>,
     pub lane_queue_depth: AtomicU64,
     pub lanes_active: AtomicU64,
@@ -124,6 +128,8 @@ impl Default for Metrics {
             pve_task_duration: Mutex::default(),
             pve_api_requests: Mutex::default(),
             gate_decisions: Mutex::default(),
+            jobs_total: Mutex::default(),
+            jobs_running: AtomicU64::default(),
             guests: Mutex::default(),
             lane_queue_depth: AtomicU64::default(),
             lanes_active: AtomicU64::default(),
@@ -173,6 +179,13 @@ impl Metrics {
     pub fn gate_decision(&self, code: &str) {
         *lock(&self.gate_decisions)
             .entry(code.to_string())
+            .or_default() += 1;
+    }
+
+    /// A signed job ended (`done`, `failed`) or was refused.
+    pub fn job_ended(&self, kind: &str, outcome: &str) {
+        *lock(&self.jobs_total)
+            .entry((kind.to_string(), outcome.to_string()))
             .or_default() += 1;
     }
 
@@ -244,6 +257,19 @@ impl Metrics {
                 .map(|(c, v)| (format!("{{code=\"{}\"}}", esc(c)), *v))
                 .collect(),
         );
+        counter(
+            "drover_jobs_total",
+            "Signed jobs that ended, by kind and outcome (done, failed, refused).",
+            lock(&self.jobs_total)
+                .iter()
+                .map(|((k, o), v)| {
+                    (
+                        format!("{{kind=\"{}\",outcome=\"{}\"}}", esc(k), esc(o)),
+                        *v,
+                    )
+                })
+                .collect(),
+        );
         let mut gauge = |name: &str, help: &str, rows: Vec<(String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (labels, v) in rows {
@@ -259,6 +285,11 @@ impl Metrics {
             "drover_lanes_active",
             "Lanes running a step now.",
             vec![(String::new(), self.lanes_active.load(Ordering::Relaxed))],
+        );
+        gauge(
+            "drover_jobs_running",
+            "Signed jobs accepted and not ended yet.",
+            vec![(String::new(), self.jobs_running.load(Ordering::Relaxed))],
         );
         gauge(
             "drover_pending_approvals",

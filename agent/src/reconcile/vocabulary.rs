@@ -14,7 +14,7 @@ use crate::model::vocabulary::is_host_mount;
 use crate::model::{ActualGuest, MountSource, MountSpec};
 
 /// The grace period between detaching a mount point and deleting its volume, by default.
-pub const DEFAULT_DETACH_GRACE_SECS: i64 = 7 * 24 * 3600;
+pub const DEFAULT_DETACH_GRACE_SECS: i64 = 14 * 24 * 3600;
 
 /// What this host allows beyond the document, from its own `drover.toml` (the hub can never
 /// widen it): host paths that bind mounts may name, devices `dev[n]` may pass through, and
@@ -505,6 +505,6 @@ mod tests {
         assert!(!r.allows_host_path("/srv"));
         assert!(r.allows_device("/dev/dri/renderD128"));
         assert!(!r.allows_device("/dev/dri/card0"));
-        assert_eq!(grace_words(DEFAULT_DETACH_GRACE_SECS), "7d");
+        assert_eq!(grace_words(DEFAULT_DETACH_GRACE_SECS), "14d");
     }
 }

@@ -56,6 +56,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Where Prometheus metrics are served, if anywhere (loopback only).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[safety]`: safety copies before destructive steps (no storage: they are refused).
+    pub safety: crate::safety::SafetyPolicy,
     /// The file this config was read from (for messages).
     pub path: PathBuf,
     /// `[guests]` host paths and devices a document may name, and `[safety] detach_grace`.
@@ -136,7 +138,7 @@ struct RawConfig {
     #[serde(default)]
     guests: RawGuests,
     #[serde(default)]
-    safety: RawSafety,
+    safety: crate::safety::config::RawSafety,
 }
 
 /// `[guests]`: what this host lets a document expose of itself (the hub can never widen it).
@@ -147,13 +149,6 @@ struct RawGuests {
     host_paths: Vec<String>,
     #[serde(default)]
     devices: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawSafety {
-    /// How long a detached mount point volume is kept before its deletion is planned.
-    detach_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,7 +323,6 @@ impl Config {
             p => p,
         };
         let source = source_config(raw.source, &invalid)?;
-        let rules = host_rules(&raw.guests, &raw.safety, &invalid)?;
         let metrics_listen = match &raw.metrics.listen {
             None => None,
             Some(l) => {
@@ -346,7 +340,11 @@ impl Config {
                 Some(addr)
             }
         };
+        let safety = crate::safety::SafetyPolicy::from_raw(raw.safety)
+            .map_err(|(key, message)| invalid(key, message))?;
+        let rules = host_rules(&raw.guests, safety.detach_grace, &invalid)?;
         Ok(Config {
+            safety,
             control_socket: raw
                 .control
                 .socket
@@ -579,11 +577,10 @@ impl Source {
 }
 
 /// `[guests]` and `[safety] detach_grace` as the planner's host rules. Paths must be absolute
-/// and canonical, devices under `/dev/`. The grace defaults to 7 days; the deletion after it
-/// needs its own signature anyway.
+/// and canonical, devices under `/dev/`.
 fn host_rules(
     g: &RawGuests,
-    s: &RawSafety,
+    detach_grace: Duration,
     invalid: &dyn Fn(&'static str, String) -> ConfigError,
 ) -> Result<crate::reconcile::vocabulary::HostRules, ConfigError> {
     let canonical = |p: &str| {
@@ -613,17 +610,7 @@ fn host_rules(
             ));
         }
     }
-    let detach_grace_secs = match &s.detach_grace {
-        None => crate::reconcile::vocabulary::DEFAULT_DETACH_GRACE_SECS,
-        Some(t) => {
-            let d = humantime::parse_duration(t)
-                .map_err(|e| invalid("safety.detach_grace", format!("{t:?}: {e}")))?;
-            if d < Duration::from_secs(1) {
-                return Err(invalid("safety.detach_grace", "must be at least 1s".into()));
-            }
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
-        }
-    };
+    let detach_grace_secs = i64::try_from(detach_grace.as_secs()).unwrap_or(i64::MAX);
     Ok(crate::reconcile::vocabulary::HostRules {
         host_paths: g.host_paths.clone(),
         devices: g.devices.clone(),
@@ -668,7 +655,7 @@ file = "/etc/drover/trust"
     fn host_rules_come_from_guests_and_safety() {
         let c = Config::parse(GOOD, Path::new("d.toml")).unwrap();
         assert!(c.rules.host_paths.is_empty() && c.rules.devices.is_empty());
-        assert_eq!(c.rules.detach_grace_secs, 7 * 24 * 3600);
+        assert_eq!(c.rules.detach_grace_secs, 14 * 24 * 3600);
         let text = format!(
             "{GOOD}\n[guests]\nhost_paths = [\"/srv/shared\"]\ndevices = [\"/dev/dri/renderD128\"]\n\n[safety]\ndetach_grace = \"36h\"\n"
         );
