@@ -890,14 +890,29 @@ pub fn status_table(body: &serde_json::Value) -> String {
         "MESSAGE".into(),
     ]];
     for g in body["guests"].as_array().into_iter().flatten() {
-        let message = if g["last_error"].is_null() {
+        // A verify window (`reconcile::verify`): "verify settling net0: ..."; an open one first.
+        let v = &g["verify"];
+        let verify = (!v.is_null()).then(|| {
+            let keys: Vec<String> = v["keys"].as_array().into_iter().flatten().map(s).collect();
+            format!(
+                "verify {} {}: {}",
+                s(&v["phase"]),
+                keys.join(","),
+                s(&v["message"])
+            )
+        });
+        let open = !v.is_null() && !v["deadline_unix"].is_null();
+        let message = if !g["last_error"].is_null() {
+            s(&g["last_error"])
+        } else if let Some(line) = verify.clone().filter(|_| open) {
+            line
+        } else {
             g["notes"]
                 .as_array()
                 .and_then(|n| n.first())
                 .map(s)
+                .or(verify)
                 .unwrap_or_default()
-        } else {
-            s(&g["last_error"])
         };
         rows.push([
             s(&g["vmid"]),

@@ -20,6 +20,8 @@ pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
 /// A signed job's journal record and how it ended (see `jobs`).
 pub use journal::{JobEnd, JobRecord};
+/// Verify windows of risky changes (`reconcile::verify`): the journal's record, as is.
+pub use journal::{VerifyPhase, VerifyWindow};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -358,6 +360,27 @@ impl Store {
 
     pub fn destroyed(&self, vmid: u32) {
         self.log("forgetting a destroyed guest", self.j.forget(vmid));
+        self.log("forgetting its verify window", self.j.remove_verify(vmid));
+    }
+
+    /// Moves a verify window to `phase`, durably (one journal entry per phase).
+    pub fn put_verify(
+        &self,
+        window: &mut VerifyWindow,
+        phase: VerifyPhase,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.j.put_verify(window, phase, detail)
+    }
+
+    /// The guest's verify window, open or closed.
+    pub fn verify_window(&self, vmid: u32) -> Result<Option<VerifyWindow>, StoreError> {
+        self.j.verify_window(vmid)
+    }
+
+    /// Every verify window (status, recovery).
+    pub fn verify_windows(&self) -> Result<Vec<VerifyWindow>, StoreError> {
+        self.j.verify_windows()
     }
 
     /// Audits a gate decision; a failure is logged (the decision stands).

@@ -360,4 +360,6 @@ impl fmt::Display for CheckReport {
 
 mod store;
 pub use store::copies::{CopyState, MANIFEST_VERSION, SafetyCopy};
+pub mod verify;
 pub use store::{Journal, check, move_aside};
+pub use verify::{VerifyPhase, VerifyTransition, VerifyWindow};

@@ -2,10 +2,11 @@
 //!
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
-//! (vmid or "host" → suspension), `jobs` (nonce → signed job record) and `meta` (epoch, clock high-water, gc horizon, desired
-//! revision and last-known-good document, trust) and `copies` (copy id → safety-copy
-//! manifest, see `copies`). Every value is JSON wrapped as
-//! `{"v":1,"r":...}` so a future format is detected, never misread.
+//! (vmid or "host" → suspension), `jobs` (nonce → signed job record), `meta` (epoch, clock
+//! high-water, gc horizon, desired revision and last-known-good document, trust), `copies`
+//! (copy id → safety-copy manifest, see `copies`) and `verify` (`ct/<vmid>` → verify window,
+//! in `store/verify.rs`). Every value is JSON wrapped as `{"v":1,"r":...}` so a future format
+//! is detected, never misread.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,6 +25,7 @@ use crate::{
 };
 
 pub mod copies;
+mod verify;
 
 const VERSION: u32 = 1;
 /// Audit entries kept (oldest dropped first).
@@ -1191,6 +1193,7 @@ pub fn check(dir: &Path) -> CheckReport {
             .undecodable
             .push(("trust record".into(), e.to_string()));
     }
+    j.check_verify(&mut report);
     report
 }
 

@@ -42,6 +42,8 @@ pub struct GuestSpec {
     pub description: Option<String>,
     /// Mount points, features, DNS, boot order, ... (`desired::vocabulary`).
     pub more: super::vocabulary::Vocabulary,
+    /// How a risky change proves itself (`desired::verify_spec`); `None`: not verified.
+    pub verify: Option<super::verify_spec::VerifySpec>,
 }
 
 /// A validated desired-state document.
@@ -242,6 +244,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         tags: None,
         description: None,
         more: Default::default(),
+        verify: None,
     };
     for key in t.keys() {
         if let Some(why) = super::vocabulary::refused_key(key) {
@@ -260,6 +263,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 | "onboot"
                 | "tags"
                 | "description"
+                | "verify"
         ) || net_index(key).is_some()
             || super::vocabulary::is_vocabulary_key(key);
         if !known {
@@ -350,6 +354,9 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         spec.description = Some(d);
     }
     spec.more = super::vocabulary::parse(t, &e)?;
+    if let Some(v) = t.get("verify") {
+        spec.verify = Some(super::verify_spec::parse(v).map_err(|(f, m)| e(&f, m))?);
+    }
     Ok(spec)
 }
 

@@ -336,16 +336,17 @@ impl Engine {
         let actual = self.inner.pve.read_host().await?;
         let ctx = self.plan_context(doc.guests.keys().copied());
         let mut plan = planner::plan_with(doc, &actual, &ctx);
-        for vmid in doc.guests.keys() {
+        for (vmid, spec) in &doc.guests {
             let Some(g) = actual.guests.get(vmid) else {
                 continue;
             };
-            let gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
+            let mut gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
                 vmid: *vmid,
                 name: g.config.hostname.clone(),
                 steps: Vec::new(),
                 notes: Vec::new(),
             });
+            self.shape_for_verify(&mut gp, spec, Some(g));
             let gp = adoption::require_adoption(gp, Some(g), self.inner.store.is_managed(*vmid));
             if !gp.steps.is_empty() || !gp.notes.is_empty() {
                 plan.guests.insert(*vmid, gp);
@@ -384,6 +385,7 @@ impl Engine {
     ) -> planner::GuestPlan {
         let ctx = self.plan_context([spec.vmid]);
         let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
+        self.shape_for_verify(&mut gp, spec, actual);
         let fused = self
             .inner
             .fused
@@ -399,6 +401,39 @@ impl Engine {
             });
         }
         adoption::require_adoption(gp, actual, self.inner.store.is_managed(spec.vmid))
+    }
+
+    /// Risky keys of a verified guest become a step of their own, withheld while a reverted
+    /// change is parked (`verify::risk::shape_plan`).
+    fn shape_for_verify(
+        &self,
+        gp: &mut planner::GuestPlan,
+        spec: &GuestSpec,
+        actual: Option<&ActualGuest>,
+    ) {
+        if spec.verify.is_none() {
+            return;
+        }
+        let window = self.inner.store.verify_window(spec.vmid).ok().flatten();
+        crate::reconcile::verify::risk::shape_plan(gp, spec, actual, window.as_ref());
+    }
+
+    /// A resolved step of a guest whose verify window is still open keeps its lane going.
+    fn keep_verify_lane(&self, vmid: u32, outcome: LaneOutcome) -> LaneOutcome {
+        let open = matches!(outcome, LaneOutcome::Converged | LaneOutcome::Waiting)
+            && !self.is_shutting_down()
+            && self
+                .inner
+                .store
+                .verify_window(vmid)
+                .ok()
+                .flatten()
+                .is_some_and(|w| !w.phase.is_terminal());
+        if open {
+            LaneOutcome::RecheckAt(tokio::time::Instant::now())
+        } else {
+            outcome
+        }
     }
 
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
@@ -615,6 +650,7 @@ impl Engine {
             LaneOutcome::Waiting => "waiting",
             LaneOutcome::Transient(_) => "transient_error",
             LaneOutcome::Terminal(_) => "terminal_error",
+            LaneOutcome::RecheckAt(_) => "verifying",
         };
         self.inner
             .metrics
@@ -631,10 +667,17 @@ impl Engine {
             Ok(Some(rec)) => {
                 // Resolved from fresh reads, never from what an earlier turn kept.
                 self.inner.lane_reads.forget(vmid);
-                return self.resolve(rec, true).await;
+                let outcome = self.resolve(rec, true).await;
+                return self.keep_verify_lane(vmid, outcome);
             }
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        // 1a. An open verify window of a risky change decides the turn (`reconcile::verify`):
+        // it ends by its deadline, and a job must not act on a guest whose change is still
+        // unconfirmed.
+        if let Some(outcome) = self.verify_turn(vmid).await {
+            return outcome;
         }
         // 1b. A signed job of this guest owns the lane until it ends (`job_slot`).
         let jobs = self
@@ -796,7 +839,13 @@ impl Engine {
                 }
             }
         }
-        // 4. Execute.
+        // 4. Execute: a risky change of a verified guest inside its verify window.
+        if approval.is_none()
+            && let (Some(vspec), Some(a)) = (&spec.verify, actual.as_ref())
+            && crate::reconcile::verify::risk::needs_window(&step, &spec, Some(a))
+        {
+            return self.execute_verified(&step, &spec, vspec, a).await;
+        }
         self.execute(&step, &class, approval.as_ref(), digest.as_deref())
             .await
     }

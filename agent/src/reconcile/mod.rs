@@ -20,4 +20,5 @@ pub mod privileges;
 pub mod pve;
 pub mod recovery;
 pub mod task_estimate;
+pub mod verify;
 pub mod vocabulary;

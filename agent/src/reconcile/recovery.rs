@@ -84,6 +84,8 @@ impl Engine {
                 _ => {}
             }
         }
+        // Verify windows of risky changes resume in their lanes, from the live values.
+        self.recover_verify();
         Ok(n)
     }
 }

@@ -576,8 +576,9 @@ impl Source {
     }
 }
 
-/// `[guests]` and `[safety] detach_grace` as the planner's host rules. Paths must be absolute
-/// and canonical, devices under `/dev/`.
+/// `[guests]` and `[safety] detach_grace` (parsed with the rest of `[safety]`) as the planner's
+/// host rules. Paths must be absolute and canonical, devices under `/dev/`. The deletion after
+/// the grace needs its own signature anyway.
 fn host_rules(
     g: &RawGuests,
     detach_grace: Duration,

@@ -134,6 +134,17 @@ fn once_reasons(
         }
     }
     for g in snap.guests.values() {
+        if let Some(v) = g.verify.as_ref().filter(|v| v.deadline_unix.is_some()) {
+            out.push((
+                "verify_pending".to_string(),
+                format!(
+                    "CT {}: the change of {} is still in its verify window ({})",
+                    g.vmid,
+                    v.keys.join(", "),
+                    v.phase
+                ),
+            ));
+        }
         if g.state == GuestState::Failed
             && plan
                 .plan
