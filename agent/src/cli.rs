@@ -77,6 +77,37 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         ),
         Trust::Valid(_) => {}
     }
+    match &config.safety.storage {
+        None => eprintln!(
+            "drover: warning: [safety_storage_unset] [safety] storage is not set: destructive steps will be refused (no safety copy, no destruction)"
+        ),
+        Some(storage) if pve_checked.is_some() => {
+            // The storage must exist here, be active and hold backups.
+            let checked = match daemon::pve_from_config(&config, WaitPolicy::production()) {
+                Ok(pve) => pve
+                    .client
+                    .storage_status(&config.host, storage)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|st| {
+                        if !st.supports("backup") {
+                            Err(format!("its content is {:?}, without `backup`", st.content))
+                        } else if st.active == Some(false) {
+                            Err("it is not active".to_string())
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = checked {
+                eprintln!(
+                    "drover: warning: [safety_storage_unusable] safety storage {storage:?}: {why}; destructive steps will be refused"
+                );
+            }
+        }
+        Some(_) => {}
+    }
     match Source::from_config(&config) {
         Err(e) => problems.push(format!("source: {e}")),
         Ok(Source::Hub { .. }) if offline => {}
@@ -413,6 +444,28 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// `drover copies [VMID]`: the journal's safety-copy manifests (read-only snapshot, so it
+/// works while the daemon runs).
+pub fn copies(path: &Path, vmid: Option<u32>, json: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let store = Store::open_read_only(&config.state_dir)
+        .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let copies: Vec<_> = store
+        .copies()?
+        .into_iter()
+        .filter(|c| vmid.is_none_or(|v| c.vmid == v))
+        .collect();
+    if json {
+        crate::outln!(
+            "{}",
+            serde_json::to_string_pretty(&crate::operator::copies::render_json(&copies))?
+        );
+    } else {
+        crate::out!("{}", crate::operator::copies::render_text(&copies));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `drover approvals`.
 pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
@@ -439,6 +492,7 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "file": p,
                     "text": text,
+                    "loses": Approvals::words(p),
                     "sign": Approvals::sign_command(&domain, p),
                 })
             })
@@ -448,8 +502,11 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         crate::outln!("no approval requests are pending");
     } else {
         for (p, text) in &pending {
+            let words = Approvals::words(p)
+                .map(|w| format!("what this step loses (not part of the signed text):\n{w}\n\n"))
+                .unwrap_or_default();
             crate::outln!(
-                "== {}\n{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
+                "== {}\n{words}{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
                 p.display(),
                 Approvals::sign_command(&domain, p),
                 p.display(),
@@ -833,14 +890,29 @@ pub fn status_table(body: &serde_json::Value) -> String {
         "MESSAGE".into(),
     ]];
     for g in body["guests"].as_array().into_iter().flatten() {
-        let message = if g["last_error"].is_null() {
+        // A verify window (`reconcile::verify`): "verify settling net0: ..."; an open one first.
+        let v = &g["verify"];
+        let verify = (!v.is_null()).then(|| {
+            let keys: Vec<String> = v["keys"].as_array().into_iter().flatten().map(s).collect();
+            format!(
+                "verify {} {}: {}",
+                s(&v["phase"]),
+                keys.join(","),
+                s(&v["message"])
+            )
+        });
+        let open = !v.is_null() && !v["deadline_unix"].is_null();
+        let message = if !g["last_error"].is_null() {
+            s(&g["last_error"])
+        } else if let Some(line) = verify.clone().filter(|_| open) {
+            line
+        } else {
             g["notes"]
                 .as_array()
                 .and_then(|n| n.first())
                 .map(s)
+                .or(verify)
                 .unwrap_or_default()
-        } else {
-            s(&g["last_error"])
         };
         rows.push([
             s(&g["vmid"]),
@@ -895,6 +967,23 @@ pub fn status_table(body: &serde_json::Value) -> String {
             }
         );
     }
+    // Signed jobs that are not over yet (`drover jobs` lists them all).
+    for j in body["jobs"].as_array().into_iter().flatten() {
+        let state = s(&j["state"]);
+        if matches!(state.as_str(), "pending_signature" | "queued" | "running") {
+            let _ = writeln!(
+                out,
+                "job {} of CT {}: {state}{}",
+                s(&j["kind"]),
+                s(&j["vmid"]),
+                if state == "running" {
+                    format!(" ({})", s(&j["phase"]))
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
     if body["trust"]["valid"] == false {
         let _ = writeln!(
             out,
@@ -913,6 +1002,42 @@ pub fn status_table(body: &serde_json::Value) -> String {
             s(&body["trust"]["version"]),
             s(&body["trust"]["sha256"]).get(..12).unwrap_or("?")
         );
+    }
+    match body["safety"]["storage"].as_str() {
+        Some(storage) => {
+            let counts: Vec<String> = body["safety"]["copies"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{} {k}", s(v)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "safety copies on {storage}: {}",
+                if counts.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    counts.join(", ")
+                }
+            );
+            for c in body["safety"]["live"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "  CT {} {} {} {}",
+                    s(&c["vmid"]),
+                    s(&c["kind"]),
+                    s(&c["state"]),
+                    c["volid"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        None if body["safety"].is_object() => {
+            let _ = writeln!(
+                out,
+                "safety copies: [safety] storage not set; destructive steps are refused (safety_storage_unset)"
+            );
+        }
+        None => {}
     }
     for sus in body["suspensions"].as_array().into_iter().flatten() {
         let _ = writeln!(

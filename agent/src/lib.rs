@@ -10,7 +10,7 @@
 //!
 //! Folders depend only downwards, in this order (a folder may use any folder below it):
 //! `cli`/`demo`/`sim`/[`fleet`] (the front doors) → [`service`] → [`operator`] → [`reconcile`] →
-//! [`desired`] → [`approval`] → [`store`] → [`model`], [`clock`].
+//! [`safety`] → [`desired`] → [`approval`] → [`store`] → [`model`], [`clock`].
 
 pub mod approval;
 pub mod cli;
@@ -18,11 +18,14 @@ pub mod clock;
 pub mod demo;
 pub mod desired;
 pub mod fleet;
+pub mod job_cli;
+pub mod jobs;
 pub mod local_file;
 pub mod model;
 pub mod operator;
 pub mod output;
 pub mod reconcile;
+pub mod safety;
 pub mod service;
 pub mod sim;
 pub mod store;

@@ -18,6 +18,10 @@ use crate::model::step::{Step, StepKind};
 /// How the agent's own create step ended (for `create_left_guest`).
 pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
+/// A signed job's journal record and how it ended (see `jobs`).
+pub use journal::{JobEnd, JobRecord};
+/// Verify windows of risky changes (`reconcile::verify`): the journal's record, as is.
+pub use journal::{VerifyPhase, VerifyWindow};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -81,6 +85,8 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
         "adopt" => StepKind::Adopt,
+        "remove_mountpoint" => StepKind::Detach,
+        "delete_volume" => StepKind::DeleteVolume,
         _ => return None,
     })
 }
@@ -309,8 +315,72 @@ impl Store {
         self.j.record_adopted(vmid, digest, approval_sha256)
     }
 
+    /// Journals (durably, before the call) that Drover detaches a volume from a mount point.
+    pub fn detaching(
+        &self,
+        d: &crate::model::vocabulary::DetachedVolume,
+    ) -> Result<(), StoreError> {
+        self.j.record_detached(&journal::DetachRecord {
+            vmid: d.vmid,
+            key: d.key.clone(),
+            volume: d.volume.clone(),
+            mount: d.mount.clone(),
+            at: d.detached_at,
+        })
+    }
+
+    /// The volumes Drover detached from `vmid`; empty when the journal cannot say (then no
+    /// deletion is planned: the safe side).
+    pub fn detached(&self, vmid: u32) -> Vec<crate::model::vocabulary::DetachedVolume> {
+        match self.j.detached(vmid) {
+            Ok(v) => v
+                .into_iter()
+                .map(|r| crate::model::vocabulary::DetachedVolume {
+                    vmid: r.vmid,
+                    key: r.key,
+                    volume: r.volume,
+                    mount: r.mount,
+                    detached_at: r.at,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(vmid, "reading detached volumes from the journal: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A detached volume was deleted: nothing is left to plan for it.
+    pub fn forget_detached(&self, vmid: u32, volume: &str) {
+        self.log(
+            "forgetting a deleted volume",
+            self.j.forget_detached(vmid, volume),
+        );
+    }
+
     pub fn destroyed(&self, vmid: u32) {
         self.log("forgetting a destroyed guest", self.j.forget(vmid));
+        self.log("forgetting its verify window", self.j.remove_verify(vmid));
+    }
+
+    /// Moves a verify window to `phase`, durably (one journal entry per phase).
+    pub fn put_verify(
+        &self,
+        window: &mut VerifyWindow,
+        phase: VerifyPhase,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.j.put_verify(window, phase, detail)
+    }
+
+    /// The guest's verify window, open or closed.
+    pub fn verify_window(&self, vmid: u32) -> Result<Option<VerifyWindow>, StoreError> {
+        self.j.verify_window(vmid)
+    }
+
+    /// Every verify window (status, recovery).
+    pub fn verify_windows(&self) -> Result<Vec<VerifyWindow>, StoreError> {
+        self.j.verify_windows()
     }
 
     /// Audits a gate decision; a failure is logged (the decision stands).
@@ -397,6 +467,30 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Writes a signed job's record (a phase reached), durably.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.j.put_job(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.j.job(id)
+    }
+
+    /// Every job record, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.j.jobs()
+    }
+
+    /// The job of `vmid` that has not ended, if any (at most one runs per guest).
+    pub fn active_job(&self, vmid: u32) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .find(|j| j.vmid == vmid && j.end.is_none()))
+    }
+}
+
 impl NonceLedger for Store {
     fn state_epoch(&self) -> String {
         self.j.state_epoch()
@@ -430,5 +524,50 @@ impl NonceLedger for Store {
 impl ProvenanceSource for Store {
     fn provenance(&self, vmid: u32) -> Option<GuestProvenance> {
         Store::provenance(self, vmid)
+    }
+}
+
+/// Safety-copy manifests (`safety/`): the journal's record, under the agent's names.
+pub use journal::{CopyState, MANIFEST_VERSION, SafetyCopy as CopyManifest};
+
+impl Store {
+    /// Writes a manifest durably (before the PVE call it describes).
+    pub fn put_copy(&self, m: &CopyManifest) -> Result<(), StoreError> {
+        self.j.put_copy(m)
+    }
+
+    pub fn copy(&self, id: &str) -> Result<Option<CopyManifest>, StoreError> {
+        self.j.copy_record(id)
+    }
+
+    /// Every manifest, oldest first.
+    pub fn copies(&self) -> Result<Vec<CopyManifest>, StoreError> {
+        self.j.copy_records()
+    }
+
+    /// Forgets manifests of deleted/failed copies beyond the newest `keep` per guest.
+    pub fn prune_copies(&self, keep: usize) -> Result<u64, StoreError> {
+        self.j.prune_copy_records(keep)
+    }
+
+    /// How a journaled step ended, for a safety copy's protection window: `None` while it
+    /// is not done; `Some((done_at_ms, reached_pve))`, where `reached_pve` says whether its
+    /// destructive call was submitted (an abandoned step that never was destroyed nothing).
+    /// `Err` only for an unreadable journal; a step compacted away reads as done now.
+    pub fn step_end(&self, id: u64) -> Result<Option<(i64, bool)>, StoreError> {
+        Ok(match self.j.get(journal::StepId(id))? {
+            None => Some((now_ms(), true)),
+            Some(r) => match &r.phase {
+                journal::Phase::Done { upid, .. } => {
+                    Some((r.done_at_ms.unwrap_or_else(now_ms), upid.is_some()))
+                }
+                _ => None,
+            },
+        })
+    }
+
+    /// Consumes a nonce the gate verified through a deferred ledger (`safety::deferred`).
+    pub fn consume_deferred(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
+        NonceLedger::consume(self, claim)
     }
 }

@@ -582,7 +582,7 @@ fn write_config(h: &Host, hub: &HubDir, token: &Path) {
         "host = \"{HOST}\"\nfleet = \"test-fleet-1\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n\
          [proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\ntask_poll_interval = \"20ms\"\n\n\
          [source]\nurl = {hub:?}\nca_file = {ca:?}\ntimeout = \"2s\"\nbearer_token_file = {token:?}\n\n\
-         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+         [trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n\n[safety]\nstorage = \"local\"\n",
         state = h.state(),
         url = h.sim.base_url(),
         tok = pve_sim::DEFAULT_TOKEN_ID,
@@ -788,6 +788,7 @@ fn request(host: &str, vmid: u32, expires_in: i64) -> String {
         vmid,
         guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
         params: [("purge".to_string(), "1".to_string())].into(),
+        bind: Default::default(),
     };
     let t = now();
     gate::render_request(
@@ -1081,6 +1082,7 @@ fn pending_flags_requests_the_document_does_not_explain_and_never_extracts_them(
         file: format!("{vmid}-destroy_guest.txt"),
         text: request("pve1", vmid, 3600),
         sign: format!("ssh-keygen -Y sign -f K -n destructive-op-v1@{DOMAIN} x"),
+        loses: None,
     };
     let report = Report::new(
         serde_json::json!({"host": "pve1", "desired": {"revision": 4}}),

@@ -13,10 +13,12 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["approval"],
     &["desired"],
+    &["safety"],
     &["reconcile"],
+    &["jobs"],
     &["operator"],
     &["service"],
-    &["cli", "fleet"],
+    &["cli", "fleet", "job_cli"],
     &["demo", "sim"],
 ];
 

@@ -90,6 +90,7 @@ fn main() {
         vmid: 9101,
         guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
         params,
+        bind: Default::default(),
     };
     let trust = TrustStore::parse(std::str::from_utf8(&read("trust_v1.txt")).unwrap()).unwrap();
     let payload = read("approval.txt");

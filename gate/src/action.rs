@@ -94,6 +94,10 @@ pub struct PlannedAction {
     pub guest_config_sha1: Option<String>,
     /// API parameters, exactly as they will be sent.
     pub params: BTreeMap<String, String>,
+    /// Facts bound besides the parameters (`bind.*` lines): e.g. `uncovered`, the volumes the
+    /// pre-destructive safety copy cannot cover, which the operator must acknowledge by
+    /// signing them. Empty for most steps.
+    pub bind: BTreeMap<String, String>,
 }
 
 /// The agent's own identity and state epoch: local configuration, never from the hub.

@@ -18,6 +18,8 @@ pub const PAYLOAD_MAGIC: &str = "drover-approval v1";
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 /// Most `param.*` lines in a payload.
 pub const MAX_PARAMS: usize = 32;
+/// Most `bind.*` lines in a payload.
+pub const MAX_BINDS: usize = 16;
 
 /// A parsed (or to-be-rendered) approval payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +31,10 @@ pub struct ApprovalPayload {
     pub vmid: u32,
     pub guest_config_sha1: Option<String>,
     pub params: BTreeMap<String, String>,
+    /// Facts the agent re-reads before acting that are not API parameters (`bind.<name>`
+    /// lines, e.g. `bind.uncovered: mp1,unused0`: the volumes a safety copy cannot cover).
+    /// Same grammar as `param.*`; sorted; bound like the params.
+    pub bind: BTreeMap<String, String>,
     /// The authority the operator claims; never trusted, only compared with the keys' roles.
     pub role: Role,
     pub nonce: String,
@@ -136,6 +142,21 @@ impl ApprovalPayload {
                 )));
             }
         }
+        if self.bind.len() > MAX_BINDS {
+            return Err(malformed(format!("more than {MAX_BINDS} bind lines")));
+        }
+        for (k, v) in &self.bind {
+            if !is_param_name(k) {
+                return Err(malformed(format!(
+                    "bind name {k:?} must be 1-40 characters of a-z, 0-9 and -"
+                )));
+            }
+            if v.is_empty() || !is_param_value(v) {
+                return Err(malformed(format!(
+                    "bind.{k} must be 1-256 characters of [A-Za-z0-9._:/,=@+-]"
+                )));
+            }
+        }
         if self.role == Role::Hub {
             return Err(malformed("role must be operational or recovery"));
         }
@@ -180,6 +201,9 @@ impl ApprovalPayload {
         }
         for (k, v) in &self.params {
             line(&format!("param.{k}"), v);
+        }
+        for (k, v) in &self.bind {
+            line(&format!("bind.{k}"), v);
         }
         line("role", self.role.as_str());
         line("nonce", &self.nonce);
@@ -282,6 +306,16 @@ impl ApprovalPayload {
             }
             it.next();
         }
+        let mut bind = BTreeMap::new();
+        while let Some((k, v)) = it.peek() {
+            let Some(name) = k.strip_prefix("bind.") else {
+                break;
+            };
+            if bind.insert(name.to_string(), v.to_string()).is_some() {
+                return Err(malformed(format!("bind.{name} appears twice")));
+            }
+            it.next();
+        }
         let mut take = |key: &str| -> Result<&str, Rejection> {
             match it.next() {
                 Some((k, v)) if k == key => Ok(v),
@@ -314,6 +348,7 @@ impl ApprovalPayload {
             vmid,
             guest_config_sha1,
             params,
+            bind,
             role,
             nonce,
             not_before,
@@ -349,6 +384,7 @@ pub fn render_request(
         vmid: action.vmid,
         guest_config_sha1: action.guest_config_sha1.clone(),
         params: action.params.clone(),
+        bind: action.bind.clone(),
         role,
         nonce: nonce.to_string(),
         not_before,
@@ -375,6 +411,7 @@ mod tests {
                 .into_iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            bind: BTreeMap::new(),
             role: Role::Operational,
             nonce: "7f3c9a1e5b2d4f6081a2c3d4e5f60718".into(),
             not_before: parse_utc("2026-11-22T21:00:00Z").unwrap(),
@@ -444,6 +481,48 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn bind_lines_follow_the_params_sorted_and_strict() {
+        let mut p = sample();
+        p.bind.insert("uncovered".into(), "mp1,unused0".into());
+        p.bind.insert("safety".into(), "vzdump@safety".into());
+        let s = p.render().unwrap();
+        assert!(
+            s.contains(
+                "param.purge: 1\nbind.safety: vzdump@safety\nbind.uncovered: mp1,unused0\nrole: "
+            ),
+            "{s}"
+        );
+        assert_eq!(ApprovalPayload::parse(s.as_bytes()).unwrap(), p);
+        let swapped = s.replace(
+            "bind.safety: vzdump@safety\nbind.uncovered: mp1,unused0\n",
+            "bind.uncovered: mp1,unused0\nbind.safety: vzdump@safety\n",
+        );
+        let before_params = s.replace("bind.safety: vzdump@safety\n", "").replace(
+            "param.force: 1\n",
+            "bind.safety: vzdump@safety\nparam.force: 1\n",
+        );
+        let dup = s.replace(
+            "bind.safety: vzdump@safety\n",
+            "bind.safety: vzdump@safety\nbind.safety: vzdump@safety\n",
+        );
+        let empty = s.replace("bind.safety: vzdump@safety", "bind.safety: ");
+        let upper = s.replace("bind.safety:", "bind.Safety:");
+        for bad in [swapped, before_params, dup, empty, upper] {
+            assert_eq!(
+                code(bad.as_bytes()),
+                RejectionCode::MalformedPayload,
+                "{bad:?}"
+            );
+        }
+        let mut q = sample();
+        q.bind.insert("uncovered".into(), "has space".into());
+        assert_eq!(
+            q.render().unwrap_err().code,
+            RejectionCode::MalformedPayload
+        );
     }
 
     #[test]

@@ -154,6 +154,45 @@ impl Approvals {
         ledger: &dyn NonceLedger,
         audit: &dyn Fn(Decision),
     ) -> std::io::Result<Lookup> {
+        self.lookup_keeping(ctx, trust, action, now, ledger, audit, true)
+            .map(|(l, _)| l)
+    }
+
+    /// Like [`Approvals::lookup`], but an accepted approval's files stay where they are and
+    /// the request stays pending: for a step whose nonce is consumed only later (after its
+    /// safety copy, `safety::deferred`). The caller retires the returned candidate with
+    /// [`Approvals::finish`] once the nonce is consumed; if the copy fails, the same
+    /// approval is found again next turn.
+    #[allow(clippy::too_many_arguments)]
+    pub fn lookup_deferred(
+        &self,
+        ctx: &GateContext,
+        trust: &TrustStore,
+        action: &PlannedAction,
+        now: i64,
+        ledger: &dyn NonceLedger,
+        audit: &dyn Fn(Decision),
+    ) -> std::io::Result<(Lookup, Option<Candidate>)> {
+        self.lookup_keeping(ctx, trust, action, now, ledger, audit, false)
+    }
+
+    /// Retires an approval used by a deferred lookup (its nonce is now consumed).
+    pub fn finish(&self, action: &PlannedAction, c: &Candidate) {
+        self.retire(c);
+        let _ = std::fs::remove_file(self.request_path(action));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn lookup_keeping(
+        &self,
+        ctx: &GateContext,
+        trust: &TrustStore,
+        action: &PlannedAction,
+        now: i64,
+        ledger: &dyn NonceLedger,
+        audit: &dyn Fn(Decision),
+        retire: bool,
+    ) -> std::io::Result<(Lookup, Option<Candidate>)> {
         let own_name = Self::request_name(action);
         let pending_nonce =
             files::read_capped(&self.request_path(action), files::MAX_PAYLOAD_BYTES)
@@ -167,8 +206,11 @@ impl Approvals {
                 self.report_problem(p, audit);
             }
             for c in candidates {
-                if crate::approval::files::is_trust_document(&c.payload) {
-                    // A signed trust rotation travels the same way; `trust` applies it.
+                if crate::approval::files::is_trust_document(&c.payload)
+                    || gate::is_job_document(&c.payload)
+                {
+                    // A signed trust rotation or job travels the same way; `trust` applies
+                    // the one, `jobs` runs the other.
                     continue;
                 }
                 let named_for_it = c
@@ -209,15 +251,20 @@ impl Approvals {
                             authenticated: true,
                             source: c.payload_path.clone(),
                         });
-                        self.retire(&c);
-                        let _ = std::fs::remove_file(self.request_path(action));
-                        return Ok(Lookup::Approved(Box::new(approved)));
+                        if retire {
+                            self.retire(&c);
+                            let _ = std::fs::remove_file(self.request_path(action));
+                            let _ =
+                                std::fs::remove_file(Self::words_path(&self.request_path(action)));
+                        }
+                        return Ok((Lookup::Approved(Box::new(approved)), Some(c)));
                     }
                     Err(rejection) => self.report_once(&c, action, Some(rejection), audit),
                 }
             }
         }
         self.ensure_request(ctx, action, now, ledger)
+            .map(|l| (l, None))
     }
 
     /// The file name of a step's request (`<vmid>-<op>.txt`).
@@ -257,7 +304,7 @@ impl Approvals {
         planned: &std::collections::HashSet<(u32, String)>,
         audit: &dyn Fn(Decision),
     ) {
-        if files::is_trust_document(&c.payload) {
+        if files::is_trust_document(&c.payload) || gate::is_job_document(&c.payload) {
             return;
         }
         let named = c
@@ -475,6 +522,37 @@ impl Approvals {
         })
     }
 
+    /// Where the words about what a request's step loses are kept: beside the pending
+    /// requests, in `approvals/loses/<vmid>-<op>.txt`, never in the signed bytes (and never in
+    /// `pending/`, which holds exactly the requests to sign).
+    pub fn words_path(request: &Path) -> PathBuf {
+        let base = request
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        base.join("loses")
+            .join(request.file_name().unwrap_or_default())
+    }
+
+    /// Writes (atomically) the words about what a pending request's step loses.
+    pub fn describe(&self, request: &Path, words: &str) -> std::io::Result<()> {
+        let path = Self::words_path(request);
+        if std::fs::read_to_string(&path).is_ok_and(|w| w == words) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, words.as_bytes())
+    }
+
+    /// The words about what a pending request's step loses, when the agent wrote them.
+    pub fn words(request: &Path) -> Option<String> {
+        files::read_capped(&Self::words_path(request), files::MAX_PAYLOAD_BYTES)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// The command an operator runs to sign a request.
     pub fn sign_command(domain: &str, request: &Path) -> String {
         format!(
@@ -525,6 +603,7 @@ impl Approvals {
                     "withdrawing an approval request: the step is no longer planned"
                 );
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(Self::words_path(&path));
             }
         }
     }
@@ -557,6 +636,7 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            bind: Default::default(),
         };
         let now = crate::clock::unix_now();
         let nonce_of = |r: &Lookup| match r {

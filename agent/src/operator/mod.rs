@@ -4,6 +4,7 @@
 //! These surfaces read the reconciler's state; they never plan or execute anything themselves.
 
 pub mod control;
+pub mod copies;
 pub mod help;
 pub mod progress;
 pub mod render;

@@ -34,7 +34,40 @@ pub fn status_json(engine: &Engine) -> serde_json::Value {
             Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
         },
         "suspensions": engine.store().suspensions(),
+        "jobs": crate::jobs::listing::rows(
+            engine.store(),
+            &crate::jobs::inbox::JobDirs::new(
+                engine.store().journal().dir(),
+                engine.approvals().candidate_dirs(),
+            ),
+        ),
+        "safety": safety_json(engine),
         "guests": snap.guests.values().collect::<Vec<_>>(),
         "unmanaged": snap.unmanaged,
+    })
+}
+
+/// `[safety]` and the copies: the storage (or that destructive steps are refused), and per
+/// state how many manifests there are, with the live ones listed.
+fn safety_json(engine: &Engine) -> serde_json::Value {
+    let copies = engine.store().copies().unwrap_or_default();
+    let mut by_state = std::collections::BTreeMap::<&str, u64>::new();
+    for c in &copies {
+        *by_state.entry(c.state.as_str()).or_default() += 1;
+    }
+    let live: Vec<serde_json::Value> = copies
+        .iter()
+        .filter(|c| c.is_live())
+        .map(|c| {
+            serde_json::json!({
+                "id": c.id, "vmid": c.vmid, "kind": c.kind, "state": c.state.as_str(),
+                "volid": c.volid, "sha256": c.sha256, "protect_until_ms": c.protect_until_ms,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "storage": engine.safety().and_then(|s| s.policy().storage.clone()),
+        "copies": by_state,
+        "live": live,
     })
 }

@@ -86,6 +86,14 @@ impl Host {
 
     /// Writes drover.toml with `source` as the body of its `[source]` section.
     pub fn write_config_with_source(&self, source: &str, extra: &str) {
+        // Destructive steps need a storage for safety copies; the simulator's `local` holds
+        // backups. A test that is about `[safety]` writes its own section.
+        let safety = if extra.contains("[safety]") {
+            ""
+        } else {
+            "\n[safety]\nstorage = \"local\"\n"
+        };
+        let extra = format!("{extra}{safety}");
         let text = format!(
             "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"1s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\ntask_poll_interval = \"20ms\"\n\n[source]\n{source}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n{extra}",
             state = self.state(),

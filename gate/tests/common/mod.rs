@@ -68,6 +68,7 @@ pub fn action() -> PlannedAction {
         vmid: 9101,
         guest_config_sha1: Some(DIG.into()),
         params: destroy_params("1"),
+        bind: Default::default(),
     }
 }
 
