@@ -300,6 +300,7 @@ async fn restore_over_the_guest_and_onto_a_free_vmid() {
         "param.storage: local-lvm\n",
         "bind.archive-ctime: ",
         "bind.archive-size: ",
+        "bind.archive-sha256: ",
         "bind.archive-vmid: 101\n",
         "bind.safety: vzdump@local\n",
         "bind.hold: 1\n",
@@ -711,5 +712,43 @@ async fn after_a_restore_hold_keeps_the_guest_and_no_hold_converges_it() {
         || h.sim.guest(101).is_some_and(|g| g.memory == 1024),
     )
     .await;
+    d.stop().await;
+}
+
+/// The archive's sha256 is bound where the agent can read it: an archive rewritten after the
+/// job was rendered (same name, same size) is refused on the lane, and nothing is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_changed_after_signing_is_refused() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, false, 512)], 100)).await;
+    h.desired("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    let archive = h
+        .sim
+        .storage_dir()
+        .join("local/dump")
+        .join(volid.rsplit('/').next().unwrap());
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&archive, &bytes).unwrap();
+    let row = run_job(&h, &d, &file, "changed").await;
+    assert_eq!(row["state"], "failed", "{row}");
+    assert_eq!(row["code"], "binding_mismatch", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .contains("bind.archive-sha256"),
+        "{row}"
+    );
+    assert_eq!(h.sim.count_mutations("restore", 101), 0);
     d.stop().await;
 }
