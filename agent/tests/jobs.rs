@@ -752,3 +752,103 @@ async fn an_archive_changed_after_signing_is_refused() {
     assert_eq!(h.sim.count_mutations("restore", 101), 0);
     d.stop().await;
 }
+
+/// Recovery at boot from every phase without a task of its own: the journal holds a job at
+/// `accepted`, `rechecked` and `verified`, and one at `calling` whose answer was lost (no
+/// UPID, no task): the agent finishes the first two (each snapshot taken once), ends the
+/// third without a call, and never sends the lost call again (`call_lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_continues_each_journaled_phase_and_never_resends_a_lost_call() {
+    // One guest per job: at most one job of a guest is ever in progress.
+    let h = Host::start_with(host((101..105).map(|v| seed(v, true, 512)).collect(), 100)).await;
+    h.desired("revision = 1\n");
+    // One run creates the journal (its exit code is about the empty document, not jobs).
+    h.drover_async(&["run", "--once"]).await;
+    assert!(h.state().join("db").exists());
+    let mut ids = Vec::new();
+    {
+        let j = journal::Journal::open(&h.state()).unwrap();
+        for (vmid, name, phase) in [
+            (101u32, "at-accepted", "accepted"),
+            (102, "at-rechecked", "rechecked"),
+            (103, "at-verified", "verified"),
+            (104, "at-calling", "calling"),
+        ] {
+            drop(j.clone());
+            let text = {
+                // Rendered by the agent, as a signed job would be (the journal holds only
+                // texts the gate accepted; signatures are not kept).
+                let out = h
+                    .command(&[
+                        "job",
+                        "new",
+                        "snapshot",
+                        "--vmid",
+                        &vmid.to_string(),
+                        "--snapshot",
+                        name,
+                        "--output",
+                        "json",
+                    ])
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                v["text"].as_str().unwrap().to_string()
+            };
+            let nonce = text
+                .lines()
+                .find_map(|l| l.strip_prefix("nonce: "))
+                .unwrap()
+                .to_string();
+            j.put_job(&journal::JobRecord {
+                id: nonce.clone(),
+                vmid,
+                kind: "snapshot".into(),
+                payload: text.clone(),
+                payload_sha256: "00".repeat(32),
+                signers: vec![],
+                phase: phase.into(),
+                upid: None,
+                phase_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
+                facts: [
+                    ("was_running".to_string(), "1".to_string()),
+                    ("existed".into(), "1".into()),
+                ]
+                .into_iter()
+                .collect(),
+                history: vec![(phase.into(), 0, String::new())],
+                end: None,
+                accepted_at_ms: 0,
+            })
+            .unwrap();
+            ids.push((name, nonce));
+        }
+    }
+    let d = h.spawn_daemon();
+    for (name, id) in &ids {
+        let row = ended(&h, &d, id).await;
+        match *name {
+            "at-calling" => {
+                assert_eq!(row["code"], "call_lost", "{row}");
+            }
+            _ => assert_eq!(row["state"], "done", "{name}: {row}"),
+        }
+    }
+    let taken = |name: &str| {
+        h.sim
+            .mutations()
+            .iter()
+            .filter(|m| {
+                m.kind == "snapshot" && m.params.get("snapname").map(String::as_str) == Some(name)
+            })
+            .count()
+    };
+    assert_eq!(taken("at-accepted"), 1);
+    assert_eq!(taken("at-rechecked"), 1);
+    assert_eq!(taken("at-verified"), 0, "verified: the call is behind it");
+    assert_eq!(taken("at-calling"), 0, "a lost call is never sent again");
+    d.stop().await;
+}
