@@ -30,6 +30,7 @@ SECRET_FILE="/etc/drover/pve-token"
 NODE=""
 POOL=""
 STORAGES=""
+SAFETY_STORAGE=""
 BRIDGES=""
 SDN=1
 SYS_MODIFY=0
@@ -42,10 +43,14 @@ DRY_RUN=0
 #   VM.PowerMgmt                  start/stop/shutdown/reboot
 #   VM.Allocate                   create/destroy
 #   VM.Config.CPU/Memory/Network/Disk/Options   PUT config per key, resize
-#   VM.Backup                     backups, safety copies, extractconfig, restore over a guest
+#   VM.Backup                     safety copies before destructive steps and backup jobs
+#                                 (vzdump, extractconfig, protecting/deleting Drover's own
+#                                 backups), restore over a guest
 #   VM.Snapshot                   snapshot / delete_snapshot jobs, snapshot safety copies
 #   VM.Snapshot.Rollback          rollback_snapshot jobs
-#   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access
+#   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access,
+#                                 writing and releasing safety copies on --safety-storage
+#   (never Datastore.Allocate: it would let the token delete any volume and any backup)
 #   SDN.Use                       net[n] on a bridge (/sdn/zones/localnetwork/<bridge>)
 #   Sys.Audit                     read tasks on /nodes/<node>
 PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Backup VM.Snapshot VM.Snapshot.Rollback Datastore.AllocateSpace Datastore.Audit"
@@ -68,6 +73,11 @@ Options:
                        so the guests the agent creates join the pool
   --storage NAME       storage the agent may allocate on and read templates from
                        (repeatable or comma-separated; default: local,local-lvm)
+  --safety-storage NAME
+                       the storage (content "backup") for the safety copies Drover takes
+                       before destructive steps; the role is granted there too
+                       (Datastore.AllocateSpace writes and releases the copies; never
+                       Datastore.Allocate). Set [safety] storage = "NAME" in drover.toml
   --bridge NAME        bridge guests' net[n] may use (repeatable or comma-separated;
                        default: vmbr0)
   --no-sdn             PVE before 8: no SDN.Use privilege and no /sdn ACLs
@@ -87,6 +97,8 @@ Afterwards, /etc/drover/drover.toml needs:
   [proxmox]
   token_id = "drover@pve!<node>"
   token_secret_file = "pve-token"
+  [safety]
+  storage = "<the --safety-storage>"   # without it destructive steps are refused
 
 In a cluster, run it on every node: each node gets its own token and secret.
 EOF
@@ -120,6 +132,7 @@ while [ $# -gt 0 ]; do
         --node) need_arg "$@"; NODE=$2; shift 2 ;;
         --pool) need_arg "$@"; POOL=$2; shift 2 ;;
         --storage) need_arg "$@"; STORAGES=$(add_names "$STORAGES" "$2"); shift 2 ;;
+        --safety-storage) need_arg "$@"; SAFETY_STORAGE=$(add_names "" "$2"); shift 2 ;;
         --bridge) need_arg "$@"; BRIDGES=$(add_names "$BRIDGES" "$2"); shift 2 ;;
         --no-sdn) SDN=0; shift ;;
         --with-sys-modify) SYS_MODIFY=1; shift ;;
@@ -135,6 +148,10 @@ while [ $# -gt 0 ]; do
 done
 
 [ -n "$STORAGES" ] || STORAGES="local local-lvm"
+case " $STORAGES " in
+    *" $SAFETY_STORAGE "*) ;;
+    *) [ -z "$SAFETY_STORAGE" ] || STORAGES="$STORAGES $SAFETY_STORAGE" ;;
+esac
 [ -n "$BRIDGES" ] || BRIDGES="vmbr0"
 [ -n "$NODE" ] || NODE=$(uname -n | cut -d. -f1)
 [ -n "$TOKEN_NAME" ] || TOKEN_NAME=$NODE
@@ -323,6 +340,10 @@ fi
 acl "/nodes/$NODE" "$ROLE"
 if [ "$SYS_MODIFY" = 1 ]; then
     acl / "$SYS_ROLE" --propagate 0
+fi
+
+if [ -z "$SAFETY_STORAGE" ]; then
+    echo "note: no --safety-storage given: set [safety] storage in drover.toml to a backup storage listed in --storage, or destructive steps are refused (safety_storage_unset)"
 fi
 
 if [ -n "$POOL" ]; then

@@ -119,7 +119,7 @@ export STUB_STATE="$work/state" STUB_LOG="$work/pveum.log"
 mkdir -p "$STUB_STATE"
 secret="$work/etc/pve-token"
 # Exactly what the agent uses (agent/src/reconcile/privileges.rs GRANTED).
-PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
+PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,VM.Backup,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
 NODE=pve1
 
 failures=0
@@ -196,6 +196,8 @@ for p in /vms /storage/local /storage/local-lvm /sdn/zones/localnetwork/vmbr0 /n
     check "first run: $p for the token" acl_has "$p Drover 1 token:drover@pve!pve1"
 done
 check "first run: no ACL on /" test -z "$(grep '^/ ' "$STUB_STATE/acl")"
+check "first run: the role never holds Datastore.Allocate" test -z "$(tr ',' '\n' < "$STUB_STATE/role.Drover" | grep -x 'Datastore.Allocate')"
+check "first run without --safety-storage says destructive steps are refused" out_has "safety_storage_unset"
 
 # --- second run: nothing new -----------------------------------------------------------------
 run
@@ -323,6 +325,16 @@ run --pool drover-guests
 check "pool after /vms: the old /vms grant is pointed out" out_has "pveum acl delete /vms --roles Drover --tokens 'drover@pve!pve1'"
 run --pool 'bad/pool'
 check "pool: a bad pool name is refused" test "$rc" = 1
+
+# --- --safety-storage: the role on that storage too, and nothing more ---------------------------
+run --safety-storage safety
+check "--safety-storage exits 0" test "$rc" = 0
+check "--safety-storage: /storage/safety for the token" acl_has "/storage/safety Drover 1 token:drover@pve!pve1"
+check "--safety-storage: /storage/safety for the user" acl_has "/storage/safety Drover 1 user:drover@pve"
+check "--safety-storage: the role is unchanged" test "$(cat "$STUB_STATE/role.Drover" 2>/dev/null)" = "$PRIVS"
+check "--safety-storage: no refusal note" test -z "$(grep -F 'safety_storage_unset' "$work/out")"
+run --safety-storage 'bad/name'
+check "a safety storage name with a slash is refused" test "$rc" = 1
 
 if [ "$failures" != 0 ]; then
     echo "test-pve-setup.sh: $failures check(s) failed" >&2

@@ -77,6 +77,37 @@ pub async fn check_config(path: &Path, offline: bool) -> anyhow::Result<ExitCode
         ),
         Trust::Valid(_) => {}
     }
+    match &config.safety.storage {
+        None => eprintln!(
+            "drover: warning: [safety_storage_unset] [safety] storage is not set: destructive steps will be refused (no safety copy, no destruction)"
+        ),
+        Some(storage) if pve_checked.is_some() => {
+            // The storage must exist here, be active and hold backups.
+            let checked = match daemon::pve_from_config(&config, WaitPolicy::production()) {
+                Ok(pve) => pve
+                    .client
+                    .storage_status(&config.host, storage)
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|st| {
+                        if !st.supports("backup") {
+                            Err(format!("its content is {:?}, without `backup`", st.content))
+                        } else if st.active == Some(false) {
+                            Err("it is not active".to_string())
+                        } else {
+                            Ok(())
+                        }
+                    }),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(why) = checked {
+                eprintln!(
+                    "drover: warning: [safety_storage_unusable] safety storage {storage:?}: {why}; destructive steps will be refused"
+                );
+            }
+        }
+        Some(_) => {}
+    }
     match Source::from_config(&config) {
         Err(e) => problems.push(format!("source: {e}")),
         Ok(Source::Hub { .. }) if offline => {}
@@ -235,7 +266,24 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 doc.revision
             ))
         );
-        crate::out!("{}", plan.to_text_styled(style));
+        let approvals = crate::operator::render::ApprovalPath {
+            pending_dir: engine.approvals().pending_dir.clone(),
+            domain: trust
+                .as_ref()
+                .map(|t| t.domain.clone())
+                .unwrap_or_else(|| "DOMAIN".into()),
+            elsewhere: Some(match &source {
+                Source::Dir(d) => format!(
+                    "{}/ (the desired directory's approvals)",
+                    d.approvals_dir().display()
+                ),
+                Source::Hub { .. } => format!(
+                    "hosts/{}/approvals/ on the hub, listed in its index.json (drover fleet add-approvals)",
+                    config.host
+                ),
+            }),
+        };
+        crate::out!("{}", plan.to_text_with(style, Some(&approvals)));
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS

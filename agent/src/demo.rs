@@ -124,9 +124,19 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let root = tmp.path();
 
     section("1. A simulated Proxmox VE host");
+    // A dedicated backup storage for safety copies, as the operator guide recommends.
+    let mut storages = pve_sim::SimConfig::default().storages;
+    storages.push(pve_sim::SimStorage {
+        id: "safety".into(),
+        kind: pve_sim::StorageType::Dir,
+        content: ["backup".to_string()].into_iter().collect(),
+        shared: true,
+        ..pve_sim::SimStorage::default()
+    });
     let sim = pve_sim::start(pve_sim::SimConfig {
         task_duration: Duration::from_millis(300),
         guests: seed(),
+        storages,
         ..pve_sim::SimConfig::default()
     })
     .await
@@ -149,7 +159,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     write(
         &config_path,
         &format!(
-            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"30s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\n\n[source]\npath = {src:?}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n",
+            "host = \"pve1\"\nfleet = \"demo\"\nstate_dir = {state:?}\ninterval = \"30s\"\n\n[proxmox]\nurl = {url:?}\ntoken_id = {tok:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\nmax_parallel = 3\n\n[source]\npath = {src:?}\n\n[trust]\nfile = {trust:?}\n\n[control]\nsocket = {sock:?}\n\n[safety]\nstorage = \"safety\"\n",
             state = root.join("state"),
             url = sim.base_url(),
             tok = pve_sim::DEFAULT_TOKEN_ID,
@@ -234,12 +244,35 @@ pub async fn run() -> anyhow::Result<ExitCode> {
         false,
     )?;
     crate::cli::approve(&config_path, &signed_copy, &[sig], false).await?;
+    crate::outln!(
+        "The request binds `bind.safety: vzdump@safety`: before destroying CT 105, Drover shuts it down, takes a protected vzdump to the storage `safety`, verifies it (volid from the task log, the listing, the archived config, a sha256) and only then spends the approval and destroys."
+    );
     let r = daemon::run(config.clone(), demo_options(), Systemd::default()).await?;
-    crate::outln!("third pass finished (the approved destroy ran): {r:?}");
+    crate::outln!("third pass finished (the approved destroy ran, after its safety copy): {r:?}");
+    if let Some(dump) = sim
+        .mutations()
+        .iter()
+        .find(|m| m.kind == "vzdump" && m.vmid == Some(105))
+    {
+        let p = |k: &str| dump.params.get(k).cloned().unwrap_or_default();
+        crate::outln!(
+            "the safety copy's vzdump: storage={} mode={} compress={} protected={} remove={} lockwait={} notes-template={}",
+            p("storage"),
+            p("mode"),
+            p("compress"),
+            p("protected"),
+            p("remove"),
+            p("lockwait"),
+            p("notes-template")
+        );
+    }
 
-    section("6. drover plan (nothing left to do)");
+    section("6. drover copies (the destroy's verified safety copy)");
+    crate::cli::copies(&config_path, None, false)?;
+
+    section("7. drover plan (nothing left to do)");
     crate::cli::plan(&config_path, false).await?;
-    section("7. drover journal");
+    section("8. drover journal");
     crate::cli::journal_show(&config.state_dir, false, false)?;
     summary(&sim, started).await;
     Ok(ExitCode::SUCCESS)
@@ -307,8 +340,9 @@ async fn summary(sim: &pve_sim::RunningSim, started: Instant) {
         );
     }
     crate::outln!(
-        "creates of CT 104: {}; destroys of CT 105: {}; CT 110 (unmanaged) untouched: {}",
+        "creates of CT 104: {}; safety copies of CT 105: {}; destroys of CT 105: {}; CT 110 (unmanaged) untouched: {}",
         sim.count_mutations("create", 104),
+        sim.count_mutations("vzdump", 105),
         sim.count_mutations("destroy", 105),
         mutations.iter().all(|m| m.vmid != Some(110)),
     );

@@ -160,3 +160,35 @@ async fn a_token_with_every_privilege_passes() {
         common::stdout(&out)
     );
 }
+
+/// `[safety]`: without a storage check-config says destructive steps will be refused; with a
+/// storage that holds no backups (online) it says so too. Neither stops a start: benign work
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_warns_about_an_unset_or_unusable_safety_storage() {
+    let h = Host::start(vec![]).await;
+    h.desired("revision = 1\n");
+    let ok = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    assert!(!stderr(&ok).contains("safety_storage"), "{}", stderr(&ok));
+    h.write_config("\n[safety]\nkeep_per_guest = 3\n");
+    let unset = h.drover_async(&["check-config", "--offline"]).await;
+    assert_eq!(code(&unset), 0, "{}", stderr(&unset));
+    assert!(
+        stderr(&unset).contains("[safety_storage_unset]"),
+        "{}",
+        stderr(&unset)
+    );
+    h.write_config("\n[safety]\nstorage = \"local-lvm\"\n");
+    let disks = h.drover_async(&["check-config"]).await;
+    assert_eq!(code(&disks), 0, "{}", stderr(&disks));
+    assert!(
+        stderr(&disks).contains("[safety_storage_unusable]"),
+        "{}",
+        stderr(&disks)
+    );
+    h.write_config("\n[safety]\nstorage = \"Local\"\n");
+    let bad = h.drover_async(&["check-config", "--offline"]).await;
+    assert_eq!(code(&bad), 1);
+    assert!(stderr(&bad).contains("safety.storage"), "{}", stderr(&bad));
+}

@@ -130,6 +130,12 @@ fn sled_err(dir: &Path, e: sled::Error) -> JournalError {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) lets every page ever read stay in memory: on a host
+/// of thousands of guests that was tens of MiB of a daemon that should stay small. The
+/// journal's hot set (records in flight, the newest steps, provenance being looked up) fits
+/// easily; a page that fell out is read back from the page cache of the kernel.
+const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Opens sled, turning a panic on damaged files into an error.
 fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
     // sled locks its own file too. After a `Journal` is dropped, sled's flusher thread can hold
@@ -138,7 +144,12 @@ fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     let r = loop {
         let p = db_path.to_path_buf();
-        let r = std::panic::catch_unwind(move || sled::Config::new().path(p).open());
+        let r = std::panic::catch_unwind(move || {
+            sled::Config::new()
+                .path(p)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open()
+        });
         match &r {
             // sled reports it as ErrorKind::Other with this text.
             Ok(Err(sled::Error::Io(e)))

@@ -35,7 +35,7 @@ pub struct GuestSpec {
     /// `STORAGE:SIZE_GB` as PVE's create accepts it.
     pub rootfs: Option<String>,
     /// `net0`..`net9`, parsed once here so planning compares values, not text.
-    pub nets: BTreeMap<u8, crate::model::NetConfig>,
+    pub nets: crate::model::Nets,
     pub onboot: Option<bool>,
     /// Normalized as PVE stores them (lower-case, deduplicated, sorted).
     pub tags: Option<Vec<String>>,
@@ -169,12 +169,9 @@ pub fn parse(bytes: &[u8], source_name: &str) -> Result<DesiredDoc, DesiredError
             )
         })?;
         let spec = parse_guest(t, i, &err)?;
-        if guests.insert(spec.vmid, spec.clone()).is_some() {
-            return Err(err(
-                Some(spec.vmid),
-                Some("vmid"),
-                "listed more than once".into(),
-            ));
+        let vmid = spec.vmid;
+        if guests.insert(vmid, spec).is_some() {
+            return Err(err(Some(vmid), Some("vmid"), "listed more than once".into()));
         }
     }
     Ok(DesiredDoc { revision, guests })
@@ -302,7 +299,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 .ok_or_else(|| e(key, "must be a string".into()))?;
             pve_format::check_net(s).map_err(|m| e(key, m))?;
             let net = crate::model::parse_net(s).map_err(|m| e(key, m))?;
-            spec.nets.insert(idx, net);
+            spec.nets.insert(idx, Box::new(net));
         }
     }
     if let Some(v) = t.get("onboot") {

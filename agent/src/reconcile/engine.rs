@@ -65,6 +65,8 @@ pub(super) struct Inner {
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
     pub status: StatusBoard,
+    /// What each lane turn read of its guest (`lane_reads`: fewer requests per step).
+    pub(super) lane_reads: crate::reconcile::lane_reads::LaneReads,
     metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
     pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
@@ -104,6 +106,7 @@ impl Engine {
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
+                lane_reads: Default::default(),
                 lanes,
                 shutdown,
                 jobs: RwLock::new(None),
@@ -577,6 +580,10 @@ impl Engine {
             )),
         };
         self.inner.status.record_outcome(vmid, &outcome);
+        if outcome != LaneOutcome::Progressed {
+            // Only a turn that continues right away may use what this one read.
+            self.inner.lane_reads.forget(vmid);
+        }
         let label = match &outcome {
             LaneOutcome::Converged => "converged",
             LaneOutcome::Progressed => "progressed",
@@ -596,7 +603,11 @@ impl Engine {
         }
         // 1. A step still in flight is resolved before anything new is planned.
         match self.inner.store.in_flight_for(vmid) {
-            Ok(Some(rec)) => return self.resolve(rec, true).await,
+            Ok(Some(rec)) => {
+                // Resolved from fresh reads, never from what an earlier turn kept.
+                self.inner.lane_reads.forget(vmid);
+                return self.resolve(rec, true).await;
+            }
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
         }
@@ -622,8 +633,8 @@ impl Engine {
         let Some(spec) = desired.doc.guests.get(&vmid).cloned() else {
             return LaneOutcome::Converged;
         };
-        // 2. Fresh state, fresh plan.
-        let actual = match self.inner.pve.read_guest(vmid).await {
+        // 2. Fresh state (or the previous turn's confirmation read of a moment ago), fresh plan.
+        let actual = match self.read_for_turn(vmid).await {
             Ok(a) => a,
             Err(e) => return pve_failure(&e, "reading the guest"),
         };
@@ -999,8 +1010,8 @@ impl Engine {
         upid: Option<&Upid>,
         outcome: StepOutcome,
     ) -> LaneOutcome {
-        let fresh = match self.inner.pve.read_guest(vmid).await {
-            Ok(f) => f,
+        let (fresh, full_read) = match self.confirmation_read(kind, vmid).await {
+            Ok(c) => (c.guest, c.full),
             // Leave the record in flight; the next turn confirms.
             Err(e) => return pve_failure(&e, "confirming the result"),
         };
@@ -1048,10 +1059,18 @@ impl Engine {
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
+                    if full_read {
+                        self.inner.lane_reads.hand_over(vmid, fresh);
+                    }
                     LaneOutcome::Progressed
                 }
             }
-            _ => LaneOutcome::Progressed,
+            _ => {
+                if full_read {
+                    self.inner.lane_reads.hand_over(vmid, fresh);
+                }
+                LaneOutcome::Progressed
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod classified;
 pub mod engine;
 pub mod guarded;
 pub mod job_slot;
+pub mod lane_reads;
 pub mod lanes;
 pub mod metrics;
 pub mod planner;

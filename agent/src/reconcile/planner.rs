@@ -431,7 +431,7 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
                 format!("net{i}"),
                 have.map(|h| render_net_keeping_hwaddr(h, None)),
                 shown.to_string(),
-                render_net_keeping_hwaddr(want, have),
+                render_net_keeping_hwaddr(want, have.map(|h| &**h)),
             );
         }
     }
@@ -562,8 +562,12 @@ description = "managed by drover"
                 }),
                 nets: [(
                     0u8,
-                    parse_net("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
+                    Box::new(
+                        parse_net(
+                            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
+                        )
                         .unwrap(),
+                    ),
                 )]
                 .into(),
                 onboot: true,
@@ -612,10 +616,12 @@ description = "managed by drover"
         g.config.memory = Some(512);
         g.config.nets.insert(
             0,
-            crate::model::parse_net(
-                "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
-            )
-            .unwrap(),
+            Box::new(
+                crate::model::parse_net(
+                    "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
+                )
+                .unwrap(),
+            ),
         );
         let p = plan(&doc(), &host(g));
         let steps = &p.guests[&201].steps;

@@ -79,7 +79,7 @@ pub const GRANTED: &[Privilege] = &[
     Privilege {
         name: "Datastore.AllocateSpace",
         path: "/storage/<storage>",
-        used_for: "new volumes and resizes",
+        used_for: "new volumes and resizes; on the safety storage: writing, listing, protecting and deleting safety copies",
     },
     Privilege {
         name: "Datastore.Audit",
@@ -179,7 +179,14 @@ pub fn for_step(step: &Step) -> Vec<&'static str> {
         StepKind::Start | StepKind::Shutdown | StepKind::Stop | StepKind::Reboot => {
             vec!["VM.PowerMgmt"]
         }
-        StepKind::Destroy => vec!["VM.Allocate"],
+        // The safety copy first: a clean shutdown, a vzdump to the safety storage, its
+        // verification (listing, extractconfig, volume info) and, later, its release.
+        StepKind::Destroy => vec![
+            "VM.Allocate",
+            "VM.PowerMgmt",
+            "VM.Backup",
+            "Datastore.AllocateSpace",
+        ],
         // Recorded in the journal only: no PVE call.
         StepKind::Adopt => vec![],
     };
@@ -342,6 +349,23 @@ ensure = "stopped"
             .trim_end_matches('"')
             .split_whitespace()
             .collect()
+    }
+
+    /// `Datastore.Allocate` would let the token delete any volume on a storage, pass its own
+    /// `prune-backups` and bypass the per-backup visibility check (`safety-nets.md` §2):
+    /// safety copies work without it, and it is never granted.
+    #[test]
+    fn safety_copies_never_need_datastore_allocate() {
+        assert!(granted().contains("VM.Backup"));
+        assert!(!granted().contains("Datastore.Allocate"));
+        let destroy = for_step(&Step {
+            vmid: 1,
+            kind: StepKind::Destroy,
+            params: BTreeMap::new(),
+            changes: vec![],
+        });
+        assert!(destroy.contains(&"VM.Backup") && destroy.contains(&"Datastore.AllocateSpace"));
+        assert!(!destroy.contains(&"Datastore.Allocate"));
     }
 
     #[test]

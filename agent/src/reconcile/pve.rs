@@ -4,7 +4,7 @@
 //! Everything PVE-shaped stops here; the planner, gate and lanes see only `model` and `planner`
 //! types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -142,21 +142,28 @@ impl Pve {
     }
 
     /// Reads one guest afresh, including pending changes; `None` when it does not exist here.
+    /// Two requests, sent together: the status (power, lock) and `pending`, which carries the
+    /// whole config with its digest as well as what is pending (the config read is not needed).
     pub async fn read_guest(&self, vmid: u32) -> Result<Option<ActualGuest>, Error> {
-        let status = match self.client.lxc_status(&self.node, vmid).await {
+        let gone = |e: &Error| e.is_not_found() || e.already_in_state().is_some();
+        let (status, config) = tokio::join!(
+            self.client.lxc_status(&self.node, vmid),
+            self.client.lxc_config_with_pending(&self.node, vmid)
+        );
+        let status = match status {
             Ok(s) => s,
-            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) if gone(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let config = match self.client.lxc_config(&self.node, vmid, false).await {
+        let (config, entries) = match config {
             Ok(c) => c,
-            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) if gone(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A stopped CT applies what is pending at its next start: the merged config is what it
+        // will run with, and nothing counts as pending for the planner.
         let pending: BTreeSet<String> = if status.entry.is_running() {
-            self.client
-                .lxc_pending(&self.node, vmid)
-                .await?
+            entries
                 .into_iter()
                 .filter(|p| p.has_pending_change())
                 .map(|p| p.key)
@@ -165,6 +172,16 @@ impl Pve {
             BTreeSet::new()
         };
         Ok(Some(to_actual(&status.entry, &config, pending)))
+    }
+
+    /// Reads only the power state and lock of a guest (`status/current`, one request): what a
+    /// power step (start, stop, shutdown, reboot) changes. `None` when it does not exist here.
+    pub async fn read_power(&self, vmid: u32) -> Result<Option<(Power, Option<String>)>, Error> {
+        match self.client.lxc_status(&self.node, vmid).await {
+            Ok(s) => Ok(Some((power_of(&s.entry.status), s.entry.lock.clone()))),
+            Err(e) if e.is_not_found() || e.already_in_state().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends exactly the call a step stands for. `digest` is the config digest the step was
@@ -301,13 +318,9 @@ impl Pve {
             .waits
             .options(kind)
             .expecting(self.estimates.estimate(worker));
-        let started = std::time::Instant::now();
-        let outcome = self.client.wait_task(upid, &opts).await;
-        if outcome.is_ok() {
-            self.estimates
-                .observe(worker, started.elapsed(), opts.first_pause());
-        }
-        outcome
+        let (outcome, trace) = self.client.wait_task_traced(upid, &opts).await?;
+        self.estimates.observe(worker, &trace);
+        Ok(outcome)
     }
 }
 
@@ -325,20 +338,24 @@ pub fn worker_type(kind: StepKind) -> Option<&'static str> {
     })
 }
 
+fn power_of(status: &GuestStatus) -> Power {
+    match status {
+        GuestStatus::Running => Power::Running,
+        GuestStatus::Stopped => Power::Stopped,
+        GuestStatus::Other(s) => Power::Other(s.clone()),
+    }
+}
+
 /// Brings a CT as PVE reports it into the planner's model.
 pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>) -> ActualGuest {
-    let nets: BTreeMap<u8, proxmox_client::NetConfig> = c
+    let nets: crate::model::Nets = c
         .net
         .iter()
-        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, n.clone())))
+        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, Box::new(n.clone()))))
         .collect();
     ActualGuest {
         vmid: entry.vmid,
-        power: match &entry.status {
-            GuestStatus::Running => Power::Running,
-            GuestStatus::Stopped => Power::Stopped,
-            GuestStatus::Other(s) => Power::Other(s.clone()),
-        },
+        power: power_of(&entry.status),
         lock: c.lock.clone().or_else(|| entry.lock.clone()),
         config: ActualConfig {
             hostname: c.hostname.clone(),

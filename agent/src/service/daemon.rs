@@ -584,7 +584,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         let deadline = tokio::time::Instant::now() + opts.once_timeout;
         let mut progress = opts
             .progress
-            .then(crate::operator::progress::Progress::for_stdout);
+            .then(crate::operator::progress::Progress::for_terminal);
         let mut last_draw = tokio::time::Instant::now();
         while !lanes.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
