@@ -852,3 +852,53 @@ async fn recovery_continues_each_journaled_phase_and_never_resends_a_lost_call()
     assert_eq!(taken("at-calling"), 0, "a lost call is never sent again");
     d.stop().await;
 }
+
+/// SIGKILL while a failed restore is being undone from the pre-restore copy: the restart
+/// re-attaches to the undo's task (never a second undo), and the copy is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_failed_restore_is_undone() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, false, 512)], 1500)).await;
+    h.desired("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    h.sim.edit_config(101, "memory", Some("768"));
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    let id = nonce_of(&file);
+    let mut faults = pve_sim::Faults::default();
+    faults.storage.restore_fail_archives.insert(volid.clone());
+    h.sim.set_faults(faults);
+    let (copy, sig) = signed(&h, &file, "restore");
+    assert_eq!(code(&approve(&h, &copy, &sig).await), 0);
+    let mut d = d;
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the undo's task journaled",
+        || phase_of(&h, &id).is_some_and(|(p, upid)| p == "undoing" && upid),
+    )
+    .await;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    d = h.spawn_daemon();
+    let row = ended(&h, &d, &id).await;
+    assert_eq!(row["code"], "restore_undone", "{row}");
+    assert_eq!(
+        h.sim.count_mutations("restore", 101),
+        2,
+        "the restore and one undo"
+    );
+    assert_eq!(h.sim.guest(101).unwrap().memory, 768);
+    let copies = h.drover_async(&["copies", "101", "--output", "json"]).await;
+    assert!(
+        stdout(&copies).contains("complete"),
+        "the pre-restore copy is kept: {}",
+        stdout(&copies)
+    );
+    d.stop().await;
+}

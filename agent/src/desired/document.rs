@@ -171,7 +171,11 @@ pub fn parse(bytes: &[u8], source_name: &str) -> Result<DesiredDoc, DesiredError
         let spec = parse_guest(t, i, &err)?;
         let vmid = spec.vmid;
         if guests.insert(vmid, spec).is_some() {
-            return Err(err(Some(vmid), Some("vmid"), "listed more than once".into()));
+            return Err(err(
+                Some(vmid),
+                Some("vmid"),
+                "listed more than once".into(),
+            ));
         }
     }
     Ok(DesiredDoc { revision, guests })
