@@ -902,3 +902,42 @@ async fn sigkill_while_a_failed_restore_is_undone() {
     );
     d.stop().await;
 }
+
+/// SIGKILL while a backup job's vzdump runs: the restart re-attaches to the journaled task,
+/// reads its archive from the task log and ends once (one vzdump). `verify-approval` checks
+/// a signed job offline like an approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_backup_runs_ends_it_once() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, true, 512)], 1500)).await;
+    h.desired("revision = 1\n");
+    let mut d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let id = nonce_of(&file);
+    let (copy, sig) = signed(&h, &file, "backup");
+    let offline = h.submit("verify-approval", &copy, &[&sig]).await;
+    assert_eq!(code(&offline), 0, "{}", stdout(&offline));
+    let out = approve(&h, &copy, &sig).await;
+    assert!(stdout(&out).contains("job submitted"), "{}", stdout(&out));
+    eventually(&d, Duration::from_secs(30), "the vzdump journaled", || {
+        phase_of(&h, &id).is_some_and(|(p, upid)| p == "calling" && upid)
+    })
+    .await;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    d = h.spawn_daemon();
+    let row = ended(&h, &d, &id).await;
+    assert_eq!(row["state"], "done", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup local:backup/vzdump-lxc-101-"),
+        "{row}"
+    );
+    assert_eq!(h.sim.count_mutations("vzdump", 101), 1);
+    d.stop().await;
+}
