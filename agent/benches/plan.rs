@@ -47,6 +47,8 @@ fn main() {
                     tags: vec!["prod".into(), "web".into()],
                     description: Some("managed by drover\n".into()),
                     protection: false,
+                    unprivileged: true,
+                    ..ActualConfig::default()
                 },
                 digest: "0".repeat(40),
                 pending: BTreeSet::new(),

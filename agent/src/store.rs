@@ -20,6 +20,8 @@ pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
 /// A signed job's journal record and how it ended (see `jobs`).
 pub use journal::{JobEnd, JobRecord};
+/// Verify windows of risky changes (`reconcile::verify`): the journal's record, as is.
+pub use journal::{VerifyPhase, VerifyWindow};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
         "adopt" => StepKind::Adopt,
+        "remove_mountpoint" => StepKind::Detach,
+        "delete_volume" => StepKind::DeleteVolume,
         _ => return None,
     })
 }
@@ -311,8 +315,72 @@ impl Store {
         self.j.record_adopted(vmid, digest, approval_sha256)
     }
 
+    /// Journals (durably, before the call) that Drover detaches a volume from a mount point.
+    pub fn detaching(
+        &self,
+        d: &crate::model::vocabulary::DetachedVolume,
+    ) -> Result<(), StoreError> {
+        self.j.record_detached(&journal::DetachRecord {
+            vmid: d.vmid,
+            key: d.key.clone(),
+            volume: d.volume.clone(),
+            mount: d.mount.clone(),
+            at: d.detached_at,
+        })
+    }
+
+    /// The volumes Drover detached from `vmid`; empty when the journal cannot say (then no
+    /// deletion is planned: the safe side).
+    pub fn detached(&self, vmid: u32) -> Vec<crate::model::vocabulary::DetachedVolume> {
+        match self.j.detached(vmid) {
+            Ok(v) => v
+                .into_iter()
+                .map(|r| crate::model::vocabulary::DetachedVolume {
+                    vmid: r.vmid,
+                    key: r.key,
+                    volume: r.volume,
+                    mount: r.mount,
+                    detached_at: r.at,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(vmid, "reading detached volumes from the journal: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A detached volume was deleted: nothing is left to plan for it.
+    pub fn forget_detached(&self, vmid: u32, volume: &str) {
+        self.log(
+            "forgetting a deleted volume",
+            self.j.forget_detached(vmid, volume),
+        );
+    }
+
     pub fn destroyed(&self, vmid: u32) {
         self.log("forgetting a destroyed guest", self.j.forget(vmid));
+        self.log("forgetting its verify window", self.j.remove_verify(vmid));
+    }
+
+    /// Moves a verify window to `phase`, durably (one journal entry per phase).
+    pub fn put_verify(
+        &self,
+        window: &mut VerifyWindow,
+        phase: VerifyPhase,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.j.put_verify(window, phase, detail)
+    }
+
+    /// The guest's verify window, open or closed.
+    pub fn verify_window(&self, vmid: u32) -> Result<Option<VerifyWindow>, StoreError> {
+        self.j.verify_window(vmid)
+    }
+
+    /// Every verify window (status, recovery).
+    pub fn verify_windows(&self) -> Result<Vec<VerifyWindow>, StoreError> {
+        self.j.verify_windows()
     }
 
     /// Audits a gate decision; a failure is logged (the decision stands).

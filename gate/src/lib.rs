@@ -36,8 +36,8 @@ pub mod verify;
 
 pub use action::{GateContext, Op, PlannedAction, Role, nonce_hex};
 pub use classify::{
-    BENIGN_CONFIG_KEYS, Classification, CreateOutcome, GuestProvenance, Incarnation, Origin,
-    ProvenanceSource, classify,
+    BENIGN_CONFIG_KEYS, Classification, CreateOutcome, GuestProvenance, Incarnation, KEY_TABLE,
+    KeyClass, KeyRisk, Origin, ProvenanceSource, classify, config_value_class,
 };
 pub use job::{
     ApprovedJob, JOB_MAGIC, JobKind, JobPayload, PlannedJob, is_job_document, render_job_request,

@@ -249,6 +249,19 @@ pub struct TrustRecord {
     pub applied_ms: i64,
 }
 
+/// A volume Drover detached from a mount point (`delete=mpN` left it as `unusedN`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DetachRecord {
+    pub vmid: u32,
+    /// The mount point key it was (`mp1`).
+    pub key: String,
+    pub volume: String,
+    /// The mount point's whole value before the detach.
+    pub mount: String,
+    /// Unix seconds, journaled before the call.
+    pub at: i64,
+}
+
 /// A suspension of one guest or (vmid None) the whole host.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Suspension {
@@ -347,4 +360,6 @@ impl fmt::Display for CheckReport {
 
 mod store;
 pub use store::copies::{CopyState, MANIFEST_VERSION, SafetyCopy};
+pub mod verify;
 pub use store::{Journal, check, move_aside};
+pub use verify::{VerifyPhase, VerifyTransition, VerifyWindow};

@@ -2,10 +2,11 @@
 //!
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
-//! (vmid or "host" → suspension), `jobs` (nonce → signed job record) and `meta` (epoch, clock high-water, gc horizon, desired
-//! revision and last-known-good document, trust) and `copies` (copy id → safety-copy
-//! manifest, see `copies`). Every value is JSON wrapped as
-//! `{"v":1,"r":...}` so a future format is detected, never misread.
+//! (vmid or "host" → suspension), `jobs` (nonce → signed job record), `meta` (epoch, clock
+//! high-water, gc horizon, desired revision and last-known-good document, trust), `copies`
+//! (copy id → safety-copy manifest, see `copies`) and `verify` (`ct/<vmid>` → verify window,
+//! in `store/verify.rs`). Every value is JSON wrapped as `{"v":1,"r":...}` so a future format
+//! is detected, never misread.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,11 +19,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, CreateEnd, JobRecord, JournalError, NewStep, NonceClaim, NonceError,
-    Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
+    AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep, NonceClaim,
+    NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
+    TrustRecord,
 };
 
 pub mod copies;
+mod verify;
 
 const VERSION: u32 = 1;
 /// Audit entries kept (oldest dropped first).
@@ -909,6 +912,40 @@ impl Journal {
         })
     }
 
+    /// `meta` key of a detached volume: `detach/<vmid>/<volume>`.
+    fn detach_key(vmid: u32, volume: &str) -> String {
+        format!("detach/{vmid}/{volume}")
+    }
+
+    /// Remembers (durably) that Drover detached `r.volume` from a mount point at `r.at`, so
+    /// its deletion can wait out the grace period and is only ever planned for its own detach.
+    pub fn record_detached(&self, r: &DetachRecord) -> Result<(), JournalError> {
+        self.put(
+            &self.inner.meta,
+            Self::detach_key(r.vmid, &r.volume),
+            self.enc(r)?,
+        )
+    }
+
+    /// The volumes Drover detached from `vmid`'s mount points.
+    pub fn detached(&self, vmid: u32) -> Result<Vec<DetachRecord>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.meta.scan_prefix(format!("detach/{vmid}/")) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec("detached volume", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a detached volume (deleted, or re-attached).
+    pub fn forget_detached(&self, vmid: u32, volume: &str) -> Result<(), JournalError> {
+        self.inner
+            .meta
+            .remove(Self::detach_key(vmid, volume))
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()
+    }
+
     fn susp_key(vmid: Option<u32>) -> String {
         vmid.map(|v| format!("ct/{v}"))
             .unwrap_or_else(|| "host".into())
@@ -1156,6 +1193,7 @@ pub fn check(dir: &Path) -> CheckReport {
             .undecodable
             .push(("trust record".into(), e.to_string()));
     }
+    j.check_verify(&mut report);
     report
 }
 

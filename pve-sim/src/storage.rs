@@ -218,6 +218,9 @@ pub struct StorageState {
     pub data: BTreeMap<String, String>,
     /// Log lines of vzdump/vzrestore/imgdel/prunebackups tasks by UPID (without `TASK ...`).
     pub task_logs: BTreeMap<String, Vec<String>>,
+    /// Sizes of volumes detached to `unusedN` (whose config line carries no size), so the
+    /// storage still reports them as PVE's does.
+    pub detached_sizes: BTreeMap<String, u64>,
 }
 
 /// Faults for the storage tasks, part of the simulator's [`crate::Faults`].
@@ -336,7 +339,16 @@ fn disks_on(host: &Host, storage: &str) -> Vec<Disk> {
                 if s != storage {
                     continue;
                 }
-                let size = size_bytes(v);
+                let size = match size_bytes(v) {
+                    0 => host
+                        .p
+                        .storage
+                        .detached_sizes
+                        .get(&vol)
+                        .copied()
+                        .unwrap_or(0),
+                    s => s,
+                };
                 let e = out.entry(vol.clone()).or_insert(Disk {
                     volid: vol.clone(),
                     vmid: ct.vmid,

@@ -28,6 +28,9 @@ pub struct PendingRequest {
     pub text: String,
     /// The signing command for an operator on the host itself.
     pub sign: String,
+    /// What the step loses, in words (beside the signed text, never part of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loses: Option<String>,
 }
 
 /// What the agent tells the hub. Every field defaults, so a report from an older or newer

@@ -61,6 +61,25 @@ pub struct ActualConfig {
     /// Without PVE's trailing newline.
     pub description: Option<String>,
     pub protection: bool,
+    /// `mp[n]` as PVE reports them (volume id, size, flags).
+    pub mounts: BTreeMap<u8, proxmox_client::MountConfig>,
+    /// `unused[n]`: volumes detached from a mount point, kept by PVE until deleted.
+    pub unused: BTreeMap<u8, String>,
+    /// `dev[n]` passthrough entries (set by root only).
+    pub devices: BTreeMap<u16, crate::model::DevSpec>,
+    pub features: proxmox_client::Features,
+    /// PVE's default when absent is privileged (`0`); Drover creates unprivileged guests.
+    pub unprivileged: bool,
+    pub nameserver: Vec<String>,
+    pub searchdomain: Vec<String>,
+    pub timezone: Option<String>,
+    pub startup: Option<crate::model::Startup>,
+    pub cpulimit: Option<f64>,
+    pub cpuunits: Option<u64>,
+    pub console: Option<bool>,
+    pub tty: Option<u8>,
+    pub cmode: Option<String>,
+    pub hookscript: Option<String>,
 }
 
 /// One guest on this node as read from PVE.

@@ -118,8 +118,14 @@ impl ClassifiedPlan {
                         out,
                         "      {}:{pad} {} → {}",
                         c.key,
-                        c.old.as_deref().map(short).unwrap_or("(none)".into()),
-                        c.new.as_deref().map(short).unwrap_or("(none)".into())
+                        c.old
+                            .as_deref()
+                            .map(|v| shown(&c.key, v))
+                            .unwrap_or("(none)".into()),
+                        c.new
+                            .as_deref()
+                            .map(|v| shown(&c.key, v))
+                            .unwrap_or("(none)".into())
                     );
                 }
                 if destructive && let Some(a) = approvals {
@@ -272,6 +278,16 @@ fn symbol(s: &Step) -> char {
         StepKind::Destroy => '-',
         StepKind::Adopt => '=',
         _ => '~',
+    }
+}
+
+/// A value as the plan shows it: free text (descriptions, SSH keys) shortened to one line,
+/// everything else whole, so a change at the end of a long mount point value is visible.
+fn shown(key: &str, v: &str) -> String {
+    if matches!(key, "description" | "ssh-public-keys") {
+        short(v)
+    } else {
+        crate::output::escape_controls(v)
     }
 }
 

@@ -99,7 +99,27 @@ pub struct Metrics {
     /// The revision of the desired state in use, once there is one.
     desired_revision: Mutex<Option<u64>>,
     trust: Mutex<Option<TrustGauges>>,
+    /// Verify windows: phases entered, and how windows ended (`reconcile::verify`).
+    verify_phases: Mutex<BTreeMap<String, u64>>,
+    verify_outcomes: Mutex<BTreeMap<String, u64>>,
 }
+
+/// Every phase label of `drover_verify_phase_total`, shown from the start with 0.
+pub const VERIFY_PHASES: &[&str] = &[
+    "armed",
+    "rebooting",
+    "settling",
+    "probing",
+    "reverting",
+    "committed",
+    "reverted",
+    "unverifiable",
+    "conflict",
+    "never_applied",
+];
+
+/// Every outcome label of `drover_verify_total` (`safety-nets.md` §6.2).
+pub const VERIFY_OUTCOMES: &[&str] = &["committed", "reverted", "conflict", "unverifiable"];
 
 /// What the metrics show of the trust document in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -118,6 +138,7 @@ pub const RECONCILE_RESULTS: &[&str] = &[
     "waiting",
     "transient_error",
     "terminal_error",
+    "verifying",
 ];
 
 impl Default for Metrics {
@@ -140,6 +161,8 @@ impl Default for Metrics {
             journal_fsync: Mutex::new(Histogram::with_buckets(FSYNC_BUCKETS)),
             desired_revision: Mutex::default(),
             trust: Mutex::default(),
+            verify_phases: Mutex::default(),
+            verify_outcomes: Mutex::default(),
         }
     }
 }
@@ -212,6 +235,18 @@ impl Metrics {
         *lock(&self.trust) = Some(trust);
     }
 
+    /// A verify window entered `phase`; a terminal phase also counts as an outcome.
+    pub fn verify_phase(&self, phase: &str) {
+        *lock(&self.verify_phases)
+            .entry(phase.to_string())
+            .or_default() += 1;
+        if VERIFY_OUTCOMES.contains(&phase) {
+            *lock(&self.verify_outcomes)
+                .entry(phase.to_string())
+                .or_default() += 1;
+        }
+    }
+
     /// The text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
@@ -269,6 +304,25 @@ impl Metrics {
                     )
                 })
                 .collect(),
+        );
+        let labelled = |m: &Mutex<BTreeMap<String, u64>>, all: &[&str], label: &str| {
+            let mut rows = lock(m).clone();
+            for l in all {
+                rows.entry((*l).to_string()).or_default();
+            }
+            rows.iter()
+                .map(|(k, v)| (format!("{{{label}=\"{}\"}}", esc(k)), *v))
+                .collect::<Vec<_>>()
+        };
+        counter(
+            "drover_verify_phase_total",
+            "Verify windows of risky changes entering each phase.",
+            labelled(&self.verify_phases, VERIFY_PHASES, "phase"),
+        );
+        counter(
+            "drover_verify_total",
+            "Verify windows by how they ended.",
+            labelled(&self.verify_outcomes, VERIFY_OUTCOMES, "outcome"),
         );
         let mut gauge = |name: &str, help: &str, rows: Vec<(String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -528,6 +582,13 @@ mod tests {
         assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.00025\"} 0"));
         assert!(t.contains("drover_build_info{version=\""));
+        assert!(t.contains("drover_verify_total{outcome=\"reverted\"} 0"));
+        m.verify_phase("settling");
+        m.verify_phase("reverted");
+        let t = m.render();
+        assert!(t.contains("drover_verify_phase_total{phase=\"settling\"} 1"));
+        assert!(t.contains("drover_verify_total{outcome=\"reverted\"} 1"));
+        assert!(t.contains("drover_verify_total{outcome=\"committed\"} 0"));
     }
 
     fn populated() -> Metrics {

@@ -84,7 +84,7 @@ pub const GRANTED: &[Privilege] = &[
     Privilege {
         name: "Datastore.Audit",
         path: "/storage/<storage>",
-        used_for: "reading a template from its storage",
+        used_for: "reading a template from its storage, and the size of a detached volume",
     },
     Privilege {
         name: "SDN.Use",
@@ -160,6 +160,8 @@ pub fn for_config_key(key: &str) -> &'static [&'static str] {
         "cores" | "cpulimit" | "cpuunits" => &["VM.Config.CPU"],
         "memory" | "swap" => &["VM.Config.Memory"],
         "hostname" | "nameserver" | "searchdomain" => &["VM.Config.Network"],
+        // Sent at create only, with the create's own privileges.
+        "ssh-public-keys" | "ostype" | "arch" | "unprivileged" => &["VM.Allocate"],
         k if k.starts_with("net") => &["VM.Config.Network", "SDN.Use"],
         k if k == "rootfs" || k.starts_with("mp") => &["VM.Config.Disk", "Datastore.AllocateSpace"],
         "ostemplate" => &["Datastore.Audit"],
@@ -189,6 +191,8 @@ pub fn for_step(step: &Step) -> Vec<&'static str> {
         ],
         // Recorded in the journal only: no PVE call.
         StepKind::Adopt => vec![],
+        // `PUT config delete=mpN` / `delete=unusedN` (check_ct_modify_config_perm: disks).
+        StepKind::Detach | StepKind::DeleteVolume => vec!["VM.Config.Disk"],
     };
     if matches!(step.kind, StepKind::Create | StepKind::SetConfig) {
         for k in step.params.keys() {
@@ -240,6 +244,18 @@ net0 = "name=eth0,bridge=vmbr1,ip=dhcp"
 onboot = true
 tags = ["db"]
 description = "changed"
+features = { nesting = true }
+nameserver = ["10.0.0.53"]
+searchdomain = ["lan.example"]
+timezone = "UTC"
+startup = { order = 1 }
+cpulimit = 2
+cpuunits = 200
+console = true
+tty = 2
+cmode = "tty"
+protection = true
+mp0 = { storage = "local-lvm", size = 2, path = "/srv/data", backup = true }
 
 [[guest]]
 vmid = 103

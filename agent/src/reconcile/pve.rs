@@ -44,7 +44,9 @@ impl WaitPolicy {
             StepKind::Reboot => Duration::from_secs(5 * 60),
             StepKind::Shutdown => Duration::from_secs(SHUTDOWN_TIMEOUT_SECS as u64 + 30),
             StepKind::Start | StepKind::Stop => Duration::from_secs(120),
-            StepKind::SetConfig | StepKind::Adopt => Duration::from_secs(60),
+            StepKind::SetConfig | StepKind::Adopt | StepKind::Detach | StepKind::DeleteVolume => {
+                Duration::from_secs(60)
+            }
         }
     }
 
@@ -82,6 +84,9 @@ pub struct Pve {
     /// only create a guest into it. Not a step parameter: it is this host's setting, not the
     /// document's, and changing it must not change what an approval is bound to.
     pub pool: Option<String>,
+    /// This host's own rules for bind mounts, devices and the detach grace period
+    /// (`[guests]`, `[safety] detach_grace`): never the document's.
+    pub rules: crate::reconcile::vocabulary::HostRules,
 }
 
 impl Pve {
@@ -100,7 +105,14 @@ impl Pve {
             metrics,
             estimates: Default::default(),
             pool: None,
+            rules: Default::default(),
         }
+    }
+
+    /// This host's rules for bind mounts, devices and the detach grace period.
+    pub fn with_rules(mut self, rules: crate::reconcile::vocabulary::HostRules) -> Pve {
+        self.rules = rules;
+        self
     }
 
     /// New guests are created into `pool`.
@@ -238,6 +250,18 @@ impl Pve {
                         .await?,
                 ))
             }
+            // Only `delete` is sent: `volume` names what the approval is bound to.
+            StepKind::Detach | StepKind::DeleteVolume => {
+                let mut update = ConfigUpdate::new();
+                if let Some(d) = digest {
+                    update = update.with_digest(d);
+                }
+                if let Some(key) = p.get("delete") {
+                    update = update.delete(key.clone());
+                }
+                self.client.update_lxc_config(node, vmid, &update).await?;
+                Ok(Submission::Done)
+            }
             StepKind::Start => Ok(Submission::Task(self.client.start_lxc(node, vmid).await?)),
             StepKind::Stop => Ok(Submission::Task(self.client.stop_lxc(node, vmid).await?)),
             StepKind::Shutdown => Ok(Submission::Task(
@@ -311,6 +335,19 @@ impl Pve {
         Ok(candidates.into_iter().next())
     }
 
+    /// A volume's size in bytes, as its storage reports it (`Datastore.Audit`), for the words
+    /// beside a `delete_volume` request: `unusedN` carries no size. `None` when PVE cannot say.
+    pub async fn volume_size(&self, volid: &str) -> Option<u64> {
+        let (storage, _) = volid.split_once(':')?;
+        match self.client.volume_info(&self.node, storage, volid).await {
+            Ok(v) => v.size,
+            Err(e) => {
+                tracing::debug!(volid, "reading the size of a detached volume: {e}");
+                None
+            }
+        }
+    }
+
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
         let worker = upid.worker_type.as_str();
@@ -334,7 +371,9 @@ pub fn worker_type(kind: StepKind) -> Option<&'static str> {
         StepKind::Reboot => "vzreboot",
         StepKind::Destroy => "vzdestroy",
         StepKind::Resize => "resize",
-        StepKind::SetConfig | StepKind::Adopt => return None,
+        StepKind::SetConfig | StepKind::Adopt | StepKind::Detach | StepKind::DeleteVolume => {
+            return None;
+        }
     })
 }
 
@@ -373,6 +412,47 @@ pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>)
             tags: c.tags.as_deref().map(split_tags).unwrap_or_default(),
             description: c.description.as_deref().map(normalize_description),
             protection: c.protection.unwrap_or(false),
+            mounts: c
+                .mp
+                .iter()
+                .filter_map(|(i, m)| u8::try_from(*i).ok().map(|i| (i, m.clone())))
+                .collect(),
+            unused: c
+                .extra
+                .iter()
+                .filter_map(|(k, v)| {
+                    let i: u8 = k.strip_prefix("unused")?.parse().ok()?;
+                    // `unusedN` is a bare volume id (older configs may add `,size=`).
+                    Some((i, v.split(',').next().unwrap_or("").to_string()))
+                })
+                .collect(),
+            devices: crate::model::vocabulary::devices_of(&c.extra),
+            features: c.features.clone().unwrap_or_default(),
+            unprivileged: c.unprivileged.unwrap_or(false),
+            nameserver: c
+                .nameserver
+                .as_deref()
+                .map(crate::model::vocabulary::split_list)
+                .unwrap_or_default(),
+            searchdomain: c
+                .searchdomain
+                .as_deref()
+                .map(crate::model::vocabulary::split_list)
+                .unwrap_or_default(),
+            timezone: c.extra.get("timezone").cloned(),
+            startup: c
+                .extra
+                .get("startup")
+                .and_then(|s| crate::model::Startup::parse(s).ok()),
+            cpulimit: c.cpulimit,
+            cpuunits: c.cpuunits,
+            console: c
+                .extra
+                .get("console")
+                .map(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on")),
+            tty: c.extra.get("tty").and_then(|v| v.parse().ok()),
+            cmode: c.extra.get("cmode").cloned(),
+            hookscript: c.extra.get("hookscript").cloned(),
         },
         digest: c.digest.clone().unwrap_or_default(),
         pending,

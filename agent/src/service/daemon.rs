@@ -134,6 +134,17 @@ fn once_reasons(
         }
     }
     for g in snap.guests.values() {
+        if let Some(v) = g.verify.as_ref().filter(|v| v.deadline_unix.is_some()) {
+            out.push((
+                "verify_pending".to_string(),
+                format!(
+                    "CT {}: the change of {} is still in its verify window ({})",
+                    g.vmid,
+                    v.keys.join(", "),
+                    v.phase
+                ),
+            ));
+        }
         if g.state == GuestState::Failed
             && plan
                 .plan
@@ -190,10 +201,9 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
         move |method, code| counted.pve_request(method.as_str(), code),
     )));
     let client = Client::new(client_config).context("building the PVE client")?;
-    Ok(
-        Pve::new(client, config.host.clone(), waits, metrics)
-            .with_pool(config.proxmox.pool.clone()),
-    )
+    Ok(Pve::new(client, config.host.clone(), waits, metrics)
+        .with_pool(config.proxmox.pool.clone())
+        .with_rules(config.rules.clone()))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
@@ -344,6 +354,7 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: crate::approval::requests::Approvals::words(&p),
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
@@ -365,6 +376,7 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: None,
         })
         .collect();
     let mut body = crate::desired::report::Report::new(
