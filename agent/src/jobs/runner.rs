@@ -147,7 +147,8 @@ impl JobRunner {
             engine: engine.clone(),
             dirs: JobDirs::new(state_dir, engine.approvals().candidate_dirs()),
         });
-        engine.set_jobs(runner.clone());
+        let hook: Arc<dyn crate::reconcile::job_slot::GuestJobs> = runner.clone();
+        engine.set_jobs(&hook);
         runner
     }
 

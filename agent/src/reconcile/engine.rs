@@ -71,7 +71,9 @@ pub(super) struct Inner {
     pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
     /// Signed jobs, asked first in every lane turn (see `job_slot`).
-    jobs: RwLock<Option<Arc<dyn crate::reconcile::job_slot::GuestJobs>>>,
+    /// Weak: the runner holds the engine, so a strong reference here would be a cycle that
+    /// keeps the journal (and its lock) alive after `run` returned.
+    jobs: RwLock<Option<std::sync::Weak<dyn crate::reconcile::job_slot::GuestJobs>>>,
     /// Safety copies before destructive steps (`safety/`); `None` refuses every step that
     /// needs one (`safety_storage_unset`).
     pub(super) safety: RwLock<Option<crate::safety::SafetyCopies>>,
@@ -116,8 +118,10 @@ impl Engine {
     }
 
     /// Installs the signed-job runner the lanes ask before planning a guest.
-    pub fn set_jobs(&self, jobs: Arc<dyn crate::reconcile::job_slot::GuestJobs>) {
-        *self.inner.jobs.write().unwrap_or_else(|p| p.into_inner()) = Some(jobs);
+    /// The caller keeps the runner alive for as long as jobs should run (the daemon, for the
+    /// whole of `run`).
+    pub fn set_jobs(&self, jobs: &Arc<dyn crate::reconcile::job_slot::GuestJobs>) {
+        *self.inner.jobs.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::downgrade(jobs));
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -685,7 +689,8 @@ impl Engine {
             .jobs
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
         if let Some(jobs) = jobs
             && let Some(outcome) = jobs.turn(vmid).await
         {
