@@ -710,6 +710,9 @@ impl Engine {
                             "destructive step needs a signed approval ({reason}); sign with: {}",
                             Approvals::sign_command(&domain, &request)
                         );
+                        if let Some(pre) = &guard {
+                            info!(vmid, "{}", pre.describe());
+                        }
                     }
                     self.inner
                         .status
