@@ -43,14 +43,17 @@ DRY_RUN=0
 #   VM.PowerMgmt                  start/stop/shutdown/reboot
 #   VM.Allocate                   create/destroy
 #   VM.Config.CPU/Memory/Network/Disk/Options   PUT config per key, resize
-#   VM.Backup                     safety copies before destructive steps (vzdump,
-#                                 extractconfig, protecting/deleting Drover's own backups)
+#   VM.Backup                     safety copies before destructive steps and backup jobs
+#                                 (vzdump, extractconfig, protecting/deleting Drover's own
+#                                 backups), restore over a guest
+#   VM.Snapshot                   snapshot / delete_snapshot jobs, snapshot safety copies
+#   VM.Snapshot.Rollback          rollback_snapshot jobs
 #   Datastore.AllocateSpace, Datastore.Audit    new volumes, template storage read access,
 #                                 writing and releasing safety copies on --safety-storage
 #   (never Datastore.Allocate: it would let the token delete any volume and any backup)
 #   SDN.Use                       net[n] on a bridge (/sdn/zones/localnetwork/<bridge>)
 #   Sys.Audit                     read tasks on /nodes/<node>
-PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Backup Datastore.AllocateSpace Datastore.Audit"
+PRIVS_BASE="VM.Audit VM.PowerMgmt VM.Allocate VM.Config.CPU VM.Config.Memory VM.Config.Network VM.Config.Disk VM.Config.Options VM.Backup VM.Snapshot VM.Snapshot.Rollback Datastore.AllocateSpace Datastore.Audit"
 PRIV_SDN="SDN.Use"
 PRIV_SYS_AUDIT="Sys.Audit"
 

@@ -165,6 +165,18 @@ async fn main() {
     // Single sections: `--peer` (Drover against the proxmoxer peer), `--pveproxy` (against
     // the simulator shaped like pveproxy), `--rss-scale` (the daemon's RSS at 1,000 and 5,000
     // guests; needs `cargo build --release -p drover`).
+    // `--hold N`: a converged host of N guests in the in-process simulator, its drover.toml
+    // printed, kept for 10 minutes: for profiling the daemon by hand (heaptrack, perf).
+    if let Some(n) = std::env::args()
+        .skip_while(|a| a != "--hold")
+        .nth(1)
+        .and_then(|n| n.parse::<u32>().ok())
+    {
+        let s = setup(n, true, 10, 10).await;
+        println!("config {}", s.config_path.display());
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return;
+    }
     if only("--peer") || only("--pveproxy") || only("--rss-scale") {
         if only("--pveproxy") {
             pveproxy().await;
@@ -184,13 +196,24 @@ async fn main() {
 
     // 2b. The same converge at the production poll schedule (adaptive, no test interval), and
     // longer tasks; CPU time of the whole process (agent and in-process simulator) against
-    // wall-clock. `--production-only` skips everything else.
-    for (n, task_ms, rounds) in [(200u32, 100u64, 3usize), (60, 1500, 1)] {
+    // wall-clock; the last row with 10,000 step records kept in the journal. Requests per
+    // step: everything but the two full reads (boot and the final verification), per guest.
+    // `--production-only` skips everything else.
+    for (n, task_ms, rounds, kept) in [
+        (200u32, 100u64, 3usize, 0u32),
+        (60, 1500, 1, 0),
+        (60, 1000, 1, 0),
+        (15, 10_000, 1, 0),
+        (200, 100, 3, 10_000),
+    ] {
         let mut ratios = Vec::new();
         let mut cpu = Vec::new();
         let mut per_step = Vec::new();
         for _ in 0..rounds {
             let s = setup(n, false, task_ms, 10).await;
+            if kept > 0 {
+                keep_records(&s, kept);
+            }
             let requests_before = s.sim.request_count();
             let cpu_before = process_cpu_seconds();
             let t = Instant::now();
@@ -203,18 +226,19 @@ async fn main() {
             let used = process_cpu_seconds() - cpu_before;
             let ideal = (n as f64 / 3.0).ceil() * task_ms as f64 / 1000.0;
             let requests = (s.sim.request_count() - requests_before) as f64;
+            let step = (requests - 2.0 * f64::from(n + 2)) / f64::from(n);
             println!(
-                "  converge {n} × {task_ms} ms, production polling: wall {took:.2} s ({r:?}), ideal {ideal:.2} s, ratio {:.3}, cpu {used:.2} s ({:.1} % of wall), {:.1} API requests per started guest (incl. the two full reads)",
+                "  converge {n} × {task_ms} ms, production polling, {kept} records kept: wall {took:.2} s ({r:?}), ideal {ideal:.2} s, ratio {:.3}, cpu {used:.2} s ({:.1} % of wall), {:.1} API requests per started guest incl. the two full reads, {step:.2} per step",
                 took / ideal,
                 100.0 * used / took,
                 requests / n as f64
             );
             ratios.push(took / ideal);
             cpu.push(100.0 * used / took);
-            per_step.push(requests / n as f64);
+            per_step.push(step);
         }
         println!(
-            "converge {n} guests (start, {task_ms} ms tasks, max_parallel 3, production polling): median ratio {:.3} × ideal wall-clock, process CPU {:.1} % of wall, {:.1} requests per guest",
+            "converge {n} guests (start, {task_ms} ms tasks, max_parallel 3, production polling, {kept} step records kept): median ratio {:.3} × ideal wall-clock, process CPU {:.1} % of wall, {:.2} requests per step",
             median(ratios),
             median(cpu),
             median(per_step)
@@ -242,6 +266,25 @@ async fn main() {
         let _ = child.kill();
         let _ = child.wait();
         println!("drover run, ~100 passes of 200 guests: peak RSS {hwm} (goal < 30 MiB)");
+    }
+}
+
+/// Fills the journal with `n` closed step records of guests outside the document (20 per
+/// guest, so the automatic compaction, which keeps 20 per guest and 10,000 in all, keeps
+/// them): what a host that has run for a long time carries.
+fn keep_records(s: &Setup, n: u32) {
+    let store = drover::store::Store::open(&s.config.state_dir).unwrap();
+    for i in 0..n {
+        let step = drover::model::step::Step {
+            vmid: 50_000 + i / 20,
+            kind: drover::model::step::StepKind::Start,
+            params: Default::default(),
+            changes: Vec::new(),
+        };
+        let id = store
+            .intent(&step, &gate::Classification::Benign, None, None)
+            .unwrap();
+        store.done(&id, drover::store::StepOutcome::Ok).unwrap();
     }
 }
 

@@ -35,16 +35,20 @@ fn main() {
                     }),
                     nets: [(
                         0u8,
-                        parse_net(
-                            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth",
-                        )
-                        .expect("valid net"),
+                        Box::new(
+                            parse_net(
+                                "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:00:00:01,ip=dhcp,type=veth",
+                            )
+                            .expect("valid net"),
+                        ),
                     )]
                     .into(),
                     onboot: true,
                     tags: vec!["prod".into(), "web".into()],
                     description: Some("managed by drover\n".into()),
                     protection: false,
+                    unprivileged: true,
+                    ..ActualConfig::default()
                 },
                 digest: "0".repeat(40),
                 pending: BTreeSet::new(),

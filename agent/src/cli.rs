@@ -266,7 +266,24 @@ pub async fn plan(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 doc.revision
             ))
         );
-        crate::out!("{}", plan.to_text_styled(style));
+        let approvals = crate::operator::render::ApprovalPath {
+            pending_dir: engine.approvals().pending_dir.clone(),
+            domain: trust
+                .as_ref()
+                .map(|t| t.domain.clone())
+                .unwrap_or_else(|| "DOMAIN".into()),
+            elsewhere: Some(match &source {
+                Source::Dir(d) => format!(
+                    "{}/ (the desired directory's approvals)",
+                    d.approvals_dir().display()
+                ),
+                Source::Hub { .. } => format!(
+                    "hosts/{}/approvals/ on the hub, listed in its index.json (drover fleet add-approvals)",
+                    config.host
+                ),
+            }),
+        };
+        crate::out!("{}", plan.to_text_with(style, Some(&approvals)));
     }
     Ok(if plan.plan.is_empty() {
         ExitCode::SUCCESS
@@ -475,6 +492,7 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "file": p,
                     "text": text,
+                    "loses": Approvals::words(p),
                     "sign": Approvals::sign_command(&domain, p),
                 })
             })
@@ -484,8 +502,11 @@ pub fn approvals(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
         crate::outln!("no approval requests are pending");
     } else {
         for (p, text) in &pending {
+            let words = Approvals::words(p)
+                .map(|w| format!("what this step loses (not part of the signed text):\n{w}\n\n"))
+                .unwrap_or_default();
             crate::outln!(
-                "== {}\n{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
+                "== {}\n{words}{text}\nsign with:\n  {}\nthen submit with:\n  drover approve {} {}.sig\n",
                 p.display(),
                 Approvals::sign_command(&domain, p),
                 p.display(),
@@ -869,14 +890,29 @@ pub fn status_table(body: &serde_json::Value) -> String {
         "MESSAGE".into(),
     ]];
     for g in body["guests"].as_array().into_iter().flatten() {
-        let message = if g["last_error"].is_null() {
+        // A verify window (`reconcile::verify`): "verify settling net0: ..."; an open one first.
+        let v = &g["verify"];
+        let verify = (!v.is_null()).then(|| {
+            let keys: Vec<String> = v["keys"].as_array().into_iter().flatten().map(s).collect();
+            format!(
+                "verify {} {}: {}",
+                s(&v["phase"]),
+                keys.join(","),
+                s(&v["message"])
+            )
+        });
+        let open = !v.is_null() && !v["deadline_unix"].is_null();
+        let message = if !g["last_error"].is_null() {
+            s(&g["last_error"])
+        } else if let Some(line) = verify.clone().filter(|_| open) {
+            line
+        } else {
             g["notes"]
                 .as_array()
                 .and_then(|n| n.first())
                 .map(s)
+                .or(verify)
                 .unwrap_or_default()
-        } else {
-            s(&g["last_error"])
         };
         rows.push([
             s(&g["vmid"]),
@@ -930,6 +966,23 @@ pub fn status_table(body: &serde_json::Value) -> String {
                 String::new()
             }
         );
+    }
+    // Signed jobs that are not over yet (`drover jobs` lists them all).
+    for j in body["jobs"].as_array().into_iter().flatten() {
+        let state = s(&j["state"]);
+        if matches!(state.as_str(), "pending_signature" | "queued" | "running") {
+            let _ = writeln!(
+                out,
+                "job {} of CT {}: {state}{}",
+                s(&j["kind"]),
+                s(&j["vmid"]),
+                if state == "running" {
+                    format!(" ({})", s(&j["phase"]))
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
     if body["trust"]["valid"] == false {
         let _ = writeln!(

@@ -18,6 +18,8 @@ pub mod clock;
 pub mod demo;
 pub mod desired;
 pub mod fleet;
+pub mod job_cli;
+pub mod jobs;
 pub mod local_file;
 pub mod model;
 pub mod operator;

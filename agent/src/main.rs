@@ -162,6 +162,18 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Signed jobs: render a request from the host's current state for an operator to sign
+    /// (snapshot, delete-snapshot, rollback, backup, restore, reboot).
+    Job {
+        #[command(subcommand)]
+        verb: JobVerb,
+    },
+    /// Jobs: pending signature, queued, running with its phase, done, failed with the reason
+    /// (0 none open, 2 some pending, queued or running).
+    Jobs {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Run the PVE simulator (for trying Drover without a Proxmox host).
     Sim {
         /// Arguments passed to the simulator (see `drover sim -- --help`).
@@ -175,6 +187,58 @@ enum Command {
     Fleet {
         #[command(subcommand)]
         verb: FleetVerb,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum JobKindArg {
+    Snapshot,
+    DeleteSnapshot,
+    Rollback,
+    Backup,
+    Restore,
+    Reboot,
+}
+
+#[derive(Subcommand)]
+enum JobVerb {
+    /// Render a job request from the host's current state into the state directory's
+    /// `jobs/pending/` (0 rendered, 1 refused with the job's code).
+    New {
+        #[arg(value_enum)]
+        kind: JobKindArg,
+        #[arg(long)]
+        vmid: u32,
+        /// snapshot, delete-snapshot, rollback: the snapshot's name.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// snapshot: its description (letters, digits and . _ : / , = @ + -; no spaces).
+        #[arg(long)]
+        description: Option<String>,
+        /// backup: the target storage; restore: the storage of the restored volumes.
+        #[arg(long)]
+        storage: Option<String>,
+        /// backup: protect the archive from pruning and deletion.
+        #[arg(long)]
+        protected: bool,
+        /// restore: the backup's volume id (a free vmid restores beside the original).
+        #[arg(long)]
+        backup: Option<String>,
+        /// Hold the guest after the job (suspended until `drover resume`); the default for
+        /// restore and rollback.
+        #[arg(long, conflicts_with = "no_hold")]
+        hold: bool,
+        /// Let the desired state converge the guest right after the job.
+        #[arg(long)]
+        no_hold: bool,
+        /// A change ticket, recorded in the audit log (never bound).
+        #[arg(long)]
+        ticket: Option<String>,
+        /// Validity of the request in seconds (at most a day).
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
 }
 
@@ -406,6 +470,51 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
             .context("running the simulator"),
         Command::Demo => drover::demo::run().await,
+        Command::Jobs { output } => drover::job_cli::jobs(&cli.config, output == Output::Json),
+        Command::Job {
+            verb:
+                JobVerb::New {
+                    kind,
+                    vmid,
+                    snapshot,
+                    description,
+                    storage,
+                    protected,
+                    backup,
+                    hold,
+                    no_hold,
+                    ticket,
+                    ttl,
+                    output,
+                },
+        } => {
+            let kind = match kind {
+                JobKindArg::Snapshot => gate::JobKind::Snapshot,
+                JobKindArg::DeleteSnapshot => gate::JobKind::DeleteSnapshot,
+                JobKindArg::Rollback => gate::JobKind::RollbackSnapshot,
+                JobKindArg::Backup => gate::JobKind::Backup,
+                JobKindArg::Restore => gate::JobKind::RestoreBackup,
+                JobKindArg::Reboot => gate::JobKind::Reboot,
+            };
+            let ask = drover::jobs::plan::JobAsk {
+                kind,
+                vmid,
+                snapname: snapshot,
+                description,
+                storage,
+                protected,
+                volid: backup,
+                hold: (hold || drover::jobs::plan::default_hold(kind)) && !no_hold,
+            };
+            drover::job_cli::job_new(
+                &cli.config,
+                ask,
+                ticket.as_deref(),
+                ttl,
+                output == Output::Json,
+            )
+            .await
+        }
         Command::Fleet { verb } => fleet(verb),
     }
 }

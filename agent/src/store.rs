@@ -18,6 +18,10 @@ use crate::model::step::{Step, StepKind};
 /// How the agent's own create step ended (for `create_left_guest`).
 pub use journal::CreateEnd;
 pub use journal::JournalError as StoreError;
+/// A signed job's journal record and how it ended (see `jobs`).
+pub use journal::{JobEnd, JobRecord};
+/// Verify windows of risky changes (`reconcile::verify`): the journal's record, as is.
+pub use journal::{VerifyPhase, VerifyWindow};
 
 /// A gate decision worth auditing: one entry of the audit log.
 #[derive(Debug, Clone)]
@@ -81,6 +85,8 @@ fn kind_from_str(s: &str) -> Option<StepKind> {
         "reboot" => StepKind::Reboot,
         "destroy_guest" => StepKind::Destroy,
         "adopt" => StepKind::Adopt,
+        "remove_mountpoint" => StepKind::Detach,
+        "delete_volume" => StepKind::DeleteVolume,
         _ => return None,
     })
 }
@@ -309,8 +315,72 @@ impl Store {
         self.j.record_adopted(vmid, digest, approval_sha256)
     }
 
+    /// Journals (durably, before the call) that Drover detaches a volume from a mount point.
+    pub fn detaching(
+        &self,
+        d: &crate::model::vocabulary::DetachedVolume,
+    ) -> Result<(), StoreError> {
+        self.j.record_detached(&journal::DetachRecord {
+            vmid: d.vmid,
+            key: d.key.clone(),
+            volume: d.volume.clone(),
+            mount: d.mount.clone(),
+            at: d.detached_at,
+        })
+    }
+
+    /// The volumes Drover detached from `vmid`; empty when the journal cannot say (then no
+    /// deletion is planned: the safe side).
+    pub fn detached(&self, vmid: u32) -> Vec<crate::model::vocabulary::DetachedVolume> {
+        match self.j.detached(vmid) {
+            Ok(v) => v
+                .into_iter()
+                .map(|r| crate::model::vocabulary::DetachedVolume {
+                    vmid: r.vmid,
+                    key: r.key,
+                    volume: r.volume,
+                    mount: r.mount,
+                    detached_at: r.at,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(vmid, "reading detached volumes from the journal: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// A detached volume was deleted: nothing is left to plan for it.
+    pub fn forget_detached(&self, vmid: u32, volume: &str) {
+        self.log(
+            "forgetting a deleted volume",
+            self.j.forget_detached(vmid, volume),
+        );
+    }
+
     pub fn destroyed(&self, vmid: u32) {
         self.log("forgetting a destroyed guest", self.j.forget(vmid));
+        self.log("forgetting its verify window", self.j.remove_verify(vmid));
+    }
+
+    /// Moves a verify window to `phase`, durably (one journal entry per phase).
+    pub fn put_verify(
+        &self,
+        window: &mut VerifyWindow,
+        phase: VerifyPhase,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.j.put_verify(window, phase, detail)
+    }
+
+    /// The guest's verify window, open or closed.
+    pub fn verify_window(&self, vmid: u32) -> Result<Option<VerifyWindow>, StoreError> {
+        self.j.verify_window(vmid)
+    }
+
+    /// Every verify window (status, recovery).
+    pub fn verify_windows(&self) -> Result<Vec<VerifyWindow>, StoreError> {
+        self.j.verify_windows()
     }
 
     /// Audits a gate decision; a failure is logged (the decision stands).
@@ -394,6 +464,30 @@ impl Store {
     /// Whether a nonce was already consumed (answers only; the gate's `consume` decides).
     pub fn nonce_consumed(&self, nonce: &str) -> Result<bool, StoreError> {
         self.j.nonce_consumed(nonce)
+    }
+}
+
+impl Store {
+    /// Writes a signed job's record (a phase reached), durably.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.j.put_job(job)
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.j.job(id)
+    }
+
+    /// Every job record, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.j.jobs()
+    }
+
+    /// The job of `vmid` that has not ended, if any (at most one runs per guest).
+    pub fn active_job(&self, vmid: u32) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self
+            .jobs()?
+            .into_iter()
+            .find(|j| j.vmid == vmid && j.end.is_none()))
     }
 }
 

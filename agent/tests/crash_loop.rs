@@ -9,6 +9,10 @@
 //! The simulator's mutation log must show no CT created twice, no destroy of a guest whose
 //! destroy was never signed, and the host must converge in the end.
 //!
+//! Signed jobs are in the mix: every other round a snapshot job (a new name each time) is
+//! rendered, signed and dropped into the inbox before the agent starts, so kills also land
+//! while jobs run; no snapshot may be taken twice and every job ends (done or refused).
+//!
 //! `DROVER_CRASH_ROUNDS` sets the number of kills (default 30, as in CI); the script
 //! `agent/tests/crash-loop.sh` runs thousands.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -145,12 +149,19 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
     .await;
 
     let mut signed: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut jobs: Vec<(u32, String)> = Vec::new();
     let (mut hit, mut hit_submitted) = (0u32, 0u32);
     for round in 0..rounds {
         h.desired(&document(round));
         let signed_now = sign_pending_destroys(&h, round).await;
         for v in &signed_now {
             *signed.entry(*v).or_default() += 1;
+        }
+        if round >= 2 && round % 2 == 0 {
+            let v = BASE.start + (round / 2) % (BASE.end - BASE.start);
+            if let Some(name) = submit_snapshot_job(&h, v, round).await {
+                jobs.push((v, name));
+            }
         }
         let mut child = h.command(&["run"]).spawn().expect("drover starts");
         let wait_ms = 150 + (rand_u64(round) % 600);
@@ -199,6 +210,30 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
             break;
         }
     }
+    // Jobs: each snapshot taken at most once, and none left running or queued.
+    for (v, name) in &jobs {
+        let n = h
+            .sim
+            .mutations()
+            .iter()
+            .filter(|m| {
+                m.kind == "snapshot" && m.vmid == Some(*v) && m.params.get("snapname") == Some(name)
+            })
+            .count();
+        assert!(n <= 1, "snapshot {name} of CT {v} taken {n} times");
+    }
+    let listed = h.drover_async(&["jobs", "--output", "json"]).await;
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let open: Vec<&serde_json::Value> = rows
+        .iter()
+        .filter(|r| r["state"] == "running" || r["state"] == "queued")
+        .collect();
+    assert!(open.is_empty(), "jobs left open: {open:?}");
+    let done = rows.iter().filter(|r| r["state"] == "done").count();
+    println!(
+        "crash loop: {} snapshot jobs submitted, {done} done, the rest refused (the guest changed or was busy)",
+        jobs.len()
+    );
     assert!(converged, "the host did not converge after {rounds} kills");
 
     let mut creates: BTreeMap<u32, usize> = BTreeMap::new();
@@ -284,6 +319,41 @@ async fn sigkill_at_random_moments_never_runs_a_step_twice() {
         "a copy left creating after convergence"
     );
     println!("crash loop: {} safety copies journaled", manifests.len());
+}
+
+/// Renders a snapshot job for `v` from the host's current state, signs it with the demo
+/// operator's key and hands it to the agent's inbox; None when the job is refused at once
+/// (the guest is locked or does not exist yet).
+async fn submit_snapshot_job(h: &Host, v: u32, round: u32) -> Option<String> {
+    let name = format!("crash-{round}");
+    let out = h
+        .drover_async(&[
+            "job",
+            "new",
+            "snapshot",
+            "--vmid",
+            &v.to_string(),
+            "--snapshot",
+            &name,
+            "--output",
+            "json",
+        ])
+        .await;
+    if code(&out) != 0 {
+        return None;
+    }
+    let rendered: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let file = PathBuf::from(rendered["file"].as_str()?);
+    let signed = sign_all(
+        "demo/TEST_demo_operator_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &[file],
+        &h.root().join(format!("job-signing-{round}")),
+    );
+    let (copy, sig) = &signed[0];
+    let out = h.submit("approve", copy, &[sig.as_path()]).await;
+    assert_eq!(code(&out), 0);
+    Some(name)
 }
 
 fn all_converged(h: &Host, round: u32) -> bool {

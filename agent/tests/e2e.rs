@@ -50,13 +50,22 @@ async fn converges_from_scratch_then_a_pass_changes_nothing() {
     assert_eq!(h.sim.mutations().len(), before, "no-op pass made mutations");
 }
 
-/// On a terminal (a real pty from `script`), `run --once` redraws one progress line in place.
+/// On a terminal (a real pty from `script`), `run --once` redraws one progress line in place,
+/// and log lines printed meanwhile never run into it: each log line stands on a line of its
+/// own, with the progress line drawn again below it. (Before, the progress line was written
+/// without a newline and the next log line was appended to it on the same line.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn progress_redraws_one_line_on_a_terminal() {
+async fn progress_redraws_one_line_on_a_terminal_and_log_lines_never_collide_with_it() {
     if common::skip_without("script", "--version") {
         return;
     }
-    let h = Host::start(vec![]).await;
+    // Tasks of a second: the line is drawn several times while the create and the start
+    // run, and the lane logs "starting" and "done" between them.
+    let h = Host::start_with(pve_sim::SimConfig {
+        task_duration: std::time::Duration::from_secs(1),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
     h.desired(&format!("revision = 1\n{}", guest(211, "running", 512)));
     let cmd = format!(
         "{} --config {} run --once",
@@ -66,17 +75,69 @@ async fn progress_redraws_one_line_on_a_terminal() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("script")
             .args(["-qec", &cmd, "/dev/null"])
-            .env("DROVER_LOG", "error")
+            .env("DROVER_LOG", "info")
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("\r\x1b[2K"), "no in-place redraw: {text:?}");
-    assert!(!text.contains("progress: "), "{text:?}");
-    assert!(text.contains("rev 1: 1 converged"), "{text:?}");
+    let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{raw:?}");
+    // What a terminal shows on each line: escape sequences dropped, and of a line redrawn
+    // with \r only what was drawn last.
+    let visible: Vec<String> = strip_escapes(&raw)
+        .split('\n')
+        .map(|l| {
+            l.rsplit('\r')
+                .find(|s| !s.is_empty())
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    let progress = |l: &str| l.contains("rev 1:");
+    let log = |l: &str| l.contains("INFO");
+    assert!(
+        raw.contains("running: CT 211"),
+        "the line showed the running step: {raw:?}"
+    );
+    assert!(
+        visible.iter().filter(|l| log(l)).count() >= 2,
+        "log lines were printed meanwhile: {visible:#?}"
+    );
+    assert!(
+        !visible.iter().any(|l| progress(l) && log(l)),
+        "a log line ran into the progress line: {visible:#?}"
+    );
+    assert!(!raw.contains("progress: "), "{raw:?}");
+    assert!(
+        visible.iter().any(|l| l.starts_with("rev 1: 1 converged")),
+        "the final state stays on its own line: {visible:#?}"
+    );
+}
+
+/// Drops ANSI escape sequences (CSI `ESC [ ... letter`, and two-byte `ESC x`).
+fn strip_escapes(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'[') {
+            chars.next();
+            for n in chars.by_ref() {
+                if n.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            chars.next();
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

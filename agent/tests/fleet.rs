@@ -1082,6 +1082,7 @@ fn pending_flags_requests_the_document_does_not_explain_and_never_extracts_them(
         file: format!("{vmid}-destroy_guest.txt"),
         text: request("pve1", vmid, 3600),
         sign: format!("ssh-keygen -Y sign -f K -n destructive-op-v1@{DOMAIN} x"),
+        loses: None,
     };
     let report = Report::new(
         serde_json::json!({"host": "pve1", "desired": {"revision": 4}}),

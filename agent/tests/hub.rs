@@ -536,3 +536,31 @@ async fn report_is_put_and_405_is_tolerated() {
     assert_eq!(src.report(&status).await.unwrap(), ReportOutcome::Disabled);
     assert!(srv500.requests().len() == 1);
 }
+
+/// A hub document carrying a root-only or host-takeover key is refused as a whole, with the
+/// key's own code, and never replaces the document in force (the refused class of the gate's
+/// table; the agent then keeps converging the last good one).
+#[tokio::test]
+async fn a_hub_document_with_a_refused_key_is_refused_with_its_code() {
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let src = hub.source();
+    hub.put("desired.toml", &doc(3));
+    fresh(src.fetch(None, None, now()).await.unwrap());
+    for (i, (line, code)) in [
+        ("features = { keyctl = true }", "feature_root_only"),
+        ("password = \"hunter22\"", "password_refused"),
+        ("hookscript = \"local:snippets/x.sh\"", "hookscript_refused"),
+        ("\"lxc.cap.drop\" = \"\"", "raw_lxc_refused"),
+        ("pool = \"admins\"", "pool_is_host_setting"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        hub.put("desired.toml", &format!("{}{line}\n", doc(4 + i as u64)));
+        let e = src.fetch(Some(3), None, now()).await.unwrap_err();
+        assert_eq!(e.code(), "desired_invalid", "{line}: {e}");
+        assert!(e.to_string().contains(code), "{line}: {e}");
+    }
+}

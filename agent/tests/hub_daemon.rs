@@ -273,3 +273,65 @@ async fn daemon_follows_a_signed_hub_and_holds_destructive_work_when_it_cannot_v
     assert!(h.sim.guest(103).is_some());
     d.stop().await;
 }
+
+/// A signed job delivered through the hub (`hosts/<host>/jobs/`, listed in its `index.json`)
+/// runs once; the hub keeps listing it afterwards without it being run or refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_job_travels_through_the_hub_and_runs_once() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let h = Host::start(vec![seed(101, true, 256)]).await;
+    write_config(&h, &hub);
+    hub.publish_signed("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let out = h
+        .drover_async(&[
+            "job",
+            "new",
+            "snapshot",
+            "--vmid",
+            "101",
+            "--snapshot",
+            "from-the-hub",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(common::code(&out), 0, "{}", common::stdout(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let request = PathBuf::from(v["file"].as_str().unwrap());
+    let name = request.file_name().unwrap().to_str().unwrap().to_string();
+    let sig = sign(
+        "gate/TEST_operator1_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &request,
+        &hub.scratch,
+    );
+    let jobs = hub.host_dir.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::copy(&sig, jobs.join(format!("{name}.sig"))).unwrap();
+    std::fs::copy(&request, jobs.join(&name)).unwrap();
+    std::fs::write(
+        jobs.join("index.json"),
+        format!("[\"{name}\", \"{name}.sig\"]"),
+    )
+    .unwrap();
+    let done = || {
+        let out = h.command(&["jobs", "--output", "json"]).output().unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter().any(|r| r["state"] == "done")
+    };
+    eventually(&d, Duration::from_secs(30), "the hub's job to run", done).await;
+    // Several more passes: still listed by the hub, never run or refused again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(h.sim.count_mutations("snapshot", 101), 1);
+    let out = h.command(&["jobs", "--output", "json"]).output().unwrap();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    d.stop().await;
+}

@@ -15,9 +15,10 @@ const LAYERS: &[&[&str]] = &[
     &["desired"],
     &["safety"],
     &["reconcile"],
+    &["jobs"],
     &["operator"],
     &["service"],
-    &["cli", "fleet"],
+    &["cli", "fleet", "job_cli"],
     &["demo", "sim"],
 ];
 

@@ -194,3 +194,136 @@ async fn plan_colours_on_a_terminal_unless_no_color() {
     assert!(!text.contains('\x1b'), "NO_COLOR: {text:?}");
     assert!(text.contains("+ CT 141 (ct-141)"), "{text:?}");
 }
+
+/// `drover plan` shows the whole approval path under a destructive step, and following it
+/// literally works: the request file (written by the agent's next run), the printed
+/// `ssh-keygen` command run as shown in the request's directory, then the printed
+/// `drover approve`; the next run destroys the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_the_whole_approval_path_and_following_it_works() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start(vec![]).await;
+    h.desired(&format!(
+        "revision = 1\n{}{}{}",
+        guest(150, "running", 256),
+        guest(151, "running", 256),
+        guest(152, "running", 256)
+    ));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    h.desired(&format!(
+        "revision = 2\n{}{}[[guest]]\nvmid = 150\nensure = \"absent\"\n",
+        guest(151, "running", 256),
+        guest(152, "running", 256)
+    ));
+    let request = h.state().join("approvals/pending/150-destroy_guest.txt");
+    let rows = |text: &str| -> Vec<(String, String)> {
+        let block = text
+            .split("approval:")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no approval block: {text}"));
+        block
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("        "))
+            .map(|l| {
+                let (k, v) = l.trim_start().split_once("  ").unwrap();
+                (k.to_string(), v.trim_start().to_string())
+            })
+            .collect()
+    };
+    let p = h.drover_async(&["plan"]).await;
+    let text = stdout(&p);
+    assert_eq!(code(&p), 2, "{text}");
+    let r = rows(&text);
+    let keys: Vec<&str> = r.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["request", "sign", "check", "submit", "or put"],
+        "{text}"
+    );
+    assert!(
+        r[0].1
+            .starts_with(&format!("{} (not written yet", request.display())),
+        "{text}"
+    );
+    // Aligned: every value starts in the same column.
+    let column = |l: &str| {
+        l.len()
+            - l.trim_start()
+                .split_once("  ")
+                .unwrap()
+                .1
+                .trim_start()
+                .len()
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("approval:"))
+        .skip(1)
+        .take(5)
+        .collect();
+    assert!(
+        lines.windows(2).all(|w| column(w[0]) == column(w[1])),
+        "{lines:#?}"
+    );
+    assert!(r[4].1.contains("desired/approvals/"), "{text}");
+
+    // The agent's run writes the request; the plan says it is pending now.
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 2);
+    assert!(request.is_file());
+    let text = stdout(&h.drover_async(&["plan"]).await);
+    let r = rows(&text);
+    assert!(r[0].1.contains("(pending now"), "{text}");
+
+    // Follow it: the operator's key stands in for ~/.ssh/YOUR_OPERATOR_KEY.
+    let key = h.root().join("operator_key");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/demo/TEST_demo_operator_ed25519"),
+        &key,
+    )
+    .unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let sign = r[1]
+        .1
+        .split("   (writes")
+        .next()
+        .unwrap()
+        .replace("~/.ssh/YOUR_OPERATOR_KEY", key.to_str().unwrap());
+    assert!(
+        sign.contains(&format!("-n destructive-op-v1@{}", common::DOMAIN)),
+        "{sign}"
+    );
+    let work = h.root().join("operator");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::copy(&request, work.join("150-destroy_guest.txt")).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&sign)
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sign}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let approve: Vec<String> = r[3].1.split_whitespace().map(String::from).collect();
+    assert_eq!(approve[..2], ["drover", "approve"], "{approve:?}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drover"))
+        .arg("--config")
+        .arg(h.config())
+        .args(&approve[1..])
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    assert!(h.sim.guest(150).is_none(), "destroyed with the approval");
+}

@@ -83,3 +83,53 @@ async fn run_once_with_work_still_verifies_the_host_after_its_steps() {
         "two full reads around the step, got {requests} requests"
     );
 }
+
+/// What one step costs on its lane (tasks end at once here, so every wait is one poll): a
+/// start is 5 requests (the fresh read: status and `pending` together; the call; one poll; a
+/// status read to confirm, since a start changes nothing else), and a new guest's create and
+/// start are 9 (the create's confirmation read serves as the start's fresh read). Before
+/// (counted from that code): 7 and 12 (status and config before every step; status, config
+/// and pending after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_costs_few_requests_on_its_lane() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let n = 20u32;
+    let h = Host::start_with(pve_sim::SimConfig {
+        task_duration: std::time::Duration::ZERO,
+        guests: (0..n).map(|i| seed(1000 + i, true, 256)).collect(),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    let doc: String = (0..n).map(|i| guest(1000 + i, "running", 256)).collect();
+    h.desired(&format!("revision = 1\n{doc}"));
+    h.adopt_all().await;
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "the adoptions are recorded: {}", stdout(&o));
+    // Someone stops a guest: its lane starts it again.
+    assert!(h.sim.alter(1000, |ct| ct.running = false));
+    let full_read = u64::from(n) + 2;
+
+    let requests = h.sim.request_count();
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(h.sim.guest(1000).is_some_and(|g| g.running));
+    let lane = h.sim.request_count() - requests - 2 * full_read;
+    assert_eq!(lane, 5, "read 2 + start 1 + poll 1 + confirm 1");
+
+    let new = 1000 + n;
+    h.desired(&format!(
+        "revision = 2\n{doc}{}",
+        guest(new, "running", 256)
+    ));
+    let requests = h.sim.request_count();
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    assert!(h.sim.guest(new).is_some_and(|g| g.running));
+    let lane = h.sim.request_count() - requests - full_read - (full_read + 1);
+    assert_eq!(
+        lane, 9,
+        "create: read 2 + call 1 + poll 1 + confirm 2; start: call 1 + poll 1 + confirm 1"
+    );
+}

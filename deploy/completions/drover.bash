@@ -40,6 +40,12 @@ _drover() {
             drover,help)
                 cmd="drover__subcmd__help"
                 ;;
+            drover,job)
+                cmd="drover__subcmd__job"
+                ;;
+            drover,jobs)
+                cmd="drover__subcmd__jobs"
+                ;;
             drover,journal)
                 cmd="drover__subcmd__journal"
                 ;;
@@ -127,6 +133,12 @@ _drover() {
             drover__subcmd__help,help)
                 cmd="drover__subcmd__help__subcmd__help"
                 ;;
+            drover__subcmd__help,job)
+                cmd="drover__subcmd__help__subcmd__job"
+                ;;
+            drover__subcmd__help,jobs)
+                cmd="drover__subcmd__help__subcmd__jobs"
+                ;;
             drover__subcmd__help,journal)
                 cmd="drover__subcmd__help__subcmd__journal"
                 ;;
@@ -172,11 +184,26 @@ _drover() {
             drover__subcmd__help__subcmd__fleet,status)
                 cmd="drover__subcmd__help__subcmd__fleet__subcmd__status"
                 ;;
+            drover__subcmd__help__subcmd__job,new)
+                cmd="drover__subcmd__help__subcmd__job__subcmd__new"
+                ;;
             drover__subcmd__help__subcmd__journal,check)
                 cmd="drover__subcmd__help__subcmd__journal__subcmd__check"
                 ;;
             drover__subcmd__help__subcmd__journal,move-aside)
                 cmd="drover__subcmd__help__subcmd__journal__subcmd__move__subcmd__aside"
+                ;;
+            drover__subcmd__job,help)
+                cmd="drover__subcmd__job__subcmd__help"
+                ;;
+            drover__subcmd__job,new)
+                cmd="drover__subcmd__job__subcmd__new"
+                ;;
+            drover__subcmd__job__subcmd__help,help)
+                cmd="drover__subcmd__job__subcmd__help__subcmd__help"
+                ;;
+            drover__subcmd__job__subcmd__help,new)
+                cmd="drover__subcmd__job__subcmd__help__subcmd__new"
                 ;;
             drover__subcmd__journal,check)
                 cmd="drover__subcmd__journal__subcmd__check"
@@ -203,7 +230,7 @@ _drover() {
 
     case "${cmd}" in
         drover)
-            opts="-h -V --config --log-format --help --version completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval sim demo fleet help"
+            opts="-h -V --config --log-format --help --version completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval job jobs sim demo fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -627,7 +654,7 @@ _drover() {
             return 0
             ;;
         drover__subcmd__help)
-            opts="completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval sim demo fleet help"
+            opts="completions man run plan check-config status reconcile suspend resume journal copies trust approvals approve verify-approval job jobs sim demo fleet help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -795,6 +822,48 @@ _drover() {
             return 0
             ;;
         drover__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__help__subcmd__job)
+            opts="new"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__help__subcmd__job__subcmd__new)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__help__subcmd__jobs)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -983,6 +1052,150 @@ _drover() {
                 return 0
             fi
             case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__job)
+            opts="-h --config --log-format --help new help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__job__subcmd__help)
+            opts="new help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__job__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__job__subcmd__help__subcmd__new)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__job__subcmd__new)
+            opts="-h --vmid --snapshot --description --storage --protected --backup --hold --no-hold --ticket --ttl --output --config --log-format --help snapshot delete-snapshot rollback backup restore reboot"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --vmid)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --snapshot)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --description)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backup)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ticket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ttl)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        drover__subcmd__jobs)
+            opts="-h --output --config --log-format --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;

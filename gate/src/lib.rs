@@ -9,6 +9,8 @@
 //! Module map:
 //! - [`action`]: the planned step, the agent's identity, roles and namespaces.
 //! - [`payload`]: `drover-approval v1` parse/render (canonical bytes).
+//! - [`job`]: `drover-job v1` signed jobs (snapshot, rollback, backup, restore, reboot):
+//!   parse/render and [`verify_job`], in the approval's order through the same checks.
 //! - [`armor`]: strict SSH signature armor.
 //! - [`sshsig`]: SSHSIG blob structure and algorithm allowlist.
 //! - [`trust`]: `drover-trust v1` documents and the deny list.
@@ -23,6 +25,7 @@ pub mod action;
 pub mod armor;
 pub mod classify;
 pub mod clock;
+pub mod job;
 pub mod payload;
 pub mod rejection;
 pub mod rotation;
@@ -33,8 +36,12 @@ pub mod verify;
 
 pub use action::{GateContext, Op, PlannedAction, Role, nonce_hex};
 pub use classify::{
-    BENIGN_CONFIG_KEYS, Classification, CreateOutcome, GuestProvenance, Incarnation, Origin,
-    ProvenanceSource, classify,
+    BENIGN_CONFIG_KEYS, Classification, CreateOutcome, GuestProvenance, Incarnation, KEY_TABLE,
+    KeyClass, KeyRisk, Origin, ProvenanceSource, classify, config_value_class,
+};
+pub use job::{
+    ApprovedJob, JOB_MAGIC, JobKind, JobPayload, PlannedJob, is_job_document, render_job_request,
+    verify_job, verify_job_offline,
 };
 pub use payload::{ApprovalPayload, render_request};
 pub use rejection::{Rejection, RejectionCode, SignatureProblem};

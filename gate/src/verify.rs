@@ -10,7 +10,7 @@ use crate::armor::MAX_SIGNATURE_BYTES;
 use crate::clock::format_utc;
 use crate::payload::{ApprovalPayload, MAX_PAYLOAD_BYTES, render_request};
 use crate::rejection::{Rejection, RejectionCode, SignatureProblem};
-use crate::signature::{SignerInfo, tally};
+use crate::signature::{SignerInfo, Tally, tally};
 use crate::trust::TrustStore;
 
 /// Most signatures an envelope may carry.
@@ -123,51 +123,13 @@ pub fn verify_approval_with(
     now: i64,
     ledger: &dyn NonceLedger,
 ) -> Result<Approved, Rejection> {
-    let leeway = policy.leeway_secs.clamp(0, 300);
-    // 1. size limits, before anything is parsed.
+    // 1. size limits, before anything is parsed; the trust document must be usable at all.
     size_limits(payload, signatures)?;
-    // The trust document must be usable at all (fail closed for destructive steps).
-    if trust.fleet != ctx.fleet || trust.domain != ctx.domain {
-        return Err(Rejection::new(
-            RejectionCode::TrustStoreInvalid,
-            format!(
-                "the trust document is for fleet {:?} / domain {:?}, this agent is configured for {:?} / {:?}",
-                trust.fleet, trust.domain, ctx.fleet, ctx.domain
-            ),
-        ));
-    }
-    trust.check_window(now)?;
+    trust_usable(ctx, trust, now)?;
     // 2. grammar and canonical round trip.
     let p = ApprovalPayload::parse(payload)?;
     // 3. scope.
-    if p.fleet != ctx.fleet {
-        return Err(Rejection::new(
-            RejectionCode::WrongFleet,
-            format!(
-                "the approval is for fleet {:?}, this agent belongs to {:?}",
-                p.fleet, ctx.fleet
-            ),
-        ));
-    }
-    if p.host != ctx.host {
-        return Err(Rejection::new(
-            RejectionCode::WrongHost,
-            format!(
-                "the approval is for host {:?}, this is {:?}",
-                p.host, ctx.host
-            ),
-        ));
-    }
-    let epoch = ledger.state_epoch();
-    if p.state_epoch != epoch {
-        return Err(Rejection::new(
-            RejectionCode::EpochMismatch,
-            format!(
-                "the approval was requested in state epoch {}, the agent's state is now epoch {epoch} (its state was reset); sign a new request",
-                p.state_epoch
-            ),
-        ));
-    }
+    scope("approval", &p.fleet, &p.host, &p.state_epoch, ctx, ledger)?;
     // 4. binding to the planned action.
     if p.op != action.op {
         return Err(Rejection::binding(
@@ -187,45 +149,19 @@ pub fn verify_approval_with(
             ),
         ));
     }
-    let keys: std::collections::BTreeSet<&String> =
-        p.params.keys().chain(action.params.keys()).collect();
-    for k in keys {
-        let (got, want) = (p.params.get(k), action.params.get(k));
-        if got != want {
-            return Err(Rejection::binding(
-                &format!("param.{k}"),
-                format!(
-                    "param.{k} is {} in the approval and {} in the planned step",
-                    got.map_or("absent".to_string(), |v| format!("{v:?}")),
-                    want.map_or("absent".to_string(), |v| format!("{v:?}"))
-                ),
-            ));
-        }
-    }
-    let binds: std::collections::BTreeSet<&String> =
-        p.bind.keys().chain(action.bind.keys()).collect();
-    for k in binds {
-        let (got, want) = (p.bind.get(k), action.bind.get(k));
-        if got != want {
-            return Err(Rejection::binding(
-                &format!("bind.{k}"),
-                format!(
-                    "bind.{k} is {} in the approval and {} for the planned step",
-                    got.map_or("absent".to_string(), |v| format!("{v:?}")),
-                    want.map_or("absent".to_string(), |v| format!("{v:?}"))
-                ),
-            ));
-        }
-    }
+    compare_lines(
+        "param",
+        "approval",
+        "planned step",
+        &p.params,
+        &action.params,
+    )?;
+    compare_lines("bind", "approval", "planned step", &p.bind, &action.bind)?;
     if p.guest_config_sha1 != action.guest_config_sha1 {
-        return Err(Rejection::new(
-            RejectionCode::StaleState,
-            format!(
-                "CT {} changed since the approval was requested (config digest {} then, {} now)",
-                action.vmid,
-                p.guest_config_sha1.as_deref().unwrap_or("none"),
-                action.guest_config_sha1.as_deref().unwrap_or("none")
-            ),
+        return Err(stale(
+            action.vmid,
+            p.guest_config_sha1.as_deref(),
+            action.guest_config_sha1.as_deref(),
         ));
     }
     let expected = render_request(
@@ -243,100 +179,263 @@ pub fn verify_approval_with(
             "the approval differs from the request the agent renders for its planned step",
         ));
     }
-    // 5 + 6. signatures, then distinct principals against the threshold.
-    let t = tally(trust, &[Role::Operational], payload, signatures, now);
-    let threshold = trust.threshold_destructive_op;
+    // 5-8. signatures and threshold, role claim, time, nonce.
+    let signed = Signed {
+        what: "approval",
+        payload,
+        signatures,
+        threshold: trust.threshold_destructive_op,
+        role_claim: p.role,
+        nonce: &p.nonce,
+        not_before: p.not_before,
+        expires_at: p.expires_at,
+        op: p.op.as_str(),
+        vmid: p.vmid,
+    };
+    let (payload_sha256, t) = authenticate_and_consume(policy, trust, &signed, now, ledger)?;
+    Ok(Approved {
+        payload_sha256,
+        signers: t.valid,
+        nonce: p.nonce.clone(),
+        payload: p,
+        ignored: t.problems,
+    })
+}
+
+/// Step 1 (after the size limits): the trust document must be for this agent's fleet and
+/// domain and inside its window, or nothing destructive can be verified (fail closed).
+pub(crate) fn trust_usable(
+    ctx: &GateContext,
+    trust: &TrustStore,
+    now: i64,
+) -> Result<(), Rejection> {
+    if trust.fleet != ctx.fleet || trust.domain != ctx.domain {
+        return Err(Rejection::new(
+            RejectionCode::TrustStoreInvalid,
+            format!(
+                "the trust document is for fleet {:?} / domain {:?}, this agent is configured for {:?} / {:?}",
+                trust.fleet, trust.domain, ctx.fleet, ctx.domain
+            ),
+        ));
+    }
+    trust.check_window(now)
+}
+
+/// Step 3: the signed text's fleet, host and state epoch against the agent's own
+/// (`what` names the document in the messages: "approval", "job").
+pub(crate) fn scope(
+    what: &str,
+    fleet: &str,
+    host: &str,
+    epoch: &str,
+    ctx: &GateContext,
+    ledger: &dyn NonceLedger,
+) -> Result<(), Rejection> {
+    if fleet != ctx.fleet {
+        return Err(Rejection::new(
+            RejectionCode::WrongFleet,
+            format!(
+                "the {what} is for fleet {fleet:?}, this agent belongs to {:?}",
+                ctx.fleet
+            ),
+        ));
+    }
+    if host != ctx.host {
+        return Err(Rejection::new(
+            RejectionCode::WrongHost,
+            format!("the {what} is for host {host:?}, this is {:?}", ctx.host),
+        ));
+    }
+    let current = ledger.state_epoch();
+    if epoch != current {
+        return Err(Rejection::new(
+            RejectionCode::EpochMismatch,
+            format!(
+                "the {what} was requested in state epoch {epoch}, the agent's state is now epoch {current} (its state was reset); sign a new request"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 4, one line family (`param`, `bind`): every name on either side must carry the same
+/// value, else `binding_mismatch` naming `family.name`.
+pub(crate) fn compare_lines(
+    family: &str,
+    what: &str,
+    planned: &str,
+    got: &std::collections::BTreeMap<String, String>,
+    want: &std::collections::BTreeMap<String, String>,
+) -> Result<(), Rejection> {
+    let keys: std::collections::BTreeSet<&String> = got.keys().chain(want.keys()).collect();
+    for k in keys {
+        let (g, w) = (got.get(k), want.get(k));
+        if g != w {
+            return Err(Rejection::binding(
+                &format!("{family}.{k}"),
+                format!(
+                    "{family}.{k} is {} in the {what} and {} in the {planned}",
+                    g.map_or("absent".to_string(), |v| format!("{v:?}")),
+                    w.map_or("absent".to_string(), |v| format!("{v:?}"))
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Step 4's `stale_state`: the guest's config digest differs from the one signed.
+pub(crate) fn stale(vmid: u32, signed: Option<&str>, now: Option<&str>) -> Rejection {
+    Rejection::new(
+        RejectionCode::StaleState,
+        format!(
+            "CT {vmid} changed since the request was rendered (config digest {} then, {} now)",
+            signed.unwrap_or("none"),
+            now.unwrap_or("none")
+        ),
+    )
+}
+
+/// What steps 5-8 need from a parsed, bound document.
+pub(crate) struct Signed<'a> {
+    /// "approval" or "job" (messages only).
+    pub what: &'a str,
+    pub payload: &'a [u8],
+    pub signatures: &'a [&'a [u8]],
+    /// Distinct operational principals needed.
+    pub threshold: u32,
+    pub role_claim: Role,
+    pub nonce: &'a str,
+    pub not_before: i64,
+    pub expires_at: i64,
+    /// Recorded with the nonce.
+    pub op: &'a str,
+    pub vmid: u32,
+}
+
+/// Steps 5-8, shared by every signed document the agent acts on: each signature in §5.6
+/// order, distinct operational principals against `threshold`, the role claim, the clock and
+/// the payload's window, and the nonce consumed last. Returns the payload's sha256 and the
+/// tally.
+pub(crate) fn authenticate_and_consume(
+    policy: &Policy,
+    trust: &TrustStore,
+    s: &Signed<'_>,
+    now: i64,
+    ledger: &dyn NonceLedger,
+) -> Result<(String, Tally), Rejection> {
+    let t = authenticate(policy, trust, s, now, ledger.clock_high_water())?;
+    let what = format!("the {}", s.what);
+    let authed = |r: Rejection| {
+        let mut r = r.authenticated(true);
+        r.per_signature = t.problems.clone();
+        r
+    };
+    // 8. consume the nonce, last.
+    let payload_sha256 = hex::encode(Sha256::digest(s.payload));
+    let claim = NonceClaim {
+        nonce: s.nonce.to_string(),
+        payload_sha256: payload_sha256.clone(),
+        op: s.op.to_string(),
+        vmid: s.vmid,
+        expires_at: s.expires_at,
+        now,
+        signer_fingerprints: t.valid.iter().map(|s| s.fingerprint.clone()).collect(),
+    };
+    match ledger.consume(&claim) {
+        Ok(()) => Ok((payload_sha256, t)),
+        Err(NonceRefusal::Replayed) => Err(authed(Rejection::new(
+            RejectionCode::Replayed,
+            format!("nonce {} was already used; {what} works once", s.nonce),
+        ))),
+        Err(NonceRefusal::ExpiredForever) => Err(authed(Rejection::new(
+            RejectionCode::Expired,
+            format!("{what} expired before the agent's nonce garbage-collection horizon"),
+        ))),
+        Err(NonceRefusal::Unavailable(m)) => Err(authed(Rejection::new(
+            RejectionCode::InternalError,
+            format!("the nonce store could not record {what}: {m}"),
+        ))),
+    }
+}
+
+/// Steps 5-7 without the nonce (also the offline check): each signature, distinct
+/// operational principals against `threshold`, the role claim, the clock against its
+/// high-water mark (when known) and the payload's window.
+pub(crate) fn authenticate(
+    policy: &Policy,
+    trust: &TrustStore,
+    s: &Signed<'_>,
+    now: i64,
+    clock_high_water: Option<i64>,
+) -> Result<Tally, Rejection> {
+    let leeway = policy.leeway_secs.clamp(0, 300);
+    let what = format!("the {}", s.what);
+    let t = tally(trust, &[Role::Operational], s.payload, s.signatures, now);
+    let threshold = s.threshold.max(1);
     if t.count(Role::Operational) < threshold as usize {
-        return Err(t.shortfall(t.count(Role::Operational), threshold, "the approval"));
+        return Err(t.shortfall(t.count(Role::Operational), threshold, &what));
     }
     let authed = |r: Rejection| {
         let mut r = r.authenticated(true);
         r.per_signature = t.problems.clone();
         r
     };
-    if p.role != Role::Operational {
+    if s.role_claim != Role::Operational {
         return Err(authed(Rejection::new(
             RejectionCode::RoleMismatch,
             format!(
-                "the approval claims role {}, but it is signed by operational keys",
-                p.role
+                "{what} claims role {}, but it is signed by operational keys",
+                s.role_claim
             ),
         )));
     }
     // 7. time, at the agent's clock.
-    if ledger
-        .clock_high_water()
-        .is_some_and(|hw| now < hw - leeway)
-    {
+    if clock_high_water.is_some_and(|hw| now < hw - leeway) {
         return Err(authed(Rejection::new(
             RejectionCode::ClockUntrusted,
             "the system clock is behind the latest time the agent has recorded; fix the clock",
         )));
     }
-    time_window(policy, &p, now).map_err(authed)?;
-    // 8. consume the nonce, last.
-    let payload_sha256 = hex::encode(Sha256::digest(payload));
-    let claim = NonceClaim {
-        nonce: p.nonce.clone(),
-        payload_sha256: payload_sha256.clone(),
-        op: p.op.as_str().to_string(),
-        vmid: p.vmid,
-        expires_at: p.expires_at,
-        now,
-        signer_fingerprints: t.valid.iter().map(|s| s.fingerprint.clone()).collect(),
-    };
-    match ledger.consume(&claim) {
-        Ok(()) => Ok(Approved {
-            payload_sha256,
-            signers: t.valid.clone(),
-            nonce: p.nonce.clone(),
-            payload: p,
-            ignored: t.problems.clone(),
-        }),
-        Err(NonceRefusal::Replayed) => Err(authed(Rejection::new(
-            RejectionCode::Replayed,
-            format!("nonce {} was already used; an approval works once", p.nonce),
-        ))),
-        Err(NonceRefusal::ExpiredForever) => Err(authed(Rejection::new(
-            RejectionCode::Expired,
-            "the approval expired before the agent's nonce garbage-collection horizon",
-        ))),
-        Err(NonceRefusal::Unavailable(m)) => Err(authed(Rejection::new(
-            RejectionCode::InternalError,
-            format!("the nonce store could not record the approval: {m}"),
-        ))),
-    }
+    time_window(policy, s.what, s.not_before, s.expires_at, now).map_err(authed)?;
+    Ok(t)
 }
 
 /// The payload's own window at the agent clock (leeway applies), §5.9.
-fn time_window(policy: &Policy, p: &ApprovalPayload, now: i64) -> Result<(), Rejection> {
+pub(crate) fn time_window(
+    policy: &Policy,
+    what: &str,
+    not_before: i64,
+    expires_at: i64,
+    now: i64,
+) -> Result<(), Rejection> {
     let leeway = policy.leeway_secs.clamp(0, 300);
-    if p.expires_at - p.not_before > policy.max_validity_secs {
+    if expires_at - not_before > policy.max_validity_secs {
         return Err(Rejection::new(
             RejectionCode::ValidityTooLong,
             format!(
-                "the approval is valid for {} s; at most {} s are allowed",
-                p.expires_at - p.not_before,
+                "the {what} is valid for {} s; at most {} s are allowed",
+                expires_at - not_before,
                 policy.max_validity_secs
             ),
         ));
     }
-    if now + leeway < p.not_before {
+    if now + leeway < not_before {
         return Err(Rejection::new(
             RejectionCode::NotYetValid,
             format!(
-                "the approval is valid from {}; it is now {}",
-                format_utc(p.not_before),
+                "the {what} is valid from {}; it is now {}",
+                format_utc(not_before),
                 format_utc(now)
             ),
         ));
     }
-    if now - leeway >= p.expires_at {
+    if now - leeway >= expires_at {
         return Err(Rejection::new(
             RejectionCode::Expired,
             format!(
-                "the approval expired at {}; it is now {}",
-                format_utc(p.expires_at),
+                "the {what} expired at {}; it is now {}",
+                format_utc(expires_at),
                 format_utc(now)
             ),
         ));
@@ -344,7 +443,7 @@ fn time_window(policy: &Policy, p: &ApprovalPayload, now: i64) -> Result<(), Rej
     Ok(())
 }
 
-fn size_limits(payload: &[u8], signatures: &[&[u8]]) -> Result<(), Rejection> {
+pub(crate) fn size_limits(payload: &[u8], signatures: &[&[u8]]) -> Result<(), Rejection> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(Rejection::new(
             RejectionCode::PayloadTooLarge,
@@ -416,7 +515,14 @@ pub fn verify_offline(
             ),
         )));
     }
-    time_window(&Policy::default(), &p, now).map_err(authed)?;
+    time_window(
+        &Policy::default(),
+        "approval",
+        p.not_before,
+        p.expires_at,
+        now,
+    )
+    .map_err(authed)?;
     Ok(t.valid)
 }
 

@@ -1306,6 +1306,396 @@ fn offline_check_reports_signers_without_consuming_or_binding() {
     assert_eq!(e.code, C::ThresholdNotMet);
 }
 
+// ---------------------------------------------------------------- signed jobs (`drover-job v1`)
+//
+// The same envelope and order as approvals; the job vectors are signed by
+// `testdata/gate/make-job-vectors.sh` with real ssh-keygen.
+
+mod jobs {
+    use super::*;
+    use gate::{ApprovedJob, JobKind, PlannedJob, Policy, render_job_request, verify_job};
+
+    fn m(v: &[(&str, &str)]) -> BTreeMap<String, String> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    /// The restore the agent would run now for `job_restore.txt` (its own reads).
+    fn restore() -> PlannedJob {
+        PlannedJob {
+            kind: JobKind::RestoreBackup,
+            vmid: 101,
+            guest_config_sha1: Some(DIG.into()),
+            params: m(&[
+                ("force", "1"),
+                (
+                    "ostemplate",
+                    "local:backup/vzdump-lxc-101-2026_11_22-21_00_01.tar.zst",
+                ),
+                ("restore", "1"),
+                ("storage", "local-lvm"),
+            ]),
+            binds: m(&[
+                ("archive-ctime", "1795381201"),
+                ("archive-size", "432013312"),
+                ("archive-vmid", "101"),
+                ("hold", "0"),
+            ]),
+        }
+    }
+
+    fn snapshot() -> PlannedJob {
+        PlannedJob {
+            kind: JobKind::Snapshot,
+            vmid: 101,
+            guest_config_sha1: Some(DIG.into()),
+            params: m(&[
+                ("description", "before-upgrade"),
+                ("snapname", "pre-upgrade"),
+            ]),
+            binds: m(&[("hold", "0")]),
+        }
+    }
+
+    fn run(
+        trust: &TrustStore,
+        planned: &PlannedJob,
+        file: &str,
+        signers: &[&str],
+        now: i64,
+        ledger: &MemLedger,
+    ) -> Result<ApprovedJob, Rejection> {
+        let sigs: Vec<Vec<u8>> = signers
+            .iter()
+            .map(|n| read(&format!("{}.{n}.sig", file.replace("_edited", ""))))
+            .collect();
+        let refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+        verify_job(
+            &Policy::default(),
+            &ctx(),
+            trust,
+            planned,
+            &read(file),
+            &refs,
+            now,
+            ledger,
+        )
+    }
+
+    fn code_of(r: Result<ApprovedJob, Rejection>) -> Rejection {
+        match r {
+            Ok(_) => panic!("expected a rejection, got a verified job"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn job_vectors_match_the_renderer() {
+        let r = render_job_request(
+            &ctx(),
+            &restore(),
+            "2a6e0c1f9b8d4e3a7c5b1d0e9f8a7b6c",
+            NB,
+            EXP,
+            Some("CHG-4711"),
+        )
+        .unwrap();
+        assert_eq!(r.as_bytes(), read("job_restore.txt").as_slice());
+        let s = render_job_request(
+            &ctx(),
+            &snapshot(),
+            "3b7f1d2a0c9e5f4b8d6c2e1f0a9b8c7d",
+            NB,
+            EXP,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.as_bytes(), read("job_snapshot.txt").as_slice());
+    }
+
+    #[test]
+    fn j01_signed_job_accepted_once_then_replayed() {
+        let ledger = MemLedger::new();
+        let ok = run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &ledger,
+        )
+        .unwrap();
+        assert_eq!(ok.job.kind, JobKind::RestoreBackup);
+        assert_eq!(ok.signers[0].principal, "operator1@example.invalid");
+        assert_eq!(ledger.consumed(), 1);
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &ledger,
+        ));
+        assert_eq!((e.code, e.authenticated), (C::Replayed, true));
+    }
+
+    #[test]
+    fn j02_job_for_another_host_or_guest() {
+        let ledger = MemLedger::new();
+        let mut other = ctx();
+        other.host = "pve-test-02".into();
+        let sigs = [read("job_restore.txt.operator1.sig")];
+        let refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+        let e = verify_job(
+            &Policy::default(),
+            &other,
+            &v1(),
+            &restore(),
+            &read("job_restore.txt"),
+            &refs,
+            NOW,
+            &ledger,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, C::WrongHost);
+        let mut p = restore();
+        p.vmid = 102;
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &ledger,
+        ));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (C::BindingMismatch, Some("guest"))
+        );
+        assert_eq!(ledger.consumed(), 0, "no refusal burns the nonce");
+    }
+
+    #[test]
+    fn j03_stale_config_digest() {
+        let mut p = restore();
+        p.guest_config_sha1 = Some(DIG2.into());
+        let ledger = MemLedger::new();
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &ledger,
+        ));
+        assert_eq!((e.code, e.authenticated), (C::StaleState, false));
+        assert_eq!(ledger.consumed(), 0);
+    }
+
+    #[test]
+    fn j04_changed_archive_facts_are_a_bind_mismatch() {
+        // The backup was replaced under the same volid: its ctime differs from the signed one.
+        let mut p = restore();
+        p.binds.insert("archive-ctime".into(), "1795381999".into());
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (C::BindingMismatch, Some("bind.archive-ctime"))
+        );
+    }
+
+    #[test]
+    fn j05_an_edited_bind_line() {
+        // The text was edited after signing: the agent's own facts no longer match it, so it
+        // is refused before any signature is looked at.
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore_edited.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (C::BindingMismatch, Some("bind.archive-size"))
+        );
+        // And if the host's facts happened to match the edit, the signature does not.
+        let mut p = restore();
+        p.binds.insert("archive-size".into(), "432013313".into());
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore_edited.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(e.code, C::BadSignature);
+    }
+
+    #[test]
+    fn j06_a_different_backup_or_kind() {
+        let mut p = restore();
+        p.params.insert(
+            "ostemplate".into(),
+            "local:backup/vzdump-lxc-102-2026_11_22-21_00_01.tar.zst".into(),
+        );
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(e.field.as_deref(), Some("param.ostemplate"));
+        let mut p = restore();
+        p.kind = JobKind::RollbackSnapshot;
+        let e = code_of(run(
+            &v1(),
+            &p,
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(e.field.as_deref(), Some("job"));
+    }
+
+    #[test]
+    fn j07_unknown_signer_and_wrong_role() {
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["stranger"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(e.code, C::UnknownSigner);
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["recovery1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert!(matches!(e.code, C::WrongNamespace | C::RoleDenied), "{e}");
+    }
+
+    #[test]
+    fn j08_destructive_jobs_need_the_operational_threshold_others_one() {
+        let two =
+            trust(&v1_text().replace("threshold.destructive-op: 1", "threshold.destructive-op: 2"));
+        let e = code_of(run(
+            &two,
+            &restore(),
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        ));
+        assert_eq!(e.code, C::ThresholdNotMet);
+        run(
+            &two,
+            &restore(),
+            "job_restore.txt",
+            &["operator1", "operator2"],
+            NOW,
+            &MemLedger::new(),
+        )
+        .unwrap();
+        // A snapshot destroys nothing: one operator suffices even at threshold 2.
+        run(
+            &two,
+            &snapshot(),
+            "job_snapshot.txt",
+            &["operator1"],
+            NOW,
+            &MemLedger::new(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn j09_time_window_and_epoch() {
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["operator1"],
+            EXP + 600,
+            &MemLedger::new(),
+        ));
+        assert_eq!((e.code, e.authenticated), (C::Expired, true));
+        let mut l = MemLedger::new();
+        l.epoch = "0000000000000000".into();
+        let e = code_of(run(
+            &v1(),
+            &restore(),
+            "job_restore.txt",
+            &["operator1"],
+            NOW,
+            &l,
+        ));
+        assert_eq!(e.code, C::EpochMismatch);
+    }
+
+    #[test]
+    fn j10_an_approval_is_not_a_job_and_a_job_is_not_an_approval() {
+        // approval.txt signed by operator1 presented as a job.
+        let sigs = [read("approval.txt.operator1.sig")];
+        let refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+        let e = verify_job(
+            &Policy::default(),
+            &ctx(),
+            &v1(),
+            &restore(),
+            &read("approval.txt"),
+            &refs,
+            NOW,
+            &MemLedger::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, C::MalformedPayload);
+        // The job's signature over an approval's planned step.
+        let sigs = [read("job_restore.txt.operator1.sig")];
+        let refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+        let e = verify_approval(
+            &ctx(),
+            &v1(),
+            &action(),
+            &read("job_restore.txt"),
+            &refs,
+            NOW,
+            &MemLedger::new(),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, C::MalformedPayload);
+    }
+
+    #[test]
+    fn j11_offline_check() {
+        let sigs = [read("job_restore.txt.operator1.sig")];
+        let refs: Vec<&[u8]> = sigs.iter().map(Vec::as_slice).collect();
+        let s = gate::verify_job_offline(&v1(), &read("job_restore.txt"), &refs, NOW).unwrap();
+        assert_eq!(s[0].principal, "operator1@example.invalid");
+        let e = gate::verify_job_offline(&v1(), &read("job_restore_edited.txt"), &refs, NOW)
+            .unwrap_err();
+        assert_eq!(e.code, C::BadSignature);
+    }
+}
+
 /// safety-nets.md §6.1: volumes the safety copy cannot cover are bound as `bind.uncovered`.
 /// A validly signed approval that does not name them does not approve the step.
 #[test]

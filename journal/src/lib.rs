@@ -118,6 +118,46 @@ impl StepRecord {
     }
 }
 
+/// A signed job (snapshot, rollback, backup, restore, reboot) as the agent runs it: written
+/// when the gate accepted it (its nonce consumed) and rewritten, durably, at every phase, so a
+/// restart continues exactly where the job was and never runs a phase's PVE call twice. The
+/// journal keeps the phases as the agent names them; it does not interpret them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobRecord {
+    /// The job's nonce (unique: the gate consumed it).
+    pub id: String,
+    pub vmid: u32,
+    /// `snapshot`, `rollback_snapshot`, ... (the job's `job:` line).
+    pub kind: String,
+    /// The signed text, verbatim.
+    pub payload: String,
+    pub payload_sha256: String,
+    /// `principal SHA256:fp` of each counted signer.
+    pub signers: Vec<String>,
+    /// The phase reached (durable before the next PVE call).
+    pub phase: String,
+    /// The task of the phase in `phase`, journaled before the agent waits on it.
+    pub upid: Option<String>,
+    /// When the current phase's call was about to be sent (unix seconds): a lost answer's task
+    /// is looked for from here.
+    pub phase_at: i64,
+    /// Facts the phases gathered (`was_running`, `copy`, ...).
+    pub facts: BTreeMap<String, String>,
+    /// Every phase reached, oldest first: (phase, unix ms, detail).
+    pub history: Vec<(String, i64, String)>,
+    /// None while the job runs.
+    pub end: Option<JobEnd>,
+    pub accepted_at_ms: i64,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "end", rename_all = "snake_case")]
+pub enum JobEnd {
+    Done { detail: String },
+    Failed { code: String, message: String },
+}
+
 /// What the journal knows of a guest's origin. Only the journal writes this; nothing from the
 /// hub can.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -207,6 +247,19 @@ pub struct TrustRecord {
     /// `file`, `rotation` or `local_replacement`.
     pub origin: String,
     pub applied_ms: i64,
+}
+
+/// A volume Drover detached from a mount point (`delete=mpN` left it as `unusedN`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DetachRecord {
+    pub vmid: u32,
+    /// The mount point key it was (`mp1`).
+    pub key: String,
+    pub volume: String,
+    /// The mount point's whole value before the detach.
+    pub mount: String,
+    /// Unix seconds, journaled before the call.
+    pub at: i64,
 }
 
 /// A suspension of one guest or (vmid None) the whole host.
@@ -307,4 +360,6 @@ impl fmt::Display for CheckReport {
 
 mod store;
 pub use store::copies::{CopyState, MANIFEST_VERSION, SafetyCopy};
+pub mod verify;
 pub use store::{Journal, check, move_aside};
+pub use verify::{VerifyPhase, VerifyTransition, VerifyWindow};

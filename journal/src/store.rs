@@ -2,10 +2,11 @@
 //!
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
-//! (vmid or "host" → suspension) and `meta` (epoch, clock high-water, gc horizon, desired
-//! revision and last-known-good document, trust) and `copies` (copy id → safety-copy
-//! manifest, see `copies`). Every value is JSON wrapped as
-//! `{"v":1,"r":...}` so a future format is detected, never misread.
+//! (vmid or "host" → suspension), `jobs` (nonce → signed job record), `meta` (epoch, clock
+//! high-water, gc horizon, desired revision and last-known-good document, trust), `copies`
+//! (copy id → safety-copy manifest, see `copies`) and `verify` (`ct/<vmid>` → verify window,
+//! in `store/verify.rs`). Every value is JSON wrapped as `{"v":1,"r":...}` so a future format
+//! is detected, never misread.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,11 +19,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AuditEntry, CheckReport, CreateEnd, JournalError, NewStep, NonceClaim, NonceError, Outcome,
-    Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming, TrustRecord,
+    AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep, NonceClaim,
+    NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
+    TrustRecord,
 };
 
 pub mod copies;
+mod verify;
 
 const VERSION: u32 = 1;
 /// Audit entries kept (oldest dropped first).
@@ -49,6 +52,8 @@ struct Inner {
     nonces: sled::Tree,
     audit: sled::Tree,
     susp: sled::Tree,
+    /// Signed jobs by nonce (`JobRecord`).
+    jobs: sled::Tree,
     meta: sled::Tree,
     /// Held for the process lifetime: the exclusive lock on `<dir>/drover.lock`.
     _lock: Option<File>,
@@ -128,6 +133,12 @@ fn sled_err(dir: &Path, e: sled::Error) -> JournalError {
     }
 }
 
+/// sled's page cache. Its default (1 GiB) lets every page ever read stay in memory: on a host
+/// of thousands of guests that was tens of MiB of a daemon that should stay small. The
+/// journal's hot set (records in flight, the newest steps, provenance being looked up) fits
+/// easily; a page that fell out is read back from the page cache of the kernel.
+const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Opens sled, turning a panic on damaged files into an error.
 fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
     // sled locks its own file too. After a `Journal` is dropped, sled's flusher thread can hold
@@ -136,7 +147,12 @@ fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     let r = loop {
         let p = db_path.to_path_buf();
-        let r = std::panic::catch_unwind(move || sled::Config::new().path(p).open());
+        let r = std::panic::catch_unwind(move || {
+            sled::Config::new()
+                .path(p)
+                .cache_capacity(CACHE_CAPACITY_BYTES)
+                .open()
+        });
         match &r {
             // sled reports it as ErrorKind::Other with this text.
             Ok(Err(sled::Error::Io(e)))
@@ -283,6 +299,7 @@ impl Journal {
                 nonces: t("nonces")?,
                 audit: t("audit")?,
                 susp: t("susp")?,
+                jobs: t("jobs")?,
                 meta,
                 db,
                 _lock: lock,
@@ -895,6 +912,40 @@ impl Journal {
         })
     }
 
+    /// `meta` key of a detached volume: `detach/<vmid>/<volume>`.
+    fn detach_key(vmid: u32, volume: &str) -> String {
+        format!("detach/{vmid}/{volume}")
+    }
+
+    /// Remembers (durably) that Drover detached `r.volume` from a mount point at `r.at`, so
+    /// its deletion can wait out the grace period and is only ever planned for its own detach.
+    pub fn record_detached(&self, r: &DetachRecord) -> Result<(), JournalError> {
+        self.put(
+            &self.inner.meta,
+            Self::detach_key(r.vmid, &r.volume),
+            self.enc(r)?,
+        )
+    }
+
+    /// The volumes Drover detached from `vmid`'s mount points.
+    pub fn detached(&self, vmid: u32) -> Result<Vec<DetachRecord>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.meta.scan_prefix(format!("detach/{vmid}/")) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec("detached volume", &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a detached volume (deleted, or re-attached).
+    pub fn forget_detached(&self, vmid: u32, volume: &str) -> Result<(), JournalError> {
+        self.inner
+            .meta
+            .remove(Self::detach_key(vmid, volume))
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        self.durable()
+    }
+
     fn susp_key(vmid: Option<u32>) -> String {
         vmid.map(|v| format!("ct/{v}"))
             .unwrap_or_else(|| "host".into())
@@ -922,6 +973,62 @@ impl Journal {
             out.push(self.dec("suspension", &v)?);
         }
         Ok(out)
+    }
+}
+
+/// Jobs kept once they ended (the newest; running jobs are never removed).
+const ENDED_JOBS_KEPT: usize = 500;
+
+impl Journal {
+    /// Writes a job record (its first phase or a later one), durably.
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), JournalError> {
+        self.put(&self.inner.jobs, job.id.as_bytes(), self.enc(job)?)?;
+        if job.end.is_some() {
+            self.trim_jobs()?;
+        }
+        Ok(())
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, JournalError> {
+        match self
+            .inner
+            .jobs
+            .get(id.as_bytes())
+            .map_err(|e| sled_err(&self.inner.dir, e))?
+        {
+            Some(b) => Ok(Some(self.dec(&format!("job {id}"), &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every job record, oldest accepted first.
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, JournalError> {
+        let mut out: Vec<JobRecord> = Vec::new();
+        for kv in self.inner.jobs.iter() {
+            let (k, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec(&format!("job {}", String::from_utf8_lossy(&k)), &v)?);
+        }
+        out.sort_by(|a, b| {
+            a.accepted_at_ms
+                .cmp(&b.accepted_at_ms)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(out)
+    }
+
+    fn trim_jobs(&self) -> Result<(), JournalError> {
+        let jobs = self.jobs()?;
+        let ended: Vec<&JobRecord> = jobs.iter().filter(|j| j.end.is_some()).collect();
+        if ended.len() <= ENDED_JOBS_KEPT {
+            return Ok(());
+        }
+        for j in &ended[..ended.len() - ENDED_JOBS_KEPT] {
+            self.inner
+                .jobs
+                .remove(j.id.as_bytes())
+                .map_err(|e| sled_err(&self.inner.dir, e))?;
+        }
+        self.durable()
     }
 }
 
@@ -1073,6 +1180,9 @@ pub fn check(dir: &Path) -> CheckReport {
     report.audit = count(&j.inner.audit, "audit", &mut report, &|b| {
         decode::<AuditEntry>(dir, "audit", b).map(|_| true)
     });
+    count(&j.inner.jobs, "job", &mut report, &|b| {
+        decode::<JobRecord>(dir, "job", b).map(|_| true)
+    });
     if let Ok(tree) = j.copies_tree() {
         report.copies = count(&tree, "safety copy", &mut report, &|b| {
             decode::<copies::SafetyCopy>(dir, "safety copy", b).map(|_| true)
@@ -1083,6 +1193,7 @@ pub fn check(dir: &Path) -> CheckReport {
             .undecodable
             .push(("trust record".into(), e.to_string()));
     }
+    j.check_verify(&mut report);
     report
 }
 

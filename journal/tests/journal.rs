@@ -348,7 +348,91 @@ fn crash_writer() {
         ack(&format!("trust {i}"));
         j.mark_scratch(i).unwrap();
         ack(&format!("scratch {i}"));
+        let mut w = verify_window(i);
+        j.put_verify(&mut w, journal::VerifyPhase::Settling, "pushed")
+            .unwrap();
+        ack(&format!("verify {i}"));
     }
+}
+
+fn verify_window(vmid: u32) -> journal::VerifyWindow {
+    journal::VerifyWindow {
+        vmid,
+        step_id: Some(journal::StepId(u64::from(vmid))),
+        phase: journal::VerifyPhase::Armed,
+        keys: vec!["net0".into()],
+        old: [(
+            "net0".to_string(),
+            Some("name=eth0,bridge=vmbr0".to_string()),
+        )]
+        .into(),
+        new: [(
+            "net0".to_string(),
+            Some("name=eth0,bridge=vmbr1".to_string()),
+        )]
+        .into(),
+        digest_before: "d1".into(),
+        digest_after: None,
+        needs_reboot: false,
+        probes: vec!["status".into()],
+        probe_timeout_ms: 1000,
+        settle_ms: 1000,
+        successes_needed: 1,
+        successes: 0,
+        baseline_ok: true,
+        armed_at_ms: 1,
+        settle_until_ms: 2,
+        deadline_ms: 3,
+        spec_fingerprint: "f".into(),
+        code: None,
+        reason: None,
+        reapplied: 0,
+        history: vec![],
+    }
+}
+
+#[test]
+fn verify_windows_keep_their_phases_and_the_window_they_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    let mut w = verify_window(101);
+    j.put_verify(&mut w, journal::VerifyPhase::Armed, "old values")
+        .unwrap();
+    j.put_verify(&mut w, journal::VerifyPhase::Settling, "pushed")
+        .unwrap();
+    j.put_verify(&mut w, journal::VerifyPhase::Probing, "")
+        .unwrap();
+    // A rewrite in the same phase without a detail (a probe count) adds no history entry.
+    w.successes = 1;
+    j.put_verify(&mut w, journal::VerifyPhase::Probing, "")
+        .unwrap();
+    j.put_verify(&mut w, journal::VerifyPhase::Reverted, "probe failed")
+        .unwrap();
+    drop(j);
+    let j = Journal::open(d.path()).unwrap();
+    let got = j.verify_window(101).unwrap().unwrap();
+    let phases: Vec<&str> = got.history.iter().map(|t| t.phase.as_str()).collect();
+    assert_eq!(phases, ["armed", "settling", "probing", "reverted"]);
+    assert_eq!(got.successes, 1);
+    assert!(got.is_parked());
+    // A new window keeps the one it replaced.
+    let mut next = verify_window(101);
+    next.armed_at_ms = 10;
+    j.put_verify(&mut next, journal::VerifyPhase::Armed, "again")
+        .unwrap();
+    assert_eq!(j.verify_window(101).unwrap().unwrap().armed_at_ms, 10);
+    assert_eq!(
+        j.previous_verify_window(101).unwrap().unwrap().phase,
+        journal::VerifyPhase::Reverted
+    );
+    assert_eq!(
+        j.verify_windows().unwrap().len(),
+        1,
+        "the previous one is not listed"
+    );
+    j.remove_verify(101).unwrap();
+    assert!(j.verify_window(101).unwrap().is_none());
+    assert!(j.previous_verify_window(101).unwrap().is_none());
 }
 
 fn audit_entry(i: u32) -> journal::AuditEntry {
@@ -409,8 +493,8 @@ fn a_second_process_is_refused_and_a_killed_holder_releases_the_lock() {
 
 #[test]
 fn sigkill_after_any_acknowledged_write_loses_nothing() {
-    // Ten durable writes per round: kill after each of them once, then a few rounds in.
-    for kill_after in (1usize..=10).chain([13, 27, 58]) {
+    // Eleven durable writes per round: kill after each of them once, then a few rounds in.
+    for kill_after in (1usize..=11).chain([13, 27, 58]) {
         let d = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_writer", "--exact", "--nocapture", "--test-threads=1"])
@@ -489,6 +573,11 @@ fn sigkill_after_any_acknowledged_write_loses_nothing() {
                     assert_eq!(t.document, format!("doc {}", t.version - 1), "{a}");
                 }
                 "scratch" => assert!(j.provenance(i).unwrap().unwrap().scratch, "{a}"),
+                "verify" => assert_eq!(
+                    j.verify_window(i).unwrap().map(|w| w.phase),
+                    Some(journal::VerifyPhase::Settling),
+                    "{a}"
+                ),
                 _ => unreachable!(),
             }
         }
@@ -521,4 +610,41 @@ fn move_aside_keeps_the_damaged_store_and_starts_a_new_epoch() {
     let again = journal::move_aside(d.path()).unwrap();
     assert_ne!(again, moved);
     assert!(moved.exists() && again.exists());
+}
+
+/// Volumes Drover detached survive a reopen, per guest, and are forgotten one by one.
+#[test]
+fn detached_volumes_survive_reopen_and_are_forgotten_one_by_one() {
+    let d = tempfile::tempdir().unwrap();
+    let rec = |vmid: u32, volume: &str, at: i64| journal::DetachRecord {
+        vmid,
+        key: "mp1".into(),
+        volume: volume.into(),
+        mount: format!("{volume},mp=/srv/b,size=3G"),
+        at,
+    };
+    {
+        let j = Journal::open(d.path()).unwrap();
+        j.record_detached(&rec(101, "local-lvm:vm-101-disk-1", 10))
+            .unwrap();
+        j.record_detached(&rec(101, "local-lvm:vm-101-disk-2", 20))
+            .unwrap();
+        j.record_detached(&rec(1010, "local-lvm:vm-1010-disk-1", 30))
+            .unwrap();
+    }
+    let j = Journal::open(d.path()).unwrap();
+    let mine = j.detached(101).unwrap();
+    assert_eq!(mine.len(), 2, "{mine:?}");
+    assert_eq!(mine[0], rec(101, "local-lvm:vm-101-disk-1", 10));
+    assert_eq!(
+        j.detached(1010).unwrap().len(),
+        1,
+        "vmid 101 is not a prefix of 1010"
+    );
+    j.forget_detached(101, "local-lvm:vm-101-disk-1").unwrap();
+    assert_eq!(
+        j.detached(101).unwrap(),
+        vec![rec(101, "local-lvm:vm-101-disk-2", 20)]
+    );
+    assert!(j.detached(102).unwrap().is_empty());
 }

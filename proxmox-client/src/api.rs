@@ -129,6 +129,26 @@ impl Client {
         .await
     }
 
+    /// The config (with pending values merged in, as `GET .../config` returns it by default)
+    /// and the pending entries, from one `GET .../pending`: PVE lists every key of the config
+    /// there, the digest included, each with its current value and what is pending for it. One
+    /// request where `config` and `pending` would be two (a lane turn's fresh read).
+    pub async fn lxc_config_with_pending(
+        &self,
+        node: &str,
+        vmid: u32,
+    ) -> Result<(LxcConfig, Vec<PendingEntry>), Error> {
+        let entries = self.lxc_pending(node, vmid).await?;
+        let config = LxcConfig::from_pending(&entries).map_err(|message| {
+            Error::new(
+                Some(Method::GET),
+                format!("{}/pending", lxc(node, vmid)),
+                crate::error::ErrorKind::Decode { message },
+            )
+        })?;
+        Ok((config, entries))
+    }
+
     /// `GET .../status/current`.
     pub async fn lxc_status(&self, node: &str, vmid: u32) -> Result<LxcStatus, Error> {
         self.get(

@@ -35,7 +35,7 @@ pub use params::{
     VzdumpRequest,
 };
 pub use property::{DiskSize, Features, MountConfig, NetConfig, PropertyError, parse_tags};
-pub use task::{TaskOutcome, WaitOptions};
+pub use task::{TaskOutcome, WaitOptions, WaitTrace};
 pub use tls::{DEFAULT_NODE_CERT_PATHS, Fingerprint, TlsTrust};
 pub use types::{
     ClusterResource, GuestStatus, HaStatus, InterfaceAddress, InterfaceInfo, LxcConfig,

@@ -37,7 +37,7 @@ pub struct WaitOptions {
 /// First pause of the growing schedule.
 const RAMP_START: Duration = Duration::from_millis(50);
 /// Shortest pause near an expected end.
-const MIN_NEAR_PAUSE: Duration = Duration::from_millis(10);
+const MIN_NEAR_PAUSE: Duration = Duration::from_millis(5);
 /// The first poll never waits longer than this for an estimate (a task that fails early is
 /// still noticed reasonably soon).
 const MAX_FIRST_PAUSE: Duration = Duration::from_secs(30);
@@ -96,11 +96,13 @@ impl WaitOptions {
         } else {
             self.slow_interval
         };
-        // Close polls for a quarter of the estimate past it (about five), then the ramp.
+        // Close polls (1/40 of the estimate apart, about ten) for a quarter of the estimate
+        // past it, then the ramp. Close, because the estimate sits just past the usual end:
+        // a poll that finds the task still running comes only a little too early.
         if let Some(e) = self.expected
             && elapsed < e + e / 4
         {
-            return (e / 20).max(MIN_NEAR_PAUSE).min(cap);
+            return (e / 40).max(MIN_NEAR_PAUSE).min(cap);
         }
         last.mul_f64(1.5).max(RAMP_START).min(cap)
     }
@@ -126,30 +128,63 @@ impl TaskOutcome {
     }
 }
 
+/// What one wait saw of a task, for a caller that learns how long tasks take: the task ended
+/// after `last_running` (when a poll saw it still running) and at or before `seen_over`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitTrace {
+    /// Status polls sent.
+    pub polls: u32,
+    /// Since the wait began, when the last poll that found the task still running was sent;
+    /// `None` when the first poll already found it over.
+    pub last_running: Option<Duration>,
+    /// Since the wait began, the answer that found it over.
+    pub seen_over: Duration,
+}
+
 impl Client {
     /// Polls the task until it stops. Transient errors and a briefly unknown UPID are
     /// tolerated while polling; 401, 403 and undecodable answers end the wait with that error.
     /// The deadline yields [`ErrorKind::WaitDeadline`] and leaves the task running.
     pub async fn wait_task(&self, upid: &Upid, opts: &WaitOptions) -> Result<TaskOutcome, Error> {
+        self.wait_task_traced(upid, opts).await.map(|(o, _)| o)
+    }
+
+    /// [`Client::wait_task`], also saying when the task was seen running and seen over.
+    pub async fn wait_task_traced(
+        &self,
+        upid: &Upid,
+        opts: &WaitOptions,
+    ) -> Result<(TaskOutcome, WaitTrace), Error> {
         let started = Instant::now();
         let mut pause = opts.first_pause().min(opts.deadline);
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+        let mut polls = 0u32;
+        let mut last_running = None;
         loop {
+            let polled_at = started.elapsed();
+            polls += 1;
             match self.task_status(upid).await {
                 Ok(st) => {
                     if let Some(exit) = st.exit() {
-                        tracing::debug!(upid = %upid, exitstatus = ?st.exitstatus, "task finished");
-                        return Ok(match exit {
+                        tracing::debug!(upid = %upid, exitstatus = ?st.exitstatus, polls, "task finished");
+                        let trace = WaitTrace {
+                            polls,
+                            last_running,
+                            seen_over: started.elapsed(),
+                        };
+                        let outcome = match exit {
                             TaskExit::Ok => TaskOutcome::Ok,
                             TaskExit::Warnings(n) => TaskOutcome::Warnings(n),
                             TaskExit::Error(message) => TaskOutcome::Failed {
                                 log_tail: self.log_tail(upid, opts.log_tail_lines).await,
                                 message,
                             },
-                        });
+                        };
+                        return Ok((outcome, trace));
                     }
+                    last_running = Some(polled_at);
                 }
                 Err(e) if e.is_not_found() && started.elapsed() < opts.not_found_grace => {
                     tracing::debug!(upid = %upid, error = %e, "task not visible yet");
@@ -253,22 +288,26 @@ mod tests {
         let o = WaitOptions::with_deadline(Duration::from_secs(600)).expecting(Some(ms(1500)));
         let p = polls(&o, Duration::from_secs(4));
         assert_eq!(p[0], ms(1500));
-        assert_eq!(p[1] - p[0], ms(75), "1/20 of the estimate");
+        assert_eq!(
+            p[1] - p[0],
+            Duration::from_micros(37_500),
+            "1/40 of the estimate"
+        );
         // A quarter of the estimate past it, the growing schedule takes over.
         let near = p
             .iter()
             .filter(|t| **t >= ms(1500) && **t < ms(1875))
             .count();
-        assert_eq!(near, 5, "{p:?}");
+        assert_eq!(near, 10, "{p:?}");
         assert!(
-            p.len() < 12,
+            p.len() < 20,
             "a task longer than expected costs few polls: {p:?}"
         );
         let short = WaitOptions::with_deadline(Duration::from_secs(60)).expecting(Some(ms(100)));
         assert_eq!(
             short.pause_after(ms(100), ms(100)),
-            ms(10),
-            "at least 10 ms apart"
+            ms(5),
+            "at least 5 ms apart"
         );
         let long = WaitOptions::with_deadline(Duration::from_secs(3600))
             .expecting(Some(Duration::from_secs(600)));

@@ -292,6 +292,24 @@ impl PendingEntry {
     }
 }
 
+impl LxcConfig {
+    /// The config `GET .../config` returns by default (pending values merged in, keys pending
+    /// deletion left out), rebuilt from the entries of `GET .../pending`, which carry every
+    /// key's current and pending value and the digest. Errors name the key.
+    pub fn from_pending(entries: &[PendingEntry]) -> Result<LxcConfig, String> {
+        let mut map = serde_json::Map::new();
+        for e in entries {
+            if e.delete.unwrap_or(false) {
+                continue;
+            }
+            if let Some(v) = e.pending.as_ref().or(e.value.as_ref()) {
+                map.insert(e.key.clone(), Value::String(v.clone()));
+            }
+        }
+        LxcConfig::from_map(map)
+    }
+}
+
 /// One entry of `GET /nodes/{node}/lxc/{vmid}/snapshot` (includes the synthetic `current`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct SnapshotEntry {

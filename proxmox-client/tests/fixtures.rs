@@ -167,6 +167,16 @@ fn status_and_task_fixture_meaning() {
         p.iter()
             .any(|e| e.key == "searchdomain" && e.has_pending_change())
     );
+    // The config a lane turn reads through `pending` alone: pending values merged in, a key
+    // pending deletion left out, the digest kept (what `GET .../config` returns by default).
+    let merged = proxmox_client::LxcConfig::from_pending(&p).unwrap();
+    assert_eq!(merged.nameserver.as_deref(), Some("10.0.0.54"));
+    assert_eq!(merged.searchdomain, None);
+    assert_eq!((merged.cores, merged.memory), (Some(2), Some(2048)));
+    assert_eq!(
+        merged.digest.as_deref(),
+        Some("5f6b1d9e2c7a4b3f8e0d1c2b3a49586776a5b4c3")
+    );
 
     let snaps: Vec<SnapshotEntry> = data("lxc-snapshot-list.json");
     assert_eq!(snaps[1].snapstate.as_deref(), Some("prepare"));

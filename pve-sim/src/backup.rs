@@ -1694,7 +1694,12 @@ fn finish_restore(h: &mut Host, t: &Task, job: &RestoreJob) -> String {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| job.archive.clone());
     log(h, &upid, format!("extracting archive '{shown}'"));
-    if h.faults.storage.restore_fail.contains(&vmid) {
+    if h.faults.storage.restore_fail.contains(&vmid)
+        || h.faults
+            .storage
+            .restore_fail_archives
+            .contains(&job.archive)
+    {
         return fail_late(
             h,
             "command 'lxc-usernsexec -m u:0:100000:65536 -m g:0:100000:65536 -- tar xpf - --zstd --totals --one-file-system -p --sparse --numeric-owner --acls --xattrs --xattrs-include=user.* --xattrs-include=security.capability --warning=no-file-ignored --warning=no-xattr-write -C /var/lib/lxc/".to_string()

@@ -762,6 +762,20 @@ async fn route(
                 .and_then(|s| s.parse::<u32>().ok())
                 .unwrap_or(0);
             h.maybe_fault("vzcreate", v)?;
+            // A privileged container needs `Sys.Modify` on `/` (API2/LXC.pm create_vm).
+            let privileged = params.get("unprivileged").is_none_or(|u| u != "1");
+            if privileged
+                && shared
+                    .config
+                    .token_privileges
+                    .as_ref()
+                    .is_some_and(|p| !p.iter().any(|x| x == "Sys.Modify"))
+            {
+                return Err(ApiError::new(
+                    403,
+                    "Permission check failed (/, Sys.Modify)",
+                ));
+            }
             let upid = h.create(&params, user)?;
             h.record(method, path, Some(v), "create", Some(upid.clone()), &params);
             Ok(json!(upid).into())

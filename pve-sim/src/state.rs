@@ -1180,7 +1180,9 @@ impl Host {
             .filter(|(k, _)| !CONTROL_KEYS.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let unprivileged = params.get("unprivileged").is_none_or(|u| u == "1");
+        // The API's default is a privileged container (`unprivileged` default 0 in the
+        // schema; the GUI and pct send 1).
+        let unprivileged = params.get("unprivileged").is_some_and(|u| u == "1");
         check_root_only(None, &options, &[], unprivileged)?;
         let storage = params
             .get("storage")
@@ -1568,7 +1570,9 @@ impl Host {
                 ));
             }
             next.pending.remove(opt);
-            if next.running && !is_hot(opt) {
+            // A detached volume (`unusedN`) is deleted at once even on a running CT
+            // (`vmconfig_hotplug_pending`: `delete_mountpoint_volume`).
+            if next.running && !is_hot(opt) && !opt.starts_with("unused") {
                 next.pending_delete.insert(opt.clone());
             } else {
                 next.conf.remove(opt);
@@ -1592,13 +1596,32 @@ impl Host {
                 None => normalize(vmid, k, v),
             };
             next.pending_delete.remove(k);
-            if next.running && !is_hot(k) {
+            // A *new* mount point is hot-plugged into a running CT; changing an existing one
+            // waits for the reboot (`vmconfig_hotplug_pending`: "don't try to hotplug over
+            // existing mp").
+            let new_mount_point = crate::storage::is_mp_key(k) && !ct.conf.contains_key(k);
+            if next.running && !is_hot(k) && !new_mount_point {
                 next.pending.insert(k.clone(), v);
             } else {
                 next.conf.insert(k.clone(), v);
             }
         }
         for (k, vol) in detached {
+            if let Some(size) = ct
+                .conf
+                .values()
+                .find(|v| v.split(',').next() == Some(vol.as_str()))
+                .map(|v| {
+                    crate::storage::parse_size(
+                        v.split(',')
+                            .find_map(|p| p.strip_prefix("size="))
+                            .unwrap_or("0"),
+                    )
+                })
+                .filter(|s| *s > 0)
+            {
+                self.p.storage.detached_sizes.insert(vol.clone(), size);
+            }
             next.conf.insert(k, vol);
         }
         self.p.cts.insert(vmid, next);

@@ -218,6 +218,9 @@ pub struct StorageState {
     pub data: BTreeMap<String, String>,
     /// Log lines of vzdump/vzrestore/imgdel/prunebackups tasks by UPID (without `TASK ...`).
     pub task_logs: BTreeMap<String, Vec<String>>,
+    /// Sizes of volumes detached to `unusedN` (whose config line carries no size), so the
+    /// storage still reports them as PVE's does.
+    pub detached_sizes: BTreeMap<String, u64>,
 }
 
 /// Faults for the storage tasks, part of the simulator's [`crate::Faults`].
@@ -233,6 +236,10 @@ pub struct StorageFaults {
     pub vzdump_crash: BTreeSet<u32>,
     /// Restores of these vmids fail while extracting (after the old CT is destroyed).
     pub restore_fail: BTreeSet<u32>,
+    /// Restores *from* these archives (volids) fail while extracting, as a corrupt archive
+    /// does; restores from other archives onto the same vmid work (an undo from a copy).
+    #[serde(default)]
+    pub restore_fail_archives: BTreeSet<String>,
     /// The node dies while restoring these vmids, after the old volumes are freed: the task
     /// ends `unexpected status` and the config holds only `lock: create` (which the API
     /// cannot clear, `safety-nets.md` §1.5).
@@ -332,7 +339,16 @@ fn disks_on(host: &Host, storage: &str) -> Vec<Disk> {
                 if s != storage {
                     continue;
                 }
-                let size = size_bytes(v);
+                let size = match size_bytes(v) {
+                    0 => host
+                        .p
+                        .storage
+                        .detached_sizes
+                        .get(&vol)
+                        .copied()
+                        .unwrap_or(0),
+                    s => s,
+                };
                 let e = out.entry(vol.clone()).or_insert(Disk {
                     volid: vol.clone(),
                     vmid: ct.vmid,

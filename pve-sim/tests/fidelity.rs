@@ -385,3 +385,104 @@ async fn unauthorized_reason_phrases() {
         (401, Some("Authentication failed!"))
     );
 }
+
+/// A running CT hot-plugs a *new* mount point, keeps a change to an existing one pending until
+/// the reboot, and deletes a detached volume (`unusedN`) at once (`LXC/Config.pm
+/// vmconfig_hotplug_pending`; `proxmox-api.md` "Hot-plug and pending changes").
+#[tokio::test]
+async fn running_cts_hot_plug_new_mount_points_and_delete_unused_volumes_at_once() {
+    let s = Sim::start(
+        vec![SeedGuest {
+            running: true,
+            ..SeedGuest::default()
+        }],
+        Duration::from_millis(400),
+    )
+    .await;
+    let put = |form: &'static [(&'static str, &'static str)]| {
+        let s = &s;
+        async move { s.call("PUT", "/nodes/pve1/lxc/100/config", form).await }
+    };
+    let a = put(&[("mp0", "local-lvm:2,mp=/srv/data,backup=1")]).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let g = s.sim.guest(100).unwrap();
+    let mp0 = g.config.get("mp0").cloned().unwrap_or_default();
+    assert!(mp0.starts_with("local-lvm:vm-100-disk-"), "{g:?}");
+    assert!(
+        g.pending.is_empty(),
+        "a new mount point is hot-plugged: {g:?}"
+    );
+    let changed = format!("{mp0},ro=1");
+    let a = s
+        .call(
+            "PUT",
+            "/nodes/pve1/lxc/100/config",
+            &[("mp0", changed.as_str())],
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let g = s.sim.guest(100).unwrap();
+    assert!(g.pending.contains_key("mp0"), "an existing mp waits: {g:?}");
+    s.sim
+        .edit_config(100, "unused3", Some("local-lvm:vm-100-disk-9"));
+    assert_eq!(put(&[("delete", "unused3")]).await.status, 200);
+    let g = s.sim.guest(100).unwrap();
+    assert!(!g.config.contains_key("unused3"), "{g:?}");
+}
+
+/// PVE's API creates a privileged container unless `unprivileged=1` is sent (the schema's
+/// default is 0), and a privileged create needs `Sys.Modify` on `/` (API2/LXC.pm create_vm).
+#[tokio::test]
+async fn a_create_without_unprivileged_is_privileged_and_needs_sys_modify() {
+    let s = Sim::start(vec![], Duration::from_millis(400)).await;
+    let template = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+    let form = [
+        ("vmid", "160"),
+        ("ostemplate", template),
+        ("rootfs", "local-lvm:4"),
+    ];
+    let a = s.call("POST", "/nodes/pve1/lxc", &form).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    for _ in 0..50 {
+        if s.sim.guest(160).is_some_and(|g| g.lock.is_none()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let g = s.sim.guest(160).unwrap();
+    assert_eq!(
+        g.config.get("unprivileged").map(String::as_str),
+        Some("0"),
+        "{g:?}"
+    );
+
+    let limited = pve_sim::start(SimConfig {
+        token_privileges: Some(vec!["VM.Allocate".into(), "Datastore.AllocateSpace".into()]),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let post = |extra: Option<(&'static str, &'static str)>| {
+        let mut f: Vec<(&str, &str)> = vec![
+            ("vmid", "161"),
+            ("ostemplate", template),
+            ("rootfs", "local-lvm:4"),
+        ];
+        f.extend(extra);
+        http.post(format!("{}/api2/json/nodes/pve1/lxc", limited.base_url()))
+            .header(
+                "Authorization",
+                format!("PVEAPIToken={DEFAULT_TOKEN_ID}={DEFAULT_TOKEN_SECRET}"),
+            )
+            .form(&f)
+            .send()
+    };
+    let r = post(None).await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = post(Some(("unprivileged", "1"))).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}

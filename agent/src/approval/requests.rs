@@ -206,8 +206,11 @@ impl Approvals {
                 self.report_problem(p, audit);
             }
             for c in candidates {
-                if crate::approval::files::is_trust_document(&c.payload) {
-                    // A signed trust rotation travels the same way; `trust` applies it.
+                if crate::approval::files::is_trust_document(&c.payload)
+                    || gate::is_job_document(&c.payload)
+                {
+                    // A signed trust rotation or job travels the same way; `trust` applies
+                    // the one, `jobs` runs the other.
                     continue;
                 }
                 let named_for_it = c
@@ -251,6 +254,8 @@ impl Approvals {
                         if retire {
                             self.retire(&c);
                             let _ = std::fs::remove_file(self.request_path(action));
+                            let _ =
+                                std::fs::remove_file(Self::words_path(&self.request_path(action)));
                         }
                         return Ok((Lookup::Approved(Box::new(approved)), Some(c)));
                     }
@@ -299,7 +304,7 @@ impl Approvals {
         planned: &std::collections::HashSet<(u32, String)>,
         audit: &dyn Fn(Decision),
     ) {
-        if files::is_trust_document(&c.payload) {
+        if files::is_trust_document(&c.payload) || gate::is_job_document(&c.payload) {
             return;
         }
         let named = c
@@ -517,6 +522,37 @@ impl Approvals {
         })
     }
 
+    /// Where the words about what a request's step loses are kept: beside the pending
+    /// requests, in `approvals/loses/<vmid>-<op>.txt`, never in the signed bytes (and never in
+    /// `pending/`, which holds exactly the requests to sign).
+    pub fn words_path(request: &Path) -> PathBuf {
+        let base = request
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        base.join("loses")
+            .join(request.file_name().unwrap_or_default())
+    }
+
+    /// Writes (atomically) the words about what a pending request's step loses.
+    pub fn describe(&self, request: &Path, words: &str) -> std::io::Result<()> {
+        let path = Self::words_path(request);
+        if std::fs::read_to_string(&path).is_ok_and(|w| w == words) {
+            return Ok(());
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, words.as_bytes())
+    }
+
+    /// The words about what a pending request's step loses, when the agent wrote them.
+    pub fn words(request: &Path) -> Option<String> {
+        files::read_capped(&Self::words_path(request), files::MAX_PAYLOAD_BYTES)
+            .ok()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+
     /// The command an operator runs to sign a request.
     pub fn sign_command(domain: &str, request: &Path) -> String {
         format!(
@@ -567,6 +603,7 @@ impl Approvals {
                     "withdrawing an approval request: the step is no longer planned"
                 );
                 let _ = std::fs::remove_file(&path);
+                let _ = std::fs::remove_file(Self::words_path(&path));
             }
         }
     }

@@ -35,11 +35,15 @@ pub struct GuestSpec {
     /// `STORAGE:SIZE_GB` as PVE's create accepts it.
     pub rootfs: Option<String>,
     /// `net0`..`net9`, parsed once here so planning compares values, not text.
-    pub nets: BTreeMap<u8, crate::model::NetConfig>,
+    pub nets: crate::model::Nets,
     pub onboot: Option<bool>,
     /// Normalized as PVE stores them (lower-case, deduplicated, sorted).
     pub tags: Option<Vec<String>>,
     pub description: Option<String>,
+    /// Mount points, features, DNS, boot order, ... (`desired::vocabulary`).
+    pub more: super::vocabulary::Vocabulary,
+    /// How a risky change proves itself (`desired::verify_spec`); `None`: not verified.
+    pub verify: Option<super::verify_spec::VerifySpec>,
 }
 
 /// A validated desired-state document.
@@ -169,9 +173,10 @@ pub fn parse(bytes: &[u8], source_name: &str) -> Result<DesiredDoc, DesiredError
             )
         })?;
         let spec = parse_guest(t, i, &err)?;
-        if guests.insert(spec.vmid, spec.clone()).is_some() {
+        let vmid = spec.vmid;
+        if guests.insert(vmid, spec).is_some() {
             return Err(err(
-                Some(spec.vmid),
+                Some(vmid),
                 Some("vmid"),
                 "listed more than once".into(),
             ));
@@ -238,8 +243,13 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         onboot: None,
         tags: None,
         description: None,
+        more: Default::default(),
+        verify: None,
     };
     for key in t.keys() {
+        if let Some(why) = super::vocabulary::refused_key(key) {
+            return Err(e(key, why));
+        }
         let known = matches!(
             key.as_str(),
             "vmid"
@@ -253,7 +263,9 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 | "onboot"
                 | "tags"
                 | "description"
-        ) || net_index(key).is_some();
+                | "verify"
+        ) || net_index(key).is_some()
+            || super::vocabulary::is_vocabulary_key(key);
         if !known {
             return Err(e(key, "unknown field".into()));
         }
@@ -302,7 +314,7 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
                 .ok_or_else(|| e(key, "must be a string".into()))?;
             pve_format::check_net(s).map_err(|m| e(key, m))?;
             let net = crate::model::parse_net(s).map_err(|m| e(key, m))?;
-            spec.nets.insert(idx, net);
+            spec.nets.insert(idx, Box::new(net));
         }
     }
     if let Some(v) = t.get("onboot") {
@@ -341,9 +353,9 @@ fn parse_guest(t: &toml::Table, index: usize, err: &ErrFn<'_>) -> Result<GuestSp
         // escaped.
         spec.description = Some(d);
     }
-    if spec.ensure != Ensure::Absent && spec.template.is_none() {
-        // Without a template the guest can only be managed if it already exists; that is
-        // allowed, and the planner reports it if it does not.
+    spec.more = super::vocabulary::parse(t, &e)?;
+    if let Some(v) = t.get("verify") {
+        spec.verify = Some(super::verify_spec::parse(v).map_err(|(f, m)| e(&f, m))?);
     }
     Ok(spec)
 }
@@ -511,6 +523,107 @@ description = "managed by drover"
         assert!(parse(b"revision = 1\nfoo = 2\n", "d").is_err());
         assert!(parse(&[0xff, 0xfe], "d").is_err());
         assert!(parse(b"revision = ", "d").is_err());
+    }
+
+    #[test]
+    fn the_shipped_example_parses_with_every_field() {
+        let text = include_str!("../../../deploy/desired.example/desired.toml");
+        let d = parse(text.as_bytes(), "desired.example").unwrap();
+        let g = &d.guests[&104];
+        let m = &g.more;
+        assert_eq!(m.nesting, Some(true));
+        assert_eq!(m.unprivileged, Some(true));
+        assert_eq!(m.mounts.len(), 2);
+        assert!(m.mounts_managed);
+        assert_eq!(m.startup.unwrap().order, Some(2));
+        assert_eq!(m.cpulimit, Some(1.5));
+        assert!(
+            m.ssh_public_keys
+                .as_deref()
+                .unwrap()
+                .starts_with("ssh-ed25519 ")
+        );
+        assert_eq!(m.nameserver.as_deref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn vocabulary_values_are_checked_with_file_guest_and_field() {
+        let base = "revision = 1\n[[guest]]\nvmid = 201\n";
+        for (line, field) in [
+            (
+                "mp0 = { storage = \"local-lvm\", path = \"/srv\" }",
+                "mp0.size",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"srv\" }",
+                "mp0.path",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/\" }",
+                "mp0.path",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/a/../b\" }",
+                "mp0.path",
+            ),
+            ("mp0 = { size = 2, path = \"/srv\" }", "mp0"),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", bogus = 1 }",
+                "mp0.bogus",
+            ),
+            (
+                "mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv\", mountoptions = [\"exec\"] }",
+                "mp0.mountoptions",
+            ),
+            (
+                "mp0 = { host_path = \"/srv\", size = 2, path = \"/srv\" }",
+                "mp0.size",
+            ),
+            ("mp = [1]", "mp"),
+            ("dev0 = { path = \"/etc/passwd\" }", "dev0.path"),
+            ("features = { nesting = 1 }", "features.nesting"),
+            ("features = { keyctl = true }", "features.keyctl"),
+            ("nameserver = [\"dns.example\"]", "nameserver"),
+            ("searchdomain = [\"-bad\"]", "searchdomain"),
+            ("timezone = \"../../etc/shadow\"", "timezone"),
+            ("startup = { order = -1 }", "startup.order"),
+            ("startup = { first = 1 }", "startup.first"),
+            ("cpulimit = 9000", "cpulimit"),
+            ("cpuunits = 600000", "cpuunits"),
+            ("tty = 7", "tty"),
+            ("cmode = \"serial\"", "cmode"),
+            ("ostype = \"windows\"", "ostype"),
+            ("arch = \"sparc\"", "arch"),
+            (
+                "ssh-public-keys = \"from=\\\"x\\\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA\"",
+                "ssh-public-keys",
+            ),
+            ("password = \"x\"", "password"),
+            ("hookscript = \"local:snippets/a.sh\"", "hookscript"),
+            (
+                "\"lxc.cgroup2.devices.allow\" = \"a\"",
+                "lxc.cgroup2.devices.allow",
+            ),
+            ("pool = \"p\"", "pool"),
+            ("mp256 = {}", "mp256"),
+            ("dev256 = {}", "dev256"),
+        ] {
+            let e = parse(format!("{base}{line}\n").as_bytes(), "hub/desired.toml").unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "{line}: {e}");
+            assert_eq!(e.vmid, Some(201), "{line}");
+            assert!(e.to_string().contains("hub/desired.toml"), "{e}");
+        }
+        let two = format!(
+            "{base}mp0 = {{ storage = \"a1\", size = 1, path = \"/x\" }}\nmp1 = {{ storage = \"a1\", size = 1, path = \"/x\" }}\n"
+        );
+        assert_eq!(
+            parse(two.as_bytes(), "d").unwrap_err().field.as_deref(),
+            Some("mp1.path")
+        );
+        let empty = parse(format!("{base}mp = []\n").as_bytes(), "d").unwrap();
+        assert!(
+            empty.guests[&201].more.mounts_managed && empty.guests[&201].more.mounts.is_empty()
+        );
     }
 
     #[test]

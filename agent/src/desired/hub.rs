@@ -236,6 +236,8 @@ pub struct HubSource {
     client: reqwest::Client,
     doc_etag: Mutex<Option<Remembered>>,
     index_etag: Mutex<Option<String>>,
+    /// The ETag of `jobs/index.json` (signed jobs travel like approvals).
+    jobs_index_etag: Mutex<Option<String>>,
     last_success: AtomicI64,
 }
 
@@ -307,6 +309,7 @@ impl HubSource {
             client,
             doc_etag: Mutex::new(None),
             index_etag: Mutex::new(None),
+            jobs_index_etag: Mutex::new(None),
             last_success: AtomicI64::new(0),
         })
     }
@@ -333,6 +336,7 @@ impl HubSource {
     pub fn forget_etags(&self) {
         *lock(&self.doc_etag) = None;
         *lock(&self.index_etag) = None;
+        *lock(&self.jobs_index_etag) = None;
     }
 
     /// Polls the document. `trust`: the current trust document; when it lists a hub key the
@@ -396,9 +400,28 @@ impl HubSource {
     /// Signatures are written before payloads, every file atomically, so the agent's approval
     /// scan never sees half a set. The files are verified later, by the gate, like any other.
     pub async fn fetch_approvals(&self, dir: &Path) -> Result<ApprovalSync, HubError> {
+        self.mirror("approvals", dir, &self.index_etag).await
+    }
+
+    /// Mirrors `{url}/hosts/{host}/jobs/` (signed jobs, `drover-job v1`, listed by its
+    /// `index.json`) into `dir`, as [`HubSource::fetch_approvals`] does approvals. A hub
+    /// without a `jobs/` directory (404) has no jobs.
+    pub async fn fetch_jobs(&self, dir: &Path) -> Result<ApprovalSync, HubError> {
+        match self.mirror("jobs", dir, &self.jobs_index_etag).await {
+            Err(HubError::HttpStatus { status: 404, .. }) => Ok(ApprovalSync::default()),
+            other => other,
+        }
+    }
+
+    async fn mirror(
+        &self,
+        sub: &str,
+        dir: &Path,
+        index_etag: &Mutex<Option<String>>,
+    ) -> Result<ApprovalSync, HubError> {
         let token = self.token()?;
-        let index_url = format!("{}/approvals/index.json", self.base);
-        let etag = lock(&self.index_etag).clone();
+        let index_url = format!("{}/{sub}/index.json", self.base);
+        let etag = lock(index_etag).clone();
         let got = self
             .get_retrying(&index_url, MAX_INDEX_BYTES, etag.as_deref(), &token)
             .await?;
@@ -430,7 +453,7 @@ impl HubSource {
             } else {
                 self.cfg.max_approval_bytes
             };
-            let url = format!("{}/approvals/{name}", self.base);
+            let url = format!("{}/{sub}/{name}", self.base);
             let bytes = match self.get_retrying(&url, cap, None, &token).await {
                 Ok(Got::Body { bytes, .. }) => bytes,
                 Ok(Got::NotModified) => continue,
@@ -468,7 +491,7 @@ impl HubSource {
         }
         sync.removed.sort();
         if sync.problems.is_empty() {
-            *lock(&self.index_etag) = new_etag;
+            *lock(index_etag) = new_etag;
         }
         Ok(sync)
     }

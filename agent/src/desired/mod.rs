@@ -10,6 +10,8 @@ pub mod hub;
 pub mod pve_format;
 pub mod report;
 pub mod source;
+pub mod verify_spec;
+pub mod vocabulary;
 
 pub use document::*;
 

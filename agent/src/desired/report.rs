@@ -28,6 +28,9 @@ pub struct PendingRequest {
     pub text: String,
     /// The signing command for an operator on the host itself.
     pub sign: String,
+    /// What the step loses, in words (beside the signed text, never part of it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loses: Option<String>,
 }
 
 /// What the agent tells the hub. Every field defaults, so a report from an older or newer
@@ -53,6 +56,10 @@ pub struct Report {
     /// The trust document in force.
     pub trust_version: Option<u64>,
     pub pending_approvals: Vec<PendingRequest>,
+    /// Signed-job requests rendered on this host and waiting for a signature (`drover job
+    /// new`); the jobs themselves, queued, running and ended, are in `status.jobs`.
+    #[serde(default)]
+    pub pending_jobs: Vec<PendingRequest>,
     /// As `drover status --output json`.
     pub status: serde_json::Value,
     pub recent_steps: serde_json::Value,
@@ -77,6 +84,7 @@ impl Report {
             source_error_code: status["source"]["error_code"].as_str().map(str::to_string),
             trust_version: status["trust"]["version"].as_u64(),
             pending_approvals,
+            pending_jobs: Vec::new(),
             status,
             recent_steps,
         }

@@ -219,6 +219,25 @@ impl Source {
         match self {
             Source::Dir(_) => Ok(()),
             Source::Hub { hub, approvals } => {
+                // Signed jobs first, and whatever the approvals do: `hosts/<host>/jobs/` into
+                // `<state_dir>/hub-jobs` (beside `hub-approvals`), where the job runner looks.
+                if let Some(state) = approvals.parent() {
+                    match hub.fetch_jobs(&state.join("hub-jobs")).await {
+                        Ok(jobs) => {
+                            if !jobs.written.is_empty() || !jobs.removed.is_empty() {
+                                tracing::info!(
+                                    written = jobs.written.len(),
+                                    removed = jobs.removed.len(),
+                                    "hub jobs synced"
+                                );
+                            }
+                            for p in &jobs.problems {
+                                tracing::warn!("hub job file: {p}");
+                            }
+                        }
+                        Err(e) => tracing::warn!(code = e.code(), "hub jobs not synced: {e}"),
+                    }
+                }
                 let sync = hub.fetch_approvals(approvals).await?;
                 if !sync.written.is_empty() || !sync.removed.is_empty() {
                     tracing::info!(

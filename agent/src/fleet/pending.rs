@@ -96,11 +96,15 @@ pub fn loses(op: &Op, params: &BTreeMap<String, String>) -> String {
                 "the container and all its volumes".into()
             }
         }
-        Op::DeleteVolume => format!("volume {}", p("volume")),
+        Op::DeleteVolume => format!("volume {} ({}) and its data", p("volume"), p("delete")),
         Op::RollbackSnapshot => format!("every change since snapshot {}", p("snapname")),
         Op::DeleteSnapshot => format!("snapshot {}", p("snapname")),
         Op::RestoreOverwrite => "the container's current disks (overwritten by a backup)".into(),
-        Op::RemoveMountpoint => format!("mount point {} and its data", p("key")),
+        Op::RemoveMountpoint => format!(
+            "mount point {} (volume {}): detached, PVE keeps the volume as unused[n] until a later, separately signed delete",
+            p("delete"),
+            p("volume")
+        ),
         Op::SetConfig => format!(
             "the current values of {}",
             params.keys().cloned().collect::<Vec<_>>().join(", ")

@@ -41,6 +41,12 @@ pub enum Power {
     Other(String),
 }
 
+/// `net[n]` entries by index. Each entry is boxed: a B-tree leaf reserves room for eleven
+/// values, and a `NetConfig` is about 280 bytes, so an unboxed map of one interface took 3 KiB;
+/// with thousands of guests (the document and the host read both hold one per guest) that
+/// was most of the daemon's memory.
+pub type Nets = BTreeMap<u8, Box<NetConfig>>;
+
 /// The managed keys of an existing guest, normalized.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ActualConfig {
@@ -49,12 +55,31 @@ pub struct ActualConfig {
     pub memory: Option<u64>,
     pub swap: Option<u64>,
     pub rootfs: Option<RootfsState>,
-    pub nets: BTreeMap<u8, NetConfig>,
+    pub nets: Nets,
     pub onboot: bool,
     pub tags: Vec<String>,
     /// Without PVE's trailing newline.
     pub description: Option<String>,
     pub protection: bool,
+    /// `mp[n]` as PVE reports them (volume id, size, flags).
+    pub mounts: BTreeMap<u8, proxmox_client::MountConfig>,
+    /// `unused[n]`: volumes detached from a mount point, kept by PVE until deleted.
+    pub unused: BTreeMap<u8, String>,
+    /// `dev[n]` passthrough entries (set by root only).
+    pub devices: BTreeMap<u16, crate::model::DevSpec>,
+    pub features: proxmox_client::Features,
+    /// PVE's default when absent is privileged (`0`); Drover creates unprivileged guests.
+    pub unprivileged: bool,
+    pub nameserver: Vec<String>,
+    pub searchdomain: Vec<String>,
+    pub timezone: Option<String>,
+    pub startup: Option<crate::model::Startup>,
+    pub cpulimit: Option<f64>,
+    pub cpuunits: Option<u64>,
+    pub console: Option<bool>,
+    pub tty: Option<u8>,
+    pub cmode: Option<String>,
+    pub hookscript: Option<String>,
 }
 
 /// One guest on this node as read from PVE.

@@ -6,5 +6,7 @@
 
 pub mod guest;
 pub mod step;
+pub mod vocabulary;
 
 pub use guest::*;
+pub use vocabulary::{DevSpec, MountSource, MountSpec, Startup};

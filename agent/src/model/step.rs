@@ -21,6 +21,11 @@ pub enum StepKind {
     /// Take over a guest Drover did not create (see `reconcile::adoption`): no PVE call, the
     /// journal records it once an operator's signed approval is verified.
     Adopt,
+    /// Detach a mount point (`delete=mpN`): PVE keeps a volume as `unusedN`, so it is
+    /// reversible; the volume is deleted only by a later [`StepKind::DeleteVolume`].
+    Detach,
+    /// Delete a volume Drover detached (`delete=unusedN`), planned only after the grace period.
+    DeleteVolume,
 }
 
 impl StepKind {
@@ -35,6 +40,8 @@ impl StepKind {
             StepKind::Reboot => "reboot",
             StepKind::Destroy => "destroy_guest",
             StepKind::Adopt => "adopt",
+            StepKind::Detach => "remove_mountpoint",
+            StepKind::DeleteVolume => "delete_volume",
         }
     }
 }

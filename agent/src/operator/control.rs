@@ -233,6 +233,9 @@ async fn submit_approval(
         );
     };
     let sigs: Vec<&[u8]> = req.signatures.iter().map(|s| s.as_bytes()).collect();
+    if gate::is_job_document(req.payload.as_bytes()) {
+        return submit_job(&c, stem, &req, &trust, &sigs);
+    }
     let rotation = crate::approval::files::is_trust_document(req.payload.as_bytes());
     let parsed = gate::ApprovalPayload::parse(req.payload.as_bytes()).ok();
     // (code, message, authenticated)
@@ -348,6 +351,99 @@ async fn submit_approval(
                 c.engine.trigger(Some(parsed.vmid));
             }
             Json(json!({"accepted_into_inbox": p})).into_response()
+        }
+        Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
+    }
+}
+
+/// A signed job submitted on the socket: what can be told without the guest's lane (the
+/// signatures and window offline, a spent nonce, another job of the guest in progress) is
+/// answered at once; the lane verifies it against the host's current state before it runs.
+fn submit_job(
+    c: &Ctx,
+    stem: &str,
+    req: &SubmitApproval,
+    trust: &gate::TrustStore,
+    sigs: &[&[u8]],
+) -> Response {
+    let payload = req.payload.as_bytes();
+    let now = crate::clock::unix_now();
+    let store = c.engine.store();
+    let verdict: Result<gate::JobPayload, (String, String, bool)> = match gate::verify_job_offline(
+        trust, payload, sigs, now,
+    ) {
+        Err(r) => Err((r.code.as_str().to_string(), r.message, r.authenticated)),
+        Ok(_) => match gate::JobPayload::parse(payload) {
+            Err(r) => Err((r.code.as_str().to_string(), r.message, false)),
+            Ok(p) => {
+                let spent = store.nonce_consumed(&p.nonce).unwrap_or(false)
+                    || store.job(&p.nonce).ok().flatten().is_some();
+                let busy = store.active_job(p.vmid).ok().flatten();
+                if spent {
+                    Err((
+                        "replayed".into(),
+                        format!("job {} was already accepted; a job runs once", p.nonce),
+                        true,
+                    ))
+                } else if let Some(j) = busy {
+                    Err((
+                        "job_in_progress".into(),
+                        format!(
+                            "CT {} has job {} ({}) in progress (phase {}); submit this one when it has ended",
+                            p.vmid, j.id, j.kind, j.phase
+                        ),
+                        true,
+                    ))
+                } else {
+                    Ok(p)
+                }
+            }
+        },
+    };
+    let p = match verdict {
+        Ok(p) => p,
+        Err((code, message, authenticated)) => {
+            let d = crate::store::Decision {
+                vmid: None,
+                op: "job".into(),
+                allowed: false,
+                code: code.clone(),
+                message: message.clone(),
+                signers: Vec::new(),
+                authenticated,
+                source: PathBuf::from(format!("submitted on the control socket as {stem}.txt")),
+            };
+            c.engine.metrics().gate_decision(&d.code);
+            if c.engine.approvals().first_report_of(payload, sigs, &d.code) {
+                store.audit(&d);
+            }
+            return refuse(StatusCode::UNPROCESSABLE_ENTITY, &code, message);
+        }
+    };
+    let inbox = c.engine.approvals().inbox_dir.clone();
+    let tmp = match tempfile::tempdir() {
+        Ok(t) => t,
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
+    };
+    let payload_path = tmp.path().join(format!("{stem}.txt"));
+    let mut sig_paths: Vec<PathBuf> = Vec::new();
+    let mut write = || -> std::io::Result<()> {
+        std::fs::write(&payload_path, &req.payload)?;
+        for (i, s) in req.signatures.iter().enumerate() {
+            let p = tmp.path().join(format!("sig{i}"));
+            std::fs::write(&p, s)?;
+            sig_paths.push(p);
+        }
+        Ok(())
+    };
+    if let Err(e) = write() {
+        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    }
+    match files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+        Ok(path) => {
+            c.engine.trigger(Some(p.vmid));
+            Json(json!({"accepted_into_inbox": path, "job": p.kind.as_str(), "vmid": p.vmid}))
+                .into_response()
         }
         Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
     }

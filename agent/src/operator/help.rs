@@ -14,6 +14,25 @@ use clap::Command;
 /// has one; a test walks the command tree and fails on a verb without.
 pub const EXAMPLES: &[(&str, &str)] = &[
     (
+        "job",
+        "drover job new snapshot --vmid 105 --snapshot pre-upgrade --description before-upgrade\n\
+         drover job new restore --vmid 101 --backup safety:backup/vzdump-lxc-101-2026_11_22-21_00_01.tar.zst",
+    ),
+    (
+        "job new",
+        "drover job new snapshot --vmid 105 --snapshot pre-upgrade\n\
+         drover job new rollback --vmid 230 --snapshot pre-upgrade      # held afterwards\n\
+         drover job new backup --vmid 105 --storage safety --protected\n\
+         drover job new restore --vmid 101 --backup VOLID                # over CT 101\n\
+         drover job new restore --vmid 150 --backup VOLID --no-hold      # beside it, on a free vmid\n\
+         drover job new reboot --vmid 105",
+    ),
+    (
+        "jobs",
+        "drover jobs                         # pending signature, queued, running, done, failed\n\
+         drover jobs --output json",
+    ),
+    (
         "run",
         "drover run              # the service (systemd runs this)\n\
          drover run --once       # one pass, wait for its steps: 0 converged, 2 pending",

@@ -1,29 +1,47 @@
-//! Progress of long interactive commands (`drover run --once`): one redrawn line with a
-//! spinner when stdout is a terminal, plain lines (printed only when something changed) when it
-//! is not, so a pipe or a CI log gets a readable record instead of control characters.
+//! Progress of long interactive commands (`drover run --once`): on a terminal, one line with a
+//! spinner, redrawn in place below the log lines (tracing-indicatif draws it as the bar of a
+//! tracing span, and its log writer clears and redraws the bar around every log line, so the
+//! two never run into each other; see `service::logging`). When stderr is not a terminal,
+//! plain `progress:` lines on stdout, printed only when something changed, so a pipe or a CI
+//! log gets a readable record instead of control characters.
 
 use std::io::{IsTerminal, Write};
 
+use tracing_indicatif::span_ext::IndicatifSpanExt;
+use tracing_indicatif::style::ProgressStyle;
+
 use crate::reconcile::board::{GuestState, Snapshot};
 
-const SPINNER: &[char] = &['|', '/', '-', '\\'];
+/// The look of the progress line: a spinner and the line.
+pub fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .tick_chars("|/-\\ ")
+}
 
 pub struct Progress {
-    tty: bool,
-    tick: usize,
+    /// The span whose bar is the line, on a terminal.
+    bar: Option<tracing::Span>,
     last: String,
 }
 
 impl Progress {
-    /// Decides the style from whether stdout is a terminal.
-    pub fn for_stdout() -> Progress {
-        Progress::new(std::io::stdout().is_terminal())
+    /// A redrawn line when stderr (where logs and the bar go) is a terminal, plain lines on
+    /// stdout otherwise.
+    pub fn for_terminal() -> Progress {
+        Progress::new(std::io::stderr().is_terminal())
     }
 
     pub fn new(tty: bool) -> Progress {
+        let bar = tty.then(|| {
+            let span = tracing::info_span!("progress", indicatif.pb_show = true);
+            span.pb_set_style(&bar_style());
+            // A bar appears when its span is first entered.
+            span.in_scope(|| {});
+            span
+        });
         Progress {
-            tty,
-            tick: 0,
+            bar,
             last: String::new(),
         }
     }
@@ -47,27 +65,24 @@ impl Progress {
     /// Shows the current state: redraws on a terminal, prints a line when it changed otherwise.
     pub fn update(&mut self, snap: &Snapshot) {
         let line = Progress::line(snap);
-        let mut out = std::io::stdout().lock();
-        if self.tty {
-            self.tick += 1;
-            let spin = SPINNER[self.tick % SPINNER.len()];
-            // \r and "erase line": redraw in place.
-            let _ = write!(out, "\r\x1b[2K{spin} {line}");
-            let _ = out.flush();
-        } else if line != self.last {
-            let _ = writeln!(out, "progress: {line}");
+        match &self.bar {
+            Some(span) => span.pb_set_message(&line),
+            None if line != self.last => {
+                let _ = writeln!(std::io::stdout().lock(), "progress: {line}");
+            }
+            None => {}
         }
         self.last = line;
     }
 
-    /// Ends the display with the final state on its own line.
+    /// Ends the display: the bar goes away and the final state stays, on its own line.
     pub fn finish(&mut self, snap: &Snapshot) {
         let line = Progress::line(snap);
-        let mut out = std::io::stdout().lock();
-        if self.tty {
-            let _ = writeln!(out, "\r\x1b[2K{line}");
+        if let Some(span) = self.bar.take() {
+            drop(span);
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
         } else if line != self.last {
-            let _ = writeln!(out, "progress: {line}");
+            let _ = writeln!(std::io::stdout().lock(), "progress: {line}");
         }
         self.last = line;
     }

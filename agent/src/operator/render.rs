@@ -50,6 +50,13 @@ impl ClassifiedPlan {
     /// yellow, `-` and "needs a signed approval" red, notes yellow; with a legend of the
     /// symbols when there is anything to do.
     pub fn to_text_styled(&self, style: Style) -> String {
+        self.to_text_with(style, None)
+    }
+
+    /// [`ClassifiedPlan::to_text_styled`], and under every destructive step the whole way to
+    /// its approval (`drover plan` on the host): the request file, the exact `ssh-keygen`
+    /// command, the `drover approve` that submits it, and where else the signed files may go.
+    pub fn to_text_with(&self, style: Style, approvals: Option<&ApprovalPath>) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -111,9 +118,18 @@ impl ClassifiedPlan {
                         out,
                         "      {}:{pad} {} → {}",
                         c.key,
-                        c.old.as_deref().map(short).unwrap_or("(none)".into()),
-                        c.new.as_deref().map(short).unwrap_or("(none)".into())
+                        c.old
+                            .as_deref()
+                            .map(|v| shown(&c.key, v))
+                            .unwrap_or("(none)".into()),
+                        c.new
+                            .as_deref()
+                            .map(|v| shown(&c.key, v))
+                            .unwrap_or("(none)".into())
                     );
+                }
+                if destructive && let Some(a) = approvals {
+                    out.push_str(&a.describe(s, style));
                 }
             }
             for n in &g.notes {
@@ -148,6 +164,59 @@ impl ClassifiedPlan {
                     String::new()
                 }
             );
+        }
+        out
+    }
+}
+
+/// Where a destructive step's approval comes from on this host, for [`ClassifiedPlan::to_text_with`].
+#[derive(Debug, Clone)]
+pub struct ApprovalPath {
+    /// `<state_dir>/approvals/pending`: the agent writes each request there.
+    pub pending_dir: std::path::PathBuf,
+    /// The trust document's domain (the signing namespace is `destructive-op-v1@DOMAIN`).
+    pub domain: String,
+    /// Besides `drover approve`: where the request and its signatures may be put instead
+    /// (the directory source's `approvals/`, or the hub's `hosts/<host>/approvals/`).
+    pub elsewhere: Option<String>,
+}
+
+impl ApprovalPath {
+    /// The indented block under a destructive step: request, sign, submit, in aligned columns.
+    fn describe(&self, s: &Step, style: Style) -> String {
+        let name = format!(
+            "{}-{}.txt",
+            s.vmid,
+            crate::reconcile::engine::op_of(s.kind).as_str()
+        );
+        let request = self.pending_dir.join(&name);
+        let when = if request.is_file() {
+            "pending now: read it before signing"
+        } else {
+            "not written yet: the agent writes it when it reaches this step, on its next pass"
+        };
+        let mut rows: Vec<[String; 2]> = vec![
+            ["request".into(), format!("{} ({when})", request.display())],
+            [
+                "sign".into(),
+                format!(
+                    "ssh-keygen -Y sign -f ~/.ssh/YOUR_OPERATOR_KEY -n destructive-op-v1@{} {name}   (writes {name}.sig)",
+                    self.domain
+                ),
+            ],
+            [
+                "check".into(),
+                format!("drover verify-approval {name} {name}.sig"),
+            ],
+            ["submit".into(), format!("drover approve {name} {name}.sig")],
+        ];
+        if let Some(e) = &self.elsewhere {
+            rows.push(["or put".into(), format!("{name} and {name}.sig into {e}")]);
+        }
+        let width = rows.iter().map(|r| r[0].len()).max().unwrap_or(0);
+        let mut out = format!("      {}\n", style.dim("approval:"));
+        for [k, v] in rows {
+            let _ = writeln!(out, "        {k:<width$}  {v}");
         }
         out
     }
@@ -209,6 +278,16 @@ fn symbol(s: &Step) -> char {
         StepKind::Destroy => '-',
         StepKind::Adopt => '=',
         _ => '~',
+    }
+}
+
+/// A value as the plan shows it: free text (descriptions, SSH keys) shortened to one line,
+/// everything else whole, so a change at the end of a long mount point value is visible.
+fn shown(key: &str, v: &str) -> String {
+    if matches!(key, "description" | "ssh-public-keys") {
+        short(v)
+    } else {
+        crate::output::escape_controls(v)
     }
 }
 

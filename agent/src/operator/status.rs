@@ -34,6 +34,13 @@ pub fn status_json(engine: &Engine) -> serde_json::Value {
             Trust::Invalid { code, message } => serde_json::json!({"valid": false, "code": code, "message": message}),
         },
         "suspensions": engine.store().suspensions(),
+        "jobs": crate::jobs::listing::rows(
+            engine.store(),
+            &crate::jobs::inbox::JobDirs::new(
+                engine.store().journal().dir(),
+                engine.approvals().candidate_dirs(),
+            ),
+        ),
         "safety": safety_json(engine),
         "guests": snap.guests.values().collect::<Vec<_>>(),
         "unmanaged": snap.unmanaged,

@@ -28,12 +28,14 @@ pub enum GuestState {
     /// In this node's document but on another node of the cluster (HA, a migration): left
     /// alone here (plan note `exists_on_other_node`).
     Elsewhere,
+    /// A risky change is live inside its verify window (settling, probing or reverting).
+    Verifying,
 }
 
 impl GuestState {
     /// Every state, so metrics can show a zero for each (a rate over a series that appears
     /// only once something happens misses the first change).
-    pub const ALL: [GuestState; 9] = [
+    pub const ALL: [GuestState; 10] = [
         GuestState::Unknown,
         GuestState::Converged,
         GuestState::Pending,
@@ -43,6 +45,7 @@ impl GuestState {
         GuestState::Failed,
         GuestState::Suspended,
         GuestState::Elsewhere,
+        GuestState::Verifying,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl GuestState {
             GuestState::Failed => "failed",
             GuestState::Suspended => "suspended",
             GuestState::Elsewhere => "elsewhere",
+            GuestState::Verifying => "verifying",
         }
     }
 }
@@ -73,6 +77,25 @@ pub struct GuestStatusLine {
     pub pending_approval: Option<String>,
     pub blocked_code: Option<String>,
     pub notes: Vec<String>,
+    /// The guest's verify window, when it has one (`reconcile::verify`).
+    pub verify: Option<VerifyLine>,
+}
+
+/// A verify window as `status` shows it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct VerifyLine {
+    /// `armed`, `settling`, `probing`, `reverting`, `committed`, `reverted`, ...
+    pub phase: String,
+    pub keys: Vec<String>,
+    /// The revert deadline (unix seconds) while the window is open.
+    pub deadline_unix: Option<i64>,
+    /// The outcome's stable code (`probe_failed`, `deadline`, ...).
+    pub code: Option<String>,
+    pub message: String,
+    /// A reverted change waits for the desired entry to change.
+    pub parked: bool,
+    /// Every phase of the window: `(phase, unix ms, detail)`, oldest first.
+    pub history: Vec<(String, i64, String)>,
 }
 
 /// The whole board.
@@ -108,8 +131,12 @@ impl Snapshot {
 
     /// One line for systemd's STATUS=.
     pub fn summary(&self) -> String {
+        let verifying = match self.count(GuestState::Verifying) {
+            0 => String::new(),
+            n => format!(", {n} verifying"),
+        };
         format!(
-            "rev {}{}: {} converged, {} pending, {} awaiting approval, {} failed",
+            "rev {}{}: {} converged, {} pending, {} awaiting approval, {} failed{verifying}",
             self.desired_revision
                 .map(|r| r.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -235,7 +262,10 @@ impl StatusBoard {
                 let has_steps = gp.is_some_and(|p| !p.steps.is_empty());
                 let elsewhere =
                     gp.is_some_and(|p| p.notes.iter().any(|n| n.code == "exists_on_other_node"));
-                if !has_steps {
+                let verifying = g.verify.as_ref().is_some_and(|v| v.deadline_unix.is_some());
+                if !has_steps && verifying {
+                    g.state = GuestState::Verifying;
+                } else if !has_steps {
                     g.state = if elsewhere {
                         GuestState::Elsewhere
                     } else {
@@ -274,6 +304,16 @@ impl StatusBoard {
                 .iter()
                 .map(|n| format!("{}: {}", n.code, n.message))
                 .collect()
+        });
+    }
+
+    /// The guest's verify window moved (or was found at boot).
+    pub fn set_verify(&self, vmid: u32, line: Option<VerifyLine>) {
+        self.guest(vmid, |g| {
+            if line.as_ref().is_some_and(|l| l.deadline_unix.is_some()) {
+                g.state = GuestState::Verifying;
+            }
+            g.verify = line;
         });
     }
 
@@ -326,6 +366,10 @@ impl StatusBoard {
                 g.state = GuestState::Failed;
                 g.last_result = Some("failed".into());
                 g.last_error = Some(e.clone());
+            }
+            LaneOutcome::RecheckAt(_) => {
+                g.state = GuestState::Verifying;
+                g.last_error = None;
             }
         });
     }

@@ -27,7 +27,7 @@ use crate::reconcile::board::{GuestState, StatusBoard};
 use crate::reconcile::classified::{ClassifiedPlan, StepClass};
 use crate::reconcile::lanes::{LaneOutcome, Lanes};
 use crate::reconcile::planner::{self, Plan, Step, StepKind};
-use crate::reconcile::pve::{Pve, Submission};
+use crate::reconcile::pve::{Pve, Submission, worker_type};
 use crate::store::Decision;
 use crate::store::{StepOutcome, Store};
 
@@ -65,9 +65,13 @@ pub(super) struct Inner {
     /// the entry changes.
     terminal: Mutex<HashMap<u32, GuestSpec>>,
     pub status: StatusBoard,
+    /// What each lane turn read of its guest (`lane_reads`: fewer requests per step).
+    pub(super) lane_reads: crate::reconcile::lane_reads::LaneReads,
     metrics: std::sync::Arc<crate::reconcile::metrics::Metrics>,
     pub(super) lanes: Lanes,
     shutdown: watch::Receiver<bool>,
+    /// Signed jobs, asked first in every lane turn (see `job_slot`).
+    jobs: RwLock<Option<Arc<dyn crate::reconcile::job_slot::GuestJobs>>>,
     /// Safety copies before destructive steps (`safety/`); `None` refuses every step that
     /// needs one (`safety_storage_unset`).
     pub(super) safety: RwLock<Option<crate::safety::SafetyCopies>>,
@@ -102,11 +106,18 @@ impl Engine {
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
+                lane_reads: Default::default(),
                 lanes,
                 shutdown,
+                jobs: RwLock::new(None),
                 safety: RwLock::new(None),
             }),
         }
+    }
+
+    /// Installs the signed-job runner the lanes ask before planning a guest.
+    pub fn set_jobs(&self, jobs: Arc<dyn crate::reconcile::job_slot::GuestJobs>) {
+        *self.inner.jobs.write().unwrap_or_else(|p| p.into_inner()) = Some(jobs);
     }
 
     pub fn lanes(&self) -> &Lanes {
@@ -147,6 +158,12 @@ impl Engine {
             },
             Trust::Invalid { .. } => crate::reconcile::metrics::TrustGauges::default(),
         });
+        if let Ok(jobs) = self.inner.store.jobs() {
+            m.jobs_running.store(
+                jobs.iter().filter(|j| j.end.is_none()).count() as u64,
+                Relaxed,
+            );
+        }
         if let Ok(n) = self.inner.store.in_flight_count() {
             m.journal_inflight_steps.store(n as u64, Relaxed);
         }
@@ -288,6 +305,16 @@ impl Engine {
         }
     }
 
+    /// The step as an approval binds it: [`Engine::planned_action`] with free-text values
+    /// (spaces, `;`) replaced by their SHA-256, which the payload grammar can hold.
+    pub fn bound_action(&self, step: &Step, digest: Option<&str>) -> PlannedAction {
+        let mut a = self.planned_action(step, digest);
+        for v in a.params.values_mut() {
+            *v = bound_value(v);
+        }
+        a
+    }
+
     /// Classifies a step by the journal's provenance (never by the document). A guest seen
     /// running counts as started, whoever started it: it may hold data.
     pub fn classify(&self, step: &Step, actual: Option<&ActualGuest>) -> Classification {
@@ -307,17 +334,19 @@ impl Engine {
         doc: &DesiredDoc,
     ) -> Result<(ClassifiedPlan, crate::model::ActualHost), PveError> {
         let actual = self.inner.pve.read_host().await?;
-        let mut plan = planner::plan(doc, &actual);
-        for vmid in doc.guests.keys() {
+        let ctx = self.plan_context(doc.guests.keys().copied());
+        let mut plan = planner::plan_with(doc, &actual, &ctx);
+        for (vmid, spec) in &doc.guests {
             let Some(g) = actual.guests.get(vmid) else {
                 continue;
             };
-            let gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
+            let mut gp = plan.guests.remove(vmid).unwrap_or(planner::GuestPlan {
                 vmid: *vmid,
                 name: g.config.hostname.clone(),
                 steps: Vec::new(),
                 notes: Vec::new(),
             });
+            self.shape_for_verify(&mut gp, spec, Some(g));
             let gp = adoption::require_adoption(gp, Some(g), self.inner.store.is_managed(*vmid));
             if !gp.steps.is_empty() || !gp.notes.is_empty() {
                 plan.guests.insert(*vmid, gp);
@@ -333,6 +362,19 @@ impl Engine {
         Ok((classified, actual))
     }
 
+    /// The host's rules, the clock and the journal's detached volumes for these guests.
+    fn plan_context(&self, vmids: impl IntoIterator<Item = u32>) -> planner::PlanContext {
+        planner::PlanContext {
+            rules: self.inner.pve.rules.clone(),
+            now: unix_now(),
+            detached: vmids
+                .into_iter()
+                .map(|v| (v, self.inner.store.detached(v)))
+                .filter(|(_, d)| !d.is_empty())
+                .collect(),
+        }
+    }
+
     /// The plan of one guest from fresh state, with adoption required for a guest the journal
     /// does not know.
     fn plan_one(
@@ -341,7 +383,9 @@ impl Engine {
         actual: Option<&ActualGuest>,
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
-        let mut gp = planner::plan_guest(spec, actual, elsewhere);
+        let ctx = self.plan_context([spec.vmid]);
+        let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
+        self.shape_for_verify(&mut gp, spec, actual);
         let fused = self
             .inner
             .fused
@@ -357,6 +401,39 @@ impl Engine {
             });
         }
         adoption::require_adoption(gp, actual, self.inner.store.is_managed(spec.vmid))
+    }
+
+    /// Risky keys of a verified guest become a step of their own, withheld while a reverted
+    /// change is parked (`verify::risk::shape_plan`).
+    fn shape_for_verify(
+        &self,
+        gp: &mut planner::GuestPlan,
+        spec: &GuestSpec,
+        actual: Option<&ActualGuest>,
+    ) {
+        if spec.verify.is_none() {
+            return;
+        }
+        let window = self.inner.store.verify_window(spec.vmid).ok().flatten();
+        crate::reconcile::verify::risk::shape_plan(gp, spec, actual, window.as_ref());
+    }
+
+    /// A resolved step of a guest whose verify window is still open keeps its lane going.
+    fn keep_verify_lane(&self, vmid: u32, outcome: LaneOutcome) -> LaneOutcome {
+        let open = matches!(outcome, LaneOutcome::Converged | LaneOutcome::Waiting)
+            && !self.is_shutting_down()
+            && self
+                .inner
+                .store
+                .verify_window(vmid)
+                .ok()
+                .flatten()
+                .is_some_and(|w| !w.phase.is_terminal());
+        if open {
+            LaneOutcome::RecheckAt(tokio::time::Instant::now())
+        } else {
+            outcome
+        }
     }
 
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
@@ -563,12 +640,17 @@ impl Engine {
             )),
         };
         self.inner.status.record_outcome(vmid, &outcome);
+        if outcome != LaneOutcome::Progressed {
+            // Only a turn that continues right away may use what this one read.
+            self.inner.lane_reads.forget(vmid);
+        }
         let label = match &outcome {
             LaneOutcome::Converged => "converged",
             LaneOutcome::Progressed => "progressed",
             LaneOutcome::Waiting => "waiting",
             LaneOutcome::Transient(_) => "transient_error",
             LaneOutcome::Terminal(_) => "terminal_error",
+            LaneOutcome::RecheckAt(_) => "verifying",
         };
         self.inner
             .metrics
@@ -582,9 +664,32 @@ impl Engine {
         }
         // 1. A step still in flight is resolved before anything new is planned.
         match self.inner.store.in_flight_for(vmid) {
-            Ok(Some(rec)) => return self.resolve(rec, true).await,
+            Ok(Some(rec)) => {
+                // Resolved from fresh reads, never from what an earlier turn kept.
+                self.inner.lane_reads.forget(vmid);
+                let outcome = self.resolve(rec, true).await;
+                return self.keep_verify_lane(vmid, outcome);
+            }
             Ok(None) => {}
             Err(e) => return LaneOutcome::Transient(format!("reading the journal: {e}")),
+        }
+        // 1a. An open verify window of a risky change decides the turn (`reconcile::verify`):
+        // it ends by its deadline, and a job must not act on a guest whose change is still
+        // unconfirmed.
+        if let Some(outcome) = self.verify_turn(vmid).await {
+            return outcome;
+        }
+        // 1b. A signed job of this guest owns the lane until it ends (`job_slot`).
+        let jobs = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(jobs) = jobs
+            && let Some(outcome) = jobs.turn(vmid).await
+        {
+            return outcome;
         }
         if self.inner.store.is_suspended(vmid) {
             self.inner.status.set_state(vmid, GuestState::Suspended);
@@ -596,8 +701,8 @@ impl Engine {
         let Some(spec) = desired.doc.guests.get(&vmid).cloned() else {
             return LaneOutcome::Converged;
         };
-        // 2. Fresh state, fresh plan.
-        let actual = match self.inner.pve.read_guest(vmid).await {
+        // 2. Fresh state (or the previous turn's confirmation read of a moment ago), fresh plan.
+        let actual = match self.read_for_turn(vmid).await {
             Ok(a) => a,
             Err(e) => return pve_failure(&e, "reading the guest"),
         };
@@ -640,7 +745,7 @@ impl Engine {
                     return LaneOutcome::Waiting;
                 }
             };
-            let mut action = self.planned_action(&step, digest.as_deref());
+            let mut action = self.bound_action(&step, digest.as_deref());
             // A destroy needs a verified safety copy first: every refusal is checked now,
             // before anything is stopped, and what the copy cannot hold is bound into the
             // approval (`bind.safety`, `bind.uncovered`).
@@ -702,12 +807,25 @@ impl Engine {
                     approval = Some(*a)
                 }
                 Ok((Lookup::Pending { request, new }, _, _)) => {
+                    let grace = crate::reconcile::vocabulary::grace_words(
+                        self.inner.pve.rules.detach_grace_secs,
+                    );
+                    let size = match (step.kind, step.params.get("volume")) {
+                        (StepKind::DeleteVolume, Some(v)) => self.inner.pve.volume_size(v).await,
+                        _ => None,
+                    };
+                    let words =
+                        crate::reconcile::loss::describe(&step, actual.as_ref(), &grace, size);
+                    if let Err(e) = self.inner.approvals.describe(&request, &words) {
+                        warn!(vmid, "writing what the step loses beside its request: {e}");
+                    }
                     if new {
                         info!(
                             vmid,
                             step = step.kind.as_str(),
                             request = %request.display(),
-                            "destructive step needs a signed approval ({reason}); sign with: {}",
+                            "destructive step needs a signed approval ({reason}); it {}; sign with: {}",
+                            words.lines().next().unwrap_or(""),
                             Approvals::sign_command(&domain, &request)
                         );
                         if let Some(pre) = &guard {
@@ -724,7 +842,13 @@ impl Engine {
                 }
             }
         }
-        // 4. Execute.
+        // 4. Execute: a risky change of a verified guest inside its verify window.
+        if approval.is_none()
+            && let (Some(vspec), Some(a)) = (&spec.verify, actual.as_ref())
+            && crate::reconcile::verify::risk::needs_window(&step, &spec, Some(a))
+        {
+            return self.execute_verified(&step, &spec, vspec, a).await;
+        }
         self.execute(&step, &class, approval.as_ref(), digest.as_deref())
             .await
     }
@@ -745,6 +869,13 @@ impl Engine {
             // Durable before the call: a crash after PVE started the guest must not leave a
             // journal that still calls its cleanup benign.
             return LaneOutcome::Transient(format!("journaling the start: {e}"));
+        }
+        if kind == StepKind::Detach
+            && let Err(e) = self.journal_detach(step)
+        {
+            // Durable before the call: the volume's deletion waits out the grace period from
+            // here, and is only ever planned for a detach the journal knows.
+            return LaneOutcome::Transient(format!("journaling the detach: {e}"));
         }
         let id = match self.inner.store.intent(step, class, approval, None) {
             Ok(id) => id,
@@ -767,6 +898,12 @@ impl Engine {
                     self.wait_and_finish(id, kind, vmid, upid).await
                 }
                 Ok(Submission::Done) => {
+                    if kind == StepKind::DeleteVolume
+                        && let Some(v) = step.params.get("volume")
+                    {
+                        // A later volume with the same id is not one Drover detached.
+                        self.inner.store.forget_detached(vmid, v);
+                    }
                     self.confirm_and_close(id, kind, vmid, None, StepOutcome::Ok)
                         .await
                 }
@@ -804,7 +941,7 @@ impl Engine {
                         return self.wait_and_finish(id, kind, vmid, upid).await;
                     }
                 }
-                Ok(None) if kind != StepKind::SetConfig => {
+                Ok(None) if worker_type(kind).is_some() => {
                     self.close(
                         &id,
                         StepOutcome::Abandoned(format!("no task was started: {e}")),
@@ -842,6 +979,26 @@ impl Engine {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(vmid, spec.clone());
         }
+    }
+
+    /// Journals a detach before its call (see `execute`).
+    fn journal_detach(&self, step: &Step) -> Result<(), crate::store::StoreError> {
+        let key = step.params.get("delete").cloned().unwrap_or_default();
+        let volume = step.params.get("volume").cloned().unwrap_or_default();
+        let mount = step
+            .changes
+            .first()
+            .and_then(|c| c.old.clone())
+            .unwrap_or_default();
+        self.inner
+            .store
+            .detaching(&crate::model::vocabulary::DetachedVolume {
+                vmid: step.vmid,
+                key,
+                volume,
+                mount,
+                detached_at: unix_now(),
+            })
     }
 
     /// Records an adoption the gate approved: from now on the guest is managed, bound to the
@@ -976,8 +1133,8 @@ impl Engine {
         upid: Option<&Upid>,
         outcome: StepOutcome,
     ) -> LaneOutcome {
-        let fresh = match self.inner.pve.read_guest(vmid).await {
-            Ok(f) => f,
+        let (fresh, full_read) = match self.confirmation_read(kind, vmid).await {
+            Ok(c) => (c.guest, c.full),
             // Leave the record in flight; the next turn confirms.
             Err(e) => return pve_failure(&e, "confirming the result"),
         };
@@ -1025,11 +1182,32 @@ impl Engine {
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
+                    if full_read {
+                        self.inner.lane_reads.hand_over(vmid, fresh);
+                    }
                     LaneOutcome::Progressed
                 }
             }
-            _ => LaneOutcome::Progressed,
+            _ => {
+                if full_read {
+                    self.inner.lane_reads.hand_over(vmid, fresh);
+                }
+                LaneOutcome::Progressed
+            }
         }
+    }
+}
+
+/// A parameter value as an approval binds it: as sent when the payload grammar can hold it,
+/// otherwise (free text with spaces: a description, SSH keys, a DNS list) its SHA-256, so the
+/// signature still covers exactly those bytes. The gate classifies keys and simple values,
+/// which are never hashed.
+fn bound_value(v: &str) -> String {
+    if gate::payload::is_param_value(v) {
+        v.to_string()
+    } else {
+        use sha2::Digest;
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(v.as_bytes())))
     }
 }
 
@@ -1073,6 +1251,8 @@ pub fn op_of(kind: StepKind) -> Op {
         StepKind::Reboot => Op::Reboot,
         StepKind::Destroy => Op::DestroyGuest,
         StepKind::Adopt => Op::Adopt,
+        StepKind::Detach => Op::RemoveMountpoint,
+        StepKind::DeleteVolume => Op::DeleteVolume,
     }
 }
 

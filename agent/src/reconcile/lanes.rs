@@ -31,6 +31,9 @@ pub enum LaneOutcome {
     Transient(String),
     /// Not worth retrying until the guest's desired entry changes (permission, parameters).
     Terminal(String),
+    /// Look again at this time and not before (a verify window settling or probing): the lane
+    /// is free meanwhile, and so is its slot under the global cap.
+    RecheckAt(Instant),
 }
 
 /// Backoff policy per guest.
@@ -278,6 +281,10 @@ impl Lanes {
                 Some(now + self.backoff.delay(n))
             }
             LaneOutcome::Terminal(_) => None,
+            LaneOutcome::RecheckAt(at) => {
+                s.failures.remove(&vmid);
+                Some(*at)
+            }
         };
         if let Some(due) = next
             && !s.closed

@@ -82,6 +82,10 @@ pub struct Metrics {
     pve_task_duration: Mutex<BTreeMap<String, Histogram>>,
     pve_api_requests: Mutex<BTreeMap<(String, String), u64>>,
     gate_decisions: Mutex<BTreeMap<String, u64>>,
+    /// Signed jobs that ended, by (kind, outcome: done, failed, refused).
+    jobs_total: Mutex<BTreeMap<(String, String), u64>>,
+    /// Signed jobs accepted and not ended yet.
+    pub jobs_running: AtomicU64,
     guests: Mutex<BTreeMap<String, u64>>,
     pub lane_queue_depth: AtomicU64,
     pub lanes_active: AtomicU64,
@@ -95,7 +99,27 @@ pub struct Metrics {
     /// The revision of the desired state in use, once there is one.
     desired_revision: Mutex<Option<u64>>,
     trust: Mutex<Option<TrustGauges>>,
+    /// Verify windows: phases entered, and how windows ended (`reconcile::verify`).
+    verify_phases: Mutex<BTreeMap<String, u64>>,
+    verify_outcomes: Mutex<BTreeMap<String, u64>>,
 }
+
+/// Every phase label of `drover_verify_phase_total`, shown from the start with 0.
+pub const VERIFY_PHASES: &[&str] = &[
+    "armed",
+    "rebooting",
+    "settling",
+    "probing",
+    "reverting",
+    "committed",
+    "reverted",
+    "unverifiable",
+    "conflict",
+    "never_applied",
+];
+
+/// Every outcome label of `drover_verify_total` (`safety-nets.md` §6.2).
+pub const VERIFY_OUTCOMES: &[&str] = &["committed", "reverted", "conflict", "unverifiable"];
 
 /// What the metrics show of the trust document in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,6 +138,7 @@ pub const RECONCILE_RESULTS: &[&str] = &[
     "waiting",
     "transient_error",
     "terminal_error",
+    "verifying",
 ];
 
 impl Default for Metrics {
@@ -124,6 +149,8 @@ impl Default for Metrics {
             pve_task_duration: Mutex::default(),
             pve_api_requests: Mutex::default(),
             gate_decisions: Mutex::default(),
+            jobs_total: Mutex::default(),
+            jobs_running: AtomicU64::default(),
             guests: Mutex::default(),
             lane_queue_depth: AtomicU64::default(),
             lanes_active: AtomicU64::default(),
@@ -134,6 +161,8 @@ impl Default for Metrics {
             journal_fsync: Mutex::new(Histogram::with_buckets(FSYNC_BUCKETS)),
             desired_revision: Mutex::default(),
             trust: Mutex::default(),
+            verify_phases: Mutex::default(),
+            verify_outcomes: Mutex::default(),
         }
     }
 }
@@ -176,6 +205,13 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    /// A signed job ended (`done`, `failed`) or was refused.
+    pub fn job_ended(&self, kind: &str, outcome: &str) {
+        *lock(&self.jobs_total)
+            .entry((kind.to_string(), outcome.to_string()))
+            .or_default() += 1;
+    }
+
     /// One journal write reaching stable storage (sled flush + fdatasync).
     pub fn journal_sync(&self, seconds: f64) {
         lock(&self.journal_fsync).observe(seconds);
@@ -197,6 +233,18 @@ impl Metrics {
 
     pub fn set_trust(&self, trust: TrustGauges) {
         *lock(&self.trust) = Some(trust);
+    }
+
+    /// A verify window entered `phase`; a terminal phase also counts as an outcome.
+    pub fn verify_phase(&self, phase: &str) {
+        *lock(&self.verify_phases)
+            .entry(phase.to_string())
+            .or_default() += 1;
+        if VERIFY_OUTCOMES.contains(&phase) {
+            *lock(&self.verify_outcomes)
+                .entry(phase.to_string())
+                .or_default() += 1;
+        }
     }
 
     /// The text exposition format (version 0.0.4).
@@ -244,6 +292,38 @@ impl Metrics {
                 .map(|(c, v)| (format!("{{code=\"{}\"}}", esc(c)), *v))
                 .collect(),
         );
+        counter(
+            "drover_jobs_total",
+            "Signed jobs that ended, by kind and outcome (done, failed, refused).",
+            lock(&self.jobs_total)
+                .iter()
+                .map(|((k, o), v)| {
+                    (
+                        format!("{{kind=\"{}\",outcome=\"{}\"}}", esc(k), esc(o)),
+                        *v,
+                    )
+                })
+                .collect(),
+        );
+        let labelled = |m: &Mutex<BTreeMap<String, u64>>, all: &[&str], label: &str| {
+            let mut rows = lock(m).clone();
+            for l in all {
+                rows.entry((*l).to_string()).or_default();
+            }
+            rows.iter()
+                .map(|(k, v)| (format!("{{{label}=\"{}\"}}", esc(k)), *v))
+                .collect::<Vec<_>>()
+        };
+        counter(
+            "drover_verify_phase_total",
+            "Verify windows of risky changes entering each phase.",
+            labelled(&self.verify_phases, VERIFY_PHASES, "phase"),
+        );
+        counter(
+            "drover_verify_total",
+            "Verify windows by how they ended.",
+            labelled(&self.verify_outcomes, VERIFY_OUTCOMES, "outcome"),
+        );
         let mut gauge = |name: &str, help: &str, rows: Vec<(String, u64)>| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
             for (labels, v) in rows {
@@ -259,6 +339,11 @@ impl Metrics {
             "drover_lanes_active",
             "Lanes running a step now.",
             vec![(String::new(), self.lanes_active.load(Ordering::Relaxed))],
+        );
+        gauge(
+            "drover_jobs_running",
+            "Signed jobs accepted and not ended yet.",
+            vec![(String::new(), self.jobs_running.load(Ordering::Relaxed))],
         );
         gauge(
             "drover_pending_approvals",
@@ -490,6 +575,13 @@ mod tests {
         assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.00025\"} 0"));
         assert!(t.contains("drover_build_info{version=\""));
+        assert!(t.contains("drover_verify_total{outcome=\"reverted\"} 0"));
+        m.verify_phase("settling");
+        m.verify_phase("reverted");
+        let t = m.render();
+        assert!(t.contains("drover_verify_phase_total{phase=\"settling\"} 1"));
+        assert!(t.contains("drover_verify_total{outcome=\"reverted\"} 1"));
+        assert!(t.contains("drover_verify_total{outcome=\"committed\"} 0"));
     }
 
     fn populated() -> Metrics {

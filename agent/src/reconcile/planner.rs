@@ -13,6 +13,8 @@ use crate::desired::{DesiredDoc, Ensure, GuestSpec, parse_rootfs_spec};
 use crate::model::{
     ActualGuest, ActualHost, Power, normalize_description, render_net_keeping_hwaddr,
 };
+use crate::reconcile::vocabulary;
+pub use crate::reconcile::vocabulary::{HostRules, PlanContext};
 
 /// The plan for one guest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -58,14 +60,24 @@ pub fn destroy_params() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Plans the whole host.
+/// Plans the whole host with no host rules and no journal (tests, benchmarks).
 pub fn plan(desired: &DesiredDoc, actual: &ActualHost) -> Plan {
+    plan_with(desired, actual, &PlanContext::default())
+}
+
+/// Plans the whole host with the host's rules and what the journal knows.
+pub fn plan_with(desired: &DesiredDoc, actual: &ActualHost, ctx: &PlanContext) -> Plan {
     let mut out = Plan {
         revision: desired.revision,
         ..Plan::default()
     };
     for (vmid, spec) in &desired.guests {
-        let gp = plan_guest(spec, actual.guests.get(vmid), actual.elsewhere.get(vmid));
+        let gp = plan_guest_with(
+            spec,
+            actual.guests.get(vmid),
+            actual.elsewhere.get(vmid),
+            ctx,
+        );
         if !gp.steps.is_empty() || !gp.notes.is_empty() {
             out.guests.insert(*vmid, gp);
         }
@@ -153,11 +165,21 @@ fn note(code: &'static str, vmid: u32, message: String) -> Note {
     }
 }
 
-/// Plans one guest.
+/// Plans one guest with no host rules and no journal.
 pub fn plan_guest(
     spec: &GuestSpec,
     actual: Option<&ActualGuest>,
     elsewhere: Option<&String>,
+) -> GuestPlan {
+    plan_guest_with(spec, actual, elsewhere, &PlanContext::default())
+}
+
+/// Plans one guest.
+pub fn plan_guest_with(
+    spec: &GuestSpec,
+    actual: Option<&ActualGuest>,
+    elsewhere: Option<&String>,
+    ctx: &PlanContext,
 ) -> GuestPlan {
     let vmid = spec.vmid;
     let mut gp = GuestPlan {
@@ -184,6 +206,7 @@ pub fn plan_guest(
             Ensure::Absent => {}
             _ => match create_step(spec) {
                 Ok(step) => {
+                    gp.notes.extend(vocabulary::notes(spec, None, ctx));
                     gp.steps.push(step);
                     if spec.ensure == Ensure::Running {
                         gp.steps
@@ -241,6 +264,7 @@ pub fn plan_guest(
         return gp;
     }
 
+    gp.notes.extend(vocabulary::notes(spec, Some(actual), ctx));
     let running = actual.power == Power::Running;
     let want_running = spec.ensure == Ensure::Running;
     // Stop first when the guest should be stopped: config changes then apply directly.
@@ -248,6 +272,10 @@ pub fn plan_guest(
         gp.steps
             .push(simple(vmid, StepKind::Shutdown, "running", "stopped"));
     }
+    // A mount point grows before its options change: the option change re-prints the volume
+    // with its size, and on a running guest it waits (pending) until the reboot, so it must
+    // not carry the old size past the resize.
+    gp.steps.extend(vocabulary::mount_resizes(spec, actual));
     let (set, changes) = config_diff(spec, actual);
     if !set.is_empty() {
         gp.steps.push(Step {
@@ -279,6 +307,10 @@ pub fn plan_guest(
             }],
         });
     }
+    // Destructive removals come last: benign convergence is never held up by a signature.
+    let (removals, notes) = vocabulary::removals(spec, actual, ctx);
+    gp.steps.extend(removals);
+    gp.notes.extend(notes);
     gp
 }
 
@@ -353,6 +385,7 @@ fn create_step(spec: &GuestSpec) -> Result<Step, String> {
     if let Some(d) = &spec.description {
         put("description", d.clone());
     }
+    vocabulary::create_params(spec, &mut put);
     Ok(Step {
         vmid,
         kind: StepKind::Create,
@@ -431,7 +464,7 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
                 format!("net{i}"),
                 have.map(|h| render_net_keeping_hwaddr(h, None)),
                 shown.to_string(),
-                render_net_keeping_hwaddr(want, have),
+                render_net_keeping_hwaddr(want, have.map(|h| &**h)),
             );
         }
     }
@@ -465,6 +498,9 @@ fn config_diff(spec: &GuestSpec, actual: &ActualGuest) -> (BTreeMap<String, Stri
                 d.clone(),
             );
         }
+    }
+    for (key, old, new, send) in vocabulary::config_changes(spec, actual) {
+        diff(key, old, new, send);
     }
     (set, changes)
 }
@@ -562,14 +598,20 @@ description = "managed by drover"
                 }),
                 nets: [(
                     0u8,
-                    parse_net("name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth")
+                    Box::new(
+                        parse_net(
+                            "name=eth0,bridge=vmbr0,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
+                        )
                         .unwrap(),
+                    ),
                 )]
                 .into(),
                 onboot: true,
                 tags: vec!["prod".into(), "web".into()],
                 description: Some("managed by drover\n".into()),
                 protection: false,
+                unprivileged: true,
+                ..ActualConfig::default()
             },
             digest: "0".repeat(40),
             pending: BTreeSet::new(),
@@ -612,10 +654,12 @@ description = "managed by drover"
         g.config.memory = Some(512);
         g.config.nets.insert(
             0,
-            crate::model::parse_net(
-                "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
-            )
-            .unwrap(),
+            Box::new(
+                crate::model::parse_net(
+                    "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,type=veth",
+                )
+                .unwrap(),
+            ),
         );
         let p = plan(&doc(), &host(g));
         let steps = &p.guests[&201].steps;
@@ -747,5 +791,88 @@ description = "managed by drover"
         let p = plan(&doc(), &host(g));
         assert!(p.guests[&201].steps.is_empty());
         assert_eq!(p.guests[&201].notes[0].code, "guest_locked");
+    }
+
+    fn with_mounts(doc_extra: &str) -> (DesiredDoc, ActualHost) {
+        let text = format!("{DOC}{doc_extra}");
+        let d = desired::parse(text.as_bytes(), "d").unwrap();
+        let mut g = converged();
+        g.config.mounts.insert(
+            0,
+            "local-lvm:vm-201-disk-1,mp=/srv/a,size=2G".parse().unwrap(),
+        );
+        g.config.mounts.insert(
+            1,
+            "local-lvm:vm-201-disk-2,mp=/srv/b,backup=1,size=3G"
+                .parse()
+                .unwrap(),
+        );
+        (d, host(g))
+    }
+
+    #[test]
+    fn mount_points_are_left_alone_unless_listed_and_removal_is_a_detach() {
+        // No mpN in the entry: mount points are not managed.
+        let (d, h) = with_mounts("");
+        assert!(plan(&d, &h).is_empty());
+        // mp0 listed (as it is), mp1 not: mp1 is detached, nothing else.
+        let (d, h) =
+            with_mounts("mp0 = { storage = \"local-lvm\", size = 2, path = \"/srv/a\" }\n");
+        let p = plan(&d, &h);
+        let steps = &p.guests[&201].steps;
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        assert_eq!(steps[0].kind, StepKind::Detach);
+        assert_eq!(steps[0].params["delete"], "mp1");
+        assert_eq!(steps[0].params["volume"], "local-lvm:vm-201-disk-2");
+        // `mp = []`: both go; a protected guest keeps them (a note).
+        let (d, mut h) = with_mounts("mp = []\n");
+        assert_eq!(plan(&d, &h).guests[&201].steps.len(), 2);
+        h.guests.get_mut(&201).unwrap().config.protection = true;
+        let p = plan(&d, &h);
+        assert!(p.guests[&201].steps.is_empty());
+        assert!(p.guests[&201].notes.iter().all(|n| n.code == "protected"));
+        // Growing is a resize; shrinking a note.
+        let (d, h) = with_mounts(
+            "mp0 = { storage = \"local-lvm\", size = 4, path = \"/srv/a\" }\nmp1 = { storage = \"local-lvm\", size = 1, path = \"/srv/b\" }\n",
+        );
+        let p = plan(&d, &h);
+        assert_eq!(p.guests[&201].steps[0].kind, StepKind::Resize);
+        assert_eq!(p.guests[&201].steps[0].params["disk"], "mp0");
+        assert_eq!(p.guests[&201].notes[0].code, "mp_shrink_refused");
+    }
+
+    #[test]
+    fn a_detached_volume_is_deleted_only_after_the_grace_period_and_only_if_drover_detached_it() {
+        let d = desired::parse(DOC.as_bytes(), "d").unwrap();
+        let mut g = converged();
+        g.config.unused.insert(0, "local-lvm:vm-201-disk-2".into());
+        g.config.unused.insert(1, "local-lvm:vm-201-disk-7".into());
+        let h = host(g);
+        let detached = crate::model::vocabulary::DetachedVolume {
+            vmid: 201,
+            key: "mp1".into(),
+            volume: "local-lvm:vm-201-disk-2".into(),
+            mount: "local-lvm:vm-201-disk-2,mp=/srv/b,size=3G".into(),
+            detached_at: 1_000,
+        };
+        let mut ctx = PlanContext {
+            now: 1_000 + 3600,
+            detached: [(201, vec![detached])].into(),
+            ..PlanContext::default()
+        };
+        assert!(
+            plan_with(&d, &h, &ctx).is_empty(),
+            "within the grace period"
+        );
+        ctx.now = 1_000 + ctx.rules.detach_grace_secs;
+        let p = plan_with(&d, &h, &ctx);
+        let steps = &p.guests[&201].steps;
+        assert_eq!(
+            steps.len(),
+            1,
+            "unused1 was not detached by Drover: {steps:?}"
+        );
+        assert_eq!(steps[0].kind, StepKind::DeleteVolume);
+        assert_eq!(steps[0].params["delete"], "unused0");
     }
 }

@@ -64,7 +64,17 @@ pub const GRANTED: &[Privilege] = &[
     Privilege {
         name: "VM.Backup",
         path: "/vms (or /pool/<pool>)",
-        used_for: "safety copies: vzdump, extractconfig, seeing, protecting and deleting Drover's own backups",
+        used_for: "backups and safety copies (vzdump), reading a backup's config, restores over a guest",
+    },
+    Privilege {
+        name: "VM.Snapshot",
+        path: "/vms (or /pool/<pool>)",
+        used_for: "snapshot and delete_snapshot jobs, snapshot safety copies",
+    },
+    Privilege {
+        name: "VM.Snapshot.Rollback",
+        path: "/vms (or /pool/<pool>)",
+        used_for: "rollback_snapshot jobs",
     },
     Privilege {
         name: "Datastore.AllocateSpace",
@@ -74,7 +84,7 @@ pub const GRANTED: &[Privilege] = &[
     Privilege {
         name: "Datastore.Audit",
         path: "/storage/<storage>",
-        used_for: "reading a template from its storage",
+        used_for: "reading a template from its storage, and the size of a detached volume",
     },
     Privilege {
         name: "SDN.Use",
@@ -100,7 +110,45 @@ pub const ON_GUESTS: &[&str] = &[
     "VM.Config.Disk",
     "VM.Config.Options",
     "VM.Backup",
+    "VM.Snapshot",
+    "VM.Snapshot.Rollback",
 ];
+
+/// The privileges a signed job of `kind` needs (`restore_to_free`: a restore onto a vmid that
+/// does not exist, which allocates a new guest), besides [`READS`]. Storage listings and
+/// status need `Datastore.Audit`; the safety copy of a restore or rollback needs `VM.Backup`
+/// (vzdump) or `VM.Snapshot` (a snapshot copy) and the guest's power management.
+pub fn for_job(kind: gate::JobKind, restore_to_free: bool) -> Vec<&'static str> {
+    use gate::JobKind as K;
+    let mut out: Vec<&'static str> = match kind {
+        K::Snapshot | K::DeleteSnapshot => vec!["VM.Snapshot"],
+        K::RollbackSnapshot => vec![
+            "VM.Snapshot.Rollback",
+            "VM.PowerMgmt",
+            "VM.Backup",
+            "VM.Snapshot",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::Backup => vec!["VM.Backup", "Datastore.AllocateSpace", "Datastore.Audit"],
+        K::RestoreBackup if restore_to_free => vec![
+            "VM.Allocate",
+            "VM.Backup",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::RestoreBackup => vec![
+            "VM.Backup",
+            "VM.PowerMgmt",
+            "Datastore.AllocateSpace",
+            "Datastore.Audit",
+        ],
+        K::Reboot => vec!["VM.PowerMgmt"],
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
 
 /// What every pass needs before it plans anything: the guest list, configs and status
 /// (`VM.Audit`), and the active tasks on the node, to re-attach and to wait (`Sys.Audit`).
@@ -112,6 +160,8 @@ pub fn for_config_key(key: &str) -> &'static [&'static str] {
         "cores" | "cpulimit" | "cpuunits" => &["VM.Config.CPU"],
         "memory" | "swap" => &["VM.Config.Memory"],
         "hostname" | "nameserver" | "searchdomain" => &["VM.Config.Network"],
+        // Sent at create only, with the create's own privileges.
+        "ssh-public-keys" | "ostype" | "arch" | "unprivileged" => &["VM.Allocate"],
         k if k.starts_with("net") => &["VM.Config.Network", "SDN.Use"],
         k if k == "rootfs" || k.starts_with("mp") => &["VM.Config.Disk", "Datastore.AllocateSpace"],
         "ostemplate" => &["Datastore.Audit"],
@@ -141,6 +191,8 @@ pub fn for_step(step: &Step) -> Vec<&'static str> {
         ],
         // Recorded in the journal only: no PVE call.
         StepKind::Adopt => vec![],
+        // `PUT config delete=mpN` / `delete=unusedN` (check_ct_modify_config_perm: disks).
+        StepKind::Detach | StepKind::DeleteVolume => vec!["VM.Config.Disk"],
     };
     if matches!(step.kind, StepKind::Create | StepKind::SetConfig) {
         for k in step.params.keys() {
@@ -192,6 +244,18 @@ net0 = "name=eth0,bridge=vmbr1,ip=dhcp"
 onboot = true
 tags = ["db"]
 description = "changed"
+features = { nesting = true }
+nameserver = ["10.0.0.53"]
+searchdomain = ["lan.example"]
+timezone = "UTC"
+startup = { order = 1 }
+cpulimit = 2
+cpuunits = 200
+console = true
+tty = 2
+cmode = "tty"
+protection = true
+mp0 = { storage = "local-lvm", size = 2, path = "/srv/data", backup = true }
 
 [[guest]]
 vmid = 103
@@ -254,6 +318,11 @@ ensure = "stopped"
                 params: BTreeMap::new(),
                 changes: vec![],
             }));
+        }
+        // Signed jobs of every kind (restores both over a guest and onto a free vmid).
+        for kind in gate::JobKind::ALL {
+            used.extend(for_job(kind, false));
+            used.extend(for_job(kind, true));
         }
         for kind in [
             StepKind::Create,

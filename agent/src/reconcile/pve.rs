@@ -4,7 +4,7 @@
 //! Everything PVE-shaped stops here; the planner, gate and lanes see only `model` and `planner`
 //! types.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
@@ -44,7 +44,9 @@ impl WaitPolicy {
             StepKind::Reboot => Duration::from_secs(5 * 60),
             StepKind::Shutdown => Duration::from_secs(SHUTDOWN_TIMEOUT_SECS as u64 + 30),
             StepKind::Start | StepKind::Stop => Duration::from_secs(120),
-            StepKind::SetConfig | StepKind::Adopt => Duration::from_secs(60),
+            StepKind::SetConfig | StepKind::Adopt | StepKind::Detach | StepKind::DeleteVolume => {
+                Duration::from_secs(60)
+            }
         }
     }
 
@@ -82,6 +84,9 @@ pub struct Pve {
     /// only create a guest into it. Not a step parameter: it is this host's setting, not the
     /// document's, and changing it must not change what an approval is bound to.
     pub pool: Option<String>,
+    /// This host's own rules for bind mounts, devices and the detach grace period
+    /// (`[guests]`, `[safety] detach_grace`): never the document's.
+    pub rules: crate::reconcile::vocabulary::HostRules,
 }
 
 impl Pve {
@@ -100,7 +105,14 @@ impl Pve {
             metrics,
             estimates: Default::default(),
             pool: None,
+            rules: Default::default(),
         }
+    }
+
+    /// This host's rules for bind mounts, devices and the detach grace period.
+    pub fn with_rules(mut self, rules: crate::reconcile::vocabulary::HostRules) -> Pve {
+        self.rules = rules;
+        self
     }
 
     /// New guests are created into `pool`.
@@ -142,21 +154,28 @@ impl Pve {
     }
 
     /// Reads one guest afresh, including pending changes; `None` when it does not exist here.
+    /// Two requests, sent together: the status (power, lock) and `pending`, which carries the
+    /// whole config with its digest as well as what is pending (the config read is not needed).
     pub async fn read_guest(&self, vmid: u32) -> Result<Option<ActualGuest>, Error> {
-        let status = match self.client.lxc_status(&self.node, vmid).await {
+        let gone = |e: &Error| e.is_not_found() || e.already_in_state().is_some();
+        let (status, config) = tokio::join!(
+            self.client.lxc_status(&self.node, vmid),
+            self.client.lxc_config_with_pending(&self.node, vmid)
+        );
+        let status = match status {
             Ok(s) => s,
-            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) if gone(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let config = match self.client.lxc_config(&self.node, vmid, false).await {
+        let (config, entries) = match config {
             Ok(c) => c,
-            Err(e) if e.is_not_found() || e.already_in_state().is_some() => return Ok(None),
+            Err(e) if gone(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
+        // A stopped CT applies what is pending at its next start: the merged config is what it
+        // will run with, and nothing counts as pending for the planner.
         let pending: BTreeSet<String> = if status.entry.is_running() {
-            self.client
-                .lxc_pending(&self.node, vmid)
-                .await?
+            entries
                 .into_iter()
                 .filter(|p| p.has_pending_change())
                 .map(|p| p.key)
@@ -165,6 +184,16 @@ impl Pve {
             BTreeSet::new()
         };
         Ok(Some(to_actual(&status.entry, &config, pending)))
+    }
+
+    /// Reads only the power state and lock of a guest (`status/current`, one request): what a
+    /// power step (start, stop, shutdown, reboot) changes. `None` when it does not exist here.
+    pub async fn read_power(&self, vmid: u32) -> Result<Option<(Power, Option<String>)>, Error> {
+        match self.client.lxc_status(&self.node, vmid).await {
+            Ok(s) => Ok(Some((power_of(&s.entry.status), s.entry.lock.clone()))),
+            Err(e) if e.is_not_found() || e.already_in_state().is_some() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Sends exactly the call a step stands for. `digest` is the config digest the step was
@@ -220,6 +249,18 @@ impl Pve {
                         )
                         .await?,
                 ))
+            }
+            // Only `delete` is sent: `volume` names what the approval is bound to.
+            StepKind::Detach | StepKind::DeleteVolume => {
+                let mut update = ConfigUpdate::new();
+                if let Some(d) = digest {
+                    update = update.with_digest(d);
+                }
+                if let Some(key) = p.get("delete") {
+                    update = update.delete(key.clone());
+                }
+                self.client.update_lxc_config(node, vmid, &update).await?;
+                Ok(Submission::Done)
             }
             StepKind::Start => Ok(Submission::Task(self.client.start_lxc(node, vmid).await?)),
             StepKind::Stop => Ok(Submission::Task(self.client.stop_lxc(node, vmid).await?)),
@@ -294,6 +335,19 @@ impl Pve {
         Ok(candidates.into_iter().next())
     }
 
+    /// A volume's size in bytes, as its storage reports it (`Datastore.Audit`), for the words
+    /// beside a `delete_volume` request: `unusedN` carries no size. `None` when PVE cannot say.
+    pub async fn volume_size(&self, volid: &str) -> Option<u64> {
+        let (storage, _) = volid.split_once(':')?;
+        match self.client.volume_info(&self.node, storage, volid).await {
+            Ok(v) => v.size,
+            Err(e) => {
+                tracing::debug!(volid, "reading the size of a detached volume: {e}");
+                None
+            }
+        }
+    }
+
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
         let worker = upid.worker_type.as_str();
@@ -301,13 +355,9 @@ impl Pve {
             .waits
             .options(kind)
             .expecting(self.estimates.estimate(worker));
-        let started = std::time::Instant::now();
-        let outcome = self.client.wait_task(upid, &opts).await;
-        if outcome.is_ok() {
-            self.estimates
-                .observe(worker, started.elapsed(), opts.first_pause());
-        }
-        outcome
+        let (outcome, trace) = self.client.wait_task_traced(upid, &opts).await?;
+        self.estimates.observe(worker, &trace);
+        Ok(outcome)
     }
 }
 
@@ -321,24 +371,30 @@ pub fn worker_type(kind: StepKind) -> Option<&'static str> {
         StepKind::Reboot => "vzreboot",
         StepKind::Destroy => "vzdestroy",
         StepKind::Resize => "resize",
-        StepKind::SetConfig | StepKind::Adopt => return None,
+        StepKind::SetConfig | StepKind::Adopt | StepKind::Detach | StepKind::DeleteVolume => {
+            return None;
+        }
     })
+}
+
+fn power_of(status: &GuestStatus) -> Power {
+    match status {
+        GuestStatus::Running => Power::Running,
+        GuestStatus::Stopped => Power::Stopped,
+        GuestStatus::Other(s) => Power::Other(s.clone()),
+    }
 }
 
 /// Brings a CT as PVE reports it into the planner's model.
 pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>) -> ActualGuest {
-    let nets: BTreeMap<u8, proxmox_client::NetConfig> = c
+    let nets: crate::model::Nets = c
         .net
         .iter()
-        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, n.clone())))
+        .filter_map(|(i, n)| u8::try_from(*i).ok().map(|i| (i, Box::new(n.clone()))))
         .collect();
     ActualGuest {
         vmid: entry.vmid,
-        power: match &entry.status {
-            GuestStatus::Running => Power::Running,
-            GuestStatus::Stopped => Power::Stopped,
-            GuestStatus::Other(s) => Power::Other(s.clone()),
-        },
+        power: power_of(&entry.status),
         lock: c.lock.clone().or_else(|| entry.lock.clone()),
         config: ActualConfig {
             hostname: c.hostname.clone(),
@@ -356,6 +412,47 @@ pub fn to_actual(entry: &LxcListEntry, c: &LxcConfig, pending: BTreeSet<String>)
             tags: c.tags.as_deref().map(split_tags).unwrap_or_default(),
             description: c.description.as_deref().map(normalize_description),
             protection: c.protection.unwrap_or(false),
+            mounts: c
+                .mp
+                .iter()
+                .filter_map(|(i, m)| u8::try_from(*i).ok().map(|i| (i, m.clone())))
+                .collect(),
+            unused: c
+                .extra
+                .iter()
+                .filter_map(|(k, v)| {
+                    let i: u8 = k.strip_prefix("unused")?.parse().ok()?;
+                    // `unusedN` is a bare volume id (older configs may add `,size=`).
+                    Some((i, v.split(',').next().unwrap_or("").to_string()))
+                })
+                .collect(),
+            devices: crate::model::vocabulary::devices_of(&c.extra),
+            features: c.features.clone().unwrap_or_default(),
+            unprivileged: c.unprivileged.unwrap_or(false),
+            nameserver: c
+                .nameserver
+                .as_deref()
+                .map(crate::model::vocabulary::split_list)
+                .unwrap_or_default(),
+            searchdomain: c
+                .searchdomain
+                .as_deref()
+                .map(crate::model::vocabulary::split_list)
+                .unwrap_or_default(),
+            timezone: c.extra.get("timezone").cloned(),
+            startup: c
+                .extra
+                .get("startup")
+                .and_then(|s| crate::model::Startup::parse(s).ok()),
+            cpulimit: c.cpulimit,
+            cpuunits: c.cpuunits,
+            console: c
+                .extra
+                .get("console")
+                .map(|v| matches!(v.as_str(), "1" | "true" | "yes" | "on")),
+            tty: c.extra.get("tty").and_then(|v| v.parse().ok()),
+            cmode: c.extra.get("cmode").cloned(),
+            hookscript: c.extra.get("hookscript").cloned(),
         },
         digest: c.digest.clone().unwrap_or_default(),
         pending,

@@ -53,7 +53,7 @@ impl Engine {
                     }
                 }
                 None => {
-                    let why = if rec.kind == StepKind::SetConfig {
+                    let why = if crate::reconcile::pve::worker_type(rec.kind).is_none() {
                         "interrupted before PVE answered; the next plan re-checks the config"
                     } else {
                         "the call never started a task"
@@ -84,6 +84,8 @@ impl Engine {
                 _ => {}
             }
         }
+        // Verify windows of risky changes resume in their lanes, from the live values.
+        self.recover_verify();
         Ok(n)
     }
 }

@@ -1,44 +1,90 @@
 //! How long each kind of PVE task usually takes on this node, learned from the tasks the agent
-//! waited for, so the next wait polls near the expected end instead of on a fixed clock.
+//! waited for, so the next wait's first poll lands just after the expected end: one status
+//! request per task in most waits, and little time lost after the task ended.
 //!
-//! What the agent observes is when it *saw* a task end, which is at or after the real end. A
-//! task already over at the first poll (made at the estimate) says only "it took at most
-//! that", so the estimate shrinks by a tenth; a task that needed more polls says "about this
-//! long", and the estimate moves halfway towards it. The estimate thus settles just around the
-//! real duration, and a change of the node's speed is followed within a few tasks.
+//! A wait tells the estimator an interval: the task ended after the last poll that saw it
+//! running and before the answer that saw it over ([`WaitTrace`]). A task already over at the
+//! first poll (made at the estimate) says only "it took at most that", so the estimate creeps
+//! down (0.5 % per wait, 5 % after eight such waits in a row, to follow a node that got
+//! faster);
+//! a task that needed more polls was seen over within one close poll of its end, and the
+//! estimate moves to just past that end. The estimate thus sits slightly above the real
+//! duration: most first polls find the task over (one request per wait), and the few that
+//! come early cost one more poll or two, 1/40 of the estimate apart.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use proxmox_client::WaitTrace;
+
+/// Added to the end a late poll found, so the next first poll is just past it.
+const MARGIN: f64 = 0.01;
+/// How much one early-enough first poll shrinks the estimate...
+const CREEP: f64 = 0.005;
+/// ...and after this many in a row, how much each further one does.
+const HITS_BEFORE_FASTER: u32 = 8;
+const FAST_CREEP: f64 = 0.05;
+/// An interval wider than this (or a tenth of its end) is narrowed to its middle instead of
+/// trusted as the end (the growing schedule's far-apart polls).
+const NARROW: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone, Copy)]
+struct Learned {
+    estimate: Duration,
+    /// First polls in a row that found the task already over.
+    hits: u32,
+}
+
 /// Learned durations per PVE worker type (`vzstart`, `vzcreate`, ...).
 #[derive(Debug, Default)]
 pub struct TaskEstimates {
-    by_type: Mutex<HashMap<String, Duration>>,
+    by_type: Mutex<HashMap<String, Learned>>,
 }
 
 impl TaskEstimates {
     /// The current estimate for `worker_type`, if any task of it was seen.
     pub fn estimate(&self, worker_type: &str) -> Option<Duration> {
-        self.lock().get(worker_type).copied()
+        self.lock().get(worker_type).map(|l| l.estimate)
     }
 
-    /// Learns from one wait: the task of `worker_type` was seen over after `seen_after`, the
-    /// wait's first poll having been made after `first_pause`.
-    pub fn observe(&self, worker_type: &str, seen_after: Duration, first_pause: Duration) {
+    /// Learns from one wait for a task of `worker_type`.
+    pub fn observe(&self, worker_type: &str, trace: &WaitTrace) {
         let mut m = self.lock();
-        let next = match m.get(worker_type).copied() {
-            None => seen_after,
+        let hi = trace.seen_over;
+        let next = match (m.get(worker_type).copied(), trace.last_running) {
             // Over at the first poll: it took at most that long.
-            Some(e) if seen_after <= first_pause + first_pause / 20 + Duration::from_millis(5) => {
-                e.mul_f64(0.9)
+            (Some(l), None) => {
+                let hits = l.hits.saturating_add(1);
+                let creep = if hits > HITS_BEFORE_FASTER {
+                    FAST_CREEP
+                } else {
+                    CREEP
+                };
+                Learned {
+                    estimate: l.estimate.mul_f64(1.0 - creep),
+                    hits,
+                }
             }
-            Some(e) => (e + seen_after) / 2,
+            (None, None) => Learned {
+                estimate: hi,
+                hits: 0,
+            },
+            // Seen running, then over: the end lies between.
+            (_, Some(lo)) => {
+                let width = hi.saturating_sub(lo);
+                let estimate = if width <= NARROW.max(hi / 10) {
+                    hi.mul_f64(1.0 + MARGIN)
+                } else {
+                    lo + width / 2
+                };
+                Learned { estimate, hits: 0 }
+            }
         };
         m.insert(worker_type.to_string(), next);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Duration>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Learned>> {
         self.by_type.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -47,53 +93,80 @@ impl TaskEstimates {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proxmox_client::WaitOptions;
 
-    /// Simulates waits for a task that really takes `real`, polling as proxmox-client's
-    /// schedule does near an estimate (first poll at it, then every 1/20 of it).
-    fn seen_after(real: Duration, estimate: Option<Duration>) -> (Duration, Duration) {
-        let Some(e) = estimate else {
-            // The growing schedule from 50 ms.
-            let mut t = Duration::from_millis(50);
-            let mut pause = t;
-            while t < real {
-                pause = pause.mul_f64(1.5);
-                t += pause;
+    /// Simulates a wait for a task that really takes `real`, on proxmox-client's production
+    /// schedule with the current estimate, each poll answered `rtt` after it was sent.
+    fn wait(real: Duration, estimate: Option<Duration>, rtt: Duration) -> WaitTrace {
+        let o = WaitOptions::with_deadline(Duration::from_secs(3600)).expecting(estimate);
+        let mut t = o.first_pause();
+        let mut pause = t;
+        let mut polls = 0;
+        let mut last_running = None;
+        loop {
+            polls += 1;
+            // The server answers halfway through the round trip.
+            if t + rtt / 2 >= real {
+                return WaitTrace {
+                    polls,
+                    last_running,
+                    seen_over: t + rtt,
+                };
             }
-            return (t, Duration::from_millis(50));
-        };
-        let step = (e / 20).max(Duration::from_millis(10));
-        let mut t = e;
-        while t < real {
-            t += step;
+            last_running = Some(t);
+            t += rtt;
+            pause = o.pause_after(t, pause);
+            t += pause;
         }
-        (t, e)
+    }
+
+    /// Mean polls per wait and mean lateness (seen over / real) over waits 10..n.
+    fn run(est: &TaskEstimates, real: Duration, n: usize) -> (f64, f64) {
+        let rtt = Duration::from_millis(2);
+        let (mut polls, mut late) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let tr = wait(real, est.estimate("vzstart"), rtt);
+            est.observe("vzstart", &tr);
+            if i >= 10 {
+                polls.push(f64::from(tr.polls));
+                late.push(tr.seen_over.as_secs_f64() / real.as_secs_f64());
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        (mean(&polls), mean(&late))
     }
 
     #[test]
-    fn settles_near_the_real_duration_and_follows_a_change() {
+    fn settles_just_past_the_real_duration_with_about_one_poll_per_wait() {
+        for (ms, max_late) in [(100u64, 1.10), (1000, 1.05), (1500, 1.05), (10_000, 1.04)] {
+            let est = TaskEstimates::default();
+            let (polls, late) = run(&est, Duration::from_millis(ms), 200);
+            assert!(
+                polls <= 1.25,
+                "{ms} ms tasks: {polls:.2} polls per wait (late {late:.3})"
+            );
+            assert!(
+                late <= max_late,
+                "{ms} ms tasks: seen {late:.3} × the real duration ({polls:.2} polls)"
+            );
+        }
+    }
+
+    #[test]
+    fn follows_a_node_that_slows_down_or_speeds_up() {
         let est = TaskEstimates::default();
-        let real = Duration::from_millis(100);
-        let mut late = Vec::new();
-        for _ in 0..40 {
-            let (seen, first) = seen_after(real, est.estimate("vzstart"));
-            late.push(seen.as_secs_f64() / real.as_secs_f64());
-            est.observe("vzstart", seen, first);
-        }
-        // After a few tasks, a task is seen within 15 % of its end on average.
-        let tail = &late[10..];
-        let mean = tail.iter().sum::<f64>() / tail.len() as f64;
-        assert!(mean <= 1.15, "seen {mean:.3}× the real duration: {late:?}");
-        // The node slows down: the estimate follows.
-        let slow = Duration::from_millis(1500);
-        for _ in 0..10 {
-            let (seen, first) = seen_after(slow, est.estimate("vzstart"));
-            est.observe("vzstart", seen, first);
-        }
+        run(&est, Duration::from_millis(100), 40);
+        // Slower: the first wait's late polls find the new end at once.
+        run(&est, Duration::from_millis(1500), 5);
         let e = est.estimate("vzstart").unwrap();
         assert!(
-            e > Duration::from_millis(1200) && e < Duration::from_millis(1800),
+            e > Duration::from_millis(1400) && e < Duration::from_millis(1700),
             "{e:?}"
         );
+        // Faster: the estimate comes down within a few dozen waits.
+        run(&est, Duration::from_millis(300), 60);
+        let e = est.estimate("vzstart").unwrap();
+        assert!(e < Duration::from_millis(400), "{e:?}");
         assert_eq!(est.estimate("vzcreate"), None, "kept per worker type");
     }
 }

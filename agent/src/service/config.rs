@@ -60,6 +60,8 @@ pub struct Config {
     pub safety: crate::safety::SafetyPolicy,
     /// The file this config was read from (for messages).
     pub path: PathBuf,
+    /// `[guests]` host paths and devices a document may name, and `[safety] detach_grace`.
+    pub rules: crate::reconcile::vocabulary::HostRules,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,19 @@ struct RawConfig {
     #[serde(default)]
     metrics: RawMetrics,
     #[serde(default)]
+    guests: RawGuests,
+    #[serde(default)]
     safety: crate::safety::config::RawSafety,
+}
+
+/// `[guests]`: what this host lets a document expose of itself (the hub can never widen it).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGuests {
+    #[serde(default)]
+    host_paths: Vec<String>,
+    #[serde(default)]
+    devices: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -328,6 +342,7 @@ impl Config {
         };
         let safety = crate::safety::SafetyPolicy::from_raw(raw.safety)
             .map_err(|(key, message)| invalid(key, message))?;
+        let rules = host_rules(&raw.guests, safety.detach_grace, &invalid)?;
         Ok(Config {
             safety,
             control_socket: raw
@@ -335,6 +350,7 @@ impl Config {
                 .socket
                 .unwrap_or_else(|| PathBuf::from(crate::operator::control::DEFAULT_SOCKET)),
             metrics_listen,
+            rules,
             host: raw.host,
             fleet: raw.fleet,
             state_dir: raw.state_dir,
@@ -560,6 +576,49 @@ impl Source {
     }
 }
 
+/// `[guests]` and `[safety] detach_grace` (parsed with the rest of `[safety]`) as the planner's
+/// host rules. Paths must be absolute and canonical, devices under `/dev/`. The deletion after
+/// the grace needs its own signature anyway.
+fn host_rules(
+    g: &RawGuests,
+    detach_grace: Duration,
+    invalid: &dyn Fn(&'static str, String) -> ConfigError,
+) -> Result<crate::reconcile::vocabulary::HostRules, ConfigError> {
+    let canonical = |p: &str| {
+        p.starts_with('/')
+            && p.len() > 1
+            && !p.ends_with('/')
+            && !p
+                .chars()
+                .any(|c| c.is_control() || matches!(c, ',' | ';' | '=' | ' '))
+            && p[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != "..")
+    };
+    for p in &g.host_paths {
+        if !canonical(p) {
+            return Err(invalid(
+                "guests.host_paths",
+                format!("{p:?} must be an absolute path without '.', '..' or a trailing '/'"),
+            ));
+        }
+    }
+    for d in &g.devices {
+        if !canonical(d) || !d.starts_with("/dev/") {
+            return Err(invalid(
+                "guests.devices",
+                format!("{d:?} must be a device path under /dev/"),
+            ));
+        }
+    }
+    let detach_grace_secs = i64::try_from(detach_grace.as_secs()).unwrap_or(i64::MAX);
+    Ok(crate::reconcile::vocabulary::HostRules {
+        host_paths: g.host_paths.clone(),
+        devices: g.devices.clone(),
+        detach_grace_secs,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -591,6 +650,38 @@ file = "/etc/drover/trust"
         assert_eq!(c.interval, Duration::from_secs(30));
         assert_eq!(c.proxmox.max_parallel, 3);
         assert_eq!(c.proxmox.fingerprint, None);
+    }
+
+    #[test]
+    fn host_rules_come_from_guests_and_safety() {
+        let c = Config::parse(GOOD, Path::new("d.toml")).unwrap();
+        assert!(c.rules.host_paths.is_empty() && c.rules.devices.is_empty());
+        assert_eq!(c.rules.detach_grace_secs, 14 * 24 * 3600);
+        let text = format!(
+            "{GOOD}\n[guests]\nhost_paths = [\"/srv/shared\"]\ndevices = [\"/dev/dri/renderD128\"]\n\n[safety]\ndetach_grace = \"36h\"\n"
+        );
+        let c = Config::parse(&text, Path::new("d.toml")).unwrap();
+        assert!(c.rules.allows_host_path("/srv/shared/x"));
+        assert!(c.rules.allows_device("/dev/dri/renderD128"));
+        assert_eq!(c.rules.detach_grace_secs, 36 * 3600);
+        for (extra, key) in [
+            ("[guests]\nhost_paths = [\"srv\"]\n", "guests.host_paths"),
+            (
+                "[guests]\nhost_paths = [\"/srv/../etc\"]\n",
+                "guests.host_paths",
+            ),
+            ("[guests]\ndevices = [\"/etc/passwd\"]\n", "guests.devices"),
+            ("[safety]\ndetach_grace = \"soon\"\n", "safety.detach_grace"),
+        ] {
+            let e = Config::parse(&format!("{GOOD}\n{extra}"), Path::new("d.toml")).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+        let e = Config::parse(
+            &format!("{GOOD}\n[guests]\nhost_path = []\n"),
+            Path::new("d.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("host_path"), "{e}");
     }
 
     #[test]

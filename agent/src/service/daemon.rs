@@ -134,6 +134,17 @@ fn once_reasons(
         }
     }
     for g in snap.guests.values() {
+        if let Some(v) = g.verify.as_ref().filter(|v| v.deadline_unix.is_some()) {
+            out.push((
+                "verify_pending".to_string(),
+                format!(
+                    "CT {}: the change of {} is still in its verify window ({})",
+                    g.vmid,
+                    v.keys.join(", "),
+                    v.phase
+                ),
+            ));
+        }
         if g.state == GuestState::Failed
             && plan
                 .plan
@@ -190,10 +201,9 @@ pub fn pve_from_config(config: &Config, waits: WaitPolicy) -> anyhow::Result<Pve
         move |method, code| counted.pve_request(method.as_str(), code),
     )));
     let client = Client::new(client_config).context("building the PVE client")?;
-    Ok(
-        Pve::new(client, config.host.clone(), waits, metrics)
-            .with_pool(config.proxmox.pool.clone()),
-    )
+    Ok(Pve::new(client, config.host.clone(), waits, metrics)
+        .with_pool(config.proxmox.pool.clone())
+        .with_rules(config.rules.clone()))
 }
 
 /// `token_secret_file` may name a systemd credential (`LoadCredential=pve-token:...`): a
@@ -344,15 +354,38 @@ pub async fn report(engine: &Engine, source: &Source) {
                 .unwrap_or_default(),
             text,
             sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: crate::approval::requests::Approvals::words(&p),
         })
         .collect();
     let recent = engine.store().listing(false, 50).unwrap_or_default();
-    let body = crate::desired::report::Report::new(
+    let job_dirs = crate::jobs::inbox::JobDirs::new(
+        engine.store().journal().dir(),
+        engine.approvals().candidate_dirs(),
+    );
+    let pending_jobs: Vec<crate::desired::report::PendingRequest> = job_dirs
+        .pending()
+        .into_iter()
+        .filter(|(_, text)| {
+            gate::JobPayload::parse(text.as_bytes())
+                .is_ok_and(|p| !engine.store().nonce_consumed(&p.nonce).unwrap_or(true))
+        })
+        .map(|(p, text)| crate::desired::report::PendingRequest {
+            file: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            text,
+            sign: crate::approval::requests::Approvals::sign_command(&domain, &p),
+            loses: None,
+        })
+        .collect();
+    let mut body = crate::desired::report::Report::new(
         crate::operator::status::status_json(engine),
         pending,
         serde_json::to_value(recent).unwrap_or_default(),
         unix_now(),
     );
+    body.pending_jobs = pending_jobs;
     if let Err(e) = source.report(&body).await {
         debug!(code = e.code(), "status report to the hub failed: {e}");
     }
@@ -406,6 +439,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
     );
     engine.set_safety(safety);
 
+    // Signed jobs run on the guests' lanes (asked first in every turn).
+    let jobs = crate::jobs::JobRunner::install(&engine, &config.state_dir);
+
     // Signals: the first one stops taking steps; the second exits at once.
     let signal_task = {
         let lanes = lanes.clone();
@@ -432,6 +468,9 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
             "re-attaching to in-flight steps from the journal"
         );
     }
+    // Jobs the journal has in progress continue in their lanes (recovery is their own code:
+    // each phase re-attaches or resolves); signed jobs waiting are looked at there too.
+    jobs.request_lanes().await;
     // SIGTERM while a hub hangs (timeouts and retries can take a minute) stops at once: a
     // refresh and a pass only read and plan; steps run on the lanes, which journal first.
     // A stop before the first pass is a clean shutdown for the service; `--once` did not
@@ -557,7 +596,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
         let deadline = tokio::time::Instant::now() + opts.once_timeout;
         let mut progress = opts
             .progress
-            .then(crate::operator::progress::Progress::for_stdout);
+            .then(crate::operator::progress::Progress::for_terminal);
         let mut last_draw = tokio::time::Instant::now();
         while !lanes.is_idle() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -619,6 +658,7 @@ pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::
                         Ok(_) => systemd.status(&engine.status().snapshot().summary()),
                         Err(e) => warn!("pass failed: {e}"),
                     }
+                    jobs.request_lanes().await;
                     // Retention and late sweeps of safety copies, one at a time, off the loop.
                     if !housekeeping.swap(true, std::sync::atomic::Ordering::AcqRel) {
                         let (engine, busy) = (engine.clone(), housekeeping.clone());

@@ -90,6 +90,30 @@ pub fn init(default_filter: &str, json: bool) {
         .unwrap_or_else(|| EnvFilter::new(default_filter));
     let under_journald = stderr_is_journal_stream();
     let is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if is_tty && !json && !under_journald {
+        // A person at a terminal: log lines and the progress line of `run --once` share it.
+        // The progress line is a tracing span's bar (`operator::progress`), drawn by
+        // tracing-indicatif, whose writer clears the bar, prints the log line and redraws the
+        // bar below it, so neither ever overwrites the other. The filter applies to the log
+        // lines only; the bar's span is shown whatever `DROVER_LOG` says.
+        let indicatif = tracing_indicatif::IndicatifLayer::new()
+            .with_progress_style(crate::operator::progress::bar_style());
+        let writer = indicatif.get_stderr_writer();
+        let _ = tracing_subscriber::registry()
+            .with(
+                fmt::layer()
+                    .with_ansi(std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+                    .with_target(false)
+                    .fmt_fields(tracing_indicatif::filter::hide_indicatif_span_fields(
+                        fmt::format::DefaultFields::new(),
+                    ))
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
+            .with(indicatif.with_filter(tracing_indicatif::filter::IndicatifFilter::new(false)))
+            .try_init();
+        return;
+    }
     let registry = tracing_subscriber::registry().with(filter);
     if json {
         let _ = registry
@@ -119,7 +143,7 @@ pub fn init(default_filter: &str, json: bool) {
         let _ = registry
             .with(
                 fmt::layer()
-                    .with_ansi(is_tty)
+                    .with_ansi(false)
                     .with_target(false)
                     .with_writer(std::io::stderr),
             )
