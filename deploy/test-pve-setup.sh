@@ -119,7 +119,7 @@ export STUB_STATE="$work/state" STUB_LOG="$work/pveum.log"
 mkdir -p "$STUB_STATE"
 secret="$work/etc/pve-token"
 # Exactly what the agent uses (agent/src/reconcile/privileges.rs GRANTED).
-PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,VM.Backup,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
+PRIVS="VM.Audit,VM.PowerMgmt,VM.Allocate,VM.Config.CPU,VM.Config.Memory,VM.Config.Network,VM.Config.Disk,VM.Config.Options,VM.Backup,VM.Snapshot,VM.Snapshot.Rollback,Datastore.AllocateSpace,Datastore.Audit,SDN.Use,Sys.Audit"
 NODE=pve1
 
 failures=0
