@@ -570,7 +570,13 @@ pub async fn approve(
                     s_or(rotated)
                 );
             } else {
-                crate::outln!("approval submitted to the running agent");
+                if gate::is_job_document(&payload) {
+                    crate::outln!(
+                        "job submitted to the running agent; `drover jobs` shows how it goes"
+                    );
+                } else {
+                    crate::outln!("approval submitted to the running agent");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -685,7 +691,12 @@ pub fn verify_approval(
     }
     // Would the running agent accept it now? Its state (journal, pending requests) answers
     // what signatures cannot: already used, no longer matching the guest, no such step.
-    let verdict = gate::verify_offline(&trust, &payload, &sig_refs, unix_now());
+    // A signed job is checked the same way offline; the lane binds it to the host's state.
+    let verdict = if gate::is_job_document(&payload) {
+        gate::verify_job_offline(&trust, &payload, &sig_refs, unix_now())
+    } else {
+        gate::verify_offline(&trust, &payload, &sig_refs, unix_now())
+    };
     if let Ok(signers) = &verdict
         && let Ok(p) = gate::ApprovalPayload::parse(&payload)
     {

@@ -300,6 +300,7 @@ async fn restore_over_the_guest_and_onto_a_free_vmid() {
         "param.storage: local-lvm\n",
         "bind.archive-ctime: ",
         "bind.archive-size: ",
+        "bind.archive-sha256: ",
         "bind.archive-vmid: 101\n",
         "bind.safety: vzdump@local\n",
         "bind.hold: 1\n",
@@ -711,5 +712,232 @@ async fn after_a_restore_hold_keeps_the_guest_and_no_hold_converges_it() {
         || h.sim.guest(101).is_some_and(|g| g.memory == 1024),
     )
     .await;
+    d.stop().await;
+}
+
+/// The archive's sha256 is bound where the agent can read it: an archive rewritten after the
+/// job was rendered (same name, same size) is refused on the lane, and nothing is restored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_changed_after_signing_is_refused() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, false, 512)], 100)).await;
+    h.desired("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    let archive = h
+        .sim
+        .storage_dir()
+        .join("local/dump")
+        .join(volid.rsplit('/').next().unwrap());
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&archive, &bytes).unwrap();
+    let row = run_job(&h, &d, &file, "changed").await;
+    assert_eq!(row["state"], "failed", "{row}");
+    assert_eq!(row["code"], "binding_mismatch", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .contains("bind.archive-sha256"),
+        "{row}"
+    );
+    assert_eq!(h.sim.count_mutations("restore", 101), 0);
+    d.stop().await;
+}
+
+/// Recovery at boot from every phase without a task of its own: the journal holds a job at
+/// `accepted`, `rechecked` and `verified`, and one at `calling` whose answer was lost (no
+/// UPID, no task): the agent finishes the first two (each snapshot taken once), ends the
+/// third without a call, and never sends the lost call again (`call_lost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_continues_each_journaled_phase_and_never_resends_a_lost_call() {
+    // One guest per job: at most one job of a guest is ever in progress.
+    let h = Host::start_with(host((101..105).map(|v| seed(v, true, 512)).collect(), 100)).await;
+    h.desired("revision = 1\n");
+    // One run creates the journal (its exit code is about the empty document, not jobs).
+    h.drover_async(&["run", "--once"]).await;
+    assert!(h.state().join("db").exists());
+    let mut ids = Vec::new();
+    {
+        let j = journal::Journal::open(&h.state()).unwrap();
+        for (vmid, name, phase) in [
+            (101u32, "at-accepted", "accepted"),
+            (102, "at-rechecked", "rechecked"),
+            (103, "at-verified", "verified"),
+            (104, "at-calling", "calling"),
+        ] {
+            drop(j.clone());
+            let text = {
+                // Rendered by the agent, as a signed job would be (the journal holds only
+                // texts the gate accepted; signatures are not kept).
+                let out = h
+                    .command(&[
+                        "job",
+                        "new",
+                        "snapshot",
+                        "--vmid",
+                        &vmid.to_string(),
+                        "--snapshot",
+                        name,
+                        "--output",
+                        "json",
+                    ])
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                v["text"].as_str().unwrap().to_string()
+            };
+            let nonce = text
+                .lines()
+                .find_map(|l| l.strip_prefix("nonce: "))
+                .unwrap()
+                .to_string();
+            j.put_job(&journal::JobRecord {
+                id: nonce.clone(),
+                vmid,
+                kind: "snapshot".into(),
+                payload: text.clone(),
+                payload_sha256: "00".repeat(32),
+                signers: vec![],
+                phase: phase.into(),
+                upid: None,
+                phase_at: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64,
+                facts: [
+                    ("was_running".to_string(), "1".to_string()),
+                    ("existed".into(), "1".into()),
+                ]
+                .into_iter()
+                .collect(),
+                history: vec![(phase.into(), 0, String::new())],
+                end: None,
+                accepted_at_ms: 0,
+            })
+            .unwrap();
+            ids.push((name, nonce));
+        }
+    }
+    let d = h.spawn_daemon();
+    for (name, id) in &ids {
+        let row = ended(&h, &d, id).await;
+        match *name {
+            "at-calling" => {
+                assert_eq!(row["code"], "call_lost", "{row}");
+            }
+            _ => assert_eq!(row["state"], "done", "{name}: {row}"),
+        }
+    }
+    let taken = |name: &str| {
+        h.sim
+            .mutations()
+            .iter()
+            .filter(|m| {
+                m.kind == "snapshot" && m.params.get("snapname").map(String::as_str) == Some(name)
+            })
+            .count()
+    };
+    assert_eq!(taken("at-accepted"), 1);
+    assert_eq!(taken("at-rechecked"), 1);
+    assert_eq!(taken("at-verified"), 0, "verified: the call is behind it");
+    assert_eq!(taken("at-calling"), 0, "a lost call is never sent again");
+    d.stop().await;
+}
+
+/// SIGKILL while a failed restore is being undone from the pre-restore copy: the restart
+/// re-attaches to the undo's task (never a second undo), and the copy is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_failed_restore_is_undone() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, false, 512)], 1500)).await;
+    h.desired("revision = 1\n");
+    let d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let row = run_job(&h, &d, &file, "backup").await;
+    let volid = row["message"].as_str().unwrap()[7..].to_string();
+    h.sim.edit_config(101, "memory", Some("768"));
+    let file = job_new(&h, &["restore", "--vmid", "101", "--backup", &volid]).await;
+    let id = nonce_of(&file);
+    let mut faults = pve_sim::Faults::default();
+    faults.storage.restore_fail_archives.insert(volid.clone());
+    h.sim.set_faults(faults);
+    let (copy, sig) = signed(&h, &file, "restore");
+    assert_eq!(code(&approve(&h, &copy, &sig).await), 0);
+    let mut d = d;
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the undo's task journaled",
+        || phase_of(&h, &id).is_some_and(|(p, upid)| p == "undoing" && upid),
+    )
+    .await;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    d = h.spawn_daemon();
+    let row = ended(&h, &d, &id).await;
+    assert_eq!(row["code"], "restore_undone", "{row}");
+    assert_eq!(
+        h.sim.count_mutations("restore", 101),
+        2,
+        "the restore and one undo"
+    );
+    assert_eq!(h.sim.guest(101).unwrap().memory, 768);
+    let copies = h.drover_async(&["copies", "101", "--output", "json"]).await;
+    assert!(
+        stdout(&copies).contains("complete"),
+        "the pre-restore copy is kept: {}",
+        stdout(&copies)
+    );
+    d.stop().await;
+}
+
+/// SIGKILL while a backup job's vzdump runs: the restart re-attaches to the journaled task,
+/// reads its archive from the task log and ends once (one vzdump). `verify-approval` checks
+/// a signed job offline like an approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_a_backup_runs_ends_it_once() {
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    let h = Host::start_with(host(vec![seed(101, true, 512)], 1500)).await;
+    h.desired("revision = 1\n");
+    let mut d = h.spawn_daemon();
+    h.status_json(Duration::from_secs(20)).await;
+    let file = job_new(&h, &["backup", "--vmid", "101", "--storage", "local"]).await;
+    let id = nonce_of(&file);
+    let (copy, sig) = signed(&h, &file, "backup");
+    let offline = h.submit("verify-approval", &copy, &[&sig]).await;
+    assert_eq!(code(&offline), 0, "{}", stdout(&offline));
+    let out = approve(&h, &copy, &sig).await;
+    assert!(stdout(&out).contains("job submitted"), "{}", stdout(&out));
+    eventually(&d, Duration::from_secs(30), "the vzdump journaled", || {
+        phase_of(&h, &id).is_some_and(|(p, upid)| p == "calling" && upid)
+    })
+    .await;
+    d.child.kill().unwrap();
+    let _ = d.child.wait();
+    d = h.spawn_daemon();
+    let row = ended(&h, &d, &id).await;
+    assert_eq!(row["state"], "done", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup local:backup/vzdump-lxc-101-"),
+        "{row}"
+    );
+    assert_eq!(h.sim.count_mutations("vzdump", 101), 1);
     d.stop().await;
 }

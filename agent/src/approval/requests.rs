@@ -540,10 +540,17 @@ impl Approvals {
         if std::fs::read_to_string(&path).is_ok_and(|w| w == words) {
             return Ok(());
         }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_atomic(&path, words.as_bytes())
+        // Display only, rewritten on every turn the request is pending: no fsync (a crash
+        // leaves the old words or none, and the next turn writes them again).
+        let dir = path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::write(&tmp, words.as_bytes())?;
+        std::fs::rename(&tmp, &path)
     }
 
     /// The words about what a pending request's step loses, when the agent wrote them.

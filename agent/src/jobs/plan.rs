@@ -416,6 +416,12 @@ pub async fn plan_job(
             binds.insert("archive-ctime".into(), entry.ctime.unwrap_or(0).to_string());
             binds.insert("archive-size".into(), entry.size.unwrap_or(0).to_string());
             binds.insert("archive-vmid".into(), owner.to_string());
+            // Where the archive is a file this agent can read (a dir, NFS or CIFS storage
+            // mounted on the node), its sha256 is bound too; PBS and unreadable paths bind
+            // no hash (the ctime and size still are).
+            if let Some(hash) = archive_sha256(pve, &backup_storage, &volid).await {
+                binds.insert("archive-sha256".into(), hash);
+            }
             params.insert("ostemplate".into(), volid);
             params.insert("restore".into(), "1".into());
             params.insert("storage".into(), storage.clone());
@@ -454,6 +460,24 @@ pub async fn plan_job(
         },
         facts,
     ))
+}
+
+/// The sha256 of a backup archive the node's path of which this process can read.
+async fn archive_sha256(pve: &Pve, storage: &str, volid: &str) -> Option<String> {
+    let info = pve
+        .client
+        .volume_info(&pve.node, storage, volid)
+        .await
+        .ok()?;
+    let path = std::path::PathBuf::from(info.path);
+    if !path.is_absolute() {
+        return None;
+    }
+    tokio::task::spawn_blocking(move || crate::safety::verify::sha256_file(&path).ok())
+        .await
+        .ok()
+        .flatten()
+        .map(|(hash, _)| hash)
 }
 
 #[cfg(test)]

@@ -570,6 +570,13 @@ mod tests {
         assert!(t.contains("drover_gate_decisions_total{code=\"unknown_signer\"} 1"));
         assert!(t.contains("drover_guests{state=\"converged\"} 3"));
         assert!(t.contains("drover_pve_api_requests_total{method=\"GET\",code=\"200\"} 1"));
+        m.job_ended("restore_backup", "done");
+        m.job_ended("snapshot", "refused");
+        m.jobs_running.store(1, Ordering::Relaxed);
+        let t = m.render();
+        assert!(t.contains("drover_jobs_total{kind=\"restore_backup\",outcome=\"done\"} 1"));
+        assert!(t.contains("drover_jobs_total{kind=\"snapshot\",outcome=\"refused\"} 1"));
+        assert!(t.contains("drover_jobs_running 1"));
         m.journal_sync(0.0003);
         let t = m.render();
         assert!(t.contains("drover_journal_fsync_seconds_bucket{le=\"0.0005\"} 1"));
@@ -590,6 +597,7 @@ mod tests {
         m.pve_task("vzcreate", 12.0);
         m.pve_request("POST", "200");
         m.gate_decision("approved");
+        m.job_ended("backup", "done");
         m.journal_sync(0.001);
         m.set_guests([("converged".to_string(), 2)].into());
         m.desired_fetched("dir", 1_800_000_000);
