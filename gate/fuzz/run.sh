@@ -8,6 +8,9 @@ cd "$(dirname "$0")"
 SECS=${1:-60}
 mkdir -p corpus/payload_parse corpus/trust_parse corpus/sshsig_decode
 cp -f ../../testdata/gate/approval*.txt corpus/payload_parse/
+# A seed with `bind.*` lines (the safety copy's acknowledgements), so the fuzzer starts there.
+sed 's/^role: /bind.safety: vzdump@safety\nbind.uncovered: mp1,unused0\nrole: /' \
+  ../../testdata/gate/approval.txt > corpus/payload_parse/approval_bind.txt
 cp -f ../../testdata/gate/trust_v*.txt corpus/trust_parse/
 for f in ../../testdata/gate/*.sig; do
   case "$f" in *huge*) continue ;; esac

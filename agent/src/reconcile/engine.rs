@@ -833,6 +833,9 @@ impl Engine {
                             words.lines().next().unwrap_or(""),
                             Approvals::sign_command(&domain, &request)
                         );
+                        if let Some(pre) = &guard {
+                            info!(vmid, "{}", pre.describe());
+                        }
                     }
                     self.inner
                         .status
