@@ -154,9 +154,16 @@ impl Host {
         self.drover_async(&args).await
     }
 
+    /// The request files as `drover approvals` lists them (`*.txt`): never the temp file of
+    /// a request being written, which is renamed away a moment later.
     pub fn pending_requests(&self) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = std::fs::read_dir(self.state().join("approvals/pending"))
-            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         v
@@ -289,9 +296,15 @@ impl Daemon {
     }
 
     /// SIGTERM, then waits (up to 10 s) for the exit status.
-    pub async fn stop(mut self) -> std::process::ExitStatus {
+    pub async fn stop(self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        self.exited().await
+    }
+
+    /// Waits (10 s at most) for the agent to exit after a signal the test already sent; a
+    /// second SIGTERM would make it exit at once with 130, by design.
+    pub async fn exited(mut self) -> std::process::ExitStatus {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
