@@ -47,7 +47,7 @@ pub async fn route(
     }
     let mut params = params.clone();
     params.insert("node".into(), shared.config.node.clone());
-    let path = seg.join("/");
+    let path = format!("/{}", seg.join("/"));
     let template: String = match rest {
         ["storage"] => "/nodes/{node}/storage".into(),
         ["storage", s, tail @ ..] => {
