@@ -19,7 +19,9 @@ use std::fmt;
 
 use crate::action::{GateContext, Role};
 use crate::clock::{format_utc, parse_utc};
-use crate::payload::{MAX_PARAMS, MAX_PAYLOAD_BYTES, is_param_value};
+use crate::payload::{
+    MAX_PARAMS, MAX_PAYLOAD_BYTES, all, is_param_value, malformed, signed_text_fields,
+};
 use crate::rejection::{Rejection, RejectionCode, SignatureProblem};
 use crate::signature::SignerInfo;
 use crate::trust::TrustStore;
@@ -118,14 +120,6 @@ pub struct JobPayload {
     pub expires_at: i64,
     /// Audit only, never bound.
     pub ticket: Option<String>,
-}
-
-fn malformed(msg: impl Into<String>) -> Rejection {
-    Rejection::new(RejectionCode::MalformedPayload, msg)
-}
-
-fn all(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(ok)
 }
 
 fn is_name(s: &str) -> bool {
@@ -271,44 +265,7 @@ impl JobPayload {
 
     /// Strict parse followed by the canonical round trip.
     pub fn parse(bytes: &[u8]) -> Result<JobPayload, Rejection> {
-        if bytes.len() > MAX_PAYLOAD_BYTES {
-            return Err(Rejection::new(
-                RejectionCode::PayloadTooLarge,
-                format!(
-                    "the job is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
-                    bytes.len()
-                ),
-            ));
-        }
-        if let Some(pos) = bytes
-            .iter()
-            .position(|&c| c != b'\n' && !(0x20..=0x7e).contains(&c))
-        {
-            return Err(malformed(format!(
-                "byte {pos} is not printable ASCII (no CR, TAB or non-ASCII characters are allowed)"
-            )));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|_| malformed("not ASCII"))?;
-        let Some(body) = text.strip_suffix('\n') else {
-            return Err(malformed("the job must end with exactly one newline"));
-        };
-        let mut lines = body.split('\n');
-        let first = lines.next().unwrap_or_default();
-        if first != JOB_MAGIC {
-            if first.starts_with("drover-job ") {
-                return Err(Rejection::new(
-                    RejectionCode::UnsupportedVersion,
-                    format!("job version line {first:?} is not {JOB_MAGIC:?}"),
-                ));
-            }
-            return Err(malformed(format!("the first line must be {JOB_MAGIC:?}")));
-        }
-        let fields: Vec<(&str, &str)> = lines
-            .map(|l| {
-                l.split_once(": ")
-                    .ok_or_else(|| malformed(format!("line {l:?} is not `key: value`")))
-            })
-            .collect::<Result<_, _>>()?;
+        let fields = signed_text_fields(bytes, JOB_MAGIC, "drover-job ", "job")?;
         let mut it = fields.into_iter().peekable();
         macro_rules! take {
             ($key:expr) => {

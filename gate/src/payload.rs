@@ -44,11 +44,64 @@ pub struct ApprovalPayload {
     pub ticket: Option<String>,
 }
 
-fn malformed(msg: impl Into<String>) -> Rejection {
+/// The envelope every signed text shares (`drover-approval v1`, `drover-job v1`): the size cap
+/// before anything else, printable ASCII and LF only, exactly one final newline, the version
+/// line (`family` names another version of the same format: `unsupported_version`), then
+/// `key: value` lines in order. `what` names the text in messages ("payload", "job").
+pub(crate) fn signed_text_fields<'a>(
+    bytes: &'a [u8],
+    magic: &str,
+    family: &str,
+    what: &str,
+) -> Result<Vec<(&'a str, &'a str)>, Rejection> {
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(Rejection::new(
+            RejectionCode::PayloadTooLarge,
+            format!(
+                "the {what} is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
+                bytes.len()
+            ),
+        ));
+    }
+    if let Some(pos) = bytes
+        .iter()
+        .position(|&c| c != b'\n' && !(0x20..=0x7e).contains(&c))
+    {
+        return Err(malformed(format!(
+            "byte {pos} is not printable ASCII (no CR, TAB or non-ASCII characters are allowed)"
+        )));
+    }
+    // Only ASCII from here on.
+    let text = std::str::from_utf8(bytes).map_err(|_| malformed("not ASCII"))?;
+    let Some(body) = text.strip_suffix('\n') else {
+        return Err(malformed(format!(
+            "the {what} must end with exactly one newline"
+        )));
+    };
+    let mut lines = body.split('\n');
+    let first = lines.next().unwrap_or_default();
+    if first != magic {
+        if first.starts_with(family) {
+            return Err(Rejection::new(
+                RejectionCode::UnsupportedVersion,
+                format!("{what} version line {first:?} is not {magic:?}"),
+            ));
+        }
+        return Err(malformed(format!("the first line must be {magic:?}")));
+    }
+    lines
+        .map(|l| {
+            l.split_once(": ")
+                .ok_or_else(|| malformed(format!("line {l:?} is not `key: value`")))
+        })
+        .collect()
+}
+
+pub(crate) fn malformed(msg: impl Into<String>) -> Rejection {
     Rejection::new(RejectionCode::MalformedPayload, msg)
 }
 
-fn all(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
+pub(crate) fn all(s: &str, max: usize, ok: impl Fn(u8) -> bool) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(ok)
 }
 
@@ -227,47 +280,7 @@ impl ApprovalPayload {
 
     /// Strict parse followed by the canonical round trip.
     pub fn parse(bytes: &[u8]) -> Result<ApprovalPayload, Rejection> {
-        if bytes.len() > MAX_PAYLOAD_BYTES {
-            return Err(Rejection::new(
-                RejectionCode::PayloadTooLarge,
-                format!(
-                    "the payload is {} bytes; at most {MAX_PAYLOAD_BYTES} are allowed",
-                    bytes.len()
-                ),
-            ));
-        }
-        if let Some(pos) = bytes
-            .iter()
-            .position(|&c| c != b'\n' && !(0x20..=0x7e).contains(&c))
-        {
-            return Err(malformed(format!(
-                "byte {pos} is not printable ASCII (no CR, TAB or non-ASCII characters are allowed)"
-            )));
-        }
-        // Only ASCII from here on.
-        let text = std::str::from_utf8(bytes).map_err(|_| malformed("not ASCII"))?;
-        let Some(body) = text.strip_suffix('\n') else {
-            return Err(malformed("the payload must end with exactly one newline"));
-        };
-        let mut lines = body.split('\n');
-        let first = lines.next().unwrap_or_default();
-        if first != PAYLOAD_MAGIC {
-            if first.starts_with("drover-approval ") {
-                return Err(Rejection::new(
-                    RejectionCode::UnsupportedVersion,
-                    format!("payload version line {first:?} is not {PAYLOAD_MAGIC:?}"),
-                ));
-            }
-            return Err(malformed(format!(
-                "the first line must be {PAYLOAD_MAGIC:?}"
-            )));
-        }
-        let fields: Vec<(&str, &str)> = lines
-            .map(|l| {
-                l.split_once(": ")
-                    .ok_or_else(|| malformed(format!("line {l:?} is not `key: value`")))
-            })
-            .collect::<Result<_, _>>()?;
+        let fields = signed_text_fields(bytes, PAYLOAD_MAGIC, "drover-approval ", "payload")?;
         let mut it = fields.into_iter().peekable();
         let mut take = |key: &str| -> Result<&str, Rejection> {
             match it.next() {
