@@ -35,6 +35,28 @@ pub const DEFAULT_SOCKET: &str = "/run/drover/drover.sock";
 /// Largest request body the socket accepts.
 const MAX_BODY: usize = 256 * 1024;
 
+/// Writes a submission (payload and signatures) into the approval inbox the way an operator's
+/// files arrive there (`files::copy_into_inbox`), for approvals and jobs alike; a failure is
+/// the status, code and message to refuse with.
+fn place_in_inbox(
+    c: &Ctx,
+    stem: &str,
+    req: &SubmitApproval,
+) -> Result<PathBuf, (StatusCode, &'static str, String)> {
+    let io_failed = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
+    let tmp = tempfile::tempdir().map_err(io_failed)?;
+    let payload_path = tmp.path().join(format!("{stem}.txt"));
+    std::fs::write(&payload_path, &req.payload).map_err(io_failed)?;
+    let mut sig_paths: Vec<PathBuf> = Vec::new();
+    for (i, s) in req.signatures.iter().enumerate() {
+        let p = tmp.path().join(format!("sig{i}"));
+        std::fs::write(&p, s).map_err(io_failed)?;
+        sig_paths.push(p);
+    }
+    files::copy_into_inbox(&c.engine.approvals().inbox_dir, &payload_path, &sig_paths)
+        .map_err(|e| (StatusCode::BAD_REQUEST, "bad_approval", e))
+}
+
 fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     (
         status,
@@ -316,26 +338,7 @@ async fn submit_approval(
         // The code travels in its own field; the message is the sentence alone.
         return refuse(StatusCode::UNPROCESSABLE_ENTITY, &code, message);
     }
-    let inbox = c.engine.approvals().inbox_dir.clone();
-    let tmp = match tempfile::tempdir() {
-        Ok(t) => t,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
-    };
-    let payload_path = tmp.path().join(format!("{stem}.txt"));
-    let mut sig_paths: Vec<PathBuf> = Vec::new();
-    let mut write = || -> std::io::Result<()> {
-        std::fs::write(&payload_path, &req.payload)?;
-        for (i, s) in req.signatures.iter().enumerate() {
-            let p = tmp.path().join(format!("sig{i}"));
-            std::fs::write(&p, s)?;
-            sig_paths.push(p);
-        }
-        Ok(())
-    };
-    if let Err(e) = write() {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
-    }
-    match files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+    match place_in_inbox(&c, stem, &req) {
         Ok(p) if rotation => {
             // Applied now, through the same path as a rotation found on disk (journal first).
             c.engine.rotate_trust();
@@ -352,7 +355,7 @@ async fn submit_approval(
             }
             Json(json!({"accepted_into_inbox": p})).into_response()
         }
-        Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
+        Err((status, code, message)) => refuse(status, code, message),
     }
 }
 
@@ -420,32 +423,13 @@ fn submit_job(
             return refuse(StatusCode::UNPROCESSABLE_ENTITY, &code, message);
         }
     };
-    let inbox = c.engine.approvals().inbox_dir.clone();
-    let tmp = match tempfile::tempdir() {
-        Ok(t) => t,
-        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
-    };
-    let payload_path = tmp.path().join(format!("{stem}.txt"));
-    let mut sig_paths: Vec<PathBuf> = Vec::new();
-    let mut write = || -> std::io::Result<()> {
-        std::fs::write(&payload_path, &req.payload)?;
-        for (i, s) in req.signatures.iter().enumerate() {
-            let p = tmp.path().join(format!("sig{i}"));
-            std::fs::write(&p, s)?;
-            sig_paths.push(p);
-        }
-        Ok(())
-    };
-    if let Err(e) = write() {
-        return refuse(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
-    }
-    match files::copy_into_inbox(&inbox, &payload_path, &sig_paths) {
+    match place_in_inbox(c, stem, req) {
         Ok(path) => {
             c.engine.trigger(Some(p.vmid));
             Json(json!({"accepted_into_inbox": path, "job": p.kind.as_str(), "vmid": p.vmid}))
                 .into_response()
         }
-        Err(e) => refuse(StatusCode::BAD_REQUEST, "bad_approval", e),
+        Err((status, code, message)) => refuse(status, code, message),
     }
 }
 
