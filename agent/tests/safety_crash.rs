@@ -249,7 +249,14 @@ fn reached(h: &Host, phase: Phase) -> bool {
 }
 
 async fn sigkill_in(phase: Phase) {
-    let h = host_with_destroy(1000).await;
+    // Each phase is one simulated task long; the shutdown's is the first and shortest to
+    // catch (the daemon's first pass, the preflight and the manifest come before it), so it
+    // gets a longer task on a loaded machine.
+    let task_ms = match phase {
+        Phase::Quiescing => 3000,
+        Phase::Copying | Phase::Destroying => 1000,
+    };
+    let h = host_with_destroy(task_ms).await;
     h.adopt_all().await;
     h.drover_async(&["run", "--once"]).await;
     approve_destroy(&h, "op").await;
