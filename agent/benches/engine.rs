@@ -13,7 +13,7 @@
 //!    parallel) on 50 × 100 ms tasks (goal Drover / peer ≤ 0.25);
 //! 6. `--rss-scale`: the daemon's peak RSS at 1,000 and 5,000 guests (release binary).
 //!
-//! Run: `cargo bench -p drover --bench engine [-- --rss | --production-only | --pveproxy |
+//! Run: `cargo bench -p drover --bench engine [-- --rss | --production-only | --short | --pveproxy |
 //! --peer | --rss-scale]`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -190,7 +190,7 @@ async fn main() {
         return;
     }
 
-    if !production_only {
+    if !production_only && !only("--short") {
         classic().await;
     }
 
@@ -199,13 +199,19 @@ async fn main() {
     // wall-clock; the last row with 10,000 step records kept in the journal. Requests per
     // step: everything but the two full reads (boot and the final verification), per guest.
     // `--production-only` skips everything else.
-    for (n, task_ms, rounds, kept) in [
-        (200u32, 100u64, 3usize, 0u32),
-        (60, 1500, 1, 0),
-        (60, 1000, 1, 0),
-        (15, 10_000, 1, 0),
-        (200, 100, 3, 10_000),
-    ] {
+    // `--short`: only the two 200 × 100 ms rows (a quick A/B of the per-step overhead).
+    let rows: &[(u32, u64, usize, u32)] = if only("--short") {
+        &[(200, 100, 3, 0), (200, 100, 3, 10_000)]
+    } else {
+        &[
+            (200, 100, 3, 0),
+            (60, 1500, 1, 0),
+            (60, 1000, 1, 0),
+            (15, 10_000, 1, 0),
+            (200, 100, 3, 10_000),
+        ]
+    };
+    for &(n, task_ms, rounds, kept) in rows {
         let mut ratios = Vec::new();
         let mut cpu = Vec::new();
         let mut per_step = Vec::new();

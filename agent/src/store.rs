@@ -72,6 +72,16 @@ pub struct InFlight {
 #[derive(Clone)]
 pub struct Store {
     j: journal::Journal,
+    /// Syncs running on the blocking pool for closes that returned before them.
+    behind: std::sync::Arc<SyncsBehind>,
+}
+
+/// Counts the syncs `Store::done_behind` left running, so `settled` can wait for them before
+/// the journal is let go.
+#[derive(Default)]
+struct SyncsBehind {
+    running: std::sync::atomic::AtomicUsize,
+    finished: tokio::sync::Notify,
 }
 
 fn kind_from_str(s: &str) -> Option<StepKind> {
@@ -98,6 +108,15 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+fn journal_outcome(outcome: StepOutcome) -> journal::Outcome {
+    match outcome {
+        StepOutcome::Ok => journal::Outcome::Ok,
+        StepOutcome::Warnings(n) => journal::Outcome::Warnings(n),
+        StepOutcome::Failed(m) => journal::Outcome::Failed(m),
+        StepOutcome::Abandoned(m) => journal::Outcome::Abandoned(m),
+    }
+}
+
 fn to_in_flight(r: journal::StepRecord) -> Option<InFlight> {
     let kind = kind_from_str(&r.step.kind)?;
     let upid = r.upid().and_then(|u| u.parse::<Upid>().ok());
@@ -116,6 +135,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             j: journal::Journal::open(dir)?,
+            behind: Default::default(),
         })
     }
 
@@ -123,6 +143,7 @@ impl Store {
     pub fn open_read_only(dir: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             j: journal::Journal::open_read_only(dir)?,
+            behind: Default::default(),
         })
     }
 
@@ -139,7 +160,27 @@ impl Store {
         journal::move_aside(dir)
     }
 
-    /// Journals the intent of a step, durably, before any PVE call.
+    /// Runs journal calls on tokio's blocking pool. A durable write waits for the disk (an
+    /// fdatasync takes milliseconds on a busy one), and on a runtime worker it would hold up
+    /// every other lane's polls and timers meanwhile. A panic inside becomes an error.
+    pub async fn off_runtime<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Io {
+                dir: self.j.dir().to_path_buf(),
+                context: "a journal call on the blocking pool".into(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Journals the intent of a step, durably, before any PVE call. The intent of a start or
+    /// reboot also marks the guest started (see `journal::Journal::intent_starting`).
     pub fn intent(
         &self,
         step: &Step,
@@ -153,7 +194,7 @@ impl Store {
                 reason: reason.clone(),
             },
         };
-        let id = self.j.intent(journal::NewStep {
+        let new = journal::NewStep {
             vmid: step.vmid,
             kind: step.kind.as_str().to_string(),
             params: step.params.clone(),
@@ -169,7 +210,13 @@ impl Store {
                 .unwrap_or_default(),
             operation: operation.map(str::to_string),
             attempt: 1,
-        })?;
+        };
+        // A start's intent carries the guest's `started` mark in the same sync.
+        let id = if matches!(step.kind, StepKind::Start | StepKind::Reboot) {
+            self.j.intent_starting(new)?
+        } else {
+            self.j.intent(new)?
+        };
         Ok(StepId(id))
     }
 
@@ -178,15 +225,57 @@ impl Store {
     }
 
     pub fn done(&self, id: &StepId, outcome: StepOutcome) -> Result<(), StoreError> {
-        self.j.done(
-            id.0,
-            match outcome {
-                StepOutcome::Ok => journal::Outcome::Ok,
-                StepOutcome::Warnings(n) => journal::Outcome::Warnings(n),
-                StepOutcome::Failed(m) => journal::Outcome::Failed(m),
-                StepOutcome::Abandoned(m) => journal::Outcome::Abandoned(m),
-            },
-        )
+        self.j.done(id.0, journal_outcome(outcome))
+    }
+
+    /// Closes the record of a step whose task's UPID is journaled without waiting for the
+    /// disk: the sync runs on the blocking pool, where it usually shares the next lane's
+    /// intent sync (group commit), instead of holding this lane's slot. A close lost in a
+    /// crash is rebuilt by recovery from the task's status (`journal::Journal::done_deferred`);
+    /// a record without a UPID is synced before this returns. `settled` waits for the syncs.
+    pub fn done_behind(&self, id: &StepId, outcome: StepOutcome) -> Result<(), StoreError> {
+        if !self.j.done_deferred(id.0, journal_outcome(outcome))? {
+            return Ok(());
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return self.j.sync();
+        };
+        let behind = self.behind.clone();
+        let journal = self.j.clone();
+        behind
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        runtime.spawn_blocking(move || {
+            if let Err(e) = journal.sync() {
+                // The close stays in sled's memory; the next durable write syncs it again.
+                tracing::warn!("syncing a step's close failed (retried by the next write): {e}");
+            }
+            drop(journal);
+            behind
+                .running
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            behind.finished.notify_waiters();
+        });
+        Ok(())
+    }
+
+    /// Waits until every sync `done_behind` started has ended (before the journal is let go:
+    /// `drover run` returns only after this).
+    pub async fn settled(&self) {
+        loop {
+            let finished = self.behind.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if self
+                .behind
+                .running
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+            {
+                return;
+            }
+            finished.await;
+        }
     }
 
     /// Every step not done. A record of a kind this agent does not know is left alone and

@@ -158,3 +158,69 @@ async fn sigterm_while_the_hub_hangs_exits_promptly() {
         "a stop is a clean exit for the service: {status:?}"
     );
 }
+
+/// A step's close returns before its sync (`Store::done_behind`); a crash inside that window
+/// leaves what this test builds by hand: the record `submitted` with the UPID of a task that
+/// has ended. The next run rebuilds the close from the task's status and never sends the
+/// call again. `drover run` returns only after the syncs behind its lanes, so the journal is
+/// free and every record closed the moment it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent() {
+    use drover::model::step::{Step, StepKind};
+    let h = Host::start(vec![common::seed(1000, false, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n{}",
+        common::guest(1000, "running", 256)
+    ));
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    h.adopt_all().await;
+    let config = drover::service::config::Config::load(&h.config()).unwrap();
+    let pve = drover::service::daemon::pve_from_config(
+        &config,
+        drover::reconcile::pve::WaitPolicy::production(),
+    )
+    .unwrap();
+    let step = Step {
+        vmid: 1000,
+        kind: StepKind::Start,
+        params: Default::default(),
+        changes: Vec::new(),
+    };
+    let drover::reconcile::pve::Submission::Task(upid) = pve.submit(&step, None).await.unwrap()
+    else {
+        panic!("a start is a task");
+    };
+    pve.wait(&upid, StepKind::Start).await.unwrap();
+    let id = {
+        let store = drover::store::Store::open(&h.state()).unwrap();
+        let id = store
+            .intent(&step, &gate::Classification::Benign, None, None)
+            .unwrap();
+        store.submitted(&id, &upid).unwrap();
+        id
+    };
+    assert_eq!(h.sim.count_mutations("start", 1000), 1);
+
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", common::stdout(&o));
+    assert_eq!(
+        h.sim.count_mutations("start", 1000),
+        1,
+        "the start is never sent again"
+    );
+    let j = journal::Journal::open(&h.state()).expect("the journal is free once run returns");
+    let rec = j.get(id.0).unwrap().unwrap();
+    assert!(
+        matches!(
+            rec.phase,
+            journal::Phase::Done {
+                outcome: journal::Outcome::Ok,
+                ..
+            }
+        ),
+        "{rec:?}"
+    );
+    assert!(j.in_flight().unwrap().is_empty());
+}

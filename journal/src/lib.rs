@@ -2,7 +2,9 @@
 //! log and the small state the agent keeps across restarts. No sled type leaves this crate.
 //!
 //! Every mutating call is durable before it returns: sled's `flush` followed by `fdatasync` of
-//! sled's files (see `durable`).
+//! sled's files (see `durable`, which shares one sync among concurrent writers). The one
+//! exception is `done_deferred`, the close of a step whose task's UPID is journaled, which
+//! recovery can rebuild from the task.
 
 use std::collections::BTreeMap;
 use std::fmt;

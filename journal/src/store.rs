@@ -77,6 +77,8 @@ struct Inner {
     /// restart; ids are what operators read in `drover journal`, so they stay dense.
     next_step: AtomicU64,
     retention: RwLock<Retention>,
+    /// Group commit: concurrent writers share one flush + fdatasync (see `durable`).
+    commit: GroupCommit,
     /// Told how long each durable write took (the agent feeds a metric from it).
     sync_observer: RwLock<Option<SyncObserver>>,
 }
@@ -230,6 +232,29 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The state of the group commit in `Journal::durable`.
+#[derive(Default)]
+struct GroupCommit {
+    state: std::sync::Mutex<CommitState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct CommitState {
+    /// Writes registered so far (each `durable` call counts one, after its write).
+    written: u64,
+    /// Every write up to this count is on stable storage.
+    synced: u64,
+    /// A sync runs now.
+    syncing: bool,
+}
+
+impl GroupCommit {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the store in `dir`, taking an exclusive lock (fails fast with
     /// `Locked`).
@@ -313,6 +338,7 @@ impl Journal {
                 next_step: AtomicU64::new(next_step),
                 retention: RwLock::new(Retention::default()),
                 sync_observer: RwLock::new(None),
+                commit: GroupCommit::default(),
             }),
         };
         j.durable()?;
@@ -329,7 +355,40 @@ impl Journal {
     /// flush the device's write cache (reconcile-anchors.md §6.1): after a power loss an
     /// acknowledged step could be gone. So after the flush, every file of the database is
     /// `fdatasync`ed as well.
+    ///
+    /// Writers that arrive while a sync runs share the next one (group commit): a write is
+    /// acknowledged only by a sync that *started* after it was in sled's memory, so sharing
+    /// never weakens the promise, and parallel lanes on a slow disk wait for one sync instead
+    /// of queueing for one each. A failed sync fails its own caller; every waiter it would
+    /// have covered runs a sync of its own and gets that one's answer.
     fn durable(&self) -> Result<(), JournalError> {
+        let commit = &self.inner.commit;
+        let mut state = commit.lock();
+        state.written += 1;
+        let mine = state.written;
+        loop {
+            if state.synced >= mine {
+                return Ok(());
+            }
+            if !state.syncing {
+                state.syncing = true;
+                let covers = state.written;
+                drop(state);
+                let r = self.flush_and_sync();
+                let mut state = commit.lock();
+                state.syncing = false;
+                if r.is_ok() {
+                    state.synced = state.synced.max(covers);
+                }
+                commit.done.notify_all();
+                return r;
+            }
+            state = commit.done.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// One flush of sled and one `fdatasync` of each of its files.
+    fn flush_and_sync(&self) -> Result<(), JournalError> {
         let dir = &self.inner.dir;
         let t0 = Instant::now();
         self.inner.db.flush().map_err(|e| sled_err(dir, e))?;
@@ -409,6 +468,27 @@ impl Journal {
     // ---------------------------------------------------------------- step records
 
     pub fn intent(&self, step: NewStep) -> Result<StepId, JournalError> {
+        self.insert_intent(step)
+    }
+
+    /// The intent of a step that starts its guest (`start`, `reboot`), journaled together
+    /// with the guest's `started` mark: after a crash behind the call, cleaning the guest up
+    /// must not count as benign. One sync covers both (the mark is written first), where two
+    /// calls cost two.
+    pub fn intent_starting(&self, step: NewStep) -> Result<StepId, JournalError> {
+        if let Some(mut p) = self.provenance(step.vmid)?
+            && !p.started
+        {
+            p.started = true;
+            self.inner
+                .prov
+                .insert(p.vmid.to_be_bytes(), self.enc(&p)?)
+                .map_err(|e| sled_err(&self.inner.dir, e))?;
+        }
+        self.insert_intent(step)
+    }
+
+    fn insert_intent(&self, step: NewStep) -> Result<StepId, JournalError> {
         // Unique across concurrent lanes; the record itself makes the id durable.
         let id = StepId(self.inner.next_step.fetch_add(1, Ordering::Relaxed));
         let rec = StepRecord {
@@ -436,12 +516,32 @@ impl Journal {
     }
 
     fn update(&self, id: StepId, f: impl FnOnce(&mut StepRecord)) -> Result<(), JournalError> {
+        self.update_unsynced(id, f)?;
+        self.durable()
+    }
+
+    /// `update` without the sync; returns the record as written.
+    fn update_unsynced(
+        &self,
+        id: StepId,
+        f: impl FnOnce(&mut StepRecord),
+    ) -> Result<StepRecord, JournalError> {
         let mut rec = self.get(id)?.ok_or_else(|| JournalError::NoSuchStep {
             dir: self.inner.dir.clone(),
             id,
         })?;
         f(&mut rec);
-        self.put(&self.inner.steps, id.0.to_be_bytes(), self.enc(&rec)?)
+        self.inner
+            .steps
+            .insert(id.0.to_be_bytes(), self.enc(&rec)?)
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        Ok(rec)
+    }
+
+    /// Makes every write so far durable (the writes that return before their sync, such as
+    /// `done_deferred`, rely on it or on any later durable write).
+    pub fn sync(&self) -> Result<(), JournalError> {
+        self.durable()
     }
 
     pub fn submitted(&self, id: StepId, upid: &str) -> Result<(), JournalError> {
@@ -456,6 +556,28 @@ impl Journal {
     /// Closes a record. Every `Retention::every` closes, old done records are compacted, so a
     /// host that runs for years keeps a bounded store without anyone scheduling it.
     pub fn done(&self, id: StepId, outcome: Outcome) -> Result<(), JournalError> {
+        self.close(id, outcome)?;
+        self.durable()
+    }
+
+    /// Closes a record whose task's UPID is journaled, and returns before the close is
+    /// durable: the caller owes a `sync` (any later durable write also covers it, sled keeps
+    /// the order of writes). Losing such a close in a crash loses nothing: the record is
+    /// still `submitted` with its UPID, so recovery re-attaches to the task, which has ended,
+    /// and closes it from the task's status; no call is sent again. Returns whether a sync is
+    /// owed: a record without a UPID (a synchronous call, whose close recovery could not
+    /// rebuild) is synced here, like `done`.
+    pub fn done_deferred(&self, id: StepId, outcome: Outcome) -> Result<bool, JournalError> {
+        let rec = self.close(id, outcome)?;
+        if rec.upid().is_some() {
+            return Ok(true);
+        }
+        self.durable()?;
+        Ok(false)
+    }
+
+    /// The close of `done` and `done_deferred`, without the sync.
+    fn close(&self, id: StepId, outcome: Outcome) -> Result<StepRecord, JournalError> {
         let retention = self.retention();
         let n = self
             .inner
@@ -469,7 +591,7 @@ impl Journal {
             .meta
             .insert(DONE_SINCE_COMPACT, &counted.to_be_bytes())
             .map_err(|e| sled_err(&self.inner.dir, e))?;
-        self.update(id, |r| {
+        let rec = self.update_unsynced(id, |r| {
             let upid = r.upid().map(str::to_string);
             r.phase = Phase::Done { upid, outcome };
             r.done_at_ms = Some(now_ms());
@@ -479,12 +601,12 @@ impl Journal {
         }
         if compact_now {
             self.inner.done_since_compact.store(0, Ordering::Relaxed);
-            // The close above is already durable; a failed compaction only delays retention.
+            // A failed compaction only delays retention; the close is synced by the caller.
             if let Err(e) = self.compact(retention.per_guest, retention.total) {
                 tracing::warn!("journal compaction failed (will retry later): {e}");
             }
         }
-        Ok(())
+        Ok(rec)
     }
 
     pub fn get(&self, id: StepId) -> Result<Option<StepRecord>, JournalError> {

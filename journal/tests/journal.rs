@@ -348,6 +348,8 @@ fn crash_writer() {
         ack(&format!("trust {i}"));
         j.mark_scratch(i).unwrap();
         ack(&format!("scratch {i}"));
+        let s = j.intent_starting(step(i, "start")).unwrap();
+        ack(&format!("starting {i} {}", s.0));
         let mut w = verify_window(i);
         j.put_verify(&mut w, journal::VerifyPhase::Settling, "pushed")
             .unwrap();
@@ -493,8 +495,8 @@ fn a_second_process_is_refused_and_a_killed_holder_releases_the_lock() {
 
 #[test]
 fn sigkill_after_any_acknowledged_write_loses_nothing() {
-    // Eleven durable writes per round: kill after each of them once, then a few rounds in.
-    for kill_after in (1usize..=11).chain([13, 27, 58]) {
+    // Twelve durable writes per round: kill after each of them once, then a few rounds in.
+    for kill_after in (1usize..=12).chain([13, 27, 58]) {
         let d = tempfile::tempdir().unwrap();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["crash_writer", "--exact", "--nocapture", "--test-threads=1"])
@@ -573,6 +575,12 @@ fn sigkill_after_any_acknowledged_write_loses_nothing() {
                     assert_eq!(t.document, format!("doc {}", t.version - 1), "{a}");
                 }
                 "scratch" => assert!(j.provenance(i).unwrap().unwrap().scratch, "{a}"),
+                "starting" => {
+                    // The intent and the guest's `started` mark, from one sync.
+                    assert!(j.provenance(i).unwrap().unwrap().started, "{a}");
+                    let r = j.get(journal::StepId(p[2].parse().unwrap())).unwrap();
+                    assert!(r.is_some_and(|r| r.step.kind == "start"), "{a}");
+                }
                 "verify" => assert_eq!(
                     j.verify_window(i).unwrap().map(|w| w.phase),
                     Some(journal::VerifyPhase::Settling),
@@ -647,4 +655,112 @@ fn detached_volumes_survive_reopen_and_are_forgotten_one_by_one() {
         vec![rec(101, "local-lvm:vm-101-disk-2", 20)]
     );
     assert!(j.detached(102).unwrap().is_empty());
+}
+
+/// Counts the journal's syncs (flush + fdatasync), each made slow enough that writers arriving
+/// meanwhile have to queue.
+fn counted_syncs(
+    j: &Journal,
+    slow: std::time::Duration,
+) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    j.on_sync(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(slow);
+    });
+    n
+}
+
+#[test]
+fn concurrent_writers_share_syncs_and_every_acknowledged_write_survives() {
+    let d = tempfile::tempdir().unwrap();
+    let (writes, syncs, ids) = {
+        let j = Journal::open(d.path()).unwrap();
+        let syncs = counted_syncs(&j, std::time::Duration::from_millis(5));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8u32)
+            .map(|t| {
+                let (j, barrier) = (j.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..20u32)
+                        .map(|i| j.intent(step(t * 100 + i, "start")).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let ids: Vec<_> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (
+            ids.len(),
+            syncs.load(std::sync::atomic::Ordering::SeqCst),
+            ids,
+        )
+    };
+    assert_eq!(writes, 160);
+    // One sync per write without group commit; with it, the writers queued behind a slow
+    // sync share the next one.
+    assert!(syncs < writes / 2, "{syncs} syncs for {writes} writes");
+    let j = Journal::open(d.path()).unwrap();
+    for id in ids {
+        assert!(j.get(id).unwrap().is_some(), "step {id:?} was acknowledged");
+    }
+}
+
+#[test]
+fn a_deferred_close_waits_for_a_sync_only_where_recovery_could_rebuild_it() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    let syncs = counted_syncs(&j, std::time::Duration::ZERO);
+    let count = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+    let with_task = j.intent(step(101, "start")).unwrap();
+    j.submitted(
+        with_task,
+        "UPID:pve1:00000001:00000001:00000001:vzstart:101:drover@pve!agent:",
+    )
+    .unwrap();
+    let synchronous = j.intent(step(102, "set_config")).unwrap();
+
+    let before = count();
+    assert!(
+        j.done_deferred(with_task, Outcome::Ok).unwrap(),
+        "a sync is owed"
+    );
+    assert_eq!(
+        count(),
+        before,
+        "the close of a task returns before its sync"
+    );
+    assert!(j.get(with_task).unwrap().unwrap().is_done());
+    assert!(j.in_flight().unwrap().iter().all(|r| r.id != with_task));
+    j.sync().unwrap();
+    assert_eq!(count(), before + 1);
+
+    // A synchronous call has no UPID to rebuild its close from: synced before returning.
+    assert!(!j.done_deferred(synchronous, Outcome::Ok).unwrap());
+    assert_eq!(count(), before + 2);
+    drop(j);
+    let j = Journal::open(d.path()).unwrap();
+    assert!(j.get(with_task).unwrap().unwrap().is_done());
+    assert!(j.get(synchronous).unwrap().unwrap().is_done());
+}
+
+#[test]
+fn a_start_intent_marks_the_guest_started_in_the_same_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    j.record_created(101, "op", "UPID:x", "d1").unwrap();
+    let syncs = counted_syncs(&j, std::time::Duration::ZERO);
+    let id = j.intent_starting(step(101, "start")).unwrap();
+    assert_eq!(syncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(j);
+    let j = Journal::open(d.path()).unwrap();
+    assert!(j.provenance(101).unwrap().unwrap().started);
+    assert_eq!(j.get(id).unwrap().unwrap().step.kind, "start");
+    // A guest the journal does not know gets the intent alone.
+    j.intent_starting(step(202, "start")).unwrap();
+    assert!(j.provenance(202).unwrap().is_none());
 }

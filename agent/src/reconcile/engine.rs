@@ -868,13 +868,6 @@ impl Engine {
         let vmid = step.vmid;
         let kind = step.kind;
         let intent_unix = unix_now();
-        if matches!(kind, StepKind::Start | StepKind::Reboot)
-            && let Err(e) = self.inner.store.started(vmid)
-        {
-            // Durable before the call: a crash after PVE started the guest must not leave a
-            // journal that still calls its cleanup benign.
-            return LaneOutcome::Transient(format!("journaling the start: {e}"));
-        }
         if kind == StepKind::Detach
             && let Err(e) = self.journal_detach(step)
         {
@@ -882,7 +875,16 @@ impl Engine {
             // here, and is only ever planned for a detach the journal knows.
             return LaneOutcome::Transient(format!("journaling the detach: {e}"));
         }
-        let id = match self.inner.store.intent(step, class, approval, None) {
+        // The intent of a start or reboot marks the guest started in the same sync: a crash
+        // after PVE started the guest must not leave a journal that calls its cleanup benign.
+        let journaled = {
+            let (step, class, approval) = (step.clone(), class.clone(), approval.cloned());
+            self.inner
+                .store
+                .off_runtime(move |s| s.intent(&step, &class, approval.as_ref(), None))
+                .await
+        };
+        let id = match journaled {
             Ok(id) => id,
             Err(e) => return LaneOutcome::Transient(format!("journaling the intent: {e}")),
         };
@@ -895,12 +897,16 @@ impl Engine {
             self.inner.status.set_running(vmid, kind.as_str());
             match self.inner.pve.submit(step, digest).await {
                 Ok(Submission::Task(upid)) => {
-                    if let Err(e) = self.inner.store.submitted(&id, &upid) {
-                        // The task runs; without its UPID journaled recovery will find it by
-                        // the task list. Do not wait: surface the journal problem.
-                        return LaneOutcome::Transient(format!("journaling the task {upid}: {e}"));
-                    }
-                    self.wait_and_finish(id, kind, vmid, upid).await
+                    // The UPID's sync runs beside the first part of the wait, which has no
+                    // side effect; the close after the wait is written behind it.
+                    let journaled = {
+                        let (id, upid) = (id.clone(), upid.clone());
+                        self.inner
+                            .store
+                            .off_runtime(move |s| s.submitted(&id, &upid))
+                    };
+                    self.wait_journaled_and_finish(id, kind, vmid, upid, journaled)
+                        .await
                 }
                 Ok(Submission::Done) => {
                     if kind == StepKind::DeleteVolume
@@ -1068,7 +1074,7 @@ impl Engine {
         }
     }
 
-    /// Waits for a task; on shutdown returns at once (the UPID is journaled, so the next start
+    /// Waits for a task whose UPID is journaled; on shutdown returns at once (the next start
     /// re-attaches).
     pub(super) async fn wait_and_finish(
         &self,
@@ -1077,16 +1083,38 @@ impl Engine {
         vmid: u32,
         upid: Upid,
     ) -> LaneOutcome {
+        self.wait_journaled_and_finish(id, kind, vmid, upid, std::future::ready(Ok(())))
+            .await
+    }
+
+    /// Waits for a task while `journaled` (the write of its UPID) completes beside the wait;
+    /// nothing is closed before that write is durable. A failed write ends the turn without a
+    /// close: the record stays an intent, and the next turn finds the task by the task list.
+    async fn wait_journaled_and_finish(
+        &self,
+        id: crate::store::StepId,
+        kind: StepKind,
+        vmid: u32,
+        upid: Upid,
+        journaled: impl std::future::Future<Output = Result<(), crate::store::StoreError>>,
+    ) -> LaneOutcome {
         let span = info_span!("task", upid = %upid);
         async move {
             let mut shutdown = self.inner.shutdown.clone();
             let started = std::time::Instant::now();
-            let outcome = tokio::select! {
-                o = self.inner.pve.wait(&upid, kind) => o,
-                _ = shutdown.wait_for(|s| *s) => {
-                    info!("shutting down; the task keeps running and is re-attached on start");
-                    return LaneOutcome::Waiting;
+            let waited = async {
+                tokio::select! {
+                    o = self.inner.pve.wait(&upid, kind) => Some(o),
+                    _ = shutdown.wait_for(|s| *s) => None,
                 }
+            };
+            let (outcome, journaled) = tokio::join!(waited, journaled);
+            if let Err(e) = journaled {
+                return LaneOutcome::Transient(format!("journaling the task {upid}: {e}"));
+            }
+            let Some(outcome) = outcome else {
+                info!("shutting down; the task keeps running and is re-attached on start");
+                return LaneOutcome::Waiting;
             };
             if outcome.is_ok() {
                 self.inner
@@ -1167,7 +1195,10 @@ impl Engine {
             StepKind::Destroy => self.inner.store.destroyed(vmid),
             _ => {}
         }
-        self.close(&id, outcome);
+        // Durable behind the lane: the slot goes to the next guest while the close syncs.
+        if let Err(e) = self.inner.store.done_behind(&id, outcome) {
+            warn!(op_id = %id, "journaling the outcome failed: {e}");
+        }
         info!("done");
         // The fresh read doubles as the next plan: if nothing is left, the lane is done now
         // instead of spending another turn (and a slot under the global cap) to find out.

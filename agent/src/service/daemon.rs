@@ -395,6 +395,19 @@ pub async fn report(engine: &Engine, source: &Source) {
 pub async fn run(config: Config, opts: RunOptions, systemd: Systemd) -> anyhow::Result<RunResult> {
     let store = Store::open(&config.state_dir)
         .with_context(|| format!("opening the journal in {}", config.state_dir.display()))?;
+    let result = run_on(store.clone(), config, opts, systemd).await;
+    // Closes synced behind their lanes are durable before `run` returns (and lets go of the
+    // journal's lock).
+    store.settled().await;
+    result
+}
+
+async fn run_on(
+    store: Store,
+    config: Config,
+    opts: RunOptions,
+    systemd: Systemd,
+) -> anyhow::Result<RunResult> {
     let pve = pve_from_config(&config, opts.waits.clone())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let lanes = Lanes::new(config.proxmox.max_parallel, opts.backoff);
