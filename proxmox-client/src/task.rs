@@ -2,7 +2,8 @@
 //! never kills the task; the caller keeps the UPID and re-attaches later.
 //!
 //! The production schedule adapts: with the caller's estimate of how long this kind of task
-//! takes, the first poll is at the estimate and the next ones are close together around it;
+//! takes, the first poll is at the estimate and the next ones are close together around it
+//! (halving the rest of the interval first when the estimate gives a latest end);
 //! without one, pauses grow from 50 ms by 1.5× up to 1 s (2.5 s after the first 10 s, under
 //! pveproxy's 5 s keep-alive). A fixed 1 s poll made a 100 ms task cost a whole second.
 
@@ -30,6 +31,10 @@ pub struct WaitOptions {
     /// The caller's estimate of how long the task takes (learned from earlier tasks of the
     /// same type); `None` polls on the growing schedule from the start.
     pub expected: Option<Duration>,
+    /// The latest the estimate allows the end to be (an estimate learned from far-apart polls
+    /// is the middle of a wide interval): polls between `expected` and this halve the rest of
+    /// the interval instead of stepping through it 1/40 of the estimate at a time.
+    pub expected_latest: Option<Duration>,
     /// A fixed interval (tests against the simulator): every poll `fast_interval` apart.
     pub fixed: bool,
 }
@@ -53,6 +58,7 @@ impl WaitOptions {
             not_found_grace: Duration::from_secs(10),
             log_tail_lines: 20,
             expected: None,
+            expected_latest: None,
             fixed: false,
         }
     }
@@ -60,6 +66,12 @@ impl WaitOptions {
     /// The same, with an estimate of the task's duration.
     pub fn expecting(mut self, expected: Option<Duration>) -> Self {
         self.expected = expected.filter(|e| !e.is_zero());
+        self
+    }
+
+    /// The latest end the estimate allows (see `expected_latest`); ignored below the estimate.
+    pub fn expecting_by(mut self, latest: Option<Duration>) -> Self {
+        self.expected_latest = latest;
         self
     }
 
@@ -99,10 +111,16 @@ impl WaitOptions {
         // Close polls (1/40 of the estimate apart, about ten) for a quarter of the estimate
         // past it, then the ramp. Close, because the estimate sits just past the usual end:
         // a poll that finds the task still running comes only a little too early.
-        if let Some(e) = self.expected
-            && elapsed < e + e / 4
-        {
-            return (e / 40).max(MIN_NEAR_PAUSE).min(cap);
+        if let Some(e) = self.expected {
+            let near = (e / 40).max(MIN_NEAR_PAUSE);
+            let latest = self.expected_latest.unwrap_or(e).max(e);
+            // Inside a wide estimate, halve what is left of it: a few polls, not dozens.
+            if elapsed < latest {
+                return ((latest - elapsed) / 2).max(near).min(cap);
+            }
+            if elapsed < latest + e / 4 {
+                return near.min(cap);
+            }
         }
         last.mul_f64(1.5).max(RAMP_START).min(cap)
     }
@@ -316,6 +334,36 @@ mod tests {
             long.pause_after(Duration::from_secs(30), ms(0)),
             ms(2500),
             "capped"
+        );
+    }
+
+    #[test]
+    fn inside_a_wide_estimate_the_polls_halve_what_is_left_of_it() {
+        // Learned from polls 659 ms and 1,039 ms after submission: expected in the middle.
+        let o = WaitOptions::with_deadline(Duration::from_secs(60))
+            .expecting(Some(ms(849)))
+            .expecting_by(Some(ms(1039)));
+        let p = polls(&o, Duration::from_secs(2));
+        assert_eq!(p[0], ms(849));
+        assert_eq!(p[1], ms(944), "half of the 190 ms left");
+        assert_eq!(p[2], ms(991) + Duration::from_micros(500));
+        let until_latest = p.iter().filter(|t| **t <= ms(1039)).count();
+        assert!(
+            until_latest <= 5,
+            "stepping 1/40 of the estimate apart took 9: {p:?}"
+        );
+        // Past the latest end, the close polls as for a narrow estimate.
+        assert_eq!(
+            o.pause_after(ms(1040), ms(21)),
+            Duration::from_micros(21_225)
+        );
+        // No latest end (or one below the estimate): as before.
+        let narrow = WaitOptions::with_deadline(Duration::from_secs(60))
+            .expecting(Some(ms(849)))
+            .expecting_by(Some(ms(500)));
+        assert_eq!(
+            narrow.pause_after(ms(849), ms(849)),
+            Duration::from_micros(21_225)
         );
     }
 

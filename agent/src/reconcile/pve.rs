@@ -354,7 +354,8 @@ impl Pve {
         let opts = self
             .waits
             .options(kind)
-            .expecting(self.estimates.estimate(worker));
+            .expecting(self.estimates.estimate(worker))
+            .expecting_by(self.estimates.latest(worker));
         let (outcome, trace) = self.client.wait_task_traced(upid, &opts).await?;
         self.estimates.observe(worker, &trace);
         Ok(outcome)

@@ -8,7 +8,9 @@
 //! down (0.5 % per wait, 5 % after eight such waits in a row, to follow a node that got
 //! faster);
 //! a task that needed more polls was seen over within one close poll of its end, and the
-//! estimate moves to just past that end. The estimate thus sits slightly above the real
+//! estimate moves to just past that end. An interval too wide to trust (the growing
+//! schedule's far-apart polls while a type is learned) gives its middle as the estimate and
+//! its upper end as the latest end, so the next wait halves its way through it. The estimate thus sits slightly above the real
 //! duration: most first polls find the task over (one request per wait), and the few that
 //! come early cost one more poll or two, 1/40 of the estimate apart.
 
@@ -32,6 +34,9 @@ const NARROW: Duration = Duration::from_millis(25);
 #[derive(Debug, Clone, Copy)]
 struct Learned {
     estimate: Duration,
+    /// The latest end the estimate allows: the upper end of a wide interval whose middle is
+    /// the estimate (the next wait halves its way through it), else the estimate.
+    latest: Duration,
     /// First polls in a row that found the task already over.
     hits: u32,
 }
@@ -48,6 +53,11 @@ impl TaskEstimates {
         self.lock().get(worker_type).map(|l| l.estimate)
     }
 
+    /// The latest end the current estimate allows (`WaitOptions::expecting_by`).
+    pub fn latest(&self, worker_type: &str) -> Option<Duration> {
+        self.lock().get(worker_type).map(|l| l.latest)
+    }
+
     /// Learns from one wait for a task of `worker_type`.
     pub fn observe(&self, worker_type: &str, trace: &WaitTrace) {
         let mut m = self.lock();
@@ -61,24 +71,35 @@ impl TaskEstimates {
                 } else {
                     CREEP
                 };
+                let estimate = l.estimate.mul_f64(1.0 - creep);
                 Learned {
-                    estimate: l.estimate.mul_f64(1.0 - creep),
+                    estimate,
+                    latest: estimate,
                     hits,
                 }
             }
             (None, None) => Learned {
                 estimate: hi,
+                latest: hi,
                 hits: 0,
             },
             // Seen running, then over: the end lies between.
             (_, Some(lo)) => {
                 let width = hi.saturating_sub(lo);
-                let estimate = if width <= NARROW.max(hi / 10) {
-                    hi.mul_f64(1.0 + MARGIN)
+                if width <= NARROW.max(hi / 10) {
+                    let estimate = hi.mul_f64(1.0 + MARGIN);
+                    Learned {
+                        estimate,
+                        latest: estimate,
+                        hits: 0,
+                    }
                 } else {
-                    lo + width / 2
-                };
-                Learned { estimate, hits: 0 }
+                    Learned {
+                        estimate: lo + width / 2,
+                        latest: hi,
+                        hits: 0,
+                    }
+                }
             }
         };
         m.insert(worker_type.to_string(), next);
@@ -97,8 +118,15 @@ mod tests {
 
     /// Simulates a wait for a task that really takes `real`, on proxmox-client's production
     /// schedule with the current estimate, each poll answered `rtt` after it was sent.
-    fn wait(real: Duration, estimate: Option<Duration>, rtt: Duration) -> WaitTrace {
-        let o = WaitOptions::with_deadline(Duration::from_secs(3600)).expecting(estimate);
+    fn wait(real: Duration, est: &TaskEstimates, rtt: Duration) -> WaitTrace {
+        wait_on(real, est, rtt, true)
+    }
+
+    /// `wait`, optionally without the estimate's latest end (the schedule before it existed).
+    fn wait_on(real: Duration, est: &TaskEstimates, rtt: Duration, latest: bool) -> WaitTrace {
+        let o = WaitOptions::with_deadline(Duration::from_secs(3600))
+            .expecting(est.estimate("vzstart"))
+            .expecting_by(est.latest("vzstart").filter(|_| latest));
         let mut t = o.first_pause();
         let mut pause = t;
         let mut polls = 0;
@@ -125,7 +153,7 @@ mod tests {
         let rtt = Duration::from_millis(2);
         let (mut polls, mut late) = (Vec::new(), Vec::new());
         for i in 0..n {
-            let tr = wait(real, est.estimate("vzstart"), rtt);
+            let tr = wait(real, est, rtt);
             est.observe("vzstart", &tr);
             if i >= 10 {
                 polls.push(f64::from(tr.polls));
@@ -148,6 +176,32 @@ mod tests {
             assert!(
                 late <= max_late,
                 "{ms} ms tasks: seen {late:.3} × the real duration ({polls:.2} polls)"
+            );
+        }
+    }
+
+    #[test]
+    fn learning_a_new_task_type_costs_few_polls() {
+        // The first wait ramps up; its far-apart last polls leave a wide interval, and the
+        // second wait halves its way through that instead of stepping 1/40 of the estimate.
+        let learning = |real: Duration, latest: bool| -> u32 {
+            let est = TaskEstimates::default();
+            (0..3)
+                .map(|_| {
+                    let tr = wait_on(real, &est, Duration::from_millis(2), latest);
+                    est.observe("vzstart", &tr);
+                    tr.polls
+                })
+                .sum()
+        };
+        // (task, most polls, fewer than stepping by): a 10 s task's ramp ends in an interval
+        // narrow enough to trust, so there is nothing to halve.
+        for (ms, max_polls, saved) in [(1000u64, 10, 4), (1500, 11, 3), (10_000, 18, 0)] {
+            let real = Duration::from_millis(ms);
+            let (now, stepping) = (learning(real, true), learning(real, false));
+            assert!(
+                now <= max_polls && now + saved <= stepping,
+                "{ms} ms tasks: {now} polls in the first three waits ({stepping} stepping 1/40 of the estimate)"
             );
         }
     }
