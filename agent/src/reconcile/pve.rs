@@ -357,7 +357,7 @@ impl Pve {
             .expecting(self.estimates.estimate(worker))
             .expecting_by(self.estimates.latest(worker));
         let (outcome, trace) = self.client.wait_task_traced(upid, &opts).await?;
-        self.estimates.observe(worker, &trace);
+        self.estimates.observe(worker, opts.expected, &trace);
         Ok(outcome)
     }
 }
