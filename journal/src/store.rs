@@ -98,6 +98,7 @@ mod tempfile_dir {
     impl TempDir {
         pub fn new(prefix: &str) -> std::io::Result<TempDir> {
             let base = std::env::temp_dir();
+            sweep_dead(&base, prefix);
             for i in 0..1000u32 {
                 let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
                 if std::fs::create_dir(&p).is_ok() {
@@ -113,6 +114,36 @@ mod tempfile_dir {
     impl Drop for TempDir {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Removes `<prefix>-<pid>-<n>` directories of processes that no longer exist: a process
+    /// killed while it held a snapshot (a `drover status` killed by SIGKILL, a timeout) never
+    /// ran the drop above, and each left copy is the size of the journal. Only where `/proc`
+    /// tells which processes are alive.
+    fn sweep_dead(base: &Path, prefix: &str) {
+        let proc = Path::new("/proc");
+        if !proc.join("self").exists() {
+            return;
+        }
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|n| n.strip_prefix('-'))
+                .and_then(|n| n.split_once('-'))
+                .and_then(|(pid, i)| i.parse::<u32>().ok().and(pid.parse::<u32>().ok()))
+            else {
+                continue;
+            };
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && !proc.join(pid.to_string()).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
         }
     }
 }

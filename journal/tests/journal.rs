@@ -764,3 +764,31 @@ fn a_start_intent_marks_the_guest_started_in_the_same_sync() {
     j.intent_starting(step(202, "start")).unwrap();
     assert!(j.provenance(202).unwrap().is_none());
 }
+
+#[test]
+fn a_read_only_open_removes_snapshots_left_by_killed_processes() {
+    let d = tempfile::tempdir().unwrap();
+    drop(Journal::open(d.path()).unwrap());
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let tmp = std::env::temp_dir();
+    let left = tmp.join(format!("drover-journal-ro-{dead}-7"));
+    let alive = tmp.join(format!("drover-journal-ro-{}-999", std::process::id()));
+    let unrelated = tmp.join(format!("drover-journal-ro-{dead}-notanumber"));
+    for dir in [&left, &alive, &unrelated] {
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::write(dir.join("db/conf"), b"x").unwrap();
+    }
+    let j = Journal::open_read_only(d.path()).unwrap();
+    assert!(!left.exists(), "a dead process's snapshot is removed");
+    assert!(alive.exists(), "a live process's snapshot is kept");
+    assert!(
+        unrelated.exists(),
+        "only names the journal makes are touched"
+    );
+    drop(j);
+    for dir in [&alive, &unrelated] {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
