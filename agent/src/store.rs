@@ -84,6 +84,28 @@ struct SyncsBehind {
     finished: tokio::sync::Notify,
 }
 
+/// One sync counted in `SyncsBehind`; uncounted on drop, also if the sync panicked (or the
+/// runtime dropped it unstarted), so `settled` never waits for a sync that is gone.
+struct RunningSync(std::sync::Arc<SyncsBehind>);
+
+impl RunningSync {
+    fn start(behind: std::sync::Arc<SyncsBehind>) -> RunningSync {
+        behind
+            .running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        RunningSync(behind)
+    }
+}
+
+impl Drop for RunningSync {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.finished.notify_waiters();
+    }
+}
+
 fn kind_from_str(s: &str) -> Option<StepKind> {
     Some(match s {
         "create" => StepKind::Create,
@@ -229,10 +251,12 @@ impl Store {
     }
 
     /// Closes the record of a step whose task's UPID is journaled without waiting for the
-    /// disk: the sync runs on the blocking pool, where it usually shares the next lane's
-    /// intent sync (group commit), instead of holding this lane's slot. A close lost in a
-    /// crash is rebuilt by recovery from the task's status (`journal::Journal::done_deferred`);
-    /// a record without a UPID is synced before this returns. `settled` waits for the syncs.
+    /// disk: the record is written in place (in memory; every 1,000th close also compacts,
+    /// in place), and its sync runs on the blocking pool, where it usually shares the next
+    /// lane's intent sync (group commit), instead of holding this lane's slot. A close lost
+    /// in a crash is rebuilt by recovery from the task's status
+    /// (`journal::Journal::done_deferred`); a record without a UPID is synced before this
+    /// returns. `settled` waits for the syncs started so far.
     pub fn done_behind(&self, id: &StepId, outcome: StepOutcome) -> Result<(), StoreError> {
         if !self.j.done_deferred(id.0, journal_outcome(outcome))? {
             return Ok(());
@@ -240,27 +264,22 @@ impl Store {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return self.j.sync();
         };
-        let behind = self.behind.clone();
         let journal = self.j.clone();
-        behind
-            .running
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let running = RunningSync::start(self.behind.clone());
         runtime.spawn_blocking(move || {
             if let Err(e) = journal.sync() {
                 // The close stays in sled's memory; the next durable write syncs it again.
                 tracing::warn!("syncing a step's close failed (retried by the next write): {e}");
             }
+            // The journal goes before the count does (`settled` promises it is let go).
             drop(journal);
-            behind
-                .running
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            behind.finished.notify_waiters();
+            drop(running);
         });
         Ok(())
     }
 
-    /// Waits until every sync `done_behind` started has ended (before the journal is let go:
-    /// `drover run` returns only after this).
+    /// Waits until every sync `done_behind` started so far has ended (`drover run` waits for
+    /// this after its lanes have stopped, before it lets go of the journal).
     pub async fn settled(&self) {
         loop {
             let finished = self.behind.finished.notified();

@@ -120,7 +120,9 @@ mod tempfile_dir {
     /// Removes `<prefix>-<pid>-<n>` directories of processes that no longer exist: a process
     /// killed while it held a snapshot (a `drover status` killed by SIGKILL, a timeout) never
     /// ran the drop above, and each left copy is the size of the journal. Only where `/proc`
-    /// tells which processes are alive.
+    /// tells which processes are alive, and only copies untouched for an hour.
+    const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
     fn sweep_dead(base: &Path, prefix: &str) {
         let proc = Path::new("/proc");
         if !proc.join("self").exists() {
@@ -141,7 +143,13 @@ mod tempfile_dir {
                 continue;
             };
             let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-            if is_dir && !proc.join(pid.to_string()).exists() {
+            // Old enough that no process in another pid namespace sharing this /tmp (where
+            // /proc does not show it) can still be reading it: snapshots are short-lived.
+            let stale = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_AFTER));
+            if is_dir && stale && !proc.join(pid.to_string()).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -286,6 +294,25 @@ impl GroupCommit {
     }
 }
 
+/// The writer running a sync: on drop (also while unwinding) the sync is over, what it
+/// covered is recorded, and the waiters are woken.
+struct SyncLeader<'a> {
+    commit: &'a GroupCommit,
+    /// Set when the sync succeeded: every write up to this count is durable.
+    covered: Option<u64>,
+}
+
+impl Drop for SyncLeader<'_> {
+    fn drop(&mut self) {
+        let mut state = self.commit.lock();
+        state.syncing = false;
+        if let Some(covers) = self.covered {
+            state.synced = state.synced.max(covers);
+        }
+        self.commit.done.notify_all();
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the store in `dir`, taking an exclusive lock (fails fast with
     /// `Locked`).
@@ -405,13 +432,17 @@ impl Journal {
                 state.syncing = true;
                 let covers = state.written;
                 drop(state);
+                // Released even if the sync panics (sled, or the observer): a `syncing` left
+                // set would make every later writer wait forever.
+                let mut leader = SyncLeader {
+                    commit,
+                    covered: None,
+                };
                 let r = self.flush_and_sync();
-                let mut state = commit.lock();
-                state.syncing = false;
                 if r.is_ok() {
-                    state.synced = state.synced.max(covers);
+                    leader.covered = Some(covers);
                 }
-                commit.done.notify_all();
+                drop(leader);
                 return r;
             }
             state = commit.done.wait(state).unwrap_or_else(|p| p.into_inner());

@@ -776,19 +776,58 @@ fn a_read_only_open_removes_snapshots_left_by_killed_processes() {
     let left = tmp.join(format!("drover-journal-ro-{dead}-7"));
     let alive = tmp.join(format!("drover-journal-ro-{}-999", std::process::id()));
     let unrelated = tmp.join(format!("drover-journal-ro-{dead}-notanumber"));
-    for dir in [&left, &alive, &unrelated] {
+    let recent = tmp.join(format!("drover-journal-ro-{dead}-8"));
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for dir in [&left, &alive, &unrelated, &recent] {
         std::fs::create_dir_all(dir.join("db")).unwrap();
         std::fs::write(dir.join("db/conf"), b"x").unwrap();
+        if dir != &recent {
+            std::fs::File::open(dir)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        }
     }
     let j = Journal::open_read_only(d.path()).unwrap();
     assert!(!left.exists(), "a dead process's snapshot is removed");
+    assert!(
+        recent.exists(),
+        "a recent one is kept (its process may live in another pid namespace)"
+    );
     assert!(alive.exists(), "a live process's snapshot is kept");
     assert!(
         unrelated.exists(),
         "only names the journal makes are touched"
     );
     drop(j);
-    for dir in [&alive, &unrelated] {
+    for dir in [&alive, &unrelated, &recent] {
         std::fs::remove_dir_all(dir).unwrap();
     }
+}
+
+#[test]
+fn a_sync_that_panics_does_not_leave_later_writers_waiting() {
+    let d = tempfile::tempdir().unwrap();
+    let j = Journal::open(d.path()).unwrap();
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let once = first.clone();
+    j.on_sync(move |_| {
+        if once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("the observer fails once");
+        }
+    });
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        j.intent(step(101, "start"))
+    }));
+    assert!(panicked.is_err());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = j.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(writer.intent(step(102, "start")).is_ok());
+    });
+    assert_eq!(
+        rx.recv_timeout(std::time::Duration::from_secs(10)),
+        Ok(true),
+        "the next write completes"
+    );
 }

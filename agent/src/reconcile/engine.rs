@@ -1089,7 +1089,8 @@ impl Engine {
 
     /// Waits for a task while `journaled` (the write of its UPID) completes beside the wait;
     /// nothing is closed before that write is durable. A failed write ends the turn without a
-    /// close: the record stays an intent, and the next turn finds the task by the task list.
+    /// close: the next turn resolves the record in flight (by the UPID if the write reached
+    /// sled's memory, else by the task list), and sends nothing again.
     async fn wait_journaled_and_finish(
         &self,
         id: crate::store::StepId,

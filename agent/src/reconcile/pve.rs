@@ -351,11 +351,12 @@ impl Pve {
     /// Waits for a step's task with the deadline its kind allows.
     pub async fn wait(&self, upid: &Upid, kind: StepKind) -> Result<TaskOutcome, Error> {
         let worker = upid.worker_type.as_str();
+        let (expected, latest) = self.estimates.expected(worker);
         let opts = self
             .waits
             .options(kind)
-            .expecting(self.estimates.estimate(worker))
-            .expecting_by(self.estimates.latest(worker));
+            .expecting(expected)
+            .expecting_by(latest);
         let (outcome, trace) = self.client.wait_task_traced(upid, &opts).await?;
         self.estimates.observe(worker, opts.expected, &trace);
         Ok(outcome)

@@ -59,20 +59,28 @@ impl TaskEstimates {
         self.lock().get(worker_type).map(|l| l.latest)
     }
 
+    /// The estimate and its latest end, read together (another lane may learn in between).
+    pub fn expected(&self, worker_type: &str) -> (Option<Duration>, Option<Duration>) {
+        match self.lock().get(worker_type) {
+            Some(l) => (Some(l.estimate), Some(l.latest)),
+            None => (None, None),
+        }
+    }
+
     /// Learns from one wait for a task of `worker_type` that began with the estimate `used`.
     ///
     /// A first poll that found the task over says "the estimate was not too short" only of the
     /// estimate it was made with: parallel lanes waiting with the same estimate report the
     /// same fact, and counting each would creep the estimate down once per lane per round, far
     /// below the real end. So such a hit moves the estimate only if it was made with the
-    /// estimate in force.
+    /// estimate in force (not one another lane's wait has since replaced).
     pub fn observe(&self, worker_type: &str, used: Option<Duration>, trace: &WaitTrace) {
         let mut m = self.lock();
         let hi = trace.seen_over;
         let current = m.get(worker_type).copied();
         if trace.last_running.is_none()
             && let (Some(l), Some(used)) = (current, used)
-            && l.estimate < used
+            && l.estimate != used
         {
             return;
         }
