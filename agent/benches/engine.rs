@@ -525,8 +525,23 @@ async fn peer() {
 
 /// Section 6, peak RSS of the `drover run` daemon (the release binary) over converged hosts of 1,000
 /// and 5,000 guests, after 30 s of passes (interval 1 s).
+/// The `Environment=` lines of `deploy/drover.service`: the daemon is measured with the
+/// environment the unit gives it (`MALLOC_ARENA_MAX`).
+fn unit_environment() -> Vec<(String, String)> {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/drover.service");
+    std::fs::read_to_string(unit)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("Environment="))
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 async fn rss_scale() {
     let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/drover");
+    let env = unit_environment();
+    println!("the unit's environment: {env:?}");
     for n in [1000u32, 5000] {
         let s = setup(n, true, 10, 10).await;
         let mut child = std::process::Command::new(&exe)
@@ -534,6 +549,7 @@ async fn rss_scale() {
             .arg(&s.config_path)
             .arg("run")
             .env("DROVER_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .expect("build the release binary first: cargo build --release -p drover");
         let before = s.sim.request_count();

@@ -20,7 +20,7 @@ fn main() {
         // Every tenth guest has drifted memory; the rest are converged.
         host.guests.insert(
             vmid,
-            ActualGuest {
+            Box::new(ActualGuest {
                 vmid,
                 power: Power::Running,
                 lock: None,
@@ -53,7 +53,7 @@ fn main() {
                 digest: "0".repeat(40),
                 pending: BTreeSet::new(),
                 template: false,
-            },
+            }),
         );
     }
     host.elsewhere = BTreeMap::new();

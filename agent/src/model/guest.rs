@@ -100,8 +100,9 @@ pub struct ActualGuest {
 /// Everything the planner knows about the host.
 #[derive(Debug, Clone, Default)]
 pub struct ActualHost {
-    /// CTs on this node.
-    pub guests: BTreeMap<u32, ActualGuest>,
+    /// CTs on this node. Boxed, like the document's guests: an `ActualGuest` is ~600 bytes,
+    /// and a B-tree node holds room for eleven values inline.
+    pub guests: BTreeMap<u32, Box<ActualGuest>>,
     /// vmids that exist elsewhere in the cluster (qemu or lxc), with the node holding them.
     pub elsewhere: BTreeMap<u32, String>,
 }

@@ -443,7 +443,7 @@ impl Engine {
     pub fn classify_plan(&self, plan: Plan, actual: &crate::model::ActualHost) -> ClassifiedPlan {
         let mut classes = BTreeMap::new();
         for g in plan.guests.values() {
-            let guest = actual.guests.get(&g.vmid);
+            let guest = actual.guests.get(&g.vmid).map(|g| &**g);
             let c: Vec<StepClass> = g
                 .steps
                 .iter()
@@ -620,7 +620,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         match (t.get(&vmid), doc.guests.get(&vmid)) {
-            (Some(failed_on), Some(now)) if failed_on == now => true,
+            (Some(failed_on), Some(now)) if failed_on == &**now => true,
             (Some(_), _) => {
                 // The entry changed: try again from a clean backoff.
                 t.remove(&vmid);
@@ -988,7 +988,7 @@ impl Engine {
                 .terminal
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(vmid, spec.clone());
+                .insert(vmid, (**spec).clone());
         }
     }
 

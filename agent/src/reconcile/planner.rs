@@ -74,7 +74,7 @@ pub fn plan_with(desired: &DesiredDoc, actual: &ActualHost, ctx: &PlanContext) -
     for (vmid, spec) in &desired.guests {
         let gp = plan_guest_with(
             spec,
-            actual.guests.get(vmid),
+            actual.guests.get(vmid).map(|g| &**g),
             actual.elsewhere.get(vmid),
             ctx,
         );
@@ -621,7 +621,7 @@ description = "managed by drover"
 
     fn host(g: ActualGuest) -> ActualHost {
         ActualHost {
-            guests: [(g.vmid, g)].into(),
+            guests: [(g.vmid, Box::new(g))].into(),
             elsewhere: BTreeMap::new(),
         }
     }
@@ -732,7 +732,7 @@ description = "managed by drover"
             text.push_str(&format!("[[guest]]\nvmid = {v}\nensure = \"running\"\n"));
             let mut g = converged();
             g.vmid = v;
-            h.guests.insert(v, g);
+            h.guests.insert(v, Box::new(g));
         }
         let d = desired::parse(text.as_bytes(), "d").unwrap();
         let p = plan(&d, &h);

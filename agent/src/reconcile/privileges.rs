@@ -298,7 +298,7 @@ ensure = "stopped"
             (103, Power::Running),
             (104, Power::Running),
         ] {
-            host.guests.insert(vmid, guest(vmid, power));
+            host.guests.insert(vmid, Box::new(guest(vmid, power)));
         }
         let plan = planner::plan(&doc, &host);
         let mut kinds = BTreeSet::new();

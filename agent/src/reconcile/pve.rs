@@ -128,7 +128,9 @@ impl Pve {
             self.client.list_lxc(&self.node),
             self.client.cluster_vm_resources()
         )?;
-        let guests: Vec<ActualGuest> = stream::iter(list.into_iter().map(|entry| async move {
+        // Each guest goes straight into the map: collecting them first held every guest of
+        // a large host twice at the peak of each pass.
+        let mut host = stream::iter(list.into_iter().map(|entry| async move {
             let config = self
                 .client
                 .lxc_config(&self.node, entry.vmid, false)
@@ -136,12 +138,11 @@ impl Pve {
             Ok::<_, Error>(to_actual(&entry, &config, BTreeSet::new()))
         }))
         .buffer_unordered(READ_CONCURRENCY)
-        .try_collect()
+        .try_fold(ActualHost::default(), |mut host, g| async move {
+            host.guests.insert(g.vmid, Box::new(g));
+            Ok(host)
+        })
         .await?;
-        let mut host = ActualHost::default();
-        for g in guests {
-            host.guests.insert(g.vmid, g);
-        }
         for r in cluster {
             if let (Some(vmid), Some(node)) = (r.vmid, r.node)
                 && node != self.node
