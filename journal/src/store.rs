@@ -529,10 +529,6 @@ impl Journal {
 
     // ---------------------------------------------------------------- step records
 
-    pub fn intent(&self, step: NewStep) -> Result<StepId, JournalError> {
-        self.insert_intent(step)
-    }
-
     /// The intent of a step that starts its guest (`start`, `reboot`), journaled together
     /// with the guest's `started` mark: after a crash behind the call, cleaning the guest up
     /// must not count as benign. One sync covers both (the mark is written first), where two
@@ -547,10 +543,10 @@ impl Journal {
                 .insert(p.vmid.to_be_bytes(), self.enc(&p)?)
                 .map_err(|e| sled_err(&self.inner.dir, e))?;
         }
-        self.insert_intent(step)
+        self.intent(step)
     }
 
-    fn insert_intent(&self, step: NewStep) -> Result<StepId, JournalError> {
+    pub fn intent(&self, step: NewStep) -> Result<StepId, JournalError> {
         // Unique across concurrent lanes; the record itself makes the id durable.
         let id = StepId(self.inner.next_step.fetch_add(1, Ordering::Relaxed));
         let rec = StepRecord {

@@ -10,9 +10,10 @@
 //! a task that needed more polls was seen over within one close poll of its end, and the
 //! estimate moves to just past that end. An interval too wide to trust (the growing
 //! schedule's far-apart polls while a type is learned) gives its middle as the estimate and
-//! its upper end as the latest end, so the next wait halves its way through it. The estimate thus sits slightly above the real
-//! duration: most first polls find the task over (one request per wait), and the few that
-//! come early cost one more poll or two, 1/40 of the estimate apart.
+//! its upper end as the latest end, so the next wait halves its way through it. The estimate
+//! thus sits slightly above the real duration: most first polls find the task over (one
+//! request per wait), and the few that come early cost one more poll or two, 1/40 of the
+//! estimate apart.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,12 +55,8 @@ impl TaskEstimates {
         self.lock().get(worker_type).map(|l| l.estimate)
     }
 
-    /// The latest end the current estimate allows (`WaitOptions::expecting_by`).
-    pub fn latest(&self, worker_type: &str) -> Option<Duration> {
-        self.lock().get(worker_type).map(|l| l.latest)
-    }
-
-    /// The estimate and its latest end, read together (another lane may learn in between).
+    /// The estimate and the latest end it allows (`WaitOptions::expecting_by`), read together
+    /// (another lane may learn in between).
     pub fn expected(&self, worker_type: &str) -> (Option<Duration>, Option<Duration>) {
         match self.lock().get(worker_type) {
             Some(l) => (Some(l.estimate), Some(l.latest)),
@@ -146,9 +143,10 @@ mod tests {
 
     /// `wait`, optionally without the estimate's latest end (the schedule before it existed).
     fn wait_on(real: Duration, est: &TaskEstimates, rtt: Duration, latest: bool) -> WaitTrace {
+        let (expected, latest_end) = est.expected("vzstart");
         let o = WaitOptions::with_deadline(Duration::from_secs(3600))
-            .expecting(est.estimate("vzstart"))
-            .expecting_by(est.latest("vzstart").filter(|_| latest));
+            .expecting(expected)
+            .expecting_by(latest_end.filter(|_| latest));
         let mut t = o.first_pause();
         let mut pause = t;
         let mut polls = 0;
@@ -203,6 +201,20 @@ mod tests {
         }
     }
 
+    /// One round of three lanes that start together with the estimate in force and report
+    /// after their tasks end (`track_used: false` reports without the estimate each used,
+    /// which counts every lane's hit).
+    fn parallel_round(est: &TaskEstimates, real: Duration, track_used: bool) -> Vec<WaitTrace> {
+        let used = est.estimate("vzstart");
+        let traces: Vec<_> = (0..3)
+            .map(|_| wait(real, est, Duration::from_millis(2)))
+            .collect();
+        for tr in &traces {
+            est.observe("vzstart", used.filter(|_| track_used), tr);
+        }
+        traces
+    }
+
     #[test]
     fn learning_a_new_task_type_costs_few_polls() {
         // The first wait ramps up; its far-apart last polls leave a wide interval, and the
@@ -239,13 +251,7 @@ mod tests {
         let real = Duration::from_secs(10);
         let mut late = Duration::ZERO;
         for _ in 0..5 {
-            let used = est.estimate("vzstart");
-            let traces: Vec<_> = (0..3)
-                .map(|_| wait(real, &est, Duration::from_millis(2)))
-                .collect();
-            for tr in &traces {
-                est.observe("vzstart", used, tr);
-            }
+            let traces = parallel_round(&est, real, true);
             late += traces[0].seen_over.saturating_sub(real);
         }
         assert!(
@@ -256,22 +262,14 @@ mod tests {
 
     #[test]
     fn parallel_lanes_waiting_with_one_estimate_count_as_one_hit() {
-        // Three lanes start together each round, all with the estimate in force, and report
-        // after their tasks end. (Reporting without the estimate used counts every hit.)
         let rounds = |track_used: bool| -> f64 {
             let est = TaskEstimates::default();
             let real = Duration::from_millis(1000);
             let mut polls = Vec::new();
             for round in 0..100 {
-                let used = est.estimate("vzstart");
-                let traces: Vec<_> = (0..3)
-                    .map(|_| wait(real, &est, Duration::from_millis(2)))
-                    .collect();
-                for tr in &traces {
-                    est.observe("vzstart", used.filter(|_| track_used), tr);
-                    if round >= 5 {
-                        polls.push(f64::from(tr.polls));
-                    }
+                let traces = parallel_round(&est, real, track_used);
+                if round >= 5 {
+                    polls.extend(traces.iter().map(|tr| f64::from(tr.polls)));
                 }
             }
             polls.iter().sum::<f64>() / polls.len() as f64
