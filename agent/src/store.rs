@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use gate::{
     Approved, Classification, CreateOutcome, GuestProvenance, Incarnation, NonceClaim, NonceLedger,
@@ -171,6 +172,46 @@ impl Store {
 
     pub fn journal(&self) -> &journal::Journal {
         &self.j
+    }
+
+    /// Task durations earlier runs learned on this node: (worker type, estimate, latest end).
+    /// An entry that does not decode is logged and skipped: the type is learned again.
+    pub fn task_durations(&self) -> Vec<(String, Duration, Duration)> {
+        let entries = match self.j.task_durations() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::info!("reading the remembered task durations: {e}");
+                return Vec::new();
+            }
+        };
+        entries
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Ok(d) => Some((
+                    d.worker_type,
+                    Duration::from_micros(d.estimate_us),
+                    Duration::from_micros(d.latest_us),
+                )),
+                Err(e) => {
+                    tracing::info!("ignoring a remembered task duration: {e}");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps a learned task duration for later runs, without a sync of its own (advisory: it
+    /// rides along with the next durable write; a crash before it loses only learning).
+    pub fn remember_task_duration(&self, worker_type: &str, estimate: Duration, latest: Duration) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let d = journal::TaskDuration {
+            worker_type: worker_type.to_string(),
+            estimate_us: micros(estimate),
+            latest_us: micros(latest),
+        };
+        if let Err(e) = self.j.remember_task_duration(&d) {
+            tracing::debug!(worker = worker_type, "remembering a task duration: {e}");
+        }
     }
 
     pub fn check(dir: &Path) -> journal::CheckReport {

@@ -133,3 +133,58 @@ async fn a_step_costs_few_requests_on_its_lane() {
         "create: read 2 + call 1 + poll 1 + confirm 2; start: call 1 + poll 1 + confirm 1"
     );
 }
+
+/// What one run learns of its tasks' durations is kept in the journal: the next `run --once`
+/// makes its first poll at the learned end (one poll per wait) instead of learning the type
+/// again on the growing schedule (50 ms, 100 ms, 200 ms, ... until the task is seen over).
+/// Production polling here, not the tests' 20 ms interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_durations_learned_by_one_run_spare_the_next_its_polls() {
+    let n = 4u32;
+    let h = Host::start_with(pve_sim::SimConfig {
+        task_duration: std::time::Duration::from_millis(800),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    let config = std::fs::read_to_string(h.config()).unwrap();
+    let production: String = config
+        .lines()
+        .filter(|l| !l.starts_with("task_poll_interval"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(production, config);
+    std::fs::write(h.config(), production).unwrap();
+    let doc = |revision: u32, ensure: &str| {
+        let guests: String = (0..n).map(|i| guest(300 + i, ensure, 256)).collect();
+        format!("revision = {revision}\n{guests}")
+    };
+    h.desired(&doc(1, "stopped"));
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "the creates: {}", stdout(&o));
+
+    // A start step costs read 2 + call 1 + confirm 1 on its lane besides its polls, and a
+    // run with work reads the host twice.
+    let polls_of_a_run = || async {
+        let requests = h.sim.request_count();
+        let o = h.drover_async(&["run", "--once"]).await;
+        assert_eq!(code(&o), 0, "{}", stdout(&o));
+        for i in 0..n {
+            assert!(h.sim.guest(300 + i).is_some_and(|g| g.running));
+        }
+        h.sim.request_count() - requests - 2 * (u64::from(n) + 2) - 4 * u64::from(n)
+    };
+    h.desired(&doc(2, "running"));
+    let learning = polls_of_a_run().await;
+    for i in 0..n {
+        assert!(h.sim.alter(300 + i, |ct| ct.running = false));
+    }
+    let learned = polls_of_a_run().await;
+    assert!(
+        learned <= u64::from(n) + 1,
+        "{learned} polls for {n} starts with the duration learned by the run before ({learning} while learning)"
+    );
+    assert!(
+        learned + u64::from(n) <= learning,
+        "{learned} polls with the learned duration, {learning} while learning"
+    );
+}

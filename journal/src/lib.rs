@@ -251,6 +251,19 @@ pub struct TrustRecord {
     pub applied_ms: i64,
 }
 
+/// How long one kind of PVE task took on this node, as the agent learned it: advisory, kept so
+/// that `run --once` and a restarted daemon do not learn every task type again (each wait
+/// while learning costs several polls).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TaskDuration {
+    /// PVE's worker type (`vzstart`, `vzcreate`, ...).
+    pub worker_type: String,
+    /// Microseconds until the first poll.
+    pub estimate_us: u64,
+    /// Microseconds: the latest end the estimate allows.
+    pub latest_us: u64,
+}
+
 /// A volume Drover detached from a mount point (`delete=mpN` left it as `unusedN`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DetachRecord {

@@ -3,7 +3,8 @@
 //! Layout: one sled database in `<dir>/db`, trees `steps` (StepId BE → record), `prov`
 //! (vmid BE → provenance), `nonces` (nonce → claim), `audit` (seq BE → entry), `susp`
 //! (vmid or "host" → suspension), `jobs` (nonce → signed job record), `meta` (epoch, clock
-//! high-water, gc horizon, desired revision and last-known-good document, trust), `copies`
+//! high-water, gc horizon, desired revision and last-known-good document, trust, learned task
+//! durations), `copies`
 //! (copy id → safety-copy manifest, see `copies`) and `verify` (`ct/<vmid>` → verify window,
 //! in `store/verify.rs`). Every value is JSON wrapped as `{"v":1,"r":...}` so a future format
 //! is detected, never misread.
@@ -21,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::{
     AuditEntry, CheckReport, CreateEnd, DetachRecord, JobRecord, JournalError, NewStep, NonceClaim,
     NonceError, Outcome, Phase, Provenance, Retention, StepId, StepRecord, Suspension, SyncTiming,
-    TrustRecord,
+    TaskDuration, TrustRecord,
 };
 
 pub mod copies;
@@ -1126,6 +1127,31 @@ impl Journal {
         self.durable()
     }
 
+    /// Remembers how long a kind of task takes, without a sync of its own: the value is
+    /// advisory, so it rides along with the next durable write (or sled's close), and a crash
+    /// before that loses only learning.
+    pub fn remember_task_duration(&self, d: &TaskDuration) -> Result<(), JournalError> {
+        self.inner
+            .meta
+            .insert(
+                format!("{TASK_DURATION_PREFIX}{}", d.worker_type),
+                self.enc(d)?,
+            )
+            .map_err(|e| sled_err(&self.inner.dir, e))?;
+        Ok(())
+    }
+
+    /// The task durations learned so far. An entry that does not decode comes back as its
+    /// error, so the caller can say so and still use the others.
+    pub fn task_durations(&self) -> Result<Vec<Result<TaskDuration, JournalError>>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.inner.meta.scan_prefix(TASK_DURATION_PREFIX) {
+            let (_, v) = kv.map_err(|e| sled_err(&self.inner.dir, e))?;
+            out.push(self.dec::<TaskDuration>("task duration", &v));
+        }
+        Ok(out)
+    }
+
     fn susp_key(vmid: Option<u32>) -> String {
         vmid.map(|v| format!("ct/{v}"))
             .unwrap_or_else(|| "host".into())
@@ -1254,6 +1280,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 /// Meta key: the lowest step id that may still be handed out (set by compaction).
 const STEP_ID_FLOOR: &str = "step_id_floor";
+/// `meta` key prefix of a learned task duration (`task_duration/vzstart`).
+const TASK_DURATION_PREFIX: &str = "task_duration/";
 /// `meta` key of the count of `done` calls since the last automatic compaction.
 const DONE_SINCE_COMPACT: &str = "done_since_compact";
 

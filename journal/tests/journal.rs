@@ -831,3 +831,57 @@ fn a_sync_that_panics_does_not_leave_later_writers_waiting() {
         "the next write completes"
     );
 }
+
+/// Learned task durations survive a reopen without a sync of their own (they are advisory and
+/// ride along with the next durable write), and one that does not decode is reported as its
+/// error while the others are still returned.
+#[test]
+fn learned_task_durations_survive_reopen_without_a_sync_of_their_own() {
+    let d = tempfile::tempdir().unwrap();
+    let dur = |worker: &str, estimate_us: u64| journal::TaskDuration {
+        worker_type: worker.into(),
+        estimate_us,
+        latest_us: estimate_us * 2,
+    };
+    {
+        let j = Journal::open(d.path()).unwrap();
+        let syncs = counted_syncs(&j, std::time::Duration::ZERO);
+        j.remember_task_duration(&dur("vzstart", 1_010_000))
+            .unwrap();
+        j.remember_task_duration(&dur("vzcreate", 9_000_000))
+            .unwrap();
+        j.remember_task_duration(&dur("vzstart", 1_005_000))
+            .unwrap();
+        assert_eq!(syncs.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // The next durable write carries them.
+        j.intent(step(1, "start")).unwrap();
+        assert_eq!(syncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+    {
+        let j = Journal::open(d.path()).unwrap();
+        let got: Vec<_> = j
+            .task_durations()
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            got,
+            vec![dur("vzcreate", 9_000_000), dur("vzstart", 1_005_000)]
+        );
+    }
+    // Junk under the prefix, written with sled directly.
+    {
+        let db = sled::open(d.path().join("db")).unwrap();
+        let t = db.open_tree("meta").unwrap();
+        t.insert("task_duration/vzstop", b"\xff junk".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let j = Journal::open(d.path()).unwrap();
+    let got = j.task_durations().unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got.iter().filter(|r| r.is_ok()).count(), 2);
+    let e = got.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert!(e.to_string().contains("task duration"), "{e}");
+}

@@ -94,6 +94,8 @@ impl Engine {
         store
             .journal()
             .on_sync(move |t| metrics.journal_sync((t.flush + t.fdatasync).as_secs_f64()));
+        // Task durations learned by earlier runs, and kept for later ones.
+        pve.estimates.keep_in(&store);
         Engine {
             inner: Arc::new(Inner {
                 settings,
