@@ -70,6 +70,75 @@ async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
     assert_eq!(h.sim.guest(601).unwrap().memory, 256);
 }
 
+/// HA moves a guest away between the agent's CT list and its config read (PVE answers the
+/// read "Configuration file ... does not exist"). The pass goes on: the other guest's step
+/// runs, nothing is planned or sent for the moved one, its provenance is kept (back on pve1
+/// it needs no adoption), and the next pass sees it on pve2. Before, the whole read failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_migrates_during_the_read_stops_nothing_and_is_not_recreated() {
+    let h = Host::start_with(pve_sim::SimConfig {
+        other_nodes: vec!["pve2".into()],
+        task_duration: std::time::Duration::from_millis(50),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    h.desired(&format!(
+        "revision = 1\n{}{}",
+        guest(621, "running", 256),
+        guest(622, "running", 256)
+    ));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0, "created and converged on pve1");
+
+    // 622 is stopped behind the agent's back (work for the pass); 621 moves during the read.
+    assert!(h.sim.alter(622, |ct| ct.running = false));
+    h.sim.set_faults(pve_sim::Faults {
+        migrate_after_list: [(621, "pve2".to_string())].into(),
+        ..pve_sim::Faults::default()
+    });
+    let before = h.sim.mutations().len();
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        text.contains("guest_vanished"),
+        "the plan says what happened: {text}\n{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(
+        text.contains("\"start\""),
+        "622's start is still planned: {text}"
+    );
+    assert_eq!(h.sim.guest(621).unwrap().node, "pve2");
+
+    // Again, under `run --once`: its final read finds 621 on pve2, so the host is not
+    // converged from pve1 (exit 2), as for any guest that runs elsewhere.
+    assert!(h.sim.alter(621, |ct| ct.node = "pve1".into()));
+    h.sim.set_faults(pve_sim::Faults {
+        migrate_after_list: [(621, "pve2".to_string())].into(),
+        ..pve_sim::Faults::default()
+    });
+    let run = h.drover_async(&["run", "--once"]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(code(&run), 2, "{stderr}");
+    assert!(stderr.contains("exists_on_other_node"), "{stderr}");
+    assert!(h.sim.guest(622).unwrap().running);
+    let since: Vec<_> = h.sim.mutations()[before..].to_vec();
+    assert!(
+        since.iter().all(|m| m.vmid != Some(621)),
+        "nothing sent for the moved guest: {since:?}"
+    );
+    assert_eq!(h.sim.count_mutations("create", 621), 1, "never re-created");
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    assert!(String::from_utf8_lossy(&plan.stdout).contains("exists_on_other_node"));
+
+    // Back on pve1 it is still Drover's: no adoption is asked for.
+    assert!(h.sim.alter(621, |ct| ct.node = "pve1".into()));
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(!text.contains("adopt"), "{text}");
+    assert_eq!(code(&plan), 0, "nothing to do: {text}");
+}
+
 /// With `[proxmox] pool`, every create names the pool (PVE lets a token whose rights are on
 /// `/pool/<pool>` create a guest only into that pool); without it, no create does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

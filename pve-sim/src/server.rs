@@ -637,14 +637,31 @@ async fn route(
         }
         ("GET", "/nodes/{node}/lxc") => {
             let h2: &Host = &h;
-            Ok(Value::Array(
+            let listed: Vec<Value> =
                 h2.p.cts
                     .values()
                     .filter(|c| c.node == node)
                     .map(|c| h2.status_json(c))
-                    .collect(),
-            )
-            .into())
+                    .collect();
+            let moving: Vec<u32> = h2
+                .faults
+                .migrate_after_list
+                .keys()
+                .filter(|v| h2.p.cts.get(v).is_some_and(|c| c.node == node))
+                .copied()
+                .collect();
+            for vmid in &moving {
+                if let (Some(to), Some(ct)) = (
+                    h.faults.migrate_after_list.remove(vmid),
+                    h.p.cts.get_mut(vmid),
+                ) {
+                    ct.node = to;
+                }
+            }
+            if !moving.is_empty() {
+                shared.persist(&h);
+            }
+            Ok(Value::Array(listed).into())
         }
         ("GET", "/nodes/{node}/lxc/{vmid}") => {
             h.local(vmid.unwrap_or(0))?;

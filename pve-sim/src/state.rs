@@ -105,6 +105,10 @@ pub struct Faults {
     pub reset_rate: f64,
     /// Faults of the storage tasks (vzdump, restore): failures, no space, a stuck lock.
     pub storage: crate::storage::StorageFaults,
+    /// One-shot: each CT here moves to the named node right after the next CT list of its
+    /// node that names it, as an HA migration between a client's list and its config read
+    /// (the read then gets PVE's "Configuration file ... does not exist").
+    pub migrate_after_list: BTreeMap<u32, String>,
 }
 
 /// A container as the simulator stores it: config values as PVE text.

@@ -105,6 +105,10 @@ pub struct ActualHost {
     pub guests: BTreeMap<u32, Box<ActualGuest>>,
     /// vmids that exist elsewhere in the cluster (qemu or lxc), with the node holding them.
     pub elsewhere: BTreeMap<u32, String>,
+    /// CTs the list named but that were gone when their config was read (migrated away or
+    /// destroyed in between). Nothing is known of them this pass: nothing is planned for
+    /// them, and what the journal knows of them is kept until a pass sees where they went.
+    pub vanished: BTreeSet<u32>,
 }
 
 /// Normalizes tags the way PVE stores them (deduplicated, lower-cased, sorted).

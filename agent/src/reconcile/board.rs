@@ -262,12 +262,16 @@ impl StatusBoard {
                 let has_steps = gp.is_some_and(|p| !p.steps.is_empty());
                 let elsewhere =
                     gp.is_some_and(|p| p.notes.iter().any(|n| n.code == "exists_on_other_node"));
+                // Listed, then gone before its config was read: not known this pass.
+                let vanished = actual.vanished.contains(vmid);
                 let verifying = g.verify.as_ref().is_some_and(|v| v.deadline_unix.is_some());
                 if !has_steps && verifying {
                     g.state = GuestState::Verifying;
                 } else if !has_steps {
                     g.state = if elsewhere {
                         GuestState::Elsewhere
+                    } else if vanished {
+                        GuestState::Unknown
                     } else {
                         GuestState::Converged
                     };

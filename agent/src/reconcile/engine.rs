@@ -588,7 +588,9 @@ impl Engine {
     /// in flight was destroyed behind the agent's back: its provenance is forgotten, so a
     /// guest someone creates later under that vmid is unmanaged until adopted.
     /// Only provenance recorded before `read_from_ms` counts: a create that ended while the
-    /// host was being read is simply not in that read yet.
+    /// host was being read is simply not in that read yet. A guest that was listed but gone
+    /// at its config read is not known to be destroyed (the cluster view, read at the same
+    /// time, may predate a migration): it is kept until a pass sees where it went.
     fn forget_vanished(
         &self,
         doc: &DesiredDoc,
@@ -602,6 +604,7 @@ impl Engine {
         for vmid in doc.guests.keys() {
             if !actual.guests.contains_key(vmid)
                 && !actual.elsewhere.contains_key(vmid)
+                && !actual.vanished.contains(vmid)
                 && !in_flight.contains(vmid)
                 && self
                     .inner

@@ -72,6 +72,22 @@ pub fn plan_with(desired: &DesiredDoc, actual: &ActualHost, ctx: &PlanContext) -
         ..Plan::default()
     };
     for (vmid, spec) in &desired.guests {
+        if actual.vanished.contains(vmid) {
+            out.guests.insert(
+                *vmid,
+                GuestPlan {
+                    vmid: *vmid,
+                    name: spec.hostname.clone(),
+                    steps: Vec::new(),
+                    notes: vec![note(
+                        "guest_vanished",
+                        *vmid,
+                        format!("CT {vmid} was listed on this node but was gone when its config was read (migrated or destroyed meanwhile); nothing is planned for it until the next pass reads it"),
+                    )],
+                },
+            );
+            continue;
+        }
         let gp = plan_guest_with(
             spec,
             actual.guests.get(vmid).map(|g| &**g),
@@ -622,7 +638,7 @@ description = "managed by drover"
     fn host(g: ActualGuest) -> ActualHost {
         ActualHost {
             guests: [(g.vmid, Box::new(g))].into(),
-            elsewhere: BTreeMap::new(),
+            ..ActualHost::default()
         }
     }
 
@@ -750,10 +766,26 @@ description = "managed by drover"
         let h = ActualHost {
             guests: BTreeMap::new(),
             elsewhere: [(201, "pve2".to_string())].into(),
+            ..ActualHost::default()
         };
         let p = plan(&doc(), &h);
         assert!(p.is_empty());
         assert_eq!(p.guests[&201].notes[0].code, "exists_on_other_node");
+    }
+
+    #[test]
+    fn a_guest_that_vanished_during_the_read_gets_no_step() {
+        let h = ActualHost {
+            vanished: [201].into(),
+            ..ActualHost::default()
+        };
+        let p = plan(&doc(), &h);
+        assert!(
+            p.is_empty(),
+            "no create for a guest that may exist elsewhere: {p:?}"
+        );
+        assert_eq!(p.guests[&201].notes[0].code, "guest_vanished");
+        assert!(p.unmanaged.is_empty());
     }
 
     #[test]

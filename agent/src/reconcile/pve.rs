@@ -129,17 +129,29 @@ impl Pve {
             self.client.cluster_vm_resources()
         )?;
         // Each guest goes straight into the map: collecting them first held every guest of
-        // a large host twice at the peak of each pass.
+        // a large host twice at the peak of each pass. A CT gone between the list and its
+        // config read (an HA migration, a `pct destroy`) is noted as vanished instead of
+        // failing the whole read: the next pass sees where it went.
         let mut host = stream::iter(list.into_iter().map(|entry| async move {
-            let config = self
-                .client
-                .lxc_config(&self.node, entry.vmid, false)
-                .await?;
-            Ok::<_, Error>(to_actual(&entry, &config, BTreeSet::new()))
+            match self.client.lxc_config(&self.node, entry.vmid, false).await {
+                Ok(config) => Ok(Ok(to_actual(&entry, &config, BTreeSet::new()))),
+                Err(e) if e.is_not_found() || e.already_in_state().is_some() => {
+                    tracing::info!(vmid = entry.vmid, "the CT was listed but is gone: {e}");
+                    Ok(Err(entry.vmid))
+                }
+                Err(e) => Err(e),
+            }
         }))
         .buffer_unordered(READ_CONCURRENCY)
-        .try_fold(ActualHost::default(), |mut host, g| async move {
-            host.guests.insert(g.vmid, Box::new(g));
+        .try_fold(ActualHost::default(), |mut host, read| async move {
+            match read {
+                Ok(g) => {
+                    host.guests.insert(g.vmid, Box::new(g));
+                }
+                Err(vmid) => {
+                    host.vanished.insert(vmid);
+                }
+            }
             Ok(host)
         })
         .await?;
