@@ -154,10 +154,30 @@ fn to_in_flight(r: journal::StepRecord) -> Option<InFlight> {
     })
 }
 
+/// Where a journal write waits for the disk. Most of a step's writes already run on the
+/// blocking pool (`off_runtime`, `done_behind`); the rarer ones (provenance, approvals,
+/// copies, verify windows, jobs, recovery, compaction) are made on a runtime worker, where a
+/// slow fdatasync (a busy disk during backups) stopped every other task of that worker: with
+/// two workers, two such writes stopped the control socket, the metrics and every lane.
+/// `block_in_place` hands the worker's other tasks to another thread for the wait. On a
+/// current-thread runtime (tests, one-shot commands) or outside tokio the wait stays where
+/// it is, as `block_in_place` would panic there.
+fn wait_for_disk(wait: &mut dyn FnMut()) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let j = journal::Journal::open(dir)?;
+        j.wait_for_disk_in(wait_for_disk);
         Ok(Store {
-            j: journal::Journal::open(dir)?,
+            j,
             behind: Default::default(),
         })
     }
@@ -718,5 +738,51 @@ impl Store {
     /// Consumes a nonce the gate verified through a deferred ledger (`safety::deferred`).
     pub fn consume_deferred(&self, claim: &NonceClaim) -> Result<(), NonceRefusal> {
         NonceLedger::consume(self, claim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Instant;
+
+    /// Durable writes made on both of the runtime's workers while the disk takes 3 s per
+    /// sync: the runtime still runs its other tasks (a timer here; the control socket, the
+    /// metrics and the other lanes in the daemon) instead of waiting for the disk with them.
+    #[test]
+    fn a_slow_disk_under_writes_on_both_workers_does_not_stop_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let slow = Duration::from_secs(3);
+        store.journal().on_sync(move |_| std::thread::sleep(slow));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let t0 = Instant::now();
+            // More writers than workers, so that each worker holds one whichever way tokio
+            // spreads the tasks.
+            let writers: Vec<_> = (101..105)
+                .map(|vmid| {
+                    let store = store.clone();
+                    tokio::spawn(async move { store.suspend(Some(vmid), "maintenance") })
+                })
+                .collect();
+            tokio::spawn(tokio::time::sleep(Duration::from_millis(200)))
+                .await
+                .unwrap();
+            let waited = t0.elapsed();
+            for w in writers {
+                w.await.unwrap().unwrap();
+            }
+            assert!(
+                waited < slow / 2,
+                "a 200 ms timer took {waited:?} while the writes waited for the disk"
+            );
+        });
+        assert!((101..105).all(|vmid| store.is_suspended(vmid)));
     }
 }

@@ -82,9 +82,12 @@ struct Inner {
     commit: GroupCommit,
     /// Told how long each durable write took (the agent feeds a metric from it).
     sync_observer: RwLock<Option<SyncObserver>>,
+    /// Every wait for the disk runs inside it (see [`Journal::wait_for_disk_in`]).
+    disk_section: RwLock<Option<DiskSection>>,
 }
 
 type SyncObserver = Arc<dyn Fn(SyncTiming) + Send + Sync>;
+type DiskSection = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
 
 /// The journal handle: `Clone + Send + Sync`.
 #[derive(Clone)]
@@ -397,6 +400,7 @@ impl Journal {
                 next_step: AtomicU64::new(next_step),
                 retention: RwLock::new(Retention::default()),
                 sync_observer: RwLock::new(None),
+                disk_section: RwLock::new(None),
                 commit: GroupCommit::default(),
             }),
         };
@@ -421,6 +425,25 @@ impl Journal {
     /// of queueing for one each. A failed sync fails its own caller; every waiter it would
     /// have covered runs a sync of its own and gets that one's answer.
     fn durable(&self) -> Result<(), JournalError> {
+        let section = self
+            .inner
+            .disk_section
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match section {
+            Some(run) => {
+                let mut answer = None;
+                run(&mut || answer = Some(self.durable_here()));
+                // A section that did not run its work still gets it done, here.
+                answer.unwrap_or_else(|| self.durable_here())
+            }
+            None => self.durable_here(),
+        }
+    }
+
+    /// `durable` on the calling thread.
+    fn durable_here(&self) -> Result<(), JournalError> {
         let commit = &self.inner.commit;
         let mut state = commit.lock();
         state.written += 1;
@@ -480,6 +503,19 @@ impl Journal {
             observe(SyncTiming { flush, fdatasync });
         }
         Ok(())
+    }
+
+    /// Runs every wait for the disk (a write's sync, or the wait for another writer's sync
+    /// that covers it) inside `section`, which must call the function it is given once. The
+    /// agent passes tokio's `block_in_place`: a durable write made on a runtime worker then
+    /// hands the worker's other tasks to another thread while the disk is slow, instead of
+    /// stopping them. The journal itself knows no runtime.
+    pub fn wait_for_disk_in(&self, section: impl Fn(&mut dyn FnMut()) + Send + Sync + 'static) {
+        *self
+            .inner
+            .disk_section
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(section));
     }
 
     /// Registers a function told the timing of every durable write (for a metric).
