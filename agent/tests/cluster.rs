@@ -139,6 +139,46 @@ async fn a_guest_that_migrates_during_the_read_stops_nothing_and_is_not_recreate
     assert_eq!(code(&plan), 0, "nothing to do: {text}");
 }
 
+/// The reverse race: the CT list is answered after HA moved the guest to pve2, the cluster
+/// view (read at the same time) before, so it still places the guest on pve1. Neither view
+/// may make the agent think the guest was destroyed: it plans nothing for it, sends nothing,
+/// and keeps its provenance (back on pve1 no adoption is asked). Before, the agent forgot
+/// the guest and planned its create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cluster_view_of_a_migrated_guest_does_not_lose_it() {
+    let h = Host::start_with(pve_sim::SimConfig {
+        other_nodes: vec!["pve2".into()],
+        task_duration: std::time::Duration::from_millis(50),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    h.desired(&format!("revision = 1\n{}", guest(631, "running", 256)));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+
+    assert!(h.sim.alter(631, |ct| ct.node = "pve2".into()));
+    h.sim.set_faults(pve_sim::Faults {
+        stale_cluster_view: [(631, "pve1".to_string())].into(),
+        ..pve_sim::Faults::default()
+    });
+    let before = h.sim.mutations().len();
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(text.contains("guest_vanished"), "{text}");
+    assert!(!text.contains("\"create\""), "{text}");
+    let run = h.drover_async(&["run", "--once"]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(code(&run), 2, "not converged while unknown: {stderr}");
+    assert!(stderr.contains("guest_vanished"), "{stderr}");
+    assert_eq!(h.sim.mutations().len(), before, "nothing was sent");
+
+    h.sim.set_faults(pve_sim::Faults::default());
+    assert!(h.sim.alter(631, |ct| ct.node = "pve1".into()));
+    let plan = h.drover_async(&["plan", "--output", "json"]).await;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(!text.contains("adopt"), "still Drover's guest: {text}");
+    assert_eq!(code(&plan), 0, "{text}");
+}
+
 /// With `[proxmox] pool`, every create names the pool (PVE lets a token whose rights are on
 /// `/pool/<pool>` create a guest only into that pool); without it, no create does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -885,3 +885,42 @@ fn learned_task_durations_survive_reopen_without_a_sync_of_their_own() {
     let e = got.iter().find_map(|r| r.as_ref().err()).unwrap();
     assert!(e.to_string().contains("task duration"), "{e}");
 }
+
+/// Every durable write waits for the disk inside the section the caller installed (the
+/// agent's `block_in_place`), and a section that does not run the wait it is given still
+/// gets the write made durable, never acknowledged without its sync.
+#[test]
+fn durable_writes_wait_for_the_disk_inside_the_installed_section() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let d = tempfile::tempdir().unwrap();
+    let (id, skipped_id) = {
+        let j = Journal::open(d.path()).unwrap();
+        let syncs = counted_syncs(&j, std::time::Duration::ZERO);
+        let entered = std::sync::Arc::new(AtomicUsize::new(0));
+        let seen = entered.clone();
+        j.wait_for_disk_in(move |wait| {
+            seen.fetch_add(1, SeqCst);
+            wait()
+        });
+        let id = j.intent(step(1, "start")).unwrap();
+        j.submitted(
+            id,
+            "UPID:pve1:0001:0002:00000003:vzstart:1:drover@pve!pve1:",
+        )
+        .unwrap();
+        assert_eq!(entered.load(SeqCst), 2);
+        assert_eq!(syncs.load(SeqCst), 2);
+
+        j.wait_for_disk_in(|_wait| {});
+        let skipped_id = j.intent(step(2, "start")).unwrap();
+        assert_eq!(
+            syncs.load(SeqCst),
+            3,
+            "synced although the section skipped the wait"
+        );
+        (id, skipped_id)
+    };
+    let j = Journal::open(d.path()).unwrap();
+    assert!(j.get(id).unwrap().unwrap().upid().is_some());
+    assert!(j.get(skipped_id).unwrap().is_some());
+}

@@ -710,7 +710,13 @@ async fn route(
                 }
             }
             if ty.is_none() || ty == Some("vm") {
-                rows.extend(h2.p.cts.values().map(|c| h2.resource_json(c)));
+                rows.extend(h2.p.cts.values().map(|c| {
+                    let mut row = h2.resource_json(c);
+                    if let Some(node) = h2.faults.stale_cluster_view.get(&c.vmid) {
+                        row["node"] = json!(node);
+                    }
+                    row
+                }));
             }
             Ok(Value::Array(rows).into())
         }

@@ -109,6 +109,9 @@ pub struct Faults {
     /// node that names it, as an HA migration between a client's list and its config read
     /// (the read then gets PVE's "Configuration file ... does not exist").
     pub migrate_after_list: BTreeMap<u32, String>,
+    /// `cluster/resources` places each CT here on the named node whatever node holds it: a
+    /// cluster view answered just before a migration, next to a CT list answered just after.
+    pub stale_cluster_view: BTreeMap<u32, String>,
 }
 
 /// A container as the simulator stores it: config values as PVE text.

@@ -58,6 +58,9 @@ pub(super) struct Inner {
     desired: RwLock<Option<Desired>>,
     /// vmids held by other nodes, from the last pass.
     elsewhere: RwLock<BTreeMap<u32, String>>,
+    /// Guests the last pass could not pin down (`ActualHost::vanished`): a lane turn that
+    /// finds one gone plans nothing for it either, until a pass reads it again.
+    vanished: RwLock<std::collections::BTreeSet<u32>>,
     /// Guests whose destroy the last host plan's fuse withheld (a lane turn plans one guest
     /// and cannot see the whole document, so it keeps to the host's verdict).
     fused: RwLock<std::collections::BTreeSet<u32>>,
@@ -107,6 +110,7 @@ impl Engine {
                 logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
+                vanished: RwLock::new(std::collections::BTreeSet::new()),
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
@@ -389,6 +393,17 @@ impl Engine {
         actual: Option<&ActualGuest>,
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
+        if actual.is_none()
+            && elsewhere.is_none()
+            && self
+                .inner
+                .vanished
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&spec.vmid)
+        {
+            return planner::vanished_guest(spec);
+        }
         let ctx = self.plan_context([spec.vmid]);
         let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
         self.shape_for_verify(&mut gp, spec, actual);
@@ -484,6 +499,11 @@ impl Engine {
             .elsewhere
             .write()
             .unwrap_or_else(|p| p.into_inner()) = actual.elsewhere.clone();
+        *self
+            .inner
+            .vanished
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = actual.vanished.clone();
         let store = &self.inner.store;
         self.inner
             .status

@@ -73,19 +73,7 @@ pub fn plan_with(desired: &DesiredDoc, actual: &ActualHost, ctx: &PlanContext) -
     };
     for (vmid, spec) in &desired.guests {
         if actual.vanished.contains(vmid) {
-            out.guests.insert(
-                *vmid,
-                GuestPlan {
-                    vmid: *vmid,
-                    name: spec.hostname.clone(),
-                    steps: Vec::new(),
-                    notes: vec![note(
-                        "guest_vanished",
-                        *vmid,
-                        format!("CT {vmid} was listed on this node but was gone when its config was read (migrated or destroyed meanwhile); nothing is planned for it until the next pass reads it"),
-                    )],
-                },
-            );
+            out.guests.insert(*vmid, vanished_guest(spec));
             continue;
         }
         let gp = plan_guest_with(
@@ -188,6 +176,24 @@ pub fn plan_guest(
     elsewhere: Option<&String>,
 ) -> GuestPlan {
     plan_guest_with(spec, actual, elsewhere, &PlanContext::default())
+}
+
+/// The plan of a guest the host read could not pin down (`ActualHost::vanished`): no step
+/// (a create could collide with the guest on the node it moved to), only the note.
+pub fn vanished_guest(spec: &GuestSpec) -> GuestPlan {
+    let vmid = spec.vmid;
+    GuestPlan {
+        vmid,
+        name: spec.hostname.clone(),
+        steps: Vec::new(),
+        notes: vec![note(
+            "guest_vanished",
+            vmid,
+            format!(
+                "CT {vmid} was not found where the host read expected it (migrated or destroyed while the node was read); nothing is planned for it until a pass reads it again"
+            ),
+        )],
+    }
 }
 
 /// Plans one guest.

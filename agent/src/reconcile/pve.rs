@@ -135,7 +135,7 @@ impl Pve {
         let mut host = stream::iter(list.into_iter().map(|entry| async move {
             match self.client.lxc_config(&self.node, entry.vmid, false).await {
                 Ok(config) => Ok(Ok(to_actual(&entry, &config, BTreeSet::new()))),
-                Err(e) if e.is_not_found() || e.already_in_state().is_some() => {
+                Err(e) if e.is_not_found() => {
                     tracing::info!(vmid = entry.vmid, "the CT was listed but is gone: {e}");
                     Ok(Err(entry.vmid))
                 }
@@ -156,11 +156,27 @@ impl Pve {
         })
         .await?;
         for r in cluster {
-            if let (Some(vmid), Some(node)) = (r.vmid, r.node)
-                && node != self.node
-                && !host.guests.contains_key(&vmid)
-            {
-                host.elsewhere.insert(vmid, node);
+            let Some(vmid) = r.vmid else { continue };
+            match r.node {
+                Some(node) if node != self.node && !host.guests.contains_key(&vmid) => {
+                    host.elsewhere.insert(vmid, node);
+                }
+                Some(node) if node != self.node => {}
+                // The cluster view, read at the same time, places a CT here that the list did
+                // not name: one of the two answers predates a migration (or a destroy, or a
+                // create). Not known this pass either.
+                Some(_)
+                    if r.resource_type == "lxc"
+                        && !host.guests.contains_key(&vmid)
+                        && !host.vanished.contains(&vmid) =>
+                {
+                    tracing::info!(
+                        vmid,
+                        "the cluster view places the CT on this node, but the node's list does not name it"
+                    );
+                    host.vanished.insert(vmid);
+                }
+                _ => {}
             }
         }
         Ok(host)

@@ -10,7 +10,8 @@
 //! a task that needed more polls was seen over within one close poll of its end, and the
 //! estimate moves to just past that end. An interval too wide to trust (the growing
 //! schedule's far-apart polls while a type is learned) gives its middle as the estimate and
-//! its upper end as the latest end, so the next wait halves its way through it. The estimate
+//! its upper end as the latest end, so the next wait halves its way through it. One wait
+//! at most doubles the estimate, so one slow task does not make later ones wait for it. The estimate
 //! thus sits slightly above the real duration: most first polls find the task over (one
 //! request per wait), and the few that come early cost one more poll or two, 1/40 of the
 //! estimate apart.
@@ -29,13 +30,24 @@ use proxmox_client::WaitTrace;
 const MARGIN: f64 = 0.01;
 /// How much one early-enough first poll shrinks the estimate...
 const CREEP: f64 = 0.005;
-/// ...and after this many in a row, how much each further one does.
+/// ...and after this many in a row, how much the next one does; each further one in a row
+/// doubles it, up to `MAX_CREEP`. In steady state a hit or two comes between misses, so only
+/// an estimate left far above the real end (a stall that is over, a node that got faster)
+/// sees these: from a minute down to 1 s in about twenty waits instead of eighty.
 const HITS_BEFORE_FASTER: u32 = 8;
 const FAST_CREEP: f64 = 0.05;
+const MAX_CREEP: f64 = 0.25;
 /// An interval wider than this (or a twentieth of its end: wider than the close polls, which
 /// are 1/40 of the estimate apart) is narrowed to its middle instead of
 /// trusted as the end (the growing schedule's far-apart polls).
 const NARROW: Duration = Duration::from_millis(25);
+/// One round of waits moves the estimate up at most this many times the estimate the waits
+/// began with (parallel lanes reporting one burst of slow tasks raise it once): a single slow task (a big
+/// container's first start, a busy storage) would otherwise set the first poll of every later
+/// task of its type at its own length, and each of those polls finds its task long over (a
+/// hit only creeps the estimate down). A type that really got slower is followed in a few
+/// waits, each costing a few more polls instead of a late first poll.
+const MAX_RISE: u32 = 2;
 
 #[derive(Debug, Clone, Copy)]
 struct Learned {
@@ -47,8 +59,9 @@ struct Learned {
     hits: u32,
 }
 
-/// A remembered duration longer than this is not believed (no LXC task the agent waits for
-/// runs a day; a larger value is damage, and would make a first poll wait that long).
+/// A remembered duration longer than this is not believed: no LXC task the agent waits for
+/// runs a day, so a larger value is damage (the client caps a first poll at 30 s, but the
+/// close polls that follow are spaced by the estimate).
 const LONGEST_BELIEVED: Duration = Duration::from_secs(24 * 3600);
 
 /// Told of every change to an estimate (the journal, see [`TaskEstimates::keep_in`]).
@@ -143,7 +156,8 @@ impl TaskEstimates {
             (Some(l), None) => {
                 let hits = l.hits.saturating_add(1);
                 let creep = if hits > HITS_BEFORE_FASTER {
-                    FAST_CREEP
+                    let doublings = (hits - HITS_BEFORE_FASTER - 1).min(8);
+                    (FAST_CREEP * f64::from(1u32 << doublings)).min(MAX_CREEP)
                 } else {
                     CREEP
                 };
@@ -178,10 +192,26 @@ impl TaskEstimates {
                 }
             }
         };
+        // Relative to the estimate this wait began with, so parallel lanes' reports of one
+        // burst raise it once, not once per lane.
+        let ceiling = current.map(|c| {
+            let base = used.unwrap_or(c.estimate).min(c.estimate);
+            (base * MAX_RISE).max(c.estimate)
+        });
+        let next = match ceiling {
+            Some(ceiling) if next.estimate > ceiling => Learned {
+                estimate: ceiling,
+                // The end seen stays the latest end: the next wait halves its way to it.
+                latest: next.latest.max(ceiling),
+                hits: 0,
+            },
+            _ => next,
+        };
         m.insert(worker_type.to_string(), next);
-        drop(m);
         let changed =
             current.is_none_or(|c| c.estimate != next.estimate || c.latest != next.latest);
+        // Kept while the lock is held, so the journal never ends with an older value than
+        // memory (a write is an in-memory sled insert, no sync).
         if changed && let Some(remember) = self.memory.get() {
             remember(worker_type, next.estimate, next.latest);
         }
@@ -246,6 +276,87 @@ mod tests {
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         (mean(&polls), mean(&late))
+    }
+
+    /// One 20 s start among 1 s starts: before, the next start's first poll came at ~20 s,
+    /// and every start after it was ~19 s late while hits crept the estimate down 0.5 % at a
+    /// time. A type that really became slower is still followed within a few waits.
+    #[test]
+    fn one_slow_task_does_not_make_the_next_ones_wait_for_it() {
+        let rtt = Duration::from_millis(2);
+        let s = Duration::from_secs;
+        let est = TaskEstimates::default();
+        run(&est, s(1), 50);
+        let used = est.estimate("vzstart");
+        let slow = wait(s(20), &est, rtt);
+        est.observe("vzstart", used, &slow);
+        let used = est.estimate("vzstart");
+        let next = wait(s(1), &est, rtt);
+        est.observe("vzstart", used, &next);
+        assert!(
+            next.seen_over <= Duration::from_millis(2100),
+            "the 1 s task after a 20 s one was seen over after {:?}",
+            next.seen_over
+        );
+
+        // Three lanes report one burst of slow tasks: the estimate rises once, not per lane.
+        let est = TaskEstimates::default();
+        run(&est, s(1), 50);
+        let before = est.estimate("vzstart").unwrap();
+        parallel_round(&est, s(20), true);
+        assert!(
+            est.estimate("vzstart").unwrap() <= before * 2,
+            "{:?} after one round of slow tasks from {before:?}",
+            est.estimate("vzstart")
+        );
+
+        // The type really became 20 s: the estimate follows in a few waits, and after them
+        // the waits are as good as ever.
+        let est = TaskEstimates::default();
+        run(&est, s(1), 50);
+        let mut polls = 0;
+        for _ in 0..6 {
+            let used = est.estimate("vzstart");
+            let tr = wait(s(20), &est, rtt);
+            polls += tr.polls;
+            est.observe("vzstart", used, &tr);
+        }
+        assert!(
+            polls <= 6 * 16,
+            "{polls} polls for six 20 s waits while following"
+        );
+        let (polls, late) = run(&est, s(20), 40);
+        assert!(
+            polls <= 1.25 && late <= 1.04,
+            "{polls:.2} polls, {late:.3} late"
+        );
+    }
+
+    /// An estimate left at a minute (a storage stall that is over) comes down to a 1 s type in
+    /// about twenty waits: hits in a row creep it faster and faster.
+    #[test]
+    fn an_estimate_left_far_too_high_comes_down_in_a_few_dozen_waits() {
+        let s = Duration::from_secs;
+        let est = TaskEstimates::default();
+        assert!(est.seed("vzstart", s(60), s(60)));
+        let rtt = Duration::from_millis(2);
+        let mut waits = 0;
+        while est.estimate("vzstart").unwrap() > s(2) {
+            let used = est.estimate("vzstart");
+            let tr = wait(s(1), &est, rtt);
+            est.observe("vzstart", used, &tr);
+            waits += 1;
+            assert!(
+                waits <= 30,
+                "still {:?} after {waits} waits",
+                est.estimate("vzstart")
+            );
+        }
+        let (polls, late) = run(&est, s(1), 40);
+        assert!(
+            polls <= 1.25 && late <= 1.05,
+            "{polls:.2} polls, {late:.3} late"
+        );
     }
 
     #[test]
