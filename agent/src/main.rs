@@ -520,6 +520,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn fleet(verb: FleetVerb) -> anyhow::Result<ExitCode> {
+    let json = match &verb {
+        FleetVerb::Publish { output, .. }
+        | FleetVerb::Pending { output, .. }
+        | FleetVerb::AddApprovals { output, .. }
+        | FleetVerb::Status { output, .. } => *output == Output::Json,
+    };
+    let result = fleet_verb(verb);
+    if json && let Err(e) = &result {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&drover::fleet::command::FleetFailure::json(e))
+                .unwrap_or_default()
+        );
+    }
+    result
+}
+
+fn fleet_verb(verb: FleetVerb) -> anyhow::Result<ExitCode> {
     use drover::fleet::command;
     match verb {
         FleetVerb::Publish {

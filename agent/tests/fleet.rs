@@ -1132,3 +1132,45 @@ fn pending_flags_requests_the_document_does_not_explain_and_never_extracts_them(
         String::from_utf8_lossy(&text.stdout)
     );
 }
+
+/// A verb that fails with `--output json` answers JSON too: `{"error": {"code", "message"}}`
+/// on stdout (exit 1), so a hub pipeline reads the code without parsing prose; stderr keeps
+/// the text line. Without `--output json` stdout stays empty.
+#[test]
+fn a_failing_verb_with_json_output_answers_a_json_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-tree");
+    let out = fleet(&["status", p(&missing), "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["error"]["code"], "fleet_tree", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("no-tree"),
+        "the message names the tree: {v}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("fleet_tree: "), "{stderr}");
+
+    let trust = tmp.path().join("trust");
+    std::fs::write(&trust, "not a trust document\n").unwrap();
+    std::fs::create_dir_all(tmp.path().join("tree/hosts")).unwrap();
+    let tree = tmp.path().join("tree");
+    let key = tmp.path().join("key");
+    let out = fleet(&[
+        "publish",
+        p(&tree),
+        "--key",
+        p(&key),
+        "--trust",
+        p(&trust),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(json(&out)["error"]["code"], "trust_store_invalid");
+
+    let out = fleet(&["status", p(&missing)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty(), "text mode prints nothing on stdout");
+}

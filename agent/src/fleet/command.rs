@@ -11,8 +11,33 @@ use super::sign::{self, SshKeygen};
 use super::tree::Tree;
 use super::{FleetError, load_trust, status, unix_now};
 
+/// A verb's failure with its stable code. `main` prints it on stderr as `code: message`, and
+/// with `--output json` also as `{"error": {"code", "message"}}` on stdout, so a hub's
+/// pipeline reads the code the way it reads every other answer.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct FleetFailure {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FleetFailure {
+    /// The JSON form of any error a fleet verb returned (`fleet_error` for one without a code).
+    pub fn json(e: &anyhow::Error) -> serde_json::Value {
+        let (code, message) = match e.downcast_ref::<FleetFailure>() {
+            Some(f) => (f.code, f.message.clone()),
+            None => ("fleet_error", format!("{e:#}")),
+        };
+        serde_json::json!({ "error": { "code": code, "message": message } })
+    }
+}
+
 fn fail(e: FleetError) -> anyhow::Error {
-    anyhow::anyhow!("{}: {e}", e.code())
+    FleetFailure {
+        code: e.code(),
+        message: e.to_string(),
+    }
+    .into()
 }
 
 fn json_line(v: &impl serde::Serialize) {
