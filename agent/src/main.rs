@@ -245,8 +245,8 @@ enum JobVerb {
 #[derive(Subcommand)]
 enum FleetVerb {
     /// Validate every host's desired.toml as the agent will, sign the changed ones with the
-    /// hub key (ssh-keygen -Y sign), regenerate every approvals index (0 done, 1 refused:
-    /// nothing written; with --dry-run 2 when something would change).
+    /// hub key (ssh-keygen -Y sign), regenerate every approvals and jobs index (0 done, 1
+    /// refused: nothing written; with --dry-run 2 when something would change).
     Publish {
         tree: PathBuf,
         /// The hub key for `ssh-keygen -f`: a private key file, or the public key of a key
@@ -262,8 +262,9 @@ enum FleetVerb {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
-    /// Every pending approval and job across the fleet, from the agents' reports; --extract
-    /// writes the chosen requests for one ssh-keygen run (0 nothing pending, 2 pending).
+    /// Every pending approval, signed-job request and unfinished guest across the fleet, from
+    /// the agents' reports; --extract writes the chosen requests for one ssh-keygen run (0
+    /// nothing pending, 2 pending).
     Pending {
         tree: PathBuf,
         /// Only these hosts (repeatable).
@@ -272,7 +273,7 @@ enum FleetVerb {
         /// Only these guests (repeatable).
         #[arg(long = "guest")]
         guests: Vec<u32>,
-        /// Only these ops, e.g. destroy_guest (repeatable).
+        /// Only these ops or job kinds, e.g. destroy_guest, snapshot (repeatable).
         #[arg(long = "op")]
         ops: Vec<String>,
         /// Write the chosen requests as DIR/<host>/<file> and print the signing command.
@@ -288,7 +289,8 @@ enum FleetVerb {
         output: Output,
     },
     /// Place signed approvals (files or directories, as --extract lays them out) under
-    /// hosts/<host>/approvals/ and regenerate those indexes (0 all placed, 1 any refused).
+    /// hosts/<host>/approvals/, signed jobs under hosts/<host>/jobs/, and regenerate those
+    /// indexes (0 all placed, 1 any refused).
     AddApprovals {
         tree: PathBuf,
         #[arg(required = true)]

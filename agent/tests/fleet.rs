@@ -1174,3 +1174,246 @@ fn a_failing_verb_with_json_output_answers_a_json_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty(), "text mode prints nothing on stdout");
 }
+
+/// A signed job goes the hub team's way: the agent reports the request `drover job new`
+/// rendered, `fleet pending --extract --key` writes and signs it as it does approvals, and
+/// `fleet add-approvals` places it under `hosts/<host>/jobs/` with its index. The agent
+/// mirrors it from nginx and runs it once, and a later `fleet publish` keeps that index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_request_is_extracted_signed_and_placed_by_the_fleet_tools_and_runs_once() {
+    if skip() {
+        return;
+    }
+    let Some(hub) = HubDir::start_with(HOST, &[(HOST, TOKEN)]) else {
+        return;
+    };
+    let tree = hub.tree();
+    let hub_key = key(&hub.scratch, "TEST_hub_ed25519");
+    let token = hub.scratch.join("hub-token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let h = Host::start(vec![]).await;
+    write_config(&h, &hub, &token);
+    hub.put(
+        "desired.toml",
+        &format!("revision = 1\n{}", guest(101, "running", 256)),
+    );
+    assert_eq!(publish(&tree, &hub_key, &[]).status.code(), Some(0));
+    assert!(
+        !hub.host_dir.join("jobs").exists(),
+        "no jobs/ is written for a host without jobs (the agent reads the 404 as none)"
+    );
+    let d = h.spawn_daemon();
+    eventually(&d, Duration::from_secs(30), "CT 101 started", || {
+        h.sim.guest(101).is_some_and(|g| g.running)
+    })
+    .await;
+    let out = h
+        .drover_async(&[
+            "job",
+            "new",
+            "snapshot",
+            "--vmid",
+            "101",
+            "--snapshot",
+            "via-fleet",
+            "--output",
+            "json",
+        ])
+        .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the job request in the report",
+        || report_of(&hub).is_some_and(|r| !r.pending_jobs.is_empty()),
+    )
+    .await;
+
+    let work = hub.scratch.join("to-sign");
+    let op_key = key(&hub.scratch, "TEST_operator1_ed25519");
+    let out = fleet_async(&[
+        "pending",
+        p(&tree),
+        "--op",
+        "snapshot",
+        "--extract",
+        p(&work),
+        "--key",
+        p(&op_key),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "a job waits for a signature");
+    let v = json(&out);
+    let r = &v["job_requests"][0];
+    assert_eq!(r["host"], HOST, "{v}");
+    assert_eq!(r["vmid"], 101, "{v}");
+    assert_eq!(r["op"], "snapshot", "{v}");
+    assert!(r["loses"].as_str().unwrap().starts_with("nothing"), "{v}");
+    assert!(r["problem"].is_null(), "{v}");
+    assert_eq!(v["extracted"].as_array().unwrap().len(), 1, "{v}");
+
+    let out = fleet_async(&[
+        "add-approvals",
+        p(&tree),
+        p(&work),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v = json(&out);
+    let placed = v["approvals"][0]["placed"].as_str().unwrap().to_string();
+    assert!(placed.starts_with(&format!("hosts/{HOST}/jobs/")), "{v}");
+    assert_eq!(
+        v["approvals"][0]["signers"][0], "operator1@example.invalid",
+        "{v}"
+    );
+    assert_eq!(v["job_indexes_written"][0], HOST, "{v}");
+    let index_path = hub.host_dir.join("jobs/index.json");
+    let index: Vec<String> = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let name = placed.rsplit('/').next().unwrap().to_string();
+    assert_eq!(
+        index,
+        vec![
+            name.clone(),
+            format!("{name}.operator1@example.invalid.sig")
+        ]
+    );
+    // A later publish keeps the jobs index byte for byte.
+    assert_eq!(publish(&tree, &hub_key, &[]).status.code(), Some(0));
+    assert_eq!(
+        serde_json::from_slice::<Vec<String>>(&std::fs::read(&index_path).unwrap()).unwrap(),
+        index
+    );
+
+    eventually(
+        &d,
+        Duration::from_secs(30),
+        "the fleet-placed job ran",
+        || h.sim.count_mutations("snapshot", 101) == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(h.sim.count_mutations("snapshot", 101), 1, "once");
+    d.stop().await;
+}
+
+/// A signed job for `host`, as `drover job new` renders it (a snapshot of `vmid`).
+fn job_request(host: &str, vmid: u32, expires_in: i64, nonce_byte: u8) -> (String, String) {
+    let ctx = gate::GateContext {
+        fleet: "test-fleet-1".into(),
+        host: host.into(),
+        domain: DOMAIN.into(),
+        epoch: "0123456789abcdef".into(),
+    };
+    let job = gate::PlannedJob {
+        kind: gate::JobKind::Snapshot,
+        vmid,
+        guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
+        params: [("snapname".to_string(), "before-upgrade".to_string())].into(),
+        binds: Default::default(),
+    };
+    let nonce = gate::nonce_hex([nonce_byte; 16]);
+    let t = now();
+    let text = gate::render_job_request(&ctx, &job, &nonce, t - 60, t + expires_in, None).unwrap();
+    (format!("{vmid}-snapshot-{}.txt", &nonce[..8]), text)
+}
+
+/// `add-approvals` checks a signed job as the agent's control socket does before placing it
+/// under `jobs/`: host, expiry, fleet and signers against the trust document; a refused one
+/// is reported with its code and the others still go in.
+#[test]
+fn add_approvals_checks_signed_jobs_and_places_them_under_jobs() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("hosts/pve1")).unwrap();
+    let work = tmp.path().join("work");
+    let keys = tmp.path().join("keys");
+    for d in [&work, &keys] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let ns = format!("destructive-op-v1@{DOMAIN}");
+    let put = |(name, text): (String, String), key_name: &str| {
+        let f = work.join(&name);
+        std::fs::write(&f, text).unwrap();
+        let sig = common::sign(key_name, &ns, &f, &keys);
+        std::fs::rename(sig, work.join(format!("{name}.sig"))).unwrap();
+        name
+    };
+    let good = put(
+        job_request("pve1", 101, 3600, 1),
+        "gate/TEST_operator1_ed25519",
+    );
+    let expired = put(
+        job_request("pve1", 102, -10, 2),
+        "gate/TEST_operator1_ed25519",
+    );
+    let elsewhere = put(
+        job_request("pve9", 103, 3600, 3),
+        "gate/TEST_operator1_ed25519",
+    );
+    let stranger = put(
+        job_request("pve1", 104, 3600, 4),
+        "gate/TEST_stranger_ed25519",
+    );
+    let out = fleet(&[
+        "add-approvals",
+        p(&tree),
+        p(&work),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "refusals exit 1");
+    let v = json(&out);
+    let code_of = |vmid: u32| {
+        v["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["vmid"] == vmid)
+            .map(|a| a["refusal"]["code"].clone())
+            .unwrap()
+    };
+    assert!(code_of(101).is_null(), "{v}");
+    assert_eq!(code_of(102), "expired", "{v}");
+    assert_eq!(code_of(103), "unknown_host", "{v}");
+    assert_eq!(code_of(104), "unknown_signer", "{v}");
+    let jobs = tree.join("hosts/pve1/jobs");
+    let index: Vec<String> =
+        serde_json::from_slice(&std::fs::read(jobs.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index,
+        vec![
+            good.clone(),
+            format!("{good}.operator1@example.invalid.sig")
+        ]
+    );
+    for refused in [expired, elsewhere, stranger] {
+        assert!(!jobs.join(&refused).exists(), "{refused} was placed");
+    }
+    assert!(
+        !tree.join("hosts/pve1/approvals").join(&good).exists(),
+        "a job never lands among the approvals"
+    );
+}

@@ -173,6 +173,11 @@ pub fn pending(
         .iter()
         .filter(|a| selection.matches(a))
         .collect();
+    let shown_jobs: Vec<&pending::PendingApproval> = all
+        .job_requests
+        .iter()
+        .filter(|a| selection.matches(a))
+        .collect();
     let mut extracted: Vec<PathBuf> = Vec::new();
     let mut command = None;
     if let Some(dir) = extract {
@@ -180,7 +185,12 @@ pub fn pending(
         let namespace = trust
             .as_ref()
             .map(|t| gate::Role::Operational.namespace(&t.domain))
-            .or_else(|| shown.iter().find_map(|a| a.namespace.clone()))
+            .or_else(|| {
+                shown
+                    .iter()
+                    .chain(&shown_jobs)
+                    .find_map(|a| a.namespace.clone())
+            })
             .unwrap_or_else(|| "destructive-op-v1@YOUR_DOMAIN".into());
         if !extracted.is_empty() {
             let key_text = key
@@ -197,6 +207,7 @@ pub fn pending(
     if json {
         json_line(&serde_json::json!({
             "approvals": shown,
+            "job_requests": shown_jobs,
             "jobs": all.jobs.iter().filter(|j| selection.hosts.is_empty() || selection.hosts.contains(&j.host)).collect::<Vec<_>>(),
             "missing_reports": all.missing_reports,
             "report_problems": all.report_problems,
@@ -208,32 +219,11 @@ pub fn pending(
         if shown.is_empty() {
             println!("no pending approvals in the reports");
         } else {
-            println!(
-                "{:16}  {:9}  {:18}  {:20}  {:10}  LOSES",
-                "HOST", "GUEST", "OP", "EXPIRES", "STATE"
-            );
-            for a in &shown {
-                let state = if let Some(p) = &a.problem {
-                    format!("invalid: {p}")
-                } else if let Some(u) = &a.unexplained {
-                    format!("unexplained: {u}")
-                } else if a.expired {
-                    "expired".into()
-                } else if a.submitted {
-                    "submitted".into()
-                } else {
-                    "pending".into()
-                };
-                println!(
-                    "{:16}  {:9}  {:18}  {:20}  {:10}  {}",
-                    a.host,
-                    a.vmid.map(|v| format!("lxc/{v}")).unwrap_or_default(),
-                    a.op.clone().unwrap_or_default(),
-                    a.expires_at.clone().unwrap_or_default(),
-                    state,
-                    a.loses
-                );
-            }
+            print_requests(&shown, "OP");
+        }
+        if !shown_jobs.is_empty() {
+            println!();
+            print_requests(&shown_jobs, "JOB");
         }
         let jobs: Vec<_> = all
             .jobs
@@ -288,8 +278,39 @@ pub fn pending(
     }
     let waiting = shown
         .iter()
+        .chain(&shown_jobs)
         .any(|a| !a.expired && a.problem.is_none() && a.unexplained.is_none());
     Ok(ExitCode::from(if waiting { 2 } else { 0 }))
+}
+
+/// The table of pending requests (approvals, or job requests with `what` = "JOB").
+fn print_requests(requests: &[&pending::PendingApproval], what: &str) {
+    println!(
+        "{:16}  {:9}  {:18}  {:20}  {:10}  LOSES",
+        "HOST", "GUEST", what, "EXPIRES", "STATE"
+    );
+    for a in requests {
+        let state = if let Some(p) = &a.problem {
+            format!("invalid: {p}")
+        } else if let Some(u) = &a.unexplained {
+            format!("unexplained: {u}")
+        } else if a.expired {
+            "expired".into()
+        } else if a.submitted {
+            "submitted".into()
+        } else {
+            "pending".into()
+        };
+        println!(
+            "{:16}  {:9}  {:18}  {:20}  {:10}  {}",
+            a.host,
+            a.vmid.map(|v| format!("lxc/{v}")).unwrap_or_default(),
+            a.op.clone().unwrap_or_default(),
+            a.expires_at.clone().unwrap_or_default(),
+            state,
+            a.loses
+        );
+    }
 }
 
 /// `drover fleet add-approvals TREE PATH... [--trust TRUST]`.
@@ -314,6 +335,7 @@ pub fn add_approvals(
         json_line(&serde_json::json!({
             "approvals": out.approvals,
             "indexes_written": out.indexes_written,
+            "job_indexes_written": out.job_indexes_written,
             "problems": problems,
         }));
     } else {
@@ -337,8 +359,14 @@ pub fn add_approvals(
         }
         if !out.indexes_written.is_empty() {
             println!(
-                "index.json rewritten for: {}",
+                "approvals/index.json rewritten for: {}",
                 out.indexes_written.join(", ")
+            );
+        }
+        if !out.job_indexes_written.is_empty() {
+            println!(
+                "jobs/index.json rewritten for: {}",
+                out.job_indexes_written.join(", ")
             );
         }
         if out.approvals.is_empty() {

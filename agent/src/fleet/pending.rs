@@ -1,8 +1,10 @@
-//! `drover fleet pending TREE`: every pending approval and job across the fleet, from the
-//! agents' reports; `--extract DIR` writes a chosen set of requests as `DIR/<host>/<file>` and
-//! prints the one `ssh-keygen -Y sign` command that signs them all (`--key` runs it).
-//! `drover fleet add-approvals TREE PATH...` places signed files under
-//! `hosts/<host>/approvals/` and regenerates those indexes.
+//! `drover fleet pending TREE`: every pending approval, signed-job request and unfinished
+//! guest across the fleet, from the agents' reports; `--extract DIR` writes a chosen set of
+//! requests (approvals and jobs alike) as `DIR/<host>/<file>` and prints the one
+//! `ssh-keygen -Y sign` command that signs them all (`--key` runs it).
+//! `drover fleet add-approvals TREE PATH...` places signed approvals under
+//! `hosts/<host>/approvals/` and signed jobs (`drover-job v1`) under `hosts/<host>/jobs/`, and
+//! regenerates those indexes.
 //!
 //! Reports are display only: a request is shown with its text so the operator reads what they
 //! sign, and the agent binds any signature to the step it plans itself. What the fleet tools
@@ -12,11 +14,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gate::{ApprovalPayload, Op, TrustStore};
+use gate::{ApprovalPayload, JobKind, JobPayload, Op, TrustStore};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::tree::{Tree, payload_of_signature};
+use super::tree::{Inbox, Tree, payload_of_signature};
 use super::{FleetError, Refusal};
 use crate::approval::files::{self as approval_files, Candidate, read_capped, write_atomic};
 use crate::desired::hub::valid_approval_name;
@@ -61,6 +63,9 @@ pub struct Job {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Pending {
     pub approvals: Vec<PendingApproval>,
+    /// Signed-job requests rendered on a host (`drover job new`) and waiting for a signature;
+    /// `op` is the job's kind.
+    pub job_requests: Vec<PendingApproval>,
     pub jobs: Vec<Job>,
     /// Hosts without a report, and unreadable reports.
     pub missing_reports: Vec<String>,
@@ -142,7 +147,7 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
                 });
             }
         }
-        let submitted = submitted_payloads(tree, &host);
+        let submitted = submitted_payloads(tree, &host, Inbox::Approvals);
         // The document in the tree (the one published, or about to be), for cross-checking.
         let doc = std::fs::read(tree.document(&host))
             .ok()
@@ -154,8 +159,84 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
             }
             out.approvals.push(a);
         }
+        let submitted_jobs = submitted_payloads(tree, &host, Inbox::Jobs);
+        for req in &report.pending_jobs {
+            out.job_requests
+                .push(describe_job(&host, req, &submitted_jobs, now));
+        }
     }
     Ok(out)
+}
+
+/// What a job destroys or rewinds, for people deciding whether to sign.
+pub fn job_loses(p: &JobPayload) -> String {
+    let param = |k: &str| p.params.get(k).cloned().unwrap_or_else(|| "?".into());
+    match p.kind {
+        JobKind::Snapshot => "nothing (a new snapshot)".into(),
+        JobKind::Backup => "nothing (a new backup)".into(),
+        JobKind::Reboot => "nothing kept on disk; the guest restarts".into(),
+        JobKind::DeleteSnapshot => format!("snapshot {}", param("snapname")),
+        JobKind::RollbackSnapshot => format!("every change since snapshot {}", param("snapname")),
+        JobKind::RestoreBackup if p.guest_config_sha1.is_some() => format!(
+            "the container's current disks (overwritten by {}; a safety copy is made first)",
+            param("ostemplate")
+        ),
+        JobKind::RestoreBackup => "nothing (a restore onto a free vmid)".into(),
+    }
+}
+
+/// A job request as a host's report shows it (display only: the agent verifies the job on
+/// the guest's lane against its own state).
+fn describe_job(
+    host: &str,
+    req: &crate::desired::report::PendingRequest,
+    submitted: &[Vec<u8>],
+    now: i64,
+) -> PendingApproval {
+    let mut a = PendingApproval {
+        host: host.to_string(),
+        vmid: None,
+        op: None,
+        loses: String::new(),
+        expires_at: None,
+        expires_unix: None,
+        expired: false,
+        file: req.file.clone(),
+        namespace: namespace_of(&req.sign),
+        submitted: submitted.iter().any(|p| p == req.text.as_bytes()),
+        problem: None,
+        unexplained: None,
+        text: req.text.clone(),
+    };
+    match JobPayload::parse(req.text.as_bytes()) {
+        Ok(p) => {
+            a.vmid = Some(p.vmid);
+            a.op = Some(p.kind.as_str().to_string());
+            a.loses = job_loses(&p);
+            a.expires_at = Some(gate::clock::format_utc(p.expires_at));
+            a.expires_unix = Some(p.expires_at);
+            a.expired = p.expires_at <= now;
+            let expected = format!(
+                "{}-{}-{}.txt",
+                p.vmid,
+                p.kind.as_str().replace('_', "-"),
+                p.nonce.get(..8).unwrap_or(&p.nonce)
+            );
+            if p.host != host {
+                a.problem = Some(format!("the job names host {:?}, not {host:?}", p.host));
+            } else if req.file != expected {
+                a.problem = Some(format!(
+                    "file name {:?} does not match the job ({expected})",
+                    req.file
+                ));
+            }
+        }
+        Err(r) => a.problem = Some(format!("{}: {}", r.code.as_str(), r.message)),
+    }
+    if a.problem.is_none() && !valid_approval_name(&a.file) {
+        a.problem = Some(format!("{:?} is not a job file name", a.file));
+    }
+    a
 }
 
 /// Whether the tree's document asks for what the request would do: a destroy needs the guest
@@ -245,9 +326,9 @@ fn namespace_of(sign: &str) -> Option<String> {
     None
 }
 
-/// Payloads already in the host's approvals directory with a signature.
-fn submitted_payloads(tree: &Tree, host: &str) -> Vec<Vec<u8>> {
-    approval_files::scan(&tree.approvals_dir(host))
+/// Payloads already in the host's `approvals/` (or `jobs/`) with a signature.
+fn submitted_payloads(tree: &Tree, host: &str, inbox: Inbox) -> Vec<Vec<u8>> {
+    approval_files::scan(&tree.inbox_dir(host, inbox))
         .0
         .into_iter()
         .map(|c| c.payload)
@@ -262,7 +343,7 @@ pub fn extract(
     dir: &Path,
 ) -> Result<Vec<PathBuf>, FleetError> {
     let mut files = Vec::new();
-    for a in &pending.approvals {
+    for a in pending.approvals.iter().chain(&pending.job_requests) {
         if a.expired
             || a.problem.is_some()
             || a.unexplained.is_some()
@@ -327,6 +408,8 @@ pub struct AddOutcome {
     pub approvals: Vec<Added>,
     /// Hosts whose `approvals/index.json` was rewritten.
     pub indexes_written: Vec<String>,
+    /// Hosts whose `jobs/index.json` was rewritten.
+    pub job_indexes_written: Vec<String>,
 }
 
 impl AddOutcome {
@@ -386,7 +469,8 @@ pub fn find_candidates(paths: &[PathBuf]) -> (Vec<Candidate>, Vec<String>) {
     (found, problems)
 }
 
-/// Places each signed approval under its host's `approvals/` and regenerates those indexes.
+/// Places each signed approval under its host's `approvals/` (a signed job under `jobs/`)
+/// and regenerates those indexes.
 /// Each approval is checked on its own; a refused one is reported and the others still go in.
 /// A signed trust rotation (`drover-trust v1`) names no host: it goes to `rotation_hosts`, or
 /// to every host in the tree when that is empty.
@@ -414,30 +498,34 @@ pub fn add_approvals(
             signers: Vec::new(),
             refusal: None,
         };
-        match check(tree, c, trust, now, &mut a) {
+        let inbox = Inbox::of_payload(&c.payload);
+        match check(tree, inbox, c, trust, now, &mut a) {
             Ok(sigs) => {
                 let host = a.host.clone().unwrap_or_default();
                 let name = file_name(c);
-                place(tree, &host, &name, c, &sigs)?;
-                a.placed = Some(tree.name_of(&host, &format!("approvals/{name}")));
+                place(tree, &host, inbox, &name, c, &sigs)?;
+                a.placed = Some(tree.name_of(&host, &format!("{}/{name}", inbox.dir_name())));
                 a.signatures = sigs.into_iter().map(|(n, _)| n).collect();
-                touched.insert(host);
+                touched.insert((host, inbox));
             }
             Err(r) => a.refusal = Some(r),
         }
         out.approvals.push(a);
     }
-    for host in touched {
-        let plan = tree.index_plan(&host);
-        if let Err(r) = tree.check_index(&host, &plan) {
+    for (host, inbox) in touched {
+        let plan = tree.index_plan(&host, inbox);
+        if let Err(r) = tree.check_index(&host, inbox, &plan) {
             return Err(FleetError::Write {
-                path: tree.name_of(&host, "approvals/index.json"),
+                path: tree.name_of(&host, &format!("{}/index.json", inbox.dir_name())),
                 message: r.message,
             });
         }
         if plan.write {
-            tree.write_index(&host, &plan)?;
-            out.indexes_written.push(host);
+            tree.write_index(&host, inbox, &plan)?;
+            match inbox {
+                Inbox::Approvals => out.indexes_written.push(host),
+                Inbox::Jobs => out.job_indexes_written.push(host),
+            }
         }
     }
     Ok(out)
@@ -455,7 +543,7 @@ fn add_rotation(
     now: i64,
     rotation_hosts: &[String],
     out: &mut AddOutcome,
-    touched: &mut std::collections::BTreeSet<String>,
+    touched: &mut std::collections::BTreeSet<(String, Inbox)>,
 ) -> Result<(), FleetError> {
     let mut a = Added {
         source: c.payload_path.display().to_string(),
@@ -522,13 +610,13 @@ fn add_rotation(
         }
         Ok((hosts, sigs)) => {
             for host in hosts {
-                place(tree, &host, &name, c, &sigs)?;
+                place(tree, &host, Inbox::Approvals, &name, c, &sigs)?;
                 let mut each = a.clone();
                 each.placed = Some(tree.name_of(&host, &format!("approvals/{name}")));
                 each.host = Some(host.clone());
                 each.signatures = sigs.iter().map(|(n, _)| n.clone()).collect();
                 out.approvals.push(each);
-                touched.insert(host);
+                touched.insert((host, Inbox::Approvals));
             }
         }
     }
@@ -542,24 +630,61 @@ fn file_name(c: &Candidate) -> String {
         .unwrap_or_default()
 }
 
-/// Checks one approval; the names its signatures get in the tree.
+/// What `add-approvals` checks of a signed file, whichever kind it is.
+struct Claims {
+    fleet: String,
+    host: String,
+    role: gate::Role,
+    expires_at: i64,
+    /// "approval" or "job", for messages.
+    what: &'static str,
+}
+
+/// Checks one signed approval or job; the names its signatures get in the tree. A job is
+/// also checked offline as the agent's control socket does (`gate::verify_job_offline`:
+/// fleet, window, the threshold its kind needs) when a trust document is given.
 fn check(
     tree: &Tree,
+    inbox: Inbox,
     c: &Candidate,
     trust: Option<&TrustStore>,
     now: i64,
     a: &mut Added,
 ) -> Result<NamedSignatures, Refusal> {
-    let p = ApprovalPayload::parse(&c.payload).map_err(|r| Refusal::from_rejection(&r))?;
-    a.host = Some(p.host.clone());
-    a.vmid = Some(p.vmid);
-    a.op = Some(p.op.as_str().to_string());
-    if !tree.has_host(&p.host) {
+    let claims = match inbox {
+        Inbox::Approvals => {
+            let p = ApprovalPayload::parse(&c.payload).map_err(|r| Refusal::from_rejection(&r))?;
+            a.vmid = Some(p.vmid);
+            a.op = Some(p.op.as_str().to_string());
+            Claims {
+                fleet: p.fleet,
+                host: p.host,
+                role: p.role,
+                expires_at: p.expires_at,
+                what: "approval",
+            }
+        }
+        Inbox::Jobs => {
+            let p = JobPayload::parse(&c.payload).map_err(|r| Refusal::from_rejection(&r))?;
+            a.vmid = Some(p.vmid);
+            a.op = Some(p.kind.as_str().to_string());
+            Claims {
+                fleet: p.fleet,
+                host: p.host,
+                role: p.role,
+                expires_at: p.expires_at,
+                what: "job",
+            }
+        }
+    };
+    a.host = Some(claims.host.clone());
+    let what = claims.what;
+    if !tree.has_host(&claims.host) {
         return Err(Refusal::new(
             "unknown_host",
             format!(
-                "the approval is for host {:?}, which has no directory in the tree",
-                p.host
+                "the {what} is for host {:?}, which has no directory in the tree",
+                claims.host
             ),
         ));
     }
@@ -567,15 +692,18 @@ fn check(
     if !valid_approval_name(&name) {
         return Err(Refusal::new(
             "bad_name",
-            format!("{name:?} is not an approval file name (NAME.txt)"),
+            format!(
+                "{name:?} is not an {} file name (NAME.txt)",
+                inbox.dir_name()
+            ),
         ));
     }
-    if p.expires_at <= now {
+    if claims.expires_at <= now {
         return Err(Refusal::new(
             "expired",
             format!(
                 "the request expired at {}; sign the one the agent offers now",
-                gate::clock::format_utc(p.expires_at)
+                gate::clock::format_utc(claims.expires_at)
             ),
         ));
     }
@@ -586,15 +714,22 @@ fn check(
         ));
     }
     if let Some(t) = trust
-        && t.fleet != p.fleet
+        && t.fleet != claims.fleet
     {
         return Err(Refusal::new(
             "wrong_fleet",
             format!(
-                "the approval is for fleet {:?}, the trust document for {:?}",
-                p.fleet, t.fleet
+                "the {what} is for fleet {:?}, the trust document for {:?}",
+                claims.fleet, t.fleet
             ),
         ));
+    }
+    if inbox == Inbox::Jobs
+        && let Some(t) = trust
+    {
+        let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
+        gate::verify_job_offline(t, &c.payload, &sigs, now)
+            .map_err(|r| Refusal::from_rejection(&r))?;
     }
     let mut names = Vec::new();
     for (sig_name, sig) in &c.signatures {
@@ -605,11 +740,12 @@ fn check(
         })?;
         let mut label = format!("k{}", &hex::encode(Sha256::digest(&key))[..16]);
         if let Some(t) = trust {
-            let signer = gate::verify_signature(t, p.role, &c.payload, sig, now).map_err(|r| {
-                let mut r = Refusal::from_rejection(&r);
-                r.message = format!("{sig_name}: {}", r.message);
-                r
-            })?;
+            let signer =
+                gate::verify_signature(t, claims.role, &c.payload, sig, now).map_err(|r| {
+                    let mut r = Refusal::from_rejection(&r);
+                    r.message = format!("{sig_name}: {}", r.message);
+                    r
+                })?;
             label = safe_label(&signer.principal).unwrap_or(label);
             a.signers.push(signer.principal);
         }
@@ -646,11 +782,12 @@ fn safe_label(principal: &str) -> Option<String> {
 fn place(
     tree: &Tree,
     host: &str,
+    inbox: Inbox,
     name: &str,
     c: &Candidate,
     sigs: &[(String, Vec<u8>)],
 ) -> Result<(), FleetError> {
-    let dir = tree.approvals_dir(host);
+    let dir = tree.inbox_dir(host, inbox);
     let target = dir.join(name);
     let werr = |p: &Path, e: std::io::Error| FleetError::Write {
         path: p.display().to_string(),

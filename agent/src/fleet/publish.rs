@@ -2,7 +2,7 @@
 //! `desired.toml` with the agent's own code, refuse a revision not above the one already
 //! published, sign the changed documents with the hub key in one `ssh-keygen -Y sign` run,
 //! check each new signature as the agents will, write the `.sig` files and regenerate every
-//! approvals index.
+//! approvals index (and the jobs index of every host that has a `jobs/` directory).
 //!
 //! All or nothing: when any host's document is refused, nothing is signed or written, so a CI
 //! job either publishes the commit or fails naming every problem. `--dry-run` stops after the
@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::sign::{SshKeygen, sig_path};
-use super::tree::{IndexPlan, Published, Tree};
+use super::tree::{Inbox, IndexPlan, Published, Tree};
 use super::{FleetError, Refusal};
 use crate::approval::files::read_capped;
 use crate::desired::hub::{self, MAX_SIGNATURE_BYTES};
@@ -62,6 +62,8 @@ pub struct HostChange {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
     pub index: IndexPlan,
+    /// `jobs/index.json`, for a host with a `jobs/` directory.
+    pub jobs_index: IndexPlan,
     /// Things worth knowing that change nothing (a report showing a higher revision, ...).
     pub notes: Vec<String>,
     #[serde(skip)]
@@ -134,6 +136,7 @@ pub fn publish(tree: &Tree, opts: &Options) -> Result<Outcome, FleetError> {
     out.changes = out.hosts.iter().any(|h| {
         matches!(h.action, Action::Sign | Action::Resign)
             || h.index.write
+            || h.jobs_index.write
             || (h.action == Action::Unchanged && tree.record(&h.host).ok().flatten().is_none())
     });
     if out.refused || opts.dry_run {
@@ -267,7 +270,10 @@ fn write_host(
         tree.write_record(&h.host, &record)?;
     }
     if h.index.write {
-        tree.write_index(&h.host, &h.index)?;
+        tree.write_index(&h.host, Inbox::Approvals, &h.index)?;
+    }
+    if h.jobs_index.write {
+        tree.write_index(&h.host, Inbox::Jobs, &h.jobs_index)?;
     }
     Ok(())
 }
@@ -281,7 +287,8 @@ fn plan_host(tree: &Tree, host: &str, trust: &TrustStore, hub_key: bool, now: i6
         revision: None,
         guests: None,
         refusal: None,
-        index: tree.index_plan(host),
+        index: tree.index_plan(host, Inbox::Approvals),
+        jobs_index: tree.index_plan(host, Inbox::Jobs),
         notes: Vec::new(),
         bytes: Vec::new(),
         sha256: String::new(),
@@ -289,7 +296,20 @@ fn plan_host(tree: &Tree, host: &str, trust: &TrustStore, hub_key: bool, now: i6
     for i in &h.index.ignored {
         h.notes.push(format!("approvals/{i} (not listed)"));
     }
-    if let Err(r) = tree.check_index(host, &h.index) {
+    for i in &h.jobs_index.ignored {
+        h.notes.push(format!("jobs/{i} (not listed)"));
+    }
+    if h.jobs_index.write {
+        h.notes.push(format!(
+            "jobs index: +{} -{}",
+            h.jobs_index.added.len(),
+            h.jobs_index.removed.len()
+        ));
+    }
+    let checked = tree
+        .check_index(host, Inbox::Approvals, &h.index)
+        .and_then(|()| tree.check_index(host, Inbox::Jobs, &h.jobs_index));
+    if let Err(r) = checked {
         h.action = Action::Refused;
         h.refusal = Some(r);
         return h;

@@ -39,6 +39,34 @@ pub struct IndexPlan {
     pub error: Option<String>,
 }
 
+/// The two directories of a host the agent mirrors by their `index.json`: signed approvals
+/// of destructive steps, and signed jobs (`drover-job v1`). Both hold `NAME.txt` payloads with
+/// `NAME.txt.sig` / `NAME.txt.<signer>.sig` beside them, under the same limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Inbox {
+    Approvals,
+    Jobs,
+}
+
+impl Inbox {
+    /// The directory's name under `hosts/<host>/`.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Inbox::Approvals => "approvals",
+            Inbox::Jobs => "jobs",
+        }
+    }
+
+    /// Which inbox a signed payload goes to.
+    pub fn of_payload(payload: &[u8]) -> Inbox {
+        if gate::job::is_job_document(payload) {
+            Inbox::Jobs
+        } else {
+            Inbox::Approvals
+        }
+    }
+}
+
 /// A local copy of the hub's tree (the directory that holds `hosts/`).
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -133,7 +161,11 @@ impl Tree {
     }
 
     pub fn approvals_dir(&self, host: &str) -> PathBuf {
-        self.host_dir(host).join("approvals")
+        self.inbox_dir(host, Inbox::Approvals)
+    }
+
+    pub fn inbox_dir(&self, host: &str, inbox: Inbox) -> PathBuf {
+        self.host_dir(host).join(inbox.dir_name())
     }
 
     /// `hosts/<host>/<name>`: how messages name a file (the path below the hub's URL).
@@ -168,10 +200,15 @@ impl Tree {
         Some(read_capped(&path, MAX_REPORT_BYTES).and_then(|b| Report::parse(&b)))
     }
 
-    /// What the host's `approvals/index.json` should list, compared with what it lists now.
-    pub fn index_plan(&self, host: &str) -> IndexPlan {
-        let dir = self.approvals_dir(host);
+    /// What the host's `approvals/index.json` (or `jobs/index.json`) should list, compared
+    /// with what it lists now. A host without a `jobs/` directory gets no jobs index: the
+    /// agent takes the hub's 404 for "no jobs".
+    pub fn index_plan(&self, host: &str, inbox: Inbox) -> IndexPlan {
+        let dir = self.inbox_dir(host, inbox);
         let mut plan = IndexPlan::default();
+        if inbox == Inbox::Jobs && !dir.exists() {
+            return plan;
+        }
         let mut names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .flatten()
@@ -255,7 +292,12 @@ impl Tree {
     }
 
     /// Checks an index plan against the agent's limits (`hub_approvals_invalid` otherwise).
-    pub fn check_index(&self, host: &str, plan: &IndexPlan) -> Result<(), super::Refusal> {
+    pub fn check_index(
+        &self,
+        host: &str,
+        inbox: Inbox,
+        plan: &IndexPlan,
+    ) -> Result<(), super::Refusal> {
         if let Some(e) = &plan.error {
             return Err(super::Refusal::new("fleet_tree", e.clone()));
         }
@@ -266,21 +308,28 @@ impl Tree {
             return Err(super::Refusal::new(
                 "hub_approvals_invalid",
                 format!(
-                    "{}: would list {} files ({} bytes); agents accept at most {MAX_INDEX_ENTRIES} files and {} bytes (remove used or expired approvals)",
-                    self.name_of(host, "approvals/index.json"),
+                    "{}: would list {} files ({} bytes); agents accept at most {MAX_INDEX_ENTRIES} files and {} bytes (remove used or expired {})",
+                    self.name_of(host, &format!("{}/index.json", inbox.dir_name())),
                     plan.names.len(),
                     bytes.len(),
-                    crate::desired::hub::MAX_INDEX_BYTES
+                    crate::desired::hub::MAX_INDEX_BYTES,
+                    inbox.dir_name()
                 ),
             ));
         }
         Ok(())
     }
 
-    /// Writes the host's `approvals/index.json` as planned (only if its bytes change).
-    pub fn write_index(&self, host: &str, plan: &IndexPlan) -> Result<(), FleetError> {
+    /// Writes the host's `approvals/index.json` (or `jobs/index.json`) as planned (only if
+    /// its bytes change).
+    pub fn write_index(
+        &self,
+        host: &str,
+        inbox: Inbox,
+        plan: &IndexPlan,
+    ) -> Result<(), FleetError> {
         write_if_changed(
-            &self.approvals_dir(host).join("index.json"),
+            &self.inbox_dir(host, inbox).join("index.json"),
             &index_bytes(&plan.names),
         )
     }
@@ -337,22 +386,22 @@ mod tests {
         ] {
             std::fs::write(a.join(n), c).unwrap();
         }
-        let plan = tree.index_plan("pve1");
+        let plan = tree.index_plan("pve1", Inbox::Approvals);
         assert_eq!(
             plan.names,
             vec!["105-destroy_guest.txt", "105-destroy_guest.txt.alice.sig"]
         );
         assert_eq!(plan.ignored.len(), 3, "{:?}", plan.ignored);
         assert!(plan.write);
-        tree.write_index("pve1", &plan).unwrap();
+        tree.write_index("pve1", Inbox::Approvals, &plan).unwrap();
         let mtime = std::fs::metadata(a.join("index.json"))
             .unwrap()
             .modified()
             .unwrap();
-        let again = tree.index_plan("pve1");
+        let again = tree.index_plan("pve1", Inbox::Approvals);
         assert!(!again.write && again.added.is_empty() && again.removed.is_empty());
         std::thread::sleep(std::time::Duration::from_millis(20));
-        tree.write_index("pve1", &again).unwrap();
+        tree.write_index("pve1", Inbox::Approvals, &again).unwrap();
         assert_eq!(
             std::fs::metadata(a.join("index.json"))
                 .unwrap()
@@ -362,7 +411,7 @@ mod tests {
             "an unchanged index is not rewritten"
         );
         std::fs::remove_file(a.join("105-destroy_guest.txt.alice.sig")).unwrap();
-        let gone = tree.index_plan("pve1");
+        let gone = tree.index_plan("pve1", Inbox::Approvals);
         assert!(gone.names.is_empty());
         let held = tree.lock().unwrap();
         assert_eq!(tree.lock().unwrap_err().code(), "fleet_busy");
@@ -378,11 +427,28 @@ mod tests {
         // An approvals "directory" that cannot be listed is refused, never indexed as empty.
         std::fs::create_dir_all(d.path().join("hosts/pve2")).unwrap();
         std::fs::write(d.path().join("hosts/pve2/approvals"), "not a directory").unwrap();
-        let broken = tree.index_plan("pve2");
+        let broken = tree.index_plan("pve2", Inbox::Approvals);
         assert!(broken.error.is_some() && !broken.write);
         assert_eq!(
-            tree.check_index("pve2", &broken).unwrap_err().code,
+            tree.check_index("pve2", Inbox::Approvals, &broken)
+                .unwrap_err()
+                .code,
             "fleet_tree"
         );
+        // Jobs: no `jobs/` directory, no index (the agent reads the 404 as "no jobs"); with
+        // one, the same rules as approvals.
+        let none = tree.index_plan("pve1", Inbox::Jobs);
+        assert!(!none.write && none.names.is_empty() && none.error.is_none());
+        let j = d.path().join("hosts/pve1/jobs");
+        std::fs::create_dir_all(&j).unwrap();
+        std::fs::write(j.join("101-snapshot-1a2b3c4d.txt"), "drover-job v1\n").unwrap();
+        std::fs::write(j.join("101-snapshot-1a2b3c4d.txt.alice.sig"), "S").unwrap();
+        let jobs = tree.index_plan("pve1", Inbox::Jobs);
+        assert_eq!(jobs.names.len(), 2, "{jobs:?}");
+        assert!(jobs.write);
+        tree.write_index("pve1", Inbox::Jobs, &jobs).unwrap();
+        assert!(j.join("index.json").exists());
+        assert_eq!(Inbox::of_payload(b"drover-job v1\n"), Inbox::Jobs);
+        assert_eq!(Inbox::of_payload(b"drover-approval v1\n"), Inbox::Approvals);
     }
 }
