@@ -1295,11 +1295,15 @@ async fn a_job_request_is_extracted_signed_and_placed_by_the_fleet_tools_and_run
             format!("{name}.operator1@example.invalid.sig")
         ]
     );
-    // A later publish keeps the jobs index byte for byte.
+    // A later publish keeps the jobs index byte for byte, and does not even touch it (its
+    // mtime is nginx's ETag: the agents' polls stay 304).
+    let bytes = std::fs::read(&index_path).unwrap();
+    let mtime = std::fs::metadata(&index_path).unwrap().modified().unwrap();
     assert_eq!(publish(&tree, &hub_key, &[]).status.code(), Some(0));
+    assert_eq!(std::fs::read(&index_path).unwrap(), bytes);
     assert_eq!(
-        serde_json::from_slice::<Vec<String>>(&std::fs::read(&index_path).unwrap()).unwrap(),
-        index
+        std::fs::metadata(&index_path).unwrap().modified().unwrap(),
+        mtime
     );
 
     eventually(
@@ -1316,6 +1320,18 @@ async fn a_job_request_is_extracted_signed_and_placed_by_the_fleet_tools_and_run
 
 /// A signed job for `host`, as `drover job new` renders it (a snapshot of `vmid`).
 fn job_request(host: &str, vmid: u32, expires_in: i64, nonce_byte: u8) -> (String, String) {
+    job_of(gate::JobKind::Snapshot, host, vmid, expires_in, nonce_byte)
+}
+
+/// A job of `kind` on snapshot `before-upgrade` of `vmid` (an existing guest), and its file
+/// name as the agent gives it.
+fn job_of(
+    kind: gate::JobKind,
+    host: &str,
+    vmid: u32,
+    expires_in: i64,
+    nonce_byte: u8,
+) -> (String, String) {
     let ctx = gate::GateContext {
         fleet: "test-fleet-1".into(),
         host: host.into(),
@@ -1323,7 +1339,7 @@ fn job_request(host: &str, vmid: u32, expires_in: i64, nonce_byte: u8) -> (Strin
         epoch: "0123456789abcdef".into(),
     };
     let job = gate::PlannedJob {
-        kind: gate::JobKind::Snapshot,
+        kind,
         vmid,
         guest_config_sha1: Some("6c1f0ad1c7d64e1e0a7b2a4f0b8f2e3c9d1a2b3c".into()),
         params: [("snapname".to_string(), "before-upgrade".to_string())].into(),
@@ -1332,7 +1348,8 @@ fn job_request(host: &str, vmid: u32, expires_in: i64, nonce_byte: u8) -> (Strin
     let nonce = gate::nonce_hex([nonce_byte; 16]);
     let t = now();
     let text = gate::render_job_request(&ctx, &job, &nonce, t - 60, t + expires_in, None).unwrap();
-    (format!("{vmid}-snapshot-{}.txt", &nonce[..8]), text)
+    let kind = kind.as_str().replace('_', "-");
+    (format!("{vmid}-{kind}-{}.txt", &nonce[..8]), text)
 }
 
 /// `add-approvals` checks a signed job as the agent's control socket does before placing it
@@ -1416,4 +1433,253 @@ fn add_approvals_checks_signed_jobs_and_places_them_under_jobs() {
         !tree.join("hosts/pve1/approvals").join(&good).exists(),
         "a job never lands among the approvals"
     );
+}
+
+/// A destructive job under a trust document that wants two signers: the first signer's
+/// `add-approvals` places it with a note (the agent counts every signature beside it), the
+/// second one's completes it; before, the first was refused and the job could never gather
+/// its signatures in the tree.
+#[test]
+fn a_destructive_job_gathers_its_signers_across_add_approvals_runs() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    std::fs::create_dir_all(tree.join("hosts/pve1")).unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let trust = tmp.path().join("trust");
+    let text = std::fs::read_to_string(trust_file())
+        .unwrap()
+        .replace("threshold.destructive-op: 1", "threshold.destructive-op: 2");
+    std::fs::write(&trust, text).unwrap();
+    let ns = format!("destructive-op-v1@{DOMAIN}");
+    let (name, job) = job_of(gate::JobKind::RollbackSnapshot, "pve1", 101, 3600, 9);
+    let round = |signer: &str| {
+        let work = tmp
+            .path()
+            .join(format!("work-{}", signer.replace('/', "-")));
+        std::fs::create_dir_all(&work).unwrap();
+        let f = work.join(&name);
+        std::fs::write(&f, &job).unwrap();
+        let sig = common::sign(signer, &ns, &f, &keys);
+        std::fs::rename(sig, work.join(format!("{name}.sig"))).unwrap();
+        let out = fleet(&[
+            "add-approvals",
+            p(&tree),
+            p(&work),
+            "--trust",
+            p(&trust),
+            "--output",
+            "json",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        json(&out)["approvals"][0].clone()
+    };
+    let first = round("gate/TEST_operator1_ed25519");
+    assert!(first["refusal"].is_null(), "{first}");
+    assert!(
+        first["note"]
+            .as_str()
+            .unwrap()
+            .contains("2 distinct principal"),
+        "{first}"
+    );
+    let second = round("gate/TEST_operator2_ecdsa_p256");
+    assert!(
+        second["refusal"].is_null() && second["note"].is_null(),
+        "{second}"
+    );
+    let index: Vec<String> =
+        serde_json::from_slice(&std::fs::read(tree.join("hosts/pve1/jobs/index.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        index,
+        vec![
+            name.clone(),
+            format!("{name}.operator1@example.invalid.sig"),
+            format!("{name}.operator2@example.invalid.sig"),
+        ]
+    );
+}
+
+/// Job requests in a report: one whose file name does not match the job (`../`, another
+/// nonce) is invalid and never extracted; with `--key` (signed unread) a destructive job is
+/// held back unless `--op` names its kind, and a snapshot is extracted.
+#[test]
+fn job_requests_with_bad_names_are_not_extracted_and_destructive_ones_are_not_signed_unread() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let host = tree.join("hosts/pve1");
+    std::fs::create_dir_all(&host).unwrap();
+    let req = |(file, text): (String, String)| drover::desired::report::PendingRequest {
+        file,
+        text,
+        sign: format!("ssh-keygen -Y sign -f K -n destructive-op-v1@{DOMAIN} x"),
+        loses: None,
+    };
+    let snapshot = job_of(gate::JobKind::Snapshot, "pve1", 101, 3600, 1);
+    let rollback = job_of(gate::JobKind::RollbackSnapshot, "pve1", 102, 3600, 2);
+    let traversal = (
+        "../../evil.txt".to_string(),
+        job_of(gate::JobKind::Snapshot, "pve1", 103, 3600, 3).1,
+    );
+    let renamed = (
+        "104-snapshot-ffffffff.txt".to_string(),
+        job_of(gate::JobKind::Snapshot, "pve1", 104, 3600, 4).1,
+    );
+    let mut report = Report::new(
+        serde_json::json!({"host": "pve1", "desired": {"revision": 1}}),
+        Vec::new(),
+        serde_json::json!([]),
+        now(),
+    );
+    report.pending_jobs = vec![
+        req(snapshot.clone()),
+        req(rollback.clone()),
+        req(traversal),
+        req(renamed),
+    ];
+    std::fs::write(
+        host.join("report.json"),
+        serde_json::to_vec(&report).unwrap(),
+    )
+    .unwrap();
+    let work = tmp.path().join("to-sign");
+    let op_key = key(tmp.path(), "TEST_operator1_ed25519");
+    let out = fleet(&[
+        "pending",
+        p(&tree),
+        "--extract",
+        p(&work),
+        "--key",
+        p(&op_key),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ]);
+    let v = json(&out);
+    let by_vmid = |vmid: u32| {
+        v["job_requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["vmid"] == vmid)
+            .unwrap()
+            .clone()
+    };
+    assert!(
+        by_vmid(103)["problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{v}"
+    );
+    assert!(
+        by_vmid(104)["problem"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{v}"
+    );
+    assert_eq!(by_vmid(102)["destructive"], true, "{v}");
+    assert_eq!(by_vmid(101)["destructive"], false, "{v}");
+    let extracted: Vec<String> = v["extracted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        extracted,
+        vec![p(&work.join("pve1").join(&snapshot.0)).to_string()],
+        "{v}"
+    );
+    assert!(
+        v["held_back"][0].as_str().unwrap().contains(&rollback.0),
+        "{v}"
+    );
+    assert!(!tmp.path().join("evil.txt").exists());
+    assert!(
+        work.join("pve1")
+            .join(format!("{}.sig", snapshot.0))
+            .exists(),
+        "signed"
+    );
+
+    // Named with --op, the rollback is extracted and signed too.
+    let out = fleet(&[
+        "pending",
+        p(&tree),
+        "--op",
+        "rollback_snapshot",
+        "--extract",
+        p(&work),
+        "--key",
+        p(&op_key),
+        "--trust",
+        p(&trust_file()),
+        "--output",
+        "json",
+    ]);
+    let v = json(&out);
+    assert_eq!(v["extracted"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["held_back"].as_array().unwrap().is_empty(), "{v}");
+    assert!(
+        work.join("pve1")
+            .join(format!("{}.sig", rollback.0))
+            .exists()
+    );
+}
+
+/// A job whose placing would make `jobs/index.json` longer than the agents accept is refused
+/// with `hub_approvals_invalid` before anything is written, and the rest still goes in.
+#[test]
+fn a_job_that_would_overfill_the_index_is_refused_before_it_is_placed() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    let jobs = tree.join("hosts/pve1/jobs");
+    std::fs::create_dir_all(&jobs).unwrap();
+    // Old jobs fill the index to the agents' limit (a payload and its signature each).
+    let limit = drover::desired::hub::MAX_INDEX_ENTRIES;
+    for i in 0..limit / 2 {
+        std::fs::write(jobs.join(format!("old-{i}.txt")), "drover-job v1\n").unwrap();
+        std::fs::write(jobs.join(format!("old-{i}.txt.sig")), "S").unwrap();
+    }
+    let work = tmp.path().join("work");
+    let keys = tmp.path().join("keys");
+    for d in [&work, &keys] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let (name, text) = job_request("pve1", 101, 3600, 5);
+    let f = work.join(&name);
+    std::fs::write(&f, text).unwrap();
+    let sig = common::sign(
+        "gate/TEST_operator1_ed25519",
+        &format!("destructive-op-v1@{DOMAIN}"),
+        &f,
+        &keys,
+    );
+    std::fs::rename(sig, work.join(format!("{name}.sig"))).unwrap();
+    let out = fleet(&["add-approvals", p(&tree), p(&work), "--output", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(
+        v["approvals"][0]["refusal"]["code"], "hub_approvals_invalid",
+        "{v}"
+    );
+    assert!(!jobs.join(&name).exists(), "nothing placed");
 }

@@ -564,3 +564,40 @@ async fn a_hub_document_with_a_refused_key_is_refused_with_its_code() {
         assert!(e.to_string().contains(code), "{line}: {e}");
     }
 }
+
+/// Jobs are mirrored like approvals; a hub whose `jobs/` is gone (404) withdraws what an
+/// earlier poll mirrored, so a job not yet run cannot run from the old copy.
+#[tokio::test]
+async fn nginx_jobs_are_mirrored_and_withdrawn_when_jobs_is_gone() {
+    let Some(hub) = HubDir::start(HOST) else {
+        return;
+    };
+    let local = tempfile::tempdir().unwrap();
+    let dir = local.path().join("hub-jobs");
+    let src = hub.source();
+    let s = src.fetch_jobs(&dir).await.unwrap();
+    assert!(
+        s.written.is_empty() && s.removed.is_empty(),
+        "no jobs/: none"
+    );
+    hub.put("jobs/101-snapshot-0a0b0c0d.txt", "drover-job v1\n");
+    hub.put("jobs/101-snapshot-0a0b0c0d.txt.sig", "SIG\n");
+    hub.put(
+        "jobs/index.json",
+        r#"["101-snapshot-0a0b0c0d.txt","101-snapshot-0a0b0c0d.txt.sig"]"#,
+    );
+    let s = src.fetch_jobs(&dir).await.unwrap();
+    assert_eq!(s.written.len(), 2, "{s:?}");
+    std::fs::write(dir.join("notes"), "not the mirror's").unwrap();
+    std::fs::remove_dir_all(hub.host_dir.join("jobs")).unwrap();
+    let s = src.fetch_jobs(&dir).await.unwrap();
+    assert_eq!(
+        s.removed,
+        vec!["101-snapshot-0a0b0c0d.txt", "101-snapshot-0a0b0c0d.txt.sig"]
+    );
+    assert!(!dir.join("101-snapshot-0a0b0c0d.txt").exists());
+    assert!(
+        dir.join("notes").exists(),
+        "only mirrored names are removed"
+    );
+}

@@ -241,6 +241,23 @@ pub struct HubSource {
     last_success: AtomicI64,
 }
 
+/// Removes the mirrored files of `dir` the index no longer lists (only names a hub could
+/// have given: anything else in the directory is not the mirror's); the removed names, sorted.
+fn prune_unlisted(dir: &Path, listed: &BTreeSet<&str>) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)?.filter_map(Result::ok) {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if valid_approval_name(&name) && !listed.contains(name.as_str()) {
+            std::fs::remove_file(entry.path())?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 impl HubSource {
     /// Validates the config and builds the HTTPS client (aws-lc-rs only).
     pub fn new(cfg: HubConfig) -> Result<HubSource, HubError> {
@@ -405,10 +422,27 @@ impl HubSource {
 
     /// Mirrors `{url}/hosts/{host}/jobs/` (signed jobs, `drover-job v1`, listed by its
     /// `index.json`) into `dir`, as [`HubSource::fetch_approvals`] does approvals. A hub
-    /// without a `jobs/` directory (404) has no jobs.
+    /// without a `jobs/` directory (404) has no jobs: what an earlier poll mirrored is
+    /// withdrawn, as an empty index would withdraw it (a team that deletes `jobs/` means
+    /// "no jobs", and a job not yet run must not run from the old copy).
     pub async fn fetch_jobs(&self, dir: &Path) -> Result<ApprovalSync, HubError> {
         match self.mirror("jobs", dir, &self.jobs_index_etag).await {
-            Err(HubError::HttpStatus { status: 404, .. }) => Ok(ApprovalSync::default()),
+            Err(HubError::HttpStatus { status: 404, .. }) => {
+                *lock(&self.jobs_index_etag) = None;
+                let removed = match dir.exists() {
+                    true => {
+                        prune_unlisted(dir, &BTreeSet::new()).map_err(|e| HubError::LocalWrite {
+                            path: dir.display().to_string(),
+                            message: e.to_string().to_lowercase(),
+                        })?
+                    }
+                    false => Vec::new(),
+                };
+                Ok(ApprovalSync {
+                    removed,
+                    ..ApprovalSync::default()
+                })
+            }
             other => other,
         }
     }
@@ -478,18 +512,7 @@ impl HubSource {
             }
         }
         let listed: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-        let entries = std::fs::read_dir(dir).map_err(local_err)?;
-        for entry in entries.filter_map(Result::ok) {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            let ours = valid_approval_name(&name);
-            if ours && !listed.contains(name.as_str()) {
-                std::fs::remove_file(entry.path()).map_err(local_err)?;
-                sync.removed.push(name);
-            }
-        }
-        sync.removed.sort();
+        sync.removed = prune_unlisted(dir, &listed).map_err(local_err)?;
         if sync.problems.is_empty() {
             *lock(index_etag) = new_etag;
         }

@@ -137,9 +137,10 @@ pub fn publish(
             );
         } else {
             println!(
-                "published: signed {signed} document(s), {} unchanged, {} approvals index(es) written",
+                "published: signed {signed} document(s), {} unchanged, {} approvals and {} jobs index(es) written",
                 out.count(Action::Unchanged),
-                out.hosts.iter().filter(|h| h.index.write).count()
+                out.hosts.iter().filter(|h| h.index.write).count(),
+                out.hosts.iter().filter(|h| h.jobs_index.write).count()
             );
         }
     }
@@ -179,9 +180,12 @@ pub fn pending(
         .filter(|a| selection.matches(a))
         .collect();
     let mut extracted: Vec<PathBuf> = Vec::new();
+    let mut held_back: Vec<String> = Vec::new();
     let mut command = None;
     if let Some(dir) = extract {
-        extracted = pending::extract(&all, selection, dir).map_err(fail)?;
+        let out = pending::extract(&all, selection, dir, key.is_some()).map_err(fail)?;
+        extracted = out.files;
+        held_back = out.held_back;
         let namespace = trust
             .as_ref()
             .map(|t| gate::Role::Operational.namespace(&t.domain))
@@ -212,6 +216,7 @@ pub fn pending(
             "missing_reports": all.missing_reports,
             "report_problems": all.report_problems,
             "extracted": extracted,
+            "held_back": held_back,
             "sign_command": command,
             "signed": key.is_some() && !extracted.is_empty(),
         }));
@@ -254,6 +259,9 @@ pub fn pending(
             println!("unreadable report: {p}");
         }
         if let Some(dir) = extract {
+            for h in &held_back {
+                println!("held back: {h}");
+            }
             if extracted.is_empty() {
                 println!(
                     "nothing extracted (expired, invalid, unexplained or already submitted requests are left out)"
@@ -341,15 +349,20 @@ pub fn add_approvals(
     } else {
         for a in &out.approvals {
             match (&a.placed, &a.refusal) {
-                (Some(p), _) => println!(
-                    "placed {p} ({} signature(s){})",
-                    a.signatures.len(),
-                    if a.signers.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", a.signers.join(", "))
+                (Some(p), _) => {
+                    println!(
+                        "placed {p} ({} signature(s){})",
+                        a.signatures.len(),
+                        if a.signers.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", a.signers.join(", "))
+                        }
+                    );
+                    if let Some(n) = &a.note {
+                        println!("  note: {n}");
                     }
-                ),
+                }
                 (None, Some(r)) => println!("refused {}: {}: {}", a.source, r.code, r.message),
                 (None, None) => {}
             }

@@ -42,6 +42,10 @@ pub struct PendingApproval {
     pub submitted: bool,
     /// Why this request cannot be extracted (it contradicts itself or its host).
     pub problem: Option<String>,
+    /// It destroys or rewinds data: every approval, and the jobs whose kind does (rollback,
+    /// delete_snapshot, a restore over a guest). `--extract --key` signs such a job only when
+    /// `--op` names its kind.
+    pub destructive: bool,
     /// Why the published document does not explain this request (e.g. a destroy of a guest
     /// the document still wants): a stale request the agent will withdraw, or a forged
     /// report. Not extracted.
@@ -205,6 +209,7 @@ fn describe_job(
         namespace: namespace_of(&req.sign),
         submitted: submitted.iter().any(|p| p == req.text.as_bytes()),
         problem: None,
+        destructive: true,
         unexplained: None,
         text: req.text.clone(),
     };
@@ -213,6 +218,7 @@ fn describe_job(
             a.vmid = Some(p.vmid);
             a.op = Some(p.kind.as_str().to_string());
             a.loses = job_loses(&p);
+            a.destructive = p.kind.is_destructive(p.guest_config_sha1.is_some());
             a.expires_at = Some(gate::clock::format_utc(p.expires_at));
             a.expires_unix = Some(p.expires_at);
             a.expired = p.expires_at <= now;
@@ -285,6 +291,7 @@ fn describe(
         namespace: namespace_of(&req.sign),
         submitted: submitted.iter().any(|p| p == req.text.as_bytes()),
         problem: None,
+        destructive: true,
         unexplained: None,
         text: req.text.clone(),
     };
@@ -335,14 +342,26 @@ fn submitted_payloads(tree: &Tree, host: &str, inbox: Inbox) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// What `extract` wrote, and the requests it held back.
+#[derive(Debug, Clone, Default)]
+pub struct Extracted {
+    pub files: Vec<PathBuf>,
+    /// Destructive job requests left out of a run that signs (`--key`) because `--op` does not
+    /// name their kind: a job is built from what its request asks, and no document explains
+    /// it, so a forged report's rollback must not be signed unread.
+    pub held_back: Vec<String>,
+}
+
 /// Writes the selected requests as `dir/<host>/<file>` (not expired, no problem, explained by
-/// the document, not yet submitted) and returns their paths.
+/// the document, not yet submitted). With `signing` (the files are signed at once, unread), a
+/// destructive job is written only when the selection names its kind.
 pub fn extract(
     pending: &Pending,
     selection: &Selection,
     dir: &Path,
-) -> Result<Vec<PathBuf>, FleetError> {
-    let mut files = Vec::new();
+    signing: bool,
+) -> Result<Extracted, FleetError> {
+    let mut out = Extracted::default();
     for a in pending.approvals.iter().chain(&pending.job_requests) {
         if a.expired
             || a.problem.is_some()
@@ -350,6 +369,21 @@ pub fn extract(
             || a.submitted
             || !selection.matches(a)
         {
+            continue;
+        }
+        let job = pending.job_requests.iter().any(|j| std::ptr::eq(j, a));
+        if job
+            && signing
+            && a.destructive
+            && !a.op.as_ref().is_some_and(|o| selection.ops.contains(o))
+        {
+            out.held_back.push(format!(
+                "{}/{}: a destructive {} job; read it, or name it with --op {} to sign it with --key",
+                a.host,
+                a.file,
+                a.op.clone().unwrap_or_default(),
+                a.op.clone().unwrap_or_default()
+            ));
             continue;
         }
         let path = dir.join(&a.host).join(&a.file);
@@ -361,9 +395,9 @@ pub fn extract(
         for old in signatures_beside(&path) {
             let _ = std::fs::remove_file(old);
         }
-        files.push(path);
+        out.files.push(path);
     }
-    Ok(files)
+    Ok(out)
 }
 
 /// `NAME.txt.sig` and `NAME.txt.*.sig` in the same directory.
@@ -400,6 +434,9 @@ pub struct Added {
     pub signers: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Refusal>,
+    /// Placed, but something is still missing (a destructive job's further signatures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What `add-approvals` did.
@@ -497,9 +534,14 @@ pub fn add_approvals(
             signatures: Vec::new(),
             signers: Vec::new(),
             refusal: None,
+            note: None,
         };
         let inbox = Inbox::of_payload(&c.payload);
-        match check(tree, inbox, c, trust, now, &mut a) {
+        let checked = check(tree, inbox, c, trust, now, &mut a).and_then(|sigs| {
+            let host = a.host.clone().unwrap_or_default();
+            fits_in_index(tree, &host, inbox, &file_name(c), &sigs).map(|()| sigs)
+        });
+        match checked {
             Ok(sigs) => {
                 let host = a.host.clone().unwrap_or_default();
                 let name = file_name(c);
@@ -554,6 +596,7 @@ fn add_rotation(
         signatures: Vec::new(),
         signers: Vec::new(),
         refusal: None,
+        note: None,
     };
     let name = file_name(c);
     let checked = (|| -> Result<(Vec<String>, NamedSignatures), Refusal> {
@@ -727,9 +770,26 @@ fn check(
     if inbox == Inbox::Jobs
         && let Some(t) = trust
     {
-        let sigs: Vec<&[u8]> = c.signatures.iter().map(|(_, b)| b.as_slice()).collect();
-        gate::verify_job_offline(t, &c.payload, &sigs, now)
-            .map_err(|r| Refusal::from_rejection(&r))?;
+        // The agent counts every signature beside the job in its copy of `jobs/`, so those
+        // already placed for the same bytes (an earlier signer's run) count here too; a job
+        // still short of its kind's threshold is placed for the next signer, with a note.
+        let placed = placed_signatures(tree, &claims.host, &name, &c.payload);
+        let sigs: Vec<&[u8]> = c
+            .signatures
+            .iter()
+            .map(|(_, b)| b.as_slice())
+            .chain(placed.iter().map(Vec::as_slice))
+            .collect();
+        match gate::verify_job_offline(t, &c.payload, &sigs, now) {
+            Ok(_) => {}
+            Err(r) if r.code == gate::RejectionCode::ThresholdNotMet && r.authenticated => {
+                a.note = Some(format!(
+                    "placed, but the agent will not run it yet: {}; the next signer adds theirs with add-approvals",
+                    r.message
+                ));
+            }
+            Err(r) => return Err(Refusal::from_rejection(&r)),
+        }
     }
     let mut names = Vec::new();
     for (sig_name, sig) in &c.signatures {
@@ -755,6 +815,35 @@ fn check(
     names.sort_by(|a, b| a.0.cmp(&b.0));
     names.dedup_by(|a, b| a.0 == b.0);
     Ok(names)
+}
+
+/// Refuses (`hub_approvals_invalid`, before anything is written) a file whose placing would
+/// make the host's index longer than the agents accept.
+fn fits_in_index(
+    tree: &Tree,
+    host: &str,
+    inbox: Inbox,
+    name: &str,
+    sigs: &NamedSignatures,
+) -> Result<(), Refusal> {
+    let mut plan = tree.index_plan(host, inbox);
+    let mut names: std::collections::BTreeSet<String> = plan.names.into_iter().collect();
+    names.insert(name.to_string());
+    names.extend(sigs.iter().map(|(n, _)| n.clone()));
+    plan.names = names.into_iter().collect();
+    tree.check_index(host, inbox, &plan)
+}
+
+/// The signatures already beside `name` in the host's `jobs/`, if what is there is `payload`.
+fn placed_signatures(tree: &Tree, host: &str, name: &str, payload: &[u8]) -> Vec<Vec<u8>> {
+    let path = tree.inbox_dir(host, Inbox::Jobs).join(name);
+    if !read_capped(&path, approval_files::MAX_PAYLOAD_BYTES).is_ok_and(|b| b == payload) {
+        return Vec::new();
+    }
+    signatures_beside(&path)
+        .into_iter()
+        .filter_map(|p| read_capped(&p, approval_files::MAX_SIGNATURE_BYTES).ok())
+        .collect()
 }
 
 /// The signer's public key blob as the signature states it (only to name the file).

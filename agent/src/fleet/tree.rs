@@ -206,8 +206,15 @@ impl Tree {
     pub fn index_plan(&self, host: &str, inbox: Inbox) -> IndexPlan {
         let dir = self.inbox_dir(host, inbox);
         let mut plan = IndexPlan::default();
-        if inbox == Inbox::Jobs && !dir.exists() {
-            return plan;
+        if inbox == Inbox::Jobs {
+            match std::fs::symlink_metadata(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return plan,
+                Err(e) => {
+                    plan.error = Some(format!("{}: cannot read: {e}", dir.display()));
+                    return plan;
+                }
+                Ok(_) => {}
+            }
         }
         let mut names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
