@@ -179,6 +179,49 @@ async fn a_stale_cluster_view_of_a_migrated_guest_does_not_lose_it() {
     assert_eq!(code(&plan), 0, "{text}");
 }
 
+/// HA moves a guest after the pass read it but before its lane turn: the turn finds it gone
+/// from pve1 and plans no create (PVE would refuse the vmid that now lives on pve2, and the
+/// failure would park the guest as terminally failed until its entry changed). The next
+/// read sees it on pve2; back on pve1 it is managed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_migrates_before_its_lane_turn_is_not_recreated_or_parked() {
+    let h = Host::start_with(pve_sim::SimConfig {
+        other_nodes: vec!["pve2".into()],
+        task_duration: std::time::Duration::from_millis(50),
+        ..pve_sim::SimConfig::default()
+    })
+    .await;
+    h.desired(&format!("revision = 1\n{}", guest(641, "running", 256)));
+    assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
+    // Stopped behind the agent's back: the pass plans a start; HA moves it right after the
+    // pass's config read.
+    assert!(h.sim.alter(641, |ct| ct.running = false));
+    h.sim.set_faults(pve_sim::Faults {
+        migrate_after_config_read: [(641, "pve2".to_string())].into(),
+        ..pve_sim::Faults::default()
+    });
+    let before = h.sim.mutations().len();
+    let run = h.drover_async(&["run", "--once"]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert_eq!(h.sim.guest(641).unwrap().node, "pve2", "the fault fired");
+    assert_eq!(code(&run), 2, "{stderr}");
+    assert!(stderr.contains("exists_on_other_node"), "{stderr}");
+    assert!(
+        !stderr.contains("already exists"),
+        "a create was sent: {stderr}"
+    );
+    assert!(!stderr.contains("failed"), "{stderr}");
+    assert_eq!(h.sim.mutations().len(), before, "nothing was sent");
+
+    // Back on pve1 (still stopped): the next run starts it, no adoption, nothing parked.
+    h.sim.set_faults(pve_sim::Faults::default());
+    assert!(h.sim.alter(641, |ct| ct.node = "pve1".into()));
+    let run = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&run), 0, "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(h.sim.guest(641).unwrap().running);
+    assert_eq!(h.sim.count_mutations("create", 641), 1, "never re-created");
+}
+
 /// With `[proxmox] pool`, every create names the pool (PVE lets a token whose rights are on
 /// `/pool/<pool>` create a guest only into that pool); without it, no create does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -750,12 +750,22 @@ async fn route(
                     .into(),
                 ));
             }
-            h.config_json(
-                vmid.unwrap_or(0),
-                flag("current"),
-                params.get("snapshot").map(String::as_str),
-            )
-            .map(Reply::from)
+            let answer = h
+                .config_json(
+                    vmid.unwrap_or(0),
+                    flag("current"),
+                    params.get("snapshot").map(String::as_str),
+                )
+                .map(Reply::from);
+            let v = vmid.unwrap_or(0);
+            if answer.is_ok()
+                && let Some(to) = h.faults.migrate_after_config_read.remove(&v)
+                && let Some(ct) = h.p.cts.get_mut(&v)
+            {
+                ct.node = to;
+                shared.persist(&h);
+            }
+            answer
         }
         ("GET", "/nodes/{node}/lxc/{vmid}/pending") => {
             h.pending_json(vmid.unwrap_or(0)).map(Reply::from)

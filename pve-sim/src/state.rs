@@ -112,6 +112,9 @@ pub struct Faults {
     /// `cluster/resources` places each CT here on the named node whatever node holds it: a
     /// cluster view answered just before a migration, next to a CT list answered just after.
     pub stale_cluster_view: BTreeMap<u32, String>,
+    /// One-shot: each CT here moves to the named node right after its next config read (a
+    /// migration between a client's read of the host and its next look at the guest).
+    pub migrate_after_config_read: BTreeMap<u32, String>,
 }
 
 /// A container as the simulator stores it: config values as PVE text.

@@ -61,6 +61,11 @@ pub(super) struct Inner {
     /// Guests the last pass could not pin down (`ActualHost::vanished`): a lane turn that
     /// finds one gone plans nothing for it either, until a pass reads it again.
     vanished: RwLock<std::collections::BTreeSet<u32>>,
+    /// The guests the last pass read on this node. One that a lane turn then finds gone
+    /// moved or was destroyed in between: the turn plans no create for it (PVE would refuse
+    /// a vmid that lives on another node, and the failure would park the guest as
+    /// terminally failed); the next pass decides.
+    present: RwLock<std::collections::BTreeSet<u32>>,
     /// Guests whose destroy the last host plan's fuse withheld (a lane turn plans one guest
     /// and cannot see the whole document, so it keeps to the host's verdict).
     fused: RwLock<std::collections::BTreeSet<u32>>,
@@ -111,6 +116,7 @@ impl Engine {
                 desired: RwLock::new(None),
                 elsewhere: RwLock::new(BTreeMap::new()),
                 vanished: RwLock::new(std::collections::BTreeSet::new()),
+                present: RwLock::new(std::collections::BTreeSet::new()),
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
@@ -393,16 +399,23 @@ impl Engine {
         actual: Option<&ActualGuest>,
         elsewhere: Option<&String>,
     ) -> planner::GuestPlan {
-        if actual.is_none()
-            && elsewhere.is_none()
-            && self
+        if actual.is_none() && elsewhere.is_none() {
+            let vanished = self
                 .inner
                 .vanished
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .contains(&spec.vmid)
-        {
-            return planner::vanished_guest(spec);
+                .contains(&spec.vmid);
+            let was_here = spec.ensure != crate::desired::Ensure::Absent
+                && self
+                    .inner
+                    .present
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&spec.vmid);
+            if vanished || was_here {
+                return planner::vanished_guest(spec);
+            }
         }
         let ctx = self.plan_context([spec.vmid]);
         let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
@@ -504,6 +517,11 @@ impl Engine {
             .vanished
             .write()
             .unwrap_or_else(|p| p.into_inner()) = actual.vanished.clone();
+        *self
+            .inner
+            .present
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = actual.guests.keys().copied().collect();
         let store = &self.inner.store;
         self.inner
             .status
