@@ -7,17 +7,22 @@ mod common;
 
 use common::{Host, code, guest, seed};
 
+/// pve1 of a cluster with pve2, 50 ms tasks.
+async fn two_node_host() -> Host {
+    Host::start_with(pve_sim::SimConfig {
+        other_nodes: vec!["pve2".into()],
+        task_duration: std::time::Duration::from_millis(50),
+        ..pve_sim::SimConfig::default()
+    })
+    .await
+}
+
 /// A guest the cluster moved to pve2 (HA failover, a manual migration) is never created again
 /// on pve1 and never touched there, and after it comes back it is managed as before, without
 /// a new create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
-    let h = Host::start_with(pve_sim::SimConfig {
-        other_nodes: vec!["pve2".into()],
-        task_duration: std::time::Duration::from_millis(50),
-        ..pve_sim::SimConfig::default()
-    })
-    .await;
+    let h = two_node_host().await;
     h.desired(&format!("revision = 1\n{}", guest(601, "running", 256)));
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 0, "created and converged on pve1");
@@ -76,12 +81,7 @@ async fn a_guest_that_migrates_away_and_back_is_neither_recreated_nor_lost() {
 /// it needs no adoption), and the next pass sees it on pve2. Before, the whole read failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_migrates_during_the_read_stops_nothing_and_is_not_recreated() {
-    let h = Host::start_with(pve_sim::SimConfig {
-        other_nodes: vec!["pve2".into()],
-        task_duration: std::time::Duration::from_millis(50),
-        ..pve_sim::SimConfig::default()
-    })
-    .await;
+    let h = two_node_host().await;
     h.desired(&format!(
         "revision = 1\n{}{}",
         guest(621, "running", 256),
@@ -146,12 +146,7 @@ async fn a_guest_that_migrates_during_the_read_stops_nothing_and_is_not_recreate
 /// the guest and planned its create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_cluster_view_of_a_migrated_guest_does_not_lose_it() {
-    let h = Host::start_with(pve_sim::SimConfig {
-        other_nodes: vec!["pve2".into()],
-        task_duration: std::time::Duration::from_millis(50),
-        ..pve_sim::SimConfig::default()
-    })
-    .await;
+    let h = two_node_host().await;
     h.desired(&format!("revision = 1\n{}", guest(631, "running", 256)));
     assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
 
@@ -185,12 +180,7 @@ async fn a_stale_cluster_view_of_a_migrated_guest_does_not_lose_it() {
 /// read sees it on pve2; back on pve1 it is managed as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_that_migrates_before_its_lane_turn_is_not_recreated_or_parked() {
-    let h = Host::start_with(pve_sim::SimConfig {
-        other_nodes: vec!["pve2".into()],
-        task_duration: std::time::Duration::from_millis(50),
-        ..pve_sim::SimConfig::default()
-    })
-    .await;
+    let h = two_node_host().await;
     h.desired(&format!("revision = 1\n{}", guest(641, "running", 256)));
     assert_eq!(code(&h.drover_async(&["run", "--once"]).await), 0);
     // Stopped behind the agent's back: the pass plans a start; HA moves it right after the

@@ -803,6 +803,17 @@ fn request(host: &str, vmid: u32, expires_in: i64) -> String {
     .unwrap()
 }
 
+/// The refusal code `add-approvals --output json` gave the file for `vmid` (null: placed).
+fn refusal_code(v: &serde_json::Value, vmid: u32) -> serde_json::Value {
+    v["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["vmid"] == vmid)
+        .map(|a| a["refusal"]["code"].clone())
+        .unwrap()
+}
+
 #[test]
 fn add_approvals_checks_each_file_and_keeps_the_others() {
     if skip() {
@@ -865,15 +876,7 @@ fn add_approvals_checks_each_file_and_keeps_the_others() {
     ]);
     assert_eq!(out.status.code(), Some(1), "refusals exit 1");
     let v = json(&out);
-    let code_of = |vmid: u32| {
-        v["approvals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["vmid"] == vmid)
-            .map(|a| a["refusal"]["code"].clone())
-            .unwrap()
-    };
+    let code_of = |vmid: u32| refusal_code(&v, vmid);
     assert!(code_of(101).is_null(), "{v}");
     assert_eq!(code_of(102), "expired", "{v}");
     assert_eq!(code_of(103), "unknown_host", "{v}");
@@ -1403,15 +1406,7 @@ fn add_approvals_checks_signed_jobs_and_places_them_under_jobs() {
     ]);
     assert_eq!(out.status.code(), Some(1), "refusals exit 1");
     let v = json(&out);
-    let code_of = |vmid: u32| {
-        v["approvals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["vmid"] == vmid)
-            .map(|a| a["refusal"]["code"].clone())
-            .unwrap()
-    };
+    let code_of = |vmid: u32| refusal_code(&v, vmid);
     assert!(code_of(101).is_null(), "{v}");
     assert_eq!(code_of(102), "expired", "{v}");
     assert_eq!(code_of(103), "unknown_host", "{v}");

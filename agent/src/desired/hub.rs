@@ -429,14 +429,15 @@ impl HubSource {
         match self.mirror("jobs", dir, &self.jobs_index_etag).await {
             Err(HubError::HttpStatus { status: 404, .. }) => {
                 *lock(&self.jobs_index_etag) = None;
-                let removed = match dir.exists() {
-                    true => {
-                        prune_unlisted(dir, &BTreeSet::new()).map_err(|e| HubError::LocalWrite {
+                let removed = match prune_unlisted(dir, &BTreeSet::new()) {
+                    Ok(r) => r,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => {
+                        return Err(HubError::LocalWrite {
                             path: dir.display().to_string(),
                             message: e.to_string().to_lowercase(),
-                        })?
+                        });
                     }
-                    false => Vec::new(),
                 };
                 Ok(ApprovalSync {
                     removed,

@@ -157,7 +157,7 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
             .ok()
             .and_then(|b| crate::desired::parse(&b, "desired.toml").ok());
         for req in &report.pending_approvals {
-            let mut a = describe(&host, req, &submitted, now);
+            let mut a = describe(&host, Inbox::Approvals, req, &submitted, now);
             if a.problem.is_none() {
                 a.unexplained = unexplained(&a, doc.as_ref());
             }
@@ -166,7 +166,7 @@ pub fn collect(tree: &Tree, now: i64) -> Result<Pending, FleetError> {
         let submitted_jobs = submitted_payloads(tree, &host, Inbox::Jobs);
         for req in &report.pending_jobs {
             out.job_requests
-                .push(describe_job(&host, req, &submitted_jobs, now));
+                .push(describe(&host, Inbox::Jobs, req, &submitted_jobs, now));
         }
     }
     Ok(out)
@@ -187,62 +187,6 @@ pub fn job_loses(p: &JobPayload) -> String {
         ),
         JobKind::RestoreBackup => "nothing (a restore onto a free vmid)".into(),
     }
-}
-
-/// A job request as a host's report shows it (display only: the agent verifies the job on
-/// the guest's lane against its own state).
-fn describe_job(
-    host: &str,
-    req: &crate::desired::report::PendingRequest,
-    submitted: &[Vec<u8>],
-    now: i64,
-) -> PendingApproval {
-    let mut a = PendingApproval {
-        host: host.to_string(),
-        vmid: None,
-        op: None,
-        loses: String::new(),
-        expires_at: None,
-        expires_unix: None,
-        expired: false,
-        file: req.file.clone(),
-        namespace: namespace_of(&req.sign),
-        submitted: submitted.iter().any(|p| p == req.text.as_bytes()),
-        problem: None,
-        destructive: true,
-        unexplained: None,
-        text: req.text.clone(),
-    };
-    match JobPayload::parse(req.text.as_bytes()) {
-        Ok(p) => {
-            a.vmid = Some(p.vmid);
-            a.op = Some(p.kind.as_str().to_string());
-            a.loses = job_loses(&p);
-            a.destructive = p.kind.is_destructive(p.guest_config_sha1.is_some());
-            a.expires_at = Some(gate::clock::format_utc(p.expires_at));
-            a.expires_unix = Some(p.expires_at);
-            a.expired = p.expires_at <= now;
-            let expected = format!(
-                "{}-{}-{}.txt",
-                p.vmid,
-                p.kind.as_str().replace('_', "-"),
-                p.nonce.get(..8).unwrap_or(&p.nonce)
-            );
-            if p.host != host {
-                a.problem = Some(format!("the job names host {:?}, not {host:?}", p.host));
-            } else if req.file != expected {
-                a.problem = Some(format!(
-                    "file name {:?} does not match the job ({expected})",
-                    req.file
-                ));
-            }
-        }
-        Err(r) => a.problem = Some(format!("{}: {}", r.code.as_str(), r.message)),
-    }
-    if a.problem.is_none() && !valid_approval_name(&a.file) {
-        a.problem = Some(format!("{:?} is not a job file name", a.file));
-    }
-    a
 }
 
 /// Whether the tree's document asks for what the request would do: a destroy needs the guest
@@ -273,12 +217,65 @@ fn unexplained(a: &PendingApproval, doc: Option<&crate::desired::DesiredDoc>) ->
     }
 }
 
+/// What a request in a report claims, whichever kind it is.
+struct Claimed {
+    host: String,
+    vmid: u32,
+    op: String,
+    loses: String,
+    destructive: bool,
+    expires_at: i64,
+    /// The file name the agent gives such a request.
+    file: String,
+}
+
+fn claims_of(inbox: Inbox, text: &[u8]) -> Result<Claimed, gate::Rejection> {
+    Ok(match inbox {
+        Inbox::Approvals => {
+            let p = ApprovalPayload::parse(text)?;
+            Claimed {
+                file: format!("{}-{}.txt", p.vmid, p.op.as_str()),
+                loses: loses(&p.op, &p.params),
+                op: p.op.as_str().to_string(),
+                destructive: true,
+                host: p.host,
+                vmid: p.vmid,
+                expires_at: p.expires_at,
+            }
+        }
+        Inbox::Jobs => {
+            let p = JobPayload::parse(text)?;
+            Claimed {
+                file: format!(
+                    "{}-{}-{}.txt",
+                    p.vmid,
+                    p.kind.as_str().replace('_', "-"),
+                    p.nonce.get(..8).unwrap_or(&p.nonce)
+                ),
+                loses: job_loses(&p),
+                op: p.kind.as_str().to_string(),
+                destructive: p.kind.is_destructive(p.guest_config_sha1.is_some()),
+                host: p.host,
+                vmid: p.vmid,
+                expires_at: p.expires_at,
+            }
+        }
+    })
+}
+
+/// A pending approval (or, from `inbox` = jobs, a job request) as a host's report shows it:
+/// display only, the agent binds any signature to what it plans or verifies itself.
 fn describe(
     host: &str,
+    inbox: Inbox,
     req: &crate::desired::report::PendingRequest,
     submitted: &[Vec<u8>],
     now: i64,
 ) -> PendingApproval {
+    let what = match inbox {
+        Inbox::Approvals => "request",
+        Inbox::Jobs => "job",
+    };
     let mut a = PendingApproval {
         host: host.to_string(),
         vmid: None,
@@ -295,29 +292,28 @@ fn describe(
         unexplained: None,
         text: req.text.clone(),
     };
-    match ApprovalPayload::parse(req.text.as_bytes()) {
-        Ok(p) => {
-            a.vmid = Some(p.vmid);
-            a.op = Some(p.op.as_str().to_string());
-            a.loses = loses(&p.op, &p.params);
-            a.expires_at = Some(gate::clock::format_utc(p.expires_at));
-            a.expires_unix = Some(p.expires_at);
-            a.expired = p.expires_at <= now;
-            if p.host != host {
-                a.problem = Some(format!("the request names host {:?}, not {host:?}", p.host));
-            } else if req.file != format!("{}-{}.txt", p.vmid, p.op.as_str()) {
+    match claims_of(inbox, req.text.as_bytes()) {
+        Ok(c) => {
+            a.vmid = Some(c.vmid);
+            a.op = Some(c.op);
+            a.loses = c.loses;
+            a.destructive = c.destructive;
+            a.expires_at = Some(gate::clock::format_utc(c.expires_at));
+            a.expires_unix = Some(c.expires_at);
+            a.expired = c.expires_at <= now;
+            if c.host != host {
+                a.problem = Some(format!("the {what} names host {:?}, not {host:?}", c.host));
+            } else if req.file != c.file {
                 a.problem = Some(format!(
-                    "file name {:?} does not match the request ({}-{}.txt)",
-                    req.file,
-                    p.vmid,
-                    p.op.as_str()
+                    "file name {:?} does not match the {what} ({})",
+                    req.file, c.file
                 ));
             }
         }
         Err(r) => a.problem = Some(format!("{}: {}", r.code.as_str(), r.message)),
     }
     if a.problem.is_none() && !valid_approval_name(&a.file) {
-        a.problem = Some(format!("{:?} is not an approval file name", a.file));
+        a.problem = Some(format!("{:?} is not a {what} file name", a.file));
     }
     a
 }
@@ -362,7 +358,9 @@ pub fn extract(
     signing: bool,
 ) -> Result<Extracted, FleetError> {
     let mut out = Extracted::default();
-    for a in pending.approvals.iter().chain(&pending.job_requests) {
+    let requests = (pending.approvals.iter().map(|a| (a, false)))
+        .chain(pending.job_requests.iter().map(|a| (a, true)));
+    for (a, job) in requests {
         if a.expired
             || a.problem.is_some()
             || a.unexplained.is_some()
@@ -371,7 +369,6 @@ pub fn extract(
         {
             continue;
         }
-        let job = pending.job_requests.iter().any(|j| std::ptr::eq(j, a));
         if job
             && signing
             && a.destructive

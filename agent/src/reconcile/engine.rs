@@ -56,16 +56,8 @@ pub(super) struct Inner {
     /// trips, not on every pass.
     logged_notes: Mutex<Vec<String>>,
     desired: RwLock<Option<Desired>>,
-    /// vmids held by other nodes, from the last pass.
-    elsewhere: RwLock<BTreeMap<u32, String>>,
-    /// Guests the last pass could not pin down (`ActualHost::vanished`): a lane turn that
-    /// finds one gone plans nothing for it either, until a pass reads it again.
-    vanished: RwLock<std::collections::BTreeSet<u32>>,
-    /// The guests the last pass read on this node. One that a lane turn then finds gone
-    /// moved or was destroyed in between: the turn plans no create for it (PVE would refuse
-    /// a vmid that lives on another node, and the failure would park the guest as
-    /// terminally failed); the next pass decides.
-    present: RwLock<std::collections::BTreeSet<u32>>,
+    /// Where the last pass found the guests (a lane turn reads only its own guest).
+    last_read: RwLock<LastRead>,
     /// Guests whose destroy the last host plan's fuse withheld (a lane turn plans one guest
     /// and cannot see the whole document, so it keeps to the host's verdict).
     fused: RwLock<std::collections::BTreeSet<u32>>,
@@ -85,6 +77,21 @@ pub(super) struct Inner {
     /// Safety copies before destructive steps (`safety/`); `None` refuses every step that
     /// needs one (`safety_storage_unset`).
     pub(super) safety: RwLock<Option<crate::safety::SafetyCopies>>,
+}
+
+/// What the last pass's host read said of where each guest is, for the lane turns after it.
+#[derive(Debug, Default)]
+struct LastRead {
+    /// vmids held by other nodes.
+    elsewhere: BTreeMap<u32, String>,
+    /// Guests the read could not pin down (`ActualHost::vanished`): a lane turn that finds
+    /// one gone plans nothing for it either, until a pass reads it again.
+    vanished: std::collections::BTreeSet<u32>,
+    /// The guests read on this node. One that a lane turn then finds gone moved or was
+    /// destroyed in between: the turn plans no create for it (PVE would refuse a vmid that
+    /// lives on another node, and the failure would park the guest as terminally failed);
+    /// the next pass decides.
+    present: std::collections::BTreeSet<u32>,
 }
 
 impl Engine {
@@ -114,9 +121,7 @@ impl Engine {
                 trust: TrustInForce::new(trust),
                 logged_notes: Mutex::new(Vec::new()),
                 desired: RwLock::new(None),
-                elsewhere: RwLock::new(BTreeMap::new()),
-                vanished: RwLock::new(std::collections::BTreeSet::new()),
-                present: RwLock::new(std::collections::BTreeSet::new()),
+                last_read: RwLock::new(LastRead::default()),
                 fused: RwLock::new(std::collections::BTreeSet::new()),
                 terminal: Mutex::new(HashMap::new()),
                 status: StatusBoard::default(),
@@ -393,32 +398,28 @@ impl Engine {
 
     /// The plan of one guest from fresh state, with adoption required for a guest the journal
     /// does not know.
-    fn plan_one(
-        &self,
-        spec: &GuestSpec,
-        actual: Option<&ActualGuest>,
-        elsewhere: Option<&String>,
-    ) -> planner::GuestPlan {
-        if actual.is_none() && elsewhere.is_none() {
-            let vanished = self
+    /// Plans one guest in a lane turn, from its fresh read and where the last pass found it.
+    fn plan_one(&self, spec: &GuestSpec, actual: Option<&ActualGuest>) -> planner::GuestPlan {
+        let vmid = spec.vmid;
+        let (elsewhere, gone_since_the_pass) = {
+            let last = self
                 .inner
-                .vanished
+                .last_read
                 .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&spec.vmid);
-            let was_here = spec.ensure != crate::desired::Ensure::Absent
-                && self
-                    .inner
-                    .present
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&spec.vmid);
-            if vanished || was_here {
-                return planner::vanished_guest(spec);
-            }
+                .unwrap_or_else(|p| p.into_inner());
+            let elsewhere = last.elsewhere.get(&vmid).cloned();
+            let gone = actual.is_none()
+                && elsewhere.is_none()
+                && (last.vanished.contains(&vmid)
+                    || (spec.ensure != crate::desired::Ensure::Absent
+                        && last.present.contains(&vmid)));
+            (elsewhere, gone)
+        };
+        if gone_since_the_pass {
+            return planner::vanished_guest(spec);
         }
-        let ctx = self.plan_context([spec.vmid]);
-        let mut gp = planner::plan_guest_with(spec, actual, elsewhere, &ctx);
+        let ctx = self.plan_context([vmid]);
+        let mut gp = planner::plan_guest_with(spec, actual, elsewhere.as_ref(), &ctx);
         self.shape_for_verify(&mut gp, spec, actual);
         let fused = self
             .inner
@@ -509,19 +510,13 @@ impl Engine {
         self.forget_vanished(&desired.doc, &actual, read_from_ms);
         *self
             .inner
-            .elsewhere
+            .last_read
             .write()
-            .unwrap_or_else(|p| p.into_inner()) = actual.elsewhere.clone();
-        *self
-            .inner
-            .vanished
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = actual.vanished.clone();
-        *self
-            .inner
-            .present
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = actual.guests.keys().copied().collect();
+            .unwrap_or_else(|p| p.into_inner()) = LastRead {
+            elsewhere: actual.elsewhere.clone(),
+            vanished: actual.vanished.clone(),
+            present: actual.guests.keys().copied().collect(),
+        };
         let store = &self.inner.store;
         self.inner
             .status
@@ -757,14 +752,7 @@ impl Engine {
         if let Some(a) = actual.as_ref() {
             self.remember_if_running(a);
         }
-        let elsewhere = self
-            .inner
-            .elsewhere
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&vmid)
-            .cloned();
-        let gp = self.plan_one(&spec, actual.as_ref(), elsewhere.as_ref());
+        let gp = self.plan_one(&spec, actual.as_ref());
         let Some(step) = gp.steps.first().cloned() else {
             self.inner.status.set_notes(vmid, &gp.notes);
             return if gp.notes.iter().any(|n| n.code == "guest_locked") {
@@ -1251,14 +1239,7 @@ impl Engine {
             .and_then(|d| d.doc.guests.get(&vmid).cloned());
         match spec {
             Some(spec) if kind != StepKind::Destroy => {
-                let elsewhere = self
-                    .inner
-                    .elsewhere
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&vmid)
-                    .cloned();
-                let next = self.plan_one(&spec, fresh.as_ref(), elsewhere.as_ref());
+                let next = self.plan_one(&spec, fresh.as_ref());
                 if next.steps.is_empty() {
                     LaneOutcome::Converged
                 } else {
