@@ -26,6 +26,7 @@ use crate::{
 };
 
 pub mod copies;
+mod lock;
 mod verify;
 
 const VERSION: u32 = 1;
@@ -57,7 +58,7 @@ struct Inner {
     jobs: sled::Tree,
     meta: sled::Tree,
     /// Held for the process lifetime: the exclusive lock on `<dir>/drover.lock`.
-    _lock: Option<File>,
+    _lock: Option<lock::DirLock>,
     /// A read-only snapshot lives in this temporary directory.
     _snapshot: Option<tempfile_dir::TempDir>,
     /// Serializes nonce consumption so check-then-insert is atomic across threads.
@@ -228,39 +229,6 @@ fn open_db(dir: &Path, db_path: &Path) -> Result<sled::Db, JournalError> {
     }
 }
 
-fn take_lock(dir: &Path) -> Result<File, JournalError> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join("drover.lock");
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| io(dir, "opening the lock file", e))?;
-    match f.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = f.read_to_string(&mut holder);
-            return Err(JournalError::Locked {
-                dir: dir.to_path_buf(),
-                holder: if holder.trim().is_empty() {
-                    "unknown".into()
-                } else {
-                    holder.trim().to_string()
-                },
-            });
-        }
-        Err(std::fs::TryLockError::Error(e)) => return Err(io(dir, "locking", e)),
-    }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "{}", std::process::id());
-    let _ = f.sync_all();
-    Ok(f)
-}
-
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
@@ -322,7 +290,7 @@ impl Journal {
     /// `Locked`).
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, "creating the directory", e))?;
-        let lock = take_lock(dir)?;
+        let lock = lock::take(dir)?;
         let db = open_db(dir, &dir.join("db"))?;
         Journal::from_db(dir, db, Some(lock), None)
     }
@@ -348,7 +316,7 @@ impl Journal {
     fn from_db(
         dir: &Path,
         db: sled::Db,
-        lock: Option<File>,
+        lock: Option<lock::DirLock>,
         snapshot: Option<tempfile_dir::TempDir>,
     ) -> Result<Journal, JournalError> {
         let t = |name: &str| db.open_tree(name).map_err(|e| sled_err(dir, e));
@@ -1449,7 +1417,7 @@ fn hex_key(k: &[u8]) -> String {
 /// returns the new path; the next open starts an empty store with a new state epoch, which
 /// invalidates every outstanding approval. Refused while a daemon holds the lock.
 pub fn move_aside(dir: &Path) -> Result<PathBuf, JournalError> {
-    let _lock = take_lock(dir)?;
+    let _lock = lock::take(dir)?;
     let src = dir.join("db");
     if !src.exists() {
         return Err(io(

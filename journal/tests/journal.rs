@@ -103,6 +103,47 @@ fn a_second_open_is_refused_naming_the_holder() {
     assert!(Journal::open_read_only(d.path()).is_ok());
 }
 
+/// A child process this process spawns inherits the lock's open file for the moment between
+/// its fork and its exec, and the lock goes with it. A reopen right after a drop in that moment
+/// is not a second holder: it waits the child out instead of failing with `Locked`.
+#[test]
+fn a_reopen_is_not_refused_by_a_child_spawned_in_the_same_moment() {
+    let d = tempfile::tempdir().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut spawned = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                Command::new("true").status().unwrap();
+                spawned += 1;
+            }
+            spawned
+        })
+    };
+    let mut j = Journal::open(d.path()).unwrap();
+    for round in 0..300 {
+        drop(j);
+        j = match Journal::open(d.path()) {
+            Ok(j) => j,
+            Err(e) => {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                panic!("reopen {round} refused: {e}");
+            }
+        };
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        spawner.join().unwrap() > 0,
+        "children ran during the reopens"
+    );
+    // A second holder in this process is still refused at once.
+    match Journal::open(d.path()) {
+        Err(JournalError::Locked { .. }) => {}
+        other => panic!("a second open while held: {:?}", other.map(|_| ())),
+    }
+}
+
 #[test]
 fn one_nonce_is_consumed_exactly_once_across_threads_and_restarts() {
     let d = tempfile::tempdir().unwrap();
@@ -281,6 +322,25 @@ fn damaged_files_give_a_clear_error_not_a_panic() {
     }
 }
 
+/// Opens the journal's database with sled itself, to write what the journal never would.
+/// sled's own file lock can be held for a moment after the journal closes (its flusher
+/// thread, or a child spawned by another test between fork and exec): waited out, as the
+/// journal's open does.
+fn open_sled_directly(path: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r.unwrap(),
+        }
+    }
+}
+
 #[test]
 fn an_unknown_record_version_is_an_error_not_a_skip() {
     let d = tempfile::tempdir().unwrap();
@@ -290,7 +350,7 @@ fn an_unknown_record_version_is_an_error_not_a_skip() {
     }
     // Write a record of a future version with sled directly.
     {
-        let db = sled::open(d.path().join("db")).unwrap();
+        let db = open_sled_directly(&d.path().join("db"));
         let t = db.open_tree("steps").unwrap();
         t.insert(99u64.to_be_bytes(), br#"{"v":2,"r":{}}"#.to_vec())
             .unwrap();
@@ -872,7 +932,7 @@ fn learned_task_durations_survive_reopen_without_a_sync_of_their_own() {
     }
     // Junk under the prefix, written with sled directly.
     {
-        let db = sled::open(d.path().join("db")).unwrap();
+        let db = open_sled_directly(&d.path().join("db"));
         let t = db.open_tree("meta").unwrap();
         t.insert("task_duration/vzstop", b"\xff junk".to_vec())
             .unwrap();
