@@ -144,6 +144,46 @@ fn a_reopen_is_not_refused_by_a_child_spawned_in_the_same_moment() {
     }
 }
 
+/// The same from another process's side: the file names a live process that no longer has the
+/// lock file open, while the lock is still held (here by the test's own descriptor, standing in
+/// for that process's child between fork and exec). The open waits for the release instead of
+/// being refused for a holder that has let go.
+#[test]
+fn a_lock_whose_named_holder_has_let_go_is_waited_out() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    drop(Journal::open(d.path()).unwrap());
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    let mut inherited = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.path().join("drover.lock"))
+        .unwrap();
+    inherited.try_lock().unwrap();
+    inherited.set_len(0).unwrap();
+    write!(inherited, "{}", bystander.id()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(inherited);
+    });
+    let opened = Journal::open(d.path());
+    release.join().unwrap();
+    bystander.kill().unwrap();
+    let _ = bystander.wait();
+    let j = opened.expect("the lock was released by a descriptor the named holder does not own");
+    drop(j);
+    // A holder that still has the file open is refused at once.
+    let _held = Journal::open(d.path()).unwrap();
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        Journal::open(d.path()),
+        Err(JournalError::Locked { .. })
+    ));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(4),
+        "refused, not waited"
+    );
+}
+
 #[test]
 fn one_nonce_is_consumed_exactly_once_across_threads_and_restarts() {
     let d = tempfile::tempdir().unwrap();

@@ -1,47 +1,32 @@
 //! The exclusive lock on `<dir>/drover.lock`: one writer per journal directory.
 //!
-//! The lock is an `flock` on the file. Such a lock belongs to the open file, and a child
-//! process inherits that open file between its fork and its exec (std closes it at exec).
-//! So when this process drops its journal while another of its threads is spawning a child
-//! (the agent runs `ssh-keygen`, tests spawn helpers), the lock outlives the drop by that
-//! moment, and a reopen in the same moment would see a second holder that does not exist.
+//! The lock is an `flock` on the file, which the kernel drops when the holder dies (even by
+//! SIGKILL). Such a lock belongs to the open file, and a child process inherits that open file
+//! between its fork and its exec (std closes it at exec). So for that moment the lock can be
+//! held by a process that is no journal's: when a journal is dropped while another thread of
+//! its process spawns a child (the agent runs `ssh-keygen`, tests spawn helpers), the lock
+//! outlives the drop, and an open in that moment, in this process or another, would be refused
+//! for a holder that has let go.
 //!
-//! A busy lock whose file names this process, held by no journal this process has open, is
-//! such a child and is waited out. Any other busy lock is refused at once: another process,
-//! or a second open in this one.
+//! So a busy lock is refused at once only while the process named in the file still has the
+//! lock file open, or when that cannot be seen (another user's process, no `/proc`); a lock
+//! whose named holder has let go is a child's inherited copy and is waited out.
 
-use std::collections::BTreeSet;
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::JournalError;
 
-/// How long a lock held only by a child of this process between fork and exec is waited for.
-/// That moment is microseconds; the margin covers a loaded machine.
-const CHILD_WINDOW: Duration = Duration::from_secs(5);
+/// How long a lock held only by an inherited copy is waited for. The fork-to-exec moment is
+/// microseconds; the margin covers a loaded machine.
+const INHERITED_WAIT: Duration = Duration::from_secs(5);
 
-/// Lock files (device, inode) this process holds through an open journal.
-static HELD: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
-
-fn held() -> std::sync::MutexGuard<'static, BTreeSet<(u64, u64)>> {
-    HELD.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The held lock; released when dropped.
+/// The held lock; the kernel releases it when the file closes (drop, exit or SIGKILL).
 pub(crate) struct DirLock {
-    key: (u64, u64),
-    /// Declared last: the file closes (releasing the lock) after `drop` has forgotten `key`,
-    /// so a reopen that finds the lock busy in between waits instead of being refused.
     _file: File,
-}
-
-impl Drop for DirLock {
-    fn drop(&mut self) {
-        held().remove(&self.key);
-    }
 }
 
 fn io(dir: &Path, context: &str, e: std::io::Error) -> JournalError {
@@ -63,12 +48,7 @@ pub(crate) fn take(dir: &Path) -> Result<DirLock, JournalError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| io(dir, "opening the lock file", e))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| io(dir, "reading the lock file", e))?;
-    let key = (meta.dev(), meta.ino());
-    let me = std::process::id().to_string();
-    let deadline = Instant::now() + CHILD_WINDOW;
+    let deadline = Instant::now() + INHERITED_WAIT;
     loop {
         match f.try_lock() {
             Ok(()) => break,
@@ -76,9 +56,8 @@ pub(crate) fn take(dir: &Path) -> Result<DirLock, JournalError> {
                 let mut holder = String::new();
                 let _ = f.rewind();
                 let _ = f.read_to_string(&mut holder);
-                let holder = holder.trim();
-                let a_child_of_ours = holder == me && !held().contains(&key);
-                if a_child_of_ours && Instant::now() < deadline {
+                let holder = holder.trim().to_string();
+                if Instant::now() < deadline && has_let_go(&holder, &f) {
                     std::thread::sleep(Duration::from_millis(2));
                     continue;
                 }
@@ -87,17 +66,55 @@ pub(crate) fn take(dir: &Path) -> Result<DirLock, JournalError> {
                     holder: if holder.is_empty() {
                         "unknown".into()
                     } else {
-                        holder.to_string()
+                        holder
                     },
                 });
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io(dir, "locking", e)),
         }
     }
-    held().insert(key);
     let _ = f.set_len(0);
     let _ = f.rewind();
-    let _ = write!(f, "{me}");
+    let _ = write!(f, "{}", std::process::id());
     let _ = f.sync_all();
-    Ok(DirLock { key, _file: f })
+    Ok(DirLock { _file: f })
+}
+
+/// Whether the process the lock file names is seen to no longer have the lock file open (it
+/// closed its journal, or it died and a child it spawned holds the lock). Anything unclear (no
+/// pid, another user's process, no `/proc`) is "no": the lock is then refused at once.
+fn has_let_go(holder: &str, lock_file: &File) -> bool {
+    let Ok(pid) = holder.parse::<u32>() else {
+        return false;
+    };
+    let Ok(ours) = lock_file.metadata() else {
+        return false;
+    };
+    let (dev, ino) = (ours.dev(), ours.ino());
+    let this_process = pid == std::process::id();
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        // A holder that is gone has let go; the lock is an inherited copy.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return std::path::Path::new("/proc/self/fd").exists();
+        }
+        Err(_) => return false,
+    };
+    for fd in fds.flatten() {
+        // This process's own descriptor of the file, opened to ask, is not a holder.
+        if this_process
+            && fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
+                == Some(lock_file.as_raw_fd())
+        {
+            continue;
+        }
+        // `metadata` follows the link to what the descriptor refers to, without opening it.
+        if let Ok(m) = std::fs::metadata(fd.path())
+            && m.dev() == dev
+            && m.ino() == ino
+        {
+            return false;
+        }
+    }
+    true
 }
