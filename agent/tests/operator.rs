@@ -705,3 +705,90 @@ async fn check_config_names_what_would_stop_a_start() {
     assert_eq!(code(&quiet), 0);
     assert!(!String::from_utf8_lossy(&quiet.stderr).contains("hub"));
 }
+
+/// A daemon that closes connections unanswered (at its connection cap, at a header timeout, or
+/// restarting) makes every client call end with an error, never wait forever. hyper can leave a
+/// request queued on a connection that is closing, and its answer then never comes: the client
+/// watches the connection itself. Many short races, each given 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_closing_connections_unanswered_never_hangs_a_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("drover.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let closer = std::thread::spawn(move || {
+        let mut n = 0u32;
+        for s in listener.incoming() {
+            let Ok(s) = s else { break };
+            n += 1;
+            // Vary the moment of the close against the client's write.
+            let mut s = s;
+            if n.is_multiple_of(2) {
+                let body = r#"{"code":"busy","message":"x"}"#;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            if n % 3 == 1 {
+                std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 50));
+            }
+            drop(s);
+            if n == 3000 {
+                break;
+            }
+        }
+    });
+    let mut hung = 0;
+    let mut answered = 0;
+    for _ in 0..500 {
+        let calls: Vec<_> = (0..6)
+            .map(|_| {
+                let sock = sock.clone();
+                tokio::spawn(async move {
+                    let call =
+                        drover::operator::control::client::call(&sock, "GET", "/v1/status", None);
+                    tokio::time::timeout(Duration::from_secs(10), call).await
+                })
+            })
+            .collect();
+        for c in calls {
+            match c.await.unwrap() {
+                Err(_) => hung += 1,
+                Ok(Ok((503, _))) => answered += 1,
+                Ok(Ok(other)) => panic!("{other:?}"),
+                Ok(Err(e)) => assert!(e.to_string().contains(&sock.display().to_string()), "{e}"),
+            }
+        }
+    }
+    closer.join().unwrap();
+    assert_eq!(
+        hung, 0,
+        "every call ends, {answered} with the daemon's answer"
+    );
+}
+
+/// A daemon that accepts and never answers (stopped with SIGSTOP, wedged) is reported as such
+/// once the call's deadline passes, with the socket named; the CLI does not wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_never_answers_is_reported_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("drover.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let call = drover::operator::control::client::call_within(
+        &sock,
+        "GET",
+        "/v1/status",
+        None,
+        Duration::from_secs(1),
+    );
+    let e = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the call ends at its own deadline")
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("did not answer within 1 s"), "{msg}");
+    assert!(msg.contains(&sock.display().to_string()), "{msg}");
+    drop(holder.join().unwrap());
+}

@@ -562,11 +562,21 @@ async fn resume(
 /// A minimal HTTP/1.1 client for the socket (the CLI side).
 pub mod client {
     use std::path::Path;
+    use std::time::Duration;
 
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
     use hyper::Request;
     use hyper_util::rt::TokioIo;
+
+    /// How long a call waits for the daemon's whole answer. Every route the CLI asks answers
+    /// from memory or a few local reads in well under a second; a daemon that takes this long
+    /// is stopped (SIGSTOP, a debugger) or wedged, and the operator is told so instead of
+    /// waiting forever.
+    pub const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+    /// After the connection ended, how long an answer it delivered may take to be read out.
+    const READ_OUT_AFTER_CLOSE: Duration = Duration::from_secs(1);
 
     /// Why the daemon could not be asked.
     #[derive(Debug, thiserror::Error)]
@@ -575,10 +585,41 @@ pub mod client {
         NotRunning(String),
         #[error("talking to the daemon at {path}: {message}")]
         Io { path: String, message: String },
+        #[error(
+            "the drover daemon at {path} did not answer within {} s (is it stopped or overloaded? see `systemctl status drover`)",
+            .within.as_secs()
+        )]
+        NoAnswer { path: String, within: Duration },
     }
 
-    /// Sends one request and returns (status, JSON body).
+    /// Sends one request and returns (status, JSON body), within [`ANSWER_WITHIN`].
     pub async fn call(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), ControlError> {
+        call_within(socket, method, path, body, ANSWER_WITHIN).await
+    }
+
+    /// [`call`] with its own deadline for the whole exchange: connect, request and answer.
+    pub async fn call_within(
+        socket: &Path,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        within: Duration,
+    ) -> Result<(u16, serde_json::Value), ControlError> {
+        match tokio::time::timeout(within, exchange(socket, method, path, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ControlError::NoAnswer {
+                path: socket.display().to_string(),
+                within,
+            }),
+        }
+    }
+
+    async fn exchange(
         socket: &Path,
         method: &str,
         path: &str,
@@ -604,7 +645,6 @@ pub mod client {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| io_err(e.to_string()))?;
-        tokio::spawn(conn);
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
         let req = Request::builder()
             .method(method)
@@ -613,17 +653,42 @@ pub mod client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| io_err(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| io_err(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| io_err(e.to_string()))?
-            .to_bytes();
+        let answer = async {
+            sender.ready().await.map_err(|e| io_err(e.to_string()))?;
+            let resp = sender
+                .send_request(req)
+                .await
+                .map_err(|e| io_err(e.to_string()))?;
+            let status = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| io_err(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ControlError>((status, body))
+        };
+        // The connection is driven here, beside the request, not in a task of its own: when
+        // the daemon closes it (at its connection cap, a header timeout, a restart) at the
+        // moment the request is queued, hyper can end the connection with the request still
+        // in its queue, and that request's answer never comes. Seeing the connection end is
+        // what ends the call then.
+        tokio::pin!(conn, answer);
+        let (status, body) = tokio::select! {
+            biased;
+            r = &mut answer => r?,
+            ended = &mut conn => {
+                match tokio::time::timeout(READ_OUT_AFTER_CLOSE, &mut answer).await {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        return Err(io_err(match ended {
+                            Ok(()) => "the daemon closed the connection without answering".into(),
+                            Err(e) => format!("the connection ended without an answer: {e}"),
+                        }));
+                    }
+                }
+            }
+        };
         let json = serde_json::from_slice(&body)
             .map_err(|e| io_err(format!("the answer is not JSON: {e}")))?;
         Ok((status, json))
