@@ -327,6 +327,11 @@ impl RunningSim {
         *c = server::CertState::new(&SimTls::Generate)?;
         Ok(c.cert_pem.clone())
     }
+    /// Tasks started from now on run for `d` (those running keep their end): a test lengthens
+    /// one task to observe the guest while it runs, without slowing every other.
+    pub fn set_task_duration(&self, d: Duration) {
+        self.shared.lock().task_duration = d;
+    }
     pub fn set_faults(&self, f: Faults) {
         let mut h = self.shared.lock();
         if let Some(s) = f.seed {

@@ -402,6 +402,9 @@ async fn vzdump_is_a_task_that_locks_the_ct_and_writes_a_readable_archive() {
     let base = sim.base_url();
     create_ct(&base, 101, &[("description", "web one")]).await;
     start_ct(&base, 101).await;
+    // A vzdump long enough that the three requests below land while it runs, on a loaded
+    // machine too (each is a new connection).
+    sim.set_task_duration(Duration::from_secs(3));
     let (s, v) = call(
         &base,
         Method::POST,
@@ -450,7 +453,8 @@ async fn vzdump_is_a_task_that_locks_the_ct_and_writes_a_readable_archive() {
     .await;
     assert_eq!(s, 500);
     assert_eq!(v["message"], "CT is locked (backup)\n");
-    assert!(t0.elapsed() < Duration::from_millis(250), "no flock wait");
+    // Waiting for the flock would take until the vzdump ends, seconds later.
+    assert!(t0.elapsed() < Duration::from_millis(1500), "no flock wait");
 
     let st = wait_task(&base, &upid).await;
     assert_eq!(st["exitstatus"], "OK", "{st}");
@@ -1106,7 +1110,9 @@ async fn a_forced_restore_replaces_the_ct_and_empties_mount_points_outside_the_b
         "storage 'local' does not support container directories"
     );
 
-    // The restore: vzrestore, lock: create while it runs.
+    // The restore: vzrestore, lock: create while it runs (long enough for the next request
+    // to see it on a loaded machine).
+    sim.set_task_duration(Duration::from_secs(2));
     let (s, v) = restore(
         &base,
         &[
@@ -1125,6 +1131,7 @@ async fn a_forced_restore_replaces_the_ct_and_empties_mount_points_outside_the_b
     assert_eq!(c["data"]["lock"], "create");
     let st = wait_task(&base, &upid).await;
     assert_eq!(st["exitstatus"], "OK", "{st}");
+    sim.set_task_duration(Duration::from_millis(150));
     let log = task_log(&base, &upid).await;
     assert_eq!(
         log[0],
@@ -1613,6 +1620,8 @@ async fn vzdump_faults_fail_fill_the_disk_stick_and_crash() {
     let base3 = sim3.base_url();
     create_ct(&base3, 173, &[]).await;
     create_ct(&base3, 174, &[]).await;
+    // The first vzdump runs long enough that the impatient one arrives while it holds the lock.
+    sim3.set_task_duration(Duration::from_secs(2));
     let (_, v) = call(
         &base3,
         Method::POST,
