@@ -143,32 +143,30 @@ async fn watchdog_pings_follow_ready_at_half_the_interval_then_stopping_on_sigte
     let ready_at = boot.last().unwrap().at;
 
     // WatchdogSec=2s: pings every ~1 s from the main loop.
+    // A fixed window, so the count also bounds the rate.
     let s = sock.try_clone().unwrap();
-    let after = tokio::task::spawn_blocking(move || {
-        collect(&s, Duration::from_secs(6), |m| count(m, "WATCHDOG=1") >= 3)
-    })
-    .await
-    .unwrap();
+    let after = tokio::task::spawn_blocking(move || collect(&s, Duration::from_secs(4), |_| false))
+        .await
+        .unwrap();
     let pings: Vec<Instant> = after
         .iter()
         .filter(|m| m.has("WATCHDOG=1"))
         .map(|m| m.at)
         .collect();
+    // About WATCHDOG_USEC/2 apart: 4 or 5 in 4 s. Not a busy loop (that is thousands), and
+    // counted rather than timed one by one: pings read late by a busy test thread arrive
+    // together without having been sent together.
     assert!(
-        pings.len() >= 3,
-        "expected at least 3 WATCHDOG=1 within 6 s of READY=1, got {:?}\n{}",
+        (3..=8).contains(&pings.len()),
+        "expected 3 to 8 WATCHDOG=1 in the 4 s after READY=1, got {:?}\n{}",
         texts(&after),
         daemon.log_text()
     );
-    // Never later than the watchdog interval (systemd would kill the agent), and not a busy
-    // loop either: consecutive pings are about WATCHDOG_USEC/2 apart.
+    // Never later than the watchdog interval (systemd would kill the agent).
     let mut last = ready_at;
     for (i, p) in pings.iter().enumerate() {
         let gap = p.duration_since(last);
         assert!(gap < Duration::from_millis(1900), "ping {i} after {gap:?}");
-        if i > 0 {
-            assert!(gap > Duration::from_millis(500), "ping {i} after {gap:?}");
-        }
         last = *p;
     }
 

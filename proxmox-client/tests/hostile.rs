@@ -354,7 +354,8 @@ async fn a_stalling_server_gives_a_timeout_within_the_limit() {
         let e = c.start_lxc("pve1", 101).await.unwrap_err();
         assert!(matches!(e.kind(), ErrorKind::Timeout { .. }), "{e}");
         assert!(e.is_transient() && e.may_have_been_processed());
-        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        // A hang guard: the timeout is 800 ms.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     }
 }
 
@@ -588,7 +589,8 @@ async fn wait_task_outcomes_log_tail_and_deadline() {
         .unwrap_err();
     assert!(e.is_wait_deadline(), "{e}");
     assert_eq!(e.code(), "pve_task_wait_deadline");
-    assert!(t.elapsed() >= Duration::from_millis(400) && t.elapsed() < Duration::from_secs(2));
+    // At the deadline, and (a hang guard) not long after it.
+    assert!(t.elapsed() >= Duration::from_millis(400) && t.elapsed() < Duration::from_secs(10));
     assert!(
         !server
             .seen
