@@ -503,3 +503,97 @@ async fn the_sweep_adopts_finished_copies_and_reports_orphans() {
         "{again:?}"
     );
 }
+
+/// Two copies of one guest seconds apart, the agent killed between the second's vzdump call
+/// and journaling its UPID: the sweep finds the second's own task, not the first's (which
+/// started in the same few seconds and is already another manifest's), so the second's
+/// archive is adopted into its manifest and nothing is left an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_adopts_a_lost_task_that_is_no_other_copys() {
+    let r = Rig::new(vec![seed(101, false, 256)]).await;
+    let s = r.safety(Rig::policy());
+    let pre = s.preflight(101, CopyOp::Destroy).await.unwrap();
+    let first = s.take(&pre, "5", &pre.binding()).await.unwrap();
+    assert!(first.upid.is_some());
+    // A later second: the tasks' start times differ, as they did when this was found.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The second copy's manifest, durable before its call; the call went out, its UPID never
+    // reached the journal.
+    let mut second = first.clone();
+    second.id = first.id.replace("-5", "-6");
+    second.step_id = "6".into();
+    second.notes = first.notes.replace("-5", "-6");
+    second.state = CopyState::Creating;
+    second.created_at_ms = drover::clock::unix_now_ms();
+    second.completed_at_ms = None;
+    second.protect_until_ms = None;
+    second.upid = None;
+    second.volid = None;
+    second.sha256 = None;
+    second.hash_source = None;
+    second.warnings.clear();
+    r.store.put_copy(&second).unwrap();
+    let mut req = proxmox_client::VzdumpRequest::new(101, "local");
+    req.mode = Some(proxmox_client::BackupMode::Stop);
+    req.protected = true;
+    req.remove = Some(false);
+    req.notes_template = Some(second.notes.clone());
+    let proxmox_client::VzdumpStarted::Task(u) = r.client.vzdump("pve1", &req).await.unwrap()
+    else {
+        panic!("a task")
+    };
+    r.client
+        .wait_task(
+            &u,
+            &proxmox_client::WaitOptions::fast(Duration::from_millis(20), Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let report = s.sweep(true).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.orphans.is_empty(), "{report:?}");
+    let adopted = r.store.copy(&second.id).unwrap().unwrap();
+    assert_eq!(adopted.state, CopyState::Complete, "{adopted:?}");
+    assert_eq!(adopted.upid.as_deref(), Some(u.to_string().as_str()));
+    assert_ne!(adopted.volid, first.volid, "the first copy's archive");
+    let archive = r
+        .backups(101)
+        .into_iter()
+        .find(|v| Some(&v.volid) == adopted.volid.as_ref())
+        .unwrap();
+    assert_eq!(archive.notes.as_deref(), Some(second.notes.as_str()));
+    // The first copy is untouched.
+    assert_eq!(r.store.copy(&first.id).unwrap().unwrap().volid, first.volid);
+}
+
+/// A manifest that names a task whose archive carries another copy's marker is not adopted:
+/// that archive is the other copy's, and counting it twice would let a destroy run behind a
+/// copy that is not its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archive_with_another_copys_marker_is_not_adopted() {
+    let r = Rig::new(vec![seed(101, false, 256)]).await;
+    let s = r.safety(Rig::policy());
+    let pre = s.preflight(101, CopyOp::Destroy).await.unwrap();
+    let first = s.take(&pre, "5", &pre.binding()).await.unwrap();
+    let mut other = first.clone();
+    other.id = first.id.replace("-5", "-7");
+    other.step_id = "7".into();
+    other.notes = first.notes.replace("-5", "-7");
+    other.state = CopyState::Creating;
+    other.volid = None;
+    other.sha256 = None;
+    other.completed_at_ms = None;
+    r.store.put_copy(&other).unwrap();
+    let report = s.sweep(false).await;
+    assert!(report.errors.is_empty(), "{report:?}");
+    match r.store.copy(&other.id).unwrap().unwrap().state {
+        CopyState::Failed { reason } => {
+            assert!(reason.contains("archive_of_another_copy"), "{reason}")
+        }
+        s => panic!("{s:?}"),
+    }
+    assert_eq!(
+        r.store.copy(&first.id).unwrap().unwrap().state,
+        CopyState::Complete
+    );
+}

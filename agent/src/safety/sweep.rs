@@ -169,7 +169,12 @@ impl SafetyCopies {
         }
     }
 
-    /// The task our own token started for this copy, if the UPID was never journaled.
+    /// The task our own token started for this copy, if the UPID was never journaled: the
+    /// earliest of the guest's tasks of that kind from the copy's time on that no other
+    /// manifest claims. Two copies of one guest can start seconds apart (a retry after a
+    /// failed copy, a restart), so "the earliest in the window" alone can be the previous
+    /// copy's task: this copy would then take that archive as its own, and its real archive
+    /// would be left an orphan.
     async fn find_task(&self, m: &CopyManifest, worker: &str) -> Result<Option<Upid>, CopyError> {
         let since = m.created_at_ms / 1000 - 5;
         let filter = TaskListFilter {
@@ -185,6 +190,14 @@ impl SafetyCopies {
             .await
             .map_err(|e| CopyError::pve("listing tasks", &e))?;
         let me = self.client.token_id().to_string();
+        let claimed: std::collections::BTreeSet<String> = self
+            .store
+            .copies()
+            .map_err(|e| CopyError::journal(&e))?
+            .into_iter()
+            .filter(|c| c.id != m.id)
+            .filter_map(|c| c.upid)
+            .collect();
         let mut found: Vec<Upid> = tasks
             .into_iter()
             .map(|t| t.upid)
@@ -193,6 +206,7 @@ impl SafetyCopies {
                     && u.id == m.vmid.to_string()
                     && u.user == me
                     && i64::from(u.starttime) >= since
+                    && !claimed.contains(&u.to_string())
             })
             .collect();
         found.sort_by_key(|u| u.starttime);

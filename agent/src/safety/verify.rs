@@ -183,6 +183,21 @@ pub(crate) async fn vzdump_archive(
             format!("{volid} is a {sub} backup, not a CT's"),
         ));
     }
+    if let Some(other) = entry
+        .notes
+        .as_deref()
+        .filter(|n| n.starts_with("drover:") && *n != m.notes)
+    {
+        // Another copy's marker: this task is not this copy's, and its archive must not be
+        // counted as this copy (the guest would be destroyed behind someone else's copy).
+        return Err(CopyError::failed(
+            "archive_of_another_copy",
+            format!(
+                "{volid} carries the marker {other:?}, not this copy's {:?}",
+                m.notes
+            ),
+        ));
+    }
     if entry.notes.as_deref() != Some(m.notes.as_str()) {
         // Notes are a recovery aid only; their failure is a warning in PVE too.
         warnings.push(format!(
