@@ -651,6 +651,38 @@ impl Store {
         self.j.jobs()
     }
 
+    /// The PVE tasks of `vmid` the journal already ties to something: its recent steps, its
+    /// safety copies and its jobs. Looking for the task a lost answer started, a task one of
+    /// these names is not it, however close in time (two starts a second apart are both "a
+    /// start of this guest by our token").
+    pub fn claimed_upids(
+        &self,
+        vmid: u32,
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        let mut claimed: std::collections::BTreeSet<String> = self
+            .j
+            .recent_for_vmid(vmid, 64)?
+            .iter()
+            .filter_map(|r| r.upid().map(str::to_string))
+            .collect();
+        claimed.extend(
+            self.copies()?
+                .into_iter()
+                .filter(|c| c.vmid == vmid)
+                .filter_map(|c| c.upid),
+        );
+        for job in self.jobs()?.into_iter().filter(|j| j.vmid == vmid) {
+            claimed.extend(job.upid);
+            claimed.extend(
+                job.history
+                    .into_iter()
+                    .map(|(_, _, detail)| detail)
+                    .filter(|d| d.starts_with("UPID:")),
+            );
+        }
+        Ok(claimed)
+    }
+
     /// The job of `vmid` that has not ended, if any (at most one runs per guest).
     pub fn active_job(&self, vmid: u32) -> Result<Option<JobRecord>, StoreError> {
         Ok(self

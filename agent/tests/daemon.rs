@@ -226,3 +226,82 @@ async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent(
     );
     assert!(j.in_flight().unwrap().is_empty());
 }
+
+/// A start whose answer a crash lost, a second after an earlier start of the same guest that
+/// the journal already holds: recovery adopts the task the lost call started, not the
+/// earlier one (both are "a start of this CT by our token in the last seconds"), and sends
+/// nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_matched_to_its_own_task_not_an_earlier_steps() {
+    use drover::model::step::{Step, StepKind};
+    let h = Host::start(vec![common::seed(1001, false, 256)]).await;
+    h.desired(&format!(
+        "revision = 1\n{}",
+        common::guest(1001, "running", 256)
+    ));
+    if common::skip_without("ssh-keygen", "-?") {
+        return;
+    }
+    h.adopt_all().await;
+    let config = drover::service::config::Config::load(&h.config()).unwrap();
+    let pve = drover::service::daemon::pve_from_config(
+        &config,
+        drover::reconcile::pve::WaitPolicy::production(),
+    )
+    .unwrap();
+    let step = |kind| Step {
+        vmid: 1001,
+        kind,
+        params: Default::default(),
+        changes: Vec::new(),
+    };
+    let task = |s| match s {
+        drover::reconcile::pve::Submission::Task(u) => u,
+        _ => panic!("a power step is a task"),
+    };
+    let store = drover::store::Store::open(&h.state()).unwrap();
+    // The earlier start, journaled to its end; then the guest is stopped again.
+    let first = task(pve.submit(&step(StepKind::Start), None).await.unwrap());
+    pve.wait(&first, StepKind::Start).await.unwrap();
+    let earlier = store
+        .intent(
+            &step(StepKind::Start),
+            &gate::Classification::Benign,
+            None,
+            None,
+        )
+        .unwrap();
+    store.submitted(&earlier, &first).unwrap();
+    store
+        .done(&earlier, drover::store::StepOutcome::Ok)
+        .unwrap();
+    let stop = task(pve.submit(&step(StepKind::Stop), None).await.unwrap());
+    pve.wait(&stop, StepKind::Stop).await.unwrap();
+    // A second later (task start times are in seconds): the intent, then the call, whose
+    // answer never reaches the journal.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let lost = store
+        .intent(
+            &step(StepKind::Start),
+            &gate::Classification::Benign,
+            None,
+            None,
+        )
+        .unwrap();
+    let second = task(pve.submit(&step(StepKind::Start), None).await.unwrap());
+    pve.wait(&second, StepKind::Start).await.unwrap();
+    drop(store);
+    assert_eq!(h.sim.count_mutations("start", 1001), 2);
+
+    let o = h.drover_async(&["run", "--once"]).await;
+    assert_eq!(code(&o), 0, "{}", common::stdout(&o));
+    assert_eq!(
+        h.sim.count_mutations("start", 1001),
+        2,
+        "nothing sent again"
+    );
+    let j = journal::Journal::open(&h.state()).unwrap();
+    let rec = j.get(lost.0).unwrap().unwrap();
+    assert_eq!(rec.upid(), Some(second.to_string().as_str()), "{rec:?}");
+    assert!(rec.is_done(), "{rec:?}");
+}

@@ -583,7 +583,9 @@ async fn sigkill_in_every_phase_of_a_restore_runs_each_call_once() {
     if common::skip_without("ssh-keygen", "-?") {
         return;
     }
-    let h = Host::start_with(host(vec![seed(101, true, 512)], 1500)).await;
+    let h = Host::start_with(host(vec![seed(101, true, 512)], 2500)).await;
+    // Each phase is one task of 2.5 s: long enough to be seen between journal reads (each a
+    // `drover jobs` child) on a loaded machine.
     h.desired("revision = 1\n");
     let d = h.spawn_daemon();
     h.status_json(Duration::from_secs(20)).await;

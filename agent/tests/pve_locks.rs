@@ -41,8 +41,9 @@ async fn steps_blocked_by_another_workers_flock_are_retried_until_they_converge(
         return;
     }
     let h = Host::start_with(pve_sim::SimConfig {
-        // Tasks hold the flock for 2 s; waiters give up after 200 ms (PVE: 10 s).
-        task_duration: Duration::from_secs(2),
+        // Tasks hold the flock for 5 s (the first `run --once` meets them even on a loaded
+        // machine); waiters give up after 200 ms (PVE: 10 s).
+        task_duration: Duration::from_secs(5),
         lock_wait: Duration::from_millis(200),
         guests: vec![seed(701, true, 512), seed(702, true, 512)],
         ..pve_sim::SimConfig::default()

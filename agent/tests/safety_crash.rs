@@ -254,7 +254,7 @@ async fn sigkill_in(phase: Phase) {
     // gets a longer task on a loaded machine.
     let task_ms = match phase {
         Phase::Quiescing => 3000,
-        Phase::Copying | Phase::Destroying => 1000,
+        Phase::Copying | Phase::Destroying => 2000,
     };
     let h = host_with_destroy(task_ms).await;
     h.adopt_all().await;

@@ -381,7 +381,9 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
         return;
     }
     let h = Host::start(vec![]).await;
-    h.write_config("\n[safety]\ndetach_grace = \"2s\"\n");
+    // A grace that a slow `run --once` after the detach cannot outlast (it would plan the
+    // deletion in the same run).
+    h.write_config("\n[safety]\ndetach_grace = \"8s\"\n");
     let entry = |unpriv: bool, mps: &str| {
         format!(
             "[[guest]]\nvmid = 341\nensure = \"running\"\nhostname = \"data-1\"\ntemplate = \"{TEMPLATE}\"\nrootfs = \"local-lvm:4\"\nunprivileged = {unpriv}\ndescription = \"data store, do not touch\"\nssh-public-keys = \"{KEY}\"\n{mps}"
@@ -451,7 +453,7 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
     assert!(
         shown.contains("detaches a mount point from CT 341 (data-1)")
             && shown.contains(&format!("{volume} (3G) at /srv/b"))
-            && shown.contains("no earlier than 2s"),
+            && shown.contains("no earlier than 8s"),
         "{shown}"
     );
     sign_and_submit_all(&h, "op1");
@@ -469,7 +471,7 @@ async fn privileged_create_detach_and_delete_after_grace_each_need_a_signature()
     assert!(g.running, "{g:?}");
 
     // After the grace period: the deletion is its own destructive step.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(9)).await;
     let run = h.drover_async(&["run", "--once"]).await;
     assert_eq!(code(&run), 2, "{}", stdout(&run));
     assert!(

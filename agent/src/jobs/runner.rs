@@ -1212,6 +1212,15 @@ impl JobRunner {
         };
         let tasks = pve.client.list_tasks(&pve.node, &filter).await?;
         let me = pve.client.token_id().to_string();
+        // A task the journal already ties to a step, a copy or another phase is not this
+        // phase's, however close in time (a safety copy's vzdump and a backup job's).
+        let claimed = self.engine.store().claimed_upids(vmid).unwrap_or_else(|e| {
+            tracing::warn!(
+                vmid,
+                "reading the tasks the journal holds for the guest: {e}"
+            );
+            Default::default()
+        });
         let mut c: Vec<Upid> = tasks
             .into_iter()
             .map(|t| t.upid)
@@ -1220,6 +1229,7 @@ impl JobRunner {
                     && u.id == vmid.to_string()
                     && u.user == me
                     && i64::from(u.starttime) >= since - 5
+                    && !claimed.contains(&u.to_string())
             })
             .collect();
         c.sort_by_key(|u| u.starttime);

@@ -976,7 +976,7 @@ impl Engine {
         }
         if e.may_have_been_processed() {
             // The call may have started a task: look for it instead of guessing.
-            match self.inner.pve.find_task_for(kind, vmid, intent_unix).await {
+            match self.find_lost_task(kind, vmid, intent_unix).await {
                 Ok(Some(upid)) => {
                     warn!(%upid, "the answer was lost but the task exists; adopting it");
                     if self.inner.store.submitted(&id, &upid).is_ok() {

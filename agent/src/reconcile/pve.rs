@@ -327,14 +327,16 @@ impl Pve {
     }
 
     /// Finds the PVE task a step started when the agent never saw the answer (a crash or a
-    /// timeout between sending the call and journaling the UPID): a task of this vmid, of the
-    /// step's worker type, started by our own token no earlier than the intent was journaled.
-    /// `None` means the call never reached PVE.
+    /// timeout between sending the call and journaling the UPID): the earliest task of this
+    /// vmid, of the step's worker type, started by our own token no earlier than the intent
+    /// was journaled, that `claimed` (the tasks the journal already ties to something) does
+    /// not hold. `None` means the call never reached PVE.
     pub async fn find_task_for(
         &self,
         kind: StepKind,
         vmid: u32,
         intent_unix: i64,
+        claimed: &std::collections::BTreeSet<String>,
     ) -> Result<Option<Upid>, Error> {
         let Some(worker) = worker_type(kind) else {
             return Ok(None);
@@ -357,9 +359,10 @@ impl Pve {
                     && u.id == vmid.to_string()
                     && u.user == me
                     && i64::from(u.starttime) >= intent_unix - 5
+                    && !claimed.contains(&u.to_string())
             })
             .collect();
-        // The earliest match is the one our call started.
+        // The earliest unclaimed match is the one our call started.
         candidates.sort_by_key(|u| u.starttime);
         Ok(candidates.into_iter().next())
     }

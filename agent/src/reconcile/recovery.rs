@@ -11,6 +11,27 @@ use crate::reconcile::planner::StepKind;
 use crate::store::{InFlight, StepOutcome};
 
 impl Engine {
+    /// The task a step's lost call started (see `Pve::find_task_for`), never one the journal
+    /// already ties to another step, copy or job of the guest.
+    pub(super) async fn find_lost_task(
+        &self,
+        kind: StepKind,
+        vmid: u32,
+        intent_unix: i64,
+    ) -> Result<Option<proxmox_client::Upid>, proxmox_client::Error> {
+        let claimed = self.inner.store.claimed_upids(vmid).unwrap_or_else(|e| {
+            warn!(
+                vmid,
+                "reading the tasks the journal holds for the guest: {e}"
+            );
+            Default::default()
+        });
+        self.inner
+            .pve
+            .find_task_for(kind, vmid, intent_unix, &claimed)
+            .await
+    }
+
     /// Resolves a journaled step that is still in flight (boot recovery, or a step whose wait
     /// was interrupted): re-attach to its task, or find the task it started, or mark it
     /// abandoned and let the plan decide. Never re-sends the call.
@@ -20,7 +41,7 @@ impl Engine {
         async move {
             let upid = match &rec.upid {
                 Some(u) => Some(u.clone()),
-                None => match self.inner.pve.find_task_for(rec.kind, rec.vmid, rec.intent_unix).await {
+                None => match self.find_lost_task(rec.kind, rec.vmid, rec.intent_unix).await {
                     Ok(Some(u)) => {
                         info!(upid = %u, "found the task the interrupted call started; adopting it");
                         if let Err(e) = self.inner.store.submitted(&rec.id, &u) {

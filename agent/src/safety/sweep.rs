@@ -170,8 +170,8 @@ impl SafetyCopies {
     }
 
     /// The task our own token started for this copy, if the UPID was never journaled: the
-    /// earliest of the guest's tasks of that kind from the copy's time on that no other
-    /// manifest claims. Two copies of one guest can start seconds apart (a retry after a
+    /// earliest of the guest's tasks of that kind from the copy's time on that the journal
+    /// ties to nothing else (another manifest, a step, a job). Two copies of one guest can start seconds apart (a retry after a
     /// failed copy, a restart), so "the earliest in the window" alone can be the previous
     /// copy's task: this copy would then take that archive as its own, and its real archive
     /// would be left an orphan.
@@ -190,14 +190,10 @@ impl SafetyCopies {
             .await
             .map_err(|e| CopyError::pve("listing tasks", &e))?;
         let me = self.client.token_id().to_string();
-        let claimed: std::collections::BTreeSet<String> = self
+        let claimed = self
             .store
-            .copies()
-            .map_err(|e| CopyError::journal(&e))?
-            .into_iter()
-            .filter(|c| c.id != m.id)
-            .filter_map(|c| c.upid)
-            .collect();
+            .claimed_upids(m.vmid)
+            .map_err(|e| CopyError::journal(&e))?;
         let mut found: Vec<Upid> = tasks
             .into_iter()
             .map(|t| t.upid)
