@@ -715,27 +715,30 @@ async fn a_daemon_closing_connections_unanswered_never_hangs_a_client() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("drover.sock");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-    let closer = std::thread::spawn(move || {
-        let mut n = 0u32;
-        for s in listener.incoming() {
-            let Ok(s) = s else { break };
-            n += 1;
-            // Vary the moment of the close against the client's write.
-            let mut s = s;
-            if n.is_multiple_of(2) {
-                let body = r#"{"code":"busy","message":"x"}"#;
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-            if n % 3 == 1 {
-                std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 50));
-            }
-            drop(s);
-            if n == 3000 {
-                break;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let closer = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let mut n = 0u32;
+            for s in listener.incoming() {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut s) = s else { break };
+                n += 1;
+                if n.is_multiple_of(2) {
+                    let body = r#"{"code":"busy","message":"x"}"#;
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+                // Vary the moment of the close against the client's write.
+                if n % 3 == 1 {
+                    std::thread::sleep(Duration::from_micros(u64::from(n % 7) * 50));
+                }
+                drop(s);
             }
         }
     });
@@ -761,6 +764,9 @@ async fn a_daemon_closing_connections_unanswered_never_hangs_a_client() {
             }
         }
     }
+    // Wake the closer so it sees the stop.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::os::unix::net::UnixStream::connect(&sock);
     closer.join().unwrap();
     assert_eq!(
         hung, 0,

@@ -1195,13 +1195,11 @@ impl JobRunner {
         }
     }
 
-    /// The task of `worker` for `vmid` our token started since `since` (a lost answer's).
-    async fn find_task(
-        &self,
-        worker: &str,
-        vmid: u32,
-        since: i64,
-    ) -> Result<Option<Upid>, PveError> {
+    /// The task of `worker` for `vmid` our token started since `since` (a lost answer's),
+    /// never one the journal ties to a step, a copy or another phase, however close in time
+    /// (a safety copy's vzdump and a backup job's). Without the journal's answer nothing is
+    /// adopted: an error, and the job waits.
+    async fn find_task(&self, worker: &str, vmid: u32, since: i64) -> Result<Option<Upid>, String> {
         let pve = self.engine.pve();
         let filter = TaskListFilter {
             vmid: Some(vmid),
@@ -1210,17 +1208,17 @@ impl JobRunner {
             source: TaskSource::All,
             limit: Some(50),
         };
-        let tasks = pve.client.list_tasks(&pve.node, &filter).await?;
+        let tasks = pve
+            .client
+            .list_tasks(&pve.node, &filter)
+            .await
+            .map_err(|e| e.to_string())?;
         let me = pve.client.token_id().to_string();
-        // A task the journal already ties to a step, a copy or another phase is not this
-        // phase's, however close in time (a safety copy's vzdump and a backup job's).
-        let claimed = self.engine.store().claimed_upids(vmid).unwrap_or_else(|e| {
-            tracing::warn!(
-                vmid,
-                "reading the tasks the journal holds for the guest: {e}"
-            );
-            Default::default()
-        });
+        let claimed = self
+            .engine
+            .store()
+            .claimed_upids(vmid)
+            .map_err(|e| format!("reading the tasks the journal holds for CT {vmid}: {e}"))?;
         let mut c: Vec<Upid> = tasks
             .into_iter()
             .map(|t| t.upid)

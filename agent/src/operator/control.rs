@@ -586,7 +586,7 @@ pub mod client {
         #[error("talking to the daemon at {path}: {message}")]
         Io { path: String, message: String },
         #[error(
-            "the drover daemon at {path} did not answer within {} s (is it stopped or overloaded? see `systemctl status drover`)",
+            "the drover daemon at {path} did not answer within {} s; it may still act on the request (is it stopped or overloaded? see `systemctl status drover`)",
             .within.as_secs()
         )]
         NoAnswer { path: String, within: Duration },

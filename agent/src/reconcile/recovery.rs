@@ -12,24 +12,25 @@ use crate::store::{InFlight, StepOutcome};
 
 impl Engine {
     /// The task a step's lost call started (see `Pve::find_task_for`), never one the journal
-    /// already ties to another step, copy or job of the guest.
+    /// already ties to another step, copy or job of the guest. Without the journal's answer
+    /// nothing is adopted (the earliest task alone can be another step's): a transient
+    /// outcome, and the record stays in flight.
     pub(super) async fn find_lost_task(
         &self,
         kind: StepKind,
         vmid: u32,
         intent_unix: i64,
-    ) -> Result<Option<proxmox_client::Upid>, proxmox_client::Error> {
-        let claimed = self.inner.store.claimed_upids(vmid).unwrap_or_else(|e| {
-            warn!(
-                vmid,
-                "reading the tasks the journal holds for the guest: {e}"
-            );
-            Default::default()
-        });
+    ) -> Result<Option<proxmox_client::Upid>, LaneOutcome> {
+        let claimed = self.inner.store.claimed_upids(vmid).map_err(|e| {
+            LaneOutcome::Transient(format!(
+                "reading the tasks the journal holds for CT {vmid}: {e}"
+            ))
+        })?;
         self.inner
             .pve
             .find_task_for(kind, vmid, intent_unix, &claimed)
             .await
+            .map_err(|e| pve_failure(&e, "searching the task list"))
     }
 
     /// Resolves a journaled step that is still in flight (boot recovery, or a step whose wait
@@ -50,7 +51,7 @@ impl Engine {
                         Some(u)
                     }
                     Ok(None) => None,
-                    Err(e) => return pve_failure(&e, "searching the task list"),
+                    Err(outcome) => return outcome,
                 },
             };
             match upid {

@@ -171,10 +171,10 @@ impl SafetyCopies {
 
     /// The task our own token started for this copy, if the UPID was never journaled: the
     /// earliest of the guest's tasks of that kind from the copy's time on that the journal
-    /// ties to nothing else (another manifest, a step, a job). Two copies of one guest can start seconds apart (a retry after a
-    /// failed copy, a restart), so "the earliest in the window" alone can be the previous
-    /// copy's task: this copy would then take that archive as its own, and its real archive
-    /// would be left an orphan.
+    /// ties to nothing else (another manifest, a step, a job). Two copies of one guest can
+    /// start seconds apart (a retry after a failed copy, a restart), so "the earliest in the
+    /// window" alone can be the previous copy's task: this copy would then take that archive
+    /// as its own, and its real archive would be left an orphan.
     async fn find_task(&self, m: &CopyManifest, worker: &str) -> Result<Option<Upid>, CopyError> {
         let since = m.created_at_ms / 1000 - 5;
         let filter = TaskListFilter {

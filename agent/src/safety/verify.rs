@@ -186,7 +186,8 @@ pub(crate) async fn vzdump_archive(
     if let Some(other) = entry
         .notes
         .as_deref()
-        .filter(|n| n.starts_with("drover:") && *n != m.notes)
+        .map(str::trim)
+        .filter(|n| n.starts_with("drover:") && *n != m.notes.trim())
     {
         // Another copy's marker: this task is not this copy's, and its archive must not be
         // counted as this copy (the guest would be destroyed behind someone else's copy).

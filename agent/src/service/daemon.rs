@@ -652,8 +652,8 @@ async fn run_on(
             tokio::time::Instant::now() + jitter(config.interval),
             config.interval,
         );
-        // A pass that overran its interval is followed by one interval of rest, not by passes
-        // back to back to catch up; a ping held up by a long poll is not followed by a burst.
+        // After a pass that overran its interval, or a ping held up, one tick comes at once
+        // and the next a whole period later: never one tick per missed period in a burst.
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ping = systemd.ping_interval().unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(ping);
