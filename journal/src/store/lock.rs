@@ -82,7 +82,9 @@ pub(crate) fn take(dir: &Path) -> Result<DirLock, JournalError> {
 
 /// Whether the process the lock file names is seen to no longer have the lock file open (it
 /// closed its journal, or it died and a child it spawned holds the lock). Anything unclear (no
-/// pid, another user's process, no `/proc`) is "no": the lock is then refused at once.
+/// pid, another user's process whose `/proc` entry is unreadable, no `/proc`) is "no": the
+/// lock is then refused at once. (Under `hidepid=2` another user's process looks gone, which
+/// costs that refusal the 5 s wait.)
 fn has_let_go(holder: &str, lock_file: &File) -> bool {
     let Ok(pid) = holder.parse::<u32>() else {
         return false;
@@ -106,6 +108,13 @@ fn has_let_go(holder: &str, lock_file: &File) -> bool {
             && fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok())
                 == Some(lock_file.as_raw_fd())
         {
+            continue;
+        }
+        // Only a descriptor named like the lock file is looked at further: following every
+        // link would stat the holder's other files, and one on a hung network storage blocks.
+        let named_like_it = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.file_name() == Some(std::ffi::OsStr::new("drover.lock")));
+        if !named_like_it {
             continue;
         }
         // `metadata` follows the link to what the descriptor refers to, without opening it.
