@@ -161,21 +161,17 @@ async fn sigterm_while_the_hub_hangs_exits_promptly() {
     );
 }
 
-/// A step's close returns before its sync (`Store::done_behind`); a crash inside that window
-/// leaves what this test builds by hand: the record `submitted` with the UPID of a task that
-/// has ended. The next run rebuilds the close from the task's status and never sends the
-/// call again. `drover run` returns only after the syncs behind its lanes, so the journal is
-/// free and every record closed the moment it exits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent() {
-    use drover::model::step::{Step, StepKind};
-    let h = Host::start(vec![common::seed(1000, false, 256)]).await;
+/// A host whose one stopped guest `vmid` Drover has adopted (desired running), and the PVE
+/// handle the agent would use, for tests that make PVE calls behind the journal's back. None
+/// without ssh-keygen (adoption is signed).
+async fn adopted_guest_and_its_pve(vmid: u32) -> Option<(Host, drover::reconcile::pve::Pve)> {
+    let h = Host::start(vec![common::seed(vmid, false, 256)]).await;
     h.desired(&format!(
         "revision = 1\n{}",
-        common::guest(1000, "running", 256)
+        common::guest(vmid, "running", 256)
     ));
     if common::skip_without("ssh-keygen", "-?") {
-        return;
+        return None;
     }
     h.adopt_all().await;
     let config = drover::service::config::Config::load(&h.config()).unwrap();
@@ -184,6 +180,20 @@ async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent(
         drover::reconcile::pve::WaitPolicy::production(),
     )
     .unwrap();
+    Some((h, pve))
+}
+
+/// A step's close returns before its sync (`Store::done_behind`); a crash inside that window
+/// leaves what this test builds by hand: the record `submitted` with the UPID of a task that
+/// has ended. The next run rebuilds the close from the task's status and never sends the
+/// call again. `drover run` returns only after the syncs behind its lanes, so the journal is
+/// free and every record closed the moment it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent() {
+    use drover::model::step::{Step, StepKind};
+    let Some((h, pve)) = adopted_guest_and_its_pve(1000).await else {
+        return;
+    };
     let step = Step {
         vmid: 1000,
         kind: StepKind::Start,
@@ -234,21 +244,9 @@ async fn a_close_lost_behind_its_lane_is_rebuilt_from_the_task_and_never_resent(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_is_matched_to_its_own_task_not_an_earlier_steps() {
     use drover::model::step::{Step, StepKind};
-    let h = Host::start(vec![common::seed(1001, false, 256)]).await;
-    h.desired(&format!(
-        "revision = 1\n{}",
-        common::guest(1001, "running", 256)
-    ));
-    if common::skip_without("ssh-keygen", "-?") {
+    let Some((h, pve)) = adopted_guest_and_its_pve(1001).await else {
         return;
-    }
-    h.adopt_all().await;
-    let config = drover::service::config::Config::load(&h.config()).unwrap();
-    let pve = drover::service::daemon::pve_from_config(
-        &config,
-        drover::reconcile::pve::WaitPolicy::production(),
-    )
-    .unwrap();
+    };
     let step = |kind| Step {
         vmid: 1001,
         kind,

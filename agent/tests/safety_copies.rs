@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Host, seed};
-use drover::safety::{CopyOp, CopyState, SafetyCopies, SafetyPolicy};
+use drover::safety::{CopyManifest, CopyOp, CopyState, SafetyCopies, SafetyPolicy};
 use drover::service::config::Config;
 use drover::store::Store;
 
@@ -64,6 +64,25 @@ impl Rig {
         }
     }
 
+    /// Starts a vzdump outside any copy and waits for its end.
+    async fn vzdump_to_its_end(&self, req: &proxmox_client::VzdumpRequest) -> proxmox_client::Upid {
+        let proxmox_client::VzdumpStarted::Task(u) = self.client.vzdump("pve1", req).await.unwrap()
+        else {
+            panic!("a task")
+        };
+        self.client
+            .wait_task(
+                &u,
+                &proxmox_client::WaitOptions::fast(
+                    Duration::from_millis(20),
+                    Duration::from_secs(10),
+                ),
+            )
+            .await
+            .unwrap();
+        u
+    }
+
     fn backups(&self, vmid: u32) -> Vec<pve_sim::Volume> {
         self.h
             .sim
@@ -72,6 +91,27 @@ impl Rig {
             .filter(|v| v.content == "backup" && v.vmid == Some(vmid))
             .collect()
     }
+}
+
+/// A copy of the same guest for step `step`, journaled `creating` just now as `take` does
+/// before its call: nothing of its task or archive known yet.
+fn begun_after(first: &CopyManifest, step: &str) -> CopyManifest {
+    let ours = format!("-{}", first.step_id);
+    let theirs = format!("-{step}");
+    let mut m = first.clone();
+    m.id = first.id.replace(&ours, &theirs);
+    m.step_id = step.into();
+    m.notes = first.notes.replace(&ours, &theirs);
+    m.state = CopyState::Creating;
+    m.created_at_ms = drover::clock::unix_now_ms();
+    m.completed_at_ms = None;
+    m.protect_until_ms = None;
+    m.upid = None;
+    m.volid = None;
+    m.sha256 = None;
+    m.hash_source = None;
+    m.warnings.clear();
+    m
 }
 
 fn sha256_of(path: &std::path::Path) -> String {
@@ -461,17 +501,7 @@ async fn the_sweep_adopts_finished_copies_and_reports_orphans() {
     foreign.protected = true;
     foreign.remove = Some(false);
     foreign.notes_template = Some("drover:pre-destroy:0000000000000000-9".into());
-    let proxmox_client::VzdumpStarted::Task(u) = r.client.vzdump("pve1", &foreign).await.unwrap()
-    else {
-        panic!("a task")
-    };
-    r.client
-        .wait_task(
-            &u,
-            &proxmox_client::WaitOptions::fast(Duration::from_millis(20), Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    r.vzdump_to_its_end(&foreign).await;
     let report = s.sweep(true).await;
     assert!(report.errors.is_empty(), "{report:?}");
     let adopted = r.store.copy(&done.id).unwrap().unwrap();
@@ -519,36 +549,14 @@ async fn the_sweep_adopts_a_lost_task_that_is_no_other_copys() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // The second copy's manifest, durable before its call; the call went out, its UPID never
     // reached the journal.
-    let mut second = first.clone();
-    second.id = first.id.replace("-5", "-6");
-    second.step_id = "6".into();
-    second.notes = first.notes.replace("-5", "-6");
-    second.state = CopyState::Creating;
-    second.created_at_ms = drover::clock::unix_now_ms();
-    second.completed_at_ms = None;
-    second.protect_until_ms = None;
-    second.upid = None;
-    second.volid = None;
-    second.sha256 = None;
-    second.hash_source = None;
-    second.warnings.clear();
+    let second = begun_after(&first, "6");
     r.store.put_copy(&second).unwrap();
     let mut req = proxmox_client::VzdumpRequest::new(101, "local");
     req.mode = Some(proxmox_client::BackupMode::Stop);
     req.protected = true;
     req.remove = Some(false);
     req.notes_template = Some(second.notes.clone());
-    let proxmox_client::VzdumpStarted::Task(u) = r.client.vzdump("pve1", &req).await.unwrap()
-    else {
-        panic!("a task")
-    };
-    r.client
-        .wait_task(
-            &u,
-            &proxmox_client::WaitOptions::fast(Duration::from_millis(20), Duration::from_secs(10)),
-        )
-        .await
-        .unwrap();
+    let u = r.vzdump_to_its_end(&req).await;
     let report = s.sweep(true).await;
     assert!(report.errors.is_empty(), "{report:?}");
     assert!(report.orphans.is_empty(), "{report:?}");
@@ -575,14 +583,9 @@ async fn an_archive_with_another_copys_marker_is_not_adopted() {
     let s = r.safety(Rig::policy());
     let pre = s.preflight(101, CopyOp::Destroy).await.unwrap();
     let first = s.take(&pre, "5", &pre.binding()).await.unwrap();
-    let mut other = first.clone();
-    other.id = first.id.replace("-5", "-7");
-    other.step_id = "7".into();
-    other.notes = first.notes.replace("-5", "-7");
-    other.state = CopyState::Creating;
-    other.volid = None;
-    other.sha256 = None;
-    other.completed_at_ms = None;
+    // Journaled with the first copy's task.
+    let mut other = begun_after(&first, "7");
+    other.upid = first.upid.clone();
     r.store.put_copy(&other).unwrap();
     let report = s.sweep(false).await;
     assert!(report.errors.is_empty(), "{report:?}");
