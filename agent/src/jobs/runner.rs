@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use gate::{JobKind, JobPayload, Policy};
 use proxmox_client::{
-    ContentFilter, Error as PveError, GuestStatus, RestoreLxc, ShutdownOptions, TaskListFilter,
-    TaskOutcome, TaskSource, Upid, VzdumpRequest, VzdumpStarted, WaitOptions,
+    ContentFilter, Error as PveError, GuestStatus, RestoreLxc, ShutdownOptions, TaskOutcome, Upid,
+    VzdumpRequest, VzdumpStarted, WaitOptions,
 };
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, info_span, warn};
@@ -1200,38 +1200,22 @@ impl JobRunner {
     /// (a safety copy's vzdump and a backup job's). Without the journal's answer nothing is
     /// adopted: an error, and the job waits.
     async fn find_task(&self, worker: &str, vmid: u32, since: i64) -> Result<Option<Upid>, String> {
-        let pve = self.engine.pve();
-        let filter = TaskListFilter {
-            vmid: Some(vmid),
-            typefilter: Some(worker.to_string()),
-            since: Some(since - 5),
-            source: TaskSource::All,
-            limit: Some(50),
-        };
-        let tasks = pve
-            .client
-            .list_tasks(&pve.node, &filter)
-            .await
-            .map_err(|e| e.to_string())?;
-        let me = pve.client.token_id().to_string();
         let claimed = self
             .engine
             .store()
             .claimed_upids(vmid)
             .map_err(|e| format!("reading the tasks the journal holds for CT {vmid}: {e}"))?;
-        let mut c: Vec<Upid> = tasks
-            .into_iter()
-            .map(|t| t.upid)
-            .filter(|u| {
-                u.worker_type == worker
-                    && u.id == vmid.to_string()
-                    && u.user == me
-                    && i64::from(u.starttime) >= since - 5
-                    && !claimed.contains(&u.to_string())
-            })
-            .collect();
-        c.sort_by_key(|u| u.starttime);
-        Ok(c.into_iter().next())
+        let pve = self.engine.pve();
+        crate::reconcile::pve::find_unclaimed_task(
+            &pve.client,
+            &pve.node,
+            worker,
+            vmid,
+            since,
+            &claimed,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 

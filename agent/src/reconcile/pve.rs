@@ -23,6 +23,43 @@ use crate::reconcile::planner::{Step, StepKind};
 /// not to crowd pveproxy's workers.
 const READ_CONCURRENCY: usize = 3;
 
+/// The task a call whose answer was lost started: the earliest task of `worker` for `vmid`
+/// that our own token started no earlier than `since_unix` (the moment before the call was
+/// sent; PVE stamps tasks with its own clock, so 5 s of skew are allowed) and that `claimed`,
+/// the tasks the journal already ties to a step, a copy or a job phase, does not hold. Two
+/// calls of one kind on one guest can be seconds apart, so the earliest alone can be the
+/// other's. Step recovery, the job runner and the safety-copy sweep all ask this question.
+pub async fn find_unclaimed_task(
+    client: &Client,
+    node: &str,
+    worker: &str,
+    vmid: u32,
+    since_unix: i64,
+    claimed: &BTreeSet<String>,
+) -> Result<Option<Upid>, Error> {
+    let since = since_unix - 5;
+    let filter = TaskListFilter {
+        vmid: Some(vmid),
+        typefilter: Some(worker.to_string()),
+        since: Some(since),
+        source: TaskSource::All,
+        limit: Some(50),
+    };
+    let tasks = client.list_tasks(node, &filter).await?;
+    let me = client.token_id();
+    Ok(tasks
+        .into_iter()
+        .map(|t| t.upid)
+        .filter(|u| {
+            u.worker_type == worker
+                && u.id == vmid.to_string()
+                && u.user == me
+                && i64::from(u.starttime) >= since
+                && !claimed.contains(&u.to_string())
+        })
+        .min_by_key(|u| u.starttime))
+}
+
 /// Timeouts applied to task waits, per step kind (`proxmox-api.md` §4 recommendations).
 #[derive(Debug, Clone)]
 pub struct WaitPolicy {
@@ -327,44 +364,19 @@ impl Pve {
     }
 
     /// Finds the PVE task a step started when the agent never saw the answer (a crash or a
-    /// timeout between sending the call and journaling the UPID): the earliest task of this
-    /// vmid, of the step's worker type, started by our own token no earlier than the intent
-    /// was journaled, that `claimed` (the tasks the journal already ties to something) does
-    /// not hold. `None` means the call never reached PVE.
+    /// timeout between sending the call and journaling the UPID), from the moment its intent
+    /// was journaled: see [`find_unclaimed_task`]. `None` means the call never reached PVE.
     pub async fn find_task_for(
         &self,
         kind: StepKind,
         vmid: u32,
         intent_unix: i64,
-        claimed: &std::collections::BTreeSet<String>,
+        claimed: &BTreeSet<String>,
     ) -> Result<Option<Upid>, Error> {
         let Some(worker) = worker_type(kind) else {
             return Ok(None);
         };
-        let filter = TaskListFilter {
-            vmid: Some(vmid),
-            typefilter: Some(worker.to_string()),
-            // PVE stamps the task with its own clock; allow a little skew.
-            since: Some(intent_unix - 5),
-            source: TaskSource::All,
-            limit: Some(50),
-        };
-        let tasks = self.client.list_tasks(&self.node, &filter).await?;
-        let me = self.client.token_id();
-        let mut candidates: Vec<Upid> = tasks
-            .into_iter()
-            .map(|t| t.upid)
-            .filter(|u| {
-                u.worker_type == worker
-                    && u.id == vmid.to_string()
-                    && u.user == me
-                    && i64::from(u.starttime) >= intent_unix - 5
-                    && !claimed.contains(&u.to_string())
-            })
-            .collect();
-        // The earliest unclaimed match is the one our call started.
-        candidates.sort_by_key(|u| u.starttime);
-        Ok(candidates.into_iter().next())
+        find_unclaimed_task(&self.client, &self.node, worker, vmid, intent_unix, claimed).await
     }
 
     /// A volume's size in bytes, as its storage reports it (`Datastore.Audit`), for the words

@@ -5,9 +5,7 @@
 //! agent was down), adopts marked archives of its own manifests, and records marked archives
 //! no manifest knows as `orphan`: reported, never deleted.
 
-use proxmox_client::{
-    ContentFilter, TaskExit, TaskListFilter, TaskOutcome, TaskSource, TaskState, Upid,
-};
+use proxmox_client::{ContentFilter, TaskExit, TaskOutcome, TaskState, Upid};
 use tracing::{info, warn};
 
 use super::{CopyError, CopyManifest, CopyState, SafetyCopies, now_ms};
@@ -176,37 +174,20 @@ impl SafetyCopies {
     /// window" alone can be the previous copy's task: this copy would then take that archive
     /// as its own, and its real archive would be left an orphan.
     async fn find_task(&self, m: &CopyManifest, worker: &str) -> Result<Option<Upid>, CopyError> {
-        let since = m.created_at_ms / 1000 - 5;
-        let filter = TaskListFilter {
-            vmid: Some(m.vmid),
-            typefilter: Some(worker.to_string()),
-            since: Some(since),
-            source: TaskSource::All,
-            limit: Some(50),
-        };
-        let tasks = self
-            .client
-            .list_tasks(&self.node, &filter)
-            .await
-            .map_err(|e| CopyError::pve("listing tasks", &e))?;
-        let me = self.client.token_id().to_string();
         let claimed = self
             .store
             .claimed_upids(m.vmid)
             .map_err(|e| CopyError::journal(&e))?;
-        let mut found: Vec<Upid> = tasks
-            .into_iter()
-            .map(|t| t.upid)
-            .filter(|u| {
-                u.worker_type == worker
-                    && u.id == m.vmid.to_string()
-                    && u.user == me
-                    && i64::from(u.starttime) >= since
-                    && !claimed.contains(&u.to_string())
-            })
-            .collect();
-        found.sort_by_key(|u| u.starttime);
-        Ok(found.into_iter().next())
+        crate::reconcile::pve::find_unclaimed_task(
+            &self.client,
+            &self.node,
+            worker,
+            m.vmid,
+            m.created_at_ms / 1000,
+            &claimed,
+        )
+        .await
+        .map_err(|e| CopyError::pve("listing tasks", &e))
     }
 
     fn mark_failed(&self, m: &mut CopyManifest, reason: &str) -> Result<(), CopyError> {
