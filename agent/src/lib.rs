@@ -21,6 +21,7 @@ pub mod fleet;
 pub mod job_cli;
 pub mod jobs;
 pub mod local_file;
+pub mod lost_task;
 pub mod model;
 pub mod operator;
 pub mod output;

@@ -11,6 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["clock", "local_file", "output", "out", "outln"],
     &["model"],
     &["store"],
+    &["lost_task"],
     &["approval"],
     &["desired"],
     &["safety"],

@@ -1206,16 +1206,9 @@ impl JobRunner {
             .claimed_upids(vmid)
             .map_err(|e| format!("reading the tasks the journal holds for CT {vmid}: {e}"))?;
         let pve = self.engine.pve();
-        crate::reconcile::pve::find_unclaimed_task(
-            &pve.client,
-            &pve.node,
-            worker,
-            vmid,
-            since,
-            &claimed,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        crate::lost_task::find_unclaimed_task(&pve.client, &pve.node, worker, vmid, since, &claimed)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use proxmox_client::{
     Client, ConfigUpdate, CreateLxc, DestroyOptions, DiskSize, Error, GuestStatus, LxcConfig,
-    LxcListEntry, ResizeSize, ShutdownOptions, TaskListFilter, TaskOutcome, TaskSource, Upid,
-    WaitOptions,
+    LxcListEntry, ResizeSize, ShutdownOptions, TaskOutcome, Upid, WaitOptions,
 };
 
 use crate::model::{
@@ -22,43 +21,6 @@ use crate::reconcile::planner::{Step, StepKind};
 /// How many config reads run at once during a full pass: enough to hide latency, few enough
 /// not to crowd pveproxy's workers.
 const READ_CONCURRENCY: usize = 3;
-
-/// The task a call whose answer was lost started: the earliest task of `worker` for `vmid`
-/// that our own token started no earlier than `since_unix` (the moment before the call was
-/// sent; PVE stamps tasks with its own clock, so 5 s of skew are allowed) and that `claimed`,
-/// the tasks the journal already ties to a step, a copy or a job phase, does not hold. Two
-/// calls of one kind on one guest can be seconds apart, so the earliest alone can be the
-/// other's. Step recovery, the job runner and the safety-copy sweep all ask this question.
-pub async fn find_unclaimed_task(
-    client: &Client,
-    node: &str,
-    worker: &str,
-    vmid: u32,
-    since_unix: i64,
-    claimed: &BTreeSet<String>,
-) -> Result<Option<Upid>, Error> {
-    let since = since_unix - 5;
-    let filter = TaskListFilter {
-        vmid: Some(vmid),
-        typefilter: Some(worker.to_string()),
-        since: Some(since),
-        source: TaskSource::All,
-        limit: Some(50),
-    };
-    let tasks = client.list_tasks(node, &filter).await?;
-    let me = client.token_id();
-    Ok(tasks
-        .into_iter()
-        .map(|t| t.upid)
-        .filter(|u| {
-            u.worker_type == worker
-                && u.id == vmid.to_string()
-                && u.user == me
-                && i64::from(u.starttime) >= since
-                && !claimed.contains(&u.to_string())
-        })
-        .min_by_key(|u| u.starttime))
-}
 
 /// Timeouts applied to task waits, per step kind (`proxmox-api.md` §4 recommendations).
 #[derive(Debug, Clone)]
@@ -365,7 +327,7 @@ impl Pve {
 
     /// Finds the PVE task a step started when the agent never saw the answer (a crash or a
     /// timeout between sending the call and journaling the UPID), from the moment its intent
-    /// was journaled: see [`find_unclaimed_task`]. `None` means the call never reached PVE.
+    /// was journaled: see [`crate::lost_task::find_unclaimed_task`]. `None` means the call never reached PVE.
     pub async fn find_task_for(
         &self,
         kind: StepKind,
@@ -376,7 +338,15 @@ impl Pve {
         let Some(worker) = worker_type(kind) else {
             return Ok(None);
         };
-        find_unclaimed_task(&self.client, &self.node, worker, vmid, intent_unix, claimed).await
+        crate::lost_task::find_unclaimed_task(
+            &self.client,
+            &self.node,
+            worker,
+            vmid,
+            intent_unix,
+            claimed,
+        )
+        .await
     }
 
     /// A volume's size in bytes, as its storage reports it (`Datastore.Audit`), for the words

@@ -178,7 +178,7 @@ impl SafetyCopies {
             .store
             .claimed_upids(m.vmid)
             .map_err(|e| CopyError::journal(&e))?;
-        crate::reconcile::pve::find_unclaimed_task(
+        crate::lost_task::find_unclaimed_task(
             &self.client,
             &self.node,
             worker,
